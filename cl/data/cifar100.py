@@ -1,0 +1,238 @@
+"""Split CIFAR-100: 10 tasks x 10 classes from the official python pickle archive.
+
+Layout under the data root (the same as torchvision's, so an existing copy is reused)::
+
+    <root>/cifar-100-python.tar.gz          optional once extracted
+    <root>/cifar-100-python/{train,test,meta}
+
+The archive (``https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz``, MD5
+``eb9058c3a382ffc7106e4002c42a8d85``) is verified before extraction, and the three pickles are
+verified against their own MD5s before they are unpickled on every use, so no unverified pickle
+is ever loaded. The pickles are read directly (no torchvision dataset class): ``data`` is a
+``(N, 3072)`` uint8 array in channel-major order, ``fine_labels`` the class ids; ``meta`` holds
+``fine_label_names``.
+
+Labels are the original fine class ids 0..99; tasks take consecutive chunks of the class order
+(seeded permutation by default, spec cl-pipeline.md section 3.1). 50,000 train / 10,000 test
+images, 5,000 / 1,000 per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cl.data.base import Benchmark
+from cl.data.download import (
+    Fetcher,
+    Resource,
+    ensure_file,
+    extract_archive,
+    read_marker,
+    verify_file,
+)
+from cl.data.realdata import (
+    ArrayImageDataset,
+    RealDataOptions,
+    class_order,
+    not_found_message,
+    order_info,
+    resolve_data_root,
+    split_into_tasks,
+    three_splits,
+)
+from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
+from cl.data.transforms import build_transforms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    """Files, checksums and sizes of a CIFAR python archive (CIFAR-10 or CIFAR-100)."""
+
+    name: str
+    archive: Resource
+    folder: str
+    train_files: tuple[tuple[str, str | None], ...]  # (file name, md5)
+    test_files: tuple[tuple[str, str | None], ...]
+    meta_file: tuple[str, str | None]
+    label_key: str
+    names_key: str
+    num_classes: int
+    num_train: int
+    num_test: int
+
+
+# Official URL and MD5s: https://www.cs.toronto.edu/~kriz/cifar.html, the same constants as
+# torchvision.datasets.CIFAR100 (archive md5; per-file md5s of train/test/meta).
+CIFAR100 = CifarSpec(
+    name="CIFAR-100",
+    archive=Resource("cifar-100-python.tar.gz",
+                     ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",),
+                     md5="eb9058c3a382ffc7106e4002c42a8d85"),
+    folder="cifar-100-python",
+    train_files=(("train", "16019d7e3df5f24257cddd939b257f8d"),),
+    test_files=(("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),),
+    meta_file=("meta", "7973b15100ade9c7d40fb424638fde48"),
+    label_key="fine_labels",
+    names_key="fine_label_names",
+    num_classes=100,
+    num_train=50_000,
+    num_test=10_000,
+)
+# Looked up at build time (tests point it at a fixture archive).
+SPEC = CIFAR100
+NUM_TASKS = 10
+
+
+@dataclass
+class CifarArrays:
+    """A CIFAR dataset in memory: ``(N, 32, 32, 3)`` uint8 images and int64 labels."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+    provenance: dict[str, Any]
+
+
+def _read_pickle(path: Path) -> dict[str, Any]:
+    # The files were written by Python 2; latin1 restores both str keys and numpy arrays.
+    with path.open("rb") as stream:
+        raw = pickle.load(stream, encoding="latin1")
+    return {key.decode() if isinstance(key, bytes) else key: value for key, value in raw.items()}
+
+
+def _read_batches(folder: Path, files: tuple[tuple[str, str | None], ...],
+                  label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for name, _ in files:
+        batch = _read_pickle(folder / name)
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[label_key], dtype=np.int64))
+    data = np.ascontiguousarray(np.concatenate(images).transpose(0, 2, 3, 1))  # to HWC
+    return data, np.concatenate(labels)
+
+
+def missing_message(spec: CifarSpec, root: Path) -> str:
+    names = ",".join(name for name, _ in spec.train_files + spec.test_files + (spec.meta_file,))
+    return not_found_message(
+        spec.name, root,
+        [f"{spec.folder}/{{{names}}}",
+         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
+        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
+
+
+def load_cifar(spec: CifarSpec, root: Path, *, allow_download: bool,
+               fetch: Fetcher | None = None, progress: bool = True) -> CifarArrays:
+    """Find (or download and extract), verify and read a CIFAR python archive under ``root``.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        Neither the folder nor the archive is there and ``allow_download`` is false.
+    ChecksumError
+        The archive or one of the pickles does not match its MD5, or the counts are wrong.
+    """
+    folder = root / spec.folder
+    archive_digests = None
+    if not folder.is_dir():
+        archive = root / spec.archive.filename
+        if not archive.exists() and not allow_download:
+            raise DatasetNotFoundError(missing_message(spec, root))
+        archive, archive_digests = ensure_file(spec.archive, root, allow_download=allow_download,
+                                               missing_message=missing_message(spec, root),
+                                               fetch=fetch, progress=progress)
+        extract_archive(archive, root, spec.folder,
+                        source={"url": spec.archive.url, **archive_digests})
+    files = spec.train_files + spec.test_files + (spec.meta_file,)
+    file_sums = {}
+    for name, md5 in files:
+        path = folder / name
+        if not path.is_file():
+            raise DatasetNotFoundError(
+                f"{folder} is incomplete: {name} is missing.\n" + missing_message(spec, root))
+        # verified before unpickling: only the official bytes are ever unpickled
+        file_sums[name] = verify_file(path, Resource(name, spec.archive.urls, md5=md5))["md5"]
+    train_images, train_labels = _read_batches(folder, spec.train_files, spec.label_key)
+    test_images, test_labels = _read_batches(folder, spec.test_files, spec.label_key)
+    names = [str(n) for n in _read_pickle(folder / spec.meta_file[0])[spec.names_key]]
+    counts = (len(train_labels), len(test_labels), len(names))
+    if counts != (spec.num_train, spec.num_test, spec.num_classes):
+        raise ChecksumError(f"{folder}: expected {spec.num_train} train / {spec.num_test} test "
+                            f"images and {spec.num_classes} classes, found {counts}")
+    bad = set(np.unique(np.concatenate([train_labels, test_labels]))) - set(
+        range(spec.num_classes))
+    if bad:
+        raise ChecksumError(f"{folder}: labels outside 0..{spec.num_classes - 1}: {sorted(bad)}")
+    marker = read_marker(folder)
+    provenance = {
+        "folder": str(folder.resolve()),
+        "archive": spec.archive.provenance(),
+        "archive_verified": marker is not None,
+        "archive_sha256": (marker or {}).get("sha256"),
+        "file_md5": file_sums,
+    }
+    if archive_digests is None and marker is None:
+        log.info("%s: using a folder not extracted by norga; pickles verified by md5", folder)
+    return CifarArrays(train_images, train_labels, test_images, test_labels, names, provenance)
+
+
+@register_dataset("cifar100")
+def build_cifar100(*, data_root: str | Path | None = None, seed: int = 0,
+                   download: bool = False, **options: Any) -> Benchmark:
+    """Split CIFAR-100 (10 tasks x 10 classes by default).
+
+    Parameters
+    ----------
+    data_root:
+        Directory holding ``cifar-100-python/`` or the archive (default ``$NORGA_DATA`` or
+        ``./data``).
+    seed:
+        Seed of the class order (``class_order="seeded"``).
+    download:
+        Download the archive if it is missing.
+    **options:
+        See :class:`cl.data.realdata.RealDataOptions`.
+
+    Raises
+    ------
+    DatasetNotFoundError, ChecksumError
+        Missing data (message with URL and layout) or files that fail verification.
+    """
+    opts = RealDataOptions.parse(options)
+    spec = SPEC
+    root = resolve_data_root(data_root)
+    data = load_cifar(spec, root, allow_download=download, fetch=opts.fetch,
+                      progress=opts.progress)
+    order = class_order(spec.num_classes, seed, opts.class_order)
+    tasks = split_into_tasks(order, opts.num_tasks or NUM_TASKS)
+    transforms = build_transforms("cifar", **opts.transform_args())
+
+    def make(split: str, transform: Any) -> ArrayImageDataset:
+        if split == "train":
+            return ArrayImageDataset(data.train_images, data.train_labels, transform)
+        return ArrayImageDataset(data.test_images, data.test_labels, transform)
+
+    train, train_eval, test = three_splits(make, transforms, data.train_labels,
+                                           data.test_labels)
+    info = {
+        "dataset": "cifar100",
+        "source": data.provenance,
+        "split": "official train/test files",
+        "num_train": len(data.train_labels),
+        "num_test": len(data.test_labels),
+        "class_names": data.class_names,
+        **order_info(order, opts.class_order, seed),
+        "transforms": transforms.describe(),
+    }
+    return Benchmark(name="cifar100", num_classes=spec.num_classes, train=train,
+                     train_eval=train_eval, test=test, task_classes=tasks,
+                     image_size=opts.image_size, info=info)

@@ -1,0 +1,138 @@
+"""Split CIFAR-100 on a fixture archive in the real pickle format."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_data import make_cifar
+
+from cl.data import cifar100
+from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
+
+
+@pytest.fixture(scope="module")
+def fixture_spec(tmp_path_factory: pytest.TempPathFactory) -> cifar100.CifarSpec:
+    return make_cifar(tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture
+def spec(fixture_spec: cifar100.CifarSpec, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(cifar100, "SPEC", fixture_spec)
+    return fixture_spec
+
+
+def _archive_source(spec: cifar100.CifarSpec) -> Path:
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(urlparse(spec.archive.url).path))
+
+
+def test_download_and_build(spec, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    bench = build_benchmark("cifar100", data_root=root, seed=42, download=True,
+                            image_size=32, normalization="none", progress=False)
+    assert (root / "cifar-100-python" / "train").is_file()
+    assert bench.num_classes == 100 and bench.num_tasks == 10 and bench.image_size == 32
+    assert len(bench.train.dataset) == spec.num_train == 200
+    assert len(bench.train_eval.dataset) == 200 and len(bench.test.dataset) == 100
+    # seeded order of the spec, 10 consecutive classes per task
+    order = list(range(100))
+    random.seed(42)
+    random.shuffle(order)
+    assert bench.task_classes == [order[t * 10:(t + 1) * 10] for t in range(10)]
+    assert bench.info["class_order"] == order
+    assert sorted(np.unique(bench.test.targets)) == list(range(100))
+    # images and labels stay paired: the red channel encodes the label
+    for split in (bench.test, bench.train_eval):
+        for index in (0, 17, len(split.targets) - 1):
+            image, label = split.dataset[index]
+            assert isinstance(image, torch.Tensor) and image.shape == (3, 32, 32)
+            assert label == split.targets[index]
+            assert abs(float(image[0].mean()) * 255 - label) < 1.0
+    image, _ = bench.train.dataset[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    json.dumps(bench.info)  # provenance must be JSON-serialisable for env.json
+    assert bench.info["source"]["archive_verified"] is True
+    assert bench.info["source"]["archive"]["md5"] == spec.archive.md5
+
+
+def test_paper_normalisation_is_cifar(spec, tmp_path: Path) -> None:
+    bench = build_benchmark("cifar100", data_root=tmp_path, download=True, image_size=32,
+                            progress=False)
+    image, label = bench.test.dataset[0]
+    expected = (label / 255 - 0.5071) / 0.2675
+    assert float(image[0].mean()) == pytest.approx(expected, abs=0.02)
+    assert tuple(bench.info["transforms"]["mean"]) == (0.5071, 0.4867, 0.4408)
+
+
+def test_standard_order_and_num_tasks(spec, tmp_path: Path) -> None:
+    bench = build_benchmark("cifar100", data_root=tmp_path, download=True, image_size=32,
+                            class_order="standard", num_tasks=20, progress=False)
+    assert bench.task_classes[0] == [0, 1, 2, 3, 4] and bench.num_tasks == 20
+
+
+def test_missing_data_message_and_nothing_written(spec, tmp_path: Path) -> None:
+    root = tmp_path / "absent"
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_benchmark("cifar100", data_root=root, image_size=32)
+    message = str(err.value)
+    assert "https://" in message or "file://" in message
+    assert spec.archive.url in message and "cifar-100-python/" in message
+    assert not root.exists()
+
+
+def test_missing_message_has_official_url(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match="www.cs.toronto.edu/~kriz/cifar-100"):
+        build_benchmark("cifar100", data_root=tmp_path)
+
+
+def test_data_root_from_environment(spec, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("NORGA_DATA", str(tmp_path / "envroot"))
+    with pytest.raises(DatasetNotFoundError, match="envroot"):
+        build_benchmark("cifar100", image_size=32)
+
+
+def test_corrupt_user_archive_is_reported_and_kept(spec, tmp_path: Path) -> None:
+    archive = tmp_path / spec.archive.filename
+    data = bytearray(_archive_source(spec).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError) as err:
+        build_benchmark("cifar100", data_root=tmp_path, download=True, image_size=32,
+                        progress=False)
+    assert str(archive) in str(err.value)
+    assert archive.read_bytes() == bytes(data)
+    assert not (tmp_path / "cifar-100-python").exists()
+
+
+def test_truncated_archive_without_download(spec, tmp_path: Path, monkeypatch) -> None:
+    archive = tmp_path / spec.archive.filename
+    archive.write_bytes(_archive_source(spec).read_bytes()[:5000])
+    with pytest.raises(ChecksumError, match=spec.archive.filename):
+        build_benchmark("cifar100", data_root=tmp_path, image_size=32)
+    assert archive.stat().st_size == 5000
+    assert sorted(p.name for p in tmp_path.iterdir()) == [spec.archive.filename]
+
+
+def test_user_extracted_folder_and_corrupt_pickle(spec, tmp_path: Path) -> None:
+    shutil.unpack_archive(_archive_source(spec), tmp_path)
+    bench = build_benchmark("cifar100", data_root=tmp_path, image_size=32)
+    assert len(bench.test.targets) == 100
+    assert bench.info["source"]["archive_verified"] is False
+    test_file = tmp_path / "cifar-100-python" / "test"
+    test_file.write_bytes(test_file.read_bytes()[:-10])
+    with pytest.raises(ChecksumError, match="cifar-100-python/test"):
+        build_benchmark("cifar100", data_root=tmp_path, image_size=32)
+    assert test_file.exists()
+
+
+def test_unknown_option_is_rejected(spec, tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="image_size"):
+        build_benchmark("cifar100", data_root=tmp_path, imgsize=32)
