@@ -9,16 +9,19 @@ Pixel values encode the label so that tests can check that images and labels sta
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import pickle
+import struct
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from cl.data import cifar100
+from cl.data import cifar100, cub200, five_datasets, imagenet_r
 from cl.data.download import Resource
 
 
@@ -66,12 +69,7 @@ def make_cifar(server: Path, *, cifar10: bool = False, num_classes: int | None =
                ) -> cifar100.CifarSpec:
     """``cifar-100-python.tar.gz`` (pickles ``train``/``test``/``meta``) or
     ``cifar-10-python.tar.gz`` (``data_batch_1..5``/``test_batch``/``batches.meta``)."""
-    if cifar10:
-        from cl.data import five_datasets
-
-        base = five_datasets.CIFAR10
-    else:
-        base = cifar100.CIFAR100
+    base = five_datasets.CIFAR10 if cifar10 else cifar100.CIFAR100
     classes = num_classes or base.num_classes
     rng = np.random.default_rng(0)
     train_labels = rng.permutation(np.repeat(np.arange(classes), train_per_class))
@@ -113,3 +111,143 @@ def make_cifar(server: Path, *, cifar10: bool = False, num_classes: int | None =
         test_files=tuple((n, sums[n]) for n, _ in base.test_files),
         meta_file=(base.meta_file[0], sums[base.meta_file[0]]),
         num_classes=classes, num_train=len(train_labels), num_test=len(test_labels))
+
+
+# ----------------------------------------------------------------------------- ImageNet-R
+
+
+def imagenet_r_members(num_classes: int = 20, min_images: int = 6, max_images: int = 14,
+                       ) -> dict[str, bytes]:
+    """``imagenet-r/<wnid>/<file>.jpg`` members with uneven class sizes (red = class index)."""
+    rng = np.random.default_rng(1)
+    members = {}
+    for index in range(num_classes):
+        wnid = f"n{1440000 + 7919 * index:08d}"
+        for k in range(int(rng.integers(min_images, max_images + 1))):
+            style = ("art", "cartoon", "sketch", "toy")[k % 4]
+            members[f"imagenet-r/{wnid}/{style}_{k}.jpg"] = _jpeg(index)
+    return members
+
+
+def make_imagenet_r(server: Path, **kw: int) -> imagenet_r.ImageNetRSpec:
+    """``imagenet-r.tar`` (uncompressed tar) with ``imagenet-r/<wnid>/*.jpg``."""
+    members = imagenet_r_members(**kw)
+    server.mkdir(parents=True, exist_ok=True)
+    archive = server / "imagenet-r.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, data in members.items():
+            _add_bytes(tar, name, data)
+    classes = {name.split("/")[1] for name in members}
+    return dataclasses.replace(imagenet_r.IMAGENET_R, archive=file_resource(archive),
+                               num_classes=len(classes), num_images=len(members))
+
+
+# ----------------------------------------------------------------------------- CUB
+
+
+def make_cub(server: Path, num_classes: int = 20, per_class: int = 5) -> cub200.CubSpec:
+    """``CUB_200_2011.tgz`` with the four list files and ``images/<class dir>/*.jpg``; like
+    the real archive it also holds a file outside ``CUB_200_2011/``."""
+    members: dict[str, bytes] = {"attributes.txt": b"1 has_bill_shape::curved\n"}
+    images, labels, split, classes = [], [], [], []
+    image_id = 0
+    for class_id in range(1, num_classes + 1):
+        class_dir = f"{class_id:03d}.Bird_{class_id}"
+        classes.append(f"{class_id} {class_dir}")
+        for k in range(per_class):
+            image_id += 1
+            rel = f"{class_dir}/Bird_{class_id}_{k:04d}_{image_id}.jpg"
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {class_id}")
+            split.append(f"{image_id} {1 if k < per_class - 2 else 0}")
+            members[f"CUB_200_2011/images/{rel}"] = _jpeg(class_id - 1, size=(14, 11))
+    for name, lines in (("images.txt", images), ("image_class_labels.txt", labels),
+                        ("train_test_split.txt", split), ("classes.txt", classes)):
+        members[f"CUB_200_2011/{name}"] = ("\n".join(lines) + "\n").encode()
+    members["CUB_200_2011/README"] = b"fixture"
+    server.mkdir(parents=True, exist_ok=True)
+    archive = server / "CUB_200_2011.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in members.items():
+            _add_bytes(tar, name, data)
+    train = num_classes * (per_class - 2)
+    return dataclasses.replace(cub200.CUB_200_2011, archive=file_resource(archive),
+                               num_classes=num_classes, num_images=num_classes * per_class,
+                               num_train=train, num_test=num_classes * 2)
+
+
+# ----------------------------------------------------------------------------- 5-Datasets
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes(), mtime=0)
+
+
+def make_idx(server: Path, base: five_datasets.IdxSpec, train_per_class: int = 3,
+             test_per_class: int = 2, value_offset: int = 0) -> five_datasets.IdxSpec:
+    """The four MNIST-format ``*-ubyte.gz`` files (28x28 images, pixel = label + offset)."""
+    folder = server / base.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    resources = {}
+    for split, per_class in (("train", train_per_class), ("t10k", test_per_class)):
+        labels = np.tile(np.arange(10), per_class)
+        images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
+        images[:] = (labels + value_offset)[:, None, None]
+        for kind, array in (("images-idx3", images), ("labels-idx1", labels)):
+            path = folder / f"{split}-{kind}-ubyte.gz"
+            path.write_bytes(_idx_bytes(array))
+            resources[f"{split}_{kind.split('-')[0]}"] = file_resource(path)
+    return dataclasses.replace(
+        base, train_images=resources["train_images"], train_labels=resources["train_labels"],
+        test_images=resources["t10k_images"], test_labels=resources["t10k_labels"],
+        num_train=10 * train_per_class, num_test=10 * test_per_class)
+
+
+def make_svhn(server: Path, num_train: int = 30, num_test: int = 20) -> five_datasets.SvhnSpec:
+    """``train_32x32.mat``/``test_32x32.mat``: ``X`` (32, 32, 3, N) uint8, ``y`` (N, 1) with
+    digit 0 stored as 10."""
+    from scipy.io import savemat
+
+    folder = server / "SVHN"
+    folder.mkdir(parents=True, exist_ok=True)
+    resources = []
+    for name, count in (("train_32x32.mat", num_train), ("test_32x32.mat", num_test)):
+        digits = np.arange(count) % 10
+        stored = np.where(digits == 0, 10, digits).astype(np.uint8)[:, None]
+        images = np.zeros((32, 32, 3, count), dtype=np.uint8)
+        images[:, :, 0, :] = (40 + digits)[None, None, :]
+        savemat(folder / name, {"X": images, "y": stored})
+        resources.append(file_resource(folder / name))
+    return dataclasses.replace(five_datasets.SVHN, train=resources[0], test=resources[1],
+                               num_train=num_train, num_test=num_test)
+
+
+def make_notmnist(server: Path, per_letter: int = 3, broken: bool = True,
+                  ) -> five_datasets.NotMnistSpec:
+    """``notMNIST.zip`` holding ``notMNIST/{Train,Test}/{A..J}/*.png`` (28x28 grayscale,
+    pixel = 100 + label), plus one unreadable PNG as in the real set."""
+    server.mkdir(parents=True, exist_ok=True)
+    archive = server / "notMNIST.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for split, count in (("Train", per_letter), ("Test", 2)):
+            for label, letter in enumerate("ABCDEFGHIJ"):
+                for k in range(count):
+                    glyph = np.full((28, 28), 100 + label, dtype=np.uint8)
+                    zipped.writestr(f"notMNIST/{split}/{letter}/Zm9udF97a30=_{k}.png",
+                                    _png(glyph))
+        if broken:
+            zipped.writestr("notMNIST/Train/F/broken.png", b"\x89PNG\r\n")
+    return dataclasses.replace(five_datasets.NOT_MNIST,
+                               archive=file_resource(archive, checksum=False))
+
+
+def make_five_datasets(server: Path) -> dict[str, object]:
+    """Fixture specs of all five sources (for ``five_datasets.SOURCES``)."""
+    return {
+        "SVHN": make_svhn(server),
+        "MNIST": make_idx(server, five_datasets.MNIST),
+        "CIFAR10": make_cifar(server, cifar10=True, train_per_class=3, test_per_class=2),
+        "NotMNIST": make_notmnist(server),
+        "FashionMNIST": make_idx(server, five_datasets.FASHION_MNIST, value_offset=20),
+    }

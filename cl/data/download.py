@@ -287,6 +287,13 @@ def download(resource: Resource, directory: str | Path, *, fetch: Fetcher | None
         If the downloaded bytes do not match the published checksum (the bad ``.part`` file,
         which this function created, is removed).
     """
+    return _download(resource, directory, fetch=fetch, attempts=attempts,
+                     retry_wait=retry_wait, progress=progress)[0]
+
+
+def _download(resource: Resource, directory: str | Path, *, fetch: Fetcher | None = None,
+              attempts: int = 3, retry_wait: float = 2.0,
+              progress: bool = True) -> tuple[Path, dict[str, str]]:
     fetch = fetch or urllib_fetch
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -296,8 +303,7 @@ def download(resource: Resource, directory: str | Path, *, fetch: Fetcher | None
     bad_checksum: str | None = None
     with _locked(target):
         if target.exists():  # another process finished it while we waited for the lock
-            verify_file(target, resource)
-            return target
+            return target, verify_file(target, resource)
         for url in resource.urls:
             for attempt in range(1, attempts + 1):
                 try:
@@ -309,12 +315,15 @@ def download(resource: Resource, directory: str | Path, *, fetch: Fetcher | None
                     if attempt < attempts and retry_wait > 0:
                         time.sleep(retry_wait * 2 ** (attempt - 1))
                     continue
-                problem = _mismatch(resource, file_digests(part))
+                digests = file_digests(part)
+                problem = _mismatch(resource, digests)
                 if problem is None:
                     os.replace(part, target)
-                    verify_file(target, resource)
-                    log.info("downloaded %s", target)
-                    return target
+                    log.info("downloaded %s (sha256 %s)", target, digests["sha256"])
+                    if not resource.has_checksum:
+                        log.warning("%s has no published checksum; accepted with sha256 %s",
+                                    target, digests["sha256"])
+                    return target, digests
                 part.unlink()
                 bad_checksum = f"{url}: {problem}"
                 errors.append(bad_checksum)
@@ -349,11 +358,11 @@ def ensure_file(resource: Resource, directory: str | Path, *, allow_download: bo
         The file and its ``md5``/``sha256``.
     """
     path = Path(directory) / resource.filename
-    if not path.exists():
-        if not allow_download:
-            raise DatasetNotFoundError(missing_message)
-        download(resource, directory, fetch=fetch, progress=progress)
-    return path, verify_file(path, resource)
+    if path.exists():
+        return path, verify_file(path, resource)
+    if not allow_download:
+        raise DatasetNotFoundError(missing_message)
+    return _download(resource, directory, fetch=fetch, progress=progress)
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -382,12 +391,14 @@ def _unpack(archive: Path, destination: Path) -> None:
 
 
 def extract_archive(archive: str | Path, parent: str | Path, top: str,
-                    source: dict[str, Any] | None = None) -> Path:
+                    source: dict[str, Any] | None = None, *, wrap: bool = False) -> Path:
     """Extract the folder ``top`` of ``archive`` to ``parent / top``, atomically.
 
     The archive is unpacked into a temporary directory inside ``parent``; only when that
     finished does ``top`` get renamed to its final place (with a marker file recording
     ``source``). Anything else in the archive is discarded with the temporary directory.
+    With ``wrap=True`` an archive without a folder ``top`` has its whole content put into
+    ``top`` instead (for archives whose exact layout is not published).
 
     Returns
     -------
@@ -422,6 +433,11 @@ def extract_archive(archive: str | Path, parent: str | Path, top: str,
                     f"again with --download."
                 ) from err
             produced = workdir / top
+            if wrap and not produced.is_dir():
+                produced.mkdir()
+                for entry in list(workdir.iterdir()):
+                    if entry != produced:
+                        entry.rename(produced / entry.name)
             if not produced.is_dir():
                 raise ChecksumError(f"{archive} has no top-level folder {top}/")
             marker = {"archive": archive.name, **(source or {})}

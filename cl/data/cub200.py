@@ -1,0 +1,220 @@
+"""Split CUB-200-2011: 10 tasks x 20 classes with the official train/test list.
+
+Layout under the data root::
+
+    <root>/CUB_200_2011.tgz             optional once extracted
+    <root>/CUB_200_2011/images.txt              "<image id> <class dir>/<file>.jpg"
+    <root>/CUB_200_2011/image_class_labels.txt  "<image id> <class id 1..200>"
+    <root>/CUB_200_2011/train_test_split.txt    "<image id> <1 = train, 0 = test>"
+    <root>/CUB_200_2011/classes.txt             "<class id> <class dir>"
+    <root>/CUB_200_2011/images/<class dir>/*.jpg
+
+The official archive (CaltechDATA, MD5 ``97eceeb196236b17998738112f37df78``) is verified
+before extraction. The loader reads the four text files directly (spec cl-pipeline.md 3.1 and
+9.2 item 11): nothing is moved, no trailing ``/`` is needed on the path, and the label of an image
+is its class id minus one. On every use the lists are cross-checked (same image ids everywhere,
+11,788 images, 5,994 train / 5,794 test, each image's folder matching its class, every file
+present).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cl.data.base import Benchmark
+from cl.data.download import Fetcher, Resource, ensure_file, extract_archive, read_marker
+from cl.data.realdata import (
+    FileImageDataset,
+    RealDataOptions,
+    class_order,
+    not_found_message,
+    order_info,
+    resolve_data_root,
+    split_into_tasks,
+    three_splits,
+)
+from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
+from cl.data.transforms import build_transforms
+
+log = logging.getLogger(__name__)
+
+LIST_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+
+
+@dataclass(frozen=True)
+class CubSpec:
+    """Archive, folder and expected sizes of CUB-200-2011."""
+
+    archive: Resource
+    folder: str
+    num_classes: int
+    num_images: int
+    num_train: int
+    num_test: int
+
+
+# Official CaltechDATA record of CUB-200-2011 (the old www.vision.caltech.edu URL is gone); the
+# MD5 is the one published with the archive and used by public loaders (e.g. Avalanche's CUB200).
+CUB_200_2011 = CubSpec(
+    archive=Resource("CUB_200_2011.tgz",
+                     ("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
+                      "?download=1",),
+                     md5="97eceeb196236b17998738112f37df78"),
+    folder="CUB_200_2011",
+    num_classes=200,
+    num_images=11_788,
+    num_train=5_994,
+    num_test=5_794,
+)
+SPEC = CUB_200_2011  # looked up at build time (tests point it at a fixture archive)
+NUM_TASKS = 10
+
+
+@dataclass
+class CubLists:
+    """The parsed text files: per image (sorted by id) its path, label and split."""
+
+    image_ids: np.ndarray
+    paths: list[Path]
+    labels: np.ndarray  # class id - 1
+    is_train: np.ndarray
+    class_names: list[str]
+
+
+def _read_pairs(path: Path) -> dict[int, str]:
+    pairs: dict[int, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        key, _, value = line.strip().partition(" ")
+        if not key.isdigit() or not value:
+            raise ChecksumError(f"{path}, line {number}: expected '<id> <value>', got {line!r}")
+        if int(key) in pairs:
+            raise ChecksumError(f"{path}, line {number}: id {key} appears twice")
+        pairs[int(key)] = value.strip()
+    return pairs
+
+
+def read_lists(tree: Path) -> CubLists:
+    """Parse and cross-check the CUB list files under ``tree``."""
+    missing = [name for name in LIST_FILES if not (tree / name).is_file()]
+    if missing:
+        raise DatasetNotFoundError(f"{tree} is incomplete: {', '.join(missing)} missing")
+    images = _read_pairs(tree / "images.txt")
+    labels = _read_pairs(tree / "image_class_labels.txt")
+    split = _read_pairs(tree / "train_test_split.txt")
+    classes = _read_pairs(tree / "classes.txt")
+    if not images.keys() == labels.keys() == split.keys():
+        raise ChecksumError(f"{tree}: images.txt, image_class_labels.txt and "
+                            f"train_test_split.txt list different image ids")
+    if sorted(classes) != list(range(1, len(classes) + 1)):
+        raise ChecksumError(f"{tree}/classes.txt: class ids are not 1..{len(classes)}")
+    ids = np.array(sorted(images), dtype=np.int64)
+    class_of = np.array([int(labels[i]) for i in ids], dtype=np.int64)
+    if not set(class_of) <= set(classes):
+        raise ChecksumError(f"{tree}/image_class_labels.txt uses class ids not in classes.txt")
+    flags = [split[i] for i in ids]
+    if not set(flags) <= {"0", "1"}:
+        raise ChecksumError(f"{tree}/train_test_split.txt: flags must be 0 or 1")
+    for image_id, class_id in zip(ids, class_of, strict=True):
+        folder = images[image_id].split("/", 1)[0]
+        if folder != classes[class_id]:
+            raise ChecksumError(f"{tree}: image {image_id} ({images[image_id]}) is labelled "
+                                f"class {class_id} ({classes[class_id]})")
+    paths = [tree / "images" / images[i] for i in ids]
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        raise ChecksumError(f"{tree}: {len(absent)} listed images are missing, e.g. {absent[0]}")
+    return CubLists(image_ids=ids, paths=paths, labels=class_of - 1,
+                    is_train=np.array([f == "1" for f in flags]),
+                    class_names=[classes[c] for c in sorted(classes)])
+
+
+def missing_message(spec: CubSpec, root: Path) -> str:
+    return not_found_message(
+        "cub200", root,
+        [f"{spec.folder}/{{{','.join(LIST_FILES)}}}",
+         f"{spec.folder}/images/<class dir>/*.jpg   ({spec.num_images} images)",
+         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
+        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
+
+
+def locate(spec: CubSpec, root: Path, *, allow_download: bool, fetch: Fetcher | None = None,
+           progress: bool = True) -> tuple[Path, dict[str, Any]]:
+    """The extracted tree (extracting or downloading the archive if needed) and provenance."""
+    tree = root / spec.folder
+    if not tree.is_dir():
+        if not (root / spec.archive.filename).exists() and not allow_download:
+            raise DatasetNotFoundError(missing_message(spec, root))
+        archive, digests = ensure_file(spec.archive, root, allow_download=allow_download,
+                                       missing_message=missing_message(spec, root),
+                                       fetch=fetch, progress=progress)
+        extract_archive(archive, root, spec.folder, source={"url": spec.archive.url, **digests})
+    marker = read_marker(tree)
+    return tree, {"folder": str(tree.resolve()), "archive": spec.archive.provenance(),
+                  "archive_verified": marker is not None,
+                  "archive_sha256": (marker or {}).get("sha256")}
+
+
+@register_dataset("cub200")
+def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
+                 download: bool = False, **options: Any) -> Benchmark:
+    """Split CUB-200-2011 (10 tasks x 20 classes by default), official train/test split.
+
+    Parameters
+    ----------
+    data_root:
+        Directory holding ``CUB_200_2011/`` or ``CUB_200_2011.tgz``.
+    seed:
+        Seed of the class order.
+    download:
+        Download the archive (about 1.1 GB) if it is missing.
+    **options:
+        See :class:`cl.data.realdata.RealDataOptions`.
+
+    Raises
+    ------
+    DatasetNotFoundError, ChecksumError
+        Missing data, an archive that fails its MD5, or inconsistent list files.
+    """
+    opts = RealDataOptions.parse(options)
+    spec = SPEC
+    root = resolve_data_root(data_root)
+    tree, provenance = locate(spec, root, allow_download=download, fetch=opts.fetch,
+                              progress=opts.progress)
+    lists = read_lists(tree)
+    counts = (len(lists.class_names), len(lists.paths), int(lists.is_train.sum()),
+              int((~lists.is_train).sum()))
+    expected = (spec.num_classes, spec.num_images, spec.num_train, spec.num_test)
+    if counts != expected:
+        raise ChecksumError(f"{tree}: expected (classes, images, train, test) = {expected}, "
+                            f"found {counts}")
+    index = {"train": np.flatnonzero(lists.is_train), "test": np.flatnonzero(~lists.is_train)}
+    transforms = build_transforms("default", **opts.transform_args())
+
+    def make(split: str, transform: Any) -> FileImageDataset:
+        return FileImageDataset([lists.paths[i] for i in index[split]],
+                                lists.labels[index[split]], transform)
+
+    train, train_eval, test = three_splits(make, transforms, lists.labels[index["train"]],
+                                           lists.labels[index["test"]])
+    order = class_order(spec.num_classes, seed, opts.class_order)
+    info = {
+        "dataset": "cub200",
+        "source": provenance,
+        "split": "official train_test_split.txt; label = class id - 1",
+        "num_train": counts[2],
+        "num_test": counts[3],
+        "class_names": lists.class_names,
+        **order_info(order, opts.class_order, seed),
+        "transforms": transforms.describe(),
+    }
+    return Benchmark(name="cub200", num_classes=spec.num_classes, train=train,
+                     train_eval=train_eval, test=test,
+                     task_classes=split_into_tasks(order, opts.num_tasks or NUM_TASKS),
+                     image_size=opts.image_size, info=info)

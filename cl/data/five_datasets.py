@@ -1,0 +1,440 @@
+"""5-Datasets: CIFAR-10, MNIST, Fashion-MNIST, notMNIST and SVHN as 5 tasks x 10 classes.
+
+Each dataset is one task. The datasets come in the order ``SVHN, MNIST, CIFAR10, NotMNIST,
+FashionMNIST``, shuffled with ``random.seed(seed); random.shuffle(...)`` as in the NoRGa code
+(seed 42 gives ``NotMNIST, MNIST, CIFAR10, FashionMNIST, SVHN``; spec cl-pipeline.md 3.1), and
+the labels of the dataset at position ``t`` are offset by ``10 * t`` (50 classes in all). Train
+and test sets are each dataset's own. Grayscale images (MNIST, Fashion-MNIST, notMNIST) are
+converted to 3 channels.
+
+**Transforms.** Every dataset gets its *own* transform objects: CIFAR-10 the CIFAR family
+(CIFAR-100 normalisation, colour jitter), the four others the default family (no
+normalisation). The original code overwrote a shared transform variable when it reached CIFAR-10,
+so every dataset after it silently used the CIFAR transform (spec 9.2 item 12); that cannot
+happen here and a test checks it.
+
+Layout under the data root (torchvision-compatible names, so existing copies are reused)::
+
+    <root>/cifar-10-python.tar.gz           optional once extracted
+    <root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}
+    <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
+    <root>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
+    <root>/SVHN/{train,test}_32x32.mat
+    <root>/notMNIST.zip                     optional once extracted
+    <root>/notMNIST/{Train,Test}/{A..J}/*.png
+
+Checksums: CIFAR-10, MNIST, Fashion-MNIST and SVHN files have published MD5s (those of
+torchvision) and are verified before use. notMNIST (the copy in facebookresearch's
+Adversarial-Continual-Learning repository, as in the NoRGa code) has no published checksum: its
+SHA-256 is recorded in ``Benchmark.info`` and the extracted tree gets a structural check (ten
+non-empty letter folders in ``Train`` and ``Test``). Unreadable notMNIST images (the set has a
+few) are skipped, logged and listed in ``info``, as the original code skips them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import ConcatDataset
+
+from cl.data.base import Benchmark, SplitDataset
+from cl.data.cifar100 import CifarSpec, load_cifar
+from cl.data.download import (
+    Fetcher,
+    Resource,
+    ensure_file,
+    extract_archive,
+    read_marker,
+    verify_file,
+)
+from cl.data.realdata import (
+    ArrayImageDataset,
+    RealDataOptions,
+    class_order,
+    not_found_message,
+    resolve_data_root,
+)
+from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
+from cl.data.transforms import TransformKind, TransformPair, build_transforms
+
+log = logging.getLogger(__name__)
+
+DATASET_NAMES = ("SVHN", "MNIST", "CIFAR10", "NotMNIST", "FashionMNIST")
+CLASSES_PER_DATASET = 10
+
+
+@dataclass(frozen=True)
+class IdxSpec:
+    """An MNIST-style dataset: four gzipped IDX files in ``folder``."""
+
+    name: str
+    folder: str
+    train_images: Resource
+    train_labels: Resource
+    test_images: Resource
+    test_labels: Resource
+    num_train: int
+    num_test: int
+
+
+@dataclass(frozen=True)
+class SvhnSpec:
+    """SVHN cropped digits: ``train_32x32.mat`` and ``test_32x32.mat`` in ``folder``."""
+
+    folder: str
+    train: Resource
+    test: Resource
+    num_train: int
+    num_test: int
+
+
+@dataclass(frozen=True)
+class NotMnistSpec:
+    """notMNIST as a zip of ``{Train,Test}/{A..J}/*.png``, extracted to ``folder``."""
+
+    archive: Resource
+    folder: str
+    letters: str = "ABCDEFGHIJ"
+
+
+# CIFAR-10: https://www.cs.toronto.edu/~kriz/cifar.html; MD5s as in torchvision.datasets.CIFAR10.
+CIFAR10 = CifarSpec(
+    name="CIFAR-10",
+    archive=Resource("cifar-10-python.tar.gz",
+                     ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",),
+                     md5="c58f30108f718f92721af3b95e74349a"),
+    folder="cifar-10-batches-py",
+    train_files=(("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+                 ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+                 ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+                 ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+                 ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb")),
+    test_files=(("test_batch", "40351d587109b95175f43aff81a1287e"),),
+    meta_file=("batches.meta", "5ff9c542aee3614f3951f8cda6e48888"),
+    label_key="labels",
+    names_key="label_names",
+    num_classes=10,
+    num_train=50_000,
+    num_test=10_000,
+)
+
+
+def _idx_resources(bases: tuple[str, ...], md5s: dict[str, str]) -> dict[str, Resource]:
+    return {name: Resource(name, tuple(base + name for base in bases), md5=md5)
+            for name, md5 in md5s.items()}
+
+
+# MNIST mirrors and MD5s as in torchvision.datasets.MNIST (the LeCun site is often unreachable).
+_MNIST = _idx_resources(
+    ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+    {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"})
+# Fashion-MNIST: the official bucket (as torchvision) and the authors' GitHub copy.
+_FASHION = _idx_resources(
+    ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+     "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/"),
+    {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"})
+
+
+def _idx_spec(name: str, folder: str, files: dict[str, Resource]) -> IdxSpec:
+    return IdxSpec(name=name, folder=folder,
+                   train_images=files["train-images-idx3-ubyte.gz"],
+                   train_labels=files["train-labels-idx1-ubyte.gz"],
+                   test_images=files["t10k-images-idx3-ubyte.gz"],
+                   test_labels=files["t10k-labels-idx1-ubyte.gz"],
+                   num_train=60_000, num_test=10_000)
+
+
+MNIST = _idx_spec("MNIST", "MNIST/raw", _MNIST)
+FASHION_MNIST = _idx_spec("FashionMNIST", "FashionMNIST/raw", _FASHION)
+# SVHN: http://ufldl.stanford.edu/housenumbers/; MD5s as in torchvision.datasets.SVHN.
+SVHN = SvhnSpec(
+    folder="SVHN",
+    train=Resource("train_32x32.mat", ("http://ufldl.stanford.edu/housenumbers/train_32x32.mat",),
+                   md5="e26dedcc434d2e4c54c9b2d4a06d8373"),
+    test=Resource("test_32x32.mat", ("http://ufldl.stanford.edu/housenumbers/test_32x32.mat",),
+                  md5="eb5a983be6a315427106f1b164d9cef3"),
+    num_train=73_257,
+    num_test=26_032,
+)
+# notMNIST: the URL used by the NoRGa code (spec 3.1); no checksum is published for it.
+NOT_MNIST = NotMnistSpec(
+    archive=Resource("notMNIST.zip",
+                     ("https://github.com/facebookresearch/Adversarial-Continual-Learning/raw/"
+                      "main/data/notMNIST.zip",)),
+    folder="notMNIST",
+)
+# Looked up at build time (tests replace it with fixture specs).
+SOURCES: dict[str, Any] = {"SVHN": SVHN, "MNIST": MNIST, "CIFAR10": CIFAR10,
+                           "NotMNIST": NOT_MNIST, "FashionMNIST": FASHION_MNIST}
+
+
+@dataclass
+class SourceData:
+    """One of the five datasets in memory, labels 0..9."""
+
+    name: str
+    kind: TransformKind
+    train_images: Any
+    train_labels: np.ndarray
+    test_images: Any
+    test_labels: np.ndarray
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Fetching:
+    root: Path
+    allow_download: bool
+    fetch: Fetcher | None
+    progress: bool
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a gzipped IDX file of unsigned bytes (MNIST format)."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            data = stream.read()
+    except (OSError, EOFError, zlib.error) as err:
+        raise ChecksumError(f"cannot read {path}: {err}") from err
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ChecksumError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(dims)):
+        raise ChecksumError(f"{path}: header says {dims} but holds {array.size} values")
+    return array.reshape(dims)
+
+
+def _load_idx(spec: IdxSpec, how: _Fetching) -> SourceData:
+    folder = how.root / spec.folder
+    resources = (spec.train_images, spec.train_labels, spec.test_images, spec.test_labels)
+    message = not_found_message(
+        spec.name, how.root, [f"{spec.folder}/{r.filename}" for r in resources],
+        [f"{r.describe()} -> {folder / r.filename}" for r in resources])
+    arrays, sums = [], {}
+    for resource in resources:
+        path, digests = ensure_file(resource, folder, allow_download=how.allow_download,
+                                    missing_message=message, fetch=how.fetch,
+                                    progress=how.progress)
+        arrays.append(read_idx(path))
+        sums[resource.filename] = digests["md5"]
+    train_x, train_y, test_x, test_y = arrays
+    if (len(train_x), len(train_y), len(test_x), len(test_y)) != (
+            spec.num_train, spec.num_train, spec.num_test, spec.num_test):
+        raise ChecksumError(f"{folder}: expected {spec.num_train} train / {spec.num_test} test "
+                            f"images and labels")
+    return SourceData(spec.name, "default", train_x, train_y.astype(np.int64), test_x,
+                      test_y.astype(np.int64),
+                      {"folder": str(folder.resolve()), "files": [r.provenance() for r in
+                                                                  resources], "md5": sums})
+
+
+def _load_svhn(spec: SvhnSpec, how: _Fetching) -> SourceData:
+    from scipy.io import loadmat  # scipy is a dependency; imported only when SVHN is used
+
+    folder = how.root / spec.folder
+    message = not_found_message(
+        "SVHN", how.root, [f"{spec.folder}/{spec.train.filename}",
+                           f"{spec.folder}/{spec.test.filename}"],
+        [f"{r.describe()} -> {folder / r.filename}" for r in (spec.train, spec.test)])
+    splits, sums = [], {}
+    for resource, expected in ((spec.train, spec.num_train), (spec.test, spec.num_test)):
+        path, digests = ensure_file(resource, folder, allow_download=how.allow_download,
+                                    missing_message=message, fetch=how.fetch,
+                                    progress=how.progress)
+        sums[resource.filename] = digests["md5"]
+        try:
+            mat = loadmat(path)
+        except (ValueError, OSError) as err:
+            raise ChecksumError(f"cannot read {path}: {err}") from err
+        images = np.ascontiguousarray(np.transpose(mat["X"], (3, 0, 1, 2)))  # (N, 32, 32, 3)
+        labels = np.asarray(mat["y"], dtype=np.int64).ravel()
+        labels[labels == 10] = 0  # SVHN stores digit 0 as class 10
+        if images.shape[1:] != (32, 32, 3) or len(images) != len(labels) or \
+                len(labels) != expected:
+            raise ChecksumError(f"{path}: expected {expected} images of 32x32x3, found "
+                                f"X{tuple(mat['X'].shape)} and {len(labels)} labels")
+        splits.append((images.astype(np.uint8), labels))
+    (train_x, train_y), (test_x, test_y) = splits
+    return SourceData("SVHN", "default", train_x, train_y, test_x, test_y,
+                      {"folder": str(folder.resolve()),
+                       "files": [spec.train.provenance(), spec.test.provenance()], "md5": sums})
+
+
+def _read_letters(split_dir: Path, letters: str) -> tuple[list[np.ndarray], list[int],
+                                                          list[str]]:
+    images, labels, skipped = [], [], []
+    for label, letter in enumerate(letters):
+        letter_dir = split_dir / letter
+        files = sorted(p for p in letter_dir.glob("*.png")) if letter_dir.is_dir() else []
+        if not files:
+            raise ChecksumError(f"{letter_dir} is missing or has no .png images")
+        for path in files:
+            try:
+                with Image.open(path) as image:
+                    images.append(np.asarray(image.convert("L")))
+                labels.append(label)
+            except (OSError, ValueError, SyntaxError):  # unreadable glyphs exist in notMNIST
+                skipped.append(f"{split_dir.name}/{letter}/{path.name}")
+    return images, labels, skipped
+
+
+def _stack(images: list[np.ndarray]) -> Any:
+    shapes = {image.shape for image in images}
+    return np.stack(images) if len(shapes) == 1 else images
+
+
+def _load_notmnist(spec: NotMnistSpec, how: _Fetching) -> SourceData:
+    tree = how.root / spec.folder
+    archive_digests = None
+    if not tree.is_dir():
+        message = not_found_message(
+            "notMNIST", how.root,
+            [f"{spec.folder}/{{Train,Test}}/{{{','.join(spec.letters)}}}/*.png",
+             f"{spec.archive.filename}   (or this archive; extracted on first use)"],
+            [f"{spec.archive.describe()} -> {how.root / spec.archive.filename}"])
+        if not (how.root / spec.archive.filename).exists() and not how.allow_download:
+            raise DatasetNotFoundError(message)
+        archive, archive_digests = ensure_file(spec.archive, how.root,
+                                               allow_download=how.allow_download,
+                                               missing_message=message, fetch=how.fetch,
+                                               progress=how.progress)
+        extract_archive(archive, how.root, spec.folder,
+                        source={"url": spec.archive.url, **archive_digests}, wrap=True)
+    elif (how.root / spec.archive.filename).exists() and spec.archive.has_checksum:
+        verify_file(how.root / spec.archive.filename, spec.archive)
+    train_x, train_y, skipped_train = _read_letters(tree / "Train", spec.letters)
+    test_x, test_y, skipped_test = _read_letters(tree / "Test", spec.letters)
+    skipped = skipped_train + skipped_test
+    if skipped:
+        log.warning("notMNIST: skipped %d unreadable images: %s", len(skipped),
+                    ", ".join(skipped))
+    marker = read_marker(tree) or {}
+    return SourceData("NotMNIST", "default", _stack(train_x), np.array(train_y, np.int64),
+                      _stack(test_x), np.array(test_y, np.int64),
+                      {"folder": str(tree.resolve()), "archive": spec.archive.provenance(),
+                       "archive_sha256": marker.get("sha256"),
+                       "checksum_published": spec.archive.has_checksum,
+                       "skipped_unreadable": skipped})
+
+
+def _load_cifar10(spec: CifarSpec, how: _Fetching) -> SourceData:
+    data = load_cifar(spec, how.root, allow_download=how.allow_download, fetch=how.fetch,
+                      progress=how.progress)
+    return SourceData("CIFAR10", "cifar", data.train_images, data.train_labels,
+                      data.test_images, data.test_labels, data.provenance)
+
+
+def load_source(name: str, spec: Any, how: _Fetching) -> SourceData:
+    """Load one of the five datasets by name (``DATASET_NAMES``)."""
+    loaders = {"SVHN": _load_svhn, "MNIST": _load_idx, "FashionMNIST": _load_idx,
+               "CIFAR10": _load_cifar10, "NotMNIST": _load_notmnist}
+    data = loaders[name](spec, how)
+    for split, labels in (("train", data.train_labels), ("test", data.test_labels)):
+        if labels.size and (labels.min() < 0 or labels.max() >= CLASSES_PER_DATASET):
+            raise ChecksumError(f"{name} {split} labels are outside 0..9")
+    return data
+
+
+# ----------------------------------------------------------------------------- builder
+
+
+def dataset_order(seed: int, order: str = "seeded") -> list[str]:
+    """The task order of the five datasets (NoRGa: ``random.seed(seed); random.shuffle``)."""
+    return [DATASET_NAMES[i] for i in class_order(len(DATASET_NAMES), seed, order)]  # type: ignore[arg-type]
+
+
+def _concat(parts: list[ArrayImageDataset]) -> SplitDataset:
+    return SplitDataset(ConcatDataset(parts), np.concatenate([p.labels for p in parts]))
+
+
+@register_dataset("5datasets")
+def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
+                        download: bool = False, **options: Any) -> Benchmark:
+    """5-Datasets (5 tasks x 10 classes, 50 classes in all).
+
+    Parameters
+    ----------
+    data_root:
+        Directory holding the five datasets in the layout of the module docstring.
+    seed:
+        Seed of the dataset order (``class_order="seeded"``; ``"standard"`` keeps
+        ``SVHN, MNIST, CIFAR10, NotMNIST, FashionMNIST``).
+    download:
+        Download missing files.
+    **options:
+        See :class:`cl.data.realdata.RealDataOptions` (``num_tasks`` must be 5 if given).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        One or more datasets are missing; the message covers all of them.
+    ChecksumError
+        A file fails verification.
+    """
+    opts = RealDataOptions.parse(options)
+    if opts.num_tasks not in (None, len(DATASET_NAMES)):
+        raise ValueError(f"5datasets has exactly {len(DATASET_NAMES)} tasks; got "
+                         f"num_tasks={opts.num_tasks}")
+    root = resolve_data_root(data_root)
+    how = _Fetching(root, download, opts.fetch, opts.progress)
+    order = dataset_order(seed, opts.class_order)
+    sources, missing = {}, []
+    for name in order:
+        try:
+            sources[name] = load_source(name, SOURCES[name], how)
+        except DatasetNotFoundError as err:  # report every missing dataset at once
+            missing.append(str(err))
+    if missing:
+        raise DatasetNotFoundError("\n".join(missing))
+
+    parts: dict[str, list[ArrayImageDataset]] = {"train": [], "train_eval": [], "test": []}
+    transforms: dict[str, TransformPair] = {}
+    for task, name in enumerate(order):
+        data = sources[name]
+        offset = task * CLASSES_PER_DATASET
+        # a fresh transform pair per dataset: nothing can leak from one dataset to the next
+        pair = transforms[name] = build_transforms(data.kind, **opts.transform_args())
+        parts["train"].append(ArrayImageDataset(data.train_images, data.train_labels + offset,
+                                                pair.train))
+        parts["train_eval"].append(ArrayImageDataset(data.train_images,
+                                                     data.train_labels + offset, pair.test))
+        parts["test"].append(ArrayImageDataset(data.test_images, data.test_labels + offset,
+                                               pair.test))
+    task_classes = [list(range(t * CLASSES_PER_DATASET, (t + 1) * CLASSES_PER_DATASET))
+                    for t in range(len(order))]
+    info = {
+        "dataset": "5datasets",
+        "dataset_order": order,
+        "dataset_order_rule": (f"random.seed({seed}); random.shuffle({list(DATASET_NAMES)})"
+                               if opts.class_order == "seeded" else "standard order"),
+        "label_offsets": {name: t * CLASSES_PER_DATASET for t, name in enumerate(order)},
+        "class_order": [c for classes in task_classes for c in classes],
+        "split": "each dataset's official train/test split",
+        "num_train": {name: int(len(sources[name].train_labels)) for name in order},
+        "num_test": {name: int(len(sources[name].test_labels)) for name in order},
+        "source": {name: sources[name].provenance for name in order},
+        "transforms": {name: transforms[name].describe() for name in order},
+    }
+    return Benchmark(name="5datasets", num_classes=len(order) * CLASSES_PER_DATASET,
+                     train=_concat(parts["train"]), train_eval=_concat(parts["train_eval"]),
+                     test=_concat(parts["test"]), task_classes=task_classes,
+                     image_size=opts.image_size, info=info)

@@ -1,0 +1,93 @@
+"""Split CUB-200-2011 on a fixture ``CUB_200_2011.tgz`` read through its list files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_data import make_cub
+
+from cl.data import cub200
+from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
+
+
+@pytest.fixture(scope="module")
+def fixture_spec(tmp_path_factory: pytest.TempPathFactory) -> cub200.CubSpec:
+    return make_cub(tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture
+def spec(fixture_spec, monkeypatch: pytest.MonkeyPatch) -> cub200.CubSpec:
+    monkeypatch.setattr(cub200, "SPEC", fixture_spec)
+    return fixture_spec
+
+
+def _source(spec: cub200.CubSpec) -> Path:
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(urlparse(spec.archive.url).path))
+
+
+def test_download_build_official_split(spec, tmp_path: Path) -> None:
+    bench = build_benchmark("cub200", data_root=tmp_path, seed=40, download=True,
+                            image_size=24, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CUB_200_2011", "CUB_200_2011.tgz"]
+    assert bench.num_classes == 20 and bench.num_tasks == 10
+    assert len(bench.train.targets) == spec.num_train == 60
+    assert len(bench.test.targets) == spec.num_test == 40
+    # train_test_split.txt: the first 3 images of each class are train, the last 2 test
+    assert all(int(p.stem.split("_")[2]) < 3 for p in bench.train.dataset.paths)
+    assert all(int(p.stem.split("_")[2]) >= 3 for p in bench.test.dataset.paths)
+    # label = class id - 1 (class dir "007.Bird_7" -> 6)
+    for path, label in zip(bench.test.dataset.paths, bench.test.targets, strict=True):
+        assert int(path.parent.name.split(".")[0]) - 1 == label
+    assert np.bincount(bench.test.targets).tolist() == [2] * 20
+    image, label = bench.test.dataset[5]
+    assert image.shape == (3, 24, 24) and label == bench.test.targets[5]
+    assert abs(float(image[0].mean()) * 255 - label) < 3
+    assert bench.train.dataset[0][0].shape == (3, 24, 24)
+    assert bench.train_eval.dataset[0][0].shape == (3, 24, 24)
+    assert bench.info["class_names"][0] == "001.Bird_1"
+    json.dumps(bench.info)
+
+
+def test_missing_data(spec, tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_benchmark("cub200", data_root=tmp_path / "none")
+    assert spec.archive.url in str(err.value) and "train_test_split.txt" in str(err.value)
+
+
+def test_official_url_in_message(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match="data.caltech.edu"):
+        build_benchmark("cub200", data_root=tmp_path)
+
+
+def test_corrupt_archive_kept(spec, tmp_path: Path) -> None:
+    data = bytearray(_source(spec).read_bytes())
+    data[100] ^= 1
+    (tmp_path / "CUB_200_2011.tgz").write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="CUB_200_2011.tgz"):
+        build_benchmark("cub200", data_root=tmp_path)
+    assert (tmp_path / "CUB_200_2011.tgz").read_bytes() == bytes(data)
+    assert not (tmp_path / "CUB_200_2011").exists()
+
+
+def test_inconsistent_lists_are_rejected(spec, tmp_path: Path) -> None:
+    with tarfile.open(_source(spec)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    tree = tmp_path / "CUB_200_2011"
+    labels = tree / "image_class_labels.txt"
+    original = labels.read_text()
+    labels.write_text(original.replace("1 1\n", "1 2\n", 1))
+    with pytest.raises(ChecksumError, match="labelled"):
+        build_benchmark("cub200", data_root=tmp_path)
+    labels.write_text(original)
+    victim = next((tree / "images").rglob("*.jpg"))
+    shutil.move(victim, tmp_path / "elsewhere.jpg")
+    with pytest.raises(ChecksumError, match="missing"):
+        build_benchmark("cub200", data_root=tmp_path)

@@ -1,0 +1,143 @@
+"""Split ImageNet-R on a fixture ``imagenet-r.tar``: fixed seed-independent split, no file moved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_data import make_imagenet_r
+
+from cl.data import imagenet_r
+from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
+
+
+@pytest.fixture(scope="module")
+def fixture_spec(tmp_path_factory: pytest.TempPathFactory) -> imagenet_r.ImageNetRSpec:
+    return make_imagenet_r(tmp_path_factory.mktemp("server"))
+
+
+@pytest.fixture
+def spec(fixture_spec, monkeypatch: pytest.MonkeyPatch) -> imagenet_r.ImageNetRSpec:
+    monkeypatch.setattr(imagenet_r, "SPEC", fixture_spec)
+    return fixture_spec
+
+
+def _source(spec: imagenet_r.ImageNetRSpec) -> Path:
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(urlparse(spec.archive.url).path))
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _test_keys(bench) -> list[str]:
+    return [f"{p.parent.name}/{p.name}" for p in bench.test.dataset.paths]
+
+
+def test_download_build_and_counts(spec, tmp_path: Path) -> None:
+    bench = build_benchmark("imagenet-r", data_root=tmp_path, seed=42, download=True,
+                            image_size=32, progress=False)
+    assert bench.num_classes == spec.num_classes == 20 and bench.num_tasks == 10
+    assert all(len(t) == 2 for t in bench.task_classes)
+    assert sorted(c for t in bench.task_classes for c in t) == list(range(20))
+    n_train, n_test = len(bench.train.targets), len(bench.test.targets)
+    assert n_train + n_test == spec.num_images
+    assert len(bench.train_eval.targets) == n_train
+    # stratified 80/20: every class has round(0.2 n) test images
+    for c in range(20):
+        n = int((bench.train.targets == c).sum() + (bench.test.targets == c).sum())
+        assert int((bench.test.targets == c).sum()) == int(np.floor(0.2 * n + 0.5))
+    assert 0.15 < n_test / spec.num_images < 0.25
+    # train and test are disjoint
+    train_keys = {f"{p.parent.name}/{p.name}" for p in bench.train.dataset.paths}
+    assert not train_keys & set(_test_keys(bench))
+    image, label = bench.test.dataset[3]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert label == bench.test.targets[3]
+    assert abs(float(image[0].mean()) * 255 - label) < 3  # red channel encodes the class
+    train_image, _ = bench.train.dataset[0]
+    assert train_image.shape == (3, 32, 32)
+    json.dumps(bench.info)
+    assert bench.info["split"]["rule"] == imagenet_r.SPLIT_RULE
+    assert bench.info["source"]["archive_verified"] is True
+
+
+def test_split_is_identical_across_seeds_and_documented_rule(spec, tmp_path: Path) -> None:
+    shutil.copy(_source(spec), tmp_path / "imagenet-r.tar")
+    a = build_benchmark("imagenet-r", data_root=tmp_path, seed=1, image_size=32)
+    b = build_benchmark("imagenet-r", data_root=tmp_path, seed=2, image_size=32)
+    assert a.task_classes != b.task_classes  # the seed changes the class order ...
+    assert _test_keys(a) == _test_keys(b)  # ... but never the split
+    assert a.info["split"]["test_set_sha256"] == b.info["split"]["test_set_sha256"]
+    # independent re-implementation of the documented rule
+    by_class: dict[str, list[str]] = {}
+    for p in (tmp_path / "imagenet-r").rglob("*.jpg"):
+        by_class.setdefault(p.parent.name, []).append(f"{p.parent.name}/{p.name}")
+    expected = []
+    for keys in by_class.values():
+        keys.sort(key=lambda k: hashlib.sha256(k.encode()).hexdigest())
+        expected += keys[: int(len(keys) * 0.2 + 0.5)]
+    assert sorted(expected) == sorted(_test_keys(a))
+
+
+def test_user_files_are_never_moved(spec, tmp_path: Path) -> None:
+    shutil.copy(_source(spec), tmp_path / "imagenet-r.tar")
+    build_benchmark("imagenet-r", data_root=tmp_path, image_size=32)
+    before = _snapshot(tmp_path)
+    bench = build_benchmark("imagenet-r", data_root=tmp_path, image_size=32)
+    bench.test.dataset[0]
+    assert _snapshot(tmp_path) == before
+
+
+def test_tree_rearranged_by_original_code_gives_same_split(spec, tmp_path: Path) -> None:
+    reference = build_benchmark("imagenet-r", data_root=tmp_path / "a", download=True,
+                                image_size=32, progress=False)
+    moved_root = tmp_path / "b" / "imagenet-r"
+    with tarfile.open(_source(spec)) as tar:
+        tar.extractall(tmp_path / "b" / "x", filter="data")
+    for i, p in enumerate(sorted((tmp_path / "b" / "x" / "imagenet-r").rglob("*.jpg"))):
+        dest = moved_root / ("test" if i % 4 == 0 else "train") / p.parent.name / p.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        p.rename(dest)
+    shutil.rmtree(tmp_path / "b" / "x")
+    moved = build_benchmark("imagenet-r", data_root=tmp_path / "b", image_size=32)
+    assert sorted(_test_keys(moved)) == sorted(_test_keys(reference))
+    assert moved.info["split"]["test_set_sha256"] == reference.info["split"]["test_set_sha256"]
+
+
+def test_missing_and_incomplete(spec, tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_benchmark("imagenet-r", data_root=tmp_path / "none")
+    assert spec.archive.url in str(err.value) and "imagenet-r/<wnid>/" in str(err.value)
+    assert not (tmp_path / "none").exists()
+    with tarfile.open(_source(spec)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    victim = next((tmp_path / "imagenet-r").rglob("*.jpg"))
+    os.remove(victim)
+    with pytest.raises(ChecksumError, match=f"{spec.num_images - 1}"):
+        build_benchmark("imagenet-r", data_root=tmp_path, image_size=32)
+
+
+def test_corrupt_archive(spec, tmp_path: Path) -> None:
+    archive = tmp_path / "imagenet-r.tar"
+    archive.write_bytes(_source(spec).read_bytes()[:-2048])
+    with pytest.raises(ChecksumError, match="imagenet-r.tar"):
+        build_benchmark("imagenet-r", data_root=tmp_path, download=True, progress=False)
+    assert archive.exists() and not (tmp_path / "imagenet-r").exists()
+
+
+def test_official_constants() -> None:
+    assert imagenet_r.IMAGENET_R.archive.url == \
+        "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
+    assert (imagenet_r.IMAGENET_R.num_classes, imagenet_r.IMAGENET_R.num_images) == (200, 30000)
