@@ -177,7 +177,10 @@ def figure_size(width: Width = "one", aspect: float = 0.75) -> tuple[float, floa
 
 
 def save_figure(
-    fig: Figure, stem: str | os.PathLike[str], formats: Sequence[str] = ("pdf", "png")
+    fig: Figure,
+    stem: str | os.PathLike[str],
+    formats: Sequence[str] = ("pdf", "png"),
+    dpi: int = 300,
 ) -> list[Path]:
     """Write ``fig`` as vector PDF and 300-dpi PNG next to each other, atomically.
 
@@ -192,6 +195,8 @@ def save_figure(
         Path without suffix, e.g. ``out/convergence_exact``; parent folders are created.
     formats:
         File formats (matplotlib names), by default PDF and PNG.
+    dpi:
+        Resolution of raster formats (300 for papers; lower for README thumbnails).
 
     Returns
     -------
@@ -207,7 +212,8 @@ def save_figure(
         os.close(fd)
         try:
             with plt.rc_context(style_rc()):
-                fig.savefig(tmp, format=fmt, dpi=300, metadata=_metadata(fmt))
+                fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; figures are meant to be shared
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

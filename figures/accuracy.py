@@ -1,0 +1,386 @@
+"""Accuracy figures of the continual-learning runs (cl-pipeline spec section 4).
+
+- :func:`plot_accuracy_curves`: average accuracy over the tasks seen so far vs the number of
+  tasks seen, mean +/- std over seeds, one line per method (one dataset and backbone).
+- :func:`plot_accuracy_matrix`: the accuracy matrix A[t, i] of one run as a heatmap.
+- :func:`plot_fa_bars`: final average accuracy per backbone and method (one dataset).
+- :func:`plot_expert_frequency`: SMoPE expert activation frequency per layer and head.
+- :func:`plot_activation_ablation`: HiDe-Prompt vs NoRGa with tanh / sigmoid / GELU.
+
+Artists carry gids (``mean:<variant>``, ``std:<variant>``, ``bar:<group>:<variant>``,
+``matrix``, ``freq:layer<l>``) so tests can read the plotted numbers back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from figures.aggregate import mean_std, seen_task_average
+from figures.grouping import (
+    group_by_setting,
+    group_by_variant,
+    variant_color,
+    variant_label,
+    variant_sort_key,
+)
+from figures.names import BACKBONE_LABELS, backbone_label, dataset_label
+from figures.runs import CLRun
+from figures.style import figure_size, figure_style, method_color, save_figure
+
+logger = logging.getLogger(__name__)
+
+StemLike = str | os.PathLike[str] | None
+
+
+def _finish(fig: Figure, out_stem: StemLike) -> Figure:
+    fig.tight_layout(pad=0.4)
+    if out_stem is not None:
+        save_figure(fig, out_stem)
+    return fig
+
+
+def accuracy_curve(runs: Sequence[CLRun]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tasks seen (1..T), mean and std over runs of the seen-task average accuracy.
+
+    Runs may be unfinished; the curve stops at the shortest run so every point averages the
+    same seeds.
+    """
+    curves = [seen_task_average(r.accuracy_matrix) for r in runs]
+    length = min(len(c) for c in curves)
+    stacked = np.vstack([c[:length] for c in curves])
+    mean = stacked.mean(axis=0)
+    std = stacked.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(length)
+    return np.arange(1, length + 1, dtype=float), mean, std
+
+
+def plot_accuracy_curves(
+    runs: Sequence[CLRun], out_stem: StemLike = None, *, title: str | None = None
+) -> Figure:
+    """Accuracy vs number of tasks seen, mean +/- std over seeds, one line per method.
+
+    Parameters
+    ----------
+    runs:
+        CL runs of one dataset and backbone (several methods and seeds).
+    out_stem:
+        When given, save as PDF and PNG.
+    title:
+        Axes title; by default "<dataset>, <backbone>".
+
+    Returns
+    -------
+    Figure
+    """
+    with figure_style():
+        fig = Figure(figsize=figure_size("one", aspect=0.95))
+        ax = fig.subplots()
+        for variant, vruns in group_by_variant(runs).items():
+            x, mean, std = accuracy_curve(vruns)
+            color = variant_color(variant)
+            band = ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18,
+                                   linewidth=0)
+            band.set_gid(f"std:{variant}")
+            (line,) = ax.plot(x, mean, marker="o", markersize=2.8, color=color,
+                              label=f"{variant_label(variant)} ({len(vruns)} seed"
+                                    f"{'s' if len(vruns) != 1 else ''})")
+            line.set_gid(f"mean:{variant}")
+        ax.set_xlabel("number of tasks seen")
+        ax.set_ylabel("average accuracy on seen tasks (%)")
+        if runs:
+            ax.set_title(title or f"{dataset_label(runs[0].dataset)}, "
+                                  f"{backbone_label(runs[0].backbone)}", loc="left")
+            ax.xaxis.set_major_locator(_integer_locator())
+        # Below the axes: curves of strong methods sit near the top, weak ones near the bottom,
+        # so no corner inside the axes is reliably free.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        return _finish(fig, out_stem)
+
+
+def _integer_locator() -> Any:
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
+def plot_accuracy_matrix(
+    run: CLRun | np.ndarray, out_stem: StemLike = None, *, title: str | None = None
+) -> Figure:
+    """Heatmap of the accuracy matrix A[t, i] (row: after task t; column: task i).
+
+    Cells above the diagonal (tasks not seen yet) are blank; values are written in the cells
+    when there are at most 10 tasks.
+
+    Parameters
+    ----------
+    run:
+        A :class:`~figures.runs.CLRun` or the matrix itself (percent, nan above the diagonal).
+    out_stem:
+        When given, save as PDF and PNG.
+    title:
+        Axes title; by default "<method>, <dataset>, <backbone>, seed <s>".
+    """
+    matrix = run.accuracy_matrix if isinstance(run, CLRun) else np.asarray(run, dtype=float)
+    if title is None and isinstance(run, CLRun):
+        title = (f"{variant_label(run.method)}, {dataset_label(run.dataset)}, "
+                 f"{backbone_label(run.backbone)}, seed {run.seed}")
+    n_rows, n_tasks = matrix.shape
+    with figure_style():
+        fig = Figure(figsize=figure_size("one", aspect=0.85))
+        ax = fig.subplots()
+        masked = np.ma.masked_invalid(matrix)
+        finite = matrix[np.isfinite(matrix)]
+        vmin = float(np.floor(finite.min() / 5) * 5) if finite.size else 0.0
+        img = ax.imshow(masked, cmap="viridis", vmin=vmin, vmax=100, aspect="auto",
+                        interpolation="nearest")
+        img.set_gid("matrix")
+        if n_tasks <= 10:
+            for t in range(n_rows):
+                for i in range(n_tasks):
+                    if np.isfinite(matrix[t, i]):
+                        light = (matrix[t, i] - vmin) / max(100 - vmin, 1e-9) > 0.6
+                        ax.text(i, t, f"{matrix[t, i]:.1f}", ha="center", va="center",
+                                fontsize=5, color="black" if light else "white")
+        ax.set_xticks(range(n_tasks), [str(i + 1) for i in range(n_tasks)])
+        ax.set_yticks(range(n_rows), [str(t + 1) for t in range(n_rows)])
+        ax.set_xlabel("evaluated task $i$")
+        ax.set_ylabel("after training task $t$")
+        ax.grid(False)
+        cbar = fig.colorbar(img, ax=ax, fraction=0.05, pad=0.02)
+        cbar.set_label("accuracy (%)")
+        if title:
+            ax.set_title(title, loc="left", fontsize=7)
+        return _finish(fig, out_stem)
+
+
+def _grouped_bars(
+    ax: Axes,
+    groups: Mapping[str, Mapping[str, Sequence[float]]],
+    group_labels: Mapping[str, str],
+    variants: Sequence[str],
+    published: Mapping[tuple[str, str], float] | None = None,
+) -> None:
+    """Bars of mean +/- std per (group, variant); optional published values as markers."""
+    width = 0.8 / max(len(variants), 1)
+    for j, variant in enumerate(variants):
+        for g, group in enumerate(groups):
+            values = groups[group].get(variant)
+            if not values:
+                continue
+            stats = mean_std(values)
+            x = g - 0.4 + width * (j + 0.5)
+            (bar,) = ax.bar(x, stats.mean, width=width * 0.92, color=variant_color(variant),
+                            hatch=_hatch(variant), edgecolor="white", linewidth=0.3,
+                            label=variant_label(variant) if group == _first_group(groups, variant)
+                            else None)
+            bar.set_gid(f"bar:{group}:{variant}")
+            if len(values) > 1:
+                ax.errorbar(x, stats.mean, yerr=stats.std, color="0.15", capsize=1.5,
+                            linewidth=0.7, capthick=0.7)
+            if published and (group, variant) in published:
+                ax.plot(x, published[(group, variant)], marker="D", markersize=3,
+                        markerfacecolor="white", markeredgecolor="black", linestyle="none",
+                        zorder=5, gid=f"paper:{group}:{variant}")
+    ax.set_xticks(range(len(groups)), [group_labels[g] for g in groups])
+    ax.grid(axis="x", visible=False)
+
+
+def _hatch(variant: str) -> str | None:
+    # Activation variants of NoRGa share its hue; hatching keeps them apart in print.
+    return {"norga-tanh": "////", "norga-sigmoid": "....", "norga-gelu": "xxxx"}.get(variant)
+
+
+def _first_group(groups: Mapping[str, Mapping[str, Sequence[float]]], variant: str) -> str:
+    return next(g for g in groups if groups[g].get(variant))
+
+
+def _zoom_ylim(ax: Axes, values: Sequence[float]) -> None:
+    # Bars of accuracies near 90% are unreadable from 0; zoom to the data, as the papers do.
+    vals = [v for v in values if np.isfinite(v)]
+    if vals:
+        lo = max(0.0, 5 * np.floor((min(vals) - 5) / 5))
+        ax.set_ylim(lo, min(100.0, max(vals) + 4))
+
+
+def plot_fa_bars(
+    runs: Sequence[CLRun], out_stem: StemLike = None, *, metric: str = "FA",
+    title: str | None = None,
+) -> Figure:
+    """Final average accuracy (or another metric) per backbone and method, mean +/- std.
+
+    Parameters
+    ----------
+    runs:
+        CL runs of one dataset (any backbones, methods and seeds).
+    out_stem:
+        When given, save as PDF and PNG.
+    metric:
+        Key of ``metrics.json`` to plot (``FA`` by default).
+    title:
+        Axes title; by default the dataset name.
+    """
+    groups: dict[str, dict[str, list[float]]] = {}
+    all_variants: set[str] = set()
+    for (_, backbone), sruns in group_by_setting(runs).items():
+        for variant, vruns in group_by_variant(sruns).items():
+            groups.setdefault(backbone, {})[variant] = [float(r.metrics[metric]) for r in vruns]
+            all_variants.add(variant)
+    # Backbones in the papers' order (Sup-21K first), unknown ones last.
+    known = list(BACKBONE_LABELS)
+    groups = dict(sorted(groups.items(), key=lambda kv: (
+        known.index(kv[0]) if kv[0] in known else len(known), kv[0])))
+    variants = sorted(all_variants, key=variant_sort_key)
+    with figure_style():
+        fig = Figure(figsize=figure_size("one" if len(groups) <= 2 else "two", aspect=0.7
+                                         if len(groups) <= 2 else 0.35))
+        ax = fig.subplots()
+        _grouped_bars(ax, groups, {b: backbone_label(b) for b in groups}, variants)
+        _zoom_ylim(ax, [v for g in groups.values() for vals in g.values() for v in vals])
+        ax.set_ylabel(f"{metric} (%)")
+        if runs:
+            ax.set_title(title or dataset_label(runs[0].dataset), loc="left")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
+        return _finish(fig, out_stem)
+
+
+def expert_frequency_array(freq: Mapping[str, Any]) -> np.ndarray:
+    """``freq["layers"]`` as an array (layer, head, expert), normalised per (layer, head).
+
+    Each row sums to one (a head with no selections stays all zero).
+    """
+    counts = np.asarray(freq["layers"], dtype=float)
+    totals = counts.sum(axis=-1, keepdims=True)
+    return np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+
+
+def plot_expert_frequency(
+    freq: Mapping[str, Any], out_stem: StemLike = None, *, title: str | None = None
+) -> Figure:
+    """SMoPE prompt-expert activation frequency: one heatmap per layer, heads x experts.
+
+    Parameters
+    ----------
+    freq:
+        Content of ``expert_frequency.json`` (see :mod:`figures.runs`).
+    out_stem:
+        When given, save as PDF and PNG.
+    title:
+        Figure title.
+    """
+    share = expert_frequency_array(freq)
+    n_layers = share.shape[0]
+    layer_ids = list(freq.get("layer_ids") or range(n_layers))
+    ncols = min(n_layers, 3)
+    nrows = int(np.ceil(n_layers / ncols))
+    vmax = float(share.max()) if share.size else 1.0
+    with figure_style():
+        fig = Figure(figsize=(6.8, 1.55 * nrows + 0.5))
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+        img = None
+        for k, ax in enumerate(axes):
+            if k >= n_layers:
+                ax.set_visible(False)
+                continue
+            img = ax.imshow(share[k], cmap="rocket_r" if _has_rocket() else "magma_r", vmin=0,
+                            vmax=vmax, aspect="auto", interpolation="nearest")
+            img.set_gid(f"freq:layer{layer_ids[k]}")
+            ax.set_title(f"layer {layer_ids[k]}", loc="left", fontsize=7)
+            ax.grid(False)
+            ax.set_xlabel("expert" if k // ncols == nrows - 1 else "")
+            ax.set_ylabel("head" if k % ncols == 0 else "")
+            ax.tick_params(labelsize=5.5)
+        if img is not None:
+            cbar = fig.colorbar(img, ax=list(axes[:n_layers]), fraction=0.025, pad=0.02)
+            cbar.set_label("share of selections")
+        after = freq.get("after_task")
+        suffix = f" (counted after task {int(after) + 1})" if after is not None else ""
+        fig.suptitle(title or f"SMoPE expert activation frequency per head{suffix}",
+                     fontsize=8.5)
+        if out_stem is not None:
+            save_figure(fig, out_stem)
+        return fig
+
+
+def _has_rocket() -> bool:
+    import matplotlib
+
+    return "rocket_r" in matplotlib.colormaps
+
+
+def plot_activation_ablation(
+    runs: Sequence[CLRun],
+    out_stem: StemLike = None,
+    *,
+    published: Mapping[tuple[str, str], float] | None = None,
+    metric: str = "FA",
+) -> Figure:
+    """HiDe-Prompt vs NoRGa with each gate activation, mean +/- std FA per setting.
+
+    Parameters
+    ----------
+    runs:
+        CL runs; only ``hide`` runs and ``norga`` runs with a recorded ``gate_act`` are used.
+    out_stem:
+        When given, save as PDF and PNG.
+    published:
+        Optional published values keyed by (``"<dataset>/<backbone>"``, variant), drawn as open
+        diamonds (variants ``hide``, ``norga-tanh``, ``norga-sigmoid``, ``norga-gelu``).
+    metric:
+        Key of ``metrics.json`` to plot.
+    """
+    groups: dict[str, dict[str, list[float]]] = {}
+    labels: dict[str, str] = {}
+    for (dataset, backbone), sruns in group_by_setting(runs).items():
+        key = f"{dataset}/{backbone}"
+        for run in sruns:
+            if run.method == "hide":
+                variant = "hide"
+            elif run.method == "norga" and run.gate_act:
+                variant = f"norga-{run.gate_act}"
+            else:
+                continue
+            groups.setdefault(key, {}).setdefault(variant, []).append(float(run.metrics[metric]))
+        if key in groups:
+            short = dataset_label(dataset).replace("Split ", "")
+            labels[key] = f"{short}\n{backbone_label(backbone)}"
+    variants = [v for v in ("hide", "norga-tanh", "norga-sigmoid", "norga-gelu")
+                if any(v in g for g in groups.values())]
+    with figure_style():
+        fig = Figure(figsize=figure_size("one" if len(groups) <= 2 else "two", aspect=0.7
+                                         if len(groups) <= 2 else 0.35))
+        ax = fig.subplots()
+        _grouped_bars(ax, groups, labels, variants, published)
+        values = [v for g in groups.values() for vals in g.values() for v in vals]
+        if published:
+            values += [v for (g, _), v in published.items() if g in groups]
+        _zoom_ylim(ax, values)
+        ax.set_ylabel(f"{metric} (%)")
+        ax.set_title("Gate activation ablation", loc="left")
+        handles, names = ax.get_legend_handles_labels()
+        if published and any(a.get_gid() and a.get_gid().startswith("paper:") for a in ax.lines):
+            from matplotlib.lines import Line2D
+
+            handles.append(Line2D([], [], marker="D", markersize=3, markerfacecolor="white",
+                                  markeredgecolor="black", linestyle="none"))
+            names.append("paper")
+        ax.legend(handles, names, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3,
+                  frameon=False)
+        return _finish(fig, out_stem)
+
+
+__all__ = [
+    "accuracy_curve",
+    "expert_frequency_array",
+    "method_color",
+    "plot_accuracy_curves",
+    "plot_accuracy_matrix",
+    "plot_activation_ablation",
+    "plot_expert_frequency",
+    "plot_fa_bars",
+]

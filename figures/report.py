@@ -1,0 +1,220 @@
+"""Regenerate every figure and table found under a results root (used by
+``experiments/figures.py``).
+
+Runs are found at any depth (:func:`figures.runs.find_runs`). A run that cannot be read is
+reported as one line and skipped; nothing that is missing stops the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from figures import accuracy
+from figures.convergence import LOSS_PARTS, plot_convergence, plot_loss_parts
+from figures.grouping import group_by_setting
+from figures.runs import CLRun, RatesRun, RunFormatError, find_runs, read_cl_run, read_rates_run
+from figures.style import save_figure
+from figures.tables import load_published, write_tables
+
+logger = logging.getLogger(__name__)
+
+SYNTHETIC_MARK = "SYNTHETIC EXAMPLE DATA (not results)"
+
+
+@dataclass
+class Report:
+    """What :func:`render_results` wrote and what it skipped (one line each)."""
+
+    written: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _is_synthetic(*configs: dict) -> bool:
+    return any(bool(c.get("synthetic")) for c in configs)
+
+
+def mark_synthetic(fig: Figure) -> None:
+    """Stamp a figure drawn from example data, so that it is never mistaken for a result."""
+    fig.text(0.5, 0.5, SYNTHETIC_MARK, ha="center", va="center", fontsize=13, color="red",
+             alpha=0.25, rotation=18, zorder=100, gid="synthetic-mark")
+
+
+def _save(fig: Figure, stem: Path, synthetic: bool) -> list[Path]:
+    if synthetic:
+        mark_synthetic(fig)
+    return save_figure(fig, stem)
+
+
+def _slug(path: Path, root: Path) -> str:
+    rel = path.relative_to(root) if path != root else Path(path.name)
+    return "_".join(rel.parts) or path.name
+
+
+def rates_figures(run: RatesRun, out_dir: Path, slug: str) -> list[Path]:
+    """Convergence (and loss-parts) figures of one rates run."""
+    synthetic = _is_synthetic(run.config)
+    written: list[Path] = []
+    for setting in run.settings:
+        rows = run.records_for(setting)
+        fig = plot_convergence(rows, run.summary_for(setting), setting)
+        written += _save(fig, out_dir / f"convergence_{slug}_{setting}", synthetic)
+        if setting != "exact" and all(k in rows[0] for k in LOSS_PARTS):
+            fig = plot_loss_parts(rows, setting)
+            written += _save(fig, out_dir / f"loss_parts_{slug}_{setting}", synthetic)
+    return written
+
+
+def cl_figures(runs: Sequence[CLRun], root: Path, out_dir: Path, report: Report) -> None:
+    """Accuracy figures, heatmaps, bar charts, expert frequencies, ablation and tables."""
+    for run in runs:
+        synthetic = _is_synthetic(run.config)
+        fig = accuracy.plot_accuracy_matrix(run)
+        report.written += _save(fig, out_dir / "matrices" / f"matrix_{_slug(run.path, root)}",
+                                synthetic)
+        if run.expert_frequency is not None:
+            fig = accuracy.plot_expert_frequency(run.expert_frequency)
+            report.written += _save(
+                fig, out_dir / f"expert_frequency_{_slug(run.path, root)}", synthetic)
+    if runs and not any(r.expert_frequency is not None for r in runs):
+        report.notes.append("skip expert-frequency figure: no run has expert_frequency.json")
+    for (dataset, backbone), sruns in group_by_setting(runs).items():
+        synthetic = _is_synthetic(*(r.config for r in sruns))
+        fig = accuracy.plot_accuracy_curves(sruns)
+        report.written += _save(fig, out_dir / f"accuracy_{dataset}_{backbone}", synthetic)
+    datasets = sorted({r.dataset for r in runs})
+    for dataset in datasets:
+        druns = [r for r in runs if r.dataset == dataset]
+        fig = accuracy.plot_fa_bars(druns)
+        report.written += _save(fig, out_dir / f"fa_bars_{dataset}", _is_synthetic(
+            *(r.config for r in druns)))
+    ablation = [r for r in runs if r.method == "hide" or (r.method == "norga" and r.gate_act)]
+    if any(r.method == "norga" for r in ablation):
+        published = _ablation_published(load_published())
+        fig = accuracy.plot_activation_ablation(ablation, published=published)
+        report.written += _save(fig, out_dir / "activation_ablation",
+                                _is_synthetic(*(r.config for r in ablation)))
+    elif runs:
+        report.notes.append("skip activation ablation: no NoRGa run records gate_act")
+    tables = write_tables(runs, out_dir / "tables")
+    if runs and not tables:
+        report.notes.append("skip tables: no run matches a paper table setting")
+    report.written += tables
+
+
+def _ablation_published(published: dict) -> dict[tuple[str, str], float]:
+    out: dict[tuple[str, str], float] = {}
+    for entry in published["results"]:
+        if entry["table"] != "norga_activation_ablation":
+            continue
+        variant = "hide" if entry["method"] == "hide" else f"norga-{entry['activation']}"
+        out[(f"{entry['dataset']}/{entry['backbone']}", variant)] = entry["metrics"]["FA"][0]
+    return out
+
+
+def render_results(root: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> Report:
+    """Draw every figure and table that the runs under ``root`` allow.
+
+    Parameters
+    ----------
+    root:
+        Results root holding rates and CL run directories at any depth.
+    out_dir:
+        Folder for the figures (PDF + PNG) and ``tables/`` (Markdown + LaTeX).
+
+    Returns
+    -------
+    Report
+        Files written and one-line notes for everything skipped or unreadable.
+    """
+    root, out_dir = Path(root), Path(out_dir)
+    report = Report()
+    found = [r for r in find_runs(root) if out_dir not in (r.path, *r.path.parents)]
+    rates_runs: list[tuple[RatesRun, str]] = []
+    cl_runs: list[CLRun] = []
+    for item in found:
+        try:
+            if item.kind == "rates":
+                rates_runs.append((read_rates_run(item.path), _slug(item.path, root)))
+            else:
+                cl_runs.append(read_cl_run(item.path))
+        except RunFormatError as err:
+            report.notes.append(f"skip {item.kind} run: {err}")
+    if not rates_runs:
+        report.notes.append(f"skip convergence figures: no rates run under {root}")
+    for run, slug in rates_runs:
+        report.written += rates_figures(run, out_dir, slug)
+    if not cl_runs:
+        report.notes.append(f"skip accuracy figures and tables: no CL run under {root}")
+    else:
+        cl_figures(cl_runs, root, out_dir, report)
+    return report
+
+
+#: README example images: file name -> (figure kind, description).
+README_IMAGES = ("convergence", "loss_parts", "accuracy", "matrix", "fa_bars",
+                 "activation_ablation", "expert_frequency")
+
+
+def write_readme_images(
+    root: str | os.PathLike[str], img_dir: str | os.PathLike[str], dpi: int = 110
+) -> Report:
+    """One small PNG of each figure kind for the README, from the runs under ``root``.
+
+    Uses the first readable rates run (setting ``exact`` for the convergence figure, the first
+    other setting for the loss parts) and the CL runs found. Figures from synthetic example
+    runs are stamped as such.
+    """
+    root, img_dir = Path(root), Path(img_dir)
+    report = Report()
+    rates: list[RatesRun] = []
+    cl_runs: list[CLRun] = []
+    for item in find_runs(root):
+        try:
+            if item.kind == "rates":
+                rates.append(read_rates_run(item.path))
+            else:
+                cl_runs.append(read_cl_run(item.path))
+        except RunFormatError as err:
+            report.notes.append(f"skip {item.kind} run: {err}")
+
+    def save(fig: Figure, name: str, synthetic: bool) -> None:
+        if synthetic:
+            mark_synthetic(fig)
+        report.written.extend(save_figure(fig, img_dir / name, formats=("png",), dpi=dpi))
+
+    if rates:
+        run = rates[0]
+        settings = run.settings
+        first = "exact" if "exact" in settings else settings[0]
+        save(plot_convergence(run.records_for(first), run.summary_for(first), first),
+             "convergence", _is_synthetic(run.config))
+        others = [s for s in settings if s != "exact"]
+        if others and all(k in run.records_for(others[0])[0] for k in LOSS_PARTS):
+            save(plot_loss_parts(run.records_for(others[0]), others[0]), "loss_parts",
+                 _is_synthetic(run.config))
+    if cl_runs:
+        synthetic = _is_synthetic(*(r.config for r in cl_runs))
+        groups = group_by_setting(cl_runs)
+        biggest = max(groups.values(), key=len)
+        save(accuracy.plot_accuracy_curves(biggest), "accuracy", synthetic)
+        save(accuracy.plot_accuracy_matrix(biggest[0]), "matrix", synthetic)
+        dataset = biggest[0].dataset
+        save(accuracy.plot_fa_bars([r for r in cl_runs if r.dataset == dataset]), "fa_bars",
+             synthetic)
+        ablation = [r for r in cl_runs
+                    if r.method == "hide" or (r.method == "norga" and r.gate_act)]
+        if any(r.method == "norga" for r in ablation):
+            save(accuracy.plot_activation_ablation(
+                ablation, published=_ablation_published(load_published())),
+                "activation_ablation", synthetic)
+        with_freq = [r for r in cl_runs if r.expert_frequency is not None]
+        if with_freq:
+            save(accuracy.plot_expert_frequency(with_freq[0].expert_frequency),
+                 "expert_frequency", _is_synthetic(with_freq[0].config))
+    return report
