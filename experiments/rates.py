@@ -1,0 +1,231 @@
+"""Convergence rates of prefix-MoE least squares: linear vs NoRGa gating.
+
+Fits the prompt atoms by least squares over a grid of sample sizes and replicates, measures the
+Voronoi loss to the truth, and fits its rate. Writes a run directory (fits.csv, summary.json,
+mechanism.json, config.json, summary.txt, convergence figures) and prints the summary.
+
+Examples
+--------
+    python experiments/rates.py --gate norga                 # quick: E1 + E4, ~1 min
+    python experiments/rates.py --gate both --preset paper   # E1-E4, publication sweep
+    python experiments/rates.py --setting over-tanh --n-min 1000 --replicates 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+# experiments/figures.py would shadow the `figures` package: drop this folder from the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from tqdm import tqdm  # noqa: E402
+
+from moe_theory.gates import ACTIVATIONS  # noqa: E402
+from moe_theory.io import dumps_json, read_config, write_run  # noqa: E402
+from moe_theory.model import EXPERTS  # noqa: E402
+from moe_theory.rates import PRESETS, RateConfig, n_grid, run_rates  # noqa: E402
+from moe_theory.settings import SETTINGS  # noqa: E402
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Reports bad input as one line on stderr and exits with status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(2)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(float(text)) if "e" in text.lower() else int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(
+        prog="rates.py",
+        description="Simulate prefix-MoE regression, fit it by least squares and measure how the "
+        "Voronoi loss to the truth shrinks with n, for linear (prefix tuning) and NoRGa gating. "
+        "Starts are near the truth (oracle): the sweep measures the statistical rate, not "
+        "optimisation.",
+        epilog="Presets: quick = E1 exact + E4 mechanism, n = 7 values in 1e2..1e5, 12 replicates, "
+        "1 restart (about a minute on 2 cores); paper = E1-E4, 20 values of n, 40 replicates, "
+        "3 restarts. Explicit flags override the preset. Settings: exact (E1, L'=L=1, affine), "
+        "over (E2, L'=2, affine, |theta|<=5), over-tanh (E3, L'=2, tanh experts), mechanism (E4: "
+        "PDE residual, Fisher conditioning, flat manifold; no fitting).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--gate",
+        choices=("linear", "norga", "both"),
+        default="norga",
+        help="gate to study; with 'norga' the linear gate is fitted alongside as the "
+        "baseline (see --no-baseline)",
+    )
+    p.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="with --gate norga, do not fit the linear baseline",
+    )
+    p.add_argument("--activation", choices=ACTIVATIONS, default="tanh", help="sigma of NoRGa")
+    p.add_argument(
+        "--expert",
+        choices=EXPERTS,
+        default=None,
+        help="prompt expert type for exact/over (default: each setting's own)",
+    )
+    p.add_argument(
+        "--setting",
+        choices=SETTINGS,
+        nargs="+",
+        default=None,
+        help="experiments to run (default: from the preset)",
+    )
+    p.add_argument("--preset", choices=tuple(PRESETS), default="quick")
+    p.add_argument("--n-min", type=positive_int, default=None, help="smallest n of the grid")
+    p.add_argument("--n-max", type=positive_int, default=None, help="largest n of the grid")
+    p.add_argument("--num-n", type=positive_int, default=None, help="number of log-spaced n")
+    p.add_argument("--replicates", type=positive_int, default=None, help="replicates per n")
+    p.add_argument("--restarts", type=positive_int, default=None, help="restarts per fit")
+    p.add_argument(
+        "--fit-n-min",
+        type=positive_int,
+        default=1000,
+        help="smallest n entering the slope fits (pre-asymptotic points excluded)",
+    )
+    p.add_argument(
+        "--max-iter", type=positive_int, default=400, help="cap on Jacobian evaluations per fit"
+    )
+    p.add_argument("--seed", type=nonnegative_int, default=1, help="the one seed of every draw")
+    p.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=len(os.sched_getaffinity(0)),
+        help="parallel worker processes",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run directory (default: results/rates/<preset>-<gate>-seed<seed>)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path(".cache/norga-rates"),
+        help="joblib cache of finished fits (re-runs compute only new points)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a run directory that holds a different run",
+    )
+    p.add_argument("--no-figure", action="store_true", help="skip the convergence figures")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateConfig:
+    preset = PRESETS[args.preset]
+    n_min = args.n_min if args.n_min is not None else preset["n_min"]
+    n_max = args.n_max if args.n_max is not None else preset["n_max"]
+    if n_min < 2:
+        parser.error(f"argument --n-min: must be >= 2, got {n_min}")
+    if n_min > n_max:
+        parser.error(f"argument --n-min: {n_min} is above --n-max {n_max}; need n-min <= n-max")
+    gates = {
+        "linear": ("linear",),
+        "both": ("norga", "linear"),
+        "norga": ("norga",) if args.no_baseline else ("norga", "linear"),
+    }[args.gate]
+    settings = tuple(dict.fromkeys(args.setting or preset["settings"]))
+    if args.expert == "affine" and "over-tanh" in settings:
+        parser.error("argument --expert: 'affine' contradicts --setting over-tanh (tanh experts)")
+    return RateConfig(
+        settings=settings,
+        gates=gates,
+        activation=args.activation,
+        expert=args.expert,
+        n_values=n_grid(n_min, n_max, args.num_n or preset["num_n"]),
+        replicates=args.replicates or preset["replicates"],
+        restarts=args.restarts or preset["restarts"],
+        seed=args.seed,
+        fit_n_min=args.fit_n_min,
+        max_iter=args.max_iter,
+        preset=args.preset,
+    )
+
+
+def check_out_dir(out: Path, config: RateConfig, overwrite: bool, parser: OneLineParser) -> None:
+    """Refuse an unusable --out, or one holding a different run (unless --overwrite)."""
+    if out.exists() and not out.is_dir():
+        parser.error(f"argument --out: {out} is a file, not a directory")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        parser.error(f"argument --out: {probe} is not writable")
+    if (out / "config.json").exists() and not overwrite:
+        try:
+            old = read_config(out)
+        except (OSError, ValueError):
+            parser.error(
+                f"argument --out: {out} holds an unreadable config.json; choose another "
+                "--out or pass --overwrite"
+            )
+        if old != json.loads(dumps_json(config.to_dict())):
+            parser.error(
+                f"argument --out: {out} holds a different run; choose another --out or "
+                "pass --overwrite"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = config_from_args(args, parser)
+    out = args.out or Path("results/rates") / f"{args.preset}-{args.gate}-seed{args.seed}"
+    check_out_dir(out, config, args.overwrite, parser)
+
+    start = time.perf_counter()
+    result = run_rates(
+        config,
+        jobs=args.jobs,
+        cache_dir=None if args.no_cache else args.cache_dir,
+        progress=lambda it, total: tqdm(it, total=total, desc="fits", unit="block"),
+    )
+    written = write_run(result, out)
+    if not args.no_figure and result.records:
+        from figures.convergence import convergence_figures_for_run
+        from figures.runs import read_rates_run
+
+        written += convergence_figures_for_run(read_rates_run(out), out)
+    elapsed = time.perf_counter() - start
+    print(result.summary())
+    print(
+        f"\nwall time {elapsed:.1f} s with {args.jobs} job(s); wrote {len(written)} files to {out}:"
+    )
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

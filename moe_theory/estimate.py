@@ -1,0 +1,451 @@
+"""Least-squares estimation of the prompt atoms, batched over replicates (spec section 2).
+
+The core, :func:`fit_batched`, runs Levenberg-Marquardt with the analytic Jacobian on all
+replicates of one sample size at once: float64 tensors of shape ``(R, ...)``, one damping factor
+and one convergence flag per replicate, and an optional box ``[-bound, bound]`` handled by
+projection with an active set. :class:`LeastSquaresMoE` wraps it in a scikit-learn style
+estimator with restarts.
+
+Convergence follows MINPACK's tests (``ftol``, ``xtol``, ``gtol``); a fit that stops because it
+used ``max_iter`` Jacobian evaluations is *capped*: kept, flagged ``converged=False``, counted.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from moe_theory.gates import Activation, Gate, GateKind
+from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, regression_and_jacobian
+
+# Samples per chunk when accumulating J^T J: fixed (never derived from R), so every replicate's
+# arithmetic is the same whatever else is in the batch.
+SAMPLE_CHUNK = 32768
+
+
+class ConvergenceWarning(UserWarning):
+    """Some fits stopped at the iteration cap without meeting the convergence tests."""
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`fit_batched`; every array has a leading replicate axis.
+
+    Attributes
+    ----------
+    theta:
+        ``(R, P)`` fitted parameters.
+    rss:
+        ``(R,)`` residual sum of squares.
+    n_iter:
+        ``(R,)`` Jacobian evaluations used.
+    converged:
+        ``(R,)`` True when a convergence test was met before the cap.
+    at_bound:
+        ``(R,)`` True when some coordinate sits on the box (bounded fits only).
+    """
+
+    theta: np.ndarray
+    rss: np.ndarray
+    n_iter: np.ndarray
+    converged: np.ndarray
+    at_bound: np.ndarray
+
+
+class _Problem:
+    """Data of one batched fit, split into sample chunks with cached pretrained terms."""
+
+    def __init__(self, X: np.ndarray, Y: np.ndarray, structure: PrefixMoE, chunk: int) -> None:
+        self.structure = structure
+        n = X.shape[1]
+        self.chunks = []
+        for start in range(0, n, chunk):
+            Xc = X[:, start : start + chunk]
+            terms = structure.pretrained.logits_and_outputs(Xc)
+            self.chunks.append((Xc, Y[:, start : start + chunk], terms))
+
+    def rss(self, theta: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        total = np.zeros(len(rows))
+        for Xc, Yc, (lg, out) in self.chunks:
+            g, _ = regression_and_jacobian(
+                Xc[rows],
+                theta,
+                self.structure,
+                jacobian=False,
+                pretrained_terms=(lg[rows], out[rows]),
+            )
+            resid = Yc[rows] - g
+            total += np.einsum("rn,rn->r", resid, resid)
+        return total
+
+    def normal_equations(
+        self, theta: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``J^T J`` ``(R,P,P)``, ``J^T r`` ``(R,P)`` and the RSS at ``theta``."""
+        P = theta.shape[-1]
+        jtj = np.zeros((len(rows), P, P))
+        jtr = np.zeros((len(rows), P))
+        total = np.zeros(len(rows))
+        for Xc, Yc, (lg, out) in self.chunks:
+            g, J = regression_and_jacobian(
+                Xc[rows], theta, self.structure, pretrained_terms=(lg[rows], out[rows])
+            )
+            resid = Yc[rows] - g
+            Jt = np.swapaxes(J, -1, -2)
+            jtj += np.matmul(Jt, J)
+            jtr += np.matmul(Jt, resid[..., None])[..., 0]
+            total += np.einsum("rn,rn->r", resid, resid)
+        return jtj, jtr, total
+
+
+def fit_batched(
+    X: np.ndarray,
+    Y: np.ndarray,
+    theta0: np.ndarray,
+    structure: PrefixMoE,
+    *,
+    bound: float | None = None,
+    max_iter: int = 400,
+    ftol: float = 1e-12,
+    xtol: float = 1e-12,
+    gtol: float = 1e-12,
+    chunk: int = SAMPLE_CHUNK,
+) -> FitResult:
+    """Levenberg-Marquardt least squares for R independent data sets at once.
+
+    Parameters
+    ----------
+    X, Y:
+        ``(R, n, d)`` inputs and ``(R, n)`` responses.
+    theta0:
+        ``(R, P)`` starting points.
+    structure:
+        Known parts of the model (pretrained experts, gate, expert type).
+    bound:
+        If given, every coordinate is kept in ``[-bound, bound]`` (projected LM with an active
+        set: a coordinate on the box whose gradient points outward is held fixed).
+    max_iter:
+        Maximum number of Jacobian evaluations per replicate (the cap).
+    ftol, xtol, gtol:
+        MINPACK-style tests: relative RSS decrease, relative step size, and the largest
+        gradient component scaled by the RSS.
+    chunk:
+        Samples per chunk for accumulating the normal equations.
+
+    Returns
+    -------
+    FitResult
+    """
+    X = np.asarray(X, dtype=float)
+    Y = np.asarray(Y, dtype=float)
+    theta = np.array(theta0, dtype=float)
+    R, P = theta.shape
+    if X.shape[0] != R or Y.shape[:2] != X.shape[:2]:
+        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, theta0 {theta.shape}")
+    if bound is not None:
+        theta = np.clip(theta, -bound, bound)
+    problem = _Problem(X, Y, structure, chunk)
+
+    n_iter = np.zeros(R, dtype=int)
+    converged = np.zeros(R, dtype=bool)
+    active = np.ones(R, dtype=bool)
+    lam = np.full(R, np.nan)
+    nu = np.full(R, 2.0)
+    need_jac = np.ones(R, dtype=bool)
+    jtj = np.zeros((R, P, P))
+    jtr = np.zeros((R, P))
+    rss = np.zeros(R)
+    eye = np.eye(P)
+
+    while active.any():
+        # Fresh normal equations where the last step was accepted (or at the start).
+        rows = np.flatnonzero(active & need_jac)
+        if rows.size:
+            jtj[rows], jtr[rows], rss[rows] = problem.normal_equations(theta[rows], rows)
+            n_iter[rows] += 1
+            need_jac[rows] = False
+            start = np.isnan(lam[rows])
+            diag = np.diagonal(jtj[rows], axis1=1, axis2=2)
+            lam[rows[start]] = 1e-3 * diag[start].max(axis=1)
+            # Gradient test, scaled like MINPACK's (cosine of residual and Jacobian columns).
+            col = np.sqrt(np.maximum(diag, 1e-300))
+            gnorm = np.max(np.abs(jtr[rows]) / col, axis=1) / np.sqrt(np.maximum(rss[rows], 1e-300))
+            done = gnorm <= gtol
+            converged[rows[done]] = True
+            active[rows[done]] = False
+        rows = np.flatnonzero(active)
+        if not rows.size:
+            break
+
+        A, b = jtj[rows].copy(), jtr[rows].copy()
+        th = theta[rows]
+        if bound is not None:
+            # Hold coordinates on the box whose descent direction leaves it.
+            held = ((th <= -bound) & (b < 0)) | ((th >= bound) & (b > 0))
+            A = np.where(held[:, :, None] | held[:, None, :], 0.0, A) + held[:, :, None] * eye
+            b = np.where(held, 0.0, b)
+        diag = np.diagonal(A, axis1=1, axis2=2)
+        scale = np.maximum(diag, 1e-12 * diag.max(axis=1, keepdims=True) + 1e-300)
+        step = np.linalg.solve(A + lam[rows, None, None] * (scale[:, :, None] * eye), b[..., None])[
+            ..., 0
+        ]
+        trial = th + step
+        if bound is not None:
+            trial = np.clip(trial, -bound, bound)
+            step = trial - th
+        new_rss = problem.rss(trial, rows)
+        # Gauss-Newton model decrease of the RSS for the step actually taken.
+        predicted = 2.0 * np.einsum("rp,rp->r", step, jtr[rows]) - np.einsum(
+            "rp,rpq,rq->r", step, jtj[rows], step
+        )
+        actual = rss[rows] - new_rss
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(predicted > 0, actual / predicted, -1.0)
+        accept = (rho > 0) & np.isfinite(new_rss)
+
+        # Nielsen's damping update.
+        lam[rows] = np.where(
+            accept,
+            lam[rows] * np.maximum(1 / 3, 1 - (2 * rho - 1) ** 3),
+            lam[rows] * nu[rows],
+        )
+        nu[rows] = np.where(accept, 2.0, nu[rows] * 2.0)
+
+        step_norm = np.linalg.norm(step, axis=1)
+        x_small = step_norm <= xtol * (xtol + np.linalg.norm(th, axis=1))
+        f_small = accept & (actual <= ftol * np.maximum(new_rss, 1e-300)) & (rho > 0.25)
+        theta[rows[accept]] = trial[accept]
+        need_jac[rows[accept]] = True
+
+        done = x_small | f_small | ~np.isfinite(lam[rows]) | (lam[rows] > 1e300)
+        converged[rows[done]] = True
+        capped = ~done & (n_iter[rows] >= max_iter) & (accept | (lam[rows] > 1e16))
+        # A capped replicate stops at its last accepted point; its RSS must match that point.
+        stop = done | capped
+        recompute = rows[stop & accept]
+        if recompute.size:
+            rss[recompute] = new_rss[(stop & accept)]
+        active[rows[stop]] = False
+
+    at_bound = (
+        np.any(np.abs(theta) >= bound - 1e-9, axis=1) if bound is not None else np.zeros(R, bool)
+    )
+    return FitResult(theta=theta, rss=rss, n_iter=n_iter, converged=converged, at_bound=at_bound)
+
+
+def near_truth_starts(
+    truth: PrefixMoE,
+    n_fitted: int,
+    n_init: int,
+    rng: np.random.Generator,
+    scale: float = 0.1,
+    bound: float | None = None,
+) -> np.ndarray:
+    """Oracle starting points near the truth (spec section 2.2).
+
+    The first ``L`` fitted atoms go one to each true atom, the rest to random true atoms; an atom
+    in a cell of ``k`` fitted atoms starts at ``beta_0* - log k`` so the masses add up; every
+    coordinate gets ``N(0, scale^2)`` noise (never scaled with n).
+
+    Returns
+    -------
+    ndarray ``(n_init, n_fitted * (2 + 2d))``.
+    """
+    L = truth.n_prompts
+    if n_fitted < L:
+        raise ValueError(f"n_fitted={n_fitted} must be >= the number of true prompts L={L}")
+    true_atoms = truth.theta.reshape(L, -1)
+    starts = []
+    for _ in range(n_init):
+        owner = np.concatenate([np.arange(L), rng.integers(0, L, size=n_fitted - L)])
+        counts = np.bincount(owner, minlength=L)
+        atoms = true_atoms[owner].copy()
+        atoms[:, 0] -= np.log(counts[owner])
+        atoms += rng.normal(0.0, scale, size=atoms.shape)
+        starts.append(atoms.reshape(-1))
+    theta = np.stack(starts)
+    return np.clip(theta, -bound, bound) if bound is not None else theta
+
+
+class LeastSquaresMoE:
+    """Least-squares prefix-MoE estimator (scikit-learn style).
+
+    Parameters
+    ----------
+    gate, activation, alpha, tau:
+        The prompt gate (see :class:`moe_theory.gates.Gate`).
+    expert:
+        Prompt expert type, ``"affine"`` or ``"tanh"``.
+    n_experts:
+        Number of fitted prompt atoms L'.
+    pretrained:
+        The known pretrained experts.
+    init:
+        ``"near-truth"`` (oracle starts around ``truth``) or an array of starting points of shape
+        ``(n_init, P)`` or ``(R, n_init, P)``.
+    truth:
+        True model, required for ``init="near-truth"``.
+    n_init:
+        Restarts per data set; the lowest RSS is kept.
+    max_iter, tol:
+        Iteration cap and the common value of ``ftol``, ``xtol`` and ``gtol``.
+    bound:
+        Box ``[-bound, bound]`` on every coordinate, or ``None``.
+    init_scale:
+        Standard deviation of the near-truth start noise.
+    random_state:
+        Seed (int, SeedSequence or Generator) of the starting points.
+
+    Attributes
+    ----------
+    params_ : PrefixMoE
+        Fitted model; prompt arrays have a leading replicate axis if ``X`` had one.
+    theta_, loss_, n_iter_, converged_, at_bound_ : ndarray
+        Fitted flat parameters, RSS, Jacobian evaluations, convergence and bound flags.
+    """
+
+    def __init__(
+        self,
+        gate: GateKind = "norga",
+        activation: Activation = "tanh",
+        *,
+        expert: ExpertKind = "affine",
+        n_experts: int = 1,
+        pretrained: Pretrained | None = None,
+        init: str | np.ndarray = "near-truth",
+        truth: PrefixMoE | None = None,
+        n_init: int = 1,
+        max_iter: int = 400,
+        tol: float = 1e-12,
+        bound: float | None = None,
+        alpha: float = 1.0,
+        tau: float = 1.0,
+        init_scale: float = 0.1,
+        random_state: int | np.random.SeedSequence | np.random.Generator | None = None,
+    ) -> None:
+        self.gate = gate
+        self.activation = activation
+        self.expert = expert
+        self.n_experts = n_experts
+        self.pretrained = pretrained
+        self.init = init
+        self.truth = truth
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.bound = bound
+        self.alpha = alpha
+        self.tau = tau
+        self.init_scale = init_scale
+        self.random_state = random_state
+
+    def _structure(self, dim: int) -> PrefixMoE:
+        pretrained = self.pretrained
+        if pretrained is None:
+            if self.truth is None:
+                raise ValueError("pass pretrained= (or truth=) so the known experts are defined")
+            pretrained = self.truth.pretrained
+        if pretrained.dim != dim:
+            raise ValueError(
+                f"X has dimension {dim} but the pretrained experts have {pretrained.dim}"
+            )
+        L = self.n_experts
+        return PrefixMoE(
+            pretrained,
+            np.zeros(L),
+            np.zeros((L, dim)),
+            np.zeros((L, dim)),
+            np.zeros(L),
+            gate=Gate(self.gate, self.activation, self.alpha, self.tau),
+            expert=self.expert,
+        )
+
+    def _starts(self, R: int, P: int) -> np.ndarray:
+        if isinstance(self.init, str):
+            if self.init != "near-truth":
+                raise ValueError(f"init must be 'near-truth' or an array; got {self.init!r}")
+            if self.truth is None:
+                raise ValueError("init='near-truth' needs truth=")
+            rng = np.random.default_rng(self.random_state)
+            return np.stack(
+                [
+                    near_truth_starts(
+                        self.truth, self.n_experts, self.n_init, rng, self.init_scale, self.bound
+                    )
+                    for _ in range(R)
+                ]
+            )
+        starts = np.asarray(self.init, dtype=float)
+        if starts.ndim == 2:
+            starts = np.broadcast_to(starts, (R, *starts.shape))
+        if starts.shape != (R, self.n_init, P):
+            raise ValueError(
+                f"init array must have shape (n_init, P) or (R, n_init, P) = "
+                f"({R}, {self.n_init}, {P}); got {starts.shape}"
+            )
+        return starts
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> LeastSquaresMoE:
+        """Fit to ``X`` ``(n, d)`` or ``(R, n, d)`` and ``y`` ``(n,)`` or ``(R, n)``."""
+        X = np.asarray(X, dtype=float)
+        y = np.asarray(y, dtype=float)
+        batched = X.ndim == 3
+        if not batched:
+            X, y = X[None], y[None]
+        if X.ndim != 3 or y.shape != X.shape[:2]:
+            raise ValueError(
+                f"X must be (n, d) or (R, n, d) with y (n,) or (R, n); got X {X.shape}, y {y.shape}"
+            )
+        structure = self._structure(X.shape[2])
+        R, P = X.shape[0], structure.theta.shape[-1]
+        starts = self._starts(R, P)
+        best: FitResult | None = None
+        for k in range(self.n_init):
+            res = fit_batched(
+                X,
+                y,
+                starts[:, k],
+                structure,
+                bound=self.bound,
+                max_iter=self.max_iter,
+                ftol=self.tol,
+                xtol=self.tol,
+                gtol=self.tol,
+            )
+            best = res if best is None else _keep_better(best, res)
+        assert best is not None
+        if not best.converged.all():
+            warnings.warn(
+                f"{int((~best.converged).sum())} of {R} fits reached max_iter={self.max_iter} "
+                "without converging; they are kept and flagged converged_=False",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        squeeze = (lambda a: a) if batched else (lambda a: a[0])
+        self.theta_ = squeeze(best.theta)
+        self.loss_ = squeeze(best.rss)
+        self.n_iter_ = squeeze(best.n_iter)
+        self.converged_ = squeeze(best.converged)
+        self.at_bound_ = squeeze(best.at_bound)
+        self.params_ = structure.with_theta(self.theta_)
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """The fitted regression function at ``X``."""
+        from moe_theory.model import regression
+
+        return regression(np.asarray(X, dtype=float), self.params_)
+
+
+def _keep_better(a: FitResult, b: FitResult) -> FitResult:
+    """Per replicate, the fit with the lower RSS (ties keep ``a``)."""
+    take_b = b.rss < a.rss
+    pick = lambda x, y: np.where(take_b.reshape(-1, *[1] * (x.ndim - 1)), y, x)  # noqa: E731
+    return FitResult(
+        *(
+            pick(getattr(a, f), getattr(b, f))
+            for f in ("theta", "rss", "n_iter", "converged", "at_bound")
+        )
+    )
