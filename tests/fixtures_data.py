@@ -29,6 +29,14 @@ def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
+def source_path(resource: Resource) -> Path:
+    """The local file behind a fixture resource's ``file://`` URL."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    return Path(url2pathname(urlparse(resource.url).path))
+
+
 def file_resource(path: Path, *, checksum: bool = True) -> Resource:
     """A resource served from ``path`` through a ``file://`` URL."""
     return Resource(path.name, (path.resolve().as_uri(),),
@@ -98,6 +106,8 @@ def make_cifar(server: Path, *, cifar10: bool = False, num_classes: int | None =
     else:
         meta.update(num_cases_per_batch=len(train_chunks[0]), num_vis=3072)
     members[base.meta_file[0]] = pickle.dumps(meta, protocol=2)
+    if cifar10:
+        members["readme.html"] = b"<html>CIFAR-10</html>"  # as in the real archive
 
     archive = server / base.archive.filename
     with tarfile.open(archive, "w:gz") as tar:
@@ -126,6 +136,7 @@ def imagenet_r_members(num_classes: int = 20, min_images: int = 6, max_images: i
         for k in range(int(rng.integers(min_images, max_images + 1))):
             style = ("art", "cartoon", "sketch", "toy")[k % 4]
             members[f"imagenet-r/{wnid}/{style}_{k}.jpg"] = _jpeg(index)
+    members["imagenet-r/README.txt"] = b"ImageNet-R fixture"  # the real tar has one too
     return members
 
 
@@ -137,9 +148,10 @@ def make_imagenet_r(server: Path, **kw: int) -> imagenet_r.ImageNetRSpec:
     with tarfile.open(archive, "w") as tar:
         for name, data in members.items():
             _add_bytes(tar, name, data)
-    classes = {name.split("/")[1] for name in members}
+    images = [name for name in members if name.endswith(".jpg")]
     return dataclasses.replace(imagenet_r.IMAGENET_R, archive=file_resource(archive),
-                               num_classes=len(classes), num_images=len(members))
+                               num_classes=len({name.split("/")[1] for name in images}),
+                               num_images=len(images))
 
 
 # ----------------------------------------------------------------------------- CUB
@@ -224,7 +236,7 @@ def make_svhn(server: Path, num_train: int = 30, num_test: int = 20) -> five_dat
 
 
 def make_notmnist(server: Path, per_letter: int = 3, broken: bool = True,
-                  ) -> five_datasets.NotMnistSpec:
+                  prefix: str = "notMNIST/") -> five_datasets.NotMnistSpec:
     """``notMNIST.zip`` holding ``notMNIST/{Train,Test}/{A..J}/*.png`` (28x28 grayscale,
     pixel = 100 + label), plus one unreadable PNG as in the real set."""
     server.mkdir(parents=True, exist_ok=True)
@@ -234,10 +246,10 @@ def make_notmnist(server: Path, per_letter: int = 3, broken: bool = True,
             for label, letter in enumerate("ABCDEFGHIJ"):
                 for k in range(count):
                     glyph = np.full((28, 28), 100 + label, dtype=np.uint8)
-                    zipped.writestr(f"notMNIST/{split}/{letter}/Zm9udF97a30=_{k}.png",
+                    zipped.writestr(f"{prefix}{split}/{letter}/Zm9udF97a30=_{k}.png",
                                     _png(glyph))
         if broken:
-            zipped.writestr("notMNIST/Train/F/broken.png", b"\x89PNG\r\n")
+            zipped.writestr(f"{prefix}Train/F/broken.png", b"\x89PNG\r\n")
     return dataclasses.replace(five_datasets.NOT_MNIST,
                                archive=file_resource(archive, checksum=False))
 

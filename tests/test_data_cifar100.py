@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_data import make_cifar
+from fixtures_data import make_cifar, source_path
 
 from cl.data import cifar100
 from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
@@ -26,12 +26,6 @@ def spec(fixture_spec: cifar100.CifarSpec, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(cifar100, "SPEC", fixture_spec)
     return fixture_spec
 
-
-def _archive_source(spec: cifar100.CifarSpec) -> Path:
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
-
-    return Path(url2pathname(urlparse(spec.archive.url).path))
 
 
 def test_download_and_build(spec, tmp_path: Path) -> None:
@@ -101,7 +95,7 @@ def test_data_root_from_environment(spec, tmp_path: Path, monkeypatch) -> None:
 
 def test_corrupt_user_archive_is_reported_and_kept(spec, tmp_path: Path) -> None:
     archive = tmp_path / spec.archive.filename
-    data = bytearray(_archive_source(spec).read_bytes())
+    data = bytearray(source_path(spec.archive).read_bytes())
     data[len(data) // 2] ^= 0xFF
     archive.write_bytes(bytes(data))
     with pytest.raises(ChecksumError) as err:
@@ -114,7 +108,7 @@ def test_corrupt_user_archive_is_reported_and_kept(spec, tmp_path: Path) -> None
 
 def test_truncated_archive_without_download(spec, tmp_path: Path, monkeypatch) -> None:
     archive = tmp_path / spec.archive.filename
-    archive.write_bytes(_archive_source(spec).read_bytes()[:5000])
+    archive.write_bytes(source_path(spec.archive).read_bytes()[:5000])
     with pytest.raises(ChecksumError, match=spec.archive.filename):
         build_benchmark("cifar100", data_root=tmp_path, image_size=32)
     assert archive.stat().st_size == 5000
@@ -122,7 +116,7 @@ def test_truncated_archive_without_download(spec, tmp_path: Path, monkeypatch) -
 
 
 def test_user_extracted_folder_and_corrupt_pickle(spec, tmp_path: Path) -> None:
-    shutil.unpack_archive(_archive_source(spec), tmp_path)
+    shutil.unpack_archive(source_path(spec.archive), tmp_path)
     bench = build_benchmark("cifar100", data_root=tmp_path, image_size=32)
     assert len(bench.test.targets) == 100
     assert bench.info["source"]["archive_verified"] is False

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_data import make_cub
+from fixtures_data import make_cub, source_path
 
 from cl.data import cub200
 from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
@@ -25,12 +25,6 @@ def spec(fixture_spec, monkeypatch: pytest.MonkeyPatch) -> cub200.CubSpec:
     monkeypatch.setattr(cub200, "SPEC", fixture_spec)
     return fixture_spec
 
-
-def _source(spec: cub200.CubSpec) -> Path:
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
-
-    return Path(url2pathname(urlparse(spec.archive.url).path))
 
 
 def test_download_build_official_split(spec, tmp_path: Path) -> None:
@@ -68,7 +62,7 @@ def test_official_url_in_message(tmp_path: Path) -> None:
 
 
 def test_corrupt_archive_kept(spec, tmp_path: Path) -> None:
-    data = bytearray(_source(spec).read_bytes())
+    data = bytearray(source_path(spec.archive).read_bytes())
     data[100] ^= 1
     (tmp_path / "CUB_200_2011.tgz").write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match="CUB_200_2011.tgz"):
@@ -78,7 +72,7 @@ def test_corrupt_archive_kept(spec, tmp_path: Path) -> None:
 
 
 def test_inconsistent_lists_are_rejected(spec, tmp_path: Path) -> None:
-    with tarfile.open(_source(spec)) as tar:
+    with tarfile.open(source_path(spec.archive)) as tar:
         tar.extractall(tmp_path, filter="data")
     tree = tmp_path / "CUB_200_2011"
     labels = tree / "image_class_labels.txt"

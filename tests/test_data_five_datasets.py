@@ -173,3 +173,24 @@ def test_corrupt_svhn_mat_is_reported_and_kept(patched, tmp_path: Path) -> None:
 def test_num_tasks_must_be_five(patched, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="5"):
         build_benchmark("5datasets", data_root=tmp_path, num_tasks=10)
+
+
+def test_missing_check_happens_before_any_extraction(patched, tmp_path: Path) -> None:
+    from fixtures_data import source_path
+
+    cifar = patched["CIFAR10"]
+    (tmp_path / cifar.archive.filename).write_bytes(source_path(cifar.archive).read_bytes())
+    with pytest.raises(DatasetNotFoundError, match="SVHN"):
+        build_benchmark("5datasets", data_root=tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [cifar.archive.filename]
+
+
+def test_notmnist_zip_without_inner_folder(tmp_path: Path) -> None:
+    from fixtures_data import make_notmnist
+
+    spec = make_notmnist(tmp_path / "server", prefix="", broken=False)
+    how = five_datasets._Fetching(tmp_path / "data", True, None, False)
+    data = five_datasets.load_source("NotMNIST", spec, how)
+    assert len(data.train_labels) == 30 and len(data.test_labels) == 20
+    assert data.train_images.shape == (30, 28, 28)
+    assert sorted(set(data.test_labels.tolist())) == list(range(10))

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_data import make_imagenet_r
+from fixtures_data import make_imagenet_r, source_path
 
 from cl.data import imagenet_r
 from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
@@ -28,12 +28,6 @@ def spec(fixture_spec, monkeypatch: pytest.MonkeyPatch) -> imagenet_r.ImageNetRS
     monkeypatch.setattr(imagenet_r, "SPEC", fixture_spec)
     return fixture_spec
 
-
-def _source(spec: imagenet_r.ImageNetRSpec) -> Path:
-    from urllib.parse import urlparse
-    from urllib.request import url2pathname
-
-    return Path(url2pathname(urlparse(spec.archive.url).path))
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -74,7 +68,7 @@ def test_download_build_and_counts(spec, tmp_path: Path) -> None:
 
 
 def test_split_is_identical_across_seeds_and_documented_rule(spec, tmp_path: Path) -> None:
-    shutil.copy(_source(spec), tmp_path / "imagenet-r.tar")
+    shutil.copy(source_path(spec.archive), tmp_path / "imagenet-r.tar")
     a = build_benchmark("imagenet-r", data_root=tmp_path, seed=1, image_size=32)
     b = build_benchmark("imagenet-r", data_root=tmp_path, seed=2, image_size=32)
     assert a.task_classes != b.task_classes  # the seed changes the class order ...
@@ -92,7 +86,7 @@ def test_split_is_identical_across_seeds_and_documented_rule(spec, tmp_path: Pat
 
 
 def test_user_files_are_never_moved(spec, tmp_path: Path) -> None:
-    shutil.copy(_source(spec), tmp_path / "imagenet-r.tar")
+    shutil.copy(source_path(spec.archive), tmp_path / "imagenet-r.tar")
     build_benchmark("imagenet-r", data_root=tmp_path, image_size=32)
     before = _snapshot(tmp_path)
     bench = build_benchmark("imagenet-r", data_root=tmp_path, image_size=32)
@@ -104,7 +98,7 @@ def test_tree_rearranged_by_original_code_gives_same_split(spec, tmp_path: Path)
     reference = build_benchmark("imagenet-r", data_root=tmp_path / "a", download=True,
                                 image_size=32, progress=False)
     moved_root = tmp_path / "b" / "imagenet-r"
-    with tarfile.open(_source(spec)) as tar:
+    with tarfile.open(source_path(spec.archive)) as tar:
         tar.extractall(tmp_path / "b" / "x", filter="data")
     for i, p in enumerate(sorted((tmp_path / "b" / "x" / "imagenet-r").rglob("*.jpg"))):
         dest = moved_root / ("test" if i % 4 == 0 else "train") / p.parent.name / p.name
@@ -121,7 +115,7 @@ def test_missing_and_incomplete(spec, tmp_path: Path) -> None:
         build_benchmark("imagenet-r", data_root=tmp_path / "none")
     assert spec.archive.url in str(err.value) and "imagenet-r/<wnid>/" in str(err.value)
     assert not (tmp_path / "none").exists()
-    with tarfile.open(_source(spec)) as tar:
+    with tarfile.open(source_path(spec.archive)) as tar:
         tar.extractall(tmp_path, filter="data")
     victim = next((tmp_path / "imagenet-r").rglob("*.jpg"))
     os.remove(victim)
@@ -131,7 +125,7 @@ def test_missing_and_incomplete(spec, tmp_path: Path) -> None:
 
 def test_corrupt_archive(spec, tmp_path: Path) -> None:
     archive = tmp_path / "imagenet-r.tar"
-    archive.write_bytes(_source(spec).read_bytes()[:-2048])
+    archive.write_bytes(source_path(spec.archive).read_bytes()[:-2048])
     with pytest.raises(ChecksumError, match="imagenet-r.tar"):
         build_benchmark("imagenet-r", data_root=tmp_path, download=True, progress=False)
     assert archive.exists() and not (tmp_path / "imagenet-r").exists()

@@ -47,6 +47,7 @@ from torch.utils.data import ConcatDataset
 
 from cl.data.base import Benchmark, SplitDataset
 from cl.data.cifar100 import CifarSpec, load_cifar
+from cl.data.cifar100 import missing_message as cifar_missing_message
 from cl.data.download import (
     Fetcher,
     Resource,
@@ -226,9 +227,7 @@ def read_idx(path: Path) -> np.ndarray:
 def _load_idx(spec: IdxSpec, how: _Fetching) -> SourceData:
     folder = how.root / spec.folder
     resources = (spec.train_images, spec.train_labels, spec.test_images, spec.test_labels)
-    message = not_found_message(
-        spec.name, how.root, [f"{spec.folder}/{r.filename}" for r in resources],
-        [f"{r.describe()} -> {folder / r.filename}" for r in resources])
+    message = _missing_message(spec, how.root)
     arrays, sums = [], {}
     for resource in resources:
         path, digests = ensure_file(resource, folder, allow_download=how.allow_download,
@@ -251,10 +250,7 @@ def _load_svhn(spec: SvhnSpec, how: _Fetching) -> SourceData:
     from scipy.io import loadmat  # scipy is a dependency; imported only when SVHN is used
 
     folder = how.root / spec.folder
-    message = not_found_message(
-        "SVHN", how.root, [f"{spec.folder}/{spec.train.filename}",
-                           f"{spec.folder}/{spec.test.filename}"],
-        [f"{r.describe()} -> {folder / r.filename}" for r in (spec.train, spec.test)])
+    message = _missing_message(spec, how.root)
     splits, sums = [], {}
     for resource, expected in ((spec.train, spec.num_train), (spec.test, spec.num_test)):
         path, digests = ensure_file(resource, folder, allow_download=how.allow_download,
@@ -297,20 +293,33 @@ def _read_letters(split_dir: Path, letters: str) -> tuple[list[np.ndarray], list
     return images, labels, skipped
 
 
+def _split_root(tree: Path) -> Path:
+    """The folder holding ``Train/`` and ``Test/``: ``tree`` itself or one level below (the
+    zip's inner folder name is not published, so both are accepted)."""
+    for candidate in [tree, *sorted(p for p in tree.iterdir() if p.is_dir())]:
+        if (candidate / "Train").is_dir() and (candidate / "Test").is_dir():
+            return candidate
+    raise ChecksumError(f"{tree} has no Train/ and Test/ folders")
+
+
 def _stack(images: list[np.ndarray]) -> Any:
     shapes = {image.shape for image in images}
     return np.stack(images) if len(shapes) == 1 else images
+
+
+def _notmnist_missing(spec: NotMnistSpec, root: Path) -> str:
+    return not_found_message(
+        "notMNIST", root,
+        [f"{spec.folder}/{{Train,Test}}/{{{','.join(spec.letters)}}}/*.png",
+         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
+        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
 
 
 def _load_notmnist(spec: NotMnistSpec, how: _Fetching) -> SourceData:
     tree = how.root / spec.folder
     archive_digests = None
     if not tree.is_dir():
-        message = not_found_message(
-            "notMNIST", how.root,
-            [f"{spec.folder}/{{Train,Test}}/{{{','.join(spec.letters)}}}/*.png",
-             f"{spec.archive.filename}   (or this archive; extracted on first use)"],
-            [f"{spec.archive.describe()} -> {how.root / spec.archive.filename}"])
+        message = _notmnist_missing(spec, how.root)
         if not (how.root / spec.archive.filename).exists() and not how.allow_download:
             raise DatasetNotFoundError(message)
         archive, archive_digests = ensure_file(spec.archive, how.root,
@@ -321,8 +330,9 @@ def _load_notmnist(spec: NotMnistSpec, how: _Fetching) -> SourceData:
                         source={"url": spec.archive.url, **archive_digests}, wrap=True)
     elif (how.root / spec.archive.filename).exists() and spec.archive.has_checksum:
         verify_file(how.root / spec.archive.filename, spec.archive)
-    train_x, train_y, skipped_train = _read_letters(tree / "Train", spec.letters)
-    test_x, test_y, skipped_test = _read_letters(tree / "Test", spec.letters)
+    base = _split_root(tree)
+    train_x, train_y, skipped_train = _read_letters(base / "Train", spec.letters)
+    test_x, test_y, skipped_test = _read_letters(base / "Test", spec.letters)
     skipped = skipped_train + skipped_test
     if skipped:
         log.warning("notMNIST: skipped %d unreadable images: %s", len(skipped),
@@ -341,6 +351,33 @@ def _load_cifar10(spec: CifarSpec, how: _Fetching) -> SourceData:
                       progress=how.progress)
     return SourceData("CIFAR10", "cifar", data.train_images, data.train_labels,
                       data.test_images, data.test_labels, data.provenance)
+
+
+def _required(spec: Any, root: Path) -> list[tuple[Path, ...]]:
+    """Alternatives (any one suffices) for each thing ``spec`` needs under ``root``."""
+    if isinstance(spec, IdxSpec):
+        return [(root / spec.folder / r.filename,) for r in
+                (spec.train_images, spec.train_labels, spec.test_images, spec.test_labels)]
+    if isinstance(spec, SvhnSpec):
+        return [(root / spec.folder / r.filename,) for r in (spec.train, spec.test)]
+    return [(root / spec.folder, root / spec.archive.filename)]  # CIFAR-10, notMNIST
+
+
+def _is_missing(spec: Any, root: Path) -> bool:
+    return any(not any(p.exists() for p in options) for options in _required(spec, root))
+
+
+def _missing_message(spec: Any, root: Path) -> str:
+    if isinstance(spec, CifarSpec):
+        return cifar_missing_message(spec, root)
+    if isinstance(spec, NotMnistSpec):
+        return _notmnist_missing(spec, root)
+    resources = ((spec.train_images, spec.train_labels, spec.test_images, spec.test_labels)
+                 if isinstance(spec, IdxSpec) else (spec.train, spec.test))
+    folder = root / spec.folder
+    return not_found_message(
+        getattr(spec, "name", "SVHN"), root, [f"{spec.folder}/{r.filename}" for r in resources],
+        [f"{r.describe()} -> {folder / r.filename}" for r in resources])
 
 
 def load_source(name: str, spec: Any, how: _Fetching) -> SourceData:
@@ -397,6 +434,11 @@ def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
     root = resolve_data_root(data_root)
     how = _Fetching(root, download, opts.fetch, opts.progress)
     order = dataset_order(seed, opts.class_order)
+    if not download:  # report every missing dataset before extracting anything
+        absent = [name for name in order if _is_missing(SOURCES[name], root)]
+        if absent:
+            raise DatasetNotFoundError("\n".join(
+                _missing_message(SOURCES[name], root) for name in absent))
     sources, missing = {}, []
     for name in order:
         try:

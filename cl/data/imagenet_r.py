@@ -72,8 +72,9 @@ class ImageNetRSpec:
     test_fraction: float = 0.2
 
 
-# URL from the ImageNet-R authors (github.com/hendrycks/imagenet-r, spec section 3.1); MD5 as
-# published with the archive in other public loaders (e.g. torchvision-style ImageNet-R classes).
+# URL from the ImageNet-R authors (github.com/hendrycks/imagenet-r, spec section 3.1). The
+# authors publish no checksum; this MD5 is the one several independent public loaders of the same
+# archive agree on (it could not be checked against the file offline).
 IMAGENET_R = ImageNetRSpec(
     archive=Resource("imagenet-r.tar",
                      ("https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",),
