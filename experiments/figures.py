@@ -19,9 +19,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from figures.examples import write_example_results  # noqa: E402
-from figures.report import render_results, write_readme_images  # noqa: E402
-
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -44,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write_example is not None:
         if args.write_example.exists() and not args.write_example.is_dir():
             parser.exit(2, f"error: --write-example {args.write_example} is not a directory\n")
+        from figures.examples import write_example_results
+
         root = write_example_results(args.write_example)
         print(f"wrote synthetic example results to {root}")
         return 0
@@ -57,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme_images is not None and args.readme_images.exists() \
             and not args.readme_images.is_dir():
         parser.exit(2, f"error: --readme-images {args.readme_images} is not a directory\n")
+    # Imported after the argument checks so that bad input fails fast (matplotlib is slow).
+    from figures.report import render_results, write_readme_images
+
     report = render_results(args.results, out)
     if args.readme_images is not None:
         extra = write_readme_images(args.results, args.readme_images)

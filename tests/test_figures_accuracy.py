@@ -1,0 +1,157 @@
+"""Accuracy figures: curves, heatmaps, bars and expert frequencies show exactly the input."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from figures.accuracy import (
+    plot_accuracy_curves,
+    plot_accuracy_matrix,
+    plot_activation_ablation,
+    plot_expert_frequency,
+    plot_fa_bars,
+)
+from figures.runs import RunFormatError, find_runs, read_cl_run
+
+T = 4
+
+
+def write_cl_run(path: Path, method: str, backbone: str, seed: int, matrix: np.ndarray,
+                 fa: float, gate_act: str | None = None, dataset: str = "cifar100") -> Path:
+    """A CL run directory in the cl.py format (written independently of figures.examples)."""
+    path.mkdir(parents=True)
+    with (path / "accuracy_matrix.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["after_task", *[f"task_{i}" for i in range(matrix.shape[1])]])
+        for t, row in enumerate(matrix):
+            w.writerow([t, *["" if np.isnan(v) else repr(float(v)) for v in row]])
+    metrics = {"FA": fa, "CA": fa + 1, "FM": 2.0, "TII_accuracy": 90.0, "TIL_accuracy": 95.0,
+               "per_task": [], "method": method, "dataset": dataset, "backbone": backbone,
+               "seed": seed}
+    if gate_act:
+        metrics["gate_act"] = gate_act
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    (path / "config.json").write_text(json.dumps({"kind": "cl", "method": method,
+                                                  "dataset": dataset, "backbone": backbone,
+                                                  "seed": seed}))
+    return path
+
+
+def lower_triangular(rng: np.random.Generator, level: float) -> np.ndarray:
+    m = np.full((T, T), np.nan)
+    for t in range(T):
+        m[t, : t + 1] = level + rng.normal(0, 2, t + 1)
+    return m
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cl")
+    rng = np.random.default_rng(7)
+    out = []
+    fas = {("norga", "sup21k"): [94.1, 94.9, 93.7], ("hide", "sup21k"): [92.0, 92.8, 91.5],
+           ("norga", "ibot21k"): [93.0, 93.4, 92.2], ("hide", "ibot21k"): [90.3, 91.0, 91.9]}
+    for (method, bb), values in fas.items():
+        for seed, fa in enumerate(values):
+            act = "tanh" if method == "norga" else None
+            out.append(read_cl_run(write_cl_run(root / f"{method}_{bb}_{seed}", method, bb, seed,
+                                                lower_triangular(rng, fa), fa, act)))
+    for seed, fa in enumerate([94.6, 94.2]):
+        out.append(read_cl_run(write_cl_run(root / f"sig_{seed}", "norga", "sup21k", seed,
+                                            lower_triangular(rng, fa), fa, "sigmoid")))
+    return out
+
+
+def _gid(ax, gid):
+    for a in [*ax.lines, *ax.collections, *ax.patches, *ax.images]:
+        if a.get_gid() == gid:
+            return a
+    raise AssertionError(f"no artist {gid}")
+
+
+def test_accuracy_curves_mean_and_std(runs):
+    sup = [r for r in runs if r.backbone == "sup21k"]
+    fig = plot_accuracy_curves(sup)
+    ax = fig.axes[0]
+    hide = [r for r in sup if r.method == "hide"]
+    # Independent reference: average of row t over columns 0..t, then mean/std over seeds.
+    per_seed = np.array([[np.mean(r.accuracy_matrix[t, : t + 1]) for t in range(T)]
+                         for r in hide])
+    xy = _gid(ax, "mean:hide").get_xydata()
+    np.testing.assert_allclose(xy[:, 0], np.arange(1, T + 1))
+    np.testing.assert_allclose(xy[:, 1], per_seed.mean(axis=0))
+    verts = _gid(ax, "std:hide").get_paths()[0].vertices
+    std = per_seed.std(axis=0, ddof=1)
+    for t in range(T):
+        ys = verts[np.isclose(verts[:, 0], t + 1), 1]
+        assert ys.min() == pytest.approx(per_seed.mean(0)[t] - std[t])
+        assert ys.max() == pytest.approx(per_seed.mean(0)[t] + std[t])
+    # Two NoRGa activations in one setting are split, never averaged together.
+    assert {a.get_gid() for a in ax.lines} >= {"mean:norga-tanh", "mean:norga-sigmoid"}
+
+
+def test_accuracy_matrix_heatmap(runs):
+    run = runs[0]
+    fig = plot_accuracy_matrix(run)
+    data = _gid(fig.axes[0], "matrix").get_array()
+    np.testing.assert_allclose(np.ma.filled(data, np.nan), run.accuracy_matrix, equal_nan=True)
+    assert np.ma.getmaskarray(data)[0, 1]  # unseen task is blank
+
+
+def test_fa_bars_heights_and_errors(runs):
+    fig = plot_fa_bars(runs)
+    ax = fig.axes[0]
+    for bb in ("sup21k", "ibot21k"):
+        values = [r.metrics["FA"] for r in runs if r.method == "hide" and r.backbone == bb]
+        bar = _gid(ax, f"bar:{bb}:hide")
+        assert bar.get_height() == pytest.approx(np.mean(values))
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["Sup-21K", "iBOT-21K"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "HiDe-Prompt" in legend
+
+
+def test_activation_ablation_bars_and_paper_markers(runs):
+    published = {("cifar100/sup21k", "norga-tanh"): 94.36}
+    fig = plot_activation_ablation(runs, published=published)
+    ax = fig.axes[0]
+    sig = [r.metrics["FA"] for r in runs if r.gate_act == "sigmoid"]
+    assert _gid(ax, "bar:cifar100/sup21k:norga-sigmoid").get_height() == pytest.approx(
+        np.mean(sig))
+    assert _gid(ax, "paper:cifar100/sup21k:norga-tanh").get_xydata()[0, 1] == 94.36
+
+
+def test_expert_frequency_normalised_per_head():
+    counts = np.arange(2 * 3 * 4, dtype=float).reshape(2, 3, 4)
+    fig = plot_expert_frequency({"layers": counts.tolist(), "layer_ids": [0, 5]})
+    img = _gid(fig.axes[1], "freq:layer5")
+    np.testing.assert_allclose(img.get_array(), counts[1] / counts[1].sum(-1, keepdims=True))
+
+
+def test_corrupt_cl_run_is_one_line(tmp_path):
+    rng = np.random.default_rng(0)
+    run = write_cl_run(tmp_path / "r", "norga", "sup21k", 0, lower_triangular(rng, 90), 90.0)
+    (run / "metrics.json").write_text("{")
+    with pytest.raises(RunFormatError) as err:
+        read_cl_run(run)
+    assert "metrics.json" in str(err.value) and "\n" not in str(err.value)
+    (run / "metrics.json").write_text(json.dumps({"FA": 1, "CA": 1, "FM": 1, "method": "x",
+                                                  "dataset": "y"}))
+    (run / "accuracy_matrix.csv").write_text("after_task,task_0\n0,abc\n")
+    with pytest.raises(RunFormatError, match="accuracy_matrix.csv row 1"):
+        read_cl_run(run)
+
+
+def test_find_runs_by_kind_and_fallback(tmp_path, runs):
+    rng = np.random.default_rng(1)
+    a = write_cl_run(tmp_path / "deep" / "a", "hide", "sup21k", 0, lower_triangular(rng, 90), 90.)
+    (a / "config.json").unlink()  # no config: recognised from its files
+    (tmp_path / "rates").mkdir()
+    (tmp_path / "rates" / "config.json").write_text(json.dumps({"kind": "rates"}))
+    found = {(r.path.name, r.kind) for r in find_runs(tmp_path)}
+    assert found == {("a", "cl"), ("rates", "rates")}
