@@ -156,6 +156,12 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         header = self.headers.get("Range")
         type(self).requests.append(header)
         start = int(header.split("=")[1].rstrip("-")) if header else 0
+        if start >= len(PAYLOAD):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(PAYLOAD)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         body = PAYLOAD[start:]
         self.send_response(206 if header else 200)
         if header:
@@ -173,20 +179,32 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_http_download_resumes_with_range_header(tmp_path: Path) -> None:
+def _serve_and_download(directory: Path, drop_first: bool) -> Path:
     _RangeHandler.requests = []
+    _RangeHandler.drop_first = drop_first
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/blob.bin"
         resource = Resource("blob.bin", (url,), sha256=hashlib.sha256(PAYLOAD).hexdigest())
-        path = download(resource, tmp_path, attempts=2, retry_wait=0, progress=False)
+        return download(resource, directory, attempts=2, retry_wait=0, progress=False)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_http_download_resumes_with_range_header(tmp_path: Path) -> None:
+    path = _serve_and_download(tmp_path, drop_first=True)
     assert path.read_bytes() == PAYLOAD
     assert _RangeHandler.requests == [None, "bytes=4096-"]
+
+
+def test_http_complete_part_is_not_downloaded_again(tmp_path: Path) -> None:
+    (tmp_path / "blob.bin.part").write_bytes(PAYLOAD)  # finished, but killed before the rename
+    path = _serve_and_download(tmp_path, drop_first=False)
+    assert path.read_bytes() == PAYLOAD
+    assert _RangeHandler.requests == [f"bytes={len(PAYLOAD)}-"]
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -267,3 +285,9 @@ def test_archive_without_expected_folder(tmp_path: Path) -> None:
     with pytest.raises(ChecksumError, match="tree"):
         extract_archive(archive, tmp_path, "tree")
     assert _leftovers(tmp_path) == [] and not (tmp_path / "tree").exists()
+
+
+def test_content_range_parsing() -> None:
+    assert dl._content_range("bytes 4096-10239/10240") == (4096, 10240)
+    assert dl._content_range("bytes */10240") == (None, 10240)
+    assert dl._content_range("") == (None, None)

@@ -194,3 +194,18 @@ def test_notmnist_zip_without_inner_folder(tmp_path: Path) -> None:
     assert len(data.train_labels) == 30 and len(data.test_labels) == 20
     assert data.train_images.shape == (30, 28, 28)
     assert sorted(set(data.test_labels.tolist())) == list(range(10))
+
+
+def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
+    import gzip
+
+    good = tmp_path / "good.gz"
+    good.write_bytes(gzip.compress(b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + b"\x01\x02\x03"))
+    assert five_datasets.read_idx(good).tolist() == [1, 2, 3]
+    for name, payload in (("short.gz", gzip.compress(b"\x00\x00\x08\x03\x00")),
+                          ("size.gz", gzip.compress(b"\x00\x00\x08\x01" + (5).to_bytes(4, "big")
+                                                    + b"\x01")),
+                          ("notgz.gz", b"plain bytes")):
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ChecksumError, match=name):
+            five_datasets.read_idx(tmp_path / name)

@@ -169,6 +169,15 @@ def _response_chunks(response: Any) -> Iterator[bytes]:
         yield from iter(lambda: response.read(CHUNK_SIZE), b"")
 
 
+def _content_range(header: str) -> tuple[int | None, int | None]:
+    """``(first byte, total size)`` of ``Content-Range: bytes <first>-<last>/<total>`` (or
+    ``bytes */<total>``); ``None`` for parts that are absent or ``*``."""
+    spec = header.strip().removeprefix("bytes").strip()
+    span, _, total = spec.partition("/")
+    first = span.partition("-")[0]
+    return (int(first) if first.isdigit() else None, int(total) if total.isdigit() else None)
+
+
 def urllib_fetch(url: str, start: int = 0, *, timeout: float = 60.0) -> FetchResult:
     """Default fetcher: ``urllib`` with an HTTP ``Range`` request when resuming.
 
@@ -184,15 +193,15 @@ def urllib_fetch(url: str, start: int = 0, *, timeout: float = 60.0) -> FetchRes
         response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
                                           timeout=timeout)
     except urllib.error.HTTPError as err:
-        if err.code == 416 and start > 0:  # the .part is not a prefix we can extend: restart
-            return urllib_fetch(url, 0, timeout=timeout)
+        if err.code == 416 and start > 0:  # range not satisfiable
+            total = _content_range(err.headers.get("Content-Range", ""))[1]
+            if total == start:  # the .part is already complete
+                return start, total, iter(())
+            return urllib_fetch(url, 0, timeout=timeout)  # not a prefix we can extend
         raise
     if response.status == 206:
-        # Content-Range: bytes <first>-<last>/<total>
-        content_range = response.headers.get("Content-Range", "")
-        total_text = content_range.rpartition("/")[2]
-        total = int(total_text) if total_text.isdigit() else None
-        return start, total, _response_chunks(response)
+        first, total = _content_range(response.headers.get("Content-Range", ""))
+        return (start if first is None else first), total, _response_chunks(response)
     length = response.headers.get("Content-Length")
     return 0, int(length) if length and length.isdigit() else None, _response_chunks(response)
 
