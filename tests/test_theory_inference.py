@@ -1,0 +1,65 @@
+"""Rate inference recovers known slopes and classifies known curve shapes."""
+
+import numpy as np
+import pytest
+
+from moe_theory.inference import bootstrap_slope, compare_rate_models, local_slopes, ols_slope
+
+N_VALUES = np.logspace(2, 5, 7)
+
+
+def power_law_data(slope, reps=12, sd=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    n = np.repeat(N_VALUES, reps)
+    return n, 2.0 * n**slope * np.exp(rng.normal(0, sd, n.size))
+
+
+@pytest.mark.parametrize("true_slope", [-0.5, -0.25, -1.0])
+def test_ols_slope_recovers_a_known_slope_with_covering_ci(true_slope):
+    covered = 0
+    for seed in range(20):
+        n, loss = power_law_data(true_slope, seed=seed)
+        fit = ols_slope(n, loss)
+        assert abs(fit.slope - true_slope) < 0.1
+        covered += fit.ci[0] <= true_slope <= fit.ci[1]
+    assert covered >= 16  # nominal 95%, 20 draws
+
+
+def test_ols_slope_equals_numpy_polyfit_point_estimate():
+    n, loss = power_law_data(-0.5)
+    slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
+    fit = ols_slope(n, loss)
+    assert fit.slope == pytest.approx(slope, rel=1e-10)
+    assert fit.intercept == pytest.approx(intercept, rel=1e-10)
+
+
+@pytest.mark.parametrize("stat", ["mean", "median"])
+def test_bootstrap_slope_ci_covers_the_truth(stat):
+    covered = 0
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        losses = [2.0 * v**-0.5 * np.exp(rng.normal(0, 0.3, 40)) for v in N_VALUES]
+        fit = bootstrap_slope(N_VALUES, losses, stat, n_boot=400, seed=seed)
+        assert fit.ci[1] - fit.ci[0] < 0.1
+        covered += fit.ci[0] <= -0.5 <= fit.ci[1]
+    assert covered >= 8  # nominal 95%
+    with pytest.raises(ValueError, match="mean' or 'median"):
+        bootstrap_slope(N_VALUES, losses, "mode")
+
+
+def test_model_comparison_classifies_power_law_log_rate_and_plateau():
+    assert compare_rate_models(N_VALUES, 3 * N_VALUES**-0.5)["classification"] == "power law"
+    log_rate = compare_rate_models(N_VALUES, 1.0 / np.log(N_VALUES))
+    assert log_rate["classification"] == "sub-polynomial (log-like)"
+    assert log_rate["kappa"] == pytest.approx(1.0, abs=1e-9)
+    flat = 1.0 + 0.01 * np.random.default_rng(2).normal(size=N_VALUES.size)
+    assert compare_rate_models(N_VALUES, flat)["classification"] == "plateau"
+    assert compare_rate_models(N_VALUES[:3], N_VALUES[:3] ** -0.5)["classification"] == (
+        "inconclusive")
+
+
+def test_local_slopes_constant_for_power_law_and_shrinking_for_log_rate():
+    power = [s["slope"] for s in local_slopes(N_VALUES, N_VALUES**-0.5)]
+    np.testing.assert_allclose(power, -0.5, atol=1e-12)
+    log_rate = [s["slope"] for s in local_slopes(N_VALUES, 1 / np.log(N_VALUES) ** 2)]
+    assert np.all(np.diff(np.abs(log_rate)) < 0)  # -kappa / ln n shrinks in magnitude
