@@ -2,13 +2,27 @@
 
 The package reads the files written by ``experiments/rates.py`` and ``experiments/cl.py``
 (see :mod:`figures.runs`) and never imports ``moe_theory`` or ``cl``.
+
+Modules: :mod:`figures.style` (look, colours, ``save_figure``), :mod:`figures.runs` (readers),
+:mod:`figures.convergence`, :mod:`figures.accuracy`, :mod:`figures.tables` (paper tables with
+the published numbers of ``figures/data/published.json``), :mod:`figures.report` (everything
+under a results root; used by ``experiments/figures.py``) and :mod:`figures.examples`
+(synthetic example runs, stamped as such).
 """
 
+from figures.accuracy import (
+    plot_accuracy_curves,
+    plot_accuracy_matrix,
+    plot_activation_ablation,
+    plot_expert_frequency,
+    plot_fa_bars,
+)
 from figures.convergence import (
     convergence_figures_for_run,
     plot_convergence,
     plot_loss_parts,
 )
+from figures.report import render_results, write_readme_images
 from figures.runs import (
     CLRun,
     RatesRun,
@@ -18,6 +32,7 @@ from figures.runs import (
     read_rates_run,
 )
 from figures.style import figure_style, save_figure
+from figures.tables import write_tables
 
 __all__ = [
     "CLRun",
@@ -26,9 +41,17 @@ __all__ = [
     "convergence_figures_for_run",
     "figure_style",
     "find_runs",
+    "plot_accuracy_curves",
+    "plot_accuracy_matrix",
+    "plot_activation_ablation",
     "plot_convergence",
+    "plot_expert_frequency",
+    "plot_fa_bars",
     "plot_loss_parts",
     "read_cl_run",
     "read_rates_run",
+    "render_results",
     "save_figure",
+    "write_readme_images",
+    "write_tables",
 ]

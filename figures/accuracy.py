@@ -32,7 +32,7 @@ from figures.grouping import (
 )
 from figures.names import BACKBONE_LABELS, backbone_label, dataset_label
 from figures.runs import CLRun
-from figures.style import figure_size, figure_style, method_color, save_figure
+from figures.style import figure_size, figure_style, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -280,7 +280,8 @@ def plot_expert_frequency(
     nrows = int(np.ceil(n_layers / ncols))
     vmax = float(share.max()) if share.size else 1.0
     with figure_style():
-        fig = Figure(figsize=(6.8, 1.55 * nrows + 0.5))
+        # Constrained layout keeps layer titles clear of the tick labels of the row above.
+        fig = Figure(figsize=(6.8, 1.7 * nrows + 0.5), layout="constrained")
         axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
         img = None
         for k, ax in enumerate(axes):
@@ -296,7 +297,7 @@ def plot_expert_frequency(
             ax.set_ylabel("head" if k % ncols == 0 else "")
             ax.tick_params(labelsize=5.5)
         if img is not None:
-            cbar = fig.colorbar(img, ax=list(axes[:n_layers]), fraction=0.025, pad=0.02)
+            cbar = fig.colorbar(img, ax=list(axes[:n_layers]), fraction=0.025, pad=0.01)
             cbar.set_label("share of selections")
         after = freq.get("after_task")
         suffix = f" (counted after task {int(after) + 1})" if after is not None else ""
@@ -377,7 +378,6 @@ def plot_activation_ablation(
 __all__ = [
     "accuracy_curve",
     "expert_frequency_array",
-    "method_color",
     "plot_accuracy_curves",
     "plot_accuracy_matrix",
     "plot_activation_ablation",
