@@ -1,0 +1,258 @@
+"""Typed run configuration and the preset layers.
+
+Resolution order (later wins): dataclass defaults < dataset preset < method preset (per dataset)
+< backbone preset (gate activation per pretrained weights) < ``--quick`` < explicit overrides.
+Values are the effective ones of cl-pipeline.md section 2.6 for Sup-21K unless noted; learning
+rates are the raw script values and are multiplied by ``batch_size / 256`` where the original
+code does so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from cl.models.gating import ACTIVATIONS
+from cl.stats import STATS_METHODS
+
+Scheduler = Literal["constant", "step", "cosine"]
+AttentionImpl = Literal["fused", "reference"]
+SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
+
+
+@dataclass
+class CLConfig:
+    """Everything that defines a run (saved as ``config.json``)."""
+
+    # what
+    dataset: str = "synthetic"
+    method: str = "norga"
+    backbone: str = "vit-tiny-random"
+    weights: str | None = None
+    seed: int = 42
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    # where / how
+    device: str = "auto"
+    batch_size: int = 128
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    data_root: str | None = None
+    download: bool = False
+    quick: bool = False
+    # prompted model
+    prompt_length: int = 5
+    prompt_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    gate_act: str = "tanh"
+    attention: str = "fused"
+    gate_trainable_after_first_task: bool = False
+    legacy_kv_reshape: bool = False
+    batchwise_prompt: bool = False
+    # within-task prompt training (WTP)
+    epochs: int = 20
+    lr: float = 0.03
+    larger_prompt_lr: bool = True
+    scheduler: str = "step"
+    clip_grad: float = 1.0
+    prompt_momentum: float = 0.1
+    reg: float = 0.1
+    contrastive_temperature: float = 0.8
+    # task-identity model (TII)
+    tii_epochs: int = 20
+    tii_lr: float = 5e-4
+    tii_scheduler: str = "constant"
+    tii_mlp: list[int] = field(default_factory=lambda: [2])
+    tii_ca_epochs: int = 30
+    tii_ca_lr: float = 0.005
+    # task-adaptive prediction (TAP) head alignment
+    tap_epochs: int = 30
+    ca_lr: float = 0.005
+    tap_samples_mult: int = 5
+    stats_method: str = "covariance"
+    # bookkeeping
+    keep_checkpoints: str = "all"
+
+    def validate(self) -> CLConfig:
+        """Check ``Literal``-like options and ranges; raise ``ValueError`` naming the field."""
+        choices = {
+            "gate_act": ACTIVATIONS,
+            "attention": ATTENTION_IMPLS,
+            "scheduler": SCHEDULERS,
+            "tii_scheduler": SCHEDULERS,
+            "stats_method": STATS_METHODS,
+            "keep_checkpoints": ("all", "last"),
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        positive = ("batch_size", "eval_batch_size", "prompt_length", "tap_samples_mult")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        for name in ("epochs", "tii_epochs", "tii_ca_epochs", "tap_epochs", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.prompt_momentum < 1.0:
+            raise ValueError(f"prompt_momentum: must be in [0, 1), got {self.prompt_momentum}")
+        for name in ("lr", "tii_lr", "tii_ca_lr", "ca_lr", "contrastive_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# ---------------------------------------------------------------------------- presets
+# Dataset presets: what the NoRGa scripts share between HiDe and NoRGa (section 2.6, Sup-21K).
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    "cifar100": dict(
+        epochs=50, lr=0.03, scheduler="step", prompt_length=5, prompt_momentum=0.01, reg=0.1,
+        tii_epochs=20, tii_lr=5e-4, tii_scheduler="constant", tii_mlp=[2], tii_ca_lr=0.005,
+    ),
+    "imagenet-r": dict(
+        epochs=150, lr=0.03, scheduler="cosine", prompt_length=20, prompt_momentum=0.01, reg=0.5,
+        tii_epochs=20, tii_lr=5e-4, tii_scheduler="step", tii_mlp=[2], tii_ca_lr=0.005,
+    ),
+    "cub200": dict(
+        epochs=50, lr=0.03, larger_prompt_lr=False, scheduler="step", prompt_length=20,
+        prompt_momentum=0.01, reg=0.01, tii_epochs=20, tii_lr=0.01, tii_scheduler="constant",
+        tii_mlp=[2],
+    ),
+    "5datasets": dict(
+        epochs=20, lr=0.03, scheduler="constant", clip_grad=2.0, prompt_length=40,
+        prompt_momentum=0.01, reg=0.1, tii_epochs=20, tii_lr=1e-3, tii_scheduler="constant",
+        tii_mlp=[4, 4], tii_ca_lr=0.005,
+    ),
+    # Offline benchmarks: small, fast, tuned only to be clearly learnable.
+    "synthetic": dict(
+        batch_size=64, eval_batch_size=128, epochs=6, lr=0.2, scheduler="constant",
+        prompt_length=5, prompt_momentum=0.1, reg=0.1, tii_epochs=6, tii_lr=4e-3,
+        tii_ca_epochs=10, tii_ca_lr=0.05, tap_epochs=10, ca_lr=0.05,
+    ),
+    "digits": dict(
+        batch_size=64, eval_batch_size=128, epochs=10, lr=0.2, scheduler="constant",
+        prompt_length=5, prompt_momentum=0.1, reg=0.1, tii_epochs=10, tii_lr=4e-3,
+        tii_ca_epochs=10, tii_ca_lr=0.05, tap_epochs=10, ca_lr=0.05,
+    ),
+}
+
+# Method presets per dataset (NoRGa vs HiDe-Prompt differences of section 2.6).
+METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "norga": {
+        "cifar100": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05),
+        "imagenet-r": dict(gate_act="sigmoid", tap_epochs=30, ca_lr=0.005),
+        "cub200": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05, tii_ca_lr=0.05),
+        "5datasets": dict(gate_act="tanh", tap_epochs=30, ca_lr=0.005),
+    },
+    "hide": {
+        "cifar100": dict(tap_epochs=30, ca_lr=0.005),
+        "imagenet-r": dict(tap_epochs=30, ca_lr=0.005),
+        "cub200": dict(tap_epochs=30, ca_lr=0.005, tii_ca_lr=0.005),
+        "5datasets": dict(tap_epochs=30, ca_lr=0.005),
+    },
+}
+
+# NoRGa's gate activation per (dataset, pretrained weights) where it differs from Sup-21K.
+BACKBONE_GATE_ACT: dict[tuple[str, str], str] = {
+    ("cifar100", "ibot21k"): "tanh",
+    ("cifar100", "ibot1k"): "tanh",
+    ("cifar100", "dino1k"): "tanh",
+    ("cifar100", "mocov3-1k"): "gelu",
+    ("imagenet-r", "ibot21k"): "tanh",
+    ("imagenet-r", "ibot1k"): "sigmoid",
+    ("imagenet-r", "dino1k"): "tanh",
+    ("imagenet-r", "mocov3-1k"): "gelu",
+    ("cub200", "ibot21k"): "tanh",
+    ("5datasets", "ibot21k"): "sigmoid",
+}
+
+# --quick: a smoke-test budget (minutes on a laptop CPU for the offline benchmarks).
+QUICK_PRESETS: dict[str, dict[str, Any]] = {
+    "synthetic": dict(
+        epochs=3, tii_epochs=3, tii_ca_epochs=5, tap_epochs=5,
+        dataset_options=dict(train_per_class=80, test_per_class=40),
+    ),
+    "digits": dict(epochs=4, tii_epochs=4, tii_ca_epochs=5, tap_epochs=5),
+}
+QUICK_DEFAULT: dict[str, Any] = dict(epochs=1, tii_epochs=1, tii_ca_epochs=2, tap_epochs=2)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a CLI string (``--set key=value``) to the type of field ``name``."""
+    hints = typing.get_type_hints(CLConfig)
+    if name not in hints:
+        allowed = ", ".join(f.name for f in dataclasses.fields(CLConfig))
+        raise ValueError(f"unknown config key {name!r}; allowed: {allowed}")
+    if not isinstance(value, str):
+        return value
+    hint = hints[name]
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if value.lower() in ("none", "null", ""):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin = typing.get_origin(hint)
+    if hint is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected true/false, got {value!r}")
+    if hint in (int, float):
+        try:
+            return hint(value)
+        except ValueError as exc:
+            raise ValueError(f"{name}: expected {hint.__name__}, got {value!r}") from exc
+    if origin is list:
+        return [int(v) for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+    if origin is dict:
+        return json.loads(value)
+    return value
+
+
+def resolve_config(
+    dataset: str,
+    method: str,
+    backbone: str = "vit-tiny-random",
+    *,
+    quick: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> CLConfig:
+    """Build the run config by layering the presets and ``overrides``.
+
+    ``overrides`` values may be strings (from the CLI); they are converted to the field type.
+    ``dataset_options`` are merged key by key rather than replaced.
+    """
+    cfg: dict[str, Any] = CLConfig(dataset=dataset, method=method, backbone=backbone).to_dict()
+
+    def apply(layer: dict[str, Any]) -> None:
+        for key, value in layer.items():
+            value = _coerce(key, value)
+            if key == "dataset_options":
+                cfg[key] = {**cfg[key], **value}
+            else:
+                cfg[key] = value
+
+    apply(DATASET_PRESETS.get(dataset, {}))
+    apply(METHOD_PRESETS.get(method, {}).get(dataset, {}))
+    if method == "norga" and (dataset, backbone) in BACKBONE_GATE_ACT:
+        apply({"gate_act": BACKBONE_GATE_ACT[(dataset, backbone)]})
+    if quick:
+        apply({**QUICK_PRESETS.get(dataset, QUICK_DEFAULT), "quick": True})
+    apply(overrides or {})
+    return CLConfig(**cfg).validate()
+
+
+def config_from_dict(data: dict[str, Any]) -> CLConfig:
+    """Rebuild a config saved with :meth:`CLConfig.to_dict`."""
+    return CLConfig(**data).validate()

@@ -1,0 +1,26 @@
+"""Benchmarks: the data contract, the registry and the offline generators.
+
+Real loaders live in their own modules and are imported lazily by
+:func:`cl.data.registry.build_benchmark`.
+"""
+
+from cl.data.base import Benchmark, SplitDataset
+from cl.data.registry import (
+    ChecksumError,
+    DatasetError,
+    DatasetNotFoundError,
+    available_datasets,
+    build_benchmark,
+    register_dataset,
+)
+
+__all__ = [
+    "Benchmark",
+    "ChecksumError",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "SplitDataset",
+    "available_datasets",
+    "build_benchmark",
+    "register_dataset",
+]

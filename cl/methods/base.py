@@ -1,0 +1,131 @@
+"""The ``Method`` interface shared by every continual-learning method, and its registry."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import DataLoader
+
+ProgressFn = Callable[[Iterable, str], Iterable]
+LogFn = Callable[[dict[str, Any]], None]
+
+
+def _no_progress(iterable: Iterable, desc: str) -> Iterable:
+    return iterable
+
+
+def _no_log(record: dict[str, Any]) -> None:
+    return None
+
+
+@dataclass
+class Task:
+    """What a method is told about the task it is about to learn.
+
+    Attributes
+    ----------
+    index:
+        Task number ``t`` (0-based).
+    classes:
+        Original class ids of task ``t``.
+    task_classes:
+        Class ids of every task of the benchmark (``task_classes[t] == classes``).
+    stats_loader:
+        Training images of task ``t`` with the *test* transform, for class statistics.
+    """
+
+    index: int
+    classes: list[int]
+    task_classes: list[list[int]]
+    stats_loader: DataLoader | None = None
+
+    @property
+    def seen_classes(self) -> list[int]:
+        return [c for t in self.task_classes[: self.index + 1] for c in t]
+
+    @property
+    def old_classes(self) -> list[int]:
+        return [c for t in self.task_classes[: self.index] for c in t]
+
+
+class Method(abc.ABC):
+    """One continual-learning method.
+
+    The engine calls, for every task: :meth:`begin_task`, :meth:`train_task`, :meth:`end_task`,
+    then evaluates with :meth:`predict` (and, where available, :meth:`predict_with_tasks` and
+    :meth:`predict_oracle`). :meth:`state_dict` must hold *everything* needed to continue after a
+    finished task, including optimizer and random-generator states.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, progress: ProgressFn | None = None, log: LogFn | None = None) -> None:
+        self.progress: ProgressFn = progress or _no_progress
+        self.log: LogFn = log or _no_log
+
+    @abc.abstractmethod
+    def begin_task(self, task: Task) -> None:
+        """Prepare for ``task`` (parameters to train, optimizers)."""
+
+    @abc.abstractmethod
+    def train_task(self, loader: DataLoader) -> None:
+        """Train on the task's training data."""
+
+    @abc.abstractmethod
+    def end_task(self, task: Task) -> None:
+        """Consolidate after training (statistics, alignment)."""
+
+    @abc.abstractmethod
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, num_classes)`` without knowing the task."""
+
+    def predict_with_tasks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and the predicted task per sample (``None`` if the method has no TII)."""
+        return self.predict(x), None
+
+    def predict_oracle(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor | None:
+        """Task-incremental logits given the true task ids (``None`` if unsupported)."""
+        return None
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume after a finished task."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator registering a :class:`Method` under ``name``."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_methods() -> list[str]:
+    """Registered method names."""
+    import cl.methods  # noqa: F401 - importing the package registers the built-in methods
+
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    """The class registered as ``name``; ``ValueError`` lists the allowed names."""
+    allowed = available_methods()
+    if name not in _METHODS:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(allowed)}")
+    return _METHODS[name]

@@ -1,0 +1,336 @@
+"""HiDe-Prompt: TII model + within-task prompts + Gaussian task-adaptive head alignment.
+
+One class implements the whole two-model pipeline of cl-pipeline.md section 2; NoRGa
+(:mod:`cl.methods.norga`) only swaps the prefix gate. Per task ``t``:
+
+1. TII model: train the adapter + head on frozen prompt-free features (CE over task ``t``).
+2. WTP: train prompt ``t`` (initialised from ``t - 1``, momentum-blended with older prompts)
+   and the head, CE over task ``t`` plus the contrastive regulariser against old class means.
+3. Store Gaussian statistics (float64 sums) of prompt-free and prompted features.
+4. For ``t > 0``: re-align the TII model and the prompted head on Gaussian samples of all seen
+   classes.
+
+Inference: TII predicts each sample's task, that task's prompt is used for that sample, and the
+head scores all classes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cl.config import CLConfig
+from cl.methods.base import LogFn, Method, ProgressFn, Task, register_method
+from cl.methods.losses import class_mask, contrastive_regulariser, masked_logits
+from cl.methods.schedules import build_epoch_scheduler
+from cl.models.gating import Gate
+from cl.models.tii import TIIHead
+from cl.models.vit import PromptedViT
+from cl.seeding import derive_seed, seeded_global_rng, torch_generator
+from cl.stats import GaussianClassStats
+
+
+@register_method("hide")
+class HiDePrompt(Method):
+    """HiDe-Prompt (linear prefix gate).
+
+    Parameters
+    ----------
+    config:
+        Resolved run configuration.
+    vit:
+        Frozen timm ``VisionTransformer`` (``num_classes=0``), shared by the prompted and the
+        TII model.
+    num_classes:
+        Size of the single classifier head.
+    task_classes:
+        Class ids of every task.
+    device:
+        Where to compute.
+    """
+
+    gate: Gate = "linear"
+
+    def __init__(
+        self,
+        config: CLConfig,
+        vit: nn.Module,
+        num_classes: int,
+        task_classes: list[list[int]],
+        device: torch.device | str = "cpu",
+        progress: ProgressFn | None = None,
+        log: LogFn | None = None,
+    ) -> None:
+        super().__init__(progress, log)
+        self.config = config
+        self.device = torch.device(device)
+        self.num_classes = num_classes
+        self.task_classes = [list(map(int, c)) for c in task_classes]
+        class_to_task = torch.full((num_classes,), -1, dtype=torch.long)
+        for t, classes in enumerate(self.task_classes):
+            class_to_task[classes] = t
+        self.class_to_task = class_to_task.to(self.device)
+        seed = config.seed
+        self.model = PromptedViT(
+            vit,
+            num_classes,
+            pool_size=len(task_classes),
+            prompt_length=config.prompt_length,
+            prompt_layers=config.prompt_layers,
+            gate=self.gate,
+            activation=config.gate_act,  # type: ignore[arg-type]
+            fused=config.attention == "fused",
+            generator=torch_generator(seed, "prompt-init"),
+            legacy_kv_reshape=config.legacy_kv_reshape,
+        ).to(self.device)
+        self.model.eval()  # the frozen ViT has no dropout; eval mode keeps LayerNorm/drop fixed
+        with seeded_global_rng(derive_seed(seed, "tii-init")):
+            self.tii = TIIHead(self.model.embed_dim, num_classes, config.tii_mlp).to(self.device)
+        dim = self.model.embed_dim
+        self.tii_stats = GaussianClassStats(dim, config.stats_method)  # type: ignore[arg-type]
+        self.prompt_stats = GaussianClassStats(dim, config.stats_method)  # type: ignore[arg-type]
+        self.sample_gen = torch_generator(seed, "gaussian-replay")
+        self.task: Task | None = None
+        self.task_index = -1  # last task begun
+        self.wtp_optimizer: torch.optim.Optimizer | None = None
+        self.tii_optimizer: torch.optim.Optimizer | None = None
+        # lr scaling of the original code: lr * batch / 256 (ca_lr of the TAP stage is not scaled)
+        self.scale = config.batch_size / 256.0
+
+    # ------------------------------------------------------------------ task setup
+    def _gate_trainable(self, t: int) -> bool:
+        return self.gate == "norga" and (t == 0 or self.config.gate_trainable_after_first_task)
+
+    def _build_optimizers(self, t: int) -> None:
+        cfg = self.config
+        prompt = self.model.prompt
+        prompt.act_scale.requires_grad_(self._gate_trainable(t))
+        prompt_params = [prompt.prompt] + ([prompt.act_scale] if self._gate_trainable(t) else [])
+        head_params = [p for p in (*self.model.head.parameters(), *self.model.fc_norm.parameters())]
+        lr = cfg.lr * self.scale
+        head_lr = 0.1 * lr if cfg.larger_prompt_lr else lr
+        self.wtp_optimizer = torch.optim.Adam(
+            [{"params": prompt_params, "lr": lr}, {"params": head_params, "lr": head_lr}],
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=0.0,
+        )
+        self.wtp_scheduler = build_epoch_scheduler(self.wtp_optimizer, cfg.scheduler, cfg.epochs)
+        self.tii_optimizer = torch.optim.Adam(
+            self.tii.parameters(), lr=cfg.tii_lr * self.scale, weight_decay=0.0
+        )
+        self.tii_scheduler = build_epoch_scheduler(
+            self.tii_optimizer, cfg.tii_scheduler, cfg.tii_epochs
+        )
+
+    def begin_task(self, task: Task) -> None:
+        t = task.index
+        self.task = task
+        self.task_index = t
+        if t > 0:
+            self.model.prompt.copy_prompt(t - 1, t)  # shared prompt pool: init from t - 1
+        self._build_optimizers(t)
+
+    # ------------------------------------------------------------------ training
+    def train_task(self, loader: DataLoader) -> None:
+        assert self.task is not None, "begin_task must be called first"
+        self._train_tii(loader)
+        self._train_prompt(loader)
+
+    def _train_tii(self, loader: DataLoader) -> None:
+        t = self.task.index
+        mask = class_mask(self.num_classes, self.task.classes, self.device)
+        self.tii.train()
+        for epoch in range(self.config.tii_epochs):
+            total, correct, loss_sum = 0, 0, 0.0
+            for x, y in self.progress(loader, f"task {t} TII epoch {epoch}"):
+                x, y = x.to(self.device), y.to(self.device)
+                feats = self.model.backbone_features(x)  # frozen: no graph
+                logits = masked_logits(self.tii(feats), mask)
+                loss = F.cross_entropy(logits, y)
+                self.tii_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.tii_optimizer.step()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                total += len(y)
+            if self.tii_scheduler is not None:
+                self.tii_scheduler.step()
+            self.log({"phase": "tii", "task": t, "epoch": epoch, "loss": loss_sum / max(total, 1),
+                      "train_acc": 100.0 * correct / max(total, 1)})
+        self.tii.eval()
+
+    def _train_prompt(self, loader: DataLoader) -> None:
+        cfg = self.config
+        t = self.task.index
+        mask = class_mask(self.num_classes, self.task.classes, self.device)
+        old_means = self.prompt_stats.means(self.task.old_classes).float().to(self.device)
+        momentum = cfg.prompt_momentum if t > 0 else 0.0
+        params = [p for g in self.wtp_optimizer.param_groups for p in g["params"]]
+        for epoch in range(cfg.epochs):
+            total, correct, loss_sum = 0, 0, 0.0
+            for x, y in self.progress(loader, f"task {t} WTP epoch {epoch}"):
+                x, y = x.to(self.device), y.to(self.device)
+                prefixes = self.model.prompt.blended(t, x.shape[0], momentum)
+                feats = self.model.pre_logits(self.model.forward_features(x, prefixes=prefixes))
+                logits = masked_logits(self.model.head(self.model.fc_norm(feats)), mask)
+                loss = F.cross_entropy(logits, y)
+                if cfg.reg > 0:
+                    loss = loss + cfg.reg * contrastive_regulariser(
+                        feats, old_means, cfg.contrastive_temperature
+                    )
+                self.wtp_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                self.wtp_optimizer.step()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                total += len(y)
+            if self.wtp_scheduler is not None:
+                self.wtp_scheduler.step()
+            self.log({"phase": "wtp", "task": t, "epoch": epoch, "loss": loss_sum / max(total, 1),
+                      "train_acc": 100.0 * correct / max(total, 1),
+                      "lr": self.wtp_optimizer.param_groups[0]["lr"]})
+
+    # ------------------------------------------------------------------ consolidation
+    def end_task(self, task: Task) -> None:
+        t = task.index
+        self.model.prompt.apply_momentum(t, self.config.prompt_momentum)  # prompt ensemble
+        if task.stats_loader is None:
+            raise ValueError("end_task needs task.stats_loader for the class statistics")
+        self._collect_statistics(task)
+        if t > 0:
+            self._align_tii(task)
+            self._align_head(task)
+
+    @torch.no_grad()
+    def _collect_statistics(self, task: Task) -> None:
+        t = task.index
+        for x, y in self.progress(task.stats_loader, f"task {t} statistics"):
+            x, y = x.to(self.device), y.to(self.device)
+            self.tii_stats.update(self.model.backbone_features(x), y)
+            ids = torch.full((x.shape[0],), t, dtype=torch.long, device=self.device)
+            self.prompt_stats.update(self.model.pre_logits(self.model.forward_features(x, ids)), y)
+        self.tii_stats.all_reduce(task.classes)
+        self.prompt_stats.all_reduce(task.classes)
+
+    def _replay(
+        self,
+        module_forward,
+        params: list[nn.Parameter],
+        stats: GaussianClassStats,
+        task: Task,
+        lr: float,
+        epochs: int,
+        n_per_class: int,
+        phase: str,
+    ) -> None:
+        """Classifier alignment on Gaussian samples of all seen classes (spec 2.2 step 4, 2.4)."""
+        seen, n_old = task.seen_classes, len(task.old_classes)
+        mask = class_mask(self.num_classes, seen, self.device)
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+        for epoch in range(epochs):
+            feats, labels = stats.sample(seen, n_per_class, self.sample_gen)
+            order = torch.randperm(labels.shape[0], generator=self.sample_gen)
+            feats, labels = feats[order].to(self.device), labels[order].to(self.device)
+            loss_sum = 0.0
+            # as in the original code: #old-classes iterations of n samples; the tail is unused
+            for i in range(n_old):
+                xb = feats[i * n_per_class:(i + 1) * n_per_class]
+                yb = labels[i * n_per_class:(i + 1) * n_per_class]
+                loss = F.cross_entropy(masked_logits(module_forward(xb), mask), yb)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += float(loss.detach())
+            scheduler.step()
+            self.log({"phase": phase, "task": task.index, "epoch": epoch,
+                      "loss": loss_sum / max(n_old, 1)})
+
+    def _align_tii(self, task: Task) -> None:
+        self.tii.train()
+        self._replay(self.tii, list(self.tii.parameters()), self.tii_stats, task,
+                     lr=self.config.tii_ca_lr * self.scale, epochs=self.config.tii_ca_epochs,
+                     n_per_class=self.config.batch_size, phase="tii_ca")
+        self.tii.eval()
+
+    def _align_head(self, task: Task) -> None:
+        head = self.model
+        params = [*head.head.parameters(), *head.fc_norm.parameters()]
+        self._replay(lambda f: head.head(head.fc_norm(f)), params, self.prompt_stats, task,
+                     lr=self.config.ca_lr, epochs=self.config.tap_epochs,
+                     n_per_class=self.config.tap_samples_mult * self.config.batch_size,
+                     phase="tap")
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_tasks(self, x: torch.Tensor) -> torch.Tensor:
+        """TII task prediction per sample, restricted to the tasks seen so far."""
+        assert self.task is not None, "no task has been learned yet"
+        seen = [c for ts in self.task_classes[: self.task_index + 1] for c in ts]
+        logits = masked_logits(self.tii(self.model.backbone_features(x.to(self.device))),
+                               class_mask(self.num_classes, seen, self.device))
+        tasks = self.class_to_task[logits.argmax(dim=1)]
+        if self.config.batchwise_prompt:  # legacy batch-majority vote (test-time leakage)
+            tasks = torch.full_like(tasks, int(torch.mode(tasks).values))
+        return tasks
+
+    @torch.no_grad()
+    def predict_with_tasks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device)
+        tasks = self.predict_tasks(x)
+        return self.model(x, tasks), tasks
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict_with_tasks(x)[0]
+
+    @torch.no_grad()
+    def predict_oracle(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """True task's prompt, logits restricted to that task's classes."""
+        task_ids = task_ids.to(self.device)
+        logits = self.model(x.to(self.device), task_ids)
+        allowed = self.class_to_task.unsqueeze(0) == task_ids.unsqueeze(1)
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "task_index": self.task_index,
+            "prompt": self.model.prompt.state_dict(),
+            "head": self.model.head.state_dict(),
+            "fc_norm": self.model.fc_norm.state_dict(),
+            "tii": self.tii.state_dict(),
+            "tii_stats": self.tii_stats.state_dict(),
+            "prompt_stats": self.prompt_stats.state_dict(),
+            "wtp_optimizer": self.wtp_optimizer.state_dict() if self.wtp_optimizer else None,
+            "tii_optimizer": self.tii_optimizer.state_dict() if self.tii_optimizer else None,
+            "sample_gen": self.sample_gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["method"] != self.name:
+            raise ValueError(f"checkpoint is for method {state['method']!r}, not {self.name!r}")
+        self.model.prompt.load_state_dict(state["prompt"])
+        self.model.head.load_state_dict(state["head"])
+        self.model.fc_norm.load_state_dict(state["fc_norm"])
+        self.tii.load_state_dict(state["tii"])
+        self.tii_stats.load_state_dict(state["tii_stats"])
+        self.prompt_stats.load_state_dict(state["prompt_stats"])
+        self.sample_gen.set_state(state["sample_gen"])
+        self.task_index = int(state["task_index"])
+        if self.task_index >= 0:
+            t = self.task_index
+            self.task = Task(t, self.task_classes[t], self.task_classes)
+            self._build_optimizers(t)
+            if state["wtp_optimizer"] is not None:
+                self.wtp_optimizer.load_state_dict(state["wtp_optimizer"])
+            if state["tii_optimizer"] is not None:
+                self.tii_optimizer.load_state_dict(state["tii_optimizer"])

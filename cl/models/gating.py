@@ -1,0 +1,95 @@
+"""The prefix-logit gate: the one place where the linear / NoRGa score is computed.
+
+HiDe-Prompt uses the prefix-key logits ``s`` as they are (linear gating). NoRGa replaces them by
+``s + alpha * sigma(tau * s)`` (cl-pipeline.md section 1.4). The statistical twin of this formula
+lives in ``moe_theory.gates``; both must give the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+import torch
+import torch.nn.functional as F
+
+Gate = Literal["linear", "norga"]
+Activation = Literal["tanh", "sigmoid", "gelu"]
+
+GATES: tuple[str, ...] = get_args(Gate)
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+
+
+def check_gate(gate: str) -> Gate:
+    """Validate a gate name; raise ``ValueError`` listing the allowed values."""
+    if gate not in GATES:
+        raise ValueError(f"unknown gate {gate!r}; allowed: {', '.join(GATES)}")
+    return gate  # type: ignore[return-value]
+
+
+def check_activation(activation: str) -> Activation:
+    """Validate an activation name; raise ``ValueError`` listing the allowed values."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(
+            f"unknown gate activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}"
+        )
+    return activation  # type: ignore[return-value]
+
+
+def activation_fn(activation: Activation, x: torch.Tensor) -> torch.Tensor:
+    """Apply ``sigma`` (tanh, sigmoid or exact erf GELU)."""
+    if activation == "tanh":
+        return torch.tanh(x)
+    if activation == "sigmoid":
+        return torch.sigmoid(x)
+    if activation == "gelu":
+        return F.gelu(x, approximate="none")
+    check_activation(activation)
+    raise AssertionError("unreachable")
+
+
+def prefix_gate_residual(
+    scores: torch.Tensor,
+    gate: Gate,
+    activation: Activation,
+    alpha: torch.Tensor | float,
+    tau: torch.Tensor | float,
+) -> torch.Tensor | None:
+    """The additive change ``gate(s) - s`` of the prefix logits, or ``None`` for linear gating.
+
+    Kept separate so that the fused attention path can add it as a float bias without the
+    round-off of ``(s + r) - s``.
+    """
+    check_gate(gate)
+    if gate == "linear":
+        return None
+    return alpha * activation_fn(check_activation(activation), tau * scores)
+
+
+def prefix_gate(
+    scores: torch.Tensor,
+    gate: Gate,
+    activation: Activation = "tanh",
+    alpha: torch.Tensor | float = 1.0,
+    tau: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
+    """Gate the prefix-key attention logits.
+
+    Parameters
+    ----------
+    scores:
+        Prefix logits ``s = q . p_K / sqrt(d)`` of any shape.
+    gate:
+        ``"linear"`` returns ``s`` unchanged (HiDe-Prompt); ``"norga"`` returns
+        ``s + alpha * sigma(tau * s)``.
+    activation:
+        ``sigma``: ``"tanh"``, ``"sigmoid"`` or ``"gelu"`` (exact, erf-based).
+    alpha, tau:
+        Scalars (floats or 0-d tensors) of the NoRGa gate; ignored for ``"linear"``.
+
+    Returns
+    -------
+    torch.Tensor
+        Gated logits, same shape as ``scores``.
+    """
+    residual = prefix_gate_residual(scores, gate, activation, alpha, tau)
+    return scores if residual is None else scores + residual

@@ -1,0 +1,192 @@
+"""The NoRGa / HiDe-Prompt ViT: a frozen timm ``VisionTransformer`` with prefix-prompted blocks.
+
+The wrapped ViT keeps working on its own (``vit.forward_features`` gives the prompt-free features
+used by the task-identity model); :class:`PromptedViT` adds per-sample prefixes in the chosen
+blocks, its own ``fc_norm`` and a classifier over all classes of the benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cl.models.gating import Activation, Gate
+from cl.models.prefix_attention import PrefixAttention
+from cl.models.prompts import PrefixPrompt
+
+
+def trunc_normal_head(head: nn.Linear) -> None:
+    """timm-style head init: truncated normal (std 0.02) weights, zero bias."""
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    nn.init.zeros_(head.bias)
+
+
+def pooled(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """The pre-logits feature of a timm ViT: the CLS token after the final norm."""
+    if getattr(vit, "global_pool", "token") == "token":
+        return tokens[:, 0]
+    return vit.pool(tokens)
+
+
+class PromptedViT(nn.Module):
+    """timm ViT with task prefixes in ``prompt_layers`` and a linear head.
+
+    Parameters
+    ----------
+    vit:
+        A timm ``VisionTransformer`` (its head is ignored; it should be built with
+        ``num_classes=0``). Its parameters are frozen here.
+    num_classes:
+        Outputs of the single classifier head (all classes of the benchmark).
+    pool_size:
+        Number of task prefixes.
+    prompt_length:
+        Prefix length ``L_p``.
+    prompt_layers:
+        Indices of the prompted blocks (default 0-4).
+    gate, activation:
+        Prefix gate (``"linear"`` HiDe-Prompt, ``"norga"``) and its activation.
+    fused:
+        Fused (``scaled_dot_product_attention``) or reference attention in prompted blocks.
+    generator:
+        Random source of the prompt and head initialisation.
+    legacy_kv_reshape:
+        See :class:`cl.models.prompts.PrefixPrompt`.
+    """
+
+    def __init__(
+        self,
+        vit: nn.Module,
+        num_classes: int,
+        *,
+        pool_size: int,
+        prompt_length: int,
+        prompt_layers: Sequence[int] = (0, 1, 2, 3, 4),
+        gate: Gate = "linear",
+        activation: Activation = "tanh",
+        fused: bool = True,
+        generator: torch.Generator | None = None,
+        legacy_kv_reshape: bool = False,
+    ) -> None:
+        super().__init__()
+        depth = len(vit.blocks)
+        layers = [int(i) for i in prompt_layers]
+        valid = all(0 <= i < depth for i in layers) and len(set(layers)) == len(layers)
+        if not layers or not valid:
+            raise ValueError(
+                f"prompt_layers {layers} must be distinct block indices in [0, {depth})"
+            )
+        self.vit = vit
+        for p in self.vit.parameters():
+            p.requires_grad_(False)
+        self.prompt_layers = layers
+        self.gate = gate
+        first = vit.blocks[layers[0]].attn
+        for i in layers:
+            block = vit.blocks[i]
+            if not isinstance(block.attn, PrefixAttention):
+                block.attn = PrefixAttention.from_timm(
+                    block.attn, gate=gate, activation=activation, fused=fused
+                )
+        self.num_heads = first.num_heads
+        self.head_dim = first.head_dim
+        self.embed_dim = vit.embed_dim
+        self.prompt = PrefixPrompt(
+            len(layers),
+            pool_size,
+            prompt_length,
+            self.num_heads,
+            self.head_dim,
+            generator=generator,
+            legacy_kv_reshape=legacy_kv_reshape,
+        )
+        self.fc_norm: nn.Module = nn.Identity()
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes)
+        self._init_head(generator)
+
+    # ------------------------------------------------------------------ switches
+    def set_fused(self, fused: bool) -> None:
+        """Switch every prompted block between the fused and the reference path."""
+        for i in self.prompt_layers:
+            self.vit.blocks[i].attn.fused = fused
+
+    def _init_head(self, generator: torch.Generator | None) -> None:
+        # trunc_normal_ has no generator argument: draw under a forked, seeded global RNG.
+        seed = None
+        if generator is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            trunc_normal_head(self.head)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head by a fresh ``Linear(embed_dim, num_classes)`` (timm interface)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.embed_dim, num_classes).to(self.prompt.prompt.device)
+        trunc_normal_head(self.head)
+
+    # ------------------------------------------------------------------ forward
+    def forward_features(
+        self,
+        x: torch.Tensor,
+        task_ids: torch.Tensor | None = None,
+        *,
+        prefixes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token features ``(B, N, C)`` after the final norm.
+
+        Parameters
+        ----------
+        x:
+            Images ``(B, 3, H, W)``.
+        task_ids:
+            ``(B,)`` task index per sample; each sample uses its own prefix.
+        prefixes:
+            Explicit prefixes ``(n_layers, B, 2, L_p, H, D)`` (e.g. the momentum-blended
+            training prefix); overrides ``task_ids``. With neither, no prompt is used.
+        """
+        if prefixes is None and task_ids is not None:
+            prefixes = self.prompt.gather(task_ids.to(self.prompt.prompt.device))
+        vit = self.vit
+        h = vit.patch_embed(x)
+        h = vit._pos_embed(h)
+        h = vit.patch_drop(h)
+        h = vit.norm_pre(h)
+        slot = {layer: j for j, layer in enumerate(self.prompt_layers)}
+        for i, block in enumerate(vit.blocks):
+            if prefixes is None or i not in slot:
+                h = block(h)
+                continue
+            j = slot[i]
+            attn_out = block.attn(
+                block.norm1(h),
+                prefix=prefixes[j],
+                alpha=self.prompt.alpha(j),
+                tau=self.prompt.tau(j),
+            )
+            h = h + block.drop_path1(block.ls1(attn_out))
+            h = h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
+        return vit.norm(h)
+
+    def pre_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooled feature used for Gaussian statistics (before ``fc_norm``)."""
+        return pooled(self.vit, tokens)
+
+    def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool, ``fc_norm`` and classify (timm interface)."""
+        feats = self.pre_logits(tokens)
+        if pre_logits:
+            return feats
+        return self.head(self.fc_norm(feats))
+
+    def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x, task_ids))
+
+    @torch.no_grad()
+    def backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Prompt-free pooled features of the frozen ViT (input of the TII model)."""
+        return self.pre_logits(self.forward_features(x))

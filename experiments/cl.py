@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Train and evaluate HiDe-Prompt / NoRGa class-incremental learning on one benchmark.
+
+Examples
+--------
+  python experiments/cl.py --dataset synthetic --quick            # ~1 min on a laptop CPU
+  python experiments/cl.py --dataset digits --method hide
+  python experiments/cl.py --dataset cifar100 --backbone sup21k --weights vit_b16_in21k.npz \\
+      --data-root data --download --device cuda
+
+Re-running the same command resumes after the last finished task; a finished run is not
+touched unless --overwrite is given. Exit code 2 means bad arguments or missing data/weights
+(nothing is written then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cl.backbones import BACKBONES, BackboneWeightsError  # noqa: E402
+from cl.config import resolve_config  # noqa: E402
+from cl.data.registry import DatasetError, available_datasets  # noqa: E402
+from cl.engine import RunDirError, run_experiment  # noqa: E402
+from cl.methods import available_methods  # noqa: E402
+from cl.models.gating import ACTIVATIONS  # noqa: E402
+from cl.report import summary  # noqa: E402
+
+# config field -> the flag that sets it (for error messages)
+FLAG_OF = {
+    "epochs": "--epochs", "batch_size": "--batch-size", "num_workers": "--num-workers",
+    "gate_act": "--gate-act", "attention": "--attention", "device": "--device",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="cl.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="\n".join(__doc__.split("\n\n")[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = p.add_argument_group("what to run")
+    what.add_argument("--dataset", required=True, choices=available_datasets(),
+                      help="benchmark; synthetic and digits work offline")
+    what.add_argument("--method", default="norga", choices=available_methods(),
+                      help="norga (non-linear residual gate) or hide (HiDe-Prompt, linear gate); "
+                      "default norga")
+    what.add_argument("--backbone", default="vit-tiny-random", choices=list(BACKBONES),
+                      help="ViT weights tag; *-random are randomly initialised (offline smoke "
+                      "tests), the others need --weights; default vit-tiny-random")
+    what.add_argument("--weights", metavar="PATH", help="local pretrained weights file")
+    what.add_argument("--gate-act", choices=ACTIVATIONS,
+                      help="NoRGa activation sigma (default: the dataset/backbone preset)")
+    what.add_argument("--seed", type=int, default=42, help="run seed: class order, init, "
+                      "shuffling, Gaussian replay (default 42)")
+    budget = p.add_argument_group("training budget")
+    budget.add_argument("--epochs", type=int, metavar="N",
+                        help="epochs of prompt training and of TII training (default: preset)")
+    budget.add_argument("--quick", action="store_true",
+                        help="tiny budget for a smoke test (minutes on a CPU)")
+    budget.add_argument("--batch-size", type=int, metavar="N", help="default: preset (128)")
+    budget.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any config field, e.g. --set tap_epochs=10 "
+                        "(see config.json of a run for the names); repeatable")
+    where = p.add_argument_group("where and how")
+    where.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    where.add_argument("--threads", type=int, metavar="N",
+                       help="CPU threads for torch (default: 1 for vit-tiny-random, which is "
+                       "faster on small tensors, else torch's default)")
+    where.add_argument("--data-root", metavar="DIR", help="where real datasets live")
+    where.add_argument("--download", action="store_true", help="download a missing dataset")
+    where.add_argument("--num-workers", type=int, default=0, metavar="N",
+                       help="data-loader workers (default 0)")
+    where.add_argument("--out", metavar="DIR",
+                       help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>)")
+    where.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    where.add_argument("--attention", choices=("fused", "reference"),
+                       help="prefix-attention implementation (default fused)")
+    where.add_argument("--stop-after-task", type=int, metavar="T",
+                       help="checkpoint after task T and stop (resume by re-running)")
+    where.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    where.add_argument("-v", "--verbose", action="store_true", help="log more")
+    return p
+
+
+def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    overrides: dict = {}
+    for item in args.set:
+        if "=" not in item:
+            parser.error(f"argument --set: expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip().replace("-", "_")] = value
+    direct = {
+        "weights": args.weights, "gate_act": args.gate_act, "batch_size": args.batch_size,
+        "data_root": args.data_root, "attention": args.attention,
+    }
+    overrides.update({k: v for k, v in direct.items() if v is not None})
+    if args.epochs is not None:
+        overrides.update(epochs=args.epochs, tii_epochs=args.epochs)
+    overrides.update(seed=args.seed, device=args.device, num_workers=args.num_workers,
+                     download=args.download)
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = resolve_config(args.dataset, args.method, args.backbone, quick=args.quick,
+                             overrides=overrides_from_args(args, parser))
+    except ValueError as exc:
+        field = str(exc).split(":")[0].split()[-1].strip("'")
+        flag = FLAG_OF.get(field, f"--set {field}")
+        parser.error(f"argument {flag}: {exc}")
+    import torch
+    from tqdm import tqdm
+
+    if args.threads is not None:
+        if args.threads <= 0:
+            parser.error("argument --threads: must be positive")
+        torch.set_num_threads(args.threads)
+    elif cfg.backbone == "vit-tiny-random":
+        torch.set_num_threads(1)
+    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.backbone}-s{cfg.seed}")
+    print(f"backbone: {cfg.backbone}"
+          + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper numbers]"
+             if BACKBONES[cfg.backbone].pretrained is False else f"  weights {cfg.weights}"))
+    print(f"data: {cfg.dataset}" + ("  [generated offline]" if cfg.dataset == "synthetic" else
+                                    "  [scikit-learn bundled digits]" if cfg.dataset == "digits"
+                                    else f"  from {cfg.data_root}"))
+    print(f"method: {cfg.method} (gate act {cfg.gate_act}), seed {cfg.seed}, out {out}")
+
+    def progress(iterable, desc):
+        return tqdm(iterable, desc=desc, leave=False, disable=args.no_progress, file=sys.stderr)
+
+    try:
+        result = run_experiment(cfg, out, overwrite=args.overwrite,
+                                stop_after_task=args.stop_after_task, progress=progress)
+    except (DatasetError, BackboneWeightsError, RunDirError) as exc:
+        print(f"cl.py: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a benchmark loader that is not installed yet
+        print(f"cl.py: error: dataset {cfg.dataset!r} is not available: {exc}", file=sys.stderr)
+        return 2
+    if result.already_finished:
+        print(f"{out} already holds this finished run (pass --overwrite to re-run); saved results:")
+    elif result.resumed_after_task is not None:
+        print(f"resumed after task {result.resumed_after_task}")
+    if not result.finished:
+        print(f"stopped after task {result.accuracy.shape[0] - 1}; re-run the same command "
+              "to continue")
+        return 0
+    print()
+    print(summary(result.metrics, result.accuracy))
+    print(f"\nrun directory: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
