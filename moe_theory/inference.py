@@ -20,6 +20,9 @@ import statsmodels.api as sm
 SUBPOLY_DAIC = 10.0
 SUBPOLY_MAX_SLOPE = -0.2
 PLATEAU_DAIC = 2.0
+# Beyond spec 5.4: a "plateau" must also rule out the slowest polynomial rate of interest
+# (n^-1/4); a CI too wide to do so is reported as inconclusive instead.
+PLATEAU_MIN_SLOPE = -0.25
 
 
 @dataclass(frozen=True)
@@ -159,13 +162,14 @@ def compare_rate_models(n_values: np.ndarray, level: np.ndarray) -> dict[str, ob
                 f"power slope {slope:.2f} > {SUBPOLY_MAX_SLOPE}"
             ),
         )
-    elif slope_ci[0] <= 0 <= slope_ci[1] and aic["flat"] - aic["pow"] <= PLATEAU_DAIC:
+    elif (slope_ci[0] <= 0 <= slope_ci[1] and aic["flat"] - aic["pow"] <= PLATEAU_DAIC
+          and slope_ci[0] > PLATEAU_MIN_SLOPE):
         label, reason = (
             "plateau",
             (
                 f"power slope CI [{slope_ci[0]:.2f}, {slope_ci[1]:.2f}] contains 0 and the flat "
                 f"model "
-                f"is within {PLATEAU_DAIC:g} AIC"
+                f"is within {PLATEAU_DAIC:g} AIC; the CI excludes {PLATEAU_MIN_SLOPE}"
             ),
         )
     elif slope_ci[1] < 0 and not (flattening and d_aic > PLATEAU_DAIC):

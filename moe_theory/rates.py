@@ -485,6 +485,8 @@ class RateResult:
                     f"  {'':14s} fits {e['n_fits']}, converged {e['n_converged']}, capped "
                     f"{e['n_capped']}, at bound {e['n_at_bound']}; n used {e['n_used']}"
                 )
+                if setting != "exact":
+                    lines.append(f"  {'':14s} {_parts_line(e)}")
                 lines.append(f"  {'':14s} verdict: {e['verdict']}")
         lines += [
             "",
@@ -514,6 +516,18 @@ class RateResult:
                     f"with L_1 = {fm['voronoi_loss']:.3f}"
                 )
         return "\n".join(lines)
+
+
+def _parts_line(e: dict[str, object]) -> str:
+    """Median loss parts at the smallest and largest n (over-specified settings)."""
+    per_n = e["per_n"]  # type: ignore[assignment]
+    first, last = per_n[str(e["n_all"][0])], per_n[str(e["n_all"][-1])]  # type: ignore[index]
+    parts = ", ".join(
+        f"{name} {first[key]:.3g} -> {last[key]:.3g}"
+        for name, key in (("mass", "mass_median"), ("beta1", "beta1_median"),
+                          ("eta", "eta_median"))
+    )
+    return f"median L_1 parts from n={e['n_all'][0]} to n={e['n_all'][-1]}: {parts}"  # type: ignore[index]
 
 
 def _verdict(setting: str, e: dict[str, object], expected: float | None) -> str:

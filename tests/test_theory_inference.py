@@ -63,3 +63,11 @@ def test_local_slopes_constant_for_power_law_and_shrinking_for_log_rate():
     np.testing.assert_allclose(power, -0.5, atol=1e-12)
     log_rate = [s["slope"] for s in local_slopes(N_VALUES, 1 / np.log(N_VALUES) ** 2)]
     assert np.all(np.diff(np.abs(log_rate)) < 0)  # -kappa / ln n shrinks in magnitude
+
+
+def test_too_noisy_flat_curve_is_inconclusive_not_plateau():
+    rng = np.random.default_rng(3)
+    noisy = np.exp(rng.normal(0, 1.5, N_VALUES.size))  # no trend, but huge scatter
+    res = compare_rate_models(N_VALUES, noisy)
+    assert res["slope_ci"][0] < -0.25
+    assert res["classification"] == "inconclusive"
