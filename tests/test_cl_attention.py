@@ -1,0 +1,150 @@
+"""Prefix attention: reference vs fused vs a textbook formula written here, forward and backward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from timm.layers import Attention
+
+from cl.models.gating import prefix_gate
+from cl.models.prefix_attention import PrefixAttention
+from cl.models.prompts import PrefixPrompt
+
+torch.set_num_threads(1)
+
+B, N, C, H, L = 3, 6, 16, 4, 5
+D = C // H
+CASES = [("linear", "tanh"), ("norga", "tanh"), ("norga", "sigmoid"), ("norga", "gelu")]
+
+
+def _sigma(name: str, x: torch.Tensor) -> torch.Tensor:
+    # Written from the definitions, not from torch's activation helpers.
+    if name == "tanh":
+        return (torch.exp(x) - torch.exp(-x)) / (torch.exp(x) + torch.exp(-x))
+    if name == "sigmoid":
+        return 1.0 / (1.0 + torch.exp(-x))
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def textbook(x, w_qkv, b_qkv, w_proj, b_proj, prefix, alpha, tau, gate, act):
+    """Prefix attention token by token with explicit sums (float64)."""
+    out = torch.zeros(B, N, C, dtype=torch.float64)
+    qkv = x @ w_qkv.T + b_qkv  # (B, N, 3C)
+    for b in range(B):
+        heads = []
+        for h in range(H):
+            q = qkv[b, :, h * D:(h + 1) * D]
+            k = qkv[b, :, C + h * D:C + (h + 1) * D]
+            v = qkv[b, :, 2 * C + h * D:2 * C + (h + 1) * D]
+            pk, pv = prefix[b, 0, :, h, :], prefix[b, 1, :, h, :]
+            s_p = (q @ pk.T) / math.sqrt(D)
+            if gate == "norga":
+                s_p = s_p + alpha * _sigma(act, tau * s_p)
+            s_x = (q @ k.T) / math.sqrt(D)
+            logits = torch.cat([s_p, s_x], dim=1)
+            weights = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
+            weights = weights / weights.sum(dim=1, keepdim=True)
+            heads.append(weights @ torch.cat([pv, v], dim=0))
+        out[b] = torch.cat(heads, dim=1) @ w_proj.T + b_proj
+    return out
+
+
+def _setup(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    attn = Attention(C, num_heads=H, qkv_bias=True)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x = torch.randn(B, N, C, generator=g)
+    prefix = torch.randn(B, 2, L, H, D, generator=g)
+    alpha = torch.tensor(0.7)
+    tau = torch.tensor(1.3)
+    return attn, x, prefix, alpha, tau
+
+
+def _run(module, x, prefix, alpha, tau):
+    prefix = prefix.clone().requires_grad_(True)
+    alpha = alpha.clone().requires_grad_(True)
+    tau = tau.clone().requires_grad_(True)
+    x = x.clone().requires_grad_(True)
+    out = module(x, prefix=prefix, alpha=alpha, tau=tau)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    (out * weights).sum().backward()
+    return out.detach(), prefix.grad, alpha.grad, tau.grad, x.grad
+
+
+@pytest.mark.parametrize("gate,act", CASES)
+def test_reference_fused_textbook_agree(gate: str, act: str) -> None:
+    attn, x, prefix, alpha, tau = _setup()
+    results = {}
+    for fused in (False, True):
+        module = PrefixAttention.from_timm(attn, gate=gate, activation=act, fused=fused)
+        results[fused] = _run(module, x, prefix, alpha, tau)
+
+    # textbook in float64 with autograd for the gradients
+    params = {n: p.detach().double() for n, p in attn.named_parameters()}
+    inputs = [t.double().requires_grad_(True) for t in (prefix, alpha, tau, x)]
+    ref = textbook(inputs[3], params["qkv.weight"], params["qkv.bias"], params["proj.weight"],
+                   params["proj.bias"], inputs[0], inputs[1], inputs[2], gate, act)
+    weights = torch.linspace(-1, 1, ref.numel(), dtype=ref.dtype).reshape(ref.shape)
+    (ref * weights).sum().backward()
+    expected = (ref.detach(), *(t.grad for t in inputs))
+
+    names = ("output", "grad prefix", "grad alpha", "grad tau", "grad x")
+    for fused, got in results.items():
+        for name, a, b in zip(names, got, expected, strict=True):
+            if gate == "linear" and name in ("grad alpha", "grad tau"):
+                assert a is None or torch.all(a == 0), f"linear gate must ignore {name}"
+                continue
+            torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5,
+                                       msg=f"{name} (fused={fused}, {gate}/{act})")
+    # and the two float32 implementations against each other
+    for name, a, b in zip(names, results[False], results[True], strict=True):
+        if a is not None and b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_norga_actually_changes_attention() -> None:
+    attn, x, prefix, alpha, tau = _setup(1)
+    lin = PrefixAttention.from_timm(attn, gate="linear", activation="tanh", fused=True)
+    nor = PrefixAttention.from_timm(attn, gate="norga", activation="tanh", fused=True)
+    assert not torch.allclose(lin(x, prefix=prefix), nor(x, prefix=prefix, alpha=alpha, tau=tau))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_no_prefix_matches_timm(fused: bool) -> None:
+    attn, x, *_ = _setup(2)
+    module = PrefixAttention.from_timm(attn, gate="norga", activation="tanh", fused=fused)
+    torch.testing.assert_close(module(x), attn(x), rtol=1e-5, atol=1e-6)
+
+
+def test_prefix_gate_formula_and_validation() -> None:
+    s = torch.linspace(-3, 3, 13)
+    torch.testing.assert_close(prefix_gate(s, "linear", "tanh", 2.0, 3.0), s)
+    expected = s + 2.0 * torch.tanh(3 * s)
+    torch.testing.assert_close(prefix_gate(s, "norga", "tanh", 2.0, 3.0), expected)
+    torch.testing.assert_close(prefix_gate(s, "norga", "sigmoid", 0.5, 1.0),
+                               s + 0.5 / (1 + torch.exp(-s)))
+    gelu = 0.5 * s * (1 + torch.erf(s / math.sqrt(2)))
+    torch.testing.assert_close(prefix_gate(s, "norga", "gelu", 1.0, 1.0), s + gelu)
+    with pytest.raises(ValueError, match="linear, norga"):
+        prefix_gate(s, "cubic", "tanh")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="tanh, sigmoid, gelu"):
+        prefix_gate(s, "norga", "relu")  # type: ignore[arg-type]
+
+
+def test_prompt_gather_pairs_keys_and_values_per_sample() -> None:
+    pool = PrefixPrompt(2, 3, L, H, D, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([2, 0, 1, 2])
+    pre = pool.gather(ids)  # (layers, B, 2, L, H, D)
+    for b, t in enumerate(ids.tolist()):
+        assert torch.equal(pre[:, b, 0], pool.prompt[:, 0, t])  # key of its own task
+        assert torch.equal(pre[:, b, 1], pool.prompt[:, 1, t])  # value of its own task
+    legacy = PrefixPrompt(2, 3, L, H, D, generator=torch.Generator().manual_seed(0),
+                          legacy_kv_reshape=True)
+    bad = legacy.gather(ids)
+    # the published bug: sample 0 gets the *key* prompts of samples 0 and 1 as key and value
+    assert torch.equal(bad[:, 0, 1], legacy.prompt[:, 0, 0])
+    assert not torch.equal(bad[:, 0, 1], legacy.prompt[:, 1, 2])
