@@ -186,6 +186,14 @@ QUICK_PRESETS: dict[str, dict[str, Any]] = {
 QUICK_DEFAULT: dict[str, Any] = dict(epochs=1, tii_epochs=1, tii_ca_epochs=2, tap_epochs=2)
 
 
+OFFLINE_DATASETS = ("synthetic", "digits")
+
+
+def default_backbone(dataset: str) -> str:
+    """``vit-tiny-random`` for the offline benchmarks, ``sup21k`` (the paper's) otherwise."""
+    return "vit-tiny-random" if dataset in OFFLINE_DATASETS else "sup21k"
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Convert a CLI string (``--set key=value``) to the type of field ``name``."""
     hints = typing.get_type_hints(CLConfig)

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cl.backbones import BACKBONES, BackboneWeightsError  # noqa: E402
-from cl.config import resolve_config  # noqa: E402
+from cl.config import default_backbone, resolve_config  # noqa: E402
 from cl.data.registry import DatasetError, available_datasets  # noqa: E402
 from cl.engine import RunDirError, run_experiment  # noqa: E402
 from cl.methods import available_methods  # noqa: E402
@@ -55,9 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--method", default="norga", choices=available_methods(),
                       help="norga (non-linear residual gate) or hide (HiDe-Prompt, linear gate); "
                       "default norga")
-    what.add_argument("--backbone", default="vit-tiny-random", choices=list(BACKBONES),
+    what.add_argument("--backbone", choices=list(BACKBONES),
                       help="ViT weights tag; *-random are randomly initialised (offline smoke "
-                      "tests), the others need --weights; default vit-tiny-random")
+                      "tests), the others need --weights PATH; default vit-tiny-random for "
+                      "synthetic/digits, sup21k otherwise")
     what.add_argument("--weights", metavar="PATH", help="local pretrained weights file")
     what.add_argument("--gate-act", choices=ACTIVATIONS,
                       help="NoRGa activation sigma (default: the dataset/backbone preset)")
@@ -118,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        cfg = resolve_config(args.dataset, args.method, args.backbone, quick=args.quick,
+        backbone = args.backbone or default_backbone(args.dataset)
+        cfg = resolve_config(args.dataset, args.method, backbone, quick=args.quick,
                              overrides=overrides_from_args(args, parser))
     except ValueError as exc:
         field = str(exc).split(":")[0].split()[-1].strip("'")

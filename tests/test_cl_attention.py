@@ -148,3 +148,36 @@ def test_prompt_gather_pairs_keys_and_values_per_sample() -> None:
     # the published bug: sample 0 gets the *key* prompts of samples 0 and 1 as key and value
     assert torch.equal(bad[:, 0, 1], legacy.prompt[:, 0, 0])
     assert not torch.equal(bad[:, 0, 1], legacy.prompt[:, 1, 2])
+
+
+@pytest.mark.parametrize("gate", ["linear", "norga"])
+def test_prompted_vit_paths_agree_with_gradients(gate: str) -> None:
+    """The whole prompted ViT: fused and reference give the same logits and gradients."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from cl.models.vit import PromptedViT
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=3, num_heads=4,
+                            num_classes=0, weight_init="jax")
+    model = PromptedViT(vit, 5, pool_size=3, prompt_length=4, prompt_layers=[0, 2], gate=gate,
+                        activation="sigmoid", generator=torch.Generator().manual_seed(1))
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    ids = torch.tensor([0, 2, 1, 2])
+    grads = {}
+    for fused in (False, True):
+        model.set_fused(fused)
+        model.zero_grad(set_to_none=True)
+        logits = model(x, ids)
+        (logits * torch.arange(5.0)).sum().backward()
+        grads[fused] = (logits.detach(), model.prompt.prompt.grad.clone(),
+                        None if model.prompt.act_scale.grad is None
+                        else model.prompt.act_scale.grad.clone())
+    for a, b in zip(grads[False], grads[True], strict=True):
+        if a is None or b is None:
+            assert gate == "linear"
+            continue
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert grads[True][1].abs().sum() > 0
+    if gate == "norga":
+        assert grads[True][2].abs().sum() > 0  # alpha and tau receive gradient
