@@ -28,7 +28,7 @@ from tqdm import tqdm  # noqa: E402
 from moe_theory.gates import ACTIVATIONS  # noqa: E402
 from moe_theory.io import dumps_json, read_config, write_run  # noqa: E402
 from moe_theory.model import EXPERTS  # noqa: E402
-from moe_theory.rates import PRESETS, RateConfig, n_grid, run_rates  # noqa: E402
+from moe_theory.rates import BACKENDS, PRESETS, RateConfig, n_grid, run_rates  # noqa: E402
 from moe_theory.settings import SETTINGS  # noqa: E402
 
 
@@ -60,6 +60,15 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only when it has a meaningful one (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog="rates.py",
@@ -72,7 +81,7 @@ def build_parser() -> OneLineParser:
         "3 restarts. Explicit flags override the preset. Settings: exact (E1, L'=L=1, affine), "
         "over (E2, L'=2, affine, |theta|<=5), over-tanh (E3, L'=2, tanh experts), mechanism (E4: "
         "PDE residual, Fisher conditioning, flat manifold; no fitting).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--gate",
@@ -91,7 +100,8 @@ def build_parser() -> OneLineParser:
         "--expert",
         choices=EXPERTS,
         default=None,
-        help="prompt expert type for exact/over (default: each setting's own)",
+        help="prompt expert type for exact/over (default: each setting's own: affine for "
+        "exact/over, tanh for over-tanh)",
     )
     p.add_argument(
         "--setting",
@@ -100,12 +110,42 @@ def build_parser() -> OneLineParser:
         default=None,
         help="experiments to run (default: from the preset)",
     )
-    p.add_argument("--preset", choices=tuple(PRESETS), default="quick")
-    p.add_argument("--n-min", type=positive_int, default=None, help="smallest n of the grid")
-    p.add_argument("--n-max", type=positive_int, default=None, help="largest n of the grid")
-    p.add_argument("--num-n", type=positive_int, default=None, help="number of log-spaced n")
-    p.add_argument("--replicates", type=positive_int, default=None, help="replicates per n")
-    p.add_argument("--restarts", type=positive_int, default=None, help="restarts per fit")
+    p.add_argument(
+        "--preset",
+        choices=tuple(PRESETS),
+        default="quick",
+        help="sweep size; the flags below override it",
+    )
+    p.add_argument(
+        "--n-min",
+        type=positive_int,
+        default=None,
+        help="smallest n of the grid (default: from the preset)",
+    )
+    p.add_argument(
+        "--n-max",
+        type=positive_int,
+        default=None,
+        help="largest n of the grid (default: from the preset)",
+    )
+    p.add_argument(
+        "--num-n",
+        type=positive_int,
+        default=None,
+        help="number of log-spaced n (default: from the preset)",
+    )
+    p.add_argument(
+        "--replicates",
+        type=positive_int,
+        default=None,
+        help="replicates per n (default: from the preset)",
+    )
+    p.add_argument(
+        "--restarts",
+        type=positive_int,
+        default=None,
+        help="restarts per fit (default: from the preset)",
+    )
     p.add_argument(
         "--fit-n-min",
         type=positive_int,
@@ -121,6 +161,19 @@ def build_parser() -> OneLineParser:
         type=positive_int,
         default=len(os.sched_getaffinity(0)),
         help="parallel worker processes",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="loky",
+        help="where tasks run: local processes (loky) or a Dask cluster (pip install "
+        "'norga[dask]'); results are bit-identical either way",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running Dask scheduler, e.g. tcp://host:8786 (with --backend dask; "
+        "default: a local cluster of --jobs workers)",
     )
     p.add_argument(
         "--out",
@@ -201,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from_args(args, parser)
+    if args.scheduler is not None and args.backend != "dask":
+        parser.error("argument --scheduler: only used with --backend dask")
     out = args.out or Path("results/rates") / f"{args.preset}-{args.gate}-seed{args.seed}"
     check_out_dir(out, config, args.overwrite, parser)
 
@@ -210,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs=args.jobs,
         cache_dir=None if args.no_cache else args.cache_dir,
         progress=lambda it, total: tqdm(it, total=total, desc="fits", unit="block"),
+        backend=args.backend,
+        scheduler=args.scheduler,
     )
     written = write_run(result, out)
     if not args.no_figure and result.records:
