@@ -150,8 +150,15 @@ def test_prompt_gather_pairs_keys_and_values_per_sample() -> None:
     assert not torch.equal(bad[:, 0, 1], legacy.prompt[:, 1, 2])
 
 
+def _devices() -> list:
+    cuda = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs a CUDA device")])
+    return ["cpu", cuda]
+
+
+@pytest.mark.parametrize("device", _devices())
 @pytest.mark.parametrize("gate", ["linear", "norga"])
-def test_prompted_vit_paths_agree_with_gradients(gate: str) -> None:
+def test_prompted_vit_paths_agree_with_gradients(gate: str, device: str) -> None:
     """The whole prompted ViT: fused and reference give the same logits and gradients."""
     from timm.models.vision_transformer import VisionTransformer
 
@@ -162,14 +169,15 @@ def test_prompted_vit_paths_agree_with_gradients(gate: str) -> None:
                             num_classes=0, weight_init="jax")
     model = PromptedViT(vit, 5, pool_size=3, prompt_length=4, prompt_layers=[0, 2], gate=gate,
                         activation="sigmoid", generator=torch.Generator().manual_seed(1))
-    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    ids = torch.tensor([0, 2, 1, 2])
+    model = model.to(device)
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2)).to(device)
+    ids = torch.tensor([0, 2, 1, 2], device=device)
     grads = {}
     for fused in (False, True):
         model.set_fused(fused)
         model.zero_grad(set_to_none=True)
         logits = model(x, ids)
-        (logits * torch.arange(5.0)).sum().backward()
+        (logits * torch.arange(5.0, device=device)).sum().backward()
         grads[fused] = (logits.detach(), model.prompt.prompt.grad.clone(),
                         None if model.prompt.act_scale.grad is None
                         else model.prompt.act_scale.grad.clone())
