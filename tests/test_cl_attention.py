@@ -12,7 +12,14 @@ from cl.models.gating import prefix_gate
 from cl.models.prefix_attention import PrefixAttention
 from cl.models.prompts import PrefixPrompt
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors run faster on one thread; restore the setting for other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 B, N, C, H, L = 3, 6, 16, 4, 5
 D = C // H

@@ -16,7 +16,14 @@ from cl.backbones import BackboneWeightsError
 from cl.config import resolve_config
 from cl.engine import RunDirError, run_experiment
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors run faster on one thread; restore the setting for other test modules."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 ROOT = Path(__file__).resolve().parent.parent
 
 
