@@ -16,9 +16,13 @@ import pickle
 import struct
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cl.data import cifar100, cub200, five_datasets, imagenet_r
@@ -41,6 +45,27 @@ def file_resource(path: Path, *, checksum: bool = True) -> Resource:
     """A resource served from ``path`` through a ``file://`` URL."""
     return Resource(path.name, (path.resolve().as_uri(),),
                     md5=md5_of(path) if checksum else None)
+
+
+def spec_fixtures(module: ModuleType, make: Callable[[Path], Any]) -> tuple[Any, Any]:
+    """The pytest fixtures ``(fixture_spec, spec)`` of a test module of ``module``'s loader.
+
+    ``fixture_spec`` (module scope) writes the fixture archive with ``make(server)`` once;
+    ``spec`` installs it as ``module.SPEC`` for one test (undone afterwards) and returns it.
+    Use as ``fixture_spec, spec = spec_fixtures(cub200, make_cub)``: pytest finds fixtures
+    under the names they are assigned to.
+    """
+
+    @pytest.fixture(scope="module")
+    def fixture_spec(tmp_path_factory: pytest.TempPathFactory) -> Any:
+        return make(tmp_path_factory.mktemp("server"))
+
+    @pytest.fixture
+    def spec(fixture_spec: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+        monkeypatch.setattr(module, "SPEC", fixture_spec)
+        return fixture_spec
+
+    return fixture_spec, spec
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -10,22 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_data import make_cifar, source_path
+from fixtures_data import make_cifar, source_path, spec_fixtures
 
 from cl.data import cifar100
 from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
 
-
-@pytest.fixture(scope="module")
-def fixture_spec(tmp_path_factory: pytest.TempPathFactory) -> cifar100.CifarSpec:
-    return make_cifar(tmp_path_factory.mktemp("server"))
-
-
-@pytest.fixture
-def spec(fixture_spec: cifar100.CifarSpec, monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(cifar100, "SPEC", fixture_spec)
-    return fixture_spec
-
+fixture_spec, spec = spec_fixtures(cifar100, make_cifar)
 
 
 def test_download_and_build(spec, tmp_path: Path) -> None:

@@ -9,22 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_data import make_cub, source_path
+from fixtures_data import make_cub, source_path, spec_fixtures
 
 from cl.data import cub200
 from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
 
-
-@pytest.fixture(scope="module")
-def fixture_spec(tmp_path_factory: pytest.TempPathFactory) -> cub200.CubSpec:
-    return make_cub(tmp_path_factory.mktemp("server"))
-
-
-@pytest.fixture
-def spec(fixture_spec, monkeypatch: pytest.MonkeyPatch) -> cub200.CubSpec:
-    monkeypatch.setattr(cub200, "SPEC", fixture_spec)
-    return fixture_spec
-
+fixture_spec, spec = spec_fixtures(cub200, make_cub)
 
 
 def test_download_build_official_split(spec, tmp_path: Path) -> None:

@@ -12,22 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_data import make_imagenet_r, source_path
+from fixtures_data import make_imagenet_r, source_path, spec_fixtures
 
 from cl.data import imagenet_r
 from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
 
-
-@pytest.fixture(scope="module")
-def fixture_spec(tmp_path_factory: pytest.TempPathFactory) -> imagenet_r.ImageNetRSpec:
-    return make_imagenet_r(tmp_path_factory.mktemp("server"))
-
-
-@pytest.fixture
-def spec(fixture_spec, monkeypatch: pytest.MonkeyPatch) -> imagenet_r.ImageNetRSpec:
-    monkeypatch.setattr(imagenet_r, "SPEC", fixture_spec)
-    return fixture_spec
-
+fixture_spec, spec = spec_fixtures(imagenet_r, make_imagenet_r)
 
 
 def _snapshot(root: Path) -> dict[str, str]:

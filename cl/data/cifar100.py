@@ -31,9 +31,8 @@ from cl.data.base import Benchmark
 from cl.data.download import (
     Fetcher,
     Resource,
-    ensure_file,
-    extract_archive,
-    read_marker,
+    ensure_extracted,
+    extracted_provenance,
     verify_file,
 )
 from cl.data.realdata import (
@@ -41,10 +40,9 @@ from cl.data.realdata import (
     RealDataOptions,
     class_order,
     not_found_message,
-    order_info,
     resolve_data_root,
+    split_benchmark,
     split_into_tasks,
-    three_splits,
 )
 from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
 from cl.data.transforms import build_transforms
@@ -141,17 +139,9 @@ def load_cifar(spec: CifarSpec, root: Path, *, allow_download: bool,
     ChecksumError
         The archive or one of the pickles does not match its MD5, or the counts are wrong.
     """
-    folder = root / spec.folder
-    archive_digests = None
-    if not folder.is_dir():
-        archive = root / spec.archive.filename
-        if not archive.exists() and not allow_download:
-            raise DatasetNotFoundError(missing_message(spec, root))
-        archive, archive_digests = ensure_file(spec.archive, root, allow_download=allow_download,
-                                               missing_message=missing_message(spec, root),
-                                               fetch=fetch, progress=progress)
-        extract_archive(archive, root, spec.folder,
-                        source={"url": spec.archive.url, **archive_digests})
+    folder, archive_digests = ensure_extracted(
+        spec.archive, root, spec.folder, allow_download=allow_download,
+        missing_message=missing_message(spec, root), fetch=fetch, progress=progress)
     files = spec.train_files + spec.test_files + (spec.meta_file,)
     file_sums = {}
     for name, md5 in files:
@@ -172,15 +162,8 @@ def load_cifar(spec: CifarSpec, root: Path, *, allow_download: bool,
         range(spec.num_classes))
     if bad:
         raise ChecksumError(f"{folder}: labels outside 0..{spec.num_classes - 1}: {sorted(bad)}")
-    marker = read_marker(folder)
-    provenance = {
-        "folder": str(folder.resolve()),
-        "archive": spec.archive.provenance(),
-        "archive_verified": marker is not None,
-        "archive_sha256": (marker or {}).get("sha256"),
-        "file_md5": file_sums,
-    }
-    if archive_digests is None and marker is None:
+    provenance = {**extracted_provenance(folder, spec.archive), "file_md5": file_sums}
+    if archive_digests is None and not provenance["archive_verified"]:  # no marker
         log.info("%s: using a folder not extracted by norga; pickles verified by md5", folder)
     return CifarArrays(train_images, train_labels, test_images, test_labels, names, provenance)
 
@@ -221,18 +204,8 @@ def build_cifar100(*, data_root: str | Path | None = None, seed: int = 0,
             return ArrayImageDataset(data.train_images, data.train_labels, transform)
         return ArrayImageDataset(data.test_images, data.test_labels, transform)
 
-    train, train_eval, test = three_splits(make, transforms, data.train_labels,
-                                           data.test_labels)
-    info = {
-        "dataset": "cifar100",
-        "source": data.provenance,
-        "split": "official train/test files",
-        "num_train": len(data.train_labels),
-        "num_test": len(data.test_labels),
-        "class_names": data.class_names,
-        **order_info(order, opts.class_order, seed),
-        "transforms": transforms.describe(),
-    }
-    return Benchmark(name="cifar100", num_classes=spec.num_classes, train=train,
-                     train_eval=train_eval, test=test, task_classes=tasks,
-                     image_size=opts.image_size, info=info)
+    return split_benchmark("cifar100", num_classes=spec.num_classes, opts=opts, seed=seed,
+                           order=order, tasks=tasks, transforms=transforms, make=make,
+                           train_labels=data.train_labels, test_labels=data.test_labels,
+                           source=data.provenance, split="official train/test files",
+                           class_names=data.class_names)

@@ -27,16 +27,15 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
-from cl.data.download import Fetcher, Resource, ensure_file, extract_archive, read_marker
+from cl.data.download import Fetcher, Resource, ensure_extracted, extracted_provenance
 from cl.data.realdata import (
     FileImageDataset,
     RealDataOptions,
     class_order,
     not_found_message,
-    order_info,
     resolve_data_root,
+    split_benchmark,
     split_into_tasks,
-    three_splits,
 )
 from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
 from cl.data.transforms import build_transforms
@@ -147,18 +146,10 @@ def missing_message(spec: CubSpec, root: Path) -> str:
 def locate(spec: CubSpec, root: Path, *, allow_download: bool, fetch: Fetcher | None = None,
            progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """The extracted tree (extracting or downloading the archive if needed) and provenance."""
-    tree = root / spec.folder
-    if not tree.is_dir():
-        if not (root / spec.archive.filename).exists() and not allow_download:
-            raise DatasetNotFoundError(missing_message(spec, root))
-        archive, digests = ensure_file(spec.archive, root, allow_download=allow_download,
-                                       missing_message=missing_message(spec, root),
-                                       fetch=fetch, progress=progress)
-        extract_archive(archive, root, spec.folder, source={"url": spec.archive.url, **digests})
-    marker = read_marker(tree)
-    return tree, {"folder": str(tree.resolve()), "archive": spec.archive.provenance(),
-                  "archive_verified": marker is not None,
-                  "archive_sha256": (marker or {}).get("sha256")}
+    tree, _ = ensure_extracted(spec.archive, root, spec.folder, allow_download=allow_download,
+                               missing_message=missing_message(spec, root), fetch=fetch,
+                               progress=progress)
+    return tree, extracted_provenance(tree, spec.archive)
 
 
 @register_dataset("cub200")
@@ -201,20 +192,11 @@ def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
         return FileImageDataset([lists.paths[i] for i in index[split]],
                                 lists.labels[index[split]], transform)
 
-    train, train_eval, test = three_splits(make, transforms, lists.labels[index["train"]],
-                                           lists.labels[index["test"]])
     order = class_order(spec.num_classes, seed, opts.class_order)
-    info = {
-        "dataset": "cub200",
-        "source": provenance,
-        "split": "official train_test_split.txt; label = class id - 1",
-        "num_train": counts[2],
-        "num_test": counts[3],
-        "class_names": lists.class_names,
-        **order_info(order, opts.class_order, seed),
-        "transforms": transforms.describe(),
-    }
-    return Benchmark(name="cub200", num_classes=spec.num_classes, train=train,
-                     train_eval=train_eval, test=test,
-                     task_classes=split_into_tasks(order, opts.num_tasks or NUM_TASKS),
-                     image_size=opts.image_size, info=info)
+    return split_benchmark("cub200", num_classes=spec.num_classes, opts=opts, seed=seed,
+                           order=order, tasks=split_into_tasks(order, opts.num_tasks or NUM_TASKS),
+                           transforms=transforms, make=make,
+                           train_labels=lists.labels[index["train"]],
+                           test_labels=lists.labels[index["test"]], source=provenance,
+                           split="official train_test_split.txt; label = class id - 1",
+                           class_names=lists.class_names)

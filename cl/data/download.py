@@ -13,7 +13,8 @@ Three guarantees, each tested on local fixtures:
   or the complete tree. A small marker file inside the tree records which archive it came from.
 
 Nothing here knows about a particular dataset; the dataset modules describe their files with
-:class:`Resource` and call :func:`ensure_file` and :func:`extract_archive`.
+:class:`Resource` and call :func:`ensure_file` and :func:`extract_archive` (or
+:func:`ensure_extracted`, which does both for a dataset shipped as one archive).
 """
 
 from __future__ import annotations
@@ -467,3 +468,45 @@ def read_marker(tree: str | Path) -> dict[str, Any] | None:
         return json.loads(marker.read_text())
     except (OSError, ValueError):
         return None
+
+
+def ensure_extracted(archive: Resource, root: str | Path, folder: str, *, allow_download: bool,
+                     missing_message: str, fetch: Fetcher | None = None, progress: bool = True,
+                     wrap: bool = False) -> tuple[Path, dict[str, str] | None]:
+    """The folder ``root / folder``, extracted from ``root / archive.filename`` if it is not there
+    yet (the archive is downloaded first if it is missing and ``allow_download`` is true).
+
+    Returns
+    -------
+    (tree, digests)
+        ``root / folder`` and the ``md5``/``sha256`` of the archive it was just extracted from;
+        ``digests`` is ``None`` when the folder existed already (nothing was read or written).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        Neither the folder nor the archive is there and ``allow_download`` is false (with
+        ``missing_message``), or the download failed.
+    ChecksumError
+        From :func:`ensure_file` or :func:`extract_archive`.
+    """
+    root = Path(root)
+    tree = root / folder
+    if tree.is_dir():
+        return tree, None
+    if not (root / archive.filename).exists() and not allow_download:
+        raise DatasetNotFoundError(missing_message)
+    path, digests = ensure_file(archive, root, allow_download=allow_download,
+                                missing_message=missing_message, fetch=fetch, progress=progress)
+    extract_archive(path, root, folder, source={"url": archive.url, **digests}, wrap=wrap)
+    return tree, digests
+
+
+def extracted_provenance(tree: str | Path, archive: Resource) -> dict[str, Any]:
+    """Provenance of a tree extracted from ``archive`` for ``Benchmark.info``: the folder, the
+    archive's resource, whether :func:`extract_archive` wrote the tree (its marker is there) and
+    the archive's SHA-256 recorded in that marker."""
+    marker = read_marker(tree)
+    return {"folder": str(Path(tree).resolve()), "archive": archive.provenance(),
+            "archive_verified": marker is not None,
+            "archive_sha256": (marker or {}).get("sha256")}

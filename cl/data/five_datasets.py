@@ -51,8 +51,8 @@ from cl.data.cifar100 import missing_message as cifar_missing_message
 from cl.data.download import (
     Fetcher,
     Resource,
+    ensure_extracted,
     ensure_file,
-    extract_archive,
     read_marker,
     verify_file,
 )
@@ -318,20 +318,13 @@ def _notmnist_missing(spec: NotMnistSpec, root: Path) -> str:
 
 
 def _load_notmnist(spec: NotMnistSpec, how: _Fetching) -> SourceData:
-    tree = how.root / spec.folder
-    archive_digests = None
-    if not tree.is_dir():
-        message = _notmnist_missing(spec, how.root)
-        if not (how.root / spec.archive.filename).exists() and not how.allow_download:
-            raise DatasetNotFoundError(message)
-        archive, archive_digests = ensure_file(spec.archive, how.root,
-                                               allow_download=how.allow_download,
-                                               missing_message=message, fetch=how.fetch,
-                                               progress=how.progress)
-        extract_archive(archive, how.root, spec.folder,
-                        source={"url": spec.archive.url, **archive_digests}, wrap=True)
-    elif (how.root / spec.archive.filename).exists() and spec.archive.has_checksum:
-        verify_file(how.root / spec.archive.filename, spec.archive)
+    tree, archive_digests = ensure_extracted(
+        spec.archive, how.root, spec.folder, allow_download=how.allow_download,
+        missing_message=_notmnist_missing(spec, how.root), fetch=how.fetch,
+        progress=how.progress, wrap=True)
+    archive = how.root / spec.archive.filename
+    if archive_digests is None and archive.exists() and spec.archive.has_checksum:
+        verify_file(archive, spec.archive)  # the folder was there already: check the archive
     base = _split_root(tree)
     train_x, train_y, skipped_train = _read_letters(base / "Train", spec.letters)
     test_x, test_y, skipped_test = _read_letters(base / "Test", spec.letters)

@@ -40,18 +40,17 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
-from cl.data.download import Fetcher, Resource, ensure_file, extract_archive, read_marker
+from cl.data.download import Fetcher, Resource, ensure_extracted, extracted_provenance
 from cl.data.realdata import (
     FileImageDataset,
     RealDataOptions,
     class_order,
     not_found_message,
-    order_info,
     resolve_data_root,
+    split_benchmark,
     split_into_tasks,
-    three_splits,
 )
-from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
+from cl.data.registry import ChecksumError, register_dataset
 from cl.data.transforms import build_transforms
 
 log = logging.getLogger(__name__)
@@ -145,18 +144,10 @@ def locate(spec: ImageNetRSpec, root: Path, *, allow_download: bool,
            fetch: Fetcher | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
     """The verified extracted tree (extracting or downloading the archive if needed) and its
     provenance."""
-    tree = root / spec.folder
-    if not tree.is_dir():
-        if not (root / spec.archive.filename).exists() and not allow_download:
-            raise DatasetNotFoundError(missing_message(spec, root))
-        archive, digests = ensure_file(spec.archive, root, allow_download=allow_download,
-                                       missing_message=missing_message(spec, root),
-                                       fetch=fetch, progress=progress)
-        extract_archive(archive, root, spec.folder, source={"url": spec.archive.url, **digests})
-    marker = read_marker(tree)
-    return tree, {"folder": str(tree.resolve()), "archive": spec.archive.provenance(),
-                  "archive_verified": marker is not None,
-                  "archive_sha256": (marker or {}).get("sha256")}
+    tree, _ = ensure_extracted(spec.archive, root, spec.folder, allow_download=allow_download,
+                               missing_message=missing_message(spec, root), fetch=fetch,
+                               progress=progress)
+    return tree, extracted_provenance(tree, spec.archive)
 
 
 @register_dataset("imagenet-r")
@@ -206,22 +197,12 @@ def build_imagenet_r(*, data_root: str | Path | None = None, seed: int = 0,
                           else (test_items, test_labels))
         return FileImageDataset([path for _, path in items], targets, transform)
 
-    train, train_eval, test = three_splits(make, transforms, train_labels, test_labels)
     order = class_order(spec.num_classes, seed, opts.class_order)
     test_keys = "\n".join(key for key, _ in test_items)
-    info = {
-        "dataset": "imagenet-r",
-        "source": provenance,
-        "split": {"rule": SPLIT_RULE, "num_train": len(train_items),
-                  "num_test": len(test_items),
-                  "test_set_sha256": hashlib.sha256(test_keys.encode("utf-8")).hexdigest()},
-        "num_train": len(train_items),
-        "num_test": len(test_items),
-        "class_names": sorted(images),
-        **order_info(order, opts.class_order, seed),
-        "transforms": transforms.describe(),
-    }
-    return Benchmark(name="imagenet-r", num_classes=spec.num_classes, train=train,
-                     train_eval=train_eval, test=test,
-                     task_classes=split_into_tasks(order, opts.num_tasks or NUM_TASKS),
-                     image_size=opts.image_size, info=info)
+    split = {"rule": SPLIT_RULE, "num_train": len(train_items), "num_test": len(test_items),
+             "test_set_sha256": hashlib.sha256(test_keys.encode("utf-8")).hexdigest()}
+    return split_benchmark("imagenet-r", num_classes=spec.num_classes, opts=opts, seed=seed,
+                           order=order, tasks=split_into_tasks(order, opts.num_tasks or NUM_TASKS),
+                           transforms=transforms, make=make, train_labels=train_labels,
+                           test_labels=test_labels, source=provenance, split=split,
+                           class_names=sorted(images))

@@ -3,6 +3,7 @@
 * where the data live (:func:`resolve_data_root`),
 * the builders' common options (:class:`RealDataOptions`),
 * the class order and the class-to-task split of spec cl-pipeline.md section 3.1,
+* the ``Benchmark`` of a benchmark with one train/test split (:func:`split_benchmark`),
 * two map-style datasets: images held in memory (:class:`ArrayImageDataset`) and image files
   decoded on access (:class:`FileImageDataset`); both return ``(tensor, original class id)``.
 """
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from cl.data.base import SplitDataset
+from cl.data.base import Benchmark, SplitDataset
 from cl.data.download import Fetcher
 from cl.data.transforms import Normalization, TransformPair
 
@@ -178,6 +179,35 @@ def order_info(order: Sequence[int], option: ClassOrder, seed: int) -> dict[str,
     rule = (f"random.seed({seed}); random.shuffle(list(range({len(order)})))"
             if option == "seeded" else "natural order")
     return {"class_order": [int(c) for c in order], "class_order_rule": rule}
+
+
+def split_benchmark(name: str, *, num_classes: int, opts: RealDataOptions, seed: int,
+                    order: Sequence[int], tasks: list[list[int]], transforms: TransformPair,
+                    make: Callable[[str, Callable[[Image.Image], Any]], Dataset],
+                    train_labels: np.ndarray, test_labels: np.ndarray, source: dict[str, Any],
+                    split: Any, class_names: list[str]) -> Benchmark:
+    """The :class:`~cl.data.base.Benchmark` of a single dataset with one train/test split
+    (CIFAR-100, ImageNet-R, CUB-200): its three splits (:func:`three_splits` with ``make``) and
+    the ``info`` they share: ``source`` (provenance), ``split`` (how train and test were
+    chosen), the split sizes, ``class_names``, the class order (:func:`order_info`) and the
+    transforms.
+
+    ``order`` (from :func:`class_order`) and ``tasks`` (from :func:`split_into_tasks`) are
+    computed by the caller, so that its options are validated in its own order.
+    """
+    train, train_eval, test = three_splits(make, transforms, train_labels, test_labels)
+    info = {
+        "dataset": name,
+        "source": source,
+        "split": split,
+        "num_train": len(train_labels),
+        "num_test": len(test_labels),
+        "class_names": class_names,
+        **order_info(order, opts.class_order, seed),
+        "transforms": transforms.describe(),
+    }
+    return Benchmark(name=name, num_classes=num_classes, train=train, train_eval=train_eval,
+                     test=test, task_classes=tasks, image_size=opts.image_size, info=info)
 
 
 def not_found_message(dataset: str, root: Path, layout: Sequence[str],
