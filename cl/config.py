@@ -36,6 +36,8 @@ class CLConfig:
     weights: str | None = None
     seed: int = 42
     dataset_options: dict[str, Any] = field(default_factory=dict)
+    # method-specific hyperparameters (baselines keep theirs here, keyed by name)
+    method_options: dict[str, Any] = field(default_factory=dict)
     # where / how
     device: str = "auto"
     batch_size: int = 128
@@ -161,6 +163,17 @@ METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+def register_method_presets(method: str, presets: dict[str, dict[str, Any]]) -> None:
+    """Add or extend the per-dataset presets of ``method`` (called by method modules).
+
+    ``presets`` maps a dataset name (or ``"*"`` for every dataset) to config overrides; a
+    ``method_options`` entry is merged key by key like ``dataset_options``.
+    """
+    table = METHOD_PRESETS.setdefault(method, {})
+    for dataset, layer in presets.items():
+        table[dataset] = {**table.get(dataset, {}), **layer}
+
+
 # NoRGa's gate activation per (dataset, pretrained weights) where it differs from Sup-21K.
 BACKBONE_GATE_ACT: dict[tuple[str, str], str] = {
     ("cifar100", "ibot21k"): "tanh",
@@ -241,17 +254,20 @@ def resolve_config(
     ``overrides`` values may be strings (from the CLI); they are converted to the field type.
     ``dataset_options`` are merged key by key rather than replaced.
     """
+    import cl.methods  # noqa: F401 - method modules register their presets on import
+
     cfg: dict[str, Any] = CLConfig(dataset=dataset, method=method, backbone=backbone).to_dict()
 
     def apply(layer: dict[str, Any]) -> None:
         for key, value in layer.items():
             value = _coerce(key, value)
-            if key == "dataset_options":
+            if key in ("dataset_options", "method_options"):
                 cfg[key] = {**cfg[key], **value}
             else:
                 cfg[key] = value
 
     apply(DATASET_PRESETS.get(dataset, {}))
+    apply(METHOD_PRESETS.get(method, {}).get("*", {}))
     apply(METHOD_PRESETS.get(method, {}).get(dataset, {}))
     if method == "norga" and (dataset, backbone) in BACKBONE_GATE_ACT:
         apply({"gate_act": BACKBONE_GATE_ACT[(dataset, backbone)]})

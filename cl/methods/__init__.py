@@ -1,8 +1,20 @@
-"""Continual-learning methods, registered by name (``get_method("norga")``)."""
+"""Continual-learning methods, registered by name (``get_method("norga")``).
+
+Every module of this package is imported here, so a new method only needs its own module with a
+``@register_method("name")`` class (and, optionally, ``register_method_presets`` in
+``cl.config``); nothing else has to be edited.
+"""
+
+import importlib
+import pkgutil
 
 from cl.methods.base import Method, Task, available_methods, get_method, register_method
-from cl.methods.hide import HiDePrompt
-from cl.methods.norga import NoRGa
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+from cl.methods.hide import HiDePrompt  # noqa: E402
+from cl.methods.norga import NoRGa  # noqa: E402
 
 __all__ = [
     "HiDePrompt",
