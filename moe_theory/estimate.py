@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moe_theory.gates import Activation, Gate, GateKind
-from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, regression_and_jacobian
+from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, collapse_pretrained, mixture
 
 # Samples per chunk when accumulating J^T J: fixed (never derived from R), so every replicate's
 # arithmetic is the same whatever else is in the batch.
@@ -55,49 +55,66 @@ class FitResult:
 
 
 class _Problem:
-    """Data of one batched fit, split into sample chunks with cached pretrained terms."""
+    """Data of one batched fit, split into fixed sample chunks with cached pretrained terms.
+
+    Per chunk it keeps views of ``X`` transposed ``(R, d, m)`` and ``Y`` ``(R, m)``, and the
+    collapsed pretrained terms ``(R, m)`` (they do not depend on theta). Evaluations run on a
+    subset of replicates; the subset's data are copied once and reused while the same subset
+    comes back, and never copied when every replicate takes part.
+    """
 
     def __init__(self, X: np.ndarray, Y: np.ndarray, structure: PrefixMoE, chunk: int) -> None:
         self.structure = structure
-        n = X.shape[1]
-        self.chunks = []
+        self.R, n = X.shape[:2]
+        self.all_chunks = []
         for start in range(0, n, chunk):
             Xc = X[:, start : start + chunk]
-            terms = structure.pretrained.logits_and_outputs(Xc)
-            self.chunks.append((Xc, Y[:, start : start + chunk], terms))
+            lse, mean_out = collapse_pretrained(*structure.pretrained.logits_and_outputs(Xc))
+            # views of the caller's arrays (no copies of the data: memory at large n)
+            self.all_chunks.append((np.swapaxes(Xc, 1, 2), Y[:, start : start + chunk], lse,
+                                    mean_out))
+        self._rows: np.ndarray | None = None
+        self._chunks = self.all_chunks
 
-    def rss(self, theta: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        total = np.zeros(len(rows))
-        for Xc, Yc, (lg, out) in self.chunks:
-            g, _ = regression_and_jacobian(
-                Xc[rows],
-                theta,
-                self.structure,
-                jacobian=False,
-                pretrained_terms=(lg[rows], out[rows]),
-            )
-            resid = Yc[rows] - g
-            total += np.einsum("rn,rn->r", resid, resid)
-        return total
+    def chunks(self, rows: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+        """The chunks restricted to ``rows`` (cached for the last subset asked for)."""
+        if rows.size == self.R:
+            return self.all_chunks
+        if self._rows is None or not np.array_equal(rows, self._rows):
+            self._rows = rows.copy()
+            self._chunks = [tuple(arr[rows] for arr in c) for c in self.all_chunks]
+        return self._chunks
 
-    def normal_equations(
-        self, theta: np.ndarray, rows: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``J^T J`` ``(R,P,P)``, ``J^T r`` ``(R,P)`` and the RSS at ``theta``."""
-        P = theta.shape[-1]
-        jtj = np.zeros((len(rows), P, P))
-        jtr = np.zeros((len(rows), P))
-        total = np.zeros(len(rows))
-        for Xc, Yc, (lg, out) in self.chunks:
-            g, J = regression_and_jacobian(
-                Xc[rows], theta, self.structure, pretrained_terms=(lg[rows], out[rows])
-            )
-            resid = Yc[rows] - g
-            Jt = np.swapaxes(J, -1, -2)
-            jtj += np.matmul(Jt, J)
-            jtr += np.matmul(Jt, resid[..., None])[..., 0]
+    def evaluate(
+        self, theta: np.ndarray, rows: np.ndarray, jacobian: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """RSS at ``theta`` for ``rows`` and, if asked, ``J^T J`` ``(r,P,P)`` and ``J^T r``.
+
+        The RSS is computed by the same operations with or without the Jacobian, so values
+        from both kinds of evaluation can be compared (the LM gain ratio does).
+        """
+        k, P = theta.shape
+        total = np.zeros(k)
+        jtj = np.zeros((k, P, P)) if jacobian else None
+        jtr = np.zeros((k, P)) if jacobian else None
+        aug = None
+        for XT, Yc, lse, mean_out in self.chunks(rows):
+            m = Yc.shape[-1]
+            if jacobian:
+                # Jacobian rows 0..P-1 and the residual as row P: one product J_aug J_aug^T
+                # per replicate gives J^T J and J^T r together.
+                if aug is None or aug.shape[-1] != m:
+                    aug = np.empty((k, P + 1, m))
+                g = mixture(XT, lse, mean_out, theta, self.structure, jac_out=aug[:, :P])
+                resid = np.subtract(Yc, g, out=aug[:, P])
+                gram = np.matmul(aug, np.swapaxes(aug, 1, 2))
+                jtj += gram[:, :P, :P]
+                jtr += gram[:, :P, P]
+            else:
+                g = mixture(XT, lse, mean_out, theta, self.structure)
+                resid = np.subtract(Yc, g, out=g)
             total += np.einsum("rn,rn->r", resid, resid)
-        return jtj, jtr, total
+        return total, jtj, jtr
 
 
 def fit_batched(
@@ -137,6 +154,15 @@ def fit_batched(
     Returns
     -------
     FitResult
+
+    Notes
+    -----
+    Each iteration evaluates the trial points of all running replicates in one pass. Where the
+    previous step of a replicate was accepted, that pass also builds the normal equations at the
+    trial point (speculatively: if the step is accepted they are the next iteration's; if not
+    they are dropped). After a rejection the trial is evaluated without the Jacobian, and an
+    accepted step then gets its normal equations in a second pass. Either way the iterates,
+    counts and tests are those of plain LM; only the amount of wasted work differs.
     """
     X = np.asarray(X, dtype=float)
     Y = np.asarray(Y, dtype=float)
@@ -153,33 +179,32 @@ def fit_batched(
     active = np.ones(R, dtype=bool)
     lam = np.full(R, np.nan)
     nu = np.full(R, 2.0)
-    need_jac = np.ones(R, dtype=bool)
+    speculate = np.ones(R, dtype=bool)  # last step accepted: expect the next one to be too
     jtj = np.zeros((R, P, P))
     jtr = np.zeros((R, P))
     rss = np.zeros(R)
     eye = np.eye(P)
 
-    while active.any():
-        # Fresh normal equations where the last step was accepted (or at the start).
-        rows = np.flatnonzero(active & need_jac)
-        if rows.size:
-            jtj[rows], jtr[rows], rss[rows] = problem.normal_equations(theta[rows], rows)
-            n_iter[rows] += 1
-            need_jac[rows] = False
-            start = np.isnan(lam[rows])
-            diag = np.diagonal(jtj[rows], axis1=1, axis2=2)
-            lam[rows[start]] = 1e-3 * diag[start].max(axis=1)
-            # Gradient test, scaled like MINPACK's (cosine of residual and Jacobian columns).
-            col = np.sqrt(np.maximum(diag, 1e-300))
-            gnorm = np.max(np.abs(jtr[rows]) / col, axis=1) / np.sqrt(np.maximum(rss[rows], 1e-300))
-            done = gnorm <= gtol
-            converged[rows[done]] = True
-            active[rows[done]] = False
-        rows = np.flatnonzero(active)
-        if not rows.size:
-            break
+    def new_point(rows: np.ndarray) -> None:
+        """Book-keeping at fresh normal equations: count, first damping, gradient test."""
+        n_iter[rows] += 1
+        start = np.isnan(lam[rows])
+        diag = np.diagonal(jtj[rows], axis1=1, axis2=2)
+        lam[rows[start]] = 1e-3 * diag[start].max(axis=1)
+        # Gradient test, scaled like MINPACK's (cosine of residual and Jacobian columns).
+        col = np.sqrt(np.maximum(diag, 1e-300))
+        gnorm = np.max(np.abs(jtr[rows]) / col, axis=1) / np.sqrt(np.maximum(rss[rows], 1e-300))
+        done = rows[gnorm <= gtol]
+        converged[done] = True
+        active[done] = False
 
-        A, b = jtj[rows].copy(), jtr[rows].copy()
+    rows = np.arange(R)
+    rss[rows], jtj[rows], jtr[rows] = problem.evaluate(theta, rows, jacobian=True)
+    new_point(rows)
+
+    while active.any():
+        rows = np.flatnonzero(active)
+        A, b = jtj[rows], jtr[rows]
         th = theta[rows]
         if bound is not None:
             # Hold coordinates on the box whose descent direction leaves it.
@@ -195,7 +220,20 @@ def fit_batched(
         if bound is not None:
             trial = np.clip(trial, -bound, bound)
             step = trial - th
-        new_rss = problem.rss(trial, rows)
+
+        # Evaluate the trials: with the normal equations where the last step was accepted.
+        spec = speculate[rows]
+        new_rss = np.empty(rows.size)
+        new_jtj = np.empty((rows.size, P, P))
+        new_jtr = np.empty((rows.size, P))
+        for mask, jac in ((spec, True), (~spec, False)):
+            if mask.any():
+                sub = np.flatnonzero(mask)
+                out = problem.evaluate(trial[sub], rows[sub], jacobian=jac)
+                new_rss[sub] = out[0]
+                if jac:
+                    new_jtj[sub], new_jtr[sub] = out[1], out[2]
+
         # Gauss-Newton model decrease of the RSS for the step actually taken.
         predicted = 2.0 * np.einsum("rp,rp->r", step, jtr[rows]) - np.einsum(
             "rp,rpq,rq->r", step, jtj[rows], step
@@ -217,17 +255,27 @@ def fit_batched(
         x_small = step_norm <= xtol * (xtol + np.linalg.norm(th, axis=1))
         f_small = accept & (actual <= ftol * np.maximum(new_rss, 1e-300)) & (rho > 0.25)
         theta[rows[accept]] = trial[accept]
-        need_jac[rows[accept]] = True
+        speculate[rows] = accept
 
         done = x_small | f_small | ~np.isfinite(lam[rows]) | (lam[rows] > 1e300)
         converged[rows[done]] = True
         capped = ~done & (n_iter[rows] >= max_iter) & (accept | (lam[rows] > 1e16))
-        # A capped replicate stops at its last accepted point; its RSS must match that point.
+        # A stopping replicate keeps its last accepted point and the RSS there.
         stop = done | capped
-        recompute = rows[stop & accept]
-        if recompute.size:
-            rss[recompute] = new_rss[(stop & accept)]
+        rss[rows[accept]] = new_rss[accept]
         active[rows[stop]] = False
+
+        # Accepted and still running: normal equations at the new point, speculated or fresh.
+        moved = accept & ~stop
+        if moved.any():
+            have = moved & spec
+            jtj[rows[have]], jtr[rows[have]] = new_jtj[have], new_jtr[have]
+            fresh = np.flatnonzero(moved & ~spec)
+            if fresh.size:
+                _, jtj[rows[fresh]], jtr[rows[fresh]] = problem.evaluate(
+                    theta[rows[fresh]], rows[fresh], jacobian=True
+                )
+            new_point(rows[moved])
 
     at_bound = (
         np.any(np.abs(theta) >= bound - 1e-9, axis=1) if bound is not None else np.zeros(R, bool)
