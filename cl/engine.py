@@ -8,10 +8,18 @@ Run directory (design.md section 2)::
     accuracy_matrix.csv  after_task,task_0,...  (percent; empty for tasks not yet seen)
     metrics.json         FA, CA, FM, TII / TIL accuracy, per-task numbers (written last)
     log.jsonl            one JSON record per epoch / phase / evaluation
-    checkpoints/task_<t>.pt   everything needed to continue after task t
+    SHA256SUMS           checksums of the result files above (``sha256sum -c SHA256SUMS``)
+    checkpoints/task_<t>.pt (+ .sha256)   everything needed to continue after task t
 
-Re-running with the same configuration resumes after the last checkpoint; a finished run (one
-with ``metrics.json``) is left alone unless ``overwrite=True``.
+Re-running with the same configuration resumes after the last checkpoint that passes its
+checksum (a corrupted or truncated latest checkpoint is reported, set aside as ``*.corrupt``, and
+the previous good one is used); a finished run (one with a valid ``metrics.json``) is left alone
+unless ``overwrite=True``. Every file is written atomically, so a run killed at any point (even
+``SIGKILL``) resumes on re-run and ends with the same accuracy matrix as an uninterrupted one.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) training data are sharded over the processes, evaluation
+and class statistics count every image exactly once, and only rank 0 writes; see
+:mod:`cl.distributed`.
 """
 
 from __future__ import annotations
@@ -19,28 +27,48 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from cl import metrics as M
 from cl.backbones import build_backbone
 from cl.config import CLConfig, config_from_dict
 from cl.data.base import Benchmark
 from cl.data.registry import build_benchmark
+from cl.distributed import (
+    DistContext,
+    SharedShuffleSampler,
+    broadcast_parameters,
+    eval_shard,
+    init_from_env,
+    local_device,
+    modules_of,
+    sync_gradients,
+)
 from cl.environment import environment
 from cl.methods.base import Method, Task, get_method
+from cl.numerics import NonFiniteLossError
 from cl.runio import (
+    CHECKSUMS_FILE,
+    CheckpointError,
     accuracy_matrix_csv,
+    json_text,
+    load_checkpoint,
+    sidecar_path,
     torch_save_atomic,
-    write_json_atomic,
+    verify_result_file,
+    write_result_file,
     write_text_atomic,
 )
 from cl.seeding import derive_seed, torch_generator
@@ -50,11 +78,13 @@ log = logging.getLogger(__name__)
 # Config keys that may change between an interrupted run and its resumption.
 RUNTIME_KEYS = frozenset({"device", "num_workers", "data_root", "download"})
 RUN_FILES = ("config.json", "env.json", "class_order.json", "accuracy_matrix.csv",
-             "metrics.json", "log.jsonl")
+             "metrics.json", "log.jsonl", "expert_frequency.json", CHECKSUMS_FILE)
+
+T_ = TypeVar("T_")
 
 
 class RunDirError(RuntimeError):
-    """The run directory holds a different run; a CLI reports it with exit code 2."""
+    """The run directory holds a different run or is unusable; a CLI reports it with exit 2."""
 
 
 @dataclass
@@ -63,6 +93,7 @@ class RunResult:
 
     ``accuracy``, ``tii`` and ``til`` are ``(finished tasks, T)`` percent matrices (``nan`` for
     tasks not yet seen); ``metrics`` is ``None`` while the run is unfinished.
+    ``skipped_checkpoints`` names the checkpoints that failed verification on resume.
     """
 
     out_dir: Path
@@ -74,6 +105,7 @@ class RunResult:
     resumed_after_task: int | None = None
     already_finished: bool = False
     env: dict[str, Any] = field(default_factory=dict)
+    skipped_checkpoints: list[str] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,47 +123,71 @@ def _task_subset(split, classes: list[int]) -> Subset:
 
 
 class _JsonlLog:
-    def __init__(self, path: Path) -> None:
+    """Appends one JSON record per line; silent on ranks other than 0."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
+        self.enabled = enabled
 
     def truncate_after(self, last_task: int) -> None:
-        """Drop records of tasks after ``last_task`` (left by an interrupted run)."""
-        if not self.path.exists():
+        """Drop records of tasks after ``last_task`` and any line cut short by a crash."""
+        if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("task", -1) <= last_task]
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line half-written when the process was killed
+                continue
+            if isinstance(record, dict) and record.get("task", -1) <= last_task:
+                kept.append(line)
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def __call__(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
 
 
 def evaluate_task(
-    method: Method, loader: DataLoader, task: int, device: torch.device
+    method: Method,
+    loader: DataLoader,
+    task: int,
+    device: torch.device,
+    ctx: DistContext | None = None,
 ) -> dict[str, float]:
-    """Accuracy (class-incremental), TII accuracy and TIL accuracy on one task's test set."""
+    """Accuracy (class-incremental), TII accuracy and TIL accuracy on one task's test set.
+
+    Under ``torch.distributed`` ``loader`` holds this rank's share of the test set (see
+    :func:`cl.distributed.eval_shard`, no padding); the counts are summed over ranks, so every
+    test image is counted exactly once.
+    """
     n = correct = tii_correct = til_correct = 0
-    has_tii = has_til = True
+    no_tii = no_til = 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         logits, tasks = method.predict_with_tasks(x)
         correct += int((logits.argmax(1) == y).sum())
         if tasks is None:
-            has_tii = False
+            no_tii += 1
         else:
             tii_correct += int((tasks == task).sum())
         oracle = method.predict_oracle(x, torch.full_like(y, task))
         if oracle is None:
-            has_til = False
+            no_til += 1
         else:
             til_correct += int((oracle.argmax(1) == y).sum())
         n += len(y)
+    if ctx is not None and ctx.enabled:
+        n, correct, tii_correct, til_correct, no_tii, no_til = (
+            int(v) for v in ctx.all_sum([n, correct, tii_correct, til_correct, no_tii, no_til]))
     pct = 100.0 / max(n, 1)
     return {
         "acc": correct * pct,
-        "tii": tii_correct * pct if has_tii else math.nan,
-        "til": til_correct * pct if has_til else math.nan,
+        "tii": tii_correct * pct if no_tii == 0 else math.nan,
+        "til": til_correct * pct if no_til == 0 else math.nan,
+        "n": n,
     }
 
 
@@ -159,14 +215,31 @@ def final_metrics(
     }
 
 
+# ---------------------------------------------------------------------------- run directory
 def _clear_run_dir(out: Path) -> None:
     for name in RUN_FILES:
         (out / name).unlink(missing_ok=True)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
 
 
+def _check_usable(out: Path) -> None:
+    """Refuse a run directory that is a file or cannot be written (before writing anything)."""
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file, not a directory; choose a directory")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirError(f"--out {out}: {probe} is not writable; choose a writable directory")
+
+
 def _check_same_config(out: Path, cfg: CLConfig) -> None:
-    saved = json.loads((out / "config.json").read_text())
+    try:
+        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise RunDirError(f"--out {out} holds an unreadable config.json; use another --out or "
+                          "pass --overwrite") from None
+    if not isinstance(saved, dict) or "method" not in saved or "dataset" not in saved:
+        kind = saved.get("kind", "non-CL") if isinstance(saved, dict) else "non-CL"
+        raise RunDirError(f"--out {out} holds a {kind} run, not a CL run; use another --out")
     now = cfg.to_dict()
     diff = sorted(k for k in set(saved) | set(now)
                   if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
@@ -177,7 +250,7 @@ def _check_same_config(out: Path, cfg: CLConfig) -> None:
         )
 
 
-def _latest_checkpoint(out: Path, num_tasks: int) -> tuple[int, Path] | None:
+def _checkpoint_candidates(out: Path, num_tasks: int) -> list[tuple[int, Path]]:
     found = []
     for path in (out / "checkpoints").glob("task_*.pt"):
         try:
@@ -186,9 +259,96 @@ def _latest_checkpoint(out: Path, num_tasks: int) -> tuple[int, Path] | None:
             continue
         if 0 <= t < num_tasks:
             found.append((t, path))
-    return max(found) if found else None
+    return sorted(found, reverse=True)
 
 
+def _set_aside(path: Path) -> None:
+    """Rename a bad checkpoint (and its sidecar) to ``*.corrupt``: kept for inspection, ignored
+    by later resumes, and out of the way of the re-written one."""
+    for p in (path, sidecar_path(path)):
+        if p.exists():
+            p.replace(p.with_name(p.name + ".corrupt"))
+
+
+def _latest_good_checkpoint(
+    out: Path, num_tasks: int
+) -> tuple[int | None, Path | None, dict[str, Any] | None, list[str]]:
+    """The newest checkpoint that passes its checksum and loads, plus the reasons newer ones
+    were rejected (those are set aside as ``*.corrupt``)."""
+    problems: list[str] = []
+    for t, path in _checkpoint_candidates(out, num_tasks):
+        try:
+            ckpt = load_checkpoint(path)
+            if not isinstance(ckpt, dict) or ckpt.get("task") != t:
+                raise CheckpointError(f"{path.name}: does not hold the state after task {t}")
+        except CheckpointError as exc:
+            log.warning("checkpoint %s is unusable: %s; falling back to the previous one",
+                        path, exc)
+            _set_aside(path)
+            problems.append(str(exc))
+            continue
+        return t, path, ckpt, problems
+    return None, None, None, problems
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Temporary files of writes cut short by a crash (``.<name>.<random>.tmp``)."""
+    for folder in (out, out / "checkpoints"):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def _prepare(out: Path, cfg: CLConfig, overwrite: bool, num_tasks: int) -> dict[str, Any]:
+    """Rank 0: decide what to do with ``out`` (finished / fresh / resume from a checkpoint)."""
+    _check_usable(out)
+    if overwrite:
+        _clear_run_dir(out)
+    elif (out / "metrics.json").exists():
+        _check_same_config(out, cfg)
+        problem = verify_result_file(out, "metrics.json")
+        if problem is None:
+            try:
+                return {"status": "finished", "result": _load_finished(out)}
+            except (ValueError, KeyError, TypeError) as exc:
+                problem = f"metrics.json cannot be parsed ({type(exc).__name__})"
+        log.warning("%s: %s; recomputing it from the last good checkpoint", out, problem)
+        (out / "metrics.json").replace(out / "metrics.json.corrupt")
+    elif (out / "config.json").exists():
+        _check_same_config(out, cfg)
+    _remove_stale_temporaries(out)
+    t, path, ckpt, problems = _latest_good_checkpoint(out, num_tasks)
+    return {"status": "run", "task": t, "path": str(path) if path else None, "ckpt": ckpt,
+            "skipped": problems}
+
+
+def _on_main(ctx: DistContext, fn: Callable[[], T_]) -> T_:
+    """Run ``fn`` on rank 0 only; every rank gets its result, or raises its error.
+
+    Keeps the ranks in step when rank 0 fails (a full disk, a different run in ``out``):
+    instead of the others waiting at the next collective, all of them raise.
+    """
+    if not ctx.enabled:
+        return fn()
+    payload: Any = None
+    if ctx.is_main:
+        try:
+            payload = ("ok", fn())
+        except Exception as exc:  # re-raised here and, through the broadcast, on every rank
+            try:
+                pickle.dumps(exc)
+                payload = ("error", exc)
+            except Exception:  # noqa: BLE001 - an exception that cannot travel
+                payload = ("error", RuntimeError(f"rank 0: {exc}"))
+            ctx.broadcast_object(payload)
+            raise
+    status, value = ctx.broadcast_object(payload)
+    if status == "error":
+        raise value
+    return value
+
+
+# ---------------------------------------------------------------------------- the loop
 def run_experiment(
     cfg: CLConfig,
     out_dir: str | Path,
@@ -220,11 +380,18 @@ def run_experiment(
     cl.data.registry.DatasetError, cl.backbones.BackboneWeightsError
         Data or weights missing; nothing is written in that case.
     RunDirError
-        ``out_dir`` holds a different run and ``overwrite`` is False.
+        ``out_dir`` is unusable or holds a different run and ``overwrite`` is False.
+    cl.numerics.NonFiniteLossError
+        A training loss became NaN or inf; the checkpoints of finished tasks are kept.
+    cl.runio.WriteFailedError
+        A result file or checkpoint could not be written (disk full, permissions); the
+        previous version of that file is intact.
     """
     cfg.validate()
     out = Path(out_dir)
     device = resolve_device(cfg.device)
+    ctx = init_from_env(device)
+    device = local_device(device, ctx)
     # Everything that may fail for missing inputs happens before anything is written.
     bench = benchmark or build_benchmark(cfg.dataset, data_root=cfg.data_root, seed=cfg.seed,
                                          download=cfg.download, **cfg.dataset_options)
@@ -232,29 +399,30 @@ def run_experiment(
                               seed=cfg.seed)
     T = bench.num_tasks
 
-    if overwrite:
-        _clear_run_dir(out)
-    elif (out / "metrics.json").exists():
-        _check_same_config(out, cfg)
-        return _load_finished(out)
-    elif (out / "config.json").exists():
-        _check_same_config(out, cfg)
+    decision = _on_main(ctx, lambda: _prepare(out, cfg, overwrite, T))
+    if decision["status"] == "finished":
+        return decision["result"]
 
     env = {
         **environment(device),
         "backbone": backbone.info(),
         "dataset": {"name": bench.name, "num_classes": bench.num_classes, "num_tasks": T,
                     "image_size": bench.image_size, **bench.info},
+        "world_size": ctx.world_size,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "config.json", cfg.to_dict())
-    write_json_atomic(out / "env.json", env)
-    write_json_atomic(out / "class_order.json", {
-        "seed": cfg.seed,
-        "class_order": [c for t in bench.task_classes for c in t],
-        "task_classes": bench.task_classes,
-    })
-    jsonl = _JsonlLog(out / "log.jsonl")
+
+    def write_run_files() -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_result_file(out, "config.json", json_text(cfg.to_dict()))
+        write_result_file(out, "env.json", json_text(env))
+        write_result_file(out, "class_order.json", json_text({
+            "seed": cfg.seed,
+            "class_order": [c for t in bench.task_classes for c in t],
+            "task_classes": bench.task_classes,
+        }))
+
+    _on_main(ctx, write_run_files)
+    jsonl = _JsonlLog(out / "log.jsonl", enabled=ctx.is_main)
 
     method = get_method(cfg.method)(cfg, backbone.model, bench.num_classes, bench.task_classes,
                                     device=device, progress=progress, log=jsonl)
@@ -264,64 +432,116 @@ def run_experiment(
     tii = acc.copy()
     til = acc.copy()
     start, resumed = 0, None
-    latest = _latest_checkpoint(out, T)
-    if latest is not None:
-        t_done, path = latest
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    skipped: list[str] = decision["skipped"]
+    for problem in skipped:
+        jsonl({"event": "checkpoint_rejected", "reason": problem})
+    if decision["ckpt"] is not None:
+        t_done, ckpt = decision["task"], decision["ckpt"]
         method.load_state_dict(ckpt["method"])
         loader_gen.set_state(ckpt["loader_gen"])
         torch.set_rng_state(ckpt["torch_rng"])
         acc, tii, til = (np.asarray(ckpt[k], dtype=float) for k in ("acc", "tii", "til"))
         start, resumed = t_done + 1, t_done
-        jsonl.truncate_after(t_done)
-        jsonl({"event": "resume", "task": t_done, "checkpoint": str(path)})
-        log.info("resuming after task %d from %s", t_done, path)
+        _on_main(ctx, lambda: jsonl.truncate_after(t_done))
+        jsonl({"event": "resume", "task": t_done, "checkpoint": decision["path"]})
+        log.info("resuming after task %d from %s", t_done, decision["path"])
+    else:
+        _on_main(ctx, lambda: jsonl.truncate_after(-1))  # records of a killed first task
+    del decision
+    broadcast_parameters(modules_of(method), ctx)
+    last_good = None if resumed is None else out / "checkpoints" / f"task_{resumed}.pt"
 
+    hooks: list[Any] = []
     for t in range(start, T):
         classes = bench.task_classes[t]
-        train_loader = DataLoader(
-            _task_subset(bench.train, classes), batch_size=cfg.batch_size, shuffle=True,
-            generator=loader_gen, num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda")
-        stats_loader = DataLoader(
-            _task_subset(bench.train_eval, classes), batch_size=cfg.eval_batch_size,
-            shuffle=False, num_workers=cfg.num_workers)
+        train_set = _task_subset(bench.train, classes)
+        if ctx.enabled:
+            train_loader = DataLoader(
+                train_set, batch_size=cfg.batch_size,
+                sampler=SharedShuffleSampler(train_set, ctx, loader_gen),
+                num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        else:  # the single-process path of every earlier run: keep its numbers unchanged
+            train_loader = DataLoader(
+                train_set, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
+                num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        stats_loader = _eval_loader(_task_subset(bench.train_eval, classes), cfg, ctx)
         task = Task(t, classes, bench.task_classes, stats_loader)
         t0 = time.time()
-        method.begin_task(task)
-        method.train_task(train_loader)
-        method.end_task(task)
+        try:
+            method.begin_task(task)
+            for handle in hooks:
+                handle.remove()
+            hooks = sync_gradients(modules_of(method), ctx)  # what is trained changes per task
+            method.train_task(train_loader)
+            method.end_task(task)
+        except NonFiniteLossError as exc:
+            kept = f"the last good checkpoint {last_good} is kept" if last_good else \
+                "no task had finished, so there is no checkpoint"
+            exc.args = (f"{exc}; training stopped, {kept}",)
+            jsonl({"event": "nonfinite_loss", "task": exc.task, "phase": exc.phase,
+                   "epoch": exc.epoch, "step": exc.step, "value": exc.value})
+            raise
 
         row, tii_row, til_row = (np.full(T, np.nan) for _ in range(3))
         for i in range(t + 1):
-            loader = DataLoader(_task_subset(bench.test, bench.task_classes[i]),
-                                batch_size=cfg.eval_batch_size, shuffle=False,
-                                num_workers=cfg.num_workers)
-            res = evaluate_task(method, loader, i, device)
+            loader = _eval_loader(_task_subset(bench.test, bench.task_classes[i]), cfg, ctx)
+            res = evaluate_task(method, loader, i, device, ctx)
             row[i], tii_row[i], til_row[i] = res["acc"], res["tii"], res["til"]
         acc, tii, til = (np.vstack([m, r]) for m, r in ((acc, row), (tii, tii_row), (til, til_row)))
-        jsonl({"phase": "eval", "task": t, "acc": row[: t + 1].tolist(),
-               "tii": tii_row[: t + 1].tolist(), "til": til_row[: t + 1].tolist(),
-               "avg_acc": float(np.mean(row[: t + 1])), "seconds": round(time.time() - t0, 2)})
         log.info("task %d: avg acc %.2f", t, float(np.mean(row[: t + 1])))
-        write_text_atomic(out / "accuracy_matrix.csv", accuracy_matrix_csv(acc))
         ckpt_dir = out / "checkpoints"
-        torch_save_atomic(ckpt_dir / f"task_{t}.pt", {
-            "task": t,
-            "method": method.state_dict(),
-            "loader_gen": loader_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "acc": acc, "tii": tii, "til": til,
-            "config": cfg.to_dict(),
-        })
-        if cfg.keep_checkpoints == "last" and t > 0:
-            (ckpt_dir / f"task_{t - 1}.pt").unlink(missing_ok=True)
+        state = {
+            "task": t, "method": method, "loader_gen": loader_gen,
+            "acc": acc, "tii": tii, "til": til, "config": cfg.to_dict(),
+        }
+        rows = {"acc": row, "tii": tii_row, "til": til_row}
+        _on_main(ctx, partial(_save_task, out, cfg, state, rows, jsonl, time.time() - t0))
+        last_good = ckpt_dir / f"task_{t}.pt"
         if stop_after_task is not None and t >= stop_after_task and t < T - 1:
-            return RunResult(out, acc, tii, til, None, False, resumed, env=env)
+            for handle in hooks:
+                handle.remove()
+            return RunResult(out, acc, tii, til, None, False, resumed, env=env,
+                             skipped_checkpoints=skipped)
+    for handle in hooks:
+        handle.remove()
 
     result_metrics = final_metrics(cfg, acc, tii, til, backbone.info())
-    write_json_atomic(out / "metrics.json", result_metrics)
-    return RunResult(out, acc, tii, til, result_metrics, True, resumed, env=env)
+    _on_main(ctx, lambda: write_result_file(out, "metrics.json", json_text(result_metrics)))
+    return RunResult(out, acc, tii, til, result_metrics, True, resumed, env=env,
+                     skipped_checkpoints=skipped)
+
+
+def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, np.ndarray],
+               jsonl: _JsonlLog, seconds: float) -> None:
+    """Rank 0: checkpoint after task ``state["task"]``, then the eval record and the matrix.
+
+    The checkpoint is written first, so ``accuracy_matrix.csv`` never runs ahead of what a
+    resume restores.
+    """
+    t = state["task"]
+    ckpt_dir = out / "checkpoints"
+    torch_save_atomic(ckpt_dir / f"task_{t}.pt", {
+        **state,
+        "method": state["method"].state_dict(),
+        "loader_gen": state["loader_gen"].get_state(),
+        "torch_rng": torch.get_rng_state(),
+    })
+    jsonl({"phase": "eval", "task": t,
+           **{k: v[: t + 1].tolist() for k, v in rows.items()},
+           "avg_acc": float(np.mean(rows["acc"][: t + 1])), "seconds": round(seconds, 2)})
+    write_result_file(out, "accuracy_matrix.csv", accuracy_matrix_csv(state["acc"]))
+    for name, content in state["method"].run_files().items():  # e.g. expert_frequency.json
+        write_result_file(out, name, json_text(content))
+    if cfg.keep_checkpoints == "last" and t > 0:
+        previous = ckpt_dir / f"task_{t - 1}.pt"
+        for p in (previous, sidecar_path(previous)):
+            p.unlink(missing_ok=True)
+
+
+def _eval_loader(dataset: Dataset, cfg: CLConfig, ctx: DistContext) -> DataLoader:
+    """In-order loader over this rank's unpadded share of ``dataset``."""
+    return DataLoader(eval_shard(dataset, ctx), batch_size=cfg.eval_batch_size, shuffle=False,
+                      num_workers=cfg.num_workers)
 
 
 def _load_finished(out: Path) -> RunResult:

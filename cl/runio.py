@@ -1,19 +1,45 @@
-"""Atomic file writing and the run-directory file formats."""
+"""Atomic, checksummed file writing and the run-directory file formats.
+
+Every file is written to a temporary sibling, flushed and ``fsync``-ed, then renamed over its
+target, so a crash (even ``SIGKILL``) or a full disk leaves either the old or the new file, never
+a half-written one. Two kinds of checksums guard what a later run reads back:
+
+* checkpoints get a ``sha256sum``-style sidecar (``task_3.pt.sha256``) written *after* the
+  checkpoint itself; a checkpoint without a matching sidecar is treated as unusable, so a crash
+  between the two writes only costs re-doing that task;
+* result files of a run directory are listed in ``SHA256SUMS`` (``sha256sum -c SHA256SUMS``
+  checks them by hand).
+"""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 
+CHECKSUMS_FILE = "SHA256SUMS"
+SIDECAR_SUFFIX = ".sha256"
 
-def _atomic(path: Path, write) -> None:
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing its checksum, fails it, or cannot be unpickled."""
+
+
+class WriteFailedError(OSError):
+    """Writing a result file failed (disk full, permissions); the previous file is intact."""
+
+
+def _atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -22,25 +48,137 @@ def _atomic(path: Path, write) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteFailedError):
+            # Say which file failed and that the old one is untouched (the rename never ran).
+            reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+            raise WriteFailedError(
+                exc.errno, f"could not write {path}: {reason}; the previous version of "
+                f"{path.name} (if any) is intact") from exc
         raise
 
 
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
+    _atomic(Path(path), lambda fh: fh.write(data))
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then rename it over ``path``."""
-    _atomic(Path(path), lambda fh: fh.write(text.encode("utf-8")))
+    """Write ``text`` (UTF-8) atomically, see :func:`write_bytes_atomic`."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def json_text(data: Any) -> str:
+    """The JSON text the run directory uses (sorted keys, indented)."""
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(path, json_text(data))
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ---------------------------------------------------------------------------- result files
+def read_checksums(run_dir: str | Path) -> dict[str, str]:
+    """``{file name: sha256}`` from ``run_dir/SHA256SUMS`` (empty if absent or unreadable)."""
+    path = Path(run_dir) / CHECKSUMS_FILE
+    sums: dict[str, str] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return sums
+    for line in lines:
+        digest, _, name = line.partition("  ")
+        if len(digest) == 64 and name:
+            sums[name] = digest
+    return sums
+
+
+def write_result_file(run_dir: str | Path, name: str, text: str) -> None:
+    """Write ``run_dir/name`` atomically and record its SHA-256 in ``SHA256SUMS``.
+
+    The file is renamed into place before ``SHA256SUMS`` is updated; a crash in between leaves
+    a stale sum, which :func:`verify_result_file` reports, and the next write repairs.
+    """
+    run_dir = Path(run_dir)
+    data = text.encode("utf-8")
+    write_bytes_atomic(run_dir / name, data)
+    sums = read_checksums(run_dir)
+    sums[name] = sha256_hex(data)
+    write_text_atomic(run_dir / CHECKSUMS_FILE,
+                      "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+
+
+def verify_result_file(run_dir: str | Path, name: str) -> str | None:
+    """``None`` if ``run_dir/name`` matches ``SHA256SUMS``, else the reason it does not.
+
+    A run directory written before checksums existed (no ``SHA256SUMS``) is trusted.
+    """
+    run_dir = Path(run_dir)
+    sums = read_checksums(run_dir)
+    try:
+        data = (run_dir / name).read_bytes()
+    except OSError as exc:
+        return f"{name} is unreadable ({exc.strerror})"
+    if not sums and not (run_dir / CHECKSUMS_FILE).exists():
+        return None
+    if name not in sums:
+        return f"{name} has no entry in {CHECKSUMS_FILE}"
+    if sha256_hex(data) != sums[name]:
+        return f"{name} does not match its SHA-256 in {CHECKSUMS_FILE} (corrupted or truncated)"
+    return None
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def sidecar_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
 def torch_save_atomic(path: str | Path, obj: Any) -> None:
-    _atomic(Path(path), lambda fh: torch.save(obj, fh))
+    """``torch.save`` ``obj`` atomically, then write its ``.sha256`` sidecar atomically."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    write_bytes_atomic(path, data)
+    write_text_atomic(sidecar_path(path), f"{sha256_hex(data)}  {path.name}\n")
 
 
+def load_checkpoint(path: str | Path) -> Any:
+    """Load a checkpoint written by :func:`torch_save_atomic`, verifying its checksum.
+
+    Raises
+    ------
+    CheckpointError
+        The sidecar is missing or unreadable, the SHA-256 differs (truncated or corrupted
+        file), or the bytes do not unpickle.
+    """
+    path = Path(path)
+    try:
+        expected = sidecar_path(path).read_text(encoding="utf-8").split()[0]
+    except (OSError, UnicodeDecodeError, IndexError):
+        raise CheckpointError(f"{path.name}: no readable checksum file {sidecar_path(path).name} "
+                              "(the run was probably killed while saving it)") from None
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path.name}: unreadable ({exc.strerror})") from None
+    if sha256_hex(data) != expected:
+        raise CheckpointError(f"{path.name}: SHA-256 mismatch ({len(data)} bytes; corrupted or "
+                              "truncated)")
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "unusable"
+        raise CheckpointError(f"{path.name}: cannot be loaded ({type(exc).__name__})") from None
+
+
+# ---------------------------------------------------------------------------- formats
 def accuracy_matrix_csv(acc: np.ndarray) -> str:
     """``after_task,task_0,...`` rows; cells for tasks not yet seen are empty."""
     T = acc.shape[1]
