@@ -1,7 +1,8 @@
 """Typed run configuration and the preset layers.
 
-Resolution order (later wins): dataclass defaults < dataset preset < method preset (per dataset)
-< backbone preset (gate activation per pretrained weights) < ``--quick`` < explicit overrides.
+Resolution order (later wins): dataclass defaults < dataset preset < method preset (``"*"``,
+then per dataset) < method preset per (dataset, backbone) (e.g. NoRGa's gate activation and the
+shorter schedules of the self-supervised backbones) < ``--quick`` < explicit overrides.
 Values are the effective ones of cl-pipeline.md section 2.6 for Sup-21K unless noted; learning
 rates are the raw script values and are multiplied by ``batch_size / 256`` where the original
 code does so.
@@ -147,34 +148,13 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-# Method presets per dataset (NoRGa vs HiDe-Prompt differences of section 2.6).
-METHOD_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "norga": {
-        "cifar100": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05),
-        "imagenet-r": dict(gate_act="sigmoid", tap_epochs=30, ca_lr=0.005),
-        "cub200": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05, tii_ca_lr=0.05),
-        "5datasets": dict(gate_act="tanh", tap_epochs=30, ca_lr=0.005),
-    },
-    "hide": {
-        "cifar100": dict(tap_epochs=30, ca_lr=0.005),
-        "imagenet-r": dict(tap_epochs=30, ca_lr=0.005),
-        "cub200": dict(tap_epochs=30, ca_lr=0.005, tii_ca_lr=0.005),
-        "5datasets": dict(tap_epochs=30, ca_lr=0.005),
-    },
-}
+# The backbones of the papers' tables (cl-pipeline.md section 5); the Sup-21K values are the
+# dataset/method presets, the others differ only where the scripts differ (below).
+PAPER_BACKBONES: tuple[str, ...] = ("sup21k", "ibot21k", "ibot1k", "dino1k", "mocov3-1k")
+_SELF_SUPERVISED = ("ibot21k", "ibot1k", "dino1k", "mocov3-1k")
 
-def register_method_presets(method: str, presets: dict[str, dict[str, Any]]) -> None:
-    """Add or extend the per-dataset presets of ``method`` (called by method modules).
-
-    ``presets`` maps a dataset name (or ``"*"`` for every dataset) to config overrides; a
-    ``method_options`` entry is merged key by key like ``dataset_options``.
-    """
-    table = METHOD_PRESETS.setdefault(method, {})
-    for dataset, layer in presets.items():
-        table[dataset] = {**table.get(dataset, {}), **layer}
-
-
-# NoRGa's gate activation per (dataset, pretrained weights) where it differs from Sup-21K.
+# NoRGa's gate activation per (dataset, pretrained weights) where it differs from Sup-21K
+# (section 2.6 table "Run 2: WTP + TAP, NoRGa", column sigma; Sup-21K is in METHOD_PRESETS).
 BACKBONE_GATE_ACT: dict[tuple[str, str], str] = {
     ("cifar100", "ibot21k"): "tanh",
     ("cifar100", "ibot1k"): "tanh",
@@ -187,6 +167,63 @@ BACKBONE_GATE_ACT: dict[tuple[str, str], str] = {
     ("cub200", "ibot21k"): "tanh",
     ("5datasets", "ibot21k"): "sigmoid",
 }
+
+# What the HiDe and NoRGa scripts of one (dataset, backbone) share where they differ from the
+# Sup-21K script of that dataset (section 2.6, Run 1 and Run 2 tables).
+_SCRIPT_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {
+    # CIFAR-100 with self-supervised weights: 20 epochs (step schedule then a no-op), momentum
+    # 0.1, TII with the (no-op) step schedule.
+    **{("cifar100", b): dict(epochs=20, prompt_momentum=0.1, tii_scheduler="step")
+       for b in _SELF_SUPERVISED},
+    # ImageNet-R with self-supervised weights: 50 epochs at a constant lr (not 150 + cosine).
+    **{("imagenet-r", b): dict(epochs=50, scheduler="constant") for b in _SELF_SUPERVISED},
+    # CUB with iBOT-21K: the TII model at 5e-4 with the (no-op) step schedule (Sup-21K: 0.01).
+    ("cub200", "ibot21k"): dict(tii_lr=5e-4, tii_scheduler="step"),
+}
+
+# Method-specific (dataset, backbone) values on top of _SCRIPT_BACKBONE.
+_NORGA_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {
+    # CIFAR-100, self-supervised: TAP ca_lr 0.005 (Sup-21K: 0.05), TII ca_lr 0.05 (HiDe 0.005)
+    **{("cifar100", b): dict(ca_lr=0.005, tii_ca_lr=0.05) for b in _SELF_SUPERVISED},
+    ("imagenet-r", "ibot1k"): dict(tap_epochs=80),
+}
+
+# Method presets: keys are "*" (every dataset), a dataset name, or a (dataset, backbone) pair;
+# later keys of that list win. NoRGa vs HiDe-Prompt differences of section 2.6.
+METHOD_PRESETS: dict[str, dict[str | tuple[str, str], dict[str, Any]]] = {
+    "norga": {
+        "cifar100": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05),
+        "imagenet-r": dict(gate_act="sigmoid", tap_epochs=30, ca_lr=0.005),
+        "cub200": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05, tii_ca_lr=0.05),
+        "5datasets": dict(gate_act="tanh", tap_epochs=30, ca_lr=0.005),
+        **{key: {**_SCRIPT_BACKBONE.get(key, {}), **_NORGA_BACKBONE.get(key, {}),
+                 "gate_act": act}
+           for key, act in BACKBONE_GATE_ACT.items()},
+    },
+    "hide": {
+        # HiDe-Prompt: TAP 30 epochs and ca_lr 0.005 everywhere, TII ca_lr 0.005
+        "cifar100": dict(tap_epochs=30, ca_lr=0.005),
+        "imagenet-r": dict(tap_epochs=30, ca_lr=0.005),
+        "cub200": dict(tap_epochs=30, ca_lr=0.005, tii_ca_lr=0.005, tii_scheduler="step"),
+        "5datasets": dict(tap_epochs=30, ca_lr=0.005),
+        **{key: dict(layer) for key, layer in _SCRIPT_BACKBONE.items()},
+    },
+}
+
+
+def register_method_presets(
+    method: str, presets: dict[str | tuple[str, str], dict[str, Any]]
+) -> None:
+    """Add or extend the presets of ``method`` (called by method modules).
+
+    ``presets`` maps ``"*"`` (every dataset), a dataset name, or a ``(dataset, backbone)`` pair
+    to config overrides, applied in that order; a ``method_options`` entry is merged key by key
+    like ``dataset_options``. Registered presets appear in ``experiments/cl.py --help``.
+    """
+    table = METHOD_PRESETS.setdefault(method, {})
+    for key, layer in presets.items():
+        table[key] = {**table.get(key, {}), **layer}
+
 
 # --quick: a smoke-test budget (minutes on a laptop CPU for the offline benchmarks).
 QUICK_PRESETS: dict[str, dict[str, Any]] = {
@@ -241,6 +278,16 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+def preset_layers(dataset: str, method: str, backbone: str) -> list[dict[str, Any]]:
+    """The preset layers of a run, in the order they are applied (before ``--quick``/flags).
+
+    Dataset preset, then the method's ``"*"``, ``dataset`` and ``(dataset, backbone)`` entries.
+    """
+    table = METHOD_PRESETS.get(method, {})
+    return [DATASET_PRESETS.get(dataset, {}), table.get("*", {}), table.get(dataset, {}),
+            table.get((dataset, backbone), {})]
+
+
 def resolve_config(
     dataset: str,
     method: str,
@@ -266,11 +313,8 @@ def resolve_config(
             else:
                 cfg[key] = value
 
-    apply(DATASET_PRESETS.get(dataset, {}))
-    apply(METHOD_PRESETS.get(method, {}).get("*", {}))
-    apply(METHOD_PRESETS.get(method, {}).get(dataset, {}))
-    if method == "norga" and (dataset, backbone) in BACKBONE_GATE_ACT:
-        apply({"gate_act": BACKBONE_GATE_ACT[(dataset, backbone)]})
+    for layer in preset_layers(dataset, method, backbone):
+        apply(layer)
     if quick:
         apply({**QUICK_PRESETS.get(dataset, QUICK_DEFAULT), "quick": True})
     apply(overrides or {})
@@ -280,3 +324,76 @@ def resolve_config(
 def config_from_dict(data: dict[str, Any]) -> CLConfig:
     """Rebuild a config saved with :meth:`CLConfig.to_dict`."""
     return CLConfig(**data).validate()
+
+
+# ---------------------------------------------------------------------------- --help listing
+# Always shown for every preset (the rest: whatever a preset layer sets).
+_HEADLINE = ("epochs", "lr", "batch_size", "prompt_length", "reg")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return "[" + ",".join(_fmt(v) for v in value) + "]"
+    return str(value)
+
+
+def _flat(cfg: CLConfig, keys: set[str]) -> dict[str, str]:
+    """``key -> text`` for the fields in ``keys`` (``method_options.x`` flattened), in field
+    order."""
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(CLConfig):
+        if f.name not in keys:
+            continue
+        value = getattr(cfg, f.name)
+        if isinstance(value, dict):
+            out.update({f"{f.name}.{k}": _fmt(v) for k, v in sorted(value.items())})
+        else:
+            out[f.name] = _fmt(value)
+    return out
+
+
+def describe_presets(width: int = 100) -> str:
+    """Text table of every registered preset, for ``cl.py --help``.
+
+    Generated from the preset dicts, so presets registered by method modules appear
+    automatically. Per dataset: the dataset preset (shared by all methods), then per method the
+    values its own presets set (Sup-21K), then one line per paper backbone whose values differ.
+    """
+    import textwrap
+
+    from cl.methods import available_methods  # importing registers every method's presets
+
+    def wrap(text: str, indent: int, label: str) -> list[str]:
+        head = " " * indent + label.ljust(15 - indent) + " "
+        return textwrap.wrap(text or "(dataset preset only)", width, initial_indent=head,
+                             subsequent_indent=" " * 18)
+
+    names = {f.name for f in dataclasses.fields(CLConfig)} - {"backbone"}
+    lines = [
+        "presets (cl-pipeline.md 2.6; later wins: dataset < method < method x backbone < "
+        "--quick < flags; lr is scaled by batch_size/256; backbones not listed use the sup21k "
+        "values):",
+    ]
+    methods = sorted(set(available_methods()) | set(METHOD_PRESETS))
+    for dataset, layer in DATASET_PRESETS.items():
+        shared = dataclasses.replace(CLConfig(dataset=dataset), **layer)
+        lines.extend(wrap(" ".join(f"{k}={v}" for k, v in
+                                   _flat(shared, set(_HEADLINE) | set(layer)).items()),
+                          2, dataset))
+        for method in methods:
+            base = resolve_config(dataset, method, "sup21k")
+            table = METHOD_PRESETS.get(method, {})
+            keys = set(table.get("*", {})) | set(table.get(dataset, {}))
+            lines.extend(wrap(" ".join(f"{k}={v}" for k, v in _flat(base, keys).items()),
+                              4, method))
+            if dataset in OFFLINE_DATASETS:
+                continue
+            for backbone in PAPER_BACKBONES[1:]:
+                a = _flat(base, names)
+                b = _flat(resolve_config(dataset, method, backbone), names)
+                diff = " ".join(f"{k}={v}" for k, v in b.items() if a.get(k) != v)
+                if diff:
+                    lines.extend(wrap(diff, 6, "+" + backbone))
+    return "\n".join(lines)

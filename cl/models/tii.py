@@ -19,10 +19,12 @@ class MlpAdapter(nn.Module):
 
     ``structure=[2]`` gives ``g = Linear(2C->C) o GELU o Linear(C->2C)``; ``[4, 4]`` gives
     ``g = Linear(4C->C) o LN o Linear(4C->4C) o GELU o Linear(C->4C)`` (no activation after the
-    middle layer, as in the original code).
+    middle layer, as in the original code). ``final_norm=False`` drops the final LayerNorm
+    (MoCo v3 backbones, cl-pipeline.md 1.1).
     """
 
-    def __init__(self, dim: int, structure: Sequence[int] = (2,)) -> None:
+    def __init__(self, dim: int, structure: Sequence[int] = (2,), *, final_norm: bool = True
+                 ) -> None:
         super().__init__()
         structure = [int(m) for m in structure]
         if not structure or any(m <= 0 for m in structure):
@@ -36,7 +38,8 @@ class MlpAdapter(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, dim))
         self.body = nn.Sequential(*layers)
-        self.norm = nn.LayerNorm(dim)
+        # with an fc_norm backbone (MoCo v3) the final LN is an Identity: fc_norm plays its role
+        self.norm: nn.Module = nn.LayerNorm(dim) if final_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x + self.body(x))
@@ -53,12 +56,16 @@ class TIIHead(nn.Module):
         Classes of the whole benchmark; the task is read off the predicted class.
     structure:
         Hidden multipliers of the MLP adapter.
+    fc_norm:
+        MoCo v3 backbones (:func:`cl.models.vit.uses_fc_norm`): a fresh trainable LayerNorm
+        (eps 1e-6, as timm's) after the adapter, whose own final LayerNorm is then dropped.
     """
 
-    def __init__(self, dim: int, num_classes: int, structure: Sequence[int] = (2,)) -> None:
+    def __init__(self, dim: int, num_classes: int, structure: Sequence[int] = (2,), *,
+                 fc_norm: bool = False) -> None:
         super().__init__()
-        self.mlp = MlpAdapter(dim, structure)
-        self.fc_norm: nn.Module = nn.Identity()
+        self.mlp = MlpAdapter(dim, structure, final_norm=not fc_norm)
+        self.fc_norm: nn.Module = nn.LayerNorm(dim, eps=1e-6) if fc_norm else nn.Identity()
         self.head = nn.Linear(dim, num_classes)
         trunc_normal_head(self.head)
 

@@ -2,7 +2,8 @@
 
 The wrapped ViT keeps working on its own (``vit.forward_features`` gives the prompt-free features
 used by the task-identity model); :class:`PromptedViT` adds per-sample prefixes in the chosen
-blocks, its own ``fc_norm`` and a classifier over all classes of the benchmark.
+blocks, its own ``fc_norm`` (trainable LayerNorm for MoCo v3 backbones, else Identity) and a
+classifier over all classes of the benchmark.
 """
 
 from __future__ import annotations
@@ -21,6 +22,24 @@ def trunc_normal_head(head: nn.Linear) -> None:
     """timm-style head init: truncated normal (std 0.02) weights, zero bias."""
     nn.init.trunc_normal_(head.weight, std=0.02)
     nn.init.zeros_(head.bias)
+
+
+def uses_fc_norm(vit: nn.Module) -> bool:
+    """Whether ``vit`` was built with timm's ``fc_norm=True`` (MoCo v3, cl-pipeline.md 1.1).
+
+    Such a backbone has no final norm (``vit.norm`` is an ``Identity``), so its pooled feature is
+    the un-normalised CLS token; the models on top of it then apply their own fresh, trainable
+    ``fc_norm`` LayerNorm after pooling.
+    """
+    return not isinstance(getattr(vit, "fc_norm", nn.Identity()), nn.Identity)
+
+
+def fresh_fc_norm(vit: nn.Module) -> nn.Module:
+    """A new trainable LayerNorm like ``vit.fc_norm`` for MoCo-style backbones, else Identity."""
+    if not uses_fc_norm(vit):
+        return nn.Identity()
+    template = vit.fc_norm
+    return nn.LayerNorm(template.normalized_shape, eps=template.eps)
 
 
 def pooled(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -102,7 +121,10 @@ class PromptedViT(nn.Module):
             generator=generator,
             legacy_kv_reshape=legacy_kv_reshape,
         )
-        self.fc_norm: nn.Module = nn.Identity()
+        # Identity, or for MoCo v3 a fresh trainable LayerNorm (the backbone's own stays frozen
+        # and unused; the TII model gets its own one too)
+        self.fc_norm: nn.Module = fresh_fc_norm(vit)
+        self.uses_fc_norm = uses_fc_norm(vit)
         self.num_classes = num_classes
         self.head = nn.Linear(self.embed_dim, num_classes)
         self._init_head(generator)
