@@ -99,6 +99,13 @@ class Method(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
 
+    def run_files(self) -> dict[str, Any]:
+        """Extra JSON files for the run directory, ``{file name: content}`` (default: none).
+
+        The engine writes them atomically after every task (SMoPE: ``expert_frequency.json``).
+        """
+        return {}
+
 
 _METHODS: dict[str, type[Method]] = {}
 

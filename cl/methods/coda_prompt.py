@@ -1,0 +1,235 @@
+"""CODA-Prompt: attention-weighted prompt components, one set added per task.
+
+cl-pipeline.md section 6.2. Per task ``t`` (``pool_per_task`` = 10 components per task):
+
+1. ``begin_task``: components ``[10t, 10t + 10)`` of every layer are re-drawn and Gram-Schmidt
+   orthonormalised against all earlier ones (prompts, keys and attention vectors separately).
+2. ``train_task``: query ``q`` = frozen [CLS] feature (an extra prompt-free pass); prefixes
+   ``P = sum_m cos(q * A_m, K_m) P_m`` over components ``[0, 10t + 10)``, the older ones
+   detached; loss ``CE(logits masked to task t) + mu * orthogonality penalty``; Adam with the
+   CODA epoch cosine ``lr * cos(99 pi e / (200 (E - 1)))``.
+3. Inference: query pass + prompted pass with all learned components, logits of the classes
+   seen so far. No task identity is needed or predicted.
+
+Hyperparameters live in ``config.method_options`` (keys of :data:`DEFAULT_OPTIONS`); ``epochs``,
+``lr``, ``batch_size`` and ``clip_grad`` are the shared config fields.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DataLoader
+
+from cl.config import CLConfig, register_method_presets
+from cl.methods.base import LogFn, Method, ProgressFn, Task, register_method
+from cl.methods.losses import class_mask, masked_logits
+from cl.models.coda import CodaViT
+from cl.seeding import torch_generator
+
+#: ``method_options`` of CODA-Prompt and their defaults (CIFAR-100 values of the official code).
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "pool_per_task": 10,  # M = pool_per_task * num_tasks components per layer
+    "length": 8,  # prompt tokens per component: L/2 key + L/2 value prefix tokens
+    "layers": [0, 1, 2, 3, 4],
+    "ortho_mu": 0.0,  # orthogonality penalty weight
+    "schedule": "cosine",  # "cosine" (CODA epoch cosine) or "constant"
+}
+SCHEDULES = ("cosine", "constant")
+
+register_method_presets("coda-prompt", {
+    # Adam at lr 1e-3, batch 128, no gradient clipping (official code).
+    "*": dict(lr=1e-3, batch_size=128, eval_batch_size=128, clip_grad=0.0),
+    "cifar100": dict(epochs=20, method_options=dict(ortho_mu=0.1)),
+    "imagenet-r": dict(epochs=50, method_options=dict(ortho_mu=0.0)),
+    # [unverified] no official CUB / 5-Datasets scripts: ImageNet-R-like settings.
+    "cub200": dict(epochs=50, method_options=dict(ortho_mu=0.0)),
+    "5datasets": dict(epochs=20, method_options=dict(ortho_mu=0.0)),
+    # Offline benchmarks: small and fast, tuned only to be clearly learnable.
+    "synthetic": dict(epochs=6, lr=0.01, batch_size=64, method_options=dict(ortho_mu=0.1)),
+    "digits": dict(epochs=10, lr=0.01, batch_size=64, method_options=dict(ortho_mu=0.1)),
+})
+
+
+def method_options(config: CLConfig, defaults: dict[str, Any], method: str) -> dict[str, Any]:
+    """``defaults`` updated by ``config.method_options``; unknown keys raise ``ValueError``."""
+    unknown = sorted(set(config.method_options) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"method_options: unknown key(s) {', '.join(unknown)} for {method}; "
+            f"allowed: {', '.join(sorted(defaults))}"
+        )
+    return {**defaults, **config.method_options}
+
+
+def coda_cosine(epochs: int):
+    """The CODA epoch schedule ``e -> cos(99 pi e / (200 (E - 1)))`` (a factor on the base lr)."""
+    span = max(epochs - 1, 1)
+    return lambda e: math.cos(99.0 * math.pi * e / (200.0 * span))
+
+
+@register_method("coda-prompt")
+class CodaPrompt(Method):
+    """CODA-Prompt on a frozen ViT (prefix tuning in blocks 0-4).
+
+    Parameters
+    ----------
+    config:
+        Resolved run configuration; CODA settings in ``config.method_options``.
+    vit:
+        Frozen timm ``VisionTransformer`` (``num_classes=0``).
+    num_classes:
+        Size of the single head.
+    task_classes:
+        Class ids of every task.
+    device:
+        Where to compute.
+    """
+
+    def __init__(
+        self,
+        config: CLConfig,
+        vit: nn.Module,
+        num_classes: int,
+        task_classes: list[list[int]],
+        device: torch.device | str = "cpu",
+        progress: ProgressFn | None = None,
+        log: LogFn | None = None,
+    ) -> None:
+        super().__init__(progress, log)
+        self.config = config
+        self.options = method_options(config, DEFAULT_OPTIONS, self.name)
+        if self.options["schedule"] not in SCHEDULES:
+            raise ValueError(f"method_options.schedule: {self.options['schedule']!r} is not one "
+                             f"of {', '.join(SCHEDULES)}")
+        self.device = torch.device(device)
+        self.num_classes = num_classes
+        self.task_classes = [list(map(int, c)) for c in task_classes]
+        class_to_task = torch.full((num_classes,), -1, dtype=torch.long)
+        for t, classes in enumerate(self.task_classes):
+            class_to_task[classes] = t
+        self.class_to_task = class_to_task.to(self.device)
+        self.per_task = int(self.options["pool_per_task"])
+        self.model = CodaViT(
+            vit,
+            num_classes,
+            pool_size=self.per_task * len(task_classes),
+            length=int(self.options["length"]),
+            prompt_layers=self.options["layers"],
+            fused=config.attention == "fused",
+            generator=torch_generator(config.seed, "coda-head-init"),
+        ).to(self.device)
+        self.model.eval()  # frozen ViT: no dropout / drop-path in play
+        # New components are drawn at every task start, from this stream (saved in checkpoints).
+        self.init_gen = torch_generator(config.seed, "coda-components")
+        self.task: Task | None = None
+        self.task_index = -1
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    # ------------------------------------------------------------------ task setup
+    def _components(self, t: int) -> tuple[int, int]:
+        """``(frozen, stop)``: components before ``frozen`` are old, ``[frozen, stop)`` new."""
+        return self.per_task * t, self.per_task * (t + 1)
+
+    def _build_optimizer(self) -> None:
+        params = [*self.model.pool.parameters(), *self.model.head.parameters()]
+        self.optimizer = torch.optim.Adam(params, lr=self.config.lr, betas=(0.9, 0.999),
+                                          weight_decay=0.0)
+
+    def begin_task(self, task: Task) -> None:
+        t = task.index
+        self.task, self.task_index = task, t
+        frozen, stop = self._components(t)
+        self.model.pool.to("cpu")
+        self.model.pool.init_components(frozen, stop, self.init_gen)
+        self.model.pool.to(self.device)
+        self._build_optimizer()
+
+    # ------------------------------------------------------------------ training
+    def train_task(self, loader: DataLoader) -> None:
+        assert self.task is not None, "begin_task must be called first"
+        cfg, t = self.config, self.task.index
+        frozen, stop = self._components(t)
+        mask = class_mask(self.num_classes, self.task.classes, self.device)
+        mu = float(self.options["ortho_mu"])
+        scheduler = None
+        if self.options["schedule"] == "cosine":
+            scheduler = LambdaLR(self.optimizer, coda_cosine(cfg.epochs))
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        for epoch in range(cfg.epochs):
+            total, correct, loss_sum = 0, 0, 0.0
+            for x, y in self.progress(loader, f"task {t} CODA epoch {epoch}"):
+                x, y = x.to(self.device), y.to(self.device)
+                tokens = self.model.forward_features(x, stop, frozen)
+                logits = masked_logits(self.model.head(self.model.pre_logits(tokens)), mask)
+                loss = F.cross_entropy(logits, y)
+                if mu > 0:
+                    loss = loss + mu * self.model.pool.ortho_loss(stop, frozen)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_grad > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+                self.optimizer.step()
+                loss_sum += float(loss.detach()) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                total += len(y)
+            self.log({"phase": "coda", "task": t, "epoch": epoch,
+                      "loss": loss_sum / max(total, 1),
+                      "train_acc": 100.0 * correct / max(total, 1),
+                      "lr": self.optimizer.param_groups[0]["lr"]})
+            if scheduler is not None:
+                scheduler.step()  # epoch e + 1 runs at lr * f(e + 1), as in the CODA code
+
+    def end_task(self, task: Task) -> None:
+        """Nothing to consolidate: the task's components are frozen by the next task."""
+
+    # ------------------------------------------------------------------ inference
+    def _seen_mask(self) -> torch.Tensor:
+        seen = [c for ts in self.task_classes[: self.task_index + 1] for c in ts]
+        return class_mask(self.num_classes, seen, self.device)
+
+    @torch.no_grad()
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.task_index >= 0, "no task has been learned yet"
+        return self.model(x.to(self.device), self._components(self.task_index)[1])
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the classes seen so far (others ``-inf``)."""
+        return masked_logits(self._logits(x), self._seen_mask())
+
+    @torch.no_grad()
+    def predict_oracle(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """Logits restricted to each sample's true task."""
+        allowed = self.class_to_task.unsqueeze(0) == task_ids.to(self.device).unsqueeze(1)
+        return self._logits(x).masked_fill(~allowed, float("-inf"))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "task_index": self.task_index,
+            "pool": self.model.pool.state_dict(),
+            "head": self.model.head.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            "init_gen": self.init_gen.get_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["method"] != self.name:
+            raise ValueError(f"checkpoint is for method {state['method']!r}, not {self.name!r}")
+        self.model.pool.load_state_dict(state["pool"])
+        self.model.head.load_state_dict(state["head"])
+        self.init_gen.set_state(state["init_gen"])
+        self.task_index = int(state["task_index"])
+        if self.task_index >= 0:
+            t = self.task_index
+            self.task = Task(t, self.task_classes[t], self.task_classes)
+            self._build_optimizer()
+            if state["optimizer"] is not None:
+                self.optimizer.load_state_dict(state["optimizer"])
