@@ -493,7 +493,7 @@ def resolve_weights(name: str, weights: str | Path | None = None) -> Path | None
 
 
 def fetch_weights(name: str, directory: str | Path | None = None, *,
-                  fetch: Any = None) -> Path:
+                  fetch: Any = None, attempts: int = 3) -> Path:
     """Download the weights of ``name`` into ``directory`` (default :func:`weights_dir`).
 
     An existing file is returned as is; a partial download is resumed. No checksum is published
@@ -516,7 +516,8 @@ def fetch_weights(name: str, directory: str | Path | None = None, *,
     if target.is_file():
         return target
     try:
-        return download(Resource(spec.filename, (spec.url,)), folder, fetch=fetch)
+        return download(Resource(spec.filename, (spec.url,)), folder, fetch=fetch,
+                        attempts=attempts)
     except (DatasetError, OSError) as exc:
         raise BackboneWeightsError(
             f"backbone {name!r}: download failed: {str(exc).splitlines()[0]}"
@@ -674,3 +675,17 @@ def build_backbone(
         p.requires_grad_(False)
     log.info("backbone %s (%s), img_size %d", name, sha, size)
     return Backbone(model, name, size, str(path) if path else None, sha, source, ignored)
+
+
+def ensure_weights(name: str, weights: str | Path | None = None) -> Path | None:
+    """:func:`resolve_weights`, downloading the file into :func:`weights_dir` when it is missing.
+
+    An explicit ``weights`` path is never replaced by a download (a wrong path stays an error).
+    """
+    spec = _spec(name)
+    if not spec.pretrained or weights is not None:
+        return resolve_weights(name, weights)
+    try:
+        return resolve_weights(name)
+    except BackboneWeightsError:
+        return fetch_weights(name)

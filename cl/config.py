@@ -11,6 +11,7 @@ code does so.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -244,9 +245,15 @@ def default_backbone(dataset: str) -> str:
     return "vit-tiny-random" if dataset in OFFLINE_DATASETS else "sup21k"
 
 
+@functools.lru_cache(maxsize=1)
+def _field_types() -> dict[str, Any]:
+    # resolving the annotations is slow; --help resolves a few hundred configs
+    return typing.get_type_hints(CLConfig)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Convert a CLI string (``--set key=value``) to the type of field ``name``."""
-    hints = typing.get_type_hints(CLConfig)
+    hints = _field_types()
     if name not in hints:
         allowed = ", ".join(f.name for f in dataclasses.fields(CLConfig))
         raise ValueError(f"unknown config key {name!r}; allowed: {allowed}")
@@ -383,7 +390,11 @@ def describe_presets(width: int = 100) -> str:
                                    _flat(shared, set(_HEADLINE) | set(layer)).items()),
                           2, dataset))
         for method in methods:
-            base = resolve_config(dataset, method, "sup21k")
+            try:
+                base = resolve_config(dataset, method, "sup21k")
+            except ValueError as exc:  # a broken registered preset must not break --help
+                lines.extend(wrap(f"INVALID PRESET: {exc}", 4, method))
+                continue
             table = METHOD_PRESETS.get(method, {})
             keys = set(table.get("*", {})) | set(table.get(dataset, {}))
             lines.extend(wrap(" ".join(f"{k}={v}" for k, v in _flat(base, keys).items()),
@@ -392,7 +403,11 @@ def describe_presets(width: int = 100) -> str:
                 continue
             for backbone in PAPER_BACKBONES[1:]:
                 a = _flat(base, names)
-                b = _flat(resolve_config(dataset, method, backbone), names)
+                try:
+                    b = _flat(resolve_config(dataset, method, backbone), names)
+                except ValueError as exc:
+                    lines.extend(wrap(f"INVALID PRESET: {exc}", 6, "+" + backbone))
+                    continue
                 diff = " ".join(f"{k}={v}" for k, v in b.items() if a.get(k) != v)
                 if diff:
                     lines.extend(wrap(diff, 6, "+" + backbone))

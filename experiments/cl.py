@@ -5,7 +5,7 @@ Examples
 --------
   python experiments/cl.py --dataset synthetic --quick            # ~1 min on a laptop CPU
   python experiments/cl.py --dataset digits --method hide
-  python experiments/cl.py --dataset cifar100 --backbone sup21k --weights vit_b16_in21k.npz \\
+  python experiments/cl.py --dataset cifar100 --backbone sup21k --weights ViT-B_16.npz \\
       --data-root data --download --device cuda
 
 Re-running the same command resumes after the last finished task; a finished run is not
@@ -22,8 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cl.backbones import BACKBONES, BackboneWeightsError  # noqa: E402
-from cl.config import default_backbone, resolve_config  # noqa: E402
+from cl.backbones import (  # noqa: E402
+    BACKBONES,
+    WEIGHTS_ENV,
+    BackboneWeightsError,
+    ensure_weights,
+    pretrained_backbones,
+)
+from cl.config import default_backbone, describe_presets, resolve_config  # noqa: E402
 from cl.data.registry import DatasetError, available_datasets  # noqa: E402
 from cl.engine import RunDirError, run_experiment  # noqa: E402
 from cl.methods import available_methods  # noqa: E402
@@ -42,11 +48,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def backbone_listing() -> str:
+    """Pretrained tags, their paper names and where the weights come from (for --help)."""
+    lines = [f"pretrained backbones (--weights PATH, a file of that name in ${WEIGHTS_ENV} "
+             "(default ~/.cache/norga/weights), or --download):"]
+    for tag in pretrained_backbones():
+        spec = BACKBONES[tag]
+        lines.append(f"  {tag:<10} {spec.paper_name:<9} {spec.filename}  <- {spec.url}")
+        if spec.note:
+            lines.append(f"  {'':<20}({spec.note})")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="cl.py",
         description=__doc__.split("\n\n")[0],
-        epilog="\n".join(__doc__.split("\n\n")[1:]),
+        # the preset table is generated from the preset dicts (method modules included)
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]) + "\n" + backbone_listing() + "\n\n"
+        + describe_presets(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = p.add_argument_group("what to run")
@@ -57,9 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
                       "default norga")
     what.add_argument("--backbone", choices=list(BACKBONES),
                       help="ViT weights tag; *-random are randomly initialised (offline smoke "
-                      "tests), the others need --weights PATH; default vit-tiny-random for "
-                      "synthetic/digits, sup21k otherwise")
-    what.add_argument("--weights", metavar="PATH", help="local pretrained weights file")
+                      "tests), the others need a weights file (see below); default "
+                      "vit-tiny-random for synthetic/digits, sup21k otherwise")
+    what.add_argument("--weights", metavar="PATH",
+                      help="local pretrained weights file in the original format (.npz, "
+                      ".safetensors, .pth); converted and loaded strictly")
     what.add_argument("--gate-act", choices=ACTIVATIONS,
                       help="NoRGa activation sigma (default: the dataset/backbone preset)")
     what.add_argument("--seed", type=int, default=42, help="run seed: class order, init, "
@@ -79,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CPU threads for torch (default: 1 for vit-tiny-random, which is "
                        "faster on small tensors, else torch's default)")
     where.add_argument("--data-root", metavar="DIR", help="where real datasets live")
-    where.add_argument("--download", action="store_true", help="download a missing dataset")
+    where.add_argument("--download", action="store_true",
+                       help="download a missing dataset and missing backbone weights")
     where.add_argument("--num-workers", type=int, default=0, metavar="N",
                        help="data-loader workers (default 0)")
     where.add_argument("--out", metavar="DIR",
@@ -138,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.backbone}-s{cfg.seed}")
     print(f"backbone: {cfg.backbone}"
           + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper numbers]"
-             if BACKBONES[cfg.backbone].pretrained is False else f"  weights {cfg.weights}"))
+             if BACKBONES[cfg.backbone].pretrained is False
+             else f"  weights {cfg.weights or f'from ${WEIGHTS_ENV} or the download cache'}"))
     print(f"data: {cfg.dataset}" + ("  [generated offline]" if cfg.dataset == "synthetic" else
                                     "  [scikit-learn bundled digits]" if cfg.dataset == "digits"
                                     else f"  from {cfg.data_root}"))
@@ -148,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return tqdm(iterable, desc=desc, leave=False, disable=args.no_progress, file=sys.stderr)
 
     try:
+        if cfg.download:  # opt-in: fetch missing weights into the weights folder first
+            ensure_weights(cfg.backbone, cfg.weights)
         result = run_experiment(cfg, out, overwrite=args.overwrite,
                                 stop_after_task=args.stop_after_task, progress=progress)
     except (DatasetError, BackboneWeightsError, RunDirError) as exc:
