@@ -1,0 +1,165 @@
+"""Paper presets (cl-pipeline.md 2.6) for every table row, the generated --help listing, and the
+CLI's exit code 2 for missing data and missing weights (nothing written)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cl import backbones as bb
+from cl.backbones import BackboneWeightsError
+from cl.config import METHOD_PRESETS, describe_presets, resolve_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SSL = ("ibot21k", "ibot1k", "dino1k", "mocov3-1k")
+
+# ---------------------------------------------------------------- spec 2.6, transcribed here
+# Run 2 (NoRGa scripts): epochs, scheduler, prompt length, momentum, reg, sigma, TAP epochs,
+# TAP ca_lr, larger prompt lr, clip.
+_RUN2 = ("epochs", "scheduler", "prompt_length", "prompt_momentum", "reg", "gate_act",
+         "tap_epochs", "ca_lr", "larger_prompt_lr", "clip_grad")
+NORGA_RUN2: dict[tuple[str, str], tuple] = {
+    ("cifar100", "sup21k"): (50, "step", 5, 0.01, 0.1, "sigmoid", 80, 0.05, True, 1.0),
+    ("cifar100", "ibot21k"): (20, "step", 5, 0.1, 0.1, "tanh", 80, 0.005, True, 1.0),
+    ("cifar100", "ibot1k"): (20, "step", 5, 0.1, 0.1, "tanh", 80, 0.005, True, 1.0),
+    ("cifar100", "dino1k"): (20, "step", 5, 0.1, 0.1, "tanh", 80, 0.005, True, 1.0),
+    ("cifar100", "mocov3-1k"): (20, "step", 5, 0.1, 0.1, "gelu", 80, 0.005, True, 1.0),
+    ("imagenet-r", "sup21k"): (150, "cosine", 20, 0.01, 0.5, "sigmoid", 30, 0.005, True, 1.0),
+    ("imagenet-r", "ibot21k"): (50, "constant", 20, 0.01, 0.5, "tanh", 30, 0.005, True, 1.0),
+    ("imagenet-r", "ibot1k"): (50, "constant", 20, 0.01, 0.5, "sigmoid", 80, 0.005, True, 1.0),
+    ("imagenet-r", "dino1k"): (50, "constant", 20, 0.01, 0.5, "tanh", 30, 0.005, True, 1.0),
+    ("imagenet-r", "mocov3-1k"): (50, "constant", 20, 0.01, 0.5, "gelu", 30, 0.005, True, 1.0),
+    ("cub200", "sup21k"): (50, "step", 20, 0.01, 0.01, "sigmoid", 80, 0.05, False, 1.0),
+    ("cub200", "ibot21k"): (50, "step", 20, 0.01, 0.01, "tanh", 80, 0.05, False, 1.0),
+    ("5datasets", "sup21k"): (20, "constant", 40, 0.01, 0.1, "tanh", 30, 0.005, True, 2.0),
+    ("5datasets", "ibot21k"): (20, "constant", 40, 0.01, 0.1, "sigmoid", 30, 0.005, True, 2.0),
+}
+# Run 1 (TII): epochs, lr, scheduler (NoRGa), MLP, ca_lr NoRGa, ca_lr HiDe, scheduler HiDe.
+_RUN1 = ("tii_epochs", "tii_lr", "tii_scheduler", "tii_mlp", "tii_ca_lr")
+
+
+def run1(dataset: str, backbone: str) -> tuple[tuple, tuple]:
+    if dataset == "cifar100":
+        if backbone == "sup21k":
+            return (20, 5e-4, "constant", [2], 0.005), (20, 5e-4, "constant", [2], 0.005)
+        return (20, 5e-4, "step", [2], 0.05), (20, 5e-4, "step", [2], 0.005)
+    if dataset == "imagenet-r":
+        return (20, 5e-4, "step", [2], 0.005), (20, 5e-4, "step", [2], 0.005)
+    if dataset == "cub200":
+        if backbone == "sup21k":
+            return (20, 0.01, "constant", [2], 0.05), (20, 0.01, "step", [2], 0.005)
+        return (20, 5e-4, "step", [2], 0.05), (20, 5e-4, "step", [2], 0.005)
+    return (20, 1e-3, "constant", [4, 4], 0.005), (20, 1e-3, "constant", [4, 4], 0.005)
+
+
+def _values(cfg: Any, names: tuple[str, ...]) -> tuple:
+    return tuple(getattr(cfg, n) for n in names)
+
+
+@pytest.mark.parametrize("dataset,backbone", sorted(NORGA_RUN2))
+def test_paper_rows_have_the_script_values(dataset: str, backbone: str) -> None:
+    norga = resolve_config(dataset, "norga", backbone)
+    hide = resolve_config(dataset, "hide", backbone)
+    expected = NORGA_RUN2[(dataset, backbone)]
+    assert _values(norga, _RUN2) == expected
+    # HiDe-Prompt: same scripts without the gate; TAP 30 epochs at ca_lr 0.005 everywhere
+    hide_expected = dict(zip(_RUN2, expected, strict=True), tap_epochs=30, ca_lr=0.005)
+    hide_expected.pop("gate_act")
+    assert {k: getattr(hide, k) for k in hide_expected} == hide_expected
+    tii_norga, tii_hide = run1(dataset, backbone)
+    assert _values(norga, _RUN1) == tii_norga
+    assert _values(hide, _RUN1) == tii_hide
+    for cfg in (norga, hide):  # shared by every script
+        assert (cfg.lr, cfg.batch_size, cfg.tii_ca_epochs, cfg.prompt_layers) == (
+            0.03, 128, 30, [0, 1, 2, 3, 4])
+        assert cfg.stats_method == "covariance"
+
+
+def test_backbones_outside_the_tables_fall_back_to_sup21k() -> None:
+    for method in ("norga", "hide"):
+        sup = resolve_config("cub200", method, "sup21k").to_dict()
+        dino = resolve_config("cub200", method, "dino1k").to_dict()
+        assert {k for k in sup if sup[k] != dino[k]} == {"backbone"}
+
+
+# ---------------------------------------------------------------- the --help listing
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("cl_cli", ROOT / "experiments/cl.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_lists_presets_and_weights() -> None:
+    text = _load_cli().build_parser().format_help()
+    for word in ("presets", "cifar100", "imagenet-r", "cub200", "5datasets", "+ibot21k",
+                 "+mocov3-1k", "gate_act=gelu", "tap_epochs=80", "dino_vitbase16_pretrain.pth",
+                 "vit_base_patch16_224.orig_in21k", "ViT-B_16.npz", "NORGA_WEIGHTS"):
+        assert word in text, word
+
+
+def test_listing_is_generated_from_registered_presets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(METHOD_PRESETS, "zz-baseline", {
+        "*": dict(lr=0.0042, method_options=dict(pool_size=17)),
+        ("cifar100", "ibot1k"): dict(epochs=7),
+    })
+    lines = describe_presets().splitlines()
+    mine = [line for line in lines if "zz-baseline" in line]
+    assert len(mine) == 6  # one per dataset
+    assert all("lr=0.0042" in line and "method_options.pool_size=17" in line for line in mine)
+    start = lines.index(next(x for x in lines if x.startswith("  cifar100")))
+    block = lines[start:lines.index(next(x for x in lines if x.startswith("  imagenet-r")))]
+    after = block[block.index(next(x for x in block if "zz-baseline" in x)) + 1:]
+    assert after[0].split() == ["+ibot1k", "epochs=7"]
+
+
+# ---------------------------------------------------------------- CLI: missing inputs
+
+
+def _run_cli(capsys, *args: str) -> tuple[int, str]:
+    try:
+        code = _load_cli().main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset,url", [
+    ("cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+    ("imagenet-r", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"),
+    ("cub200", "CUB_200_2011.tgz"),
+    ("5datasets", "notMNIST.zip"),
+])
+def test_cli_missing_dataset_exits_2_and_writes_nothing(dataset: str, url: str, tmp_path: Path,
+                                                         capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = _run_cli(capsys, "--dataset", dataset, "--data-root", str(tmp_path / "data"),
+                         "--out", str(tmp_path / "run"))
+    assert code == 2, err
+    assert err.startswith("cl.py: error:") and "not found" in err and url in err
+    assert "--download" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no run dir, no data dir, no runs/
+
+
+def test_cli_missing_weights_file_exits_2_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(bb.WEIGHTS_ENV, str(tmp_path / "cache"))
+    code, err = _run_cli(capsys, "--dataset", "synthetic", "--backbone", "ibot21k",
+                         "--weights", str(tmp_path / "missing.pth"), "--out", "run")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "missing.pth" in err and "not found" in err and "vitb_16_pt22k" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    def offline(name: str, directory: Any = None, **kwargs: Any):
+        raise BackboneWeightsError(f"backbone {name!r}: download failed: offline")
+
+    monkeypatch.setattr(bb, "fetch_weights", offline)
+    code, err = _run_cli(capsys, "--dataset", "synthetic", "--backbone", "dino1k",
+                         "--download", "--out", "run")
+    assert code == 2 and "download failed" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
