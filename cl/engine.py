@@ -443,6 +443,9 @@ def run_experiment(
         acc, tii, til = (np.asarray(ckpt[k], dtype=float) for k in ("acc", "tii", "til"))
         start, resumed = t_done + 1, t_done
         _on_main(ctx, lambda: jsonl.truncate_after(t_done))
+        # A kill between the checkpoint and the matrix may have left the matrix behind.
+        _on_main(ctx, lambda: write_result_file(out, "accuracy_matrix.csv",
+                                                accuracy_matrix_csv(acc)))
         jsonl({"event": "resume", "task": t_done, "checkpoint": decision["path"]})
         log.info("resuming after task %d from %s", t_done, decision["path"])
     else:
@@ -513,22 +516,24 @@ def run_experiment(
 
 def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, np.ndarray],
                jsonl: _JsonlLog, seconds: float) -> None:
-    """Rank 0: checkpoint after task ``state["task"]``, then the eval record and the matrix.
+    """Rank 0: the eval record, the checkpoint after task ``state["task"]``, then the matrix.
 
-    The checkpoint is written first, so ``accuracy_matrix.csv`` never runs ahead of what a
+    The checkpoint precedes ``accuracy_matrix.csv``, so the matrix never runs ahead of what a
     resume restores.
     """
     t = state["task"]
     ckpt_dir = out / "checkpoints"
+    # The log record goes first: if the process dies before the checkpoint exists, the resume
+    # drops records of unfinished tasks; the other way round a finished task would lack one.
+    jsonl({"phase": "eval", "task": t,
+           **{k: v[: t + 1].tolist() for k, v in rows.items()},
+           "avg_acc": float(np.mean(rows["acc"][: t + 1])), "seconds": round(seconds, 2)})
     torch_save_atomic(ckpt_dir / f"task_{t}.pt", {
         **state,
         "method": state["method"].state_dict(),
         "loader_gen": state["loader_gen"].get_state(),
         "torch_rng": torch.get_rng_state(),
     })
-    jsonl({"phase": "eval", "task": t,
-           **{k: v[: t + 1].tolist() for k, v in rows.items()},
-           "avg_acc": float(np.mean(rows["acc"][: t + 1])), "seconds": round(seconds, 2)})
     write_result_file(out, "accuracy_matrix.csv", accuracy_matrix_csv(state["acc"]))
     for name, content in state["method"].run_files().items():  # e.g. expert_frequency.json
         write_result_file(out, name, json_text(content))

@@ -73,6 +73,11 @@ class GaussianClassStats:
         if not (dist.is_available() and dist.is_initialized()):
             return
         for c in classes if classes is not None else self.classes:
+            if c not in self.count:  # this rank's shard had no sample of c: contribute zeros
+                self.count[c] = torch.zeros((), dtype=torch.float64)
+                self.sum[c] = torch.zeros(self.dim, dtype=torch.float64)
+                shape = (self.dim, self.dim) if self.method == "covariance" else (self.dim,)
+                self.sum_sq[c] = torch.zeros(shape, dtype=torch.float64)
             for store in (self.count, self.sum, self.sum_sq):
                 dist.all_reduce(store[c])
             self._chol.pop(c, None)

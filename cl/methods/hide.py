@@ -30,6 +30,7 @@ from cl.methods.schedules import build_epoch_scheduler
 from cl.models.gating import Gate
 from cl.models.tii import TIIHead
 from cl.models.vit import PromptedViT
+from cl.numerics import check_finite_loss
 from cl.seeding import derive_seed, seeded_global_rng, torch_generator
 from cl.stats import GaussianClassStats
 
@@ -148,11 +149,12 @@ class HiDePrompt(Method):
         self.tii.train()
         for epoch in range(self.config.tii_epochs):
             total, correct, loss_sum = 0, 0, 0.0
-            for x, y in self.progress(loader, f"task {t} TII epoch {epoch}"):
+            for step, (x, y) in enumerate(self.progress(loader, f"task {t} TII epoch {epoch}")):
                 x, y = x.to(self.device), y.to(self.device)
                 feats = self.model.backbone_features(x)  # frozen: no graph
                 logits = masked_logits(self.tii(feats), mask)
                 loss = F.cross_entropy(logits, y)
+                check_finite_loss(loss, phase="tii", task=t, epoch=epoch, step=step)
                 self.tii_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.tii_optimizer.step()
@@ -174,7 +176,7 @@ class HiDePrompt(Method):
         params = [p for g in self.wtp_optimizer.param_groups for p in g["params"]]
         for epoch in range(cfg.epochs):
             total, correct, loss_sum = 0, 0, 0.0
-            for x, y in self.progress(loader, f"task {t} WTP epoch {epoch}"):
+            for step, (x, y) in enumerate(self.progress(loader, f"task {t} WTP epoch {epoch}")):
                 x, y = x.to(self.device), y.to(self.device)
                 prefixes = self.model.prompt.blended(t, x.shape[0], momentum)
                 feats = self.model.pre_logits(self.model.forward_features(x, prefixes=prefixes))
@@ -184,6 +186,7 @@ class HiDePrompt(Method):
                     loss = loss + cfg.reg * contrastive_regulariser(
                         feats, old_means, cfg.contrastive_temperature
                     )
+                check_finite_loss(loss, phase="wtp", task=t, epoch=epoch, step=step)
                 self.wtp_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad > 0:
@@ -246,6 +249,7 @@ class HiDePrompt(Method):
                 xb = feats[i * n_per_class:(i + 1) * n_per_class]
                 yb = labels[i * n_per_class:(i + 1) * n_per_class]
                 loss = F.cross_entropy(masked_logits(module_forward(xb), mask), yb)
+                check_finite_loss(loss, phase=phase, task=task.index, epoch=epoch, step=i)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
