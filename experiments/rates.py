@@ -270,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         scheduler=args.scheduler,
     )
-    written = write_run(result, out)
+    try:
+        written = write_run(result, out)
+    except OSError as err:  # disk full / permissions: write_run left the old files in place
+        sys.stderr.write(f"rates.py: error: {err.strerror or err} (the fits are cached; "
+                         "re-running after freeing space only writes the files)\n")
+        return 1
     if not args.no_figure and result.records:
         from figures.convergence import convergence_figures_for_run
         from figures.runs import read_rates_run

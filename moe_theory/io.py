@@ -66,17 +66,41 @@ def write_run(result: RateResult, out: str | os.PathLike[str]) -> list[Path]:
     Returns
     -------
     The paths written.
+
+    Raises
+    ------
+    OSError
+        A file could not be written (disk full, permissions). All files are first written to
+        temporary siblings and only renamed once every one of them is complete, so a failure
+        while writing leaves every previous result file of ``out`` unchanged (the message says
+        so).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [atomic_write_text(out / "config.json", dumps_json(result.config.to_dict()))]
+    texts = {"config.json": dumps_json(result.config.to_dict())}
     if result.records:
-        written.append(atomic_write_text(out / "fits.csv", fits_csv_text(result.records)))
-        written.append(atomic_write_text(out / "summary.json", dumps_json(result.summary_dict())))
+        texts["fits.csv"] = fits_csv_text(result.records)
+        texts["summary.json"] = dumps_json(result.summary_dict())
     if result.mechanism is not None:
-        written.append(atomic_write_text(out / "mechanism.json", dumps_json(result.mechanism)))
-    written.append(atomic_write_text(out / "summary.txt", result.summary() + "\n"))
-    return written
+        texts["mechanism.json"] = dumps_json(result.mechanism)
+    texts["summary.txt"] = result.summary() + "\n"
+    staged: list[tuple[str, Path]] = []
+    try:
+        for name, text in texts.items():  # phase 1: where a full disk shows up
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            staged.append((tmp, out / name))
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except OSError as err:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise OSError(err.errno, f"could not write the results to {out} ({err.strerror or err}); "
+                      "the previous result files there are intact") from err
+    for tmp, path in staged:  # phase 2: renames only
+        os.replace(tmp, path)
+    return [path for _, path in staged]
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, object]:
