@@ -134,3 +134,13 @@ def test_markdown_rows_have_header_width(written):
 def test_table_specs_fill_only_rows_with_runs(runs):
     cells = fill_table(TABLES["table3"], runs)
     assert list(cells) == [(None, "smope")]
+
+
+def test_every_cl_backbone_tag_maps_to_a_published_table_key():
+    """Run directories name backbones by cl.backbones tags; tables key the papers' names."""
+    from figures.names import canonical_backbone
+
+    expected = {"sup21k": "sup21k", "ibot21k": "ibot21k", "ibot1k": "ibot1k",
+                "dino1k": "dino1k", "mocov3-1k": "moco1k"}
+    for tag, key in expected.items():
+        assert canonical_backbone(tag) == key
