@@ -144,3 +144,17 @@ def check_batchwise_vote_leaks(name: str, **overrides) -> None:
     whole, _ = _predict(method, images, len(images))
     single, _ = _predict(method, images, 1)
     assert not torch.allclose(whole, single, atol=1e-3)
+
+
+def learnable_on_vit_b16(name: str, dataset: str, num_classes: int, num_tasks: int) -> dict:
+    """Trainable parameter shapes of ``name`` on ViT-B/16 (built on the meta device: no data)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    with torch.device("meta"):
+        vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12,
+                                num_heads=12, num_classes=0)
+    per_task = num_classes // num_tasks
+    task_classes = [list(range(t * per_task, (t + 1) * per_task)) for t in range(num_tasks)]
+    cfg = resolve_config(dataset, name, "sup21k")
+    method = get_method(name)(cfg, vit, num_classes, task_classes, device="meta")
+    return {k: p.numel() for k, p in method.model.named_parameters() if p.requires_grad}

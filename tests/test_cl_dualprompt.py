@@ -12,6 +12,7 @@ from prompt_baseline_checks import (
     check_batchwise_vote_leaks,
     check_cli_quick_run,
     check_resume,
+    learnable_on_vit_b16,
     learned_method,
 )
 
@@ -168,3 +169,14 @@ def test_presets() -> None:
     assert cfg.method_options["pull_coeff"] == 0.5
     method, _ = learned_method("dualprompt")
     assert method.model.e_prompt.shape[2] == 4  # one E-prompt per task
+
+
+def test_parameter_count_on_vit_b16() -> None:
+    """ImageNet-R: G (2, 2, 5, 12, 64), E (3, 2, 10, 20, 12, 64), keys 10 x 768, head 200.
+
+    The total, 1.098M, is the "1.10M" of DualPrompt on the SMoPE poster.
+    """
+    counts = learnable_on_vit_b16("dualprompt", "imagenet-r", 200, 10)
+    assert counts == {"g_prompt": 2 * 2 * 5 * 12 * 64, "e_prompt": 3 * 2 * 10 * 20 * 12 * 64,
+                      "key": 10 * 768, "head.weight": 768 * 200, "head.bias": 200}
+    assert round(sum(counts.values()) / 1e6, 2) == 1.10

@@ -13,6 +13,7 @@ from prompt_baseline_checks import (
     check_batchwise_vote_leaks,
     check_cli_quick_run,
     check_resume,
+    learnable_on_vit_b16,
     learned_method,
 )
 
@@ -170,3 +171,11 @@ def test_presets() -> None:
     assert resolve_config("cub200", "l2p", "sup21k").scheduler == "step"
     method, _ = learned_method("l2p")
     assert method.model.prompt.shape[0] == 30
+
+
+def test_parameter_count_on_vit_b16() -> None:
+    """CIFAR-100: pool 30 x length 5 x 768 prompts, 30 x 768 keys, 768 x 100 + 100 head."""
+    counts = learnable_on_vit_b16("l2p", "cifar100", 100, 10)
+    assert counts == {"prompt": 30 * 5 * 768, "key": 30 * 768, "head.weight": 768 * 100,
+                      "head.bias": 100}
+    assert sum(counts.values()) == 215_140

@@ -13,6 +13,7 @@ from prompt_baseline_checks import (
     check_batchwise_vote_leaks,
     check_cli_quick_run,
     check_resume,
+    learnable_on_vit_b16,
 )
 
 from cl.backbones import build_backbone
@@ -103,3 +104,10 @@ def test_presets() -> None:
                                   "pull_coeff": 1.0}
     cfg = resolve_config("cub200", "sprompt", "sup21k")
     assert (cfg.epochs, cfg.scheduler) == (50, "step")
+
+
+def test_parameter_count_on_vit_b16() -> None:
+    """CIFAR-100: E (5, 2, 10, 20, 12, 64) = 1.536M (HiDe's prompt size), keys, head."""
+    counts = learnable_on_vit_b16("sprompt", "cifar100", 100, 10)
+    assert counts == {"e_prompt": 5 * 2 * 10 * 20 * 12 * 64, "key": 10 * 768,
+                      "head.weight": 768 * 100, "head.bias": 100}
