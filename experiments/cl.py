@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,9 @@ from cl.data.registry import DatasetError, available_datasets  # noqa: E402
 from cl.engine import RunDirError, run_experiment  # noqa: E402
 from cl.methods import available_methods  # noqa: E402
 from cl.models.gating import ACTIVATIONS  # noqa: E402
+from cl.numerics import NonFiniteLossError  # noqa: E402
 from cl.report import summary  # noqa: E402
+from cl.runio import WriteFailedError  # noqa: E402
 
 # config field -> the flag that sets it (for error messages)
 FLAG_OF = {
@@ -158,6 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     elif cfg.backbone == "vit-tiny-random":
         torch.set_num_threads(1)
+    if args.stop_after_task is not None and args.stop_after_task < 0:
+        parser.error(f"argument --stop-after-task: must be >= 0, got {args.stop_after_task}")
+    try:
+        torch.device(args.device if args.device != "auto" else "cpu")
+    except RuntimeError:
+        parser.error(f"argument --device: {args.device!r} is not a device; allowed: auto, cpu, "
+                     "cuda, cuda:N (or another torch device type)")
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 talks and writes
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
+        args.no_progress = True
     out = Path(args.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.backbone}-s{cfg.seed}")
     print(f"backbone: {cfg.backbone}"
           + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper numbers]"
@@ -182,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:  # a benchmark loader that is not installed yet
         print(f"cl.py: error: dataset {cfg.dataset!r} is not available: {exc}", file=sys.stderr)
         return 2
+    except (NonFiniteLossError, WriteFailedError) as exc:  # a failed run, not a usage error
+        print(f"cl.py: error: {exc}; re-run the same command to resume", file=sys.stderr)
+        return 1
     if result.already_finished:
         print(f"{out} already holds this finished run (pass --overwrite to re-run); saved results:")
     elif result.resumed_after_task is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="figures.py", description=__doc__.split("\n\n")[0])
+    # Bad input is one line and exit 2 (argparse's default also prints the usage block).
+    p.error = lambda message: p.exit(2, f"figures.py: error: {message} (see --help)\n")
     p.add_argument("results", nargs="?", type=Path, help="results root (run dirs at any depth)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: RESULTS_DIR/figures)")
@@ -53,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out if args.out is not None else args.results / "figures"
     if out.exists() and not out.is_dir():
         parser.exit(2, f"error: --out {out} exists and is not a directory\n")
+    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(probe, os.W_OK | os.X_OK):
+        parser.exit(2, f"error: --out {out}: {probe} is not writable; choose a writable "
+                    "directory\n")
     if args.readme_images is not None and args.readme_images.exists() \
             and not args.readme_images.is_dir():
         parser.exit(2, f"error: --readme-images {args.readme_images} is not a directory\n")

@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("argument --scheduler: only used with --backend dask")
     out = args.out or Path("results/rates") / f"{args.preset}-{args.gate}-seed{args.seed}"
     check_out_dir(out, config, args.overwrite, parser)
+    if not args.no_cache and args.cache_dir.exists() and not args.cache_dir.is_dir():
+        parser.error(f"argument --cache-dir: {args.cache_dir} is a file; need a directory "
+                     "(or --no-cache)")
 
     start = time.perf_counter()
     result = run_rates(

@@ -1,0 +1,140 @@
+"""Bad command-line input to rates.py, cl.py and figures.py: exit code 2, one line naming the flag
+and what is allowed, no traceback, and no existing result file changed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+KEEP = "earlier results - must survive"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bad_input_{name}", ROOT / "experiments" /
+                                                  f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def clis():
+    saved = list(sys.path)
+    modules = {name: _load(name) for name in ("rates", "cl", "figures")}
+    sys.path[:] = saved  # the CLIs edit sys.path on import; do not leak it to other modules
+    return modules
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch) -> Path:
+    """A folder with an existing file, a rates run, a CL run and a non-writable directory."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file.txt").write_text(KEEP)
+    rates_run = tmp_path / "rates_run"
+    rates_run.mkdir()
+    (rates_run / "config.json").write_text(json.dumps({"kind": "rates", "seed": 1}))
+    (rates_run / "fits.csv").write_text(KEEP)
+    cl_run = tmp_path / "cl_run"
+    cl_run.mkdir()
+    (cl_run / "config.json").write_text(json.dumps({"dataset": "synthetic", "method": "norga"}))
+    (cl_run / "metrics.json").write_text(KEEP)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "metrics.json").write_text(KEEP)
+    real_access = os.access
+    # Tests may run as root, for whom chmod does not make a directory read-only: ask os.access.
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: (
+        False if Path(p).resolve() == locked.resolve() and mode & os.W_OK
+        else real_access(p, mode, *a, **k)))
+    return tmp_path
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+TINY_RATES = ["--n-min", "100", "--n-max", "200", "--num-n", "2", "--replicates", "2",
+              "--jobs", "1", "--no-figure", "--no-cache"]
+CL_BASE = ["--dataset", "synthetic", "--quick", "--no-progress"]
+
+CASES = [
+    # rates.py: sizes, ranges, choices, paths
+    ("rates", ["--n-min", "0"], "--n-min", ">= 1"),
+    ("rates", ["--n-min", "-5"], "--n-min", ">= 1"),
+    ("rates", ["--n-min", "1"], "--n-min", ">= 2"),
+    ("rates", ["--n-max", "0"], "--n-max", ">= 1"),
+    ("rates", ["--n-min", "1000", "--n-max", "100"], "--n-min", "n-min <= n-max"),
+    ("rates", ["--num-n", "0"], "--num-n", ">= 1"),
+    ("rates", ["--replicates", "-3"], "--replicates", ">= 1"),
+    ("rates", ["--restarts", "0"], "--restarts", ">= 1"),
+    ("rates", ["--max-iter", "0"], "--max-iter", ">= 1"),
+    ("rates", ["--fit-n-min", "-1"], "--fit-n-min", ">= 1"),
+    ("rates", ["--jobs", "0"], "--jobs", ">= 1"),
+    ("rates", ["--seed", "-1"], "--seed", ">= 0"),
+    ("rates", ["--gate", "softmax"], "--gate", "linear"),
+    ("rates", ["--activation", "relu"], "--activation", "tanh"),
+    ("rates", ["--expert", "quadratic"], "--expert", "affine"),
+    ("rates", ["--setting", "huge"], "--setting", "exact"),
+    ("rates", ["--preset", "huge"], "--preset", "quick"),
+    ("rates", ["--backend", "spark"], "--backend", "dask"),
+    ("rates", ["--scheduler", "tcp://x:1"], "--scheduler", "--backend dask"),
+    ("rates", [*TINY_RATES, "--out", "a_file.txt"], "--out", "directory"),
+    ("rates", [*TINY_RATES, "--out", "locked"], "--out", "writable"),
+    ("rates", [*TINY_RATES, "--out", "cl_run"], "--out", "another --out"),
+    ("rates", [*TINY_RATES[:-2], "--cache-dir", "a_file.txt"], "--cache-dir", "directory"),
+    # cl.py
+    ("cl", ["--dataset", "imagenet99"], "--dataset", "synthetic"),
+    ("cl", [*CL_BASE, "--method", "magic"], "--method", "norga"),
+    ("cl", [*CL_BASE, "--backbone", "resnet"], "--backbone", "vit-tiny-random"),
+    ("cl", [*CL_BASE, "--gate-act", "relu"], "--gate-act", "tanh"),
+    ("cl", [*CL_BASE, "--attention", "flash"], "--attention", "fused"),
+    ("cl", [*CL_BASE, "--epochs", "-1"], "--epochs", ">= 0"),
+    ("cl", [*CL_BASE, "--batch-size", "0"], "--batch-size", "positive"),
+    ("cl", [*CL_BASE, "--batch-size", "-4"], "--batch-size", "positive"),
+    ("cl", [*CL_BASE, "--num-workers", "-1"], "--num-workers", ">= 0"),
+    ("cl", [*CL_BASE, "--threads", "0"], "--threads", "positive"),
+    ("cl", [*CL_BASE, "--stop-after-task", "-1"], "--stop-after-task", ">= 0"),
+    ("cl", [*CL_BASE, "--device", "tpu"], "--device", "cpu"),
+    ("cl", [*CL_BASE, "--set", "no_such_key=1"], "--set", "allowed"),
+    ("cl", [*CL_BASE, "--set", "lr=fast"], "--set", "float"),
+    ("cl", ["--dataset", "synthetic", "--backbone", "sup21k", "--weights", "missing.npz"],
+     "--weights", "missing.npz"),
+    ("cl", ["--dataset", "cifar100", "--data-root", "no_such_dir", "--weights", "a_file.txt"],
+     "--data-root", "no_such_dir"),
+    ("cl", [*CL_BASE, "--out", "a_file.txt"], "--out", "directory"),
+    ("cl", [*CL_BASE, "--out", "locked"], "--out", "writable"),
+    ("cl", [*CL_BASE, "--out", "rates_run"], "--out", "not a CL run"),
+    # figures.py
+    ("figures", [], "RESULTS_DIR", "--write-example"),
+    ("figures", ["no_such_dir"], "RESULTS_DIR", "directory"),
+    ("figures", ["a_file.txt"], "RESULTS_DIR", "directory"),
+    ("figures", ["rates_run", "--out", "a_file.txt"], "--out", "directory"),
+    ("figures", ["rates_run", "--out", "locked"], "--out", "writable"),
+    ("figures", ["rates_run", "--readme-images", "a_file.txt"], "--readme-images", "directory"),
+    ("figures", ["--write-example", "a_file.txt"], "--write-example", "directory"),
+    ("figures", ["rates_run", "--bogus"], "--bogus", "unrecognized"),
+]
+
+
+@pytest.mark.parametrize("cli, argv, flag, allowed", CASES,
+                         ids=[f"{c}:{' '.join(a)[-40:]}" for c, a, _, _ in CASES])
+def test_bad_input_exits_2_with_one_line(clis, workspace, capsys, cli, argv, flag, allowed):
+    before = _snapshot(workspace)
+    try:
+        code = clis[cli].main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, (code, captured.err[-1500:])
+    if "--data-root" not in argv:  # a missing dataset adds the expected layout below line 1
+        assert len(lines) == 1, captured.err
+    assert flag in lines[0] and allowed in lines[0], lines[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert _snapshot(workspace) == before, "an existing file was changed"
