@@ -145,6 +145,7 @@ def test_frequent_expert_thresholds() -> None:
 
 
 # ----------------------------------------------------------------------------- attention
+@torch.no_grad()
 def _textbook_expert_attention(x, attn, keys, values, top_k, flags, eps):
     """The SMoPE layer token by token (float64) and the chosen experts per (b, h)."""
     w_qkv, b_qkv = attn.qkv.weight, attn.qkv.bias
@@ -292,6 +293,9 @@ def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
     assert counts.shape == (6, 4, 25)  # tiny ViT: 6 layers, 4 heads, N_p = 25
     # every training image of the 3 tasks picked K = 5 experts in every (layer, head)
     assert (counts.sum(-1) == 3 * 2 * 12 * 5).all()
+    from figures.runs import read_cl_run  # the figures package reads the file as written
+
+    assert np.array_equal(np.array(read_cl_run(out).expert_frequency["layers"]), counts)
 
     part = run_experiment(cfg, tmp_path / "split", stop_after_task=1)
     assert not part.finished and part.accuracy.shape[0] == 2

@@ -30,6 +30,7 @@ from cl.config import CLConfig, register_method_presets
 from cl.methods.base import LogFn, Method, ProgressFn, Task, register_method
 from cl.methods.losses import class_mask, masked_logits
 from cl.models.coda import CodaViT
+from cl.numerics import check_finite_loss
 from cl.seeding import torch_generator
 
 #: ``method_options`` of CODA-Prompt and their defaults (CIFAR-100 values of the official code).
@@ -163,13 +164,14 @@ class CodaPrompt(Method):
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for epoch in range(cfg.epochs):
             total, correct, loss_sum = 0, 0, 0.0
-            for x, y in self.progress(loader, f"task {t} CODA epoch {epoch}"):
+            for step, (x, y) in enumerate(self.progress(loader, f"task {t} CODA epoch {epoch}")):
                 x, y = x.to(self.device), y.to(self.device)
                 tokens = self.model.forward_features(x, stop, frozen)
                 logits = masked_logits(self.model.head(self.model.pre_logits(tokens)), mask)
                 loss = F.cross_entropy(logits, y)
                 if mu > 0:
                     loss = loss + mu * self.model.pool.ortho_loss(stop, frozen)
+                check_finite_loss(loss, phase="coda", task=t, epoch=epoch, step=step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_grad > 0:

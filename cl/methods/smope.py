@@ -49,6 +49,7 @@ from cl.methods.base import LogFn, Method, ProgressFn, Task, register_method
 from cl.methods.coda_prompt import coda_cosine, method_options
 from cl.methods.losses import class_mask, masked_logits
 from cl.models.smope_prefix import Routing, SMoPEViT, adaptive_noise
+from cl.numerics import check_finite_loss
 from cl.seeding import torch_generator
 from cl.stats import GaussianClassStats
 
@@ -309,7 +310,8 @@ class SMoPE(Method):
         phase = "smope_warmup" if dense else "smope"
         for epoch in range(epochs):
             total, correct, sums = 0, 0, {"loss": 0.0, "ce": 0.0, "router": 0.0, "proto": 0.0}
-            for x, y in self.progress(loader, f"task {t} {phase} epoch {epoch}"):
+            batches = self.progress(loader, f"task {t} {phase} epoch {epoch}")
+            for step, (x, y) in enumerate(batches):
                 x, y = x.to(self.device), y.to(self.device)
                 tokens, routing = self.model.forward_features(x, top_k=top_k,
                                                               penalty_fns=penalties)
@@ -325,6 +327,7 @@ class SMoPE(Method):
                     proto = sum(prototype_loss(old_keys[j], keys[j], flags[j], self.top_k)
                                 for j in range(keys.shape[0]))
                     loss = loss + proto_coef * proto
+                check_finite_loss(loss, phase=phase, task=t, epoch=epoch, step=step)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip > 0:
@@ -396,6 +399,7 @@ class SMoPE(Method):
             for i in range(n_old):  # #old-classes iterations of n samples, as in the code
                 xb, yb = feats[i * n:(i + 1) * n], labels[i * n:(i + 1) * n]
                 loss = F.cross_entropy(masked_logits(head(self.model.fc_norm(xb)), mask), yb)
+                check_finite_loss(loss, phase="tap", task=task.index, epoch=epoch, step=i)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
