@@ -8,8 +8,9 @@ them two ways:
 * **reference**: a plain loop over replicates calling ``scipy.optimize.least_squares`` with the
   analytic Jacobian (``method="lm"``; ``method="trf"`` with the box for bounded settings),
   ``xtol = ftol = gtol = 1e-12`` and ``max_nfev = 400``. Residuals and Jacobian come from the
-  public ``regression_and_jacobian`` with the pretrained terms cached per replicate, so both
-  paths share the model code and the comparison measures the fitter.
+  same model kernel as the batched path (``moe_theory.model.mixture``, the one behind
+  ``regression_and_jacobian``) with the pretrained terms cached per replicate, so the two paths
+  do the same per-sample arithmetic and the ratio measures the fitter and the batching.
 
 Both run with BLAS limited to one thread (threadpoolctl), after a warm-up; the timed repeats of
 the two paths are interleaved so background load hits both alike, and medians are reported.
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moe_theory.estimate import fit_batched, near_truth_starts  # noqa: E402
-from moe_theory.model import PrefixMoE, n_params, regression_and_jacobian  # noqa: E402
+from moe_theory.model import PrefixMoE, collapse_pretrained, mixture, n_params  # noqa: E402
 from moe_theory.settings import THETA_BOUND, get_setting  # noqa: E402
 from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate  # noqa: E402
 
@@ -106,16 +107,19 @@ def fit_reference(
 ) -> dict[str, np.ndarray]:
     """One ``scipy.optimize.least_squares`` call per replicate (analytic Jacobian)."""
     rss, converged, nfev, njev = [], [], [], []
+    P = starts.shape[1]
     for r in range(len(X)):
-        Xr, Yr = X[r], Y[r]
-        terms = structure.pretrained.logits_and_outputs(Xr)  # constant in theta: cache
+        XT, Yr = X[r].T, Y[r]
+        # the same model kernel as the batched path, pretrained terms cached per replicate
+        lse, mean_out = collapse_pretrained(*structure.pretrained.logits_and_outputs(X[r]))
 
-        def fun(th: np.ndarray, Xr: np.ndarray = Xr, Yr: np.ndarray = Yr, t=terms) -> np.ndarray:
-            g, _ = regression_and_jacobian(Xr, th, structure, jacobian=False, pretrained_terms=t)
-            return g - Yr
+        def fun(th: np.ndarray, XT=XT, Yr=Yr, lse=lse, mean_out=mean_out) -> np.ndarray:
+            return mixture(XT, lse, mean_out, th, structure) - Yr
 
-        def jac(th: np.ndarray, Xr: np.ndarray = Xr, t=terms) -> np.ndarray:
-            return regression_and_jacobian(Xr, th, structure, pretrained_terms=t)[1]
+        def jac(th: np.ndarray, XT=XT, lse=lse, mean_out=mean_out) -> np.ndarray:
+            J = np.empty((P, XT.shape[1]))  # fresh: scipy may keep the previous one
+            mixture(XT, lse, mean_out, th, structure, jac_out=J)
+            return J.T  # (n, P), Fortran-ordered as MINPACK wants it
 
         if bound is None:
             kw: dict[str, object] = {"method": "lm"}

@@ -5,12 +5,13 @@ Three measurements, each in a fresh subprocess (so one cannot warm or bloat anot
 * ``quick``: the default command ``experiments/rates.py --gate norga`` (quick preset: E1 with
   both gates + E4, 7 values of n in 1e2..1e5, R = 12), with ``--no-cache`` and a temporary
   ``--out``; wall time of the whole process, figures included.
-* ``paper``: the publication preset (E1, E2, E3, E4; 20 values of n; 3 restarts; both gates).
-  ``--paper-replicates`` (default 6, one replicate block of the 40) runs a documented fraction:
-  every task of the sweep is the same as in the full run (same seeds; block = 6 replicates),
-  only fewer blocks run. The full-sweep time is extrapolated as measured x 40 / replicates, and
-  the time per (setting, gate) and per n, the iteration counts and the capped fits are reported
-  so it is visible where the time goes.
+* ``paper`` and ``full``: the presets of ``moe_theory.rates.PRESETS`` (at the time of writing
+  ``paper`` = E1 + E4 and ``full`` = E1-E4, both with 20 values of n in 1e2..1e5, R = 40,
+  3 restarts, both gates), through ``run_rates`` with ``--jobs`` workers and no cache.
+  ``--paper-replicates`` / ``--full-replicates`` below 40 run a documented fraction: every task
+  is the same as in the whole run (same seeds; block = 6 replicates), only fewer blocks run, and
+  the whole-preset time is extrapolated as measured x 40 / replicates. The time per (setting,
+  gate) and per n, the iteration counts and the capped fits show where the time goes.
 * ``memory``: one task at n = 1e6 with R = 40 replicates in one block (E1, NoRGa, 1 restart),
   peak resident memory from ``resource.getrusage`` (``ru_maxrss``) of that process.
 
@@ -18,7 +19,7 @@ Examples
 --------
     python benchmarks/sweep.py                        # all three
     python benchmarks/sweep.py --only quick memory
-    python benchmarks/sweep.py --paper-replicates 40  # the full publication sweep
+    python benchmarks/sweep.py --only full --full-replicates 40  # all of E1-E4
 """
 
 from __future__ import annotations
@@ -41,15 +42,15 @@ from estimator import machine  # noqa: E402  (sibling script: the same machine d
 PYTHON = sys.executable
 GIB = 2.0**30
 
-# Runs in a child process: the paper fraction through run_rates, records kept for the analysis.
+# Runs in a child process: a preset (or a fraction of it) through run_rates.
 PAPER_CHILD = """
 import json, sys, time
 from moe_theory.rates import PRESETS, RateConfig, n_grid, run_rates
-p = PRESETS["paper"]
+p = PRESETS[sys.argv[4]]
 reps, jobs = int(sys.argv[1]), int(sys.argv[2])
 config = RateConfig(settings=p["settings"], gates=("norga", "linear"),
                     n_values=n_grid(p["n_min"], p["n_max"], p["num_n"]), replicates=reps,
-                    restarts=p["restarts"], preset="paper")
+                    restarts=p["restarts"], preset=sys.argv[4])
 t0 = time.perf_counter()
 res = run_rates(config, jobs=jobs, cache_dir=None)
 wall = time.perf_counter() - t0
@@ -120,16 +121,20 @@ def _group(records: list[dict], key) -> dict[str, dict[str, float]]:
     return out
 
 
-def run_paper(jobs: int, replicates: int) -> dict[str, object]:
+def run_preset(preset: str, jobs: int, replicates: int) -> dict[str, object]:
+    from moe_theory.rates import PRESETS
+
+    spec = PRESETS[preset]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "paper.json"
-        cmd = [PYTHON, "-c", PAPER_CHILD, str(replicates), str(jobs), str(path)]
+        cmd = [PYTHON, "-c", PAPER_CHILD, str(replicates), str(jobs), str(path), preset]
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=ROOT, env=child_env(), check=True)
         wall = time.perf_counter() - t0
         data = json.loads(path.read_text())
     records = data["records"]
-    scale = 40 / replicates
+    total_reps = int(spec["replicates"])
+    scale = total_reps / replicates
     by_group = _group(records, lambda r: f"{r['setting']}/{r['gate']}")
     by_n = _group(records, lambda r: str(r["n"]))
     total_cpu = sum(e["cpu_seconds"] for e in by_group.values())
@@ -137,12 +142,15 @@ def run_paper(jobs: int, replicates: int) -> dict[str, object]:
         e["share_of_fit_time"] = e["cpu_seconds"] / total_cpu
     estimate = wall * scale
     return {
-        "what_ran": f"paper preset (E1-E4, 20 n in 1e2..1e5, 3 restarts, both gates) with "
-        f"replicates 0..{replicates - 1} of 40 (block = 6: every task identical to the full run)",
+        "what_ran": f"preset {preset!r} (settings {list(spec['settings'])}, {spec['num_n']} n in "
+        f"{spec['n_min']}..{spec['n_max']}, {spec['restarts']} restarts, both gates) with "
+        f"replicates 0..{replicates - 1} of {total_reps} (block = 6: every task is the same as "
+        "in the full run)",
+        "settings": list(spec["settings"]),
         "jobs": jobs,
         "wall_seconds_measured": wall,
         "sweep_seconds_in_process": data["wall"],
-        "fraction_of_full_sweep": replicates / 40,
+        "fraction_of_full_sweep": replicates / total_reps,
         "full_sweep_seconds_extrapolated": estimate,
         "target_seconds": 1200.0,
         "meets_target_extrapolated": estimate < 1200.0,
@@ -175,36 +183,55 @@ def run_memory(n: int, replicates: int) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", nargs="+", choices=("quick", "paper", "memory"),
-                   default=["quick", "paper", "memory"])
+    p.add_argument("--only", nargs="+", choices=("quick", "paper", "full", "memory"),
+                   default=["quick", "paper", "full", "memory"])
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--paper-replicates", type=int, default=6)
+    p.add_argument("--paper-replicates", type=int, default=40, help="40: the whole preset")
+    p.add_argument("--full-replicates", type=int, default=6, help="a fraction of the 40")
     p.add_argument("--memory-n", type=int, default=1_000_000)
     p.add_argument("--memory-replicates", type=int, default=40)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep.json"))
     args = p.parse_args(argv)
 
-    result: dict[str, object] = {
-        "kind": "sweep-benchmark",
-        "command": "python benchmarks/sweep.py " + " ".join(argv or sys.argv[1:]),
-        "machine": machine(),
-        "loadavg_start": os.getloadavg(),
-    }
+    out = Path(args.out)
+    # Sections measured by earlier runs are kept (each carries its own command and load).
+    result: dict[str, object] = json.loads(out.read_text()) if out.exists() else {}
+    result.update({"kind": "sweep-benchmark", "machine": machine()})
+    command = "python benchmarks/sweep.py " + " ".join(argv or sys.argv[1:])
+
+    def stamp(section: dict[str, object], load: tuple[float, ...]) -> None:
+        section.update(
+            {
+                "run_by": command,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "loadavg_start": load,
+                "loadavg_end": os.getloadavg(),
+            }
+        )
+
     if "quick" in args.only:
+        load = os.getloadavg()
         result["quick"] = q = run_quick(args.jobs)
+        stamp(q, load)
         print(f"quick preset: {q['wall_seconds']:.1f} s (target < 120 s)", flush=True)
     if "memory" in args.only:
+        load = os.getloadavg()
         result["memory"] = m = run_memory(args.memory_n, args.memory_replicates)
+        stamp(m, load)
         print(
             f"one task n={args.memory_n} R={args.memory_replicates}: peak RSS "
             f"{m['peak_rss_gib']:.2f} GiB (target < 4 GiB), {m['wall_seconds']:.1f} s",
             flush=True,
         )
-    if "paper" in args.only:
-        result["paper"] = pp = run_paper(args.jobs, args.paper_replicates)
+    for preset, reps in (("paper", args.paper_replicates), ("full", args.full_replicates)):
+        if preset not in args.only:
+            continue
+        load = os.getloadavg()
+        result[preset] = pp = run_preset(preset, args.jobs, reps)
+        stamp(pp, load)
         print(
-            f"paper preset, {args.paper_replicates}/40 replicates: "
-            f"{pp['wall_seconds_measured']:.1f} s -> full sweep ~"
+            f"{preset} preset {pp['settings']}, {reps} replicates: "
+            f"{pp['wall_seconds_measured']:.1f} s -> whole preset ~"
             f"{pp['full_sweep_seconds_extrapolated'] / 60:.1f} min (target < 20 min)",
             flush=True,
         )
@@ -214,8 +241,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{e['capped']}/{e['fits']}, mean Jacobian evals "
                 f"{e['mean_n_iter_best_restart']:.0f}"
             )
-    result["loadavg_end"] = os.getloadavg()
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

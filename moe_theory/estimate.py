@@ -13,6 +13,7 @@ used ``max_iter`` Jacobian evaluations is *capped*: kept, flagged ``converged=Fa
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,11 @@ from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, collapse_pretrai
 # Samples per chunk when accumulating J^T J: fixed (never derived from R), so every replicate's
 # arithmetic is the same whatever else is in the batch.
 SAMPLE_CHUNK = 32768
+# Elements per (replicates x prompts x samples) tile of one evaluation: the temporaries of a
+# tile stay in the per-core cache.
+_TILE_ELEMENTS = 1 << 15
+# Largest copy of a replicate subset's data that is kept between evaluations.
+_SUBSET_CACHE_BYTES = 1 << 28
 
 
 class ConvergenceWarning(UserWarning):
@@ -54,6 +60,16 @@ class FitResult:
     at_bound: np.ndarray
 
 
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot products ``(k, m), (k, m) -> (k,)``, one BLAS dot per row.
+
+    ``einsum("rn,rn->r")`` may pick a different kernel (and summation order) for one row than
+    for several, so a replicate's RSS would depend on how many others are still running;
+    a stacked ``matmul`` of vectors computes each row by itself.
+    """
+    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
 class _Problem:
     """Data of one batched fit, split into fixed sample chunks with cached pretrained terms.
 
@@ -75,14 +91,25 @@ class _Problem:
                                     mean_out))
         self._rows: np.ndarray | None = None
         self._chunks = self.all_chunks
+        self.bytes_per_row = sum(arr[0].nbytes for c in self.all_chunks for arr in c)
+        self.n_prompts = structure.n_prompts
+        self._buffers: dict[tuple[int, ...], np.ndarray] = {}
 
-    def chunks(self, rows: np.ndarray) -> list[tuple[np.ndarray, ...]]:
-        """The chunks restricted to ``rows`` (cached for the last subset asked for)."""
+    def chunks(self, rows: np.ndarray) -> Iterable[tuple[np.ndarray, ...]]:
+        """The chunks restricted to ``rows``.
+
+        The copy for a subset is cached (for the last subset asked for) when it is small;
+        above :data:`_SUBSET_CACHE_BYTES` each chunk is copied when it is used and dropped, so
+        memory at large n stays at the data plus one chunk.
+        """
         if rows.size == self.R:
             return self.all_chunks
-        if self._rows is None or not np.array_equal(rows, self._rows):
-            self._rows = rows.copy()
-            self._chunks = [tuple(arr[rows] for arr in c) for c in self.all_chunks]
+        if self._rows is not None and np.array_equal(rows, self._rows):
+            return self._chunks
+        subset = (tuple(arr[rows] for arr in c) for c in self.all_chunks)
+        if rows.size * self.bytes_per_row > _SUBSET_CACHE_BYTES:
+            return subset
+        self._rows, self._chunks = rows.copy(), list(subset)
         return self._chunks
 
     def evaluate(
@@ -97,24 +124,36 @@ class _Problem:
         total = np.zeros(k)
         jtj = np.zeros((k, P, P)) if jacobian else None
         jtr = np.zeros((k, P)) if jacobian else None
-        aug = None
         for XT, Yc, lse, mean_out in self.chunks(rows):
             m = Yc.shape[-1]
-            if jacobian:
-                # Jacobian rows 0..P-1 and the residual as row P: one product J_aug J_aug^T
-                # per replicate gives J^T J and J^T r together.
-                if aug is None or aug.shape[-1] != m:
-                    aug = np.empty((k, P + 1, m))
-                g = mixture(XT, lse, mean_out, theta, self.structure, jac_out=aug[:, :P])
-                resid = np.subtract(Yc, g, out=aug[:, P])
-                gram = np.matmul(aug, np.swapaxes(aug, 1, 2))
-                jtj += gram[:, :P, :P]
-                jtr += gram[:, :P, P]
-            else:
-                g = mixture(XT, lse, mean_out, theta, self.structure)
-                resid = np.subtract(Yc, g, out=g)
-            total += np.einsum("rn,rn->r", resid, resid)
+            # Tiles of whole replicates, small enough for the temporaries to stay in cache;
+            # the tile size only groups rows, so no replicate's numbers depend on it.
+            step = max(1, _TILE_ELEMENTS // (self.n_prompts * m))
+            for lo in range(0, k, step):
+                t = slice(lo, min(lo + step, k))
+                if jacobian:
+                    # Jacobian rows 0..P-1 and the residual as row P: one product
+                    # J_aug J_aug^T per replicate gives J^T J and J^T r together.
+                    aug = self._buffer(step, P + 1, m)[: t.stop - t.start]
+                    g = mixture(
+                        XT[t], lse[t], mean_out[t], theta[t], self.structure, jac_out=aug[:, :P]
+                    )
+                    resid = np.subtract(Yc[t], g, out=aug[:, P])
+                    gram = np.matmul(aug, np.swapaxes(aug, 1, 2))
+                    jtj[t] += gram[:, :P, :P]
+                    jtr[t] += gram[:, :P, P]
+                else:
+                    g = mixture(XT[t], lse[t], mean_out[t], theta[t], self.structure)
+                    resid = np.subtract(Yc[t], g, out=g)
+                total[t] += _row_dots(resid, resid)
         return total, jtj, jtr
+
+    def _buffer(self, *shape: int) -> np.ndarray:
+        """A reused work array of ``shape`` (spares fresh pages at every evaluation)."""
+        buf = self._buffers.get(shape)
+        if buf is None:
+            buf = self._buffers[shape] = np.empty(shape)
+        return buf
 
 
 def fit_batched(
@@ -235,8 +274,8 @@ def fit_batched(
                     new_jtj[sub], new_jtr[sub] = out[1], out[2]
 
         # Gauss-Newton model decrease of the RSS for the step actually taken.
-        predicted = 2.0 * np.einsum("rp,rp->r", step, jtr[rows]) - np.einsum(
-            "rp,rpq,rq->r", step, jtj[rows], step
+        predicted = 2.0 * _row_dots(step, jtr[rows]) - _row_dots(
+            step, np.matmul(jtj[rows], step[:, :, None])[..., 0]
         )
         actual = rss[rows] - new_rss
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -200,7 +200,8 @@ def collapse_pretrained(
     ew = np.exp(pre_logits - top)
     total = ew.sum(axis=-1)
     lse = top[..., 0] + np.log(total)
-    mean_out = np.einsum("...j,...j->...", ew, pre_out) / total
+    # multiply, then reduce: einsum may change its kernel with the batch shape
+    mean_out = (ew * pre_out).sum(axis=-1) / total
     return lse, mean_out
 
 
