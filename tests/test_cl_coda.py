@@ -170,3 +170,20 @@ def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
     a, b = _state(out, 2), _state(tmp_path / "split", 2)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_learnable_parameters_on_vit_b16_by_hand() -> None:
+    """ImageNet-R preset (200 classes, 10 tasks) on ViT-B/16, built on the meta device."""
+    import timm
+
+    with torch.device("meta"):
+        vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    tasks = [list(range(20 * t, 20 * t + 20)) for t in range(10)]
+    cfg = resolve_config("imagenet-r", "coda-prompt", "vit-b16-random")
+    method = get_method("coda-prompt")(cfg, vit, 200, tasks, device="meta")
+    count = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
+    # spec 6.2: 5 layers x 100 components x (prompt 8 x 768 + key 768 + attention 768),
+    # head 768 -> 200
+    expected = 5 * 100 * (8 * 768 + 768 + 768) + (768 * 200 + 200)
+    assert expected == 3_993_800  # the poster's "3.99M"
+    assert count == expected

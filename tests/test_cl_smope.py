@@ -308,3 +308,19 @@ def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
         assert torch.equal(a[key], b[key]), key
     assert ((tmp_path / "split/expert_frequency.json").read_text()
             == (out / "expert_frequency.json").read_text())
+
+
+def test_learnable_parameters_on_vit_b16_by_hand() -> None:
+    """ImageNet-R preset (200 classes, 10 tasks) on ViT-B/16, built on the meta device."""
+    import timm
+
+    with torch.device("meta"):
+        vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
+    tasks = [list(range(20 * t, 20 * t + 20)) for t in range(10)]
+    cfg = resolve_config("imagenet-r", "smope", "vit-b16-random")
+    method = get_method("smope")(cfg, vit, 200, tasks, device="meta")
+    count = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
+    # spec 7.1: 6 layers x 12 heads x N_p = 25 experts x (key + value) x 64, head 768 -> 200
+    expected = 6 * 12 * 25 * 2 * 64 + (768 * 200 + 200)
+    assert expected == 384_200  # the poster's "0.38M"
+    assert count == expected
