@@ -62,10 +62,28 @@ class Method(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    #: ``config.method_options`` this method understands and their defaults (none by default)
+    option_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, progress: ProgressFn | None = None, log: LogFn | None = None) -> None:
         self.progress: ProgressFn = progress or _no_progress
         self.log: LogFn = log or _no_log
+
+    @classmethod
+    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """:attr:`option_defaults` updated by ``given``.
+
+        ``ValueError`` (one line, starting with ``method_options``) for a name not in
+        :attr:`option_defaults`, naming the allowed ones; subclasses extend this with checks of
+        the values. :meth:`cl.config.CLConfig.validate` calls it, so a bad option is refused
+        before anything is written.
+        """
+        unknown = sorted(set(given) - set(cls.option_defaults))
+        if unknown:
+            allowed = ", ".join(sorted(cls.option_defaults)) or f"none ({cls.name} has no options)"
+            raise ValueError(f"method_options: unknown key(s) {', '.join(unknown)} for "
+                             f"{cls.name}; allowed: {allowed}")
+        return {**cls.option_defaults, **given}
 
     @abc.abstractmethod
     def begin_task(self, task: Task) -> None:

@@ -11,14 +11,15 @@ cl-pipeline.md section 6.2. Per task ``t`` (``pool_per_task`` = 10 components pe
 3. Inference: query pass + prompted pass with all learned components, logits of the classes
    seen so far. No task identity is needed or predicted.
 
-Hyperparameters live in ``config.method_options`` (keys of :data:`DEFAULT_OPTIONS`); ``epochs``,
+Hyperparameters live in ``config.method_options`` (keys of :data:`DEFAULT_OPTIONS`, checked by
+:meth:`CodaPrompt.resolve_options` when the config is resolved); ``epochs``,
 ``lr``, ``batch_size`` and ``clip_grad`` are the shared config fields.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,11 +27,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from cl.config import CLConfig, register_method_presets
-from cl.methods.base import LogFn, Method, ProgressFn, Task, register_method
+from cl.config import register_method_presets
+from cl.methods.base import Task, register_method
 from cl.methods.losses import class_mask, masked_logits
+from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.coda import CodaViT
-from cl.numerics import check_finite_loss
 from cl.seeding import torch_generator
 
 #: ``method_options`` of CODA-Prompt and their defaults (CIFAR-100 values of the official code).
@@ -57,17 +58,6 @@ register_method_presets("coda-prompt", {
 })
 
 
-def method_options(config: CLConfig, defaults: dict[str, Any], method: str) -> dict[str, Any]:
-    """``defaults`` updated by ``config.method_options``; unknown keys raise ``ValueError``."""
-    unknown = sorted(set(config.method_options) - set(defaults))
-    if unknown:
-        raise ValueError(
-            f"method_options: unknown key(s) {', '.join(unknown)} for {method}; "
-            f"allowed: {', '.join(sorted(defaults))}"
-        )
-    return {**defaults, **config.method_options}
-
-
 def coda_cosine(epochs: int):
     """The CODA epoch schedule ``e -> cos(99 pi e / (200 (E - 1)))`` (a factor on the base lr)."""
     span = max(epochs - 1, 1)
@@ -75,51 +65,30 @@ def coda_cosine(epochs: int):
 
 
 @register_method("coda-prompt")
-class CodaPrompt(Method):
+class CodaPrompt(FrozenViTMethod):
     """CODA-Prompt on a frozen ViT (prefix tuning in blocks 0-4).
 
-    Parameters
-    ----------
-    config:
-        Resolved run configuration; CODA settings in ``config.method_options``.
-    vit:
-        Frozen timm ``VisionTransformer`` (``num_classes=0``).
-    num_classes:
-        Size of the single head.
-    task_classes:
-        Class ids of every task.
-    device:
-        Where to compute.
+    Constructor arguments: :class:`cl.methods.training.FrozenViTMethod`; CODA settings in
+    ``config.method_options`` (:data:`DEFAULT_OPTIONS`).
     """
 
-    def __init__(
-        self,
-        config: CLConfig,
-        vit: nn.Module,
-        num_classes: int,
-        task_classes: list[list[int]],
-        device: torch.device | str = "cpu",
-        progress: ProgressFn | None = None,
-        log: LogFn | None = None,
-    ) -> None:
-        super().__init__(progress, log)
-        self.config = config
-        self.options = method_options(config, DEFAULT_OPTIONS, self.name)
-        if self.options["schedule"] not in SCHEDULES:
-            raise ValueError(f"method_options.schedule: {self.options['schedule']!r} is not one "
+    option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
+
+    @classmethod
+    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
+        options = super().resolve_options(given)
+        if options["schedule"] not in SCHEDULES:
+            raise ValueError(f"method_options.schedule: {options['schedule']!r} is not one "
                              f"of {', '.join(SCHEDULES)}")
-        self.device = torch.device(device)
-        self.num_classes = num_classes
-        self.task_classes = [list(map(int, c)) for c in task_classes]
-        class_to_task = torch.full((num_classes,), -1, dtype=torch.long)
-        for t, classes in enumerate(self.task_classes):
-            class_to_task[classes] = t
-        self.class_to_task = class_to_task.to(self.device)
+        return options
+
+    def _build(self, vit: nn.Module) -> None:
+        config = self.config
         self.per_task = int(self.options["pool_per_task"])
         self.model = CodaViT(
             vit,
-            num_classes,
-            pool_size=self.per_task * len(task_classes),
+            self.num_classes,
+            pool_size=self.per_task * len(self.task_classes),
             length=int(self.options["length"]),
             prompt_layers=self.options["layers"],
             fused=config.attention == "fused",
@@ -128,8 +97,6 @@ class CodaPrompt(Method):
         self.model.eval()  # frozen ViT: no dropout / drop-path in play
         # New components are drawn at every task start, from this stream (saved in checkpoints).
         self.init_gen = torch_generator(config.seed, "coda-components")
-        self.task: Task | None = None
-        self.task_index = -1
         self.optimizer: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------------ task setup
@@ -163,27 +130,17 @@ class CodaPrompt(Method):
             scheduler = LambdaLR(self.optimizer, coda_cosine(cfg.epochs))
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for epoch in range(cfg.epochs):
-            total, correct, loss_sum = 0, 0, 0.0
-            for step, (x, y) in enumerate(self.progress(loader, f"task {t} CODA epoch {epoch}")):
-                x, y = x.to(self.device), y.to(self.device)
+            meter = EpochMeter()
+            for step, x, y in self._batches(loader, f"task {t} CODA epoch {epoch}"):
                 tokens = self.model.forward_features(x, stop, frozen)
                 logits = masked_logits(self.model.head(self.model.pre_logits(tokens)), mask)
                 loss = F.cross_entropy(logits, y)
                 if mu > 0:
                     loss = loss + mu * self.model.pool.ortho_loss(stop, frozen)
-                check_finite_loss(loss, phase="coda", task=t, epoch=epoch, step=step)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                self.optimizer.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                total += len(y)
-            self.log({"phase": "coda", "task": t, "epoch": epoch,
-                      "loss": loss_sum / max(total, 1),
-                      "train_acc": 100.0 * correct / max(total, 1),
-                      "lr": self.optimizer.param_groups[0]["lr"]})
+                optimizer_step(self.optimizer, loss, phase="coda", task=t, epoch=epoch, step=step,
+                               clip_grad=cfg.clip_grad, params=params)
+                meter.update(logits, y, loss=loss)
+            self.log(meter.record("coda", t, epoch, lr=self.optimizer.param_groups[0]["lr"]))
             if scheduler is not None:
                 scheduler.step()  # epoch e + 1 runs at lr * f(e + 1), as in the CODA code
 
@@ -191,10 +148,6 @@ class CodaPrompt(Method):
         """Nothing to consolidate: the task's components are frozen by the next task."""
 
     # ------------------------------------------------------------------ inference
-    def _seen_mask(self) -> torch.Tensor:
-        seen = [c for ts in self.task_classes[: self.task_index + 1] for c in ts]
-        return class_mask(self.num_classes, seen, self.device)
-
     @torch.no_grad()
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         assert self.task_index >= 0, "no task has been learned yet"
@@ -208,8 +161,7 @@ class CodaPrompt(Method):
     @torch.no_grad()
     def predict_oracle(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         """Logits restricted to each sample's true task."""
-        allowed = self.class_to_task.unsqueeze(0) == task_ids.to(self.device).unsqueeze(1)
-        return self._logits(x).masked_fill(~allowed, float("-inf"))
+        return self._restrict_to_tasks(self._logits(x), task_ids)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -223,15 +175,11 @@ class CodaPrompt(Method):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["method"] != self.name:
-            raise ValueError(f"checkpoint is for method {state['method']!r}, not {self.name!r}")
+        self._check_checkpoint(state)
         self.model.pool.load_state_dict(state["pool"])
         self.model.head.load_state_dict(state["head"])
         self.init_gen.set_state(state["init_gen"])
-        self.task_index = int(state["task_index"])
-        if self.task_index >= 0:
-            t = self.task_index
-            self.task = Task(t, self.task_classes[t], self.task_classes)
+        if self._restore_task(state):
             self._build_optimizer()
             if state["optimizer"] is not None:
                 self.optimizer.load_state_dict(state["optimizer"])

@@ -56,7 +56,7 @@ class DualPrompt(KeyedPromptMethod):
         options = super().resolve_options(given)
         for name in ("g_length", "e_length"):
             if int(options[name]) <= 0:
-                raise ValueError(f"method_options.{name} must be positive, got {options[name]}")
+                raise ValueError(f"method_options.{name}: must be positive, got {options[name]}")
         return options
 
     @property

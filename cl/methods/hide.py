@@ -23,63 +23,32 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cl.config import CLConfig
-from cl.methods.base import LogFn, Method, ProgressFn, Task, register_method
+from cl.methods.base import Task, register_method
 from cl.methods.losses import class_mask, contrastive_regulariser, masked_logits
 from cl.methods.schedules import build_epoch_scheduler
+from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.gating import Gate
 from cl.models.tii import TIIHead
 from cl.models.vit import PromptedViT
-from cl.numerics import check_finite_loss
 from cl.seeding import derive_seed, seeded_global_rng, torch_generator
 from cl.stats import GaussianClassStats
 
 
 @register_method("hide")
-class HiDePrompt(Method):
-    """HiDe-Prompt (linear prefix gate).
-
-    Parameters
-    ----------
-    config:
-        Resolved run configuration.
-    vit:
-        Frozen timm ``VisionTransformer`` (``num_classes=0``), shared by the prompted and the
-        TII model.
-    num_classes:
-        Size of the single classifier head.
-    task_classes:
-        Class ids of every task.
-    device:
-        Where to compute.
-    """
+class HiDePrompt(FrozenViTMethod):
+    """HiDe-Prompt (linear prefix gate); the frozen ViT is shared by the prompted and the TII
+    model. Constructor arguments: :class:`cl.methods.training.FrozenViTMethod` (no
+    ``method_options``)."""
 
     gate: Gate = "linear"
 
-    def __init__(
-        self,
-        config: CLConfig,
-        vit: nn.Module,
-        num_classes: int,
-        task_classes: list[list[int]],
-        device: torch.device | str = "cpu",
-        progress: ProgressFn | None = None,
-        log: LogFn | None = None,
-    ) -> None:
-        super().__init__(progress, log)
-        self.config = config
-        self.device = torch.device(device)
-        self.num_classes = num_classes
-        self.task_classes = [list(map(int, c)) for c in task_classes]
-        class_to_task = torch.full((num_classes,), -1, dtype=torch.long)
-        for t, classes in enumerate(self.task_classes):
-            class_to_task[classes] = t
-        self.class_to_task = class_to_task.to(self.device)
+    def _build(self, vit: nn.Module) -> None:
+        config = self.config
         seed = config.seed
         self.model = PromptedViT(
             vit,
-            num_classes,
-            pool_size=len(task_classes),
+            self.num_classes,
+            pool_size=len(self.task_classes),
             prompt_length=config.prompt_length,
             prompt_layers=config.prompt_layers,
             gate=self.gate,
@@ -90,14 +59,12 @@ class HiDePrompt(Method):
         ).to(self.device)
         self.model.eval()  # the frozen ViT has no dropout; eval mode keeps LayerNorm/drop fixed
         with seeded_global_rng(derive_seed(seed, "tii-init")):
-            self.tii = TIIHead(self.model.embed_dim, num_classes, config.tii_mlp,
+            self.tii = TIIHead(self.model.embed_dim, self.num_classes, config.tii_mlp,
                                fc_norm=self.model.uses_fc_norm).to(self.device)
         dim = self.model.embed_dim
         self.tii_stats = GaussianClassStats(dim, config.stats_method)  # type: ignore[arg-type]
         self.prompt_stats = GaussianClassStats(dim, config.stats_method)  # type: ignore[arg-type]
         self.sample_gen = torch_generator(seed, "gaussian-replay")
-        self.task: Task | None = None
-        self.task_index = -1  # last task begun
         self.wtp_optimizer: torch.optim.Optimizer | None = None
         self.tii_optimizer: torch.optim.Optimizer | None = None
         # lr scaling of the original code: lr * batch / 256 (ca_lr of the TAP stage is not scaled)
@@ -148,23 +115,17 @@ class HiDePrompt(Method):
         mask = class_mask(self.num_classes, self.task.classes, self.device)
         self.tii.train()
         for epoch in range(self.config.tii_epochs):
-            total, correct, loss_sum = 0, 0, 0.0
-            for step, (x, y) in enumerate(self.progress(loader, f"task {t} TII epoch {epoch}")):
-                x, y = x.to(self.device), y.to(self.device)
+            meter = EpochMeter()
+            for step, x, y in self._batches(loader, f"task {t} TII epoch {epoch}"):
                 feats = self.model.backbone_features(x)  # frozen: no graph
                 logits = masked_logits(self.tii(feats), mask)
                 loss = F.cross_entropy(logits, y)
-                check_finite_loss(loss, phase="tii", task=t, epoch=epoch, step=step)
-                self.tii_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.tii_optimizer.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                total += len(y)
+                optimizer_step(self.tii_optimizer, loss, phase="tii", task=t, epoch=epoch,
+                               step=step)
+                meter.update(logits, y, loss=loss)
             if self.tii_scheduler is not None:
                 self.tii_scheduler.step()
-            self.log({"phase": "tii", "task": t, "epoch": epoch, "loss": loss_sum / max(total, 1),
-                      "train_acc": 100.0 * correct / max(total, 1)})
+            self.log(meter.record("tii", t, epoch))
         self.tii.eval()
 
     def _train_prompt(self, loader: DataLoader) -> None:
@@ -175,9 +136,8 @@ class HiDePrompt(Method):
         momentum = cfg.prompt_momentum if t > 0 else 0.0
         params = [p for g in self.wtp_optimizer.param_groups for p in g["params"]]
         for epoch in range(cfg.epochs):
-            total, correct, loss_sum = 0, 0, 0.0
-            for step, (x, y) in enumerate(self.progress(loader, f"task {t} WTP epoch {epoch}")):
-                x, y = x.to(self.device), y.to(self.device)
+            meter = EpochMeter()
+            for step, x, y in self._batches(loader, f"task {t} WTP epoch {epoch}"):
                 prefixes = self.model.prompt.blended(t, x.shape[0], momentum)
                 feats = self.model.pre_logits(self.model.forward_features(x, prefixes=prefixes))
                 logits = masked_logits(self.model.head(self.model.fc_norm(feats)), mask)
@@ -186,20 +146,12 @@ class HiDePrompt(Method):
                     loss = loss + cfg.reg * contrastive_regulariser(
                         feats, old_means, cfg.contrastive_temperature
                     )
-                check_finite_loss(loss, phase="wtp", task=t, epoch=epoch, step=step)
-                self.wtp_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                self.wtp_optimizer.step()
-                loss_sum += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                total += len(y)
+                optimizer_step(self.wtp_optimizer, loss, phase="wtp", task=t, epoch=epoch,
+                               step=step, clip_grad=cfg.clip_grad, params=params)
+                meter.update(logits, y, loss=loss)
             if self.wtp_scheduler is not None:
                 self.wtp_scheduler.step()
-            self.log({"phase": "wtp", "task": t, "epoch": epoch, "loss": loss_sum / max(total, 1),
-                      "train_acc": 100.0 * correct / max(total, 1),
-                      "lr": self.wtp_optimizer.param_groups[0]["lr"]})
+            self.log(meter.record("wtp", t, epoch, lr=self.wtp_optimizer.param_groups[0]["lr"]))
 
     # ------------------------------------------------------------------ consolidation
     def end_task(self, task: Task) -> None:
@@ -223,64 +175,37 @@ class HiDePrompt(Method):
         self.tii_stats.all_reduce(task.classes)
         self.prompt_stats.all_reduce(task.classes)
 
-    def _replay(
-        self,
-        module_forward,
-        params: list[nn.Parameter],
-        stats: GaussianClassStats,
-        task: Task,
-        lr: float,
-        epochs: int,
-        n_per_class: int,
-        phase: str,
-    ) -> None:
-        """Classifier alignment on Gaussian samples of all seen classes (spec 2.2 step 4, 2.4)."""
-        seen, n_old = task.seen_classes, len(task.old_classes)
-        mask = class_mask(self.num_classes, seen, self.device)
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=0.0)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-        for epoch in range(epochs):
-            feats, labels = stats.sample(seen, n_per_class, self.sample_gen)
-            order = torch.randperm(labels.shape[0], generator=self.sample_gen)
-            feats, labels = feats[order].to(self.device), labels[order].to(self.device)
-            loss_sum = 0.0
-            # as in the original code: #old-classes iterations of n samples; the tail is unused
-            for i in range(n_old):
-                xb = feats[i * n_per_class:(i + 1) * n_per_class]
-                yb = labels[i * n_per_class:(i + 1) * n_per_class]
-                loss = F.cross_entropy(masked_logits(module_forward(xb), mask), yb)
-                check_finite_loss(loss, phase=phase, task=task.index, epoch=epoch, step=i)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loss_sum += float(loss.detach())
-            scheduler.step()
-            self.log({"phase": phase, "task": task.index, "epoch": epoch,
-                      "loss": loss_sum / max(n_old, 1)})
-
     def _align_tii(self, task: Task) -> None:
         self.tii.train()
-        self._replay(self.tii, list(self.tii.parameters()), self.tii_stats, task,
-                     lr=self.config.tii_ca_lr * self.scale, epochs=self.config.tii_ca_epochs,
-                     n_per_class=self.config.batch_size, phase="tii_ca")
+        self._align_sgd(self.tii, list(self.tii.parameters()), self.tii_stats, task,
+                        lr=self.config.tii_ca_lr * self.scale, epochs=self.config.tii_ca_epochs,
+                        n_per_class=self.config.batch_size, phase="tii_ca")
         self.tii.eval()
 
     def _align_head(self, task: Task) -> None:
         head = self.model
         params = [*head.head.parameters(), *head.fc_norm.parameters()]
-        self._replay(lambda f: head.head(head.fc_norm(f)), params, self.prompt_stats, task,
-                     lr=self.config.ca_lr, epochs=self.config.tap_epochs,
-                     n_per_class=self.config.tap_samples_mult * self.config.batch_size,
-                     phase="tap")
+        self._align_sgd(lambda f: head.head(head.fc_norm(f)), params, self.prompt_stats, task,
+                        lr=self.config.ca_lr, epochs=self.config.tap_epochs,
+                        n_per_class=self.config.tap_samples_mult * self.config.batch_size,
+                        phase="tap")
+
+    def _align_sgd(self, forward, params: list[nn.Parameter], stats: GaussianClassStats,
+                   task: Task, *, lr: float, epochs: int, n_per_class: int, phase: str) -> None:
+        """Gaussian alignment with SGD (momentum 0.9) and an epoch cosine (spec 2.2, 2.4)."""
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+        self._align_on_gaussians(forward, optimizer, scheduler, stats=stats, task=task,
+                                 epochs=epochs, n_per_class=n_per_class, phase=phase,
+                                 step_per_iteration=False)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict_tasks(self, x: torch.Tensor) -> torch.Tensor:
         """TII task prediction per sample, restricted to the tasks seen so far."""
         assert self.task is not None, "no task has been learned yet"
-        seen = [c for ts in self.task_classes[: self.task_index + 1] for c in ts]
         logits = masked_logits(self.tii(self.model.backbone_features(x.to(self.device))),
-                               class_mask(self.num_classes, seen, self.device))
+                               self._seen_mask())
         tasks = self.class_to_task[logits.argmax(dim=1)]
         if self.config.batchwise_prompt:  # legacy batch-majority vote (test-time leakage)
             tasks = torch.full_like(tasks, int(torch.mode(tasks).values))
@@ -300,9 +225,7 @@ class HiDePrompt(Method):
     def predict_oracle(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         """True task's prompt, logits restricted to that task's classes."""
         task_ids = task_ids.to(self.device)
-        logits = self.model(x.to(self.device), task_ids)
-        allowed = self.class_to_task.unsqueeze(0) == task_ids.unsqueeze(1)
-        return logits.masked_fill(~allowed, float("-inf"))
+        return self._restrict_to_tasks(self.model(x.to(self.device), task_ids), task_ids)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -321,8 +244,7 @@ class HiDePrompt(Method):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["method"] != self.name:
-            raise ValueError(f"checkpoint is for method {state['method']!r}, not {self.name!r}")
+        self._check_checkpoint(state)
         self.model.prompt.load_state_dict(state["prompt"])
         self.model.head.load_state_dict(state["head"])
         self.model.fc_norm.load_state_dict(state["fc_norm"])
@@ -330,11 +252,8 @@ class HiDePrompt(Method):
         self.tii_stats.load_state_dict(state["tii_stats"])
         self.prompt_stats.load_state_dict(state["prompt_stats"])
         self.sample_gen.set_state(state["sample_gen"])
-        self.task_index = int(state["task_index"])
-        if self.task_index >= 0:
-            t = self.task_index
-            self.task = Task(t, self.task_classes[t], self.task_classes)
-            self._build_optimizers(t)
+        if self._restore_task(state):
+            self._build_optimizers(self.task_index)
             if state["wtp_optimizer"] is not None:
                 self.wtp_optimizer.load_state_dict(state["wtp_optimizer"])
             if state["tii_optimizer"] is not None:

@@ -48,7 +48,7 @@ class L2P(KeyedPromptMethod):
             raise ValueError(f"method_options: top_k={options['top_k']} must be in "
                              f"[1, pool_size={options['pool_size']}]")
         if int(options["length"]) <= 0:
-            raise ValueError(f"method_options.length must be positive, got {options['length']}")
+            raise ValueError(f"method_options.length: must be positive, got {options['length']}")
         return options
 
     @property

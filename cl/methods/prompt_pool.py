@@ -25,10 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cl.config import CLConfig
-from cl.methods.base import LogFn, Method, ProgressFn, Task
+from cl.methods.base import Task
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.schedules import build_epoch_scheduler
+from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.prompt_pools import key_pull, majority_vote
 from cl.seeding import torch_generator
 
@@ -39,54 +39,21 @@ COMMON_OPTIONS: dict[str, Any] = {
 }
 
 
-class KeyedPromptMethod(Method):
+class KeyedPromptMethod(FrozenViTMethod):
     """Base class: frozen query, cosine key matching, CE minus key pull, one pass per phase.
 
     Subclasses build the prompted model (:meth:`_build_model`), say which prompts a training
     batch uses (:meth:`_train_ids`) and which keys may be matched at test time
-    (:meth:`_allowed_keys`).
-
-    Parameters
-    ----------
-    config:
-        Resolved run configuration; method hyperparameters are read from
-        ``config.method_options`` (defaults: :attr:`option_defaults`).
-    vit:
-        Frozen timm ``VisionTransformer`` (``num_classes=0``).
-    num_classes:
-        Size of the single classifier head.
-    task_classes:
-        Class ids of every task.
-    device:
-        Where to compute.
+    (:meth:`_allowed_keys`). Constructor arguments: :class:`cl.methods.training.FrozenViTMethod`
+    (``method_options``: :attr:`option_defaults`).
     """
 
     option_defaults: ClassVar[dict[str, Any]] = COMMON_OPTIONS
 
-    def __init__(
-        self,
-        config: CLConfig,
-        vit: nn.Module,
-        num_classes: int,
-        task_classes: list[list[int]],
-        device: torch.device | str = "cpu",
-        progress: ProgressFn | None = None,
-        log: LogFn | None = None,
-    ) -> None:
-        super().__init__(progress, log)
-        self.config = config
-        self.options = self.resolve_options(config.method_options)
-        self.device = torch.device(device)
-        self.num_classes = num_classes
-        self.task_classes = [list(map(int, c)) for c in task_classes]
-        class_to_task = torch.full((num_classes,), -1, dtype=torch.long)
-        for t, classes in enumerate(self.task_classes):
-            class_to_task[classes] = t
-        self.class_to_task = class_to_task.to(self.device)
+    def _build(self, vit: nn.Module) -> None:
+        config = self.config
         self.model = self._build_model(vit, torch_generator(config.seed, "prompt-init"))
         self.model.to(self.device).eval()  # frozen ViT without dropout: eval mode throughout
-        self.task: Task | None = None
-        self.task_index = -1  # last task begun
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         # lr scaling of the original code: lr * batch / 256
@@ -95,16 +62,12 @@ class KeyedPromptMethod(Method):
     # ------------------------------------------------------------------ options
     @classmethod
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
-        """``option_defaults`` updated by ``given``; unknown names raise ``ValueError``."""
-        unknown = sorted(set(given) - set(cls.option_defaults))
-        if unknown:
-            allowed = ", ".join(sorted(cls.option_defaults))
-            raise ValueError(
-                f"method_options for {cls.name!r}: unknown {', '.join(unknown)}; allowed: {allowed}"
-            )
-        options = {**cls.option_defaults, **given}
+        """``option_defaults`` updated by ``given``; unknown names or bad values raise
+        ``ValueError``."""
+        options = super().resolve_options(given)
         if float(options["pull_coeff"]) < 0:
-            raise ValueError(f"method_options.pull_coeff must be >= 0, got {options['pull_coeff']}")
+            raise ValueError(f"method_options.pull_coeff: must be >= 0, got "
+                             f"{options['pull_coeff']}")
         return options
 
     # ------------------------------------------------------------------ subclass hooks
@@ -166,29 +129,19 @@ class KeyedPromptMethod(Method):
         pull_coeff = float(self.options["pull_coeff"])
         params = self._trainable()
         for epoch in range(cfg.epochs):
-            total, correct, loss_sum, pull_sum = 0, 0, 0.0, 0.0
-            for x, y in self.progress(loader, f"task {t} epoch {epoch}"):
-                x, y = x.to(self.device), y.to(self.device)
+            meter = EpochMeter("loss", "key_similarity")
+            for step, x, y in self._batches(loader, f"task {t} epoch {epoch}"):
                 query = self.model.query(x)  # frozen, prompt-free: no graph
                 ids = self._train_ids(query, t)
                 logits = masked_logits(self.model.classify(self._features(x, ids)), mask)
                 pull = key_pull(query, self.model.key, ids)
                 loss = F.cross_entropy(logits, y) - pull_coeff * pull
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.clip_grad > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-                self.optimizer.step()
-                loss_sum += float(loss.detach()) * len(y)
-                pull_sum += float(pull.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                total += len(y)
+                optimizer_step(self.optimizer, loss, phase="train", task=t, epoch=epoch,
+                               step=step, clip_grad=cfg.clip_grad, params=params)
+                meter.update(logits, y, loss=loss, key_similarity=pull)
             if self.scheduler is not None:
                 self.scheduler.step()
-            n = max(total, 1)
-            self.log({"phase": "train", "task": t, "epoch": epoch, "loss": loss_sum / n,
-                      "key_similarity": pull_sum / n, "train_acc": 100.0 * correct / n,
-                      "lr": self.optimizer.param_groups[0]["lr"]})
+            self.log(meter.record("train", t, epoch, lr=self.optimizer.param_groups[0]["lr"]))
 
     def end_task(self, task: Task) -> None:
         """Nothing to consolidate: no statistics and no head alignment (spec 6.1)."""
@@ -222,8 +175,7 @@ class KeyedPromptMethod(Method):
         """Task-incremental logits: restricted to the true task's classes."""
         x, task_ids = x.to(self.device), task_ids.to(self.device)
         logits = self.model.classify(self._features(x, self._oracle_ids(x, task_ids)))
-        allowed = self.class_to_task.unsqueeze(0) == task_ids.unsqueeze(1)
-        return logits.masked_fill(~allowed, float("-inf"))
+        return self._restrict_to_tasks(logits, task_ids)
 
     # ------------------------------------------------------------------ state
     def _learned_state(self) -> dict[str, torch.Tensor]:
@@ -243,18 +195,14 @@ class KeyedPromptMethod(Method):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["method"] != self.name:
-            raise ValueError(f"checkpoint is for method {state['method']!r}, not {self.name!r}")
+        self._check_checkpoint(state)
         missing, unexpected = self.model.load_state_dict(state["model"], strict=False)
         missing = [k for k in missing if not k.startswith("vit.")]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not fit the model: missing {missing}, "
                              f"unexpected {unexpected}")
-        self.task_index = int(state["task_index"])
-        if self.task_index >= 0:
-            t = self.task_index
-            self.task = Task(t, self.task_classes[t], self.task_classes)
-            self._build_optimizer(t)
+        if self._restore_task(state):
+            self._build_optimizer(self.task_index)
             if state["optimizer"] is not None:
                 self.optimizer.load_state_dict(state["optimizer"])
             if state["scheduler"] is not None and self.scheduler is not None:

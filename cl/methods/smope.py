@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -44,12 +44,12 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from cl.config import CLConfig, register_method_presets
-from cl.methods.base import LogFn, Method, ProgressFn, Task, register_method
-from cl.methods.coda_prompt import coda_cosine, method_options
+from cl.config import register_method_presets
+from cl.methods.base import Task, register_method
+from cl.methods.coda_prompt import coda_cosine
 from cl.methods.losses import class_mask, masked_logits
+from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.smope_prefix import Routing, SMoPEViT, adaptive_noise
-from cl.numerics import check_finite_loss
 from cl.seeding import torch_generator
 from cl.stats import GaussianClassStats
 
@@ -180,53 +180,32 @@ def coswm_factor(base: float, total: int, freeze: int) -> Callable[[int], float]
 
 
 @register_method("smope")
-class SMoPE(Method):
+class SMoPE(FrozenViTMethod):
     """SMoPE on a frozen ViT: shared prompt experts in blocks 0-5, one forward pass.
 
-    Parameters
-    ----------
-    config:
-        Resolved run configuration; SMoPE settings in ``config.method_options``.
-    vit:
-        Frozen timm ``VisionTransformer`` (``num_classes=0``).
-    num_classes:
-        Size of the single head.
-    task_classes:
-        Class ids of every task.
-    device:
-        Where to compute.
+    Constructor arguments: :class:`cl.methods.training.FrozenViTMethod`; SMoPE settings in
+    ``config.method_options`` (:data:`DEFAULT_OPTIONS`).
     """
 
-    def __init__(
-        self,
-        config: CLConfig,
-        vit: nn.Module,
-        num_classes: int,
-        task_classes: list[list[int]],
-        device: torch.device | str = "cpu",
-        progress: ProgressFn | None = None,
-        log: LogFn | None = None,
-    ) -> None:
-        super().__init__(progress, log)
-        self.config = config
-        self.options = opts = method_options(config, DEFAULT_OPTIONS, self.name)
+    option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
+
+    @classmethod
+    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
+        opts = super().resolve_options(given)
         if opts["schedule"] not in SCHEDULES:
             raise ValueError(f"method_options.schedule: {opts['schedule']!r} is not one of "
                              f"{', '.join(SCHEDULES)}")
         if not 0 < int(opts["top_k"]) <= int(opts["num_experts"]):
             raise ValueError("method_options.top_k: must be in [1, num_experts], got "
                              f"{opts['top_k']}")
-        self.device = torch.device(device)
-        self.num_classes = num_classes
-        self.task_classes = [list(map(int, c)) for c in task_classes]
-        class_to_task = torch.full((num_classes,), -1, dtype=torch.long)
-        for t, classes in enumerate(self.task_classes):
-            class_to_task[classes] = t
-        self.class_to_task = class_to_task.to(self.device)
+        return opts
+
+    def _build(self, vit: nn.Module) -> None:
+        config, opts = self.config, self.options
         self.top_k = int(opts["top_k"])
         self.model = SMoPEViT(
             vit,
-            num_classes,
+            self.num_classes,
             num_experts=int(opts["num_experts"]),
             prompt_layers=opts["layers"],
             fused=config.attention == "fused",
@@ -239,8 +218,6 @@ class SMoPE(Method):
         self.old_keys: torch.Tensor | None = None
         self.stats = GaussianClassStats(self.model.embed_dim, config.stats_method)  # type: ignore[arg-type]
         self.sample_gen = torch_generator(config.seed, "gaussian-replay")
-        self.task: Task | None = None
-        self.task_index = -1
         self.optimizer: torch.optim.Optimizer | None = None
 
     # ------------------------------------------------------------------ task setup
@@ -309,10 +286,8 @@ class SMoPE(Method):
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         phase = "smope_warmup" if dense else "smope"
         for epoch in range(epochs):
-            total, correct, sums = 0, 0, {"loss": 0.0, "ce": 0.0, "router": 0.0, "proto": 0.0}
-            batches = self.progress(loader, f"task {t} {phase} epoch {epoch}")
-            for step, (x, y) in enumerate(batches):
-                x, y = x.to(self.device), y.to(self.device)
+            meter = EpochMeter("loss", "ce", "router", "proto")
+            for step, x, y in self._batches(loader, f"task {t} {phase} epoch {epoch}"):
                 tokens, routing = self.model.forward_features(x, top_k=top_k,
                                                               penalty_fns=penalties)
                 logits = masked_logits(self.model.forward_head(tokens), mask)
@@ -327,27 +302,14 @@ class SMoPE(Method):
                     proto = sum(prototype_loss(old_keys[j], keys[j], flags[j], self.top_k)
                                 for j in range(keys.shape[0]))
                     loss = loss + proto_coef * proto
-                check_finite_loss(loss, phase=phase, task=t, epoch=epoch, step=step)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, clip)
-                self.optimizer.step()
+                optimizer_step(self.optimizer, loss, phase=phase, task=t, epoch=epoch, step=step,
+                               clip_grad=clip, params=params)
                 if scheduler is not None and per_iter:
                     scheduler.step()
-                n = len(y)
-                sums["loss"] += float(loss.detach()) * n
-                sums["ce"] += float(ce.detach()) * n
-                sums["router"] += float(router.detach()) * n if router is not None else 0.0
-                sums["proto"] += float(proto.detach()) * n if proto is not None else 0.0
-                correct += int((logits.argmax(1) == y).sum())
-                total += n
+                meter.update(logits, y, loss=loss, ce=ce, router=router, proto=proto)
             if scheduler is not None and not per_iter:
                 scheduler.step()
-            self.log({"phase": phase, "task": t, "epoch": epoch,
-                      **{k: v / max(total, 1) for k, v in sums.items()},
-                      "train_acc": 100.0 * correct / max(total, 1),
-                      "lr": self.optimizer.param_groups[-1]["lr"]})
+            self.log(meter.record(phase, t, epoch, lr=self.optimizer.param_groups[-1]["lr"]))
 
     @staticmethod
     def _router_term(routing: list[Routing], eps: float, scale: float) -> torch.Tensor:
@@ -383,30 +345,16 @@ class SMoPE(Method):
     def _align_head(self, task: Task) -> None:
         """Head-only alignment on Gaussian samples of all seen classes (section 7.5 step 3)."""
         cfg = self.config
-        seen, n_old = task.seen_classes, len(task.old_classes)
-        n = cfg.batch_size * cfg.tap_samples_mult  # samples per class and per iteration
-        mask = class_mask(self.num_classes, seen, self.device)
         head = self.model.head
         optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.ca_lr,
                                       weight_decay=float(self.options["tap_weight_decay"]))
-        total = max(cfg.tap_epochs * n_old, 1)
+        total = max(cfg.tap_epochs * len(task.old_classes), 1)
         scheduler = LambdaLR(optimizer, coswm_factor(cfg.ca_lr, total, 0))
-        for epoch in range(cfg.tap_epochs):
-            feats, labels = self.stats.sample(seen, n, self.sample_gen)
-            order = torch.randperm(labels.shape[0], generator=self.sample_gen)
-            feats, labels = feats[order].to(self.device), labels[order].to(self.device)
-            loss_sum = 0.0
-            for i in range(n_old):  # #old-classes iterations of n samples, as in the code
-                xb, yb = feats[i * n:(i + 1) * n], labels[i * n:(i + 1) * n]
-                loss = F.cross_entropy(masked_logits(head(self.model.fc_norm(xb)), mask), yb)
-                check_finite_loss(loss, phase="tap", task=task.index, epoch=epoch, step=i)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += float(loss.detach())
-            self.log({"phase": "tap", "task": task.index, "epoch": epoch,
-                      "loss": loss_sum / max(n_old, 1)})
+        self._align_on_gaussians(
+            lambda f: head(self.model.fc_norm(f)), optimizer, scheduler, stats=self.stats,
+            task=task, epochs=cfg.tap_epochs,
+            n_per_class=cfg.batch_size * cfg.tap_samples_mult,  # per class and per iteration
+            phase="tap", step_per_iteration=True)
 
     # ------------------------------------------------------------------ inference
     def _eval_penalties(self) -> list | None:
@@ -426,14 +374,12 @@ class SMoPE(Method):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the classes seen so far (others ``-inf``), one prompted pass."""
-        seen = [c for ts in self.task_classes[: self.task_index + 1] for c in ts]
-        return masked_logits(self._logits(x), class_mask(self.num_classes, seen, self.device))
+        return masked_logits(self._logits(x), self._seen_mask())
 
     @torch.no_grad()
     def predict_oracle(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         """Logits restricted to each sample's true task."""
-        allowed = self.class_to_task.unsqueeze(0) == task_ids.to(self.device).unsqueeze(1)
-        return self._logits(x).masked_fill(~allowed, float("-inf"))
+        return self._restrict_to_tasks(self._logits(x), task_ids)
 
     # ------------------------------------------------------------------ run files
     def expert_frequency(self) -> dict[str, Any]:
@@ -468,8 +414,7 @@ class SMoPE(Method):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["method"] != self.name:
-            raise ValueError(f"checkpoint is for method {state['method']!r}, not {self.name!r}")
+        self._check_checkpoint(state)
         self.model.experts.load_state_dict(state["experts"])
         self.model.head.load_state_dict(state["head"])
         self.counts = state["counts"].clone()
@@ -477,10 +422,7 @@ class SMoPE(Method):
         self.old_keys = None if state["old_keys"] is None else state["old_keys"].clone()
         self.stats.load_state_dict(state["stats"])
         self.sample_gen.set_state(state["sample_gen"])
-        self.task_index = int(state["task_index"])
-        if self.task_index >= 0:
-            t = self.task_index
-            self.task = Task(t, self.task_classes[t], self.task_classes)
+        if self._restore_task(state):
             self._build_optimizer()
             if state["optimizer"] is not None:
                 self.optimizer.load_state_dict(state["optimizer"])

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl.models.frozen_vit import freeze_and_wrap, seeded_head
+from cl.models.frozen_vit import FrozenPrefixViT, freeze_and_wrap
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import pooled
+from cl.models.vit import embed_tokens, pooled
 
 
 def component_weights(
@@ -165,7 +165,7 @@ class CodaPromptPool(nn.Module):
         )
 
 
-class CodaViT(nn.Module):
+class CodaViT(FrozenPrefixViT):
     """Frozen timm ViT with CODA prefixes in ``prompt_layers`` and a linear head.
 
     Parameters
@@ -201,18 +201,11 @@ class CodaViT(nn.Module):
         self.num_heads = vit.blocks[layers[0]].attn.num_heads
         self.embed_dim = vit.embed_dim
         self.pool = CodaPromptPool(len(layers), pool_size, length, self.embed_dim)
-        self.fc_norm: nn.Module = nn.Identity()
-        self.num_classes = num_classes
-        self.head = seeded_head(self.embed_dim, num_classes, generator)
-
-    def set_fused(self, fused: bool) -> None:
-        """Switch every prompted block between the fused and the reference path."""
-        for i in self.prompt_layers:
-            self.vit.blocks[i].attn.fused = fused
+        self._add_head(num_classes, generator)
 
     def _blocks(self, x: torch.Tensor, prefixes: torch.Tensor | None) -> torch.Tensor:
         vit = self.vit
-        h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        h = embed_tokens(vit, x)
         slot = {layer: j for j, layer in enumerate(self.prompt_layers)}
         for i, block in enumerate(vit.blocks):
             if prefixes is None or i not in slot:
@@ -239,9 +232,6 @@ class CodaViT(nn.Module):
         q = self.query(x) if query is None else query
         prefixes = self.pool.prefixes(q, stop, stop if frozen is None else frozen, self.num_heads)
         return self._blocks(x, prefixes)
-
-    def pre_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        return pooled(self.vit, tokens)
 
     def forward(self, x: torch.Tensor, stop: int) -> torch.Tensor:
         """Logits over all classes with components ``[0, stop)`` (two passes: query + prompted)."""

@@ -1,4 +1,5 @@
-"""Helpers shared by the prompt-based ViTs of the baselines (CODA-Prompt, SMoPE)."""
+"""Helpers shared by the prompt-based ViTs of the baselines (L2P, DualPrompt, S-Prompt++,
+CODA-Prompt, SMoPE)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,13 @@ import torch
 from torch import nn
 
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import trunc_normal_head
+from cl.models.vit import pooled, seeded_trunc_normal_head
+
+
+def freeze(vit: nn.Module) -> None:
+    """Turn off the gradients of every parameter of ``vit``."""
+    for p in vit.parameters():
+        p.requires_grad_(False)
 
 
 def freeze_and_wrap(
@@ -23,8 +30,7 @@ def freeze_and_wrap(
     layers = [int(i) for i in prompt_layers]
     if not layers or len(set(layers)) != len(layers) or not all(0 <= i < depth for i in layers):
         raise ValueError(f"prompt_layers {layers} must be distinct block indices in [0, {depth})")
-    for p in vit.parameters():
-        p.requires_grad_(False)
+    freeze(vit)
     for i in layers:
         block = vit.blocks[i]
         if not isinstance(block.attn, attention):
@@ -34,15 +40,34 @@ def freeze_and_wrap(
 
 
 def seeded_head(dim: int, num_classes: int, generator: torch.Generator | None) -> nn.Linear:
-    """``Linear(dim, num_classes)`` with the timm init, drawn from ``generator``.
-
-    ``trunc_normal_`` has no generator argument, so the draw runs under a forked global RNG
-    seeded from ``generator`` (the caller's global RNG is untouched).
-    """
+    """``Linear(dim, num_classes)`` with the timm init drawn from ``generator``
+    (:func:`cl.models.vit.seeded_trunc_normal_head`)."""
     head = nn.Linear(dim, num_classes)
-    seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        trunc_normal_head(head)
+    seeded_trunc_normal_head(head, generator)
     return head
+
+
+class FrozenPrefixViT(nn.Module):
+    """What the prefix-prompted frozen ViTs of CODA-Prompt and SMoPE share: the prompted-block
+    switch, the pooled feature and the ``fc_norm`` + linear head (set by :meth:`_add_head`).
+
+    Subclasses set ``self.vit`` and ``self.prompt_layers``.
+    """
+
+    vit: nn.Module
+    prompt_layers: list[int]
+
+    def _add_head(self, num_classes: int, generator: torch.Generator | None) -> None:
+        """Identity ``fc_norm`` and a :func:`seeded_head` over ``num_classes`` classes."""
+        self.fc_norm: nn.Module = nn.Identity()
+        self.num_classes = num_classes
+        self.head = seeded_head(self.vit.embed_dim, num_classes, generator)
+
+    def set_fused(self, fused: bool) -> None:
+        """Switch every prompted block between the fused and the reference path."""
+        for i in self.prompt_layers:
+            self.vit.blocks[i].attn.fused = fused
+
+    def pre_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Pooled feature (CLS after the final norm), used for the Gaussian statistics."""
+        return pooled(self.vit, tokens)

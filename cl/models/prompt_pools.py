@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl.models.frozen_vit import freeze, seeded_head
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import pooled, trunc_normal_head
+from cl.models.vit import embed_tokens, pooled, trunc_normal_head
 
 
 # ---------------------------------------------------------------------------- key matching
@@ -98,30 +99,6 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch
     return torch.rand(shape, generator=generator) * 2.0 - 1.0
 
 
-def _freeze(vit: nn.Module) -> None:
-    for p in vit.parameters():
-        p.requires_grad_(False)
-
-
-def _new_head(dim: int, num_classes: int, generator: torch.Generator | None) -> nn.Linear:
-    """timm-style head (trunc-normal 0.02, zero bias) drawn from ``generator``."""
-    head = nn.Linear(dim, num_classes)
-    seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        trunc_normal_head(head)
-    return head
-
-
-def _embed(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Tokens entering block 0: patches, [CLS], position embedding, pre-norm."""
-    h = vit.patch_embed(x)
-    h = vit._pos_embed(h)
-    h = vit.patch_drop(h)
-    return vit.norm_pre(h)
-
-
 class _KeyedViT(nn.Module):
     """What both prompt models share: the frozen ViT, the keys, the head and the query."""
 
@@ -137,18 +114,18 @@ class _KeyedViT(nn.Module):
         if getattr(vit, "cls_token", None) is None or not token_pool:
             raise ValueError("key-matched prompts need a ViT with a [CLS] token and token pooling")
         self.vit = vit
-        _freeze(self.vit)
+        freeze(self.vit)
         self.embed_dim = int(vit.embed_dim)
         self.num_classes = num_classes
         self.pool_size = pool_size
         self.key = nn.Parameter(_uniform((pool_size, self.embed_dim), generator))
         self.fc_norm: nn.Module = nn.Identity()
-        self.head = _new_head(self.embed_dim, num_classes, generator)
+        self.head = seeded_head(self.embed_dim, num_classes, generator)
 
     @torch.no_grad()
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """Frozen prompt-free pre-logits feature ``(B, C)`` (the matching query)."""
-        return pooled(self.vit, self.vit.norm(self.vit.blocks(_embed(self.vit, x))))
+        return pooled(self.vit, self.vit.norm(self.vit.blocks(embed_tokens(self.vit, x))))
 
     def match(
         self, query: torch.Tensor, top_k: int, allowed: torch.Tensor | None = None
@@ -203,7 +180,7 @@ class PromptTuningViT(_KeyedViT):
         ``prompt_ids`` ``(B, k)``: each sample's chosen prompts, prepended in that order (they
         get no position embedding, as in the original code). ``None`` runs without prompts.
         """
-        h = _embed(self.vit, x)
+        h = embed_tokens(self.vit, x)
         if prompt_ids is not None:
             tokens = self.prompt[prompt_ids]  # (B, k, L, C)
             h = torch.cat([tokens.flatten(1, 2), h], dim=1)
@@ -322,7 +299,7 @@ class GEPrefixViT(_KeyedViT):
 
     def forward_features(self, x: torch.Tensor, e_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens ``(B, N, C)`` after the final norm; no prompt at all when ``e_ids`` is None."""
-        h = _embed(self.vit, x)
+        h = embed_tokens(self.vit, x)
         prefixes = {} if e_ids is None else self.layer_prefixes(e_ids.to(self.key.device))
         for i, block in enumerate(self.vit.blocks):
             if i not in prefixes:

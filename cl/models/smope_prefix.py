@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cl.models.frozen_vit import freeze_and_wrap, seeded_head
+from cl.models.frozen_vit import FrozenPrefixViT, freeze_and_wrap
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import pooled
+from cl.models.vit import embed_tokens
 
 
 def proxy_scores(q: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
@@ -219,7 +219,7 @@ class PromptExperts(nn.Module):
         return self.key.shape[2]
 
 
-class SMoPEViT(nn.Module):
+class SMoPEViT(FrozenPrefixViT):
     """Frozen timm ViT with prompt experts in ``prompt_layers`` and a linear head.
 
     Parameters
@@ -258,14 +258,7 @@ class SMoPEViT(nn.Module):
         self.experts = PromptExperts(
             len(layers), self.num_heads, num_experts, self.head_dim, generator=generator
         )
-        self.fc_norm: nn.Module = nn.Identity()
-        self.num_classes = num_classes
-        self.head = seeded_head(self.embed_dim, num_classes, generator)
-
-    def set_fused(self, fused: bool) -> None:
-        """Switch every prompted block between the fused and the reference path."""
-        for i in self.prompt_layers:
-            self.vit.blocks[i].attn.fused = fused
+        self._add_head(num_classes, generator)
 
     def forward_features(
         self,
@@ -286,7 +279,7 @@ class SMoPEViT(nn.Module):
             One ``scores -> penalty | None`` per prompted layer (adaptive noise), or ``None``.
         """
         vit = self.vit
-        h = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+        h = embed_tokens(vit, x)
         slot = {layer: j for j, layer in enumerate(self.prompt_layers)}
         routing: list[Routing] = []
         for i, block in enumerate(vit.blocks):
@@ -305,10 +298,6 @@ class SMoPEViT(nn.Module):
             h = h + block.drop_path1(block.ls1(attn_out))
             h = h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
         return vit.norm(h), routing
-
-    def pre_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Pooled feature (CLS after the final norm), used for the Gaussian statistics."""
-        return pooled(self.vit, tokens)
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, ``fc_norm`` and classify (timm interface)."""

@@ -24,6 +24,19 @@ def trunc_normal_head(head: nn.Linear) -> None:
     nn.init.zeros_(head.bias)
 
 
+def seeded_trunc_normal_head(head: nn.Linear, generator: torch.Generator | None) -> None:
+    """:func:`trunc_normal_head` drawn from ``generator`` (``None``: the global RNG).
+
+    ``trunc_normal_`` has no generator argument, so the draw runs under a forked global RNG
+    seeded from ``generator`` (the caller's global RNG is untouched).
+    """
+    seed = None if generator is None else int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        trunc_normal_head(head)
+
+
 def uses_fc_norm(vit: nn.Module) -> bool:
     """Whether ``vit`` was built with timm's ``fc_norm=True`` (MoCo v3, cl-pipeline.md 1.1).
 
@@ -40,6 +53,11 @@ def fresh_fc_norm(vit: nn.Module) -> nn.Module:
         return nn.Identity()
     template = vit.fc_norm
     return nn.LayerNorm(template.normalized_shape, eps=template.eps)
+
+
+def embed_tokens(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Tokens entering block 0 of a timm ViT: patches, [CLS], position embedding, pre-norm."""
+    return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
 
 
 def pooled(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -136,14 +154,7 @@ class PromptedViT(nn.Module):
             self.vit.blocks[i].attn.fused = fused
 
     def _init_head(self, generator: torch.Generator | None) -> None:
-        # trunc_normal_ has no generator argument: draw under a forked, seeded global RNG.
-        seed = None
-        if generator is not None:
-            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            if seed is not None:
-                torch.manual_seed(seed)
-            trunc_normal_head(self.head)
+        seeded_trunc_normal_head(self.head, generator)
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a fresh ``Linear(embed_dim, num_classes)`` (timm interface)."""
@@ -174,10 +185,7 @@ class PromptedViT(nn.Module):
         if prefixes is None and task_ids is not None:
             prefixes = self.prompt.gather(task_ids.to(self.prompt.prompt.device))
         vit = self.vit
-        h = vit.patch_embed(x)
-        h = vit._pos_embed(h)
-        h = vit.patch_drop(h)
-        h = vit.norm_pre(h)
+        h = embed_tokens(vit, x)
         slot = {layer: j for j, layer in enumerate(self.prompt_layers)}
         for i, block in enumerate(vit.blocks):
             if prefixes is None or i not in slot:
