@@ -106,7 +106,24 @@ class CLConfig:
         for name in ("lr", "tii_lr", "tii_ca_lr", "ca_lr", "contrastive_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+        self._validate_method_options()
         return self
+
+    def _validate_method_options(self) -> None:
+        """``method_options`` against the registered method's names, defaults and value checks
+        (``Method.resolve_options``), so that a bad option is refused before anything is
+        written. An unregistered ``method`` is left to the engine."""
+        from cl.methods import base  # lazy: every method module imports this one
+
+        if self.method not in base.available_methods():
+            return
+        try:
+            base.get_method(self.method).resolve_options(self.method_options)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            if not message.startswith("method_options"):
+                message = f"method_options: {message}"
+            raise ValueError(message) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

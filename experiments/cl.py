@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--dataset", required=True, choices=available_datasets(),
                       help="benchmark; synthetic and digits work offline")
     what.add_argument("--method", default="norga", choices=available_methods(),
-                      help="norga (non-linear residual gate) or hide (HiDe-Prompt, linear gate); "
-                      "default norga")
+                      help="registered methods: " + ", ".join(available_methods())
+                      + " (norga: HiDe-Prompt with the non-linear residual gate; hide: "
+                      "HiDe-Prompt, linear gate; the others are the baselines); default norga")
     what.add_argument("--backbone", choices=list(BACKBONES),
                       help="ViT weights tag; *-random are randomly initialised (offline smoke "
                       "tests), the others need a weights file (see below); default "
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args.dataset, args.method, backbone, quick=args.quick,
                              overrides=overrides_from_args(args, parser))
     except ValueError as exc:
-        field = str(exc).split(":")[0].split()[-1].strip("'")
+        # "method_options.NAME: ..." is set with --set method_options=JSON
+        field = str(exc).split(":")[0].split()[-1].strip("'").split(".")[0]
         flag = FLAG_OF.get(field, f"--set {field}")
         parser.error(f"argument {flag}: {exc}")
     import torch
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data: {cfg.dataset}" + ("  [generated offline]" if cfg.dataset == "synthetic" else
                                     "  [scikit-learn bundled digits]" if cfg.dataset == "digits"
                                     else f"  from {cfg.data_root}"))
-    print(f"method: {cfg.method} (gate act {cfg.gate_act}), seed {cfg.seed}, out {out}")
+    gate = f" (gate act {cfg.gate_act})" if cfg.method == "norga" else ""  # only NoRGa has one
+    print(f"method: {cfg.method}{gate}, seed {cfg.seed}, out {out}")
 
     def progress(iterable, desc):
         return tqdm(iterable, desc=desc, leave=False, disable=args.no_progress, file=sys.stderr)

@@ -42,3 +42,40 @@ def test_quick_and_dataset_options_merge() -> None:
 def test_bad_values_name_the_field(key: str, value: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         resolve_config("synthetic", "norga", overrides={key: value})
+
+
+def test_every_method_exposes_its_options_and_refuses_unknown_ones() -> None:
+    """method_options are checked when the config is resolved (before a run directory exists),
+    against the option names and defaults the method class exposes."""
+    import dataclasses
+
+    from cl.config import config_from_dict
+    from cl.methods import available_methods, get_method
+
+    for method in available_methods():
+        cls = get_method(method)
+        cfg = resolve_config("synthetic", method)
+        assert set(cfg.method_options) <= set(cls.option_defaults), method  # presets are valid
+        assert cls.resolve_options({}) == cls.option_defaults
+        with pytest.raises(ValueError) as info:
+            resolve_config("synthetic", method, overrides={"method_options": '{"no_such": 1}'})
+        message = str(info.value)
+        assert message.startswith("method_options") and "\n" not in message, message
+        assert "no_such" in message and "allowed: " in message, message
+        for name in cls.option_defaults:
+            assert name in message, (method, name)
+        with pytest.raises(ValueError, match="no_such"):  # a saved config is checked too
+            config_from_dict(dataclasses.replace(cfg, method_options={"no_such": 1}).to_dict())
+
+
+@pytest.mark.parametrize("method,options,match", [
+    ("l2p", {"top_k": 40}, "top_k"),
+    ("l2p", {"pull_coeff": -1}, "pull_coeff"),
+    ("dualprompt", {"e_length": 0}, "e_length"),
+    ("coda-prompt", {"schedule": "linear"}, "schedule"),
+    ("smope", {"top_k": 99}, "top_k"),
+    ("smope", {"schedule": "step"}, "schedule"),
+])
+def test_bad_option_values_are_refused_at_resolution(method, options, match) -> None:
+    with pytest.raises(ValueError, match=f"method_options.*{match}"):
+        resolve_config("synthetic", method, overrides={"method_options": options})
