@@ -7,12 +7,11 @@ and predictions that do not depend on the test batch size or composition.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
+from cl_helpers import check_stop_and_resume, learnable_on_vit_b16, load_cl_cli
 
 from cl.backbones import build_backbone
 from cl.config import resolve_config
@@ -20,7 +19,8 @@ from cl.data import build_benchmark
 from cl.engine import run_experiment
 from cl.methods import Task, get_method
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = ["learnable_on_vit_b16"]  # re-exported: the baseline tests import it from here
+
 SMALL_DATA = {"num_classes": 6, "num_tasks": 3, "train_per_class": 10, "test_per_class": 6}
 
 
@@ -31,17 +31,10 @@ def small_config(method: str, **extra):
     return resolve_config("synthetic", method, quick=True, overrides=overrides)
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("cl_cli", ROOT / "experiments/cl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def check_cli_quick_run(method: str, tmp_path: Path, *extra_args: str) -> dict:
     """Run the CLI with ``--quick`` (small data) and check the run directory; return metrics."""
     out = tmp_path / "cli"
-    code = _load_cli().main([
+    code = load_cl_cli().main([
         "--dataset", "synthetic", "--method", method, "--quick", "--epochs", "1",
         "--set", "dataset_options=" + json.dumps(SMALL_DATA), "--out", str(out),
         "--no-progress", "--threads", "1", *extra_args,
@@ -71,16 +64,7 @@ def check_cli_quick_run(method: str, tmp_path: Path, *extra_args: str) -> dict:
 def check_resume(method: str, tmp_path: Path, **extra) -> None:
     """Stop after task 1, resume: same accuracy matrix and parameters as uninterrupted."""
     cfg = small_config(method, **extra)
-    full = run_experiment(cfg, tmp_path / "full")
-    part = run_experiment(cfg, tmp_path / "split", stop_after_task=1)
-    assert not part.finished and part.accuracy.shape[0] == 2
-    assert not (tmp_path / "split/metrics.json").exists()
-    resumed = run_experiment(cfg, tmp_path / "split")
-    assert resumed.resumed_after_task == 1 and resumed.finished
-    np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
-    np.testing.assert_array_equal(resumed.tii, full.tii)
-    assert ((tmp_path / "full/accuracy_matrix.csv").read_text()
-            == (tmp_path / "split/accuracy_matrix.csv").read_text())
+    check_stop_and_resume(cfg, tmp_path, run_experiment(cfg, tmp_path / "full"))
     last = f"checkpoints/task_{SMALL_DATA['num_tasks'] - 1}.pt"
     a = torch.load(tmp_path / "full" / last, weights_only=False)["method"]["model"]
     b = torch.load(tmp_path / "split" / last, weights_only=False)["method"]["model"]
@@ -144,17 +128,3 @@ def check_batchwise_vote_leaks(name: str, **overrides) -> None:
     whole, _ = _predict(method, images, len(images))
     single, _ = _predict(method, images, 1)
     assert not torch.allclose(whole, single, atol=1e-3)
-
-
-def learnable_on_vit_b16(name: str, dataset: str, num_classes: int, num_tasks: int) -> dict:
-    """Trainable parameter shapes of ``name`` on ViT-B/16 (built on the meta device: no data)."""
-    from timm.models.vision_transformer import VisionTransformer
-
-    with torch.device("meta"):
-        vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12,
-                                num_heads=12, num_classes=0)
-    per_task = num_classes // num_tasks
-    task_classes = [list(range(t * per_task, (t + 1) * per_task)) for t in range(num_tasks)]
-    cfg = resolve_config(dataset, name, "sup21k")
-    method = get_method(name)(cfg, vit, num_classes, task_classes, device="meta")
-    return {k: p.numel() for k, p in method.model.named_parameters() if p.requires_grad}

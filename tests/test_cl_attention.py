@@ -6,20 +6,14 @@ import math
 
 import pytest
 import torch
+from cl_helpers import head_qkv
 from timm.layers import Attention
 
 from cl.models.gating import prefix_gate
 from cl.models.prefix_attention import PrefixAttention
 from cl.models.prompts import PrefixPrompt
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 B, N, C, H, L = 3, 6, 16, 4, 5
 D = C // H
@@ -42,9 +36,7 @@ def textbook(x, w_qkv, b_qkv, w_proj, b_proj, prefix, alpha, tau, gate, act):
     for b in range(B):
         heads = []
         for h in range(H):
-            q = qkv[b, :, h * D:(h + 1) * D]
-            k = qkv[b, :, C + h * D:C + (h + 1) * D]
-            v = qkv[b, :, 2 * C + h * D:2 * C + (h + 1) * D]
+            q, k, v = head_qkv(qkv[b], h, C, D)
             pk, pv = prefix[b, 0, :, h, :], prefix[b, 1, :, h, :]
             s_p = (q @ pk.T) / math.sqrt(D)
             if gate == "norga":

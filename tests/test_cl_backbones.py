@@ -31,12 +31,7 @@ TINY: dict[str, Any] = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, ml
                             qkv_bias=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,9 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from cl_helpers import check_stop_and_resume, learnable_on_vit_b16
 
 from cl.backbones import build_backbone
 from cl.config import resolve_config
@@ -18,14 +18,7 @@ from cl.engine import run_experiment
 from cl.methods import Task, get_method
 from cl.models.coda import CodaPromptPool
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 LAYERS, M, L, C, H, B = 2, 6, 4, 8, 2, 3
@@ -162,11 +155,7 @@ def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
     assert torch.equal(c0["pool.prompts"][:, :10], c2["pool.prompts"][:, :10])
     assert not torch.equal(c0["pool.prompts"][:, 10:20], c2["pool.prompts"][:, 10:20])
 
-    part = run_experiment(cfg, tmp_path / "split", stop_after_task=1)
-    assert not part.finished and part.accuracy.shape[0] == 2
-    resumed = run_experiment(cfg, tmp_path / "split")
-    assert resumed.resumed_after_task == 1 and resumed.finished
-    np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
+    check_stop_and_resume(cfg, tmp_path, full)
     a, b = _state(out, 2), _state(tmp_path / "split", 2)
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -174,14 +163,8 @@ def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
 
 def test_learnable_parameters_on_vit_b16_by_hand() -> None:
     """ImageNet-R preset (200 classes, 10 tasks) on ViT-B/16, built on the meta device."""
-    import timm
-
-    with torch.device("meta"):
-        vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
-    tasks = [list(range(20 * t, 20 * t + 20)) for t in range(10)]
-    cfg = resolve_config("imagenet-r", "coda-prompt", "vit-b16-random")
-    method = get_method("coda-prompt")(cfg, vit, 200, tasks, device="meta")
-    count = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
+    count = sum(learnable_on_vit_b16("coda-prompt", "imagenet-r", 200, 10,
+                                     "vit-b16-random").values())
     # spec 6.2: 5 layers x 100 components x (prompt 8 x 768 + key 768 + attention 768),
     # head 768 -> 200
     expected = 5 * 100 * (8 * 768 + 768 + 768) + (768 * 200 + 200)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +23,7 @@ from cl.config import resolve_config
 from cl.methods import Task, get_method
 from cl.models.prompt_pools import cosine_match, key_pull, majority_vote
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _numpy_top_n(query: np.ndarray, keys: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +127,10 @@ def test_training_loss_is_ce_minus_pull_with_top_n_prompts_prepended() -> None:
 
 
 def test_unknown_option_is_refused() -> None:
-    cfg = resolve_config("synthetic", "l2p", overrides={"method_options": {"pool": 3}})
+    with pytest.raises(ValueError, match="pool_size"):  # when the config is resolved
+        resolve_config("synthetic", "l2p", overrides={"method_options": {"pool": 3}})
+    # a config that skipped validation is still refused when the method is built
+    cfg = dataclasses.replace(resolve_config("synthetic", "l2p"), method_options={"pool": 3})
     vit = build_backbone("vit-tiny-random", img_size=32, seed=0).model
     with pytest.raises(ValueError, match="pool_size"):
         get_method("l2p")(cfg, vit, 4, [[0, 1], [2, 3]])

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from cl_helpers import check_stop_and_resume, run_cl_cli
 
 from cl.backbones import BackboneWeightsError
 from cl.config import resolve_config
 from cl.engine import RunDirError, run_experiment
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -78,20 +71,11 @@ def _params(out: Path, t: int) -> dict[str, torch.Tensor]:
 
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     cfg = _small_config()
-    full = run_experiment(cfg, tmp_path / "full")
-    part = run_experiment(cfg, tmp_path / "split", stop_after_task=1)
-    assert not part.finished and part.accuracy.shape[0] == 2
-    assert not (tmp_path / "split/metrics.json").exists()
-    resumed = run_experiment(cfg, tmp_path / "split")
-    assert resumed.resumed_after_task == 1 and resumed.finished
-    np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
-    np.testing.assert_array_equal(resumed.tii, full.tii)
+    check_stop_and_resume(cfg, tmp_path, run_experiment(cfg, tmp_path / "full"))
     a, b = _params(tmp_path / "full", 2), _params(tmp_path / "split", 2)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    assert ((tmp_path / "full/accuracy_matrix.csv").read_text()
-            == (tmp_path / "split/accuracy_matrix.csv").read_text())
 
 
 def test_finished_run_is_kept_and_mismatch_refused(tmp_path: Path) -> None:
@@ -116,30 +100,15 @@ def test_missing_weights_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "nothing").exists()
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("cl_cli", ROOT / "experiments/cl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _run_cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        code = _load_cli().main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 def test_cli_errors_exit_2_with_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, err = _run_cli(capsys, "--dataset", "synthetic", "--gate-act", "relu")
+    code, err = run_cl_cli(capsys, "--dataset", "synthetic", "--gate-act", "relu")
     assert code == 2 and "--gate-act" in err and len(err.strip().splitlines()) == 1
-    code, err = _run_cli(capsys, "--dataset", "synthetic", "--set", "prompt_momentum=2")
+    code, err = run_cl_cli(capsys, "--dataset", "synthetic", "--set", "prompt_momentum=2")
     assert code == 2 and "prompt_momentum" in err
-    code, err = _run_cli(capsys, "--dataset", "synthetic", "--epochs", "-1")
+    code, err = run_cl_cli(capsys, "--dataset", "synthetic", "--epochs", "-1")
     assert code == 2 and "--epochs" in err
-    code, err = _run_cli(capsys, "--dataset", "synthetic", "--backbone", "dino1k", "--out", "x")
+    code, err = run_cl_cli(capsys, "--dataset", "synthetic", "--backbone", "dino1k", "--out", "x")
     assert code == 2 and "--weights" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
 

@@ -3,17 +3,16 @@ CLI's exit code 2 for missing data and missing weights (nothing written)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cl_helpers import load_cl_cli, run_cl_cli
 
 from cl import backbones as bb
 from cl.backbones import BackboneWeightsError
 from cl.config import METHOD_PRESETS, describe_presets, resolve_config
 
-ROOT = Path(__file__).resolve().parent.parent
 SSL = ("ibot21k", "ibot1k", "dino1k", "mocov3-1k")
 
 # ---------------------------------------------------------------- spec 2.6, transcribed here
@@ -88,15 +87,8 @@ def test_backbones_outside_the_tables_fall_back_to_sup21k() -> None:
 # ---------------------------------------------------------------- the --help listing
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("cl_cli", ROOT / "experiments/cl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_help_lists_presets_and_weights() -> None:
-    text = _load_cli().build_parser().format_help()
+    text = load_cl_cli().build_parser().format_help()
     for word in ("presets", "cifar100", "imagenet-r", "cub200", "5datasets", "+ibot21k",
                  "+mocov3-1k", "gate_act=gelu", "tap_epochs=80", "dino_vitbase16_pretrain.pth",
                  "vit_base_patch16_224.orig_in21k", "ViT-B_16.npz", "NORGA_WEIGHTS"):
@@ -121,14 +113,6 @@ def test_listing_is_generated_from_registered_presets(monkeypatch: pytest.Monkey
 # ---------------------------------------------------------------- CLI: missing inputs
 
 
-def _run_cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        code = _load_cli().main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    return code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize("dataset,url", [
     ("cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
     ("imagenet-r", "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"),
@@ -138,7 +122,7 @@ def _run_cli(capsys, *args: str) -> tuple[int, str]:
 def test_cli_missing_dataset_exits_2_and_writes_nothing(dataset: str, url: str, tmp_path: Path,
                                                          capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, err = _run_cli(capsys, "--dataset", dataset, "--data-root", str(tmp_path / "data"),
+    code, err = run_cl_cli(capsys, "--dataset", dataset, "--data-root", str(tmp_path / "data"),
                          "--out", str(tmp_path / "run"))
     assert code == 2, err
     assert err.startswith("cl.py: error:") and "not found" in err and url in err
@@ -149,7 +133,7 @@ def test_cli_missing_dataset_exits_2_and_writes_nothing(dataset: str, url: str, 
 def test_cli_missing_weights_file_exits_2_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(bb.WEIGHTS_ENV, str(tmp_path / "cache"))
-    code, err = _run_cli(capsys, "--dataset", "synthetic", "--backbone", "ibot21k",
+    code, err = run_cl_cli(capsys, "--dataset", "synthetic", "--backbone", "ibot21k",
                          "--weights", str(tmp_path / "missing.pth"), "--out", "run")
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "missing.pth" in err and "not found" in err and "vitb_16_pt22k" in err
@@ -159,7 +143,7 @@ def test_cli_missing_weights_file_exits_2_one_line(tmp_path: Path, capsys, monke
         raise BackboneWeightsError(f"backbone {name!r}: download failed: offline")
 
     monkeypatch.setattr(bb, "fetch_weights", offline)
-    code, err = _run_cli(capsys, "--dataset", "synthetic", "--backbone", "dino1k",
+    code, err = run_cl_cli(capsys, "--dataset", "synthetic", "--backbone", "dino1k",
                          "--download", "--out", "run")
     assert code == 2 and "download failed" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cl_helpers import check_stop_and_resume, head_qkv, learnable_on_vit_b16
 from timm.layers import Attention
 
 from cl.backbones import build_backbone
@@ -25,14 +26,7 @@ from cl.models.smope_prefix import (
     select_experts,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 B, N, C, H, NP, K = 3, 6, 16, 4, 7, 3
@@ -155,9 +149,7 @@ def _textbook_expert_attention(x, attn, keys, values, top_k, flags, eps):
     for b in range(B):
         heads = []
         for h in range(H):
-            q = qkv[b, :, h * D:(h + 1) * D]
-            k = qkv[b, :, C + h * D:C + (h + 1) * D]
-            v = qkv[b, :, 2 * C + h * D:2 * C + (h + 1) * D]
+            q, k, v = head_qkv(qkv[b], h, C, D)
             q_bar = q.sum(0) / N
             s = [float(q_bar @ keys[h, j]) / math.sqrt(D) for j in range(NP)]
             spread = max(s) - min(s)
@@ -297,11 +289,7 @@ def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
 
     assert np.array_equal(np.array(read_cl_run(out).expert_frequency["layers"]), counts)
 
-    part = run_experiment(cfg, tmp_path / "split", stop_after_task=1)
-    assert not part.finished and part.accuracy.shape[0] == 2
-    resumed = run_experiment(cfg, tmp_path / "split")
-    assert resumed.resumed_after_task == 1 and resumed.finished
-    np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
+    check_stop_and_resume(cfg, tmp_path, full)
     a, b = _state(out, 2), _state(tmp_path / "split", 2)
     assert a.keys() == b.keys()
     for key in a:
@@ -312,14 +300,7 @@ def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
 
 def test_learnable_parameters_on_vit_b16_by_hand() -> None:
     """ImageNet-R preset (200 classes, 10 tasks) on ViT-B/16, built on the meta device."""
-    import timm
-
-    with torch.device("meta"):
-        vit = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0)
-    tasks = [list(range(20 * t, 20 * t + 20)) for t in range(10)]
-    cfg = resolve_config("imagenet-r", "smope", "vit-b16-random")
-    method = get_method("smope")(cfg, vit, 200, tasks, device="meta")
-    count = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
+    count = sum(learnable_on_vit_b16("smope", "imagenet-r", 200, 10, "vit-b16-random").values())
     # spec 7.1: 6 layers x 12 heads x N_p = 25 experts x (key + value) x 64, head 768 -> 200
     expected = 6 * 12 * 25 * 2 * 64 + (768 * 200 + 200)
     assert expected == 384_200  # the poster's "0.38M"

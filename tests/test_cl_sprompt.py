@@ -20,14 +20,7 @@ from cl.backbones import build_backbone
 from cl.config import resolve_config
 from cl.methods import Task, get_method
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors run faster on one thread; restore the setting for other test modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _method(seen_tasks: int, seed: int = 6):

@@ -27,8 +27,11 @@ from cl.runio import load_checkpoint, read_accuracy_matrix_csv
 ROOT = Path(__file__).resolve().parent.parent
 DATA = {"num_classes": 9, "num_tasks": 3, "train_per_class": 12, "test_per_class": 7}
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
-                                reason="torch.distributed is not available")
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.skipif(not torch.distributed.is_available(),
+                       reason="torch.distributed is not available"),
+]
 
 
 def _overrides(budget: int) -> dict:
@@ -47,14 +50,6 @@ def _torchrun(out: Path, budget: int, *extra: str) -> subprocess.CompletedProces
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "experiments/cl.py"), *args],
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_two_processes_evaluate_and_collect_statistics_like_one(tmp_path):

@@ -43,12 +43,7 @@ OVERRIDES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg():
@@ -263,3 +258,23 @@ def test_nan_loss_stops_with_task_epoch_step_and_keeps_last_checkpoint(tmp_path)
     assert not (out / "metrics.json").exists()
     events = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "nonfinite_loss" and events[-1]["task"] == 1
+
+
+@pytest.mark.parametrize("method, phase", [
+    ("l2p", "train"), ("dualprompt", "train"), ("sprompt", "train"), ("coda-prompt", "coda"),
+    ("smope", "smope"),
+])
+def test_nan_loss_stops_the_baselines_too(tmp_path, method, phase):
+    """The baselines' training loops share the step with the non-finite check (one call site)."""
+    overrides = {**OVERRIDES, "epochs": 1, "tap_epochs": 1}
+    cfg = resolve_config("synthetic", method, overrides=overrides)
+    bench = build_benchmark("synthetic", seed=cfg.seed, **cfg.dataset_options)
+    first_of_task1 = int(bench.train.indices_of(bench.task_classes[1])[0])
+    bench.train.dataset.images[first_of_task1] = float("nan")
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError) as info:
+        run_experiment(cfg, out, benchmark=bench)
+    assert (info.value.phase, info.value.task, info.value.epoch) == (phase, 1, 0)
+    assert load_checkpoint(out / "checkpoints/task_0.pt")["task"] == 0
+    assert not (out / "checkpoints/task_1.pt").exists()
+    assert not (out / "metrics.json").exists()

@@ -1,0 +1,75 @@
+"""Helpers shared by the continual-learning tests: the ``experiments/cl.py`` CLI, the
+stop-and-resume check of a run, and the per-head slices of a textbook attention."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cl.config import CLConfig
+from cl.engine import RunResult, run_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_cl_cli():
+    """``experiments/cl.py`` as a module (its ``main`` and ``build_parser``)."""
+    spec = importlib.util.spec_from_file_location("cl_cli", ROOT / "experiments/cl.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cl_cli(capsys, *args: str) -> tuple[int, str]:
+    """Exit code of ``cl.py args`` (``SystemExit`` included) and what it wrote to stderr."""
+    try:
+        code = load_cl_cli().main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def check_stop_and_resume(cfg: CLConfig, tmp_path: Path, full: RunResult) -> RunResult:
+    """Stop after task 1 in ``tmp_path / "split"``, resume there: the same accuracy matrix,
+    task-identity accuracies and ``accuracy_matrix.csv`` as the uninterrupted run ``full`` (in
+    ``tmp_path / "full"``). Returns the resumed run."""
+    part = run_experiment(cfg, tmp_path / "split", stop_after_task=1)
+    assert not part.finished and part.accuracy.shape[0] == 2
+    assert not (tmp_path / "split/metrics.json").exists()
+    resumed = run_experiment(cfg, tmp_path / "split")
+    assert resumed.resumed_after_task == 1 and resumed.finished
+    np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
+    np.testing.assert_array_equal(resumed.tii, full.tii)
+    assert ((tmp_path / "full/accuracy_matrix.csv").read_text()
+            == (tmp_path / "split/accuracy_matrix.csv").read_text())
+    return resumed
+
+
+def head_qkv(qkv_b: torch.Tensor, h: int, C: int, D: int) -> tuple[torch.Tensor, ...]:
+    """Query, key and value ``(N, D)`` of head ``h`` from one sample's ``qkv`` ``(N, 3C)``."""
+    q = qkv_b[:, h * D:(h + 1) * D]
+    k = qkv_b[:, C + h * D:C + (h + 1) * D]
+    v = qkv_b[:, 2 * C + h * D:2 * C + (h + 1) * D]
+    return q, k, v
+
+
+def learnable_on_vit_b16(name: str, dataset: str, num_classes: int, num_tasks: int,
+                         backbone: str = "sup21k") -> dict[str, int]:
+    """Trainable parameter sizes ``{name: numel}`` of method ``name`` on ViT-B/16 with the
+    ``(dataset, backbone)`` preset, built on the meta device (no data, no weights)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    from cl.config import resolve_config
+    from cl.methods import get_method
+
+    with torch.device("meta"):
+        vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12,
+                                num_heads=12, num_classes=0)
+    per_task = num_classes // num_tasks
+    task_classes = [list(range(t * per_task, (t + 1) * per_task)) for t in range(num_tasks)]
+    cfg = resolve_config(dataset, name, backbone)
+    method = get_method(name)(cfg, vit, num_classes, task_classes, device="meta")
+    return {k: p.numel() for k, p in method.model.named_parameters() if p.requires_grad}
