@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from cl.models.gating import ACTIVATIONS
+from cl.precision import PRECISIONS
 from cl.stats import STATS_METHODS
 
 Scheduler = Literal["constant", "step", "cosine"]
@@ -45,6 +46,10 @@ class CLConfig:
     batch_size: int = 128
     eval_batch_size: int = 128
     num_workers: int = 0
+    # fp32: exact (default, reproduces the published setup); bf16: autocast of the ViT forward
+    # passes only (heads, losses, statistics stay float32/float64), see cl/precision.py
+    precision: str = "fp32"
+    compile: bool = False  # torch.compile of the models' ViT forward passes
     data_root: str | None = None
     download: bool = False
     quick: bool = False
@@ -89,11 +94,14 @@ class CLConfig:
             "tii_scheduler": SCHEDULERS,
             "stats_method": STATS_METHODS,
             "keep_checkpoints": ("all", "last"),
+            "precision": PRECISIONS,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile: expected true/false, got {self.compile!r}")
         positive = ("batch_size", "eval_batch_size", "prompt_length", "tap_samples_mult")
         for name in positive:
             if getattr(self, name) <= 0:

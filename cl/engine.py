@@ -59,6 +59,7 @@ from cl.distributed import (
 from cl.environment import environment
 from cl.methods.base import Method, Task, get_method
 from cl.numerics import NonFiniteLossError
+from cl.precision import apply_precision
 from cl.runio import (
     CHECKSUMS_FILE,
     CheckpointError,
@@ -76,7 +77,8 @@ from cl.seeding import derive_seed, torch_generator
 log = logging.getLogger(__name__)
 
 # Config keys that may change between an interrupted run and its resumption.
-RUNTIME_KEYS = frozenset({"device", "num_workers", "data_root", "download"})
+# (compile changes how, not what, is computed.)
+RUNTIME_KEYS = frozenset({"device", "num_workers", "data_root", "download", "compile"})
 RUN_FILES = ("config.json", "env.json", "class_order.json", "accuracy_matrix.csv",
              "metrics.json", "log.jsonl", "expert_frequency.json", CHECKSUMS_FILE)
 
@@ -241,8 +243,10 @@ def _check_same_config(out: Path, cfg: CLConfig) -> None:
         kind = saved.get("kind", "non-CL") if isinstance(saved, dict) else "non-CL"
         raise RunDirError(f"--out {out} holds a {kind} run, not a CL run; use another --out")
     now = cfg.to_dict()
+    # a key added after the run was started (e.g. precision) counts with its default value
+    defaults = CLConfig().to_dict()
     diff = sorted(k for k in set(saved) | set(now)
-                  if k not in RUNTIME_KEYS and saved.get(k) != now.get(k))
+                  if k not in RUNTIME_KEYS and saved.get(k, defaults.get(k)) != now.get(k))
     if diff:
         raise RunDirError(
             f"{out} holds a run with a different configuration (differs in: {', '.join(diff)}); "
@@ -426,6 +430,8 @@ def run_experiment(
 
     method = get_method(cfg.method)(cfg, backbone.model, bench.num_classes, bench.task_classes,
                                     device=device, progress=progress, log=jsonl)
+    # bf16 autocast / torch.compile of the ViT forward passes (fp32: untouched)
+    apply_precision(method, device=device, precision=cfg.precision, compile=cfg.compile)
     loader_gen = torch_generator(cfg.seed, "train-loader")
     torch.manual_seed(derive_seed(cfg.seed, "global"))
     acc = np.full((0, T), np.nan)

@@ -36,6 +36,7 @@ from cl.engine import RunDirError, run_experiment  # noqa: E402
 from cl.methods import available_methods  # noqa: E402
 from cl.models.gating import ACTIVATIONS  # noqa: E402
 from cl.numerics import NonFiniteLossError  # noqa: E402
+from cl.precision import CompileError  # noqa: E402
 from cl.report import summary  # noqa: E402
 from cl.runio import WriteFailedError  # noqa: E402
 
@@ -43,6 +44,7 @@ from cl.runio import WriteFailedError  # noqa: E402
 FLAG_OF = {
     "epochs": "--epochs", "batch_size": "--batch-size", "num_workers": "--num-workers",
     "gate_act": "--gate-act", "attention": "--attention", "device": "--device",
+    "precision": "--precision", "compile": "--compile",
 }
 
 
@@ -114,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--overwrite", action="store_true", help="replace an existing run")
     where.add_argument("--attention", choices=("fused", "reference"),
                        help="prefix-attention implementation (default fused)")
+    where.add_argument("--precision", choices=("fp32", "bf16"),
+                       help="fp32 (default): exact, for reproduction; bf16: autocast of the ViT "
+                       "forward passes on the GPU (heads, losses and class statistics stay "
+                       "float32/float64; allowed on a CPU but slow there)")
+    where.add_argument("--compile", action="store_true", default=None,
+                       help="torch.compile the models' ViT forward passes (first step compiles; "
+                       "a failure stops with a one-line error naming this flag)")
     where.add_argument("--stop-after-task", type=int, metavar="T",
                        help="checkpoint after task T and stop (resume by re-running)")
     where.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -131,6 +140,7 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     direct = {
         "weights": args.weights, "gate_act": args.gate_act, "batch_size": args.batch_size,
         "data_root": args.data_root, "attention": args.attention,
+        "precision": args.precision, "compile": args.compile,
     }
     overrides.update({k: v for k, v in direct.items() if v is not None})
     if args.epochs is not None:
@@ -198,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:  # a benchmark loader that is not installed yet
         print(f"cl.py: error: dataset {cfg.dataset!r} is not available: {exc}", file=sys.stderr)
         return 2
+    except CompileError as exc:  # --compile could not compile the model on this machine
+        print(f"cl.py: error: {exc}", file=sys.stderr)
+        return 1
     except (NonFiniteLossError, WriteFailedError) as exc:  # a failed run, not a usage error
         print(f"cl.py: error: {exc}; re-run the same command to resume", file=sys.stderr)
         return 1
