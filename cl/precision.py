@@ -165,5 +165,6 @@ def apply_precision(method: object, *, device: torch.device | str, precision: st
         raise ValueError(f"{type(method).__name__} holds no model with "
                          f"{' or '.join(ENTRY_POINTS)}; cannot apply precision={precision} "
                          f"compile={compile}")
-    log.info("precision %s, compile %s applied to %s", precision, compile, done)
+    if done:
+        log.info("precision %s, compile %s applied to %s", precision, compile, done)
     return done
