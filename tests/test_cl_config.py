@@ -79,3 +79,15 @@ def test_every_method_exposes_its_options_and_refuses_unknown_ones() -> None:
 def test_bad_option_values_are_refused_at_resolution(method, options, match) -> None:
     with pytest.raises(ValueError, match=f"method_options.*{match}"):
         resolve_config("synthetic", method, overrides={"method_options": options})
+
+
+@pytest.mark.parametrize("method, allowed", [("coda-prompt", ("cosine", "constant")),
+                                             ("smope", ("coswm", "cosine", "constant"))])
+def test_schedule_option_is_checked_against_its_choices(method, allowed):
+    from cl.methods import get_method
+
+    cls = get_method(method)
+    with pytest.raises(ValueError, match=r"method_options\.schedule: 'step' is not one of"):
+        cls.resolve_options({"schedule": "step"})
+    for value in allowed:
+        assert cls.resolve_options({"schedule": value})["schedule"] == value

@@ -64,6 +64,8 @@ class Method(abc.ABC):
     name: ClassVar[str] = ""
     #: ``config.method_options`` this method understands and their defaults (none by default)
     option_defaults: ClassVar[dict[str, Any]] = {}
+    # string options with a fixed set of values, checked by resolve_options
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, progress: ProgressFn | None = None, log: LogFn | None = None) -> None:
         self.progress: ProgressFn = progress or _no_progress
@@ -83,7 +85,12 @@ class Method(abc.ABC):
             allowed = ", ".join(sorted(cls.option_defaults)) or f"none ({cls.name} has no options)"
             raise ValueError(f"method_options: unknown key(s) {', '.join(unknown)} for "
                              f"{cls.name}; allowed: {allowed}")
-        return {**cls.option_defaults, **given}
+        options = {**cls.option_defaults, **given}
+        for key, allowed_values in cls.option_choices.items():
+            if options[key] not in allowed_values:
+                raise ValueError(f"method_options.{key}: {options[key]!r} is not one of "
+                                 f"{', '.join(allowed_values)}")
+        return options
 
     @abc.abstractmethod
     def begin_task(self, task: Task) -> None:

@@ -73,14 +73,7 @@ class CodaPrompt(FrozenViTMethod):
     """
 
     option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
-
-    @classmethod
-    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
-        options = super().resolve_options(given)
-        if options["schedule"] not in SCHEDULES:
-            raise ValueError(f"method_options.schedule: {options['schedule']!r} is not one "
-                             f"of {', '.join(SCHEDULES)}")
-        return options
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
 
     def _build(self, vit: nn.Module) -> None:
         config = self.config

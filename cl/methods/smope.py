@@ -188,13 +188,11 @@ class SMoPE(FrozenViTMethod):
     """
 
     option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
 
     @classmethod
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
         opts = super().resolve_options(given)
-        if opts["schedule"] not in SCHEDULES:
-            raise ValueError(f"method_options.schedule: {opts['schedule']!r} is not one of "
-                             f"{', '.join(SCHEDULES)}")
         if not 0 < int(opts["top_k"]) <= int(opts["num_experts"]):
             raise ValueError("method_options.top_k: must be in [1, num_experts], got "
                              f"{opts['top_k']}")
