@@ -22,7 +22,7 @@ from torch import nn
 
 from cl.models.frozen_vit import FrozenPrefixViT, freeze_and_wrap
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import embed_tokens, pooled
+from cl.models.vit import embed_tokens, finish_block, pooled
 
 
 def component_weights(
@@ -212,8 +212,7 @@ class CodaViT(FrozenPrefixViT):
                 h = block(h)
                 continue
             attn_out = block.attn(block.norm1(h), prefix=prefixes[slot[i]])
-            h = h + block.drop_path1(block.ls1(attn_out))
-            h = h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
+            h = finish_block(block, h, attn_out)
         return vit.norm(h)
 
     @torch.no_grad()

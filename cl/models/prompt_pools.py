@@ -24,7 +24,7 @@ from torch import nn
 
 from cl.models.frozen_vit import freeze, seeded_head
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import embed_tokens, pooled, trunc_normal_head
+from cl.models.vit import embed_tokens, finish_block, pooled, trunc_normal_head
 
 
 # ---------------------------------------------------------------------------- key matching
@@ -306,8 +306,7 @@ class GEPrefixViT(_KeyedViT):
                 h = block(h)
                 continue
             attn = block.attn(block.norm1(h), prefix=prefixes[i])
-            h = h + block.drop_path1(block.ls1(attn))
-            h = h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
+            h = finish_block(block, h, attn)
         return self.vit.norm(h)
 
     def features(self, x: torch.Tensor, e_ids: torch.Tensor | None) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch import nn
 
 from cl.models.frozen_vit import FrozenPrefixViT, freeze_and_wrap
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import embed_tokens
+from cl.models.vit import embed_tokens, finish_block
 
 
 def proxy_scores(q: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
@@ -295,8 +295,7 @@ class SMoPEViT(FrozenPrefixViT):
                 penalty_fn=None if penalty_fns is None else penalty_fns[j],
             )
             routing.append(route)
-            h = h + block.drop_path1(block.ls1(attn_out))
-            h = h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
+            h = finish_block(block, h, attn_out)
         return vit.norm(h), routing
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

@@ -60,6 +60,16 @@ def embed_tokens(vit: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
 
 
+def finish_block(block: nn.Module, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """The rest of a pre-norm timm ``Block`` once its attention output is known.
+
+    Prompted blocks compute ``block.attn(block.norm1(h), ...)`` themselves (with a prefix or
+    prompt experts); this adds the residual and the MLP branch exactly as ``Block.forward``.
+    """
+    h = h + block.drop_path1(block.ls1(attn_out))
+    return h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
+
+
 def pooled(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """The pre-logits feature of a timm ViT: the CLS token after the final norm."""
     if getattr(vit, "global_pool", "token") == "token":
@@ -198,8 +208,7 @@ class PromptedViT(nn.Module):
                 alpha=self.prompt.alpha(j),
                 tau=self.prompt.tau(j),
             )
-            h = h + block.drop_path1(block.ls1(attn_out))
-            h = h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
+            h = finish_block(block, h, attn_out)
         return vit.norm(h)
 
     def pre_logits(self, tokens: torch.Tensor) -> torch.Tensor:
