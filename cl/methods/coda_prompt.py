@@ -146,16 +146,6 @@ class CodaPrompt(FrozenViTMethod):
         assert self.task_index >= 0, "no task has been learned yet"
         return self.model(x.to(self.device), self._components(self.task_index)[1])
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the classes seen so far (others ``-inf``)."""
-        return masked_logits(self._logits(x), self._seen_mask())
-
-    @torch.no_grad()
-    def predict_oracle(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """Logits restricted to each sample's true task."""
-        return self._restrict_to_tasks(self._logits(x), task_ids)
-
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -369,16 +369,6 @@ class SMoPE(FrozenViTMethod):
                                                 penalty_fns=self._eval_penalties())
         return self.model.forward_head(tokens)
 
-    @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of the classes seen so far (others ``-inf``), one prompted pass."""
-        return masked_logits(self._logits(x), self._seen_mask())
-
-    @torch.no_grad()
-    def predict_oracle(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
-        """Logits restricted to each sample's true task."""
-        return self._restrict_to_tasks(self._logits(x), task_ids)
-
     # ------------------------------------------------------------------ run files
     def expert_frequency(self) -> dict[str, Any]:
         """Accumulated selection counts in the ``expert_frequency.json`` format of

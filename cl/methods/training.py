@@ -168,6 +168,22 @@ class FrozenViTMethod(Method):
             self.log({"phase": phase, "task": task.index, "epoch": epoch,
                       "loss": loss_sum / max(n_old, 1)})
 
+    # ------------------------------------------------------------------ inference
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Unmasked logits of one prompted pass; single-pass methods (CODA, SMoPE) define it
+        and inherit :meth:`predict` / :meth:`predict_oracle`, the others override those."""
+        raise NotImplementedError(f"{type(self).__name__} must define _logits or predict")
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the classes seen so far (others ``-inf``)."""
+        return masked_logits(self._logits(x), self._seen_mask())
+
+    @torch.no_grad()
+    def predict_oracle(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """Logits restricted to each sample's true task."""
+        return self._restrict_to_tasks(self._logits(x), task_ids)
+
     # ------------------------------------------------------------------ inference helpers
     def _seen_mask(self) -> torch.Tensor:
         """Boolean ``(num_classes,)`` mask of the classes of the tasks learned so far."""
