@@ -488,21 +488,8 @@ class LeastSquaresMoE:
         structure = self._structure(X.shape[2])
         R, P = X.shape[0], structure.theta.shape[-1]
         starts = self._starts(R, P)
-        best: FitResult | None = None
-        for k in range(self.n_init):
-            res = fit_batched(
-                X,
-                y,
-                starts[:, k],
-                structure,
-                bound=self.bound,
-                max_iter=self.max_iter,
-                ftol=self.tol,
-                xtol=self.tol,
-                gtol=self.tol,
-            )
-            best = res if best is None else _keep_better(best, res)
-        assert best is not None
+        best = fit_restarts(X, y, starts, structure, bound=self.bound, max_iter=self.max_iter,
+                            tol=self.tol)
         if not best.converged.all():
             warnings.warn(
                 f"{int((~best.converged).sum())} of {R} fits reached max_iter={self.max_iter} "
@@ -524,6 +511,29 @@ class LeastSquaresMoE:
         from moe_theory.model import regression
 
         return regression(np.asarray(X, dtype=float), self.params_)
+
+
+def fit_restarts(
+    X: np.ndarray,
+    Y: np.ndarray,
+    starts: np.ndarray,
+    structure: PrefixMoE,
+    *,
+    bound: float | None = None,
+    max_iter: int = 400,
+    tol: float = 1e-12,
+) -> FitResult:
+    """:func:`fit_batched` from every start in ``starts`` ``(R, n_init, P)``; per replicate the
+    fit with the lowest RSS is kept (ties keep the earlier start). ``tol`` is used as ``ftol``,
+    ``xtol`` and ``gtol``."""
+    best: FitResult | None = None
+    for k in range(starts.shape[1]):
+        res = fit_batched(X, Y, starts[:, k], structure, bound=bound, max_iter=max_iter,
+                          ftol=tol, xtol=tol, gtol=tol)
+        best = res if best is None else _keep_better(best, res)
+    if best is None:
+        raise ValueError("starts must hold at least one starting point per replicate")
+    return best
 
 
 def _keep_better(a: FitResult, b: FitResult) -> FitResult:

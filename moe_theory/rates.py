@@ -21,7 +21,7 @@ import numpy as np
 from joblib import Memory, Parallel, delayed
 from threadpoolctl import threadpool_limits
 
-from moe_theory.estimate import fit_batched, near_truth_starts
+from moe_theory.estimate import fit_restarts, near_truth_starts
 from moe_theory.gates import ACTIVATIONS, GATES, Gate, check_choice
 from moe_theory.inference import bootstrap_slope, compare_rate_models, local_slopes, ols_slope
 from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_residual
@@ -225,25 +225,8 @@ def fit_task(
                 for rep in replicates
             ]
         )  # (R, restarts, P)
-        best = None
-        for k in range(config.restarts):
-            res = fit_batched(
-                X,
-                Y,
-                starts[:, k],
-                structure,
-                bound=bound,
-                max_iter=config.max_iter,
-                ftol=config.tol,
-                xtol=config.tol,
-                gtol=config.tol,
-            )
-            if best is None:
-                best = res
-            else:
-                better = res.rss < best.rss
-                for name in ("theta", "rss", "n_iter", "converged", "at_bound"):
-                    getattr(best, name)[better] = getattr(res, name)[better]
+        best = fit_restarts(X, Y, starts, structure, bound=bound, max_iter=config.max_iter,
+                            tol=config.tol)
         del X, Y
         losses = voronoi_loss(best.theta, truth.theta, truth.dim, r=config.r)
         grid, weights = integration_points(truth.dim)
