@@ -29,6 +29,8 @@ SAMPLE_CHUNK = 32768
 _TILE_ELEMENTS = 1 << 15
 # Largest copy of a replicate subset's data that is kept between evaluations.
 _SUBSET_CACHE_BYTES = 1 << 28
+# First LM damping, relative to diag(J^T J).
+_LAMBDA0 = 1e-3
 
 
 class ConvergenceWarning(UserWarning):
@@ -227,9 +229,10 @@ def fit_batched(
     def new_point(rows: np.ndarray) -> None:
         """Book-keeping at fresh normal equations: count, first damping, gradient test."""
         n_iter[rows] += 1
-        start = np.isnan(lam[rows])
+        # The damping multiplies diag(J^T J) (Marquardt's scaling), so it is dimensionless: a
+        # first value tied to max diag(J^T J) ~ n would over-damp the first steps at large n.
+        lam[rows[np.isnan(lam[rows])]] = _LAMBDA0
         diag = np.diagonal(jtj[rows], axis1=1, axis2=2)
-        lam[rows[start]] = 1e-3 * diag[start].max(axis=1)
         # Gradient test, scaled like MINPACK's (cosine of residual and Jacobian columns).
         col = np.sqrt(np.maximum(diag, 1e-300))
         gnorm = np.max(np.abs(jtr[rows]) / col, axis=1) / np.sqrt(np.maximum(rss[rows], 1e-300))
