@@ -6,6 +6,11 @@ and one convergence flag per replicate, and an optional box ``[-bound, bound]`` 
 projection with an active set. :class:`LeastSquaresMoE` wraps it in a scikit-learn style
 estimator with restarts.
 
+The residuals and normal equations come from one of two backends: ``"numpy"`` (the reference:
+vectorised over replicates, Jacobian materialised, ``J^T J`` by BLAS) or ``"numba"`` (compiled
+kernels of :mod:`moe_theory.kernels` that accumulate ``J^T J`` sample by sample); ``"auto"``
+picks numba when it is installed and implements the model. The LM iteration itself is shared.
+
 Convergence follows MINPACK's tests (``ftol``, ``xtol``, ``gtol``); a fit that stops because it
 used ``max_iter`` Jacobian evaluations is *capped*: kept, flagged ``converged=False``, counted.
 """
@@ -15,10 +20,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Literal
 
 import numpy as np
 
-from moe_theory.gates import Activation, Gate, GateKind
+from moe_theory.gates import Activation, Gate, GateKind, check_choice
 from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, collapse_pretrained, mixture
 
 # Samples per chunk when accumulating J^T J: fixed (never derived from R), so every replicate's
@@ -31,6 +38,67 @@ _TILE_ELEMENTS = 1 << 15
 _SUBSET_CACHE_BYTES = 1 << 28
 # First LM damping, relative to diag(J^T J).
 _LAMBDA0 = 1e-3
+
+Backend = Literal["auto", "numba", "numpy"]
+BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
+
+
+def _load_kernels() -> ModuleType | None:
+    """:mod:`moe_theory.kernels`, or None when numba cannot be imported.
+
+    Imported on first use only, so ``import moe_theory.estimate`` neither loads numba nor
+    compiles anything.
+    """
+    try:
+        from moe_theory import kernels
+    except ImportError:
+        return None
+    return kernels
+
+
+def resolve_backend(backend: str, structure: PrefixMoE) -> str:
+    """The backend :func:`fit_batched` uses for ``backend`` and ``structure``.
+
+    Parameters
+    ----------
+    backend:
+        ``"auto"``, ``"numba"`` or ``"numpy"``.
+    structure:
+        The fitted model's known parts.
+
+    Returns
+    -------
+    str
+        ``"numba"`` or ``"numpy"``. ``"auto"`` gives ``"numba"`` when numba imports and the
+        kernels implement the structure's gate and expert
+        (:func:`moe_theory.kernels.kernel_supports`), else ``"numpy"``, silently.
+
+    Raises
+    ------
+    ImportError
+        ``"numba"`` asked for and numba is not installed.
+    ValueError
+        An unknown backend, or ``"numba"`` for a structure the kernels do not implement.
+    """
+    check_choice(backend, BACKENDS, "backend")
+    if backend == "numpy":
+        return "numpy"
+    kernels = _load_kernels()
+    if kernels is None:
+        if backend == "numba":
+            raise ImportError(
+                "backend='numba' needs the numba package (pip install 'numba>=0.60'); "
+                "use backend='numpy' or 'auto' to run without it"
+            )
+        return "numpy"
+    if kernels.kernel_supports(structure):
+        return "numba"
+    if backend == "numba":
+        raise ValueError(
+            f"the numba kernels do not implement gate {structure.gate.label!r} with "
+            f"{structure.expert!r} experts; use backend='numpy' or 'auto'"
+        )
+    return "numpy"
 
 
 class ConvergenceWarning(UserWarning):
@@ -75,15 +143,32 @@ def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class _Problem:
     """Data of one batched fit, split into fixed sample chunks with cached pretrained terms.
 
-    Per chunk it keeps views of ``X`` transposed ``(R, d, m)`` and ``Y`` ``(R, m)``, and the
-    collapsed pretrained terms ``(R, m)`` (they do not depend on theta). Evaluations run on a
-    subset of replicates; the subset's data are copied once and reused while the same subset
-    comes back, and never copied when every replicate takes part.
+    numpy backend: per chunk it keeps views of ``X`` transposed ``(R, d, m)`` and ``Y``
+    ``(R, m)``, and the collapsed pretrained terms ``(R, m)`` (they do not depend on theta).
+    Evaluations run on a subset of replicates; the subset's data are copied once and reused
+    while the same subset comes back, and never copied when every replicate takes part.
+
+    numba backend: ``X`` is kept transposed ``(R, d, n)`` and the collapsed pretrained terms
+    are computed chunk by chunk into ``(R, n)`` arrays; the kernels read them through a
+    replicate index (no subset copies).
     """
 
-    def __init__(self, X: np.ndarray, Y: np.ndarray, structure: PrefixMoE, chunk: int) -> None:
+    def __init__(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        structure: PrefixMoE,
+        chunk: int,
+        backend: str = "numpy",
+        threads: int = 1,
+    ) -> None:
         self.structure = structure
         self.R, n = X.shape[:2]
+        self.backend = backend
+        self.threads = threads
+        if backend == "numba":
+            self._init_numba(X, Y, chunk)
+            return
         self.all_chunks = []
         for start in range(0, n, chunk):
             Xc = X[:, start : start + chunk]
@@ -96,6 +181,27 @@ class _Problem:
         self.bytes_per_row = sum(arr[0].nbytes for c in self.all_chunks for arr in c)
         self.n_prompts = structure.n_prompts
         self._buffers: dict[tuple[int, ...], np.ndarray] = {}
+
+    def _init_numba(self, X: np.ndarray, Y: np.ndarray, chunk: int) -> None:
+        """Contiguous data and ``(R, n)`` pretrained terms for the compiled kernels."""
+        kernels = _load_kernels()
+        if kernels is None:  # resolve_backend checked already; kept for direct use
+            raise ImportError("the numba backend needs the numba package")
+        self._kernels = kernels
+        self._codes = kernels.kernel_codes(self.structure)
+        if self._codes is None:
+            raise ValueError(f"the numba kernels do not implement {self.structure.gate.label}")
+        # samples last (a view for d = 1, a copy of X otherwise)
+        self.XT = np.ascontiguousarray(np.swapaxes(X, 1, 2), dtype=float)
+        self.Y = np.ascontiguousarray(Y, dtype=float)
+        n = X.shape[1]
+        self.lse = np.empty((self.R, n))
+        self.mean_out = np.empty((self.R, n))
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            self.lse[:, part], self.mean_out[:, part] = collapse_pretrained(
+                *self.structure.pretrained.logits_and_outputs(X[:, part])
+            )
 
     def chunks(self, rows: np.ndarray) -> Iterable[tuple[np.ndarray, ...]]:
         """The chunks restricted to ``rows``.
@@ -122,6 +228,11 @@ class _Problem:
         The RSS is computed by the same operations with or without the Jacobian, so values
         from both kinds of evaluation can be compared (the LM gain ratio does).
         """
+        if self.backend == "numba":
+            return self._kernels.accumulate(
+                self.XT, self.Y, self.lse, self.mean_out, rows.astype(np.int64, copy=False),
+                theta, self._codes, jacobian, self.threads,
+            )
         k, P = theta.shape
         total = np.zeros(k)
         jtj = np.zeros((k, P, P)) if jacobian else None
@@ -170,6 +281,8 @@ def fit_batched(
     xtol: float = 1e-12,
     gtol: float = 1e-12,
     chunk: int = SAMPLE_CHUNK,
+    backend: Backend = "auto",
+    threads: int = 1,
 ) -> FitResult:
     """Levenberg-Marquardt least squares for R independent data sets at once.
 
@@ -190,7 +303,20 @@ def fit_batched(
         MINPACK-style tests: relative RSS decrease, relative step size, and the largest
         gradient component scaled by the RSS.
     chunk:
-        Samples per chunk for accumulating the normal equations.
+        Samples per chunk for accumulating the normal equations (numpy backend); the numba
+        backend only computes the pretrained terms in chunks of this size and walks over all
+        samples of a replicate in one pass.
+    backend:
+        How the residuals and normal equations are evaluated: ``"numpy"`` (the reference:
+        vectorised over replicates, the Jacobian materialised and multiplied with BLAS),
+        ``"numba"`` (compiled kernels of :mod:`moe_theory.kernels` that accumulate the normal
+        equations sample by sample, compiled on first use and cached on disk) or ``"auto"``
+        (numba when it is installed and implements the structure's gate and expert, else
+        numpy). The backends agree to rounding, not bit for bit, so in ill-conditioned
+        (over-specified) fits their iterates and iteration counts can differ.
+    threads:
+        Threads over replicates for the numba backend (ignored by numpy, whose BLAS threads
+        are set by the caller, e.g. with threadpoolctl). Results do not depend on it.
 
     Returns
     -------
@@ -211,9 +337,11 @@ def fit_batched(
     R, P = theta.shape
     if X.shape[0] != R or Y.shape[:2] != X.shape[:2]:
         raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, theta0 {theta.shape}")
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1; got {threads}")
     if bound is not None:
         theta = np.clip(theta, -bound, bound)
-    problem = _Problem(X, Y, structure, chunk)
+    problem = _Problem(X, Y, structure, chunk, resolve_backend(backend, structure), threads)
 
     n_iter = np.zeros(R, dtype=int)
     converged = np.zeros(R, dtype=bool)
@@ -387,6 +515,10 @@ class LeastSquaresMoE:
         Standard deviation of the near-truth start noise.
     random_state:
         Seed (int, SeedSequence or Generator) of the starting points.
+    backend:
+        ``"auto"``, ``"numba"`` or ``"numpy"``: how :func:`fit_batched` evaluates the model.
+    threads:
+        Threads over replicates of the numba backend.
 
     Attributes
     ----------
@@ -414,6 +546,8 @@ class LeastSquaresMoE:
         tau: float = 1.0,
         init_scale: float = 0.1,
         random_state: int | np.random.SeedSequence | np.random.Generator | None = None,
+        backend: Backend = "auto",
+        threads: int = 1,
     ) -> None:
         self.gate = gate
         self.activation = activation
@@ -430,6 +564,8 @@ class LeastSquaresMoE:
         self.tau = tau
         self.init_scale = init_scale
         self.random_state = random_state
+        self.backend = backend
+        self.threads = threads
 
     def _structure(self, dim: int) -> PrefixMoE:
         pretrained = self.pretrained
@@ -492,7 +628,7 @@ class LeastSquaresMoE:
         R, P = X.shape[0], structure.theta.shape[-1]
         starts = self._starts(R, P)
         best = fit_restarts(X, y, starts, structure, bound=self.bound, max_iter=self.max_iter,
-                            tol=self.tol)
+                            tol=self.tol, backend=self.backend, threads=self.threads)
         if not best.converged.all():
             warnings.warn(
                 f"{int((~best.converged).sum())} of {R} fits reached max_iter={self.max_iter} "
@@ -525,14 +661,16 @@ def fit_restarts(
     bound: float | None = None,
     max_iter: int = 400,
     tol: float = 1e-12,
+    backend: Backend = "auto",
+    threads: int = 1,
 ) -> FitResult:
     """:func:`fit_batched` from every start in ``starts`` ``(R, n_init, P)``; per replicate the
     fit with the lowest RSS is kept (ties keep the earlier start). ``tol`` is used as ``ftol``,
-    ``xtol`` and ``gtol``."""
+    ``xtol`` and ``gtol``; ``backend`` and ``threads`` are passed on."""
     best: FitResult | None = None
     for k in range(starts.shape[1]):
         res = fit_batched(X, Y, starts[:, k], structure, bound=bound, max_iter=max_iter,
-                          ftol=tol, xtol=tol, gtol=tol)
+                          ftol=tol, xtol=tol, gtol=tol, backend=backend, threads=threads)
         best = res if best is None else _keep_better(best, res)
     if best is None:
         raise ValueError("starts must hold at least one starting point per replicate")

@@ -1,0 +1,242 @@
+"""The compiled (numba) normal equations of the batched fitter against independent references.
+
+References: the numpy path of ``moe_theory.estimate`` (``_Problem.evaluate``, backend
+``"numpy"``), and for one case a finite-difference Jacobian of the regression function written
+out here from its definition (all ``N`` pretrained experts, no collapsing, ``scipy`` softmax).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from moe_theory import estimate, kernels
+from moe_theory.estimate import (
+    LeastSquaresMoE,
+    _Problem,
+    fit_batched,
+    near_truth_starts,
+    resolve_backend,
+)
+from moe_theory.gates import Gate
+from moe_theory.model import (
+    PrefixMoE,
+    Pretrained,
+    collapse_pretrained,
+    n_params,
+    regression,
+)
+from moe_theory.settings import THETA_BOUND, default_truth
+from moe_theory.simulate import simulate
+
+GATES = [Gate("linear"), Gate("norga", "tanh", 0.7, 1.3), Gate("norga", "sigmoid", 1.2, 0.8),
+         Gate("norga", "gelu", 0.9, 1.1)]
+
+
+def random_structure(gate: Gate, expert: str, d: int, L: int, seed: int) -> PrefixMoE:
+    """Random pretrained experts (N = 2) in dimension d, L placeholder prompt atoms."""
+    rng = np.random.default_rng(seed)
+    pre = Pretrained(B=rng.normal(size=(2, d, d)), c=rng.normal(size=2),
+                     a=rng.normal(size=(2, d)), b=rng.normal(size=2))
+    zeros = np.zeros(n_params(L, d))
+    return PrefixMoE(pre, np.zeros(L), np.zeros((L, d)), np.zeros((L, d)), np.zeros(L),
+                     gate=gate, expert=expert).with_theta(zeros)
+
+
+def random_data(d: int, R: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1.0, 1.0, size=(R, n, d)), rng.normal(size=(R, n))
+
+
+def assert_close(actual: np.ndarray, desired: np.ndarray, rtol: float) -> None:
+    """Elementwise, relative to the largest entry (off-diagonal sums can nearly cancel)."""
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * np.abs(desired).max())
+
+
+@pytest.mark.parametrize("L", [1, 2])
+@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize("expert", ["affine", "tanh"])
+@pytest.mark.parametrize("gate", GATES, ids=lambda g: g.label)
+def test_normal_equations_match_the_numpy_path(gate, expert, d, L):
+    structure = random_structure(gate, expert, d, L, seed=d + 10 * L)
+    X, Y = random_data(d, R=3, n=150, seed=L)  # 150: two full blocks and a partial one
+    theta = np.random.default_rng(7).normal(size=(2, n_params(L, d)))
+    rows = np.array([2, 0])
+    ref = _Problem(X, Y, structure, 64, "numpy").evaluate(theta, rows, jacobian=True)
+    fast = _Problem(X, Y, structure, 64, "numba")
+    rss, jtj, jtr = fast.evaluate(theta, rows, jacobian=True)
+    assert_close(rss, ref[0], 1e-10)
+    assert_close(jtj, ref[1], 1e-10)
+    assert_close(jtr, ref[2], 1e-10)
+    np.testing.assert_array_equal(jtj, np.swapaxes(jtj, 1, 2))
+    # the value-only kernel gives the same RSS bit for bit (the LM gain ratio mixes both)
+    value_only, none1, none2 = fast.evaluate(theta, rows, jacobian=False)
+    assert none1 is None and none2 is None
+    np.testing.assert_array_equal(value_only, rss)
+
+
+def obvious_g(X: np.ndarray, structure: PrefixMoE, theta: np.ndarray) -> np.ndarray:
+    """``g(X)`` straight from the definition: a softmax over all N + L experts."""
+    pre = structure.pretrained
+    d = X.shape[1]
+    atoms = theta.reshape(-1, 2 + 2 * d)
+    beta0, beta1, a, b = atoms[:, 0], atoms[:, 1 : 1 + d], atoms[:, 1 + d : 1 + 2 * d], atoms[:, -1]
+    logits = [X @ pre.B[j] @ X.T for j in range(len(pre.c))]
+    pre_logits = np.stack([np.diag(s) + c for s, c in zip(logits, pre.c, strict=True)], axis=1)
+    pre_out = X @ pre.a.T + pre.b
+    prompt_logits = structure.gate.phi(X @ beta1.T) + beta0
+    z = X @ a.T + b
+    prompt_out = z if structure.expert == "affine" else np.tanh(z)
+    weights = softmax(np.concatenate([pre_logits, prompt_logits], axis=1), axis=1)
+    return (weights * np.concatenate([pre_out, prompt_out], axis=1)).sum(axis=1)
+
+
+def test_normal_equations_match_a_finite_difference_jacobian():
+    structure = random_structure(Gate("norga", "tanh", 0.8, 1.5), "tanh", d=2, L=2, seed=3)
+    X, Y = random_data(2, R=1, n=70, seed=5)
+    theta = np.random.default_rng(11).normal(size=n_params(2, 2))
+    g = obvious_g(X[0], structure, theta)
+    np.testing.assert_allclose(regression(X[0], structure.with_theta(theta)), g, rtol=1e-12)
+    h = 1e-6
+    J = np.empty((X.shape[1], theta.size))
+    for j in range(theta.size):
+        step = np.zeros_like(theta)
+        step[j] = h
+        J[:, j] = (obvious_g(X[0], structure, theta + step)
+                   - obvious_g(X[0], structure, theta - step)) / (2 * h)
+    r = Y[0] - g
+    rss, jtj, jtr = kernels.evaluate(np.swapaxes(X, 1, 2), Y, *_pretrained_terms(X, structure),
+                                     np.array([0]), theta[None], structure, jacobian=True)
+    assert rss[0] == pytest.approx(r @ r, rel=1e-12)
+    assert_close(jtj[0], J.T @ J, 1e-7)
+    assert_close(jtr[0], J.T @ r, 1e-7)
+
+
+def _pretrained_terms(X: np.ndarray, structure: PrefixMoE) -> tuple[np.ndarray, np.ndarray]:
+    return collapse_pretrained(*structure.pretrained.logits_and_outputs(X))
+
+
+def test_a_replicate_gives_the_same_bits_alone_in_a_batch_and_on_two_threads():
+    structure = random_structure(Gate("norga", "tanh"), "affine", d=1, L=2, seed=1)
+    X, Y = random_data(1, R=5, n=300, seed=2)
+    XT = np.swapaxes(X, 1, 2)
+    lse, mean_out = _pretrained_terms(X, structure)
+    theta = np.random.default_rng(3).normal(size=(5, n_params(2, 1)))
+    every = np.arange(5)
+    batch = kernels.evaluate(XT, Y, lse, mean_out, every, theta, structure, True)
+    two = kernels.evaluate(XT, Y, lse, mean_out, every, theta, structure, True, threads=2)
+    sub = np.array([4, 3, 1])
+    subset = kernels.evaluate(XT, Y, lse, mean_out, sub, theta[sub], structure, True, threads=2)
+    for k in range(3):
+        np.testing.assert_array_equal(two[k], batch[k])
+        np.testing.assert_array_equal(subset[k], batch[k][sub])
+    for r in (0, 3):
+        alone = kernels.evaluate(XT, Y, lse, mean_out, np.array([r]), theta[r : r + 1],
+                                 structure, True)
+        for k in range(3):
+            np.testing.assert_array_equal(alone[k][0], batch[k][r])
+    # and through the whole fitter (an over-specified fit: many rejected steps)
+    truth = default_truth(Gate("linear"))
+    over = truth.with_theta(np.zeros(8))
+    Xs, Ys = simulate(truth, 400, list(range(4)), seed=4, setting="kernel-test")
+    rng = np.random.default_rng(4)
+    starts = np.stack([near_truth_starts(truth, 2, 1, rng, bound=THETA_BOUND)[0]
+                       for _ in range(4)])
+    kw = {"bound": THETA_BOUND, "max_iter": 60, "backend": "numba"}
+    one = fit_batched(Xs, Ys, starts, over, threads=1, **kw)
+    both = fit_batched(Xs, Ys, starts, over, threads=2, **kw)
+    alone = fit_batched(Xs[2:3], Ys[2:3], starts[2:3], over, **kw)
+    for name in ("theta", "rss", "n_iter", "converged"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(both, name))
+        np.testing.assert_array_equal(getattr(alone, name)[0], getattr(one, name)[2])
+
+
+@pytest.mark.parametrize("gate", ["linear", "norga"])
+def test_fits_reach_the_same_minima_as_the_numpy_backend(gate):
+    truth = default_truth(Gate(gate))
+    X, Y = simulate(truth, 500, list(range(4)), seed=3, setting="kernel-test")
+    rng = np.random.default_rng(3)
+    starts = np.stack([near_truth_starts(truth, 1, 1, rng)[0] for _ in range(4)])
+    ref = fit_batched(X, Y, starts, truth, backend="numpy")
+    fast = fit_batched(X, Y, starts, truth, backend="numba")
+    assert ref.converged.all()
+    np.testing.assert_array_equal(fast.converged, ref.converged)
+    np.testing.assert_allclose(fast.rss, ref.rss, rtol=1e-8)
+    np.testing.assert_allclose(fast.theta, ref.theta, atol=1e-6)
+
+
+def test_bounded_over_specified_fits_reach_the_same_minima_as_the_numpy_backend():
+    truth = default_truth(Gate("norga"), "tanh")  # E3-like: L = 1 true atom, L' = 2 fitted
+    structure = truth.with_theta(np.zeros(n_params(2, 1)))
+    X, Y = simulate(truth, 400, list(range(3)), seed=6, setting="kernel-test")
+    rng = np.random.default_rng(6)
+    starts = np.stack([near_truth_starts(truth, 2, 1, rng, bound=THETA_BOUND)[0]
+                       for _ in range(3)])
+    ref = fit_batched(X, Y, starts, structure, bound=THETA_BOUND, backend="numpy")
+    fast = fit_batched(X, Y, starts, structure, bound=THETA_BOUND, backend="numba")
+    np.testing.assert_array_equal(fast.converged, ref.converged)
+    np.testing.assert_allclose(fast.rss, ref.rss, rtol=1e-8)
+    assert np.all(np.abs(fast.theta) <= THETA_BOUND)
+
+
+@pytest.mark.parametrize("beta0", [(800.0, 799.5), (-800.0, -790.0), (800.0, -800.0)])
+def test_extreme_logits_are_finite_and_match_the_numpy_overflow_handling(beta0):
+    structure = random_structure(Gate("norga", "tanh"), "tanh", d=1, L=2, seed=4)
+    X, Y = random_data(1, R=2, n=100, seed=8)
+    theta = np.random.default_rng(9).normal(size=(2, n_params(2, 1)))
+    theta[:, 0], theta[:, 4] = beta0  # the atoms' beta0
+    rows = np.arange(2)
+    ref = _Problem(X, Y, structure, 64, "numpy").evaluate(theta, rows, jacobian=True)
+    fast = _Problem(X, Y, structure, 64, "numba").evaluate(theta, rows, jacobian=True)
+    for mine, theirs in zip(fast, ref, strict=True):
+        assert np.isfinite(mine).all()
+        assert_close(mine, theirs, 1e-10)
+
+
+def test_backend_choice_falls_back_and_reports(monkeypatch):
+    structure = default_truth(Gate("norga"))
+    assert kernels.kernel_supports(structure)
+    assert resolve_backend("auto", structure) == "numba"
+    assert resolve_backend("numpy", structure) == "numpy"
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend("cuda", structure)
+    # an activation the kernels do not implement: auto uses numpy, numba says why not
+    odd = Gate("norga")
+    object.__setattr__(odd, "activation", "softplus")
+    odd_structure = PrefixMoE(structure.pretrained, structure.beta0, structure.beta1,
+                              structure.a, structure.b, gate=odd)
+    assert not kernels.kernel_supports(odd_structure)
+    assert resolve_backend("auto", odd_structure) == "numpy"
+    with pytest.raises(ValueError, match="do not implement"):
+        resolve_backend("numba", odd_structure)
+    # numba missing
+    monkeypatch.setattr(estimate, "_load_kernels", lambda: None)
+    assert resolve_backend("auto", structure) == "numpy"
+    with pytest.raises(ImportError, match="numba"):
+        resolve_backend("numba", structure)
+
+
+def test_estimator_passes_backend_and_threads_on(monkeypatch):
+    seen = []
+    real = estimate.fit_batched
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["backend"], kwargs["threads"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(estimate, "fit_batched", spy)
+    truth = default_truth(Gate("linear"))
+    X, Y = simulate(truth, 200, [0], seed=1, setting="kernel-test")
+    LeastSquaresMoE("linear", truth=truth, n_init=2, random_state=0, backend="numpy",
+                    threads=2).fit(X[0], Y[0])
+    assert seen == [("numpy", 2), ("numpy", 2)]
+
+
+def test_importing_the_package_neither_imports_numba_nor_compiles():
+    code = ("import sys, moe_theory.estimate, moe_theory.rates; "
+            "sys.exit('numba' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
