@@ -27,12 +27,12 @@ attention matrix and the gated logits; the fused kernel keeps its output and a l
 On a GPU the peak of ``torch.cuda.max_memory_allocated`` above the resting allocation is
 reported as well.
 
-What limits the fused NoRGa path (``sdpa_backward_node`` in the JSON): in training the NoRGa
-bias ``gate(s_P) - s_P`` depends on the prompts, so it needs a gradient, and the CPU SDPA
-kernel (flash attention for CPU) does not give a gradient to ``attn_mask``: torch then falls
-back to the math path, which keeps the attention matrix like the reference path does. Without
-gradients (inference, frozen passes) the fused kernel is used. The linear gate has no bias and
-always gets the fused kernel.
+Which SDPA kernel runs (``sdpa_backward_node`` in the JSON): a float ``attn_mask`` that needs a
+gradient sends the CPU SDPA to its math fallback, which keeps the attention matrix like the
+reference path. NoRGa's ``gate(s_P) - s_P`` depends on the prompts, so the fused path does not
+pass it as a mask but in extra head dimensions (``cl/models/prefix_attention.py``) and gets the
+fused kernel in training as well; ``norga_prefix_attention`` names the node that path records.
+The linear gate has no bias and always gets the fused kernel.
 
 Device: CPU float32 here; when CUDA is present the same measurements run on the GPU under
 bf16 autocast (batch 64 by default) and the JSON says so; ``--device cpu`` forces the CPU.
@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cl.backbones import build_backbone  # noqa: E402
+from cl.models.prefix_attention import PrefixAttention  # noqa: E402
 from cl.models.vit import PromptedViT  # noqa: E402
 from cl.runio import write_json_atomic  # noqa: E402
 
@@ -305,10 +306,11 @@ def measure(dev: Device, batch: int, repeats: int, prompt_length: int, image_siz
 
 def sdpa_backends(dev: Device) -> dict[str, str]:
     """Which SDPA kernel autograd records, with no bias, a constant bias and a bias that needs
-    a gradient (NoRGa's ``gate(s) - s`` depends on the prompts, so it needs one in training).
+    a gradient, and on the fused NoRGa path of :class:`PrefixAttention` in training.
 
-    The name of the output's ``grad_fn`` tells the kernel: a fused kernel has its own backward
-    node; the math fallback ends in a view / matmul node and keeps the attention matrix.
+    The name of the backward node tells the kernel: a fused kernel has its own backward node
+    (``ScaledDotProduct...Backward``); the math fallback ends in a view / matmul node and keeps
+    the attention matrix.
     """
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 16, 32, generator=g).to(dev.device) for _ in range(3))
@@ -320,7 +322,27 @@ def sdpa_backends(dev: Device) -> dict[str, str]:
                             ("bias_requiring_grad", bias.clone().requires_grad_(True))):
             o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
             out[label] = type(o.grad_fn).__name__
+        attn = PrefixAttention(nn.Linear(128, 384), nn.Linear(128, 128), 4, gate="norga",
+                               activation="tanh", fused=True).to(dev.device).train()
+        x = torch.randn(2, 16, 128, generator=g).to(dev.device)
+        prefix = torch.randn(2, 2, 5, 4, 32, generator=g).to(dev.device).requires_grad_(True)
+        o = attn(x, prefix=prefix, alpha=torch.tensor(1.0, requires_grad=True))
+        out["norga_prefix_attention"] = sdpa_node(o)
     return out
+
+
+def sdpa_node(out: torch.Tensor) -> str:
+    """Name of the SDPA backward node in the graph of ``out`` (none: the math fallback)."""
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__.startswith("ScaledDotProduct"):
+            return type(node).__name__
+        stack.extend(fn for fn, _ in node.next_functions)
+    return "none (math fallback)"
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:

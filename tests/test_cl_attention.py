@@ -188,3 +188,174 @@ def test_prompted_vit_paths_agree_with_gradients(gate: str, device: str) -> None
     assert grads[True][1].abs().sum() > 0
     if gate == "norga":
         assert grads[True][2].abs().sum() > 0  # alpha and tau receive gradient
+
+
+# ------------------------------------------------------------------ the fused NoRGa path
+# The fused path puts NoRGa's gate(s) - s into extra head dimensions instead of an attn_mask
+# (cl/models/prefix_attention.py): checked against the reference path and a bias written out,
+# and checked to keep SDPA's fused kernel (less saved for backward than the reference).
+
+def _leaves(seed: int, b: int, h: int, n: int, d: int, length: int):
+    """q, k, v ``(b, h, n, d)`` and per-sample prefixes ``(b, h, length, d)``, all leaves."""
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, d, generator=g) for _ in range(3))
+    p_k, p_v = (torch.randn(b, h, length, d, generator=g) for _ in range(2))
+    return [t.requires_grad_(True) for t in (q, k, v, p_k, p_v)]
+
+
+def _weighted_backward(out: torch.Tensor, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)
+    return list(torch.autograd.grad((out * weights).sum(), tensors))
+
+
+def _uses_fused_sdpa_kernel(out: torch.Tensor) -> bool:
+    """Whether the autograd graph of ``out`` holds a fused SDPA backward node (the math
+    fallback has none: it is recorded as matmul / softmax nodes)."""
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__.startswith("ScaledDotProduct"):
+            return True
+        stack.extend(fn for fn, _ in node.next_functions)
+    return False
+
+
+@pytest.mark.parametrize("length", [1, 3, 8, 11])
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "gelu"])
+def test_fused_norga_matches_reference_with_gradients(act: str, length: int) -> None:
+    """Output and q/k/v/prefix/alpha/tau gradients of _fused and _reference, in training mode
+    (dropout p = 0), per-sample prefixes; D = 8, so D + L is padded for L = 1, 3, 11 and not
+    for L = 8."""
+    b, h, n, d = 3, 2, 7, 8
+    module = PrefixAttention(torch.nn.Linear(h * d, 3 * h * d), torch.nn.Linear(h * d, h * d),
+                             h, gate="norga", activation=act).train()
+    assert module.attn_drop.p == 0.0
+    results = []
+    for path in (module._reference, module._fused):
+        leaves = _leaves(length, b, h, n, d, length)
+        alpha = torch.tensor(0.8, requires_grad=True)
+        tau = torch.tensor(1.7, requires_grad=True)
+        q, k, v, p_k, p_v = leaves
+        if path == module._fused:
+            out = path(q, k, v, p_k, p_v, alpha, tau, 0.0)
+            assert _uses_fused_sdpa_kernel(out), "SDPA fell back to its math kernel"
+        else:
+            out = path(q, k, v, p_k, p_v, alpha, tau)
+        assert out.shape == (b, h, n, d)
+        results.append([out.detach(), *_weighted_backward(out, [*leaves, alpha, tau])])
+    names = ("output", "grad q", "grad k", "grad v", "grad p_k", "grad p_v", "grad alpha",
+             "grad tau")
+    for name, ref, fused in zip(names, *results, strict=True):
+        assert ref.abs().sum() > 0, name
+        torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-5,
+                                   msg=f"{name} ({act}, L={length})")
+
+
+@pytest.mark.parametrize("length", [1, 5, 8])
+def test_prefix_bias_attention_equals_an_additive_mask(length: int) -> None:
+    """An arbitrary bias on the prefix columns: same output and gradients (bias included) as
+    the textbook softmax with that bias added; head size 12 (not a multiple of 8)."""
+    from cl.models.prefix_attention import prefix_bias_attention
+
+    b, h, n, d = 2, 3, 9, 12
+    scale = d**-0.5
+    results = []
+    for fused in (False, True):
+        leaves = _leaves(10 + length, b, h, n, d, length)
+        bias = torch.randn(b, h, n, length, generator=torch.Generator().manual_seed(5))
+        bias.requires_grad_(True)
+        q, k, v, p_k, p_v = leaves
+        if fused:
+            out = prefix_bias_attention(q, k, v, p_k, p_v, bias, scale=scale)
+        else:
+            logits = torch.cat([q @ p_k.transpose(-2, -1) * scale + bias,
+                                q @ k.transpose(-2, -1) * scale], dim=-1)
+            out = logits.softmax(-1) @ torch.cat([p_v, v], dim=2)
+        results.append([out.detach(), *_weighted_backward(out, [*leaves, bias])])
+    for i, (ref, fused) in enumerate(zip(*results, strict=True)):
+        torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-5, msg=f"tensor {i}")
+
+
+def _saved_bytes(fn, exclude: list[torch.Tensor]) -> int:
+    """Bytes autograd saves for backward while ``fn`` runs, one count per storage, the storages
+    of ``exclude`` (module parameters) left out."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    out.sum().backward()  # the counted graph really is a training graph
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("gate", ["norga", "linear"])
+def test_fused_path_saves_less_for_backward_than_reference(gate: str) -> None:
+    """In training (everything requires grad) the fused path keeps SDPA's fused kernel and so
+    saves fewer bytes for backward than the reference path, which keeps the (B, H, N, L + N)
+    attention matrix. An attn_mask that needs a gradient (NoRGa's bias) would send SDPA to its
+    math kernel, which saves as much as the reference path: this test would fail then."""
+    b, n, c, h, length = 2, 96, 64, 4, 5
+    attn = Attention(c, num_heads=h, qkv_bias=True)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(b, n, c, generator=g)
+    prefix = torch.randn(b, 2, length, h, c // h, generator=g)
+    saved = {}
+    for fused in (False, True):
+        module = PrefixAttention.from_timm(attn, gate=gate, activation="tanh", fused=fused)
+        module.train()
+        inputs = [t.clone().requires_grad_(True) for t in (x, prefix)]
+        alpha, tau = torch.tensor(0.5, requires_grad=True), torch.tensor(2.0, requires_grad=True)
+        saved[fused] = _saved_bytes(lambda m=module, i=inputs, a=alpha, t=tau: m(
+            i[0], prefix=i[1], alpha=a, tau=t), list(attn.parameters()))
+    attention_matrix = b * h * n * (n + length) * 4
+    assert saved[True] < saved[False], saved
+    # and by a clear margin, a good part of the attention matrix
+    assert saved[False] - saved[True] > attention_matrix // 4, (saved, attention_matrix)
+
+
+#: bf16 against float32: relative error (Frobenius norm of the difference over the norm of the
+#: float32 value) of the output and the x / prefix gradients (as in test_cl_precision.py; the
+#: reference path under autocast is about 8e-3 off here, the fused one 7e-3 to 8e-3), and of
+#: the alpha / tau gradients (scalar sums over every prefix logit, where bf16 round-off does not
+#: average out: either path misses float32 by up to 3e-2 on them for some seeds).
+BF16_REL_TOL = {"tensor": 2e-2, "scalar": 6e-2}
+
+
+def test_fused_norga_under_cpu_bf16_autocast() -> None:
+    """Under CPU bf16 autocast the fused NoRGa path runs SDPA's fused kernel in bf16 and agrees
+    with the float32 reference path within :data:`BF16_REL_TOL`."""
+    b, n, c, h, length = 2, 20, 32, 4, 5
+    attn = Attention(c, num_heads=h, qkv_bias=True)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    x = torch.randn(b, n, c, generator=g)
+    prefix = torch.randn(b, 2, length, h, c // h, generator=g)
+    results = {}
+    for fused, autocast in ((False, False), (True, True)):
+        module = PrefixAttention.from_timm(attn, gate="norga", activation="tanh", fused=fused)
+        inputs = [t.clone().requires_grad_(True) for t in (x, prefix)]
+        scalars = [torch.tensor(0.9, requires_grad=True), torch.tensor(1.4, requires_grad=True)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = module(inputs[0], prefix=inputs[1], alpha=scalars[0], tau=scalars[1])
+        assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
+        if autocast:
+            assert _uses_fused_sdpa_kernel(out), "SDPA fell back to its math kernel"
+        grads = _weighted_backward(out.float(), [*inputs, *scalars])
+        assert all(gr.dtype == torch.float32 for gr in grads)
+        results[autocast] = [out.detach().float(), *grads]
+    names = ("output", "grad x", "grad prefix", "grad alpha", "grad tau")
+    for name, exact, mixed in zip(names, results[False], results[True], strict=True):
+        rel = float((mixed - exact).norm() / exact.norm())
+        tol = BF16_REL_TOL["scalar" if exact.ndim == 0 else "tensor"]
+        assert 0.0 < rel < tol, (name, rel)  # > 0: bf16 really ran
