@@ -73,3 +73,21 @@ def learnable_on_vit_b16(name: str, dataset: str, num_classes: int, num_tasks: i
     cfg = resolve_config(dataset, name, backbone)
     method = get_method(name)(cfg, vit, num_classes, task_classes, device="meta")
     return {k: p.numel() for k, p in method.model.named_parameters() if p.requires_grad}
+
+
+def saved_bytes(fn, exclude: list[torch.Tensor]) -> int:
+    """Bytes autograd saves for backward while ``fn`` runs, one count per storage, the storages
+    of ``exclude`` (module parameters) left out."""
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    out.sum().backward()  # the counted graph really is a training graph
+    return sum(seen.values())

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from cl_helpers import head_qkv
+from cl_helpers import head_qkv, saved_bytes
 from timm.layers import Attention
 
 from cl.models.gating import prefix_gate
@@ -279,24 +279,6 @@ def test_prefix_bias_attention_equals_an_additive_mask(length: int) -> None:
         torch.testing.assert_close(fused, ref, rtol=1e-4, atol=1e-5, msg=f"tensor {i}")
 
 
-def _saved_bytes(fn, exclude: list[torch.Tensor]) -> int:
-    """Bytes autograd saves for backward while ``fn`` runs, one count per storage, the storages
-    of ``exclude`` (module parameters) left out."""
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    out.sum().backward()  # the counted graph really is a training graph
-    return sum(seen.values())
-
-
 @pytest.mark.parametrize("gate", ["norga", "linear"])
 def test_fused_path_saves_less_for_backward_than_reference(gate: str) -> None:
     """In training (everything requires grad) the fused path keeps SDPA's fused kernel and so
@@ -314,7 +296,7 @@ def test_fused_path_saves_less_for_backward_than_reference(gate: str) -> None:
         module.train()
         inputs = [t.clone().requires_grad_(True) for t in (x, prefix)]
         alpha, tau = torch.tensor(0.5, requires_grad=True), torch.tensor(2.0, requires_grad=True)
-        saved[fused] = _saved_bytes(lambda m=module, i=inputs, a=alpha, t=tau: m(
+        saved[fused] = saved_bytes(lambda m=module, i=inputs, a=alpha, t=tau: m(
             i[0], prefix=i[1], alpha=a, tau=t), list(attn.parameters()))
     attention_matrix = b * h * n * (n + length) * 4
     assert saved[True] < saved[False], saved

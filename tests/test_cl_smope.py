@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cl_helpers import check_stop_and_resume, head_qkv, learnable_on_vit_b16
+from cl_helpers import check_stop_and_resume, head_qkv, learnable_on_vit_b16, saved_bytes
 from timm.layers import Attention
 
 from cl.backbones import build_backbone
@@ -305,3 +305,25 @@ def test_learnable_parameters_on_vit_b16_by_hand() -> None:
     expected = 6 * 12 * 25 * 2 * 64 + (768 * 200 + 200)
     assert expected == 384_200  # the poster's "0.38M"
     assert count == expected
+
+
+def test_fused_expert_attention_keeps_the_flash_kernel_in_training() -> None:
+    # The proxy-score bias needs a gradient; as an attn_mask it would send SDPA to its math
+    # kernel, which keeps the (B, H, N, K + N) attention matrix for backward.
+    torch.manual_seed(6)
+    n_tokens = 64  # the attention matrix must dominate what is saved
+    timm_attn = Attention(C, num_heads=H, qkv_bias=True)
+    g = _gen(7)
+    x = torch.randn(B, n_tokens, C, generator=g)
+    keys = torch.nn.Parameter(torch.rand(H, NP, D, generator=g))
+    values = torch.nn.Parameter(torch.rand(H, NP, D, generator=g))
+    saved = {}
+    for fused in (True, False):
+        attn = ExpertPrefixAttention.from_timm(timm_attn, gate="linear", activation="tanh",
+                                               fused=fused).train()
+        saved[fused] = saved_bytes(
+            lambda a=attn: a.forward_experts(x, keys, values, top_k=K)[0],
+            exclude=list(attn.parameters()),
+        )
+    attention_matrix = B * H * n_tokens * (K + n_tokens) * 4
+    assert saved[False] - saved[True] > attention_matrix // 2, (saved, attention_matrix)

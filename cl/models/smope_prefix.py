@@ -25,11 +25,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cl.models.frozen_vit import FrozenPrefixViT, freeze_and_wrap
-from cl.models.prefix_attention import PrefixAttention
+from cl.models.prefix_attention import PrefixAttention, prefix_bias_attention
 from cl.models.vit import embed_tokens, finish_block
 
 
@@ -149,15 +148,13 @@ class ExpertPrefixAttention(PrefixAttention):
             selected = select_experts(scores, top_k, penalty)
             sel_scores = scores.gather(-1, selected)
             index = selected.unsqueeze(-1).expand(-1, -1, -1, D)
-            sel_keys = keys.unsqueeze(0).expand(B, -1, -1, -1).gather(2, index)
             sel_values = values.unsqueeze(0).expand(B, -1, -1, -1).gather(2, index)
         else:
             selected = None
             sel_scores = scores
-            sel_keys = keys.unsqueeze(0).expand(B, -1, -1, -1)
             sel_values = values.unsqueeze(0).expand(B, -1, -1, -1)
         if self.fused:
-            out = self._fused_experts(q, k, v, sel_keys, sel_values, sel_scores)
+            out = self._fused_experts(q, k, v, sel_values, sel_scores)
         else:
             out = self._reference_experts(q, k, v, sel_values, sel_scores)
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
@@ -173,19 +170,15 @@ class ExpertPrefixAttention(PrefixAttention):
         attn = self.attn_drop(attn)
         return attn @ torch.cat([sel_values, v], dim=2)
 
-    def _fused_experts(self, q, k, v, sel_keys, sel_values, sel_scores) -> torch.Tensor:
-        # SDPA computes q_i . p_j * scale on the expert columns; the bias replaces it by s_bar_j.
-        per_token = (q @ sel_keys.transpose(-2, -1)) * self.scale  # (B, H, N, K)
-        bias = torch.cat(
-            [sel_scores.unsqueeze(2) - per_token, per_token.new_zeros(*per_token.shape[:-1],
-                                                                       k.shape[2])],
-            dim=-1,
-        )
+    def _fused_experts(self, q, k, v, sel_values, sel_scores) -> torch.Tensor:
+        # The expert logits do not depend on the query: zero key prefix plus the proxy scores as
+        # bias, which rides in extra head dimensions so SDPA keeps its flash kernel in training.
         dropout = self.training and isinstance(self.attn_drop, nn.Dropout)
         drop_p = self.attn_drop.p if dropout else 0.0
-        return F.scaled_dot_product_attention(
-            q, torch.cat([sel_keys, k], dim=2), torch.cat([sel_values, v], dim=2),
-            attn_mask=bias, dropout_p=drop_p, scale=self.scale,
+        bias = sel_scores.unsqueeze(2).expand(-1, -1, q.shape[2], -1)
+        return prefix_bias_attention(
+            q, k, v, torch.zeros_like(sel_values), sel_values, bias, scale=self.scale,
+            dropout_p=drop_p,
         )
 
 
