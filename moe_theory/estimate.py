@@ -316,7 +316,10 @@ def fit_batched(
         (over-specified) fits their iterates and iteration counts can differ.
     threads:
         Threads over replicates for the numba backend (ignored by numpy, whose BLAS threads
-        are set by the caller, e.g. with threadpoolctl). Results do not depend on it.
+        are set by the caller, e.g. with threadpoolctl). Results do not depend on it. 1 runs
+        a serial kernel; more start numba's thread pool, which pays off only on idle cores
+        (every evaluation is a fork-join) and, with numba's "omp" threading layer, must not
+        be followed by forking worker processes.
 
     Returns
     -------

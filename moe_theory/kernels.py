@@ -2,8 +2,10 @@
 
 The numpy path of :mod:`moe_theory.estimate` materialises the Jacobian ``(k, P, n)`` of every
 replicate and multiplies it out with BLAS. The kernels here instead walk over the samples of one
-replicate once and accumulate the residual sum of squares, ``J^T J`` (upper triangle, mirrored at
-the end) and ``J^T r`` on the fly, so nothing of size ``n`` is allocated per evaluation.
+replicate once, in blocks of :data:`BLOCK` samples, and accumulate the residual sum of squares,
+``J^T J`` (upper triangle, mirrored at the end) and ``J^T r`` on the fly, so nothing of size
+``n`` is allocated per evaluation. Per block every quantity is a loop over the block's samples
+that LLVM vectorises; ``exp`` is computed by plain arithmetic (:func:`_exp`) for that reason.
 
 Model per sample (collapsed pretrained block, prompt atom ``l`` with
 ``theta_l = (beta0_l, beta1_l[0:d], a_l[0:d], b_l)``)::
@@ -16,10 +18,11 @@ with the softmax shifted by ``max(lse, p_1, ..., p_L)`` at every sample (no over
 finite logits). ``J`` is the Jacobian of ``g`` and ``r = y - g``, the convention of
 :meth:`moe_theory.estimate._Problem.evaluate`.
 
-Every replicate is accumulated by one thread, sample after sample, in a fixed order, and the
-kernels are compiled without ``fastmath`` (no reassociation, no fused multiply-add), so a
-replicate's numbers do not depend on the other replicates of the batch or on the thread count;
-the value-only kernel computes ``g`` with the same operations as the Jacobian kernel.
+Every replicate is accumulated by one thread, in a fixed order (sample ``i`` goes to lane
+``i mod BLOCK``; the lanes are added in order at the end), and the kernels are compiled without
+``fastmath`` (no reassociation, no fused multiply-add), so a replicate's numbers do not depend
+on the other replicates of the batch or on the thread count; the value-only kernel computes
+``g`` and the RSS with the same operations as the Jacobian kernel.
 
 Importing this module imports numba but compiles nothing: each kernel is compiled on its first
 call and cached on disk (``cache=True``).
