@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 
 from moe_theory.gates import Activation, Gate, GateKind, check_choice
-from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, collapse_pretrained, mixture
+from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, mixture
 
 # Samples per chunk when accumulating J^T J: fixed (never derived from R), so every replicate's
 # arithmetic is the same whatever else is in the batch.
@@ -54,6 +54,11 @@ def _load_kernels() -> ModuleType | None:
     except ImportError:
         return None
     return kernels
+
+
+def compiled_backend_available() -> bool:
+    """Whether numba imports, so ``backend="auto"`` can use the compiled kernels."""
+    return _load_kernels() is not None
 
 
 def resolve_backend(backend: str, structure: PrefixMoE) -> str:
@@ -172,7 +177,7 @@ class _Problem:
         self.all_chunks = []
         for start in range(0, n, chunk):
             Xc = X[:, start : start + chunk]
-            lse, mean_out = collapse_pretrained(*structure.pretrained.logits_and_outputs(Xc))
+            lse, mean_out = structure.pretrained.collapsed(Xc)
             # views of the caller's arrays (no copies of the data: memory at large n)
             self.all_chunks.append((np.swapaxes(Xc, 1, 2), Y[:, start : start + chunk], lse,
                                     mean_out))
@@ -199,8 +204,8 @@ class _Problem:
         self.mean_out = np.empty((self.R, n))
         for start in range(0, n, chunk):
             part = slice(start, start + chunk)
-            self.lse[:, part], self.mean_out[:, part] = collapse_pretrained(
-                *self.structure.pretrained.logits_and_outputs(X[:, part])
+            self.lse[:, part], self.mean_out[:, part] = self.structure.pretrained.collapsed(
+                X[:, part]
             )
 
     def chunks(self, rows: np.ndarray) -> Iterable[tuple[np.ndarray, ...]]:

@@ -11,6 +11,7 @@ layout is ``(beta_0, beta_1[0:d], a[0:d], b)``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
@@ -70,6 +71,41 @@ class Pretrained:
     @property
     def dim(self) -> int:
         return self.a.shape[1]
+
+    def collapsed(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`collapse_pretrained` of :meth:`logits_and_outputs`, computed expert by expert.
+
+        Same numbers, about four times faster: no ``(..., n, N)`` arrays, whose reductions over
+        the short last axis numpy does not vectorise.
+
+        Parameters
+        ----------
+        X:
+            Inputs ``(..., n, d)``.
+
+        Returns
+        -------
+        lse, mean_out:
+            ``(..., n)`` each.
+        """
+        XT = np.moveaxis(np.asarray(X, dtype=float), -1, 0)  # (d, ..., n)
+        logits, outputs = [], []
+        for B, c, a, b in zip(self.B, self.c, self.a, self.b, strict=True):
+            if self.dim == 1:
+                x = XT[0]
+                logits.append((B[0, 0] * x) * x + c)
+                outputs.append(a[0] * x + b)
+            else:
+                logits.append(np.einsum("i...,ik,k...->...", XT, B, XT) + c)
+                outputs.append(np.tensordot(a, XT, axes=1) + b)
+        top = functools.reduce(np.maximum, logits)
+        total = np.zeros_like(top)
+        num = np.zeros_like(top)
+        for logit, out in zip(logits, outputs, strict=True):
+            weight = np.exp(logit - top)
+            total += weight
+            num += weight * out
+        return top + np.log(total), num / total
 
     def logits_and_outputs(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Pretrained logits and expert outputs, both of shape ``(..., n, N)``."""
@@ -411,10 +447,11 @@ def regression_and_jacobian(
         stop = min(start + _SAMPLE_BLOCK, n)
         Xb = X[..., start:stop, :]
         if pretrained_terms is None:
-            terms = structure.pretrained.logits_and_outputs(Xb)
+            lse, mean_out = structure.pretrained.collapsed(Xb)
         else:
-            terms = tuple(t[..., start:stop, :] for t in pretrained_terms)
-        lse, mean_out = collapse_pretrained(*terms)
+            lse, mean_out = collapse_pretrained(
+                *(t[..., start:stop, :] for t in pretrained_terms)
+            )
         Jb = None if J is None else J[..., start:stop]
         g[..., start:stop] = mixture(
             np.swapaxes(Xb, -1, -2), lse, mean_out, theta, structure, jac_out=Jb

@@ -21,7 +21,7 @@ import numpy as np
 from joblib import Memory, Parallel, delayed
 from threadpoolctl import threadpool_limits
 
-from moe_theory.estimate import fit_restarts, near_truth_starts
+from moe_theory.estimate import compiled_backend_available, fit_restarts, near_truth_starts
 from moe_theory.gates import ACTIVATIONS, GATES, Gate, check_choice
 from moe_theory.inference import bootstrap_slope, compare_rate_models, local_slopes, ols_slope
 from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_residual
@@ -179,10 +179,15 @@ class RateConfig:
 
 
 def _source_fingerprint() -> str:
-    """Hash of this package's sources: cached fits are invalidated when the code changes."""
+    """Hash of this package's sources and of whether numba is there.
+
+    Cached fits are invalidated when the code changes, and fits from the numpy and the compiled
+    backend (equal up to rounding, which can move capped over-specified fits) are never mixed.
+    """
     digest = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.read_bytes())
+    digest.update(b"numba" if compiled_backend_available() else b"numpy")
     return digest.hexdigest()[:16]
 
 

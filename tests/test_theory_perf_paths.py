@@ -37,6 +37,25 @@ def test_collapsed_pretrained_block_gives_the_full_softmax(gate, expert):
     np.testing.assert_allclose(lse, np.log(np.exp(lg).sum(-1)), rtol=1e-14)
 
 
+@pytest.mark.parametrize("dim", [1, 3])
+def test_expert_by_expert_collapse_equals_the_collapse_of_the_full_arrays(dim):
+    rng = np.random.default_rng(dim)
+    N = 3
+    B = rng.normal(size=(N, dim, dim))
+    pre = model.Pretrained(B=B + np.swapaxes(B, 1, 2), c=rng.normal(size=N),
+                           a=rng.normal(size=(N, dim)), b=rng.normal(size=N))
+    X = rng.uniform(-2, 2, size=(4, 60, dim))
+    lse, mean = pre.collapsed(X)
+    lg, out = pre.logits_and_outputs(X)
+    # independent: the log-sum-exp and softmax average written out
+    np.testing.assert_allclose(lse, np.log(np.exp(lg).sum(-1)), rtol=1e-13)
+    w = np.exp(lg) / np.exp(lg).sum(-1, keepdims=True)
+    np.testing.assert_allclose(mean, (w * out).sum(-1), rtol=1e-12, atol=1e-13)
+    ref_lse, ref_mean = collapse_pretrained(lg, out)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-15, atol=1e-15)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-14, atol=1e-15)
+
+
 def test_overflowing_samples_use_the_shifted_softmax_and_do_not_touch_their_mates():
     m = default_truth(Gate("norga"))
     X = np.linspace(-1, 1, 9)[:, None]
@@ -62,20 +81,24 @@ def test_sample_blocks_inside_the_model_do_not_change_numbers(monkeypatch):
     np.testing.assert_array_equal(J, J2)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("bound", [None, 5.0])
-def test_fitter_numbers_do_not_depend_on_subset_caching_or_batch_mates(monkeypatch, bound):
+def test_fitter_numbers_do_not_depend_on_subset_caching_or_batch_mates(monkeypatch, bound,
+                                                                        backend):
     truth = default_truth(Gate("linear"))
     structure = truth.with_theta(np.zeros(8))  # over-specified: many rejected steps
     X, Y = simulate(truth, 700, list(range(5)), seed=4, setting="perf-test")
     rng = np.random.default_rng(4)
     starts = np.stack([near_truth_starts(truth, 2, 1, rng, bound=bound)[0] for _ in range(5)])
-    ref = fit_batched(X, Y, starts, structure, bound=bound, max_iter=60, chunk=256)
+    ref = fit_batched(X, Y, starts, structure, bound=bound, max_iter=60, chunk=256,
+                      backend=backend)
     monkeypatch.setattr(estimate, "_SUBSET_CACHE_BYTES", 0)  # copy subsets chunk by chunk
-    lazy = fit_batched(X, Y, starts, structure, bound=bound, max_iter=60, chunk=256)
+    lazy = fit_batched(X, Y, starts, structure, bound=bound, max_iter=60, chunk=256,
+                      backend=backend)
     for name in ("theta", "rss", "n_iter", "converged"):
         np.testing.assert_array_equal(getattr(ref, name), getattr(lazy, name))
     for r in (0, 3):
         alone = fit_batched(X[r : r + 1], Y[r : r + 1], starts[r : r + 1], structure,
-                            bound=bound, max_iter=60, chunk=256)
+                            bound=bound, max_iter=60, chunk=256, backend=backend)
         np.testing.assert_array_equal(alone.theta[0], ref.theta[r])
         assert alone.rss[0] == ref.rss[r] and alone.n_iter[0] == ref.n_iter[r]
