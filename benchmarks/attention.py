@@ -66,7 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cl.backbones import build_backbone  # noqa: E402
-from cl.models.prefix_attention import PrefixAttention  # noqa: E402
+from cl.models.prefix_attention import PrefixAttention, sdpa_backward_node  # noqa: E402
 from cl.models.vit import PromptedViT  # noqa: E402
 from cl.runio import write_json_atomic  # noqa: E402
 
@@ -327,22 +327,8 @@ def sdpa_backends(dev: Device) -> dict[str, str]:
         x = torch.randn(2, 16, 128, generator=g).to(dev.device)
         prefix = torch.randn(2, 2, 5, 4, 32, generator=g).to(dev.device).requires_grad_(True)
         o = attn(x, prefix=prefix, alpha=torch.tensor(1.0, requires_grad=True))
-        out["norga_prefix_attention"] = sdpa_node(o)
+        out["norga_prefix_attention"] = sdpa_backward_node(o) or "none (math fallback)"
     return out
-
-
-def sdpa_node(out: torch.Tensor) -> str:
-    """Name of the SDPA backward node in the graph of ``out`` (none: the math fallback)."""
-    stack, seen = [out.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if type(node).__name__.startswith("ScaledDotProduct"):
-            return type(node).__name__
-        stack.extend(fn for fn, _ in node.next_functions)
-    return "none (math fallback)"
 
 
 def ratios(results: dict[str, Any]) -> dict[str, Any]:

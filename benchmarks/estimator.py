@@ -41,14 +41,13 @@ from pathlib import Path
 
 import numpy as np
 from scipy.optimize import least_squares
-from scipy.special import softmax
 from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moe_theory.estimate import fit_batched, near_truth_starts  # noqa: E402
-from moe_theory.model import PrefixMoE, mixture, n_params  # noqa: E402
+from moe_theory.model import PrefixMoE, mixture, n_params, textbook_regression  # noqa: E402
 from moe_theory.settings import THETA_BOUND, get_setting  # noqa: E402
 from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate  # noqa: E402
 
@@ -112,21 +111,6 @@ def problem(
     return X, Y, starts, structure, bound
 
 
-def plain_model(theta: np.ndarray, X: np.ndarray, structure: PrefixMoE) -> np.ndarray:
-    """Textbook ``g(x)``: softmax over the ``N`` pretrained and ``L'`` prompt experts."""
-    pre = structure.pretrained
-    d = X.shape[1]
-    atoms = theta.reshape(-1, 2 + 2 * d)  # per atom: beta0, beta1, a, b
-    beta0, beta1, a, b = atoms[:, 0], atoms[:, 1 : 1 + d], atoms[:, 1 + d : 1 + 2 * d], atoms[:, -1]
-    pre_logits = np.einsum("ni,jik,nk->nj", X, pre.B, X) + pre.c
-    pre_out = X @ pre.a.T + pre.b
-    prompt_logits = structure.gate.phi(X @ beta1.T) + beta0
-    z = X @ a.T + b
-    prompt_out = z if structure.expert == "affine" else np.tanh(z)
-    weights = softmax(np.concatenate([pre_logits, prompt_logits], axis=1), axis=1)
-    return (weights * np.concatenate([pre_out, prompt_out], axis=1)).sum(axis=1)
-
-
 def fit_reference(
     X: np.ndarray,
     Y: np.ndarray,
@@ -146,7 +130,7 @@ def fit_reference(
         if kind == "plain":
 
             def fun(th: np.ndarray, Xr=X[r], Yr=Y[r]) -> np.ndarray:
-                return plain_model(th, Xr, structure) - Yr
+                return textbook_regression(Xr, th, structure) - Yr
 
             jac: object = "2-point"
         else:

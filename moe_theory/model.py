@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, get_args
 
 import numpy as np
+from scipy.special import softmax
 
 from moe_theory.gates import Gate, check_choice, quadratic_scores
 
@@ -207,6 +208,39 @@ def regression(X: np.ndarray, params: PrefixMoE) -> np.ndarray:
     """
     g, _ = regression_and_jacobian(X, params.theta, params, jacobian=False)
     return g
+
+
+def textbook_regression(X: np.ndarray, theta: np.ndarray, structure: PrefixMoE) -> np.ndarray:
+    """``g(X)`` straight from the definition, for one data set: slow, obvious, unbatched.
+
+    A softmax (``scipy.special.softmax``) over all ``N`` pretrained and ``L'`` prompt experts;
+    the reference that tests and benchmarks hold the fast paths against.
+
+    Parameters
+    ----------
+    X:
+        Inputs ``(n, d)``.
+    theta:
+        Flat prompt parameters ``(P,)``.
+    structure:
+        Known parts of the model (its own prompt values are ignored).
+
+    Returns
+    -------
+    ndarray ``(n,)``.
+    """
+    pre = structure.pretrained
+    d = X.shape[1]
+    atoms = np.asarray(theta, dtype=float).reshape(-1, 2 + 2 * d)  # beta0, beta1, a, b per atom
+    beta0, beta1, a, b = atoms[:, 0], atoms[:, 1 : 1 + d], atoms[:, 1 + d : 1 + 2 * d], atoms[:, -1]
+    pre_logits = np.stack([np.sum((X @ B) * X, axis=1) + c for B, c in zip(pre.B, pre.c,
+                                                                             strict=True)], axis=1)
+    pre_out = X @ pre.a.T + pre.b
+    prompt_logits = structure.gate.phi(X @ beta1.T) + beta0
+    z = X @ a.T + b
+    prompt_out = z if structure.expert == "affine" else np.tanh(z)
+    weights = softmax(np.concatenate([pre_logits, prompt_logits], axis=1), axis=1)
+    return (weights * np.concatenate([pre_out, prompt_out], axis=1)).sum(axis=1)
 
 
 def collapse_pretrained(

@@ -10,7 +10,7 @@ from cl_helpers import head_qkv, saved_bytes
 from timm.layers import Attention
 
 from cl.models.gating import prefix_gate
-from cl.models.prefix_attention import PrefixAttention
+from cl.models.prefix_attention import PrefixAttention, sdpa_backward_node
 from cl.models.prompts import PrefixPrompt
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -208,21 +208,6 @@ def _weighted_backward(out: torch.Tensor, tensors: list[torch.Tensor]) -> list[t
     return list(torch.autograd.grad((out * weights).sum(), tensors))
 
 
-def _uses_fused_sdpa_kernel(out: torch.Tensor) -> bool:
-    """Whether the autograd graph of ``out`` holds a fused SDPA backward node (the math
-    fallback has none: it is recorded as matmul / softmax nodes)."""
-    stack, seen = [out.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        if type(node).__name__.startswith("ScaledDotProduct"):
-            return True
-        stack.extend(fn for fn, _ in node.next_functions)
-    return False
-
-
 @pytest.mark.parametrize("length", [1, 3, 8, 11])
 @pytest.mark.parametrize("act", ["tanh", "sigmoid", "gelu"])
 def test_fused_norga_matches_reference_with_gradients(act: str, length: int) -> None:
@@ -241,7 +226,7 @@ def test_fused_norga_matches_reference_with_gradients(act: str, length: int) -> 
         q, k, v, p_k, p_v = leaves
         if path == module._fused:
             out = path(q, k, v, p_k, p_v, alpha, tau, 0.0)
-            assert _uses_fused_sdpa_kernel(out), "SDPA fell back to its math kernel"
+            assert sdpa_backward_node(out) is not None, "SDPA fell back to its math kernel"
         else:
             out = path(q, k, v, p_k, p_v, alpha, tau)
         assert out.shape == (b, h, n, d)
@@ -332,7 +317,7 @@ def test_fused_norga_under_cpu_bf16_autocast() -> None:
             out = module(inputs[0], prefix=inputs[1], alpha=scalars[0], tau=scalars[1])
         assert out.dtype == (torch.bfloat16 if autocast else torch.float32)
         if autocast:
-            assert _uses_fused_sdpa_kernel(out), "SDPA fell back to its math kernel"
+            assert sdpa_backward_node(out) is not None, "SDPA fell back to its math kernel"
         grads = _weighted_backward(out.float(), [*inputs, *scalars])
         assert all(gr.dtype == torch.float32 for gr in grads)
         results[autocast] = [out.detach().float(), *grads]

@@ -1,8 +1,9 @@
 """The compiled (numba) normal equations of the batched fitter against independent references.
 
 References: the numpy path of ``moe_theory.estimate`` (``_Problem.evaluate``, backend
-``"numpy"``), and for one case a finite-difference Jacobian of the regression function written
-out here from its definition (all ``N`` pretrained experts, no collapsing, ``scipy`` softmax).
+``"numpy"``), and for one case a finite-difference Jacobian of
+``moe_theory.model.textbook_regression`` (all ``N`` pretrained experts, no collapsing, ``scipy``
+softmax).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import sys
 
 import numpy as np
 import pytest
-from scipy.special import softmax
 
 from moe_theory import estimate, kernels
 from moe_theory.estimate import (
@@ -29,6 +29,7 @@ from moe_theory.model import (
     collapse_pretrained,
     n_params,
     regression,
+    textbook_regression,
 )
 from moe_theory.settings import THETA_BOUND, default_truth
 from moe_theory.simulate import simulate
@@ -79,35 +80,19 @@ def test_normal_equations_match_the_numpy_path(gate, expert, d, L):
     np.testing.assert_array_equal(value_only, rss)
 
 
-def obvious_g(X: np.ndarray, structure: PrefixMoE, theta: np.ndarray) -> np.ndarray:
-    """``g(X)`` straight from the definition: a softmax over all N + L experts."""
-    pre = structure.pretrained
-    d = X.shape[1]
-    atoms = theta.reshape(-1, 2 + 2 * d)
-    beta0, beta1, a, b = atoms[:, 0], atoms[:, 1 : 1 + d], atoms[:, 1 + d : 1 + 2 * d], atoms[:, -1]
-    logits = [X @ pre.B[j] @ X.T for j in range(len(pre.c))]
-    pre_logits = np.stack([np.diag(s) + c for s, c in zip(logits, pre.c, strict=True)], axis=1)
-    pre_out = X @ pre.a.T + pre.b
-    prompt_logits = structure.gate.phi(X @ beta1.T) + beta0
-    z = X @ a.T + b
-    prompt_out = z if structure.expert == "affine" else np.tanh(z)
-    weights = softmax(np.concatenate([pre_logits, prompt_logits], axis=1), axis=1)
-    return (weights * np.concatenate([pre_out, prompt_out], axis=1)).sum(axis=1)
-
-
 def test_normal_equations_match_a_finite_difference_jacobian():
     structure = random_structure(Gate("norga", "tanh", 0.8, 1.5), "tanh", d=2, L=2, seed=3)
     X, Y = random_data(2, R=1, n=70, seed=5)
     theta = np.random.default_rng(11).normal(size=n_params(2, 2))
-    g = obvious_g(X[0], structure, theta)
+    g = textbook_regression(X[0], theta, structure)
     np.testing.assert_allclose(regression(X[0], structure.with_theta(theta)), g, rtol=1e-12)
     h = 1e-6
     J = np.empty((X.shape[1], theta.size))
     for j in range(theta.size):
         step = np.zeros_like(theta)
         step[j] = h
-        J[:, j] = (obvious_g(X[0], structure, theta + step)
-                   - obvious_g(X[0], structure, theta - step)) / (2 * h)
+        J[:, j] = (textbook_regression(X[0], theta + step, structure)
+                   - textbook_regression(X[0], theta - step, structure)) / (2 * h)
     r = Y[0] - g
     rss, jtj, jtr = kernels.evaluate(np.swapaxes(X, 1, 2), Y, *_pretrained_terms(X, structure),
                                      np.array([0]), theta[None], structure, jacobian=True)

@@ -241,3 +241,21 @@ def prefix_bias_attention(
                        zero.expand(B, H, rows, width)], dim=-1)
     out = F.scaled_dot_product_attention(q_aug, k_aug, v_aug, dropout_p=dropout_p, scale=scale)
     return out[..., :D]
+
+
+def sdpa_backward_node(out: torch.Tensor) -> str | None:
+    """Name of the fused SDPA backward node in the autograd graph of ``out``, if any.
+
+    The math fallback of ``scaled_dot_product_attention`` records plain matmul / softmax nodes,
+    so ``None`` means no fused kernel ran (or no SDPA at all).
+    """
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__.startswith("ScaledDotProduct"):
+            return type(node).__name__
+        stack.extend(fn for fn, _ in node.next_functions)
+    return None
