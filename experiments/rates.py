@@ -77,9 +77,10 @@ def build_parser() -> OneLineParser:
         "Starts are near the truth (oracle): the sweep measures the statistical rate, not "
         "optimisation.",
         epilog="Presets: quick = E1 exact + E4 mechanism, n = 7 values in 1e2..1e5, 12 replicates, "
-        "1 restart (about a minute on 2 cores); paper = E1 + E4 with 20 values of n, 40 "
-        "replicates, 3 restarts; full = E1-E4 at the paper size (hours on 2 cores: over-specified "
-        "fits often run to the iteration cap; use --backend dask). Explicit flags override the "
+        "1 restart (about 11 s on 2 cores); paper = E1 + E4 with 20 values of n, 40 "
+        "replicates, 3 restarts (about 25 s); full = E1-E4 at the paper size (about 13 min on 2 "
+        "cores: over-specified fits often run to the iteration cap; --backend dask spreads it "
+        "over a cluster). Explicit flags override the "
         "preset. Settings: exact (E1, L'=L=1, affine), over (E2, L'=2, affine, |theta|<=5), "
         "over-tanh (E3, L'=2, tanh experts, |theta|<=5), mechanism (E4: PDE residual, Fisher "
         "conditioning, flat manifold; no fitting).",

@@ -74,7 +74,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "restarts": 3,
     },
     # Every experiment at the publication size. The over-specified fits (E2/E3) often run to the
-    # iteration cap, so this takes hours on two cores: meant for --backend dask on a cluster.
+    # iteration cap: about 13 min on two cores (benchmarks/results/sweep.json), less on a cluster.
     "full": {
         "settings": ("exact", "over", "over-tanh", "mechanism"),
         "n_min": 100,
