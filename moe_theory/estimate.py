@@ -339,17 +339,46 @@ def fit_batched(
     accepted step then gets its normal equations in a second pass. Either way the iterates,
     counts and tests are those of plain LM; only the amount of wasted work differs.
     """
+    theta0 = np.asarray(theta0, dtype=float)
+    problem = _make_problem(X, Y, theta0.shape, structure, chunk, backend, threads)
+    return _levenberg_marquardt(problem, theta0, bound=bound, max_iter=max_iter, ftol=ftol,
+                                xtol=xtol, gtol=gtol)
+
+
+def _make_problem(
+    X: np.ndarray,
+    Y: np.ndarray,
+    theta_shape: tuple[int, ...],
+    structure: PrefixMoE,
+    chunk: int,
+    backend: Backend,
+    threads: int,
+) -> _Problem:
+    """The data of a batched fit, checked against starting points of shape ``theta_shape``."""
     X = np.asarray(X, dtype=float)
     Y = np.asarray(Y, dtype=float)
-    theta = np.array(theta0, dtype=float)
-    R, P = theta.shape
-    if X.shape[0] != R or Y.shape[:2] != X.shape[:2]:
-        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, theta0 {theta.shape}")
+    if len(theta_shape) != 2 or X.shape[0] != theta_shape[0] or Y.shape[:2] != X.shape[:2]:
+        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, theta0 {theta_shape}")
     if threads < 1:
         raise ValueError(f"threads must be >= 1; got {threads}")
+    return _Problem(X, Y, structure, chunk, resolve_backend(backend, structure), threads)
+
+
+def _levenberg_marquardt(
+    problem: _Problem,
+    theta0: np.ndarray,
+    *,
+    bound: float | None,
+    max_iter: int,
+    ftol: float,
+    xtol: float,
+    gtol: float,
+) -> FitResult:
+    """The LM iteration of :func:`fit_batched` on prepared data, from ``theta0`` ``(R, P)``."""
+    theta = np.array(theta0, dtype=float)
+    R, P = theta.shape
     if bound is not None:
         theta = np.clip(theta, -bound, bound)
-    problem = _Problem(X, Y, structure, chunk, resolve_backend(backend, structure), threads)
 
     n_iter = np.zeros(R, dtype=int)
     converged = np.zeros(R, dtype=bool)
@@ -674,11 +703,14 @@ def fit_restarts(
 ) -> FitResult:
     """:func:`fit_batched` from every start in ``starts`` ``(R, n_init, P)``; per replicate the
     fit with the lowest RSS is kept (ties keep the earlier start). ``tol`` is used as ``ftol``,
-    ``xtol`` and ``gtol``; ``backend`` and ``threads`` are passed on."""
+    ``xtol`` and ``gtol``; ``backend`` and ``threads`` are passed on. The data (and their
+    pretrained terms) are prepared once for all starts."""
+    starts = np.asarray(starts, dtype=float)
+    problem = _make_problem(X, Y, starts.shape[::2], structure, SAMPLE_CHUNK, backend, threads)
     best: FitResult | None = None
     for k in range(starts.shape[1]):
-        res = fit_batched(X, Y, starts[:, k], structure, bound=bound, max_iter=max_iter,
-                          ftol=tol, xtol=tol, gtol=tol, backend=backend, threads=threads)
+        res = _levenberg_marquardt(problem, starts[:, k], bound=bound, max_iter=max_iter,
+                                   ftol=tol, xtol=tol, gtol=tol)
         best = res if best is None else _keep_better(best, res)
     if best is None:
         raise ValueError("starts must hold at least one starting point per replicate")

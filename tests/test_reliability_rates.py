@@ -22,15 +22,15 @@ def _without_seconds(records: list[dict]) -> list[dict]:
 
 @pytest.fixture
 def count_fits(monkeypatch) -> list[int]:
-    """Counts calls of the batched fitter; one per executed (not cached) task and restart."""
+    """Counts LM runs; one per executed (not cached) task and restart."""
     calls = [0]
-    real = estimate.fit_batched  # called by estimate.fit_restarts, which the sweep uses
+    real = estimate._levenberg_marquardt  # run by estimate.fit_restarts, which the sweep uses
 
     def counting(*args, **kwargs):
         calls[0] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(estimate, "fit_batched", counting)
+    monkeypatch.setattr(estimate, "_levenberg_marquardt", counting)
     return calls
 
 

@@ -206,19 +206,27 @@ def test_backend_choice_falls_back_and_reports(monkeypatch):
 
 
 def test_estimator_passes_backend_and_threads_on(monkeypatch):
-    seen = []
-    real = estimate.fit_batched
+    seen, runs = [], []
+    real_problem, real_lm = estimate._Problem, estimate._levenberg_marquardt
 
-    def spy(*args, **kwargs):
-        seen.append((kwargs["backend"], kwargs["threads"]))
-        return real(*args, **kwargs)
+    def spy_problem(*args):
+        problem = real_problem(*args)
+        seen.append((problem.backend, problem.threads))
+        return problem
 
-    monkeypatch.setattr(estimate, "fit_batched", spy)
+    def spy_lm(problem, *args, **kwargs):
+        runs.append((problem.backend, problem.threads))
+        return real_lm(problem, *args, **kwargs)
+
+    monkeypatch.setattr(estimate, "_Problem", spy_problem)
+    monkeypatch.setattr(estimate, "_levenberg_marquardt", spy_lm)
     truth = default_truth(Gate("linear"))
     X, Y = simulate(truth, 200, [0], seed=1, setting="kernel-test")
     LeastSquaresMoE("linear", truth=truth, n_init=2, random_state=0, backend="numpy",
                     threads=2).fit(X[0], Y[0])
-    assert seen == [("numpy", 2), ("numpy", 2)]
+    # the data are prepared once; both starts run on them with the options passed on
+    assert seen == [("numpy", 2)]
+    assert runs == [("numpy", 2), ("numpy", 2)]
 
 
 def test_importing_the_package_neither_imports_numba_nor_compiles():
