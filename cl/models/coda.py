@@ -22,7 +22,7 @@ from torch import nn
 
 from cl.models.frozen_vit import FrozenPrefixViT, freeze_and_wrap
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import embed_tokens, finish_block, pooled
+from cl.models.vit import pooled, run_blocks
 
 
 def component_weights(
@@ -204,16 +204,10 @@ class CodaViT(FrozenPrefixViT):
         self._add_head(num_classes, generator)
 
     def _blocks(self, x: torch.Tensor, prefixes: torch.Tensor | None) -> torch.Tensor:
-        vit = self.vit
-        h = embed_tokens(vit, x)
-        slot = {layer: j for j, layer in enumerate(self.prompt_layers)}
-        for i, block in enumerate(vit.blocks):
-            if prefixes is None or i not in slot:
-                h = block(h)
-                continue
-            attn_out = block.attn(block.norm1(h), prefix=prefixes[slot[i]])
-            h = finish_block(block, h, attn_out)
-        return vit.norm(h)
+        if prefixes is None:
+            return run_blocks(self.vit, x)
+        return run_blocks(self.vit, x, self.prompt_layers,
+                          lambda block, normed, j: block.attn(normed, prefix=prefixes[j]))
 
     @torch.no_grad()
     def query(self, x: torch.Tensor) -> torch.Tensor:

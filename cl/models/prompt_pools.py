@@ -24,7 +24,7 @@ from torch import nn
 
 from cl.models.frozen_vit import freeze, seeded_head
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import embed_tokens, finish_block, pooled, trunc_normal_head
+from cl.models.vit import embed_tokens, pooled, run_blocks, trunc_normal_head
 
 
 # ---------------------------------------------------------------------------- key matching
@@ -125,7 +125,7 @@ class _KeyedViT(nn.Module):
     @torch.no_grad()
     def query(self, x: torch.Tensor) -> torch.Tensor:
         """Frozen prompt-free pre-logits feature ``(B, C)`` (the matching query)."""
-        return pooled(self.vit, self.vit.norm(self.vit.blocks(embed_tokens(self.vit, x))))
+        return pooled(self.vit, run_blocks(self.vit, x))
 
     def match(
         self, query: torch.Tensor, top_k: int, allowed: torch.Tensor | None = None
@@ -299,15 +299,12 @@ class GEPrefixViT(_KeyedViT):
 
     def forward_features(self, x: torch.Tensor, e_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Tokens ``(B, N, C)`` after the final norm; no prompt at all when ``e_ids`` is None."""
-        h = embed_tokens(self.vit, x)
-        prefixes = {} if e_ids is None else self.layer_prefixes(e_ids.to(self.key.device))
-        for i, block in enumerate(self.vit.blocks):
-            if i not in prefixes:
-                h = block(h)
-                continue
-            attn = block.attn(block.norm1(h), prefix=prefixes[i])
-            h = finish_block(block, h, attn)
-        return self.vit.norm(h)
+        if e_ids is None:
+            return run_blocks(self.vit, x)
+        prefixes = self.layer_prefixes(e_ids.to(self.key.device))
+        layers = list(prefixes)
+        return run_blocks(self.vit, x, layers,
+                          lambda block, normed, j: block.attn(normed, prefix=prefixes[layers[j]]))
 
     def features(self, x: torch.Tensor, e_ids: torch.Tensor | None) -> torch.Tensor:
         """Pooled prompted feature ``(B, C)`` (prefixes add no tokens: [CLS] stays at 0)."""

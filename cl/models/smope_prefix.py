@@ -29,7 +29,7 @@ from torch import nn
 
 from cl.models.frozen_vit import FrozenPrefixViT, freeze_and_wrap
 from cl.models.prefix_attention import PrefixAttention, prefix_bias_attention
-from cl.models.vit import embed_tokens, finish_block
+from cl.models.vit import run_blocks
 
 
 def proxy_scores(q: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
@@ -271,25 +271,20 @@ class SMoPEViT(FrozenPrefixViT):
         penalty_fns:
             One ``scores -> penalty | None`` per prompted layer (adaptive noise), or ``None``.
         """
-        vit = self.vit
-        h = embed_tokens(vit, x)
-        slot = {layer: j for j, layer in enumerate(self.prompt_layers)}
         routing: list[Routing] = []
-        for i, block in enumerate(vit.blocks):
-            if i not in slot:
-                h = block(h)
-                continue
-            j = slot[i]
+
+        def attend(block: nn.Module, normed: torch.Tensor, j: int) -> torch.Tensor:
             attn_out, route = block.attn.forward_experts(
-                block.norm1(h),
+                normed,
                 self.experts.key[j],
                 self.experts.value[j],
                 top_k=top_k,
                 penalty_fn=None if penalty_fns is None else penalty_fns[j],
             )
             routing.append(route)
-            h = finish_block(block, h, attn_out)
-        return vit.norm(h), routing
+            return attn_out
+
+        return run_blocks(self.vit, x, self.prompt_layers, attend), routing
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, ``fc_norm`` and classify (timm interface)."""

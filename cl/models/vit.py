@@ -8,7 +8,7 @@ classifier over all classes of the benchmark.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -68,6 +68,28 @@ def finish_block(block: nn.Module, h: torch.Tensor, attn_out: torch.Tensor) -> t
     """
     h = h + block.drop_path1(block.ls1(attn_out))
     return h + block.drop_path2(block.ls2(block.mlp(block.norm2(h))))
+
+
+def run_blocks(
+    vit: nn.Module,
+    x: torch.Tensor,
+    layers: Sequence[int] = (),
+    attend: Callable[[nn.Module, torch.Tensor, int], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Tokens ``(B, N, C)`` of a timm ViT after its final norm, with prompted blocks.
+
+    Block ``layers[j]`` computes its attention as ``attend(block, block.norm1(h), j)`` (a
+    prefix or prompt experts) and then :func:`finish_block`; every other block runs as is
+    (with no ``layers``: the plain ViT).
+    """
+    h = embed_tokens(vit, x)
+    slot = {layer: j for j, layer in enumerate(layers)}
+    for i, block in enumerate(vit.blocks):
+        if i in slot:
+            h = finish_block(block, h, attend(block, block.norm1(h), slot[i]))  # type: ignore[misc]
+        else:
+            h = block(h)
+    return vit.norm(h)
 
 
 def pooled(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -194,22 +216,14 @@ class PromptedViT(nn.Module):
         """
         if prefixes is None and task_ids is not None:
             prefixes = self.prompt.gather(task_ids.to(self.prompt.prompt.device))
-        vit = self.vit
-        h = embed_tokens(vit, x)
-        slot = {layer: j for j, layer in enumerate(self.prompt_layers)}
-        for i, block in enumerate(vit.blocks):
-            if prefixes is None or i not in slot:
-                h = block(h)
-                continue
-            j = slot[i]
-            attn_out = block.attn(
-                block.norm1(h),
-                prefix=prefixes[j],
-                alpha=self.prompt.alpha(j),
-                tau=self.prompt.tau(j),
-            )
-            h = finish_block(block, h, attn_out)
-        return vit.norm(h)
+        if prefixes is None:
+            return run_blocks(self.vit, x)
+        return run_blocks(
+            self.vit, x, self.prompt_layers,
+            lambda block, normed, j: block.attn(
+                normed, prefix=prefixes[j], alpha=self.prompt.alpha(j), tau=self.prompt.tau(j)
+            ),
+        )
 
     def pre_logits(self, tokens: torch.Tensor) -> torch.Tensor:
         """Pooled feature used for Gaussian statistics (before ``fc_norm``)."""
