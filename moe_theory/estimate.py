@@ -188,14 +188,13 @@ class _Problem:
         self._buffers: dict[tuple[int, ...], np.ndarray] = {}
 
     def _init_numba(self, X: np.ndarray, Y: np.ndarray, chunk: int) -> None:
-        """Contiguous data and ``(R, n)`` pretrained terms for the compiled kernels."""
-        kernels = _load_kernels()
-        if kernels is None:  # resolve_backend checked already; kept for direct use
-            raise ImportError("the numba backend needs the numba package")
-        self._kernels = kernels
-        self._codes = kernels.kernel_codes(self.structure)
-        if self._codes is None:
-            raise ValueError(f"the numba kernels do not implement {self.structure.gate.label}")
+        """Contiguous data and ``(R, n)`` pretrained terms for the compiled kernels.
+
+        Only built after :func:`resolve_backend` chose numba: the kernels import and implement
+        the structure.
+        """
+        self._kernels = _load_kernels()
+        self._codes = self._kernels.kernel_codes(self.structure)
         # samples last (a view for d = 1, a copy of X otherwise)
         self.XT = np.ascontiguousarray(np.swapaxes(X, 1, 2), dtype=float)
         self.Y = np.ascontiguousarray(Y, dtype=float)
