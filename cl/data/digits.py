@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from cl.data.base import Benchmark, SplitDataset
 from cl.data.registry import register_dataset
-from cl.data.splits import array_sha256, seeded_class_order, split_into_tasks
+from cl.data.splits import array_sha256, class_order, split_into_tasks
 from cl.data.tensor_dataset import TensorImageDataset
 
 
@@ -54,7 +54,7 @@ def build_digits(
         train=train,
         train_eval=train,
         test=test,
-        task_classes=split_into_tasks(seeded_class_order(10, seed), num_tasks),
+        task_classes=split_into_tasks(class_order(10, seed), num_tasks),
         image_size=image_size,
         info={
             "source": "sklearn.datasets.load_digits (bundled with scikit-learn)",

@@ -2,7 +2,8 @@
 
 * where the data live (:func:`resolve_data_root`),
 * the builders' common options (:class:`RealDataOptions`),
-* the class order and the class-to-task split of spec cl-pipeline.md section 3.1,
+* the class order and the class-to-task split of spec cl-pipeline.md section 3.1 (re-exported
+  from :mod:`cl.data.splits`, the one implementation),
 * the ``Benchmark`` of a benchmark with one train/test split (:func:`split_benchmark`),
 * two map-style datasets: images held in memory (:class:`ArrayImageDataset`) and image files
   decoded on access (:class:`FileImageDataset`); both return ``(tensor, original class id)``.
@@ -10,13 +11,11 @@
 
 from __future__ import annotations
 
-import math
 import os
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 from PIL import Image
@@ -24,9 +23,13 @@ from torch.utils.data import Dataset
 
 from cl.data.base import Benchmark, SplitDataset
 from cl.data.download import Fetcher
+from cl.data.splits import (  # noqa: F401 - class_order, split_into_tasks re-exported
+    ClassOrder,
+    class_order,
+    split_into_tasks,
+)
 from cl.data.transforms import Normalization, TransformPair
 
-ClassOrder = Literal["seeded", "standard"]
 DATA_ROOT_ENV = "NORGA_DATA"
 DEFAULT_DATA_ROOT = "./data"
 
@@ -89,29 +92,6 @@ class RealDataOptions:
         """Keyword arguments for :func:`cl.data.transforms.build_transforms`."""
         return {"image_size": self.image_size, "normalization": self.normalization,
                 "mean": self.mean, "std": self.std}
-
-
-def class_order(num_classes: int, seed: int, order: ClassOrder = "seeded") -> list[int]:
-    """Order in which classes are assigned to tasks.
-
-    ``"seeded"`` reproduces the NoRGa / HiDe code exactly: Python's ``random`` seeded with
-    ``seed`` shuffles ``list(range(num_classes))`` (a private ``random.Random`` is used, so the
-    global RNG is untouched; the sequence is the same).
-    """
-    labels = list(range(num_classes))
-    if order == "seeded":
-        random.Random(seed).shuffle(labels)
-    elif order != "standard":
-        raise ValueError(f"class order must be 'seeded' or 'standard'; got {order!r}")
-    return labels
-
-
-def split_into_tasks(order: Sequence[int], num_tasks: int) -> list[list[int]]:
-    """Consecutive chunks of ``ceil(C / num_tasks)`` classes (spec section 3.1)."""
-    if not 1 <= num_tasks <= len(order):
-        raise ValueError(f"num_tasks must be between 1 and {len(order)}; got {num_tasks}")
-    per_task = math.ceil(len(order) / num_tasks)
-    return [list(order[t * per_task:(t + 1) * per_task]) for t in range(num_tasks)]
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from cl.data.base import Benchmark, SplitDataset
 from cl.data.registry import register_dataset
-from cl.data.splits import array_sha256, seeded_class_order, split_into_tasks
+from cl.data.splits import array_sha256, class_order, split_into_tasks
 from cl.data.tensor_dataset import TensorImageDataset
 
 
@@ -84,7 +84,7 @@ def build_synthetic(
     x_te, y_te = make_synthetic(num_classes, test_per_class, split="test", **common)
     train = SplitDataset(TensorImageDataset(x_tr, y_tr), y_tr.numpy())
     test = SplitDataset(TensorImageDataset(x_te, y_te), y_te.numpy())
-    order = seeded_class_order(num_classes, seed)
+    order = class_order(num_classes, seed)
     return Benchmark(
         name="synthetic",
         num_classes=num_classes,
