@@ -205,3 +205,26 @@ def test_old_or_corrupt_rates_run_gives_one_line(tmp_path):
     (missing / "fits.csv").unlink()
     with pytest.raises(RunFormatError, match="missing fits.csv"):
         read_rates_run(missing)
+
+
+def test_zero_and_non_finite_losses_are_left_off_the_log_axis():
+    """An exact fit (loss 0) or a failed one (nan) cannot sit on a log axis: such values are
+    dropped from the points, the medians and the IQR; an n with no positive value is skipped."""
+    rows = _records()
+    for r in rows:
+        if r["gate"] == "norga" and r["replicate"] in (1, 2):
+            r["voronoi_loss"] = 0.0 if r["replicate"] == 1 else float("nan")
+        if r["gate"] == "linear" and r["n"] == N_VALUES[0]:
+            r["voronoi_loss"] = 0.0
+    ax = plot_convergence(rows, SUMMARY, "exact").axes[0]
+    pts = np.asarray(_by_gid(ax, "points:")["points:norga"].get_offsets())
+    assert len(pts) == len(N_VALUES) * (REPS - 2) and (pts[:, 1] > 0).all()
+    median = _by_gid(ax, "median:")["median:norga"].get_xydata()
+    for n, y in median:
+        vals = [r["voronoi_loss"] for r in rows if r["gate"] == "norga" and r["n"] == n
+                and r["replicate"] not in (1, 2)]
+        assert y == pytest.approx(np.median(vals), rel=1e-12)
+    linear = _by_gid(ax, "median:")["median:linear"].get_xydata()
+    np.testing.assert_allclose(linear[:, 0], N_VALUES[1:])
+    assert len(_by_gid(ax, "points:")["points:linear"].get_offsets()) == (len(N_VALUES) - 1) * REPS
+    assert ax.get_ylim()[0] > 0

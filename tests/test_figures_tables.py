@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
 from test_figures_accuracy import lower_triangular, write_cl_run
 
-from figures.runs import read_cl_run
+from figures.runs import CLRun, read_cl_run
 from figures.tables import TABLES, fill_table, load_published, published_value, write_tables
 
 FA = {("norga", "sup21k", "cifar100"): [94.11, 94.93, 93.72],
@@ -19,7 +20,9 @@ FA = {("norga", "sup21k", "cifar100"): [94.11, 94.93, 93.72],
       ("smope", "sup1k", "imagenet-r"): [79.0, 80.2, 78.8]}
 
 
-@pytest.fixture(scope="module")
+# Function-scoped fixtures (cheap): a mutation-testing tool credits a module-scoped fixture's
+# work to the first test only, and then skips the tests that check its output.
+@pytest.fixture
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("tables")
     rng = np.random.default_rng(11)
@@ -33,7 +36,7 @@ def runs(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def written(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     return {p.name: p.read_text() for p in write_tables(runs, out)}
@@ -144,3 +147,40 @@ def test_every_cl_backbone_tag_maps_to_a_published_table_key():
                 "dino1k": "dino1k", "mocov3-1k": "moco1k"}
     for tag, key in expected.items():
         assert canonical_backbone(tag) == key
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_column_of_every_table_shows_its_own_runs_and_published_value(name):
+    """One run per published setting of the table, each with its own metric values: every cell
+    holds the run of its own (dataset, backbone, method) and that setting's paper number (a
+    lookup under another column's dataset or backbone shows)."""
+    spec = TABLES[name]
+    pub = load_published()
+    entries = [e for e in pub["results"] if e["table"] == spec.published_table]
+    runs = []
+    for i, e in enumerate(entries):
+        metrics = {"FA": 10.0 + i, "CA": 200.0 + i, "FM": 400.0 + i, "method": e["method"],
+                   "dataset": e["dataset"], "backbone": e["backbone"], "seed": 0}
+        if e.get("activation"):
+            metrics["gate_act"] = e["activation"]
+        runs.append(CLRun(Path(f"run{i}"), {"kind": "cl", **metrics}, np.zeros((1, 1)), metrics))
+    cells = fill_table(spec, runs, pub)
+    expected = {}
+    for i, e in enumerate(entries):
+        for col in spec.columns:
+            row_backbones = spec.backbones or (None,)
+            for row_bb in row_backbones:
+                if (col.dataset, col.backbone or row_bb) == (e["dataset"], e["backbone"]) \
+                        and col.metric in e["metrics"]:
+                    expected[(row_bb, e["method"], col)] = (i, e["metrics"][col.metric])
+    assert len(expected) >= len(spec.columns)
+    found = {}
+    for (row_bb, variant), row in cells.items():
+        for col, cell in row.items():
+            found[(row_bb, variant, col)] = cell
+    assert set(found) == set(expected)
+    base = {"FA": 10.0, "CA": 200.0, "FM": 400.0}
+    for key, (i, (mean, std)) in expected.items():
+        cell = found[key]
+        assert cell.ours.count == 1 and cell.ours.mean == base[key[2].metric] + i, key
+        assert (cell.paper, cell.paper_std) == (mean, std), key
