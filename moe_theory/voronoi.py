@@ -92,7 +92,9 @@ def voronoi_loss(
     d_b = np.abs(f_b - t_b[cells])
     d_eta = np.sqrt(d_a**2 + d_b**2)
 
-    mass = np.abs((w[..., None] * member).sum(axis=-2) - np.exp(t_b0)).sum(axis=-1)
+    # where, not a product: an overflowed (infinite) mass must not turn into inf * 0 = nan
+    cell_mass = np.where(member, w[..., None], 0.0).sum(axis=-2)  # (R, L)
+    mass = np.abs(cell_mass - np.exp(t_b0)).sum(axis=-1)
     # Exponent 1 in exact cells (|A_j| = 1), 2 in over-specified cells (|A_j| > 1).
     power = np.where(np.take_along_axis(cell_sizes, cells, axis=-1) > 1, 2.0, 1.0)
     beta1_part = (w * d_beta1**power).sum(axis=-1)
