@@ -47,3 +47,12 @@ def test_csv_reader(tmp_path) -> None:
     path = tmp_path / "acc.csv"
     path.write_text(accuracy_matrix_csv(B))
     np.testing.assert_array_equal(read_accuracy_matrix_csv(path), B)
+
+
+def test_integer_matrices_are_read_as_floats() -> None:
+    """Counts-like integer input (even unsigned) gives the same numbers: no wrap-around in
+    differences such as BWT's ``acc[T-1, i] - acc[i, i]``."""
+    ints = np.array([[90, 0, 0], [80, 70, 0], [60, 65, 50]], dtype=np.uint8)
+    floats = ints.astype(float)
+    assert M.summarize(ints) == M.summarize(floats)
+    assert M.backward_transfer(ints) == pytest.approx(((60 - 90) + (65 - 70)) / 2)
