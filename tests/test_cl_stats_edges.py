@@ -138,6 +138,7 @@ def test_all_reduce_in_a_one_process_group_keeps_sums_and_fills_missing_classes(
     assert stats.classes == [0, 1, 2, 7]
     assert float(stats.count[7]) == 0.0 and stats.sum[7].shape == (4,)
     assert stats.sum_sq[7].shape == (4, 4) and not stats.sum_sq[7].any()
+    assert stats.sum[7].dtype == stats.sum_sq[7].dtype == torch.float64
     assert 0 not in stats._chol  # reduced statistics: the cached factor is stale
     variance = GaussianClassStats(4, "variance")
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store2", rank=0,
@@ -146,4 +147,5 @@ def test_all_reduce_in_a_one_process_group_keeps_sums_and_fills_missing_classes(
         variance.all_reduce([3])
     finally:
         dist.destroy_process_group()
-    assert variance.sum_sq[3].shape == (4,) and variance.count[3].dtype == torch.float64
+    assert variance.sum_sq[3].shape == (4,)
+    assert variance.count[3].dtype == variance.sum_sq[3].dtype == torch.float64
