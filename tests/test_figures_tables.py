@@ -184,3 +184,93 @@ def test_every_column_of_every_table_shows_its_own_runs_and_published_value(name
         cell = found[key]
         assert cell.ours.count == 1 and cell.ours.mean == base[key[2].metric] + i, key
         assert (cell.paper, cell.paper_std) == (mean, std), key
+
+
+# A small set of runs whose written tables are pinned character by character in tests/golden/:
+# table 1 (two row backbones, a single-seed row, typographic minus signs) in Markdown and LaTeX,
+# table 2 (a paper number without std) and table 3. A deliberate format change updates them.
+GOLDEN = Path(__file__).parent / "golden"
+GOLDEN_FA = {("norga", "sup21k", "cifar100"): [94.11, 94.93],
+             ("l2p", "ibot21k", "cifar100"): [80.5],
+             ("coda-prompt", "sup21k", "5datasets"): [70.25, 71.0],
+             ("smope", "sup1k", "imagenet-r"): [79.0, 80.2, 78.8]}
+
+
+def test_written_tables_are_pinned(tmp_path):
+    rng = np.random.default_rng(11)
+    runs = []
+    for (method, bb, ds), values in GOLDEN_FA.items():
+        for seed, fa in enumerate(values):
+            act = "sigmoid" if method == "norga" else None
+            path = write_cl_run(tmp_path / f"{method}_{bb}_{ds}_{seed}", method, bb, seed,
+                                lower_triangular(rng, fa), fa, act, dataset=ds)
+            runs.append(read_cl_run(path))
+    written = {p.name: p.read_text() for p in write_tables(runs, tmp_path / "out")}
+    assert sorted(written) == [f"table{i}.{s}" for i in (1, 2, 3) for s in ("md", "tex")]
+    for name in ("table1.md", "table1.tex", "table2.md", "table3.md"):
+        assert written[name] == (GOLDEN / name).read_text(), name
+    assert not list((tmp_path / "out").glob(".*"))  # no temporary left behind
+
+
+def _run(method, backbone, dataset, fa, gate_act=None):
+    metrics = {"FA": fa, "CA": fa + 1, "FM": 1.0, "method": method, "dataset": dataset,
+               "backbone": backbone, "seed": 0}
+    if gate_act:
+        metrics["gate_act"] = gate_act
+    return CLRun(Path(f"{method}-{gate_act}-{fa}"), {"kind": "cl", **metrics}, np.zeros((1, 1)),
+                 metrics)
+
+
+def test_norga_cell_uses_the_number_of_its_activation():
+    """Sigmoid runs meet the main Table 1 number, tanh runs the activation-ablation one; a
+    method other than NoRGa ignores the activation."""
+    col = next(c for c in TABLES["table1"].columns if (c.dataset, c.metric) == ("cifar100", "FA"))
+    for act, paper in (("sigmoid", 94.48), ("tanh", 94.36)):
+        cells = fill_table(TABLES["table1"], [_run("norga", "sup21k", "cifar100", 90.0, act)])
+        (row,) = cells.values()
+        assert row[col].paper == paper and row[col].gate_act == act
+    pub = load_published()
+    l2p = published_value(pub, "norga_table1", "cifar100", "sup21k", "l2p", "FA")
+    assert published_value(pub, "norga_table1", "cifar100", "sup21k", "l2p", "FA", "tanh") == l2p
+    assert published_value(pub, "norga_table1", "cifar100", "sup21k", "norga", "FA",
+                           "relu") is None  # neither table has relu here
+    two = fill_table(TABLES["table1"], [_run("norga", "sup21k", "cifar100", 90.0, "sigmoid"),
+                                        _run("norga", "sup21k", "cifar100", 91.0, "tanh")])
+    papers = {variant: row[col].paper for (_, variant), row in two.items()}
+    assert papers == {"norga-sigmoid": 94.48, "norga-tanh": 94.36}
+
+
+def test_rows_come_in_the_papers_order():
+    runs = [_run("l2p", "ibot21k", "cifar100", 1.0), _run("norga", "ibot21k", "cifar100", 2.0),
+            _run("hide", "sup21k", "cifar100", 3.0), _run("norga", "sup21k", "cifar100", 4.0)]
+    cells = fill_table(TABLES["table1"], runs)
+    assert list(cells) == [("sup21k", "hide"), ("sup21k", "norga"), ("ibot21k", "l2p"),
+                           ("ibot21k", "norga")]
+
+
+def test_cell_formatting_edge_cases():
+    from figures.aggregate import MeanStd
+    from figures.tables import _fmt, format_mean_std
+
+    assert format_mean_std(MeanStd(float("nan"), float("nan"), 0)) == "–"
+    assert format_mean_std(MeanStd(float("inf"), 1.0, 3)) == "–"
+    assert format_mean_std(MeanStd(1.23456, float("nan"), 2)) == "1.23"  # std undefined
+    assert format_mean_std(MeanStd(1.23456, 0.5, 2), digits=1, pm="+/-") == "1.2 +/- 0.5"
+    assert _fmt(None) == "–" and _fmt(float("nan")) == "–"
+    assert _fmt(-1.5) == "−1.50" and _fmt(1.5, signed=True) == "+1.50"
+    assert _fmt(2.0, digits=0, signed=True) == "+2"
+
+
+def test_latex_escape_covers_every_special_character():
+    from figures.tables import latex_escape, to_latex, to_markdown
+
+    assert latex_escape("a&b%c_d#e$f{g}h~i^j") == (
+        r"a\&b\%c\_d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j")
+    assert latex_escape("1 ± 2 − 3 –") == r"1 $\pm$ 2 $-$ 3 --"
+    tex = to_latex(["A_1", "B"], [["x&y", "1"]], "Cap_%", 1)
+    assert tex.splitlines() == [
+        r"\begin{table}[t]", r"\centering", r"\small", r"\caption{Cap\_\%}",
+        r"\begin{tabular}{lr}", r"\toprule", r"A\_1 & B \\", r"\midrule", r"x\&y & 1 \\",
+        r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    assert to_markdown(["a", "b", "c"], [["1", "2", "3"]], 2).splitlines() == [
+        "| a | b | c |", "|---|---|---:|", "| 1 | 2 | 3 |"]
