@@ -10,8 +10,26 @@ import numpy as np
 import pytest
 from test_figures_accuracy import lower_triangular, write_cl_run
 
+from figures.aggregate import MeanStd
 from figures.runs import CLRun, read_cl_run
-from figures.tables import TABLES, fill_table, load_published, published_value, write_tables
+from figures.tables import (
+    TABLES,
+    Column,
+    TableSpec,
+    _col_header,
+    _fmt,
+    _row_labels,
+    comparison_rows,
+    fill_table,
+    format_mean_std,
+    latex_escape,
+    layout_rows,
+    load_published,
+    published_value,
+    to_latex,
+    to_markdown,
+    write_tables,
+)
 
 FA = {("norga", "sup21k", "cifar100"): [94.11, 94.93, 93.72],
       ("hide", "sup21k", "cifar100"): [92.05, 92.71],
@@ -249,9 +267,6 @@ def test_rows_come_in_the_papers_order():
 
 
 def test_cell_formatting_edge_cases():
-    from figures.aggregate import MeanStd
-    from figures.tables import _fmt, format_mean_std
-
     assert format_mean_std(MeanStd(float("nan"), float("nan"), 0)) == "–"
     assert format_mean_std(MeanStd(float("inf"), 1.0, 3)) == "–"
     assert format_mean_std(MeanStd(1.23456, float("nan"), 2)) == "1.23"  # std undefined
@@ -262,8 +277,6 @@ def test_cell_formatting_edge_cases():
 
 
 def test_latex_escape_covers_every_special_character():
-    from figures.tables import latex_escape, to_latex, to_markdown
-
     assert latex_escape("a&b%c_d#e$f{g}h~i^j") == (
         r"a\&b\%c\_d\#e\$f\{g\}h\textasciitilde{}i\textasciicircum{}j")
     assert latex_escape("1 ± 2 − 3 –") == r"1 $\pm$ 2 $-$ 3 --"
@@ -274,3 +287,73 @@ def test_latex_escape_covers_every_special_character():
         r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     assert to_markdown(["a", "b", "c"], [["1", "2", "3"]], 2).splitlines() == [
         "| a | b | c |", "|---|---|---:|", "| 1 | 2 | 3 |"]
+
+
+def _fake_published(*entries: dict) -> dict:
+    tables = {name: {"source": f"source of {name}"} for name in
+              ("norga_table1", "norga_table2", "smope_table", "norga_activation_ablation")}
+    return {"tables": tables, "results": list(entries)}
+
+
+def test_a_given_published_file_is_used_everywhere(tmp_path):
+    fake = _fake_published(
+        {"table": "smope_table", "dataset": "imagenet-r", "backbone": "sup1k", "method": "smope",
+         "metrics": {"FA": [12.34, 0.56]}},
+        {"table": "norga_activation_ablation", "dataset": "cifar100", "backbone": "sup21k",
+         "method": "norga", "activation": "relu", "metrics": {"FA": [55.5, 0.25]}},
+        {"table": "norga_activation_ablation", "dataset": "cifar100", "backbone": "sup21k",
+         "method": "hide", "activation": "relu", "metrics": {"FA": [66.6, 0.5]}})
+    runs = [_run("smope", "sup1k", "imagenet-r", 50.0)]
+    (row,) = fill_table(TABLES["table3"], runs, fake).values()
+    assert [(c.paper, c.paper_std) for c in row.values()] == [(12.34, 0.56)]
+    # activation ablation with a std; only NoRGa falls back to it
+    assert published_value(fake, "norga_table1", "cifar100", "sup21k", "norga", "FA",
+                           "relu") == (55.5, 0.25)
+    assert published_value(fake, "norga_table1", "cifar100", "sup21k", "hide", "FA",
+                           "relu") is None
+    out = tmp_path / "new" / "nested"  # created with its parents
+    names = [p.name for p in write_tables(runs, out, fake)]
+    assert names == ["table3.md", "table3.tex"]  # tables without runs skipped, not a stop
+    md = (out / "table3.md").read_text()
+    assert "Paper: source of smope_table." in md and "12.34 ± 0.56" in md
+
+
+def test_variant_with_mixed_activations_has_no_single_activation():
+    runs = [_run("hide", "sup21k", "cifar100", 90.0, "sigmoid"),
+            _run("hide", "sup21k", "cifar100", 91.0, "tanh")]
+    (row,) = fill_table(TABLES["table1"], runs).values()
+    assert {cell.gate_act for cell in row.values()} == {None}
+
+
+def test_labels_fall_back_to_the_raw_names_and_pm_is_passed_on():
+    assert _col_header(Column("mnist", "FA", "newbb")) == "mnist newbb FA"
+    assert _row_labels(TABLES["table1"], ("newbb", "l2p")) == ["newbb", "L2P"]
+    spec = TableSpec("t", "T", "norga_table1", (Column("mnist", "FA"), Column("mnist", "CA")),
+                     backbones=("newbb",))
+    fake = _fake_published(
+        {"table": "norga_table1", "dataset": "mnist", "backbone": "newbb", "method": "l2p",
+         "metrics": {"CA": [70.0, 1.0]}})
+    runs = [_run("l2p", "newbb", "mnist", 60.0), _run("l2p", "newbb", "mnist", 62.0)]
+    cells = fill_table(spec, runs, fake)
+    _, body = comparison_rows(spec, cells, pm="+/-")
+    # FA has no paper number: skipped, and the row goes on to CA
+    assert body == [["mnist", "newbb", "L2P", "CA", "2", "62.00 +/- 1.41", "70.00 +/- 1.00",
+                     "−8.00"]]
+    _, layout = layout_rows(spec, cells, pm="+/-")
+    assert layout == [["newbb", "L2P", "61.00 +/- 1.41", "62.00 +/- 1.41"]]
+
+
+def test_cells_without_our_numbers_are_not_compared():
+    fake = _fake_published(
+        {"table": "norga_table1", "dataset": "cifar100", "backbone": "sup21k", "method": "l2p",
+         "metrics": {"FA": [70.0, 1.0], "FM": [5.0, 1.0]}})
+    run = _run("l2p", "sup21k", "cifar100", 60.0)
+    del run.metrics["FM"]  # an older run without FM
+    cells = fill_table(TABLES["table1"], [run], fake)
+    _, body = comparison_rows(TABLES["table1"], cells)
+    assert [r[3] for r in body] == ["FA"]
+
+
+def test_default_formatting_and_one_seed():
+    assert format_mean_std(MeanStd(1.0, 0.5, 2)) == "1.00 ± 0.50"
+    assert format_mean_std(MeanStd(1.0, 0.5, 1)) == "1.00"  # one seed: never a ±
