@@ -276,3 +276,30 @@ def test_checkpoint_holding_another_task_than_its_name_is_rejected(tmp_path):
     # a checkpoint of a task beyond the run's tasks is not considered at all
     torch_save_atomic(ckpts / "task_5.pt", {"task": 5})
     assert _latest_good_checkpoint(tmp_path, num_tasks=3)[0] == 0
+
+
+def test_prompt_pool_initialisation_and_gate_scalars():
+    shape = (2, 2, 3, 2, 2, 3)
+    pool = PrefixPrompt(2, 3, 2, 2, 3, generator=torch.Generator().manual_seed(4))
+    want = torch.rand(shape, generator=torch.Generator().manual_seed(4)) * 2.0 - 1.0  # U(-1, 1)
+    assert torch.equal(pool.prompt.detach(), want)
+    assert torch.equal(pool.act_scale.detach(), torch.ones(2, 2))
+    assert (pool.n_layers, pool.pool_size) == (2, 3)
+    with torch.no_grad():
+        pool.act_scale.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    assert [float(pool.tau(i).detach()) for i in (0, 1)] == [1.0, 3.0]
+    assert [float(pool.alpha(i).detach()) for i in (0, 1)] == [2.0, 4.0]
+
+
+def test_task_one_blends_with_task_zero_and_legacy_reshape_mixes_the_batch():
+    pool = _pool()
+    p = pool.prompt.detach().clone()
+    got = pool.blended(1, 1, 0.5)[:, 0]
+    torch.testing.assert_close(got, 0.5 * p[:, :, 1] + 0.5 * p[:, :, 0], rtol=0, atol=1e-7)
+    legacy = PrefixPrompt(2, 3, 2, 2, 3, generator=torch.Generator().manual_seed(1),
+                          legacy_kv_reshape=True)
+    assert legacy.legacy_kv_reshape is True
+    ids = torch.tensor([2, 0, 1])
+    selected = legacy.prompt.detach()[:, :, ids]  # (layers, 2, B, L, H, D)
+    assert torch.equal(legacy.gather(ids), selected.reshape(2, 3, 2, 2, 2, 3))
+    assert not torch.equal(legacy.gather(ids), pool.gather(ids))
