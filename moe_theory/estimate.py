@@ -3,8 +3,8 @@
 The core, :func:`fit_batched`, runs Levenberg-Marquardt with the analytic Jacobian on all
 replicates of one sample size at once: float64 tensors of shape ``(R, ...)``, one damping factor
 and one convergence flag per replicate, and an optional box ``[-bound, bound]`` handled by
-projection with an active set. :class:`LeastSquaresMoE` wraps it in a scikit-learn style
-estimator with restarts.
+projection with an active set. :class:`LeastSquaresMoE` wraps it in a scikit-learn estimator
+with restarts (``clone``, ``get_params``/``set_params``, ``score``, ``NotFittedError``).
 
 The residuals and normal equations come from one of two backends: ``"numpy"`` (the reference:
 vectorised over replicates, Jacobian materialised, ``J^T J`` by BLAS) or ``"numba"`` (compiled
@@ -24,9 +24,12 @@ from types import ModuleType
 from typing import Literal
 
 import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning  # scikit-learn's, re-exported from here
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moe_theory.gates import Activation, Gate, GateKind, check_choice
-from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, mixture
+from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, mixture, regression
 
 # Samples per chunk when accumulating J^T J: fixed (never derived from R), so every replicate's
 # arithmetic is the same whatever else is in the batch.
@@ -104,10 +107,6 @@ def resolve_backend(backend: str, structure: PrefixMoE) -> str:
             f"{structure.expert!r} experts; use backend='numpy' or 'auto'"
         )
     return "numpy"
-
-
-class ConvergenceWarning(UserWarning):
-    """Some fits stopped at the iteration cap without meeting the convergence tests."""
 
 
 @dataclass
@@ -523,8 +522,17 @@ def near_truth_starts(
     return np.clip(theta, -bound, bound) if bound is not None else theta
 
 
-class LeastSquaresMoE:
-    """Least-squares prefix-MoE estimator (scikit-learn style).
+class LeastSquaresMoE(RegressorMixin, BaseEstimator):
+    """Least-squares prefix-MoE estimator, a scikit-learn regressor.
+
+    ``__init__`` only stores its arguments (``clone``, ``get_params`` and ``set_params`` work);
+    :meth:`fit` returns the estimator with the fitted attributes below; :meth:`predict` before
+    :meth:`fit` raises :class:`sklearn.exceptions.NotFittedError`; :meth:`score` is R^2.
+    Beyond scikit-learn's ``(n, d)`` inputs, ``fit`` and ``predict`` accept a batch of
+    ``R`` independent data sets ``(R, n, d)``, fitted together (:func:`fit_restarts`).
+
+    The input dimension ``d`` is that of the known pretrained experts, so the model is not
+    defined for other numbers of features.
 
     Parameters
     ----------
@@ -558,6 +566,8 @@ class LeastSquaresMoE:
 
     Attributes
     ----------
+    n_features_in_ : int
+        Input dimension ``d`` seen in :meth:`fit`.
     params_ : PrefixMoE
         Fitted model; prompt arrays have a leading replicate axis if ``X`` had one.
     theta_, loss_, n_iter_, converged_, at_bound_ : ndarray
@@ -650,16 +660,22 @@ class LeastSquaresMoE:
         return starts
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LeastSquaresMoE:
-        """Fit to ``X`` ``(n, d)`` or ``(R, n, d)`` and ``y`` ``(n,)`` or ``(R, n)``."""
-        X = np.asarray(X, dtype=float)
-        y = np.asarray(y, dtype=float)
-        batched = X.ndim == 3
-        if not batched:
-            X, y = X[None], y[None]
-        if X.ndim != 3 or y.shape != X.shape[:2]:
-            raise ValueError(
-                f"X must be (n, d) or (R, n, d) with y (n,) or (R, n); got X {X.shape}, y {y.shape}"
-            )
+        """Fit the prompt atoms by least squares.
+
+        Parameters
+        ----------
+        X:
+            ``(n, d)`` inputs, or ``(R, n, d)`` for ``R`` data sets fitted at once.
+        y:
+            ``(n,)`` responses, or ``(R, n)``.
+
+        Returns
+        -------
+        LeastSquaresMoE
+            ``self``, fitted. Fits that reach ``max_iter`` are kept, flagged
+            ``converged_ = False`` and announced by one :class:`ConvergenceWarning`.
+        """
+        X, y, batched = self._check_data(X, y, fit=True)
         structure = self._structure(X.shape[2])
         R, P = X.shape[0], structure.theta.shape[-1]
         starts = self._starts(R, P)
@@ -682,10 +698,50 @@ class LeastSquaresMoE:
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """The fitted regression function at ``X``."""
-        from moe_theory.model import regression
+        """The fitted regression function at ``X`` ``(n, d)`` (or ``(R, n, d)`` after a batched
+        fit: data set ``r`` with the fit of replicate ``r``)."""
+        check_is_fitted(self, "params_")
+        X, _, batched = self._check_data(X, None, fit=False)
+        return regression(X if batched else X[0], self.params_)
 
-        return regression(np.asarray(X, dtype=float), self.params_)
+    def _check_data(
+        self, X: np.ndarray, y: np.ndarray | None, fit: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """``X`` as ``(R, n, d)`` float64 (and, in ``fit``, ``y`` as ``(R, n)``) and whether it
+        came as a batch.
+
+        ``(n, d)`` data go through scikit-learn's ``validate_data`` (numeric, finite, at least
+        one sample, ``n_features_in_``, ``y`` required in ``fit``); a batch gets the same checks
+        here.
+        """
+        if getattr(X, "ndim", None) != 3 and not (
+            isinstance(X, list | tuple) and np.ndim(X) == 3
+        ):
+            if not fit:
+                return validate_data(self, X, reset=False, dtype=np.float64)[None], None, False
+            X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+            return X[None], y[None], False
+        X = np.asarray(X, dtype=float)
+        if fit:
+            if y is None:
+                raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
+                                 "target y is None")
+            y = np.asarray(y, dtype=float)
+            if y.shape != X.shape[:2]:
+                raise ValueError(f"a batch X {X.shape} needs y of shape {X.shape[:2]}; got "
+                                 f"{y.shape}")
+            if not np.isfinite(y).all():
+                raise ValueError("y contains NaN or infinity")
+        if not np.isfinite(X).all():
+            raise ValueError("X contains NaN or infinity")
+        if X.shape[1] < 1:
+            raise ValueError(f"X has no samples: shape {X.shape}")
+        if fit:
+            self.n_features_in_ = X.shape[2]
+        elif X.shape[2] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[2]} features, but {type(self).__name__} is "
+                             f"expecting {self.n_features_in_} features as input")
+        return X, y, True
 
 
 def fit_restarts(
