@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args
 
 from cl.models.gating import ACTIVATIONS
 from cl.precision import PRECISIONS
+from cl.preset_registry import METHOD_PRESETS, PresetTable, register_method_presets
 from cl.stats import STATS_METHODS
 
 Scheduler = Literal["constant", "step", "cosine"]
@@ -216,7 +217,7 @@ _NORGA_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {
 
 # Method presets: keys are "*" (every dataset), a dataset name, or a (dataset, backbone) pair;
 # later keys of that list win. NoRGa vs HiDe-Prompt differences of section 2.6.
-METHOD_PRESETS: dict[str, dict[str | tuple[str, str], dict[str, Any]]] = {
+_PAPER_METHOD_PRESETS: dict[str, PresetTable] = {
     "norga": {
         "cifar100": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05),
         "imagenet-r": dict(gate_act="sigmoid", tap_epochs=30, ca_lr=0.005),
@@ -237,18 +238,10 @@ METHOD_PRESETS: dict[str, dict[str | tuple[str, str], dict[str, Any]]] = {
 }
 
 
-def register_method_presets(
-    method: str, presets: dict[str | tuple[str, str], dict[str, Any]]
-) -> None:
-    """Add or extend the presets of ``method`` (called by method modules).
-
-    ``presets`` maps ``"*"`` (every dataset), a dataset name, or a ``(dataset, backbone)`` pair
-    to config overrides, applied in that order; a ``method_options`` entry is merged key by key
-    like ``dataset_options``. Registered presets appear in ``experiments/cl.py --help``.
-    """
-    table = METHOD_PRESETS.setdefault(method, {})
-    for key, layer in presets.items():
-        table[key] = {**table.get(key, {}), **layer}
+# They join the table that the other methods' modules register theirs into
+# (cl.preset_registry; METHOD_PRESETS and register_method_presets are re-exported from here).
+for _method, _table in _PAPER_METHOD_PRESETS.items():
+    register_method_presets(_method, _table)
 
 
 # --quick: a smoke-test budget (minutes on a laptop CPU for the offline benchmarks).

@@ -27,11 +27,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from cl.config import register_method_presets
 from cl.methods.base import Task, register_method
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.coda import CodaViT
+from cl.preset_registry import register_method_presets
 from cl.seeding import torch_generator
 
 #: ``method_options`` of CODA-Prompt and their defaults (CIFAR-100 values of the official code).

@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cl.config import register_method_presets
 from cl.methods.base import Task, register_method
 from cl.methods.prompt_pool import COMMON_OPTIONS, KeyedPromptMethod
 from cl.models.prompt_pools import GEPrefixViT
+from cl.preset_registry import register_method_presets
 
 
 @register_method("dualprompt")

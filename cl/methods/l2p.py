@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cl.config import register_method_presets
 from cl.methods.base import register_method
 from cl.methods.prompt_pool import COMMON_OPTIONS, KeyedPromptMethod
 from cl.models.prompt_pools import PromptTuningViT
+from cl.preset_registry import register_method_presets
 
 
 @register_method("l2p")

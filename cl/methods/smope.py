@@ -44,12 +44,12 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from cl.config import register_method_presets
 from cl.methods.base import Task, register_method
 from cl.methods.coda_prompt import coda_cosine
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.smope_prefix import Routing, SMoPEViT, adaptive_noise
+from cl.preset_registry import register_method_presets
 from cl.seeding import torch_generator
 from cl.stats import GaussianClassStats
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from cl.config import register_method_presets
 from cl.methods.base import register_method
 from cl.methods.dualprompt import DualPrompt
+from cl.preset_registry import register_method_presets
 
 
 @register_method("sprompt")
