@@ -194,9 +194,10 @@ class _Problem:
         """
         self._kernels = _load_kernels()
         self._codes = self._kernels.kernel_codes(self.structure)
-        # samples last (a view for d = 1, a copy of X otherwise)
-        self.XT = np.ascontiguousarray(np.swapaxes(X, 1, 2), dtype=float)
-        self.Y = np.ascontiguousarray(Y, dtype=float)
+        # samples last (a view for d = 1, a copy of X otherwise); writeable, or numba would
+        # compile the kernels again for read-only arrays (copied then)
+        self.XT = np.require(np.swapaxes(X, 1, 2), dtype=float, requirements=["C", "W"])
+        self.Y = np.require(Y, dtype=float, requirements=["C", "W"])
         n = X.shape[1]
         self.lse = np.empty((self.R, n))
         self.mean_out = np.empty((self.R, n))

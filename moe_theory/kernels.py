@@ -423,7 +423,12 @@ _parallel = _driver(parallel=True)
 
 
 def _as_float(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float64)
+    """``a`` as a C-contiguous, writeable float64 array (copied only if it is not one already).
+
+    Writeable because numba types a read-only array (a memmap, a locked input) differently and
+    would compile every kernel a second time for it.
+    """
+    return np.require(a, dtype=np.float64, requirements=["C", "W"])
 
 
 def evaluate(
@@ -475,7 +480,7 @@ def evaluate(
             f"{structure.expert!r} experts; use the numpy backend"
         )
     XT, Y, lse, mean_out, theta = (_as_float(a) for a in (XT, Y, lse, mean_out, theta))
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    rows = np.require(rows, dtype=np.int64, requirements=["C", "W"])
     k, P = theta.shape
     if (
         XT.ndim != 3

@@ -278,3 +278,22 @@ def test_serial_and_parallel_drivers_each_load_their_own_code_from_the_disk_cach
     serial, parallel = out["stats"]["serial"], out["stats"]["parallel"]
     assert serial[:2] == [1, 0] and parallel[:2] == [1, 0]  # one cache hit, no compilation
     assert serial[2] != parallel[2]
+
+
+def test_read_only_inputs_reuse_the_compiled_kernels():
+    # numba types read-only arrays apart: without a writeable copy every kernel would be
+    # compiled a second time (seconds) for a memmapped or locked input
+    truth = default_truth(Gate("norga"))
+    X, Y = simulate(truth, 300, [0, 1], seed=8, setting="kernel-test")
+    starts = np.tile(truth.theta, (2, 1)) + 0.1
+    ref = fit_batched(X, Y, starts, truth, backend="numba")
+    compiled = len(kernels._serial.signatures)
+    Xr, Yr = X.copy(), Y.copy()
+    Xr.flags.writeable = Yr.flags.writeable = False
+    res = fit_batched(Xr, Yr, starts, truth, backend="numba")
+    np.testing.assert_array_equal(res.theta, ref.theta)
+    XT = np.swapaxes(Xr, 1, 2)
+    lse, mean_out = _pretrained_terms(Xr, truth)
+    lse.flags.writeable = mean_out.flags.writeable = False
+    kernels.evaluate(XT, Yr, lse, mean_out, np.arange(2), starts, truth, True)
+    assert len(kernels._serial.signatures) == compiled
