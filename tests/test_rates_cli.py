@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# every test starts experiments/rates.py in a subprocess (seconds each): left out of the fast
+# subset, pytest -m "not slow"
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "rates.py"
 TINY = ["--n-min", "100", "--n-max", "400", "--num-n", "3", "--replicates", "3",

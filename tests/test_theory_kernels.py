@@ -230,6 +230,7 @@ def test_estimator_passes_backend_and_threads_on(monkeypatch):
     assert runs == [("numpy", 2), ("numpy", 2)]
 
 
+@pytest.mark.slow
 def test_importing_the_package_neither_imports_numba_nor_compiles():
     code = ("import sys, moe_theory.estimate, moe_theory.rates; "
             "sys.exit('numba' in sys.modules)")
@@ -265,6 +266,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_serial_and_parallel_drivers_each_load_their_own_code_from_the_disk_cache():
     # Two fresh processes: the first may compile (cold cache), the second must load both
     # drivers from numba's disk cache, each from its own entry, and the parallel one must be

@@ -22,6 +22,7 @@ def test_same_seed_gives_identical_fits_and_chunking_does_not_matter():
     assert [r["voronoi_loss"] for r in d.records] != [r["voronoi_loss"] for r in a.records]
 
 
+@pytest.mark.slow
 def test_jobs_one_and_two_give_identical_records():
     one = run_rates(RateConfig(**TINY, settings=("exact",), block=2), jobs=1)
     two = run_rates(RateConfig(**TINY, settings=("exact",), block=2), jobs=2)
