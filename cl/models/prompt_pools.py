@@ -24,7 +24,7 @@ from torch import nn
 
 from cl.models.frozen_vit import freeze, seeded_head
 from cl.models.prefix_attention import PrefixAttention
-from cl.models.vit import embed_tokens, pooled, run_blocks, trunc_normal_head
+from cl.models.vit import embed_tokens, fresh_fc_norm, pooled, run_blocks, trunc_normal_head
 
 
 # ---------------------------------------------------------------------------- key matching
@@ -119,7 +119,10 @@ class _KeyedViT(nn.Module):
         self.num_classes = num_classes
         self.pool_size = pool_size
         self.key = nn.Parameter(_uniform((pool_size, self.embed_dim), generator))
-        self.fc_norm: nn.Module = nn.Identity()
+        # MoCo v3 backbones (fc_norm=True): a fresh, trainable LayerNorm before the head, as in
+        # MoE_PromptCL vits/dp_vision_transformer.py (fc_norm; its freeze list does not match
+        # "fc_norm"); Identity for every other backbone
+        self.fc_norm: nn.Module = fresh_fc_norm(vit)
         self.head = seeded_head(self.embed_dim, num_classes, generator)
 
     @torch.no_grad()
