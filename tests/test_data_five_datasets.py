@@ -122,6 +122,30 @@ def test_each_dataset_has_its_own_transform(bench) -> None:
     assert tuple(bench.info["transforms"]["CIFAR10"]["mean"]) == CIFAR_MEAN
 
 
+def test_legacy_transform_leak_reproduces_the_official_bug(patched, tmp_path: Path) -> None:
+    """MoE_PromptCL datasets.py lines 68-72: ``transform_train/val`` are replaced by the CIFAR
+    ones when CIFAR10 is reached and never reset, so with seed 42 (NotMNIST, MNIST, CIFAR10,
+    FashionMNIST, SVHN) FashionMNIST and SVHN get CIFAR-100 mean/std and colour jitter too."""
+    bench = build_benchmark("5datasets", data_root=tmp_path, seed=42, download=True,
+                            image_size=16, progress=False, legacy_transform_leak=True)
+    order = bench.info["dataset_order"]
+    assert order == ["NotMNIST", "MNIST", "CIFAR10", "FashionMNIST", "SVHN"]
+    leaked = {"CIFAR10", "FashionMNIST", "SVHN"}
+    for split in (bench.train, bench.train_eval, bench.test):
+        for task, name in enumerate(order):
+            pipeline = _pipeline(split, task)
+            normalizers = [t for t in pipeline if isinstance(t, T.Normalize)]
+            jitters = [t for t in pipeline if isinstance(t, T.ColorJitter)]
+            if name in leaked:
+                assert len(normalizers) == 1 and tuple(normalizers[0].mean) == CIFAR_MEAN, name
+                assert len(jitters) == (1 if split is bench.train else 0), name
+            else:
+                assert normalizers == [] and jitters == [], name
+    assert bench.info["legacy_transform_leak"] is True
+    with pytest.raises(ValueError, match="legacy_transform_leak"):
+        build_benchmark("5datasets", data_root=tmp_path, legacy_transform_leak="yes")
+
+
 def test_backbone_normalisation_applies_to_all(patched, tmp_path: Path) -> None:
     bench = build_benchmark("5datasets", data_root=tmp_path, download=True, image_size=16,
                             normalization="backbone", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),

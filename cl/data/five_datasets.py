@@ -11,7 +11,9 @@ converted to 3 channels.
 (CIFAR-100 normalisation, colour jitter), the four others the default family (no
 normalisation). The original code overwrote a shared transform variable when it reached CIFAR-10,
 so every dataset after it silently used the CIFAR transform (spec 9.2 item 12); that cannot
-happen here and a test checks it.
+happen here and a test checks it. The option ``legacy_transform_leak=True``
+(``--set dataset_options.legacy_transform_leak=true``, part of ``--protocol official``)
+reproduces the leak for comparison.
 
 Layout under the data root (torchvision-compatible names, so existing copies are reused)::
 
@@ -422,6 +424,9 @@ def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
     ChecksumError
         A file fails verification.
     """
+    leak = options.pop("legacy_transform_leak", False)
+    if not isinstance(leak, bool):
+        raise ValueError(f"legacy_transform_leak must be true or false; got {leak!r}")
     opts = RealDataOptions.parse(options)
     if opts.num_tasks not in (None, len(DATASET_NAMES)):
         raise ValueError(f"5datasets has exactly {len(DATASET_NAMES)} tasks; got "
@@ -445,11 +450,15 @@ def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
 
     parts: dict[str, list[ArrayImageDataset]] = {"train": [], "train_eval": [], "test": []}
     transforms: dict[str, TransformPair] = {}
+    cifar_task = order.index("CIFAR10")
     for task, name in enumerate(order):
         data = sources[name]
         offset = task * CLASSES_PER_DATASET
-        # a fresh transform pair per dataset: nothing can leak from one dataset to the next
-        pair = transforms[name] = build_transforms(data.kind, **opts.transform_args())
+        # a fresh transform pair per dataset: nothing can leak from one dataset to the next,
+        # unless the official code's leak is asked for (every dataset after CIFAR-10 keeps the
+        # CIFAR transform, MoE_PromptCL datasets.py lines 68-72)
+        kind = "cifar" if leak and task >= cifar_task else data.kind
+        pair = transforms[name] = build_transforms(kind, **opts.transform_args())
         parts["train"].append(ArrayImageDataset(data.train_images, data.train_labels + offset,
                                                 pair.train))
         parts["train_eval"].append(ArrayImageDataset(data.train_images,
@@ -470,6 +479,7 @@ def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
         "num_test": {name: int(len(sources[name].test_labels)) for name in order},
         "source": {name: sources[name].provenance for name in order},
         "transforms": {name: transforms[name].describe() for name in order},
+        "legacy_transform_leak": leak,
     }
     return Benchmark(name="5datasets", num_classes=len(order) * CLASSES_PER_DATASET,
                      train=_concat(parts["train"]), train_eval=_concat(parts["train_eval"]),
