@@ -64,7 +64,7 @@ def backbone_listing() -> str:
              "(default ~/.cache/norga/weights), or --download):"]
     for tag in pretrained_backbones():
         spec = BACKBONES[tag]
-        lines.append(f"  {tag:<10} {spec.paper_name:<9} {spec.filename}  <- {spec.url}")
+        lines.append(f"  {tag:<13} {spec.paper_name:<9} {spec.filename}  <- {spec.url}")
         if spec.note:
             lines.append(f"  {'':<20}({spec.note})")
     return "\n".join(lines)
