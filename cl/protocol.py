@@ -173,6 +173,30 @@ DEVIATIONS: tuple[Deviation, ...] = (
                        {"5datasets": {"dataset_options": {"legacy_transform_leak": True}}}),
     ),
     Deviation(
+        what="CODA-Prompt / SMoPE data transforms",
+        methods=("coda-prompt", "smope"),
+        project="the HiDe/NoRGa transforms (CIFAR: bicubic crop, colour jitter, CIFAR-100 "
+        "mean/std; others: crop scale (0.05, 1)) for every method",
+        official="their own get_transform: RandomResizedCrop with torchvision's defaults, flip, "
+        "no normalisation; test Resize(256)+CenterCrop(224), CIFAR Resize(224) only",
+        why="one input pipeline for every method of a table",
+        moves="CODA-Prompt and SMoPE on CIFAR-100, ImageNet-R, CUB-200 (SMoPE's table)",
+        settings=_each(("coda-prompt", "smope"),
+                       {d: {"dataset_options": {"transforms": "coda"}}
+                        for d in ("cifar100", "imagenet-r", "cub200")}),
+    ),
+    Deviation(
+        what="CODA-Prompt / SMoPE backbone",
+        methods=("coda-prompt", "smope"),
+        project="the backbone of the table being reproduced (default sup21k, the NoRGa tables')",
+        official="CODA-Prompt: timm 0.4.12 vit_base_patch16_224 (AugReg in21k -> in1k); SMoPE: "
+        "sup1k (augreg2 in21k -> in1k) for CIFAR-100 and ImageNet-R, AugReg in21k for CUB",
+        why="the backbone is a column of the tables, not part of the method",
+        moves="CODA-Prompt's own numbers; SMoPE's table (Table 3)",
+        flag_note="`--backbone sup21k-ft1k` (CODA-Prompt); `--backbone sup1k` / "
+        "`--backbone sup21k-augreg` (SMoPE); not changed by `--protocol official`",
+    ),
+    Deviation(
         what="SMoPE frequent-expert flags",
         methods=("smope",),
         project="paper rule: F_j >= mean over all N_p experts, recomputed at every task",

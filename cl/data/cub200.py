@@ -215,7 +215,7 @@ def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
         raise ChecksumError(f"{tree}: expected (classes, images, train, test) = {expected}, "
                             f"found {counts}")
     index = {"train": np.flatnonzero(lists.is_train), "test": np.flatnonzero(~lists.is_train)}
-    transforms = build_transforms("default", **opts.transform_args())
+    transforms = build_transforms(opts.kind("default"), **opts.transform_args())
 
     def make(split: str, transform: Any) -> FileImageDataset:
         return FileImageDataset([lists.paths[i] for i in index[split]],

@@ -509,6 +509,9 @@ def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
     if not isinstance(leak, bool):
         raise ValueError(f"legacy_transform_leak must be true or false; got {leak!r}")
     opts = RealDataOptions.parse(options)
+    if opts.transforms != "hide":
+        raise ValueError(f"transforms={opts.transforms!r} is not defined for 5datasets (neither "
+                         "CODA-Prompt nor SMoPE has a 5-Datasets loader); use hide")
     if opts.num_tasks not in (None, len(DATASET_NAMES)):
         raise ValueError(f"5datasets has exactly {len(DATASET_NAMES)} tasks; got "
                          f"num_tasks={opts.num_tasks}")

@@ -190,7 +190,7 @@ def build_imagenet_r(*, data_root: str | Path | None = None, seed: int = 0,
         return np.array([class_ids[key.split("/", 1)[0]] for key, _ in items], dtype=np.int64)
 
     train_labels, test_labels = labels(train_items), labels(test_items)
-    transforms = build_transforms("default", **opts.transform_args())
+    transforms = build_transforms(opts.kind("default"), **opts.transform_args())
 
     def make(split: str, transform: Any) -> FileImageDataset:
         items, targets = ((train_items, train_labels) if split == "train"
