@@ -162,21 +162,36 @@ def test_smope_first_alignment_step_at_ten_times_ca_lr(monkeypatch) -> None:
         assert captured["lrs"][1] < ca_lr  # then the cosine from ca_lr down
 
 
-def test_smope_statistics_on_the_training_loader_when_asked() -> None:
+def test_smope_statistics_on_the_training_images_when_asked() -> None:
+    """SMoPE learners/prompt.py lines 405-421: expert counts over ``train_loader`` (shuffled,
+    ``drop_last=True``, train augmentation); trainer.py lines 447-469: statistics over every
+    training image of a class with the train transform, in order, ``drop_last=False``."""
+    from torch.utils.data import DataLoader, TensorDataset
+
     class Boom:
         def __iter__(self):
             raise AssertionError("the statistics loader must not be used")
 
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    y = torch.tensor([0, 1, 0, 1])
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, 32, 32, generator=g)
+    y = torch.tensor([0, 1, 0, 1, 0, 1])
+    train = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, drop_last=True,
+                       generator=g)
     method = _smope(legacy_stats_train_transform=True)
     method.config.epochs = 0
-    method.train_task([(x, y)])
+    method.train_task(train)
     method.end_task(Task(0, [0, 1], [[0, 1], [2, 3]], stats_loader=Boom()))
-    assert int(method.counts.sum()) == 4 * method.counts.shape[0] * method.counts.shape[1] * 5
-    default = _smope()
+    L, H = method.counts.shape[:2]
+    assert int(method.counts.sum()) == 4 * L * H * 5  # one dropping batch of 4, top-5
+    reference = _smope()  # same init; the default statistics pass over all 6 images in order
+    reference.end_task(Task(0, [0, 1], [[0, 1], [2, 3]],
+                            stats_loader=DataLoader(TensorDataset(x, y), batch_size=4)))
+    for c in (0, 1):
+        torch.testing.assert_close(method.stats.mean(c), reference.stats.mean(c))
+        torch.testing.assert_close(method.stats.covariance(c), reference.stats.covariance(c))
+    assert int(reference.counts.sum()) == 6 * L * H * 5
     with pytest.raises(AssertionError, match="must not be used"):
-        default.end_task(Task(0, [0, 1], [[0, 1], [2, 3]], stats_loader=Boom()))
+        _smope().end_task(Task(0, [0, 1], [[0, 1], [2, 3]], stats_loader=Boom()))
 
 
 # ------------------------------------------------------------------ the protocol layer

@@ -31,8 +31,9 @@ Departures from the original code (cl-pipeline.md 9.4), each with an option to r
   of a phase at the base lr and the first alignment step at 10x ``ca_lr``, side effects of the
   original scheduler's constructor).
 * Statistics and counts use the task's training images with the test transform (the engine's
-  statistics loader), not the training augmentation (``legacy_stats_train_transform``: the
-  training loader, as the original).
+  statistics loader), not the training augmentation (``legacy_stats_train_transform``: counts
+  over the training loader and statistics over the training images with the train transform,
+  in order, as the original; single-process runs only).
 
 ``--protocol official`` switches all of them on (:mod:`cl.protocol`).
 """
@@ -79,7 +80,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "legacy_unscaled_router": False,
     "iter_step": 0,  # > 0: coswm spans iter_step x epochs (original: nominal 40); 0: true count
     "legacy_scheduler_quirks": False,  # first iteration at the base lr, first TAP step at 10x
-    "legacy_stats_train_transform": False,  # counts + statistics on the training loader
+    "legacy_stats_train_transform": False,  # counts + statistics with the train augmentation
 }
 SCHEDULES = ("coswm", "cosine", "constant")
 
@@ -342,29 +343,40 @@ class SMoPE(FrozenViTMethod):
     def end_task(self, task: Task) -> None:
         if task.stats_loader is None:
             raise ValueError("end_task needs task.stats_loader for counts and statistics")
-        loader = task.stats_loader
         if self.options["legacy_stats_train_transform"]:
             if self._train_loader is None:
                 raise ValueError("legacy_stats_train_transform needs train_task to run first")
-            loader = self._train_loader  # train augmentation, as the original code
-        self._count_and_collect(task, loader)
+            # the original: expert counts over the training loader (train augmentation,
+            # shuffled, drop_last), statistics over every training image with the train
+            # transform in order (SMoPE learners/prompt.py l.405-421, trainer.py l.447-469)
+            ordered = DataLoader(self._train_loader.dataset,
+                                 batch_size=self._train_loader.batch_size, shuffle=False,
+                                 num_workers=self._train_loader.num_workers)
+            self._count_and_collect(task, self._train_loader, stats=False)
+            self._count_and_collect(task, ordered, counts=False)
+        else:
+            self._count_and_collect(task, task.stats_loader)
         if task.index > 0:
             self._align_head(task)
 
     @torch.no_grad()
-    def _count_and_collect(self, task: Task, loader: DataLoader) -> None:
-        """One inference pass: expert selection counts and Gaussian class statistics."""
+    def _count_and_collect(self, task: Task, loader: DataLoader, *, counts: bool = True,
+                           stats: bool = True) -> None:
+        """One inference pass: expert selection counts and/or Gaussian class statistics."""
         n_experts = self.model.experts.num_experts
         before = self.counts.clone()
         for x, y in self.progress(loader, f"task {task.index} experts + statistics"):
             x, y = x.to(self.device), y.to(self.device)
             tokens, routing = self.model.forward_features(x, top_k=self.top_k)
-            for j, route in enumerate(routing):
-                hits = F.one_hot(route.selected, n_experts).sum(dim=(0, 2))  # (H, N_p)
-                self.counts[j] += hits.cpu()
-            self.stats.update(self.model.pre_logits(tokens), y)
-        self.stats.all_reduce(task.classes)
-        if dist.is_available() and dist.is_initialized():  # each rank counted its own shard
+            if counts:
+                for j, route in enumerate(routing):
+                    hits = F.one_hot(route.selected, n_experts).sum(dim=(0, 2))  # (H, N_p)
+                    self.counts[j] += hits.cpu()
+            if stats:
+                self.stats.update(self.model.pre_logits(tokens), y)
+        if stats:
+            self.stats.all_reduce(task.classes)
+        if counts and dist.is_available() and dist.is_initialized():  # per-rank shards
             self.counts -= before
             dist.all_reduce(self.counts)
             self.counts += before
