@@ -77,7 +77,7 @@ class Deviation:
                     "every dataset" if scope == "*" else scope)
             detail = "; ".join(f"{m}: {', '.join(sc)}" for m, sc in by_methods.items())
             parts.append(f"{text} ({detail})")
-        return "; ".join(parts)
+        return "; ".join(parts + ([self.flag_note] if self.flag_note else []))
 
 
 def _set_text(key: str, value: Any) -> str:
@@ -261,13 +261,15 @@ DEVIATIONS: tuple[Deviation, ...] = (
     ),
     Deviation(
         what="ImageNet-R train/test split",
-        methods=("all",),
+        methods=(*HIDE, *KEYED, "coda-prompt", "smope"),
         project="fixed, stratified 80/20 split by file-name hash",
         official="HiDe/NoRGa: torch.randperm split of the first run, files moved on disk; "
-        "CODA/SMoPE: their yaml file lists",
+        "CODA/SMoPE: their yaml file lists (a tree split by the HiDe/NoRGa code is used as "
+        "it is)",
         why="a split that does not depend on the first run's seed and moves nothing",
         moves="every ImageNet-R number",
-        flag_note="none (a tree already split by the HiDe/NoRGa code is read in place)",
+        settings=_each((*HIDE, *KEYED), {"imagenet-r": {"dataset_options": {"split": "hide"}}}),
+        flag_note="CODA-Prompt / SMoPE's yaml lists: no switch",
     ),
 )
 
