@@ -148,8 +148,8 @@ def hide_split(images: dict[str, list[tuple[str, Path]]], test_fraction: float =
     A tree rearranged by that code (``train/`` and ``test/`` above the class folders) holds the
     split it made: it is used as it is. Otherwise the images in ``ImageFolder`` order (sorted
     wnids, files sorted by name) are permuted by ``torch.randperm(n)`` from a generator seeded
-    with ``seed`` (what ``random_split(ds, [24000, 6000])`` does right after
-    ``torch.manual_seed(42)``) and the first ``n - round(0.2 n)`` are train. Not stratified.
+    with ``seed`` (what ``random_split(ds, [int(0.8 n), n - int(0.8 n)])`` does right after
+    ``torch.manual_seed(42)``) and the first ``int(0.8 n)`` are train. Not stratified.
     """
     entries = [item for wnid in sorted(images) for item in sorted(images[wnid])]
     where = {item[1].parent.parent.name for item in entries}
@@ -160,7 +160,7 @@ def hide_split(images: dict[str, list[tuple[str, Path]]], test_fraction: float =
     import torch  # only this split needs it
 
     n = len(entries)
-    n_train = n - int(np.floor(test_fraction * n + 0.5))
+    n_train = int((1.0 - test_fraction) * n)  # MoE_PromptCL continual_datasets.py l.655
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return (sorted(entries[i] for i in perm[:n_train]),
             sorted(entries[i] for i in perm[n_train:]))
