@@ -197,7 +197,7 @@ def build_cifar100(*, data_root: str | Path | None = None, seed: int = 0,
                       progress=opts.progress)
     order = class_order(spec.num_classes, seed, opts.class_order)
     tasks = split_into_tasks(order, opts.num_tasks or NUM_TASKS)
-    transforms = build_transforms("cifar", **opts.transform_args())
+    transforms = build_transforms(opts.kind("cifar"), **opts.transform_args())
 
     def make(split: str, transform: Any) -> ArrayImageDataset:
         if split == "train":

@@ -9,6 +9,10 @@ Layout under the data root::
     <root>/CUB_200_2011/classes.txt             "<class id> <class dir>"
     <root>/CUB_200_2011/images/<class dir>/*.jpg
 
+A tree already rearranged by the HiDe/NoRGa code (images moved to
+``CUB_200_2011/{train,test}/<class dir>/`` by ``train_test_split.txt``, the list files kept) is
+read in place; a tree with the images in neither layout is refused, naming both counts.
+
 The official archive (CaltechDATA, MD5 ``97eceeb196236b17998738112f37df78``) is verified
 before extraction. The loader reads the four text files directly (spec cl-pipeline.md 3.1 and
 9.2 item 11): nothing is moved, no trailing ``/`` is needed on the path, and the label of an image
@@ -42,6 +46,8 @@ from cl.data.transforms import build_transforms
 
 log = logging.getLogger(__name__)
 
+ARCHIVE_LAYOUT = "the official archive"
+REARRANGED_LAYOUT = "rearranged by the HiDe/NoRGa code"
 LIST_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
 
 
@@ -83,6 +89,7 @@ class CubLists:
     labels: np.ndarray  # class id - 1
     is_train: np.ndarray
     class_names: list[str]
+    layout: str = ""
 
 
 def _read_pairs(path: Path) -> dict[int, str]:
@@ -125,13 +132,35 @@ def read_lists(tree: Path) -> CubLists:
         if folder != classes[class_id]:
             raise ChecksumError(f"{tree}: image {image_id} ({images[image_id]}) is labelled "
                                 f"class {class_id} ({classes[class_id]})")
-    paths = [tree / "images" / images[i] for i in ids]
-    absent = [p for p in paths if not p.is_file()]
-    if absent:
-        raise ChecksumError(f"{tree}: {len(absent)} listed images are missing, e.g. {absent[0]}")
-    return CubLists(image_ids=ids, paths=paths, labels=class_of - 1,
-                    is_train=np.array([f == "1" for f in flags]),
-                    class_names=[classes[c] for c in sorted(classes)])
+    is_train = np.array([f == "1" for f in flags])
+    paths, layout = _image_paths(tree, [images[i] for i in ids], is_train)
+    return CubLists(image_ids=ids, paths=paths, labels=class_of - 1, is_train=is_train,
+                    class_names=[classes[c] for c in sorted(classes)], layout=layout)
+
+
+def _image_paths(tree: Path, listed: list[str], is_train: np.ndarray) -> tuple[list[Path], str]:
+    """Where the listed images are: ``images/<class dir>/<file>`` (the official archive) or
+    ``{train,test}/<class dir>/<file>`` (the tree as the HiDe/NoRGa code rearranges it, by
+    ``train_test_split.txt``). Anything else is refused, naming what was found and the layouts
+    expected."""
+    archive = [tree / "images" / p for p in listed]
+    split = [tree / ("train" if flag else "test") / p for p, flag in zip(listed, is_train,
+                                                                            strict=True)]
+    n_archive = sum(p.is_file() for p in archive)
+    if n_archive == len(listed):
+        return archive, ARCHIVE_LAYOUT
+    n_split = sum(p.is_file() for p in split)
+    if n_split == len(listed):
+        return split, REARRANGED_LAYOUT
+    absent = [p for p, q in zip(archive, split, strict=True) if not p.is_file()
+              and not q.is_file()]
+    what = (f"{len(absent)} listed images are missing, e.g. {absent[0]}" if absent else
+            "the images are split between the two layouts")
+    raise ChecksumError(
+        f"{tree}: {what}; found {n_archive} of the {len(listed)} listed images under images/ "
+        f"and {n_split} under train/ + test/; expected all of them either under "
+        f"images/<class dir>/ ({ARCHIVE_LAYOUT}) or under {{train,test}}/<class dir>/ by "
+        f"train_test_split.txt ({REARRANGED_LAYOUT})")
 
 
 def missing_message(spec: CubSpec, root: Path) -> str:
@@ -186,7 +215,7 @@ def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
         raise ChecksumError(f"{tree}: expected (classes, images, train, test) = {expected}, "
                             f"found {counts}")
     index = {"train": np.flatnonzero(lists.is_train), "test": np.flatnonzero(~lists.is_train)}
-    transforms = build_transforms("default", **opts.transform_args())
+    transforms = build_transforms(opts.kind("default"), **opts.transform_args())
 
     def make(split: str, transform: Any) -> FileImageDataset:
         return FileImageDataset([lists.paths[i] for i in index[split]],
@@ -198,5 +227,6 @@ def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
                            transforms=transforms, make=make,
                            train_labels=lists.labels[index["train"]],
                            test_labels=lists.labels[index["test"]], source=provenance,
-                           split="official train_test_split.txt; label = class id - 1",
+                           split="official train_test_split.txt; label = class id - 1; "
+                           f"images as in {lists.layout}",
                            class_names=lists.class_names)
