@@ -1,7 +1,8 @@
 """Rate inference on (n, loss) data (spec moe-theory.md section 5.4).
 
-* :func:`ols_slope`: log(loss) on log(n) over replicate-level rows, statsmodels OLS with
-  cluster-robust standard errors clustered by n (t reference with G - 1 degrees of freedom).
+* :func:`fit_rate`: the slope of log(loss) on log(n) with a calibrated CI (weighted least
+  squares on the per-n means of log loss, t(G - 2) reference), returned as a :class:`RateFit`;
+  :func:`rate_slope_intervals` computes the same for many simulated data sets at once.
 * :func:`bootstrap_slope`: slope of log(mean) or log(median) per n, with a percentile bootstrap
   CI from resampling replicates within each n.
 * :func:`compare_rate_models`: power law vs log rate vs curvature vs flat, on per-n medians,
@@ -11,10 +12,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import statsmodels.api as sm
+from scipy import stats
+from statsmodels.regression.linear_model import RegressionResultsWrapper
 
 # Thresholds of spec section 5.4.
 SUBPOLY_DAIC = 10.0
@@ -48,6 +51,185 @@ def _positive_log(values: np.ndarray, name: str) -> np.ndarray:
     if np.any(~np.isfinite(values)) or np.any(values <= 0):
         raise ValueError(f"{name} must be finite and positive to take logs")
     return np.log(values)
+
+
+# Minimum replicates at every n for inverse-variance weights: with fewer, the per-n variances
+# (R - 1 degrees of freedom) are too noisy and the weighted CI undercovers (simulated: 89% at
+# R = 3, 93% at R = 5, 94% at R = 8); the equal-weight fit on the means is used instead.
+WLS_MIN_REPLICATES = 8
+
+
+@dataclass(frozen=True)
+class RateFit:
+    """A power-law rate ``log L = intercept + slope * log n`` fitted by :func:`fit_rate`.
+
+    Attributes
+    ----------
+    slope, intercept:
+        The fitted line through the per-n means of ``log L``.
+    level:
+        Default confidence level of :meth:`conf_int`.
+    method:
+        ``"wls-means"`` (inverse-variance weights) or ``"ols-means"`` (equal weights).
+    n_values:
+        The distinct n, ascending.
+    replicates:
+        Fits at each n.
+    results:
+        The statsmodels results of the regression of the per-n means on ``log n``; its
+        covariance uses the residual scale and its intervals a t(G - 2) reference.
+    """
+
+    slope: float
+    intercept: float
+    level: float
+    method: str
+    n_values: tuple[float, ...]
+    replicates: tuple[int, ...]
+    results: RegressionResultsWrapper = field(repr=False, compare=False)
+
+    @property
+    def bse(self) -> float:
+        """Standard error of the slope."""
+        return float(self.results.bse[1])
+
+    @property
+    def df_resid(self) -> float:
+        """Degrees of freedom of the t reference (G - 2)."""
+        return float(self.results.df_resid)
+
+    def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
+        """Confidence interval ``(lo, hi)`` for the slope at level ``1 - alpha``.
+
+        ``alpha=None`` uses ``1 - level``. With two values of n there are no residual degrees
+        of freedom and the interval is ``(-inf, inf)``.
+        """
+        alpha = 1.0 - self.level if alpha is None else alpha
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+        if self.results.df_resid < 1:
+            return (-np.inf, np.inf)
+        lo, hi = self.results.conf_int(alpha)[1]
+        return (float(lo), float(hi))
+
+    def summary(self) -> str:
+        """One line: slope, CI, method, the n used and the replicates."""
+        lo, hi = self.conf_int()
+        reps = sorted(set(self.replicates))
+        rep_text = str(reps[0]) if len(reps) == 1 else f"{reps[0]}..{reps[-1]}"
+        return (
+            f"slope {self.slope:+.3f} [{lo:+.3f}, {hi:+.3f}] ({self.level:.0%} CI, {self.method}, "
+            f"t({self.df_resid:g})); G = {len(self.n_values)} values of n in "
+            f"{min(self.n_values):g}..{max(self.n_values):g}, R = {rep_text} fits each"
+        )
+
+
+def _group_moments(
+    n: np.ndarray, loss: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct n, and per n the mean and variance of ``log loss`` and the count."""
+    logn = _positive_log(n, "n")
+    y = _positive_log(loss, "loss")
+    if logn.ndim != 1 or logn.shape != y.shape:
+        raise ValueError(f"n and loss must be 1-D of equal length; got {logn.shape}, {y.shape}")
+    n_values, inverse, counts = np.unique(np.asarray(n, dtype=float), return_inverse=True,
+                                          return_counts=True)
+    means = np.bincount(inverse, weights=y) / counts
+    sq = np.bincount(inverse, weights=(y - means[inverse]) ** 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = sq / (counts - 1)
+    return n_values, means, var, counts
+
+
+def fit_rate(n: np.ndarray, loss: np.ndarray, *, level: float = 0.95) -> RateFit:
+    """Fit ``loss ~ n^slope`` to replicate-level data with a calibrated slope CI.
+
+    The per-n means of ``log loss`` are regressed on ``log n`` by weighted least squares with
+    weights ``R_i / s_i^2`` (the inverse estimated variance of each mean), the covariance scaled
+    by the residuals and a t(G - 2) reference (G distinct n). Scaling by the residuals keeps the
+    interval honest when the per-n means scatter more than their replicates suggest
+    (pre-asymptotic curvature). With fewer than :data:`WLS_MIN_REPLICATES` fits at some n, or a
+    zero spread, the means get equal weights. Simulated coverage of the 95% CI for a true power
+    law, with 5 or 13 values of n and 12 or 40 replicates, Gaussian, heteroscedastic (sd x3
+    across n) and Student-t(3) noise: 94.2-95.5% (``tests/test_theory_fit_rate.py``); the former
+    replicate-level OLS clustered by n covered 84-92%.
+
+    Parameters
+    ----------
+    n, loss:
+        1-D arrays, one entry per fit (several fits per n); both positive and finite.
+    level:
+        Confidence level of :meth:`RateFit.conf_int` when called without ``alpha``.
+
+    Returns
+    -------
+    RateFit
+
+    Raises
+    ------
+    ValueError
+        Fewer than two distinct n, non-positive values, or ``level`` outside (0, 1).
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1); got {level}")
+    n_values, means, var, counts = _group_moments(np.asarray(n), np.asarray(loss))
+    if n_values.size < 2:
+        raise ValueError("need at least two distinct n values to fit a slope")
+    design = sm.add_constant(np.log(n_values))
+    weighted = counts.min() >= WLS_MIN_REPLICATES and bool(np.all(var > 0))
+    if weighted:
+        results = sm.WLS(means, design, weights=counts / var).fit()
+    else:
+        results = sm.OLS(means, design).fit()
+    return RateFit(
+        slope=float(results.params[1]),
+        intercept=float(results.params[0]),
+        level=float(level),
+        method="wls-means" if weighted else "ols-means",
+        n_values=tuple(float(v) for v in n_values),
+        replicates=tuple(int(c) for c in counts),
+        results=results,
+    )
+
+
+def rate_slope_intervals(
+    n_values: np.ndarray, log_loss: np.ndarray, level: float = 0.95
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`fit_rate` for many data sets at once (simulation studies of its coverage).
+
+    Parameters
+    ----------
+    n_values:
+        ``(G,)`` distinct n.
+    log_loss:
+        ``(B, G, R)``: B data sets, R replicate values of ``log loss`` at each n.
+    level:
+        Confidence level.
+
+    Returns
+    -------
+    slope, lo, hi:
+        ``(B,)`` each: the values ``fit_rate(...).slope`` and ``.conf_int()`` would give.
+    """
+    x = _positive_log(n_values, "n")
+    log_loss = np.asarray(log_loss, dtype=float)
+    B, G, R = log_loss.shape
+    if G != x.size or G < 3:
+        raise ValueError(f"need (B, G, R) with G = len(n_values) >= 3; got {log_loss.shape}")
+    means = log_loss.mean(axis=2)
+    var = log_loss.var(axis=2, ddof=1) if R > 1 else np.zeros((B, G))
+    use_w = (R >= WLS_MIN_REPLICATES) & np.all(var > 0, axis=1)
+    w = np.where(use_w[:, None], R / np.where(var > 0, var, 1.0), 1.0)
+    sw = w.sum(axis=1)
+    xm = (w * x).sum(axis=1) / sw
+    ym = (w * means).sum(axis=1) / sw
+    xc = x[None] - xm[:, None]
+    sxx = (w * xc**2).sum(axis=1)
+    slope = (w * xc * (means - ym[:, None])).sum(axis=1) / sxx
+    resid = means - (ym - slope * xm)[:, None] - slope[:, None] * x
+    se = np.sqrt((w * resid**2).sum(axis=1) / (G - 2) / sxx)
+    half = stats.t.ppf(0.5 + level / 2, G - 2) * se
+    return slope, slope - half, slope + half
 
 
 def ols_slope(n: np.ndarray, loss: np.ndarray, alpha: float = 0.05) -> SlopeFit:
