@@ -6,7 +6,9 @@
 * :func:`bootstrap_slope`: slope of log(mean) or log(median) per n, with a percentile bootstrap
   CI from resampling replicates within each n.
 * :func:`compare_rate_models`: power law vs log rate vs curvature vs flat, on per-n medians,
-  by AIC, and the resulting classification.
+  by AICc, and the resulting label (one model only when it is decisively best).
+* :func:`mean_ratio_ci`: a mean over replicates relative to a prediction, with a t CI (the
+  Fisher check).
 * :func:`local_slopes`: slopes over windows of consecutive n.
 """
 
@@ -19,12 +21,10 @@ import statsmodels.api as sm
 from scipy import stats
 from statsmodels.regression.linear_model import RegressionResultsWrapper
 
-# Thresholds of spec section 5.4.
-SUBPOLY_DAIC = 10.0
-SUBPOLY_MAX_SLOPE = -0.2
-PLATEAU_DAIC = 2.0
-# Beyond spec 5.4: a "plateau" must also rule out the slowest polynomial rate of interest
-# (n^-1/4); a CI too wide to do so is reported as inconclusive instead.
+# A rate-model label names one model only when its AICc beats every other model's by this much.
+AICC_DECISIVE = 4.0
+# A "plateau" must also rule out the slowest polynomial rate of interest (n^-1/4); a CI too wide
+# to do so is reported as inconclusive instead.
 PLATEAU_MIN_SLOPE = -0.25
 
 
@@ -232,31 +232,28 @@ def rate_slope_intervals(
     return slope, slope - half, slope + half
 
 
-def ols_slope(n: np.ndarray, loss: np.ndarray, alpha: float = 0.05) -> SlopeFit:
-    """Slope of ``log(loss)`` on ``log(n)`` with cluster-robust (by n) CI.
+def mean_ratio_ci(
+    values: np.ndarray, reference: float, level: float = 0.95
+) -> tuple[float, float, float]:
+    """``mean(values) / reference`` with a t(R - 1) confidence interval.
 
-    Parameters
-    ----------
-    n, loss:
-        One entry per replicate-level observation.
-    alpha:
-        1 - confidence level.
+    Used for the Fisher check of spec section 7: the mean ``L_1`` of the R fits at the largest n
+    divided by the predicted ``C / sqrt(n)``.
+
+    Returns
+    -------
+    ratio, lo, hi:
+        ``lo = hi = nan`` with fewer than two values.
     """
-    logn = _positive_log(n, "n")
-    y = _positive_log(loss, "loss")
-    groups = np.unique(np.asarray(n), return_inverse=True)[1]
-    if groups.max() < 1:
-        raise ValueError("need at least two distinct n values to fit a slope")
-    design = sm.add_constant(logn)
-    model = sm.OLS(y, design)
-    if groups.max() >= 2:
-        res = model.fit(cov_type="cluster", cov_kwds={"groups": groups}, use_t=True)
-    else:  # two clusters: cluster-robust SEs are undefined; fall back to classical SEs
-        res = model.fit()
-    lo, hi = res.conf_int(alpha)[1]
-    return SlopeFit(
-        float(res.params[1]), (float(lo), float(hi)), float(res.params[0]), float(res.rsquared)
-    )
+    values = np.asarray(values, dtype=float)
+    if not (reference > 0 and np.isfinite(reference)):
+        raise ValueError(f"reference must be positive and finite; got {reference}")
+    ratio = float(values.mean() / reference)
+    if values.size < 2:
+        return ratio, float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1)
+    half /= np.sqrt(values.size) * reference
+    return ratio, ratio - half, ratio + half
 
 
 def _slopes_closed_form(x: np.ndarray, Y: np.ndarray) -> np.ndarray:
@@ -304,78 +301,110 @@ def bootstrap_slope(
     return SlopeFit(slope, (float(lo), float(hi)), float(point.mean() - slope * x.mean()))
 
 
+def aicc(results: RegressionResultsWrapper) -> float:
+    """Small-sample AIC of a Gaussian least-squares fit, counting the noise variance.
+
+    ``AICc = -2 log L + 2k + 2k(k+1)/(m-k-1)`` with ``k`` = regression coefficients + 1 and
+    ``m`` observations; ``nan`` when ``m - k - 1 <= 0`` (too few points for the model).
+    """
+    m = float(results.nobs)
+    k = float(results.df_model + results.k_constant + 1)
+    if m - k - 1 <= 0:
+        return float("nan")
+    return float(-2.0 * results.llf + 2.0 * k + 2.0 * k * (k + 1.0) / (m - k - 1.0))
+
+
+MODEL_NAMES = {"pow": "power law", "loglog": "log rate", "curv": "curved power law",
+               "flat": "flat"}
+
+
+def range_note(n_values: np.ndarray) -> str:
+    """What the n range can tell apart: the span of ``ln n`` and ``ln ln n`` over the grid."""
+    lo, hi = float(np.min(n_values)), float(np.max(n_values))
+    return (
+        f"over n = {lo:g}..{hi:g}, ln n spans {np.log(lo):.2f}..{np.log(hi):.2f} and ln ln n "
+        f"only {np.log(np.log(lo)):.2f}..{np.log(np.log(hi)):.2f}: power law and log rate are "
+        "nearly collinear there"
+    )
+
+
 def compare_rate_models(n_values: np.ndarray, level: np.ndarray) -> dict[str, object]:
-    """Power law vs log rate vs curvature vs flat on per-n levels (medians).
+    """Power law vs log rate vs curvature vs flat on per-n levels (medians), by AICc.
 
     Models (spec 5.4): ``M_pow: log L = c + s log n``, ``M_loglog: log L = c - kappa log log n``,
-    ``M_curv: log L = c + s log n + q (log n)^2``, ``M_flat: log L = c``.
+    ``M_curv: log L = c + s log n + q (log n)^2``, ``M_flat: log L = c``. A label names one
+    model only when its AICc is lower than every other model's (those with enough points) by at
+    least :data:`AICC_DECISIVE`; otherwise the models are indistinguishable over this range and
+    the label is ``"inconclusive"``. A ``"plateau"`` (flat model decisive) also needs the power
+    slope CI to exclude :data:`PLATEAU_MIN_SLOPE`.
 
     Returns
     -------
-    dict with the AIC of each model, ``slope`` and ``slope_ci`` of M_pow, ``kappa``, ``q`` and
-    ``q_ci``, ``d_aic_loglog_vs_pow`` (positive when the log rate fits better), and
-    ``classification`` in {"sub-polynomial (log-like)", "plateau", "power law", "inconclusive"}
-    with a ``reason``.
+    dict with ``aicc`` (``None`` where undefined) and ``aic`` of each model, ``best``,
+    ``margin`` (AICc of the runner-up minus the best), ``slope`` and ``slope_ci`` of M_pow
+    (OLS on the levels, t(G-2)), ``kappa``, ``q`` and ``q_ci``, ``d_aicc_loglog_vs_pow``
+    (positive when the log rate fits better), ``classification`` in {"power law",
+    "sub-polynomial (log-like)", "plateau", "curved", "inconclusive"}, a ``reason`` and the
+    ``range_note``.
     """
     logn = _positive_log(n_values, "n")
     y = _positive_log(level, "loss level")
     m = len(y)
     if m < 4:
-        return {"classification": "inconclusive", "reason": f"only {m} values of n (need >= 4)"}
+        return {"classification": "inconclusive", "reason": f"only {m} values of n (need >= 4)",
+                "range_note": range_note(np.asarray(n_values))}
     fits = {
         "pow": sm.OLS(y, sm.add_constant(logn)).fit(),
         "loglog": sm.OLS(y, sm.add_constant(np.log(logn))).fit(),
         "curv": sm.OLS(y, np.column_stack([np.ones(m), logn, logn**2])).fit(),
         "flat": sm.OLS(y, np.ones((m, 1))).fit(),
     }
-    aic = {k: float(v.aic) for k, v in fits.items()}
+    crit = {k: aicc(v) for k, v in fits.items()}
+    defined = {k: v for k, v in crit.items() if np.isfinite(v)}
+    ranked = sorted(defined, key=defined.__getitem__)
     slope = float(fits["pow"].params[1])
     slope_ci = [float(c) for c in fits["pow"].conf_int(0.05)[1]]
     q = float(fits["curv"].params[2])
     q_ci = [float(c) for c in fits["curv"].conf_int(0.05)[2]]
-    d_aic = aic["pow"] - aic["loglog"]
-    flattening = q_ci[0] > 0
-    if flattening and d_aic > SUBPOLY_DAIC and slope > SUBPOLY_MAX_SLOPE:
-        label, reason = (
-            "sub-polynomial (log-like)",
-            (
-                f"curvature q={q:.3g} > 0 (CI excludes 0), log-rate model better by "
-                f"dAIC={d_aic:.1f}, "
-                f"power slope {slope:.2f} > {SUBPOLY_MAX_SLOPE}"
-            ),
-        )
-    elif (slope_ci[0] <= 0 <= slope_ci[1] and aic["flat"] - aic["pow"] <= PLATEAU_DAIC
-          and slope_ci[0] > PLATEAU_MIN_SLOPE):
-        label, reason = (
-            "plateau",
-            (
-                f"power slope CI [{slope_ci[0]:.2f}, {slope_ci[1]:.2f}] contains 0 and the flat "
-                f"model "
-                f"is within {PLATEAU_DAIC:g} AIC; the CI excludes {PLATEAU_MIN_SLOPE}"
-            ),
-        )
-    elif slope_ci[1] < 0 and not (flattening and d_aic > PLATEAU_DAIC):
-        label, reason = "power law", f"slope {slope:.2f} [{slope_ci[0]:.2f}, {slope_ci[1]:.2f}]"
+    if len(ranked) < 2:
+        best, margin = None, float("nan")
+        label, reason = "inconclusive", f"{m} values of n are too few to compare models by AICc"
     else:
-        label, reason = (
-            "inconclusive",
-            (
-                f"power slope {slope:.2f} [{slope_ci[0]:.2f}, {slope_ci[1]:.2f}], "
-                f"curvature q={q:.3g} "
-                f"[{q_ci[0]:.3g}, {q_ci[1]:.3g}], dAIC(loglog vs pow)={d_aic:.1f}: neither a clean "
-                "power law nor a plateau nor a decisive log rate"
-            ),
-        )
+        best = ranked[0]
+        margin = defined[ranked[1]] - defined[best]
+        label = {"pow": "power law", "loglog": "sub-polynomial (log-like)", "flat": "plateau",
+                 "curv": "curved"}[best]
+        reason = f"{MODEL_NAMES[best]} has the lowest AICc by {margin:.1f}"
+    close = [MODEL_NAMES[k] for k in ranked if best and defined[k] - defined[best] < AICC_DECISIVE]
+    if best is None:
+        pass
+    elif margin < AICC_DECISIVE:
+        label = "inconclusive"
+        reason = (f"{' / '.join(close)} indistinguishable (AICc within {AICC_DECISIVE:g} of the "
+                  f"best, {MODEL_NAMES[best]})")
+    elif best == "flat" and slope_ci[0] <= PLATEAU_MIN_SLOPE:
+        label = "inconclusive"
+        reason += (f", but the power slope CI [{slope_ci[0]:.2f}, {slope_ci[1]:.2f}] reaches "
+                   f"{PLATEAU_MIN_SLOPE} or below: a decay is not ruled out")
+    if best == "pow" and label == "power law":
+        reason += f"; slope {slope:.2f} [{slope_ci[0]:.2f}, {slope_ci[1]:.2f}]"
+    undefined = sorted(set(crit) - set(defined))
+    if undefined and best is not None:
+        reason += f" ({', '.join(MODEL_NAMES[k] for k in undefined)}: too few n for AICc)"
     return {
-        "aic": aic,
+        "aicc": {k: (v if np.isfinite(v) else None) for k, v in crit.items()},
+        "aic": {k: float(v.aic) for k, v in fits.items()},
+        "best": best,
+        "margin": float(margin),
         "slope": slope,
         "slope_ci": slope_ci,
         "kappa": float(-fits["loglog"].params[1]),
         "q": q,
         "q_ci": q_ci,
-        "d_aic_loglog_vs_pow": float(d_aic),
+        "d_aicc_loglog_vs_pow": float(crit["pow"] - crit["loglog"]),
         "classification": label,
         "reason": reason,
+        "range_note": range_note(np.asarray(n_values)),
     }
 
 
