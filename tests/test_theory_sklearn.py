@@ -154,6 +154,7 @@ def test_fit_leaves_parameters_unchanged():
     assert est.get_params() == before
     assert set(vars(est)) - set(before) == {
         "n_features_in_", "theta_", "loss_", "n_iter_", "converged_", "at_bound_", "params_",
+        "status_",
     }
 
 
