@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from figures.runs import RunFormatError
 from figures.style import figure_size, figure_style, gate_color, gate_label, save_figure
@@ -58,6 +59,12 @@ def _gates(near: Mapping[str, Any]) -> list[str]:
     return sorted(near["config"]["gates"], key=lambda g: 0 if g == "linear" else 1)
 
 
+def _legend_below(ax: Any) -> None:
+    """Legend under the axes, so it never hides data."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=5.8, frameon=False,
+              handlelength=2.6)
+
+
 def _panel_spectrum(ax: Any, near: Mapping[str, Any]) -> None:
     act = near["config"]["activation"]
     for gate in _gates(near):
@@ -75,15 +82,17 @@ def _panel_spectrum(ax: Any, near: Mapping[str, Any]) -> None:
                           color=gate_color(gate), label=label)
         line.set_gid(f"lambda:{gate}")
         if fit is not None:
-            grid = np.geomspace(t.min(), t.max(), 30)
+            used = fit["t_used"]
+            grid = np.geomspace(min(used) / 1.3, max(used) * 1.3, 20)
             ax.plot(grid, fit["c"] * grid ** fit["p"], color=gate_color(gate), linewidth=0.8,
                     linestyle=(0, (3, 1.5)), alpha=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("separation $t$")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel(r"$\lambda_{\min}(I(t))$")
     ax.set_title(r"(a) Fisher: $\lambda_{\min} \sim t^{p_1}$", loc="left")
-    ax.legend(loc="lower right")
+    _legend_below(ax)
 
 
 def _mean_errorbar(ax: Any, per_n: list[Mapping[str, Any]], **kw: Any) -> Any:
@@ -115,12 +124,14 @@ def _panel_fixed(ax: Any, near: Mapping[str, Any]) -> None:
             (fl,) = ax.plot(n, e["C"] / np.sqrt(n), color=color, linewidth=0.6, alpha=0.6,
                             linestyle=(0, (2, 2)))
             fl.set_gid(f"fisher:{gate}:{t_key}")
+            ax.annotate(f"$t={t_key}$", (n[-1], e["C"] / np.sqrt(n[-1])), xytext=(2, 0),
+                        textcoords="offset points", fontsize=5, color=color, va="center")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sample size $n$")
     ax.set_ylabel(r"mean $\mathcal{L}_1$ (95% CI)")
     ax.set_title(r"(b) fixed $t$; thin dashed: $C(t)/\sqrt{n}$", loc="left")
-    ax.legend(loc="lower left", fontsize=5.5)
+    _legend_below(ax)
 
 
 def _panel_schedule(ax: Any, near: Mapping[str, Any]) -> None:
@@ -149,14 +160,14 @@ def _panel_schedule(ax: Any, near: Mapping[str, Any]) -> None:
     ax.set_xlabel("sample size $n$")
     ax.set_title(f"(c) $t_n = {cfg['t0']:g}(n/{cfg['schedule_n0']})^{{-\\gamma}}$: slopes "
                  r"[CI], predicted", loc="left")
-    ax.legend(loc="lower left", fontsize=5.5)
+    _legend_below(ax)
 
 
 def plot_near(near: Mapping[str, Any], out_stem: str | os.PathLike[str] | None = None) -> Figure:
     """The three-panel E5 figure from a loaded ``near.json``; saved as PDF and PNG if asked."""
     cfg = near["config"]
     with figure_style():
-        fig = Figure(figsize=figure_size("two", aspect=0.4))
+        fig = Figure(figsize=figure_size("two", aspect=0.52))
         axes = fig.subplots(1, 3)
         _panel_spectrum(axes[0], near)
         _panel_fixed(axes[1], near)

@@ -307,12 +307,16 @@ def fisher_constant(
     }
 
 
-def c_sum(truth: PrefixMoE, noise_sd: float, nodes: int = DEFAULT_NODES) -> float:
-    """The closed-form ``C_sum`` of :func:`fisher_constant` (no Monte Carlo)."""
-    s, vt = fisher_svd(truth, nodes)
+def _c_sum_from_svd(s: np.ndarray, vt: np.ndarray, truth: PrefixMoE, noise_sd: float) -> float:
     sd = noise_sd * np.sqrt(((vt / s[:, None]) ** 2).sum(axis=0))
     mass = np.exp(truth.beta0)
     return float(np.sqrt(2 / np.pi) * (mass * sd.reshape(truth.n_prompts, -1).sum(axis=-1)).sum())
+
+
+def c_sum(truth: PrefixMoE, noise_sd: float, nodes: int = DEFAULT_NODES) -> float:
+    """The closed-form ``C_sum`` of :func:`fisher_constant` (no Monte Carlo)."""
+    s, vt = fisher_svd(truth, nodes)
+    return _c_sum_from_svd(s, vt, truth, noise_sd)
 
 
 def sample_size(lam_min: float, eps: float, noise_sd: float) -> float:
@@ -372,19 +376,24 @@ def analyse_case(
 
     Returns
     -------
-    dict with ``lambda`` (the ``n_report`` smallest eigenvalues and the largest, per ``t``),
+    dict with ``lambda_smallest`` (the ``n_report`` smallest eigenvalues per ``t``),
+    ``lambda_max``, ``floor`` (smallest resolved eigenvalue per ``t``),
     ``lambda_at_0`` (spectrum at ``t = 0``), ``zero_at_0`` (eigenvalues at float zero there:
     exactly degenerate directions), ``exponents`` (fits of the ``n_report`` smallest,
     ``None`` where fewer than 3 points are resolved), ``exponents_vanishing`` (fitted ``p`` of
     every eigenvalue that vanishes at ``t = 0``), ``n_star`` (``nu / (lambda_min eps^2)``) and
     ``n_star_C`` (``(C_sum / eps)^2``, the first-order ``L_1`` reaching ``eps``) per ``t``.
     """
-    lam = spectrum(case.truth, ts, nodes)
+    lams, c_values = [], []
+    for t in ts:
+        sv, vt = fisher_svd(case.truth(float(t)), nodes)
+        lams.append((sv**2)[::-1])
+        c_values.append(_c_sum_from_svd(sv, vt, case.truth(float(t)), noise_sd))
+    lam = np.array(lams)
     floor = resolution_floor(lam)
     lam0 = spectrum(case.truth, [0.0], nodes)[0]
     zero0 = lam0 <= resolution_floor(lam0[None])[0]
     fits = [fit_exponent(ts, lam[:, k], n_fit, floor) for k in range(lam.shape[1])]
-    c_values = [c_sum(case.truth(float(t)), noise_sd, nodes) for t in ts]
     return {
         "base": case.base,
         "size": case.size,
