@@ -31,15 +31,16 @@ def _two_exponentials(t: float, nodes: int = 400) -> np.ndarray:
 
 
 def test_exponents_recovered_on_a_model_with_closed_form_degeneracy():
-    ts = near.t_grid(0.4, 0.0125)
+    ts = near.t_grid(0.4, 0.0025)
     lam = near.spectrum(_two_exponentials, ts)
+    assert lam[-1, 0] < 1e-17 * lam[-1, -1]  # below an eigen-solver's floor on J^T J
     floor = near.resolution_floor(lam)
     fits = [near.fit_exponent(ts, lam[:, k], floor=floor) for k in range(4)]
     assert fits[0].p == pytest.approx(6.0, abs=0.05)
     assert fits[1].p == pytest.approx(2.0, abs=0.05)
     assert abs(fits[2].p) < 0.05 and abs(fits[3].p) < 0.05
     assert fits[0].resid_max < 0.05  # a straight line over the t used
-    assert max(fits[0].t_used) < 0.06  # the smallest t enter the fit
+    assert max(fits[0].t_used) < 0.01  # the smallest t enter the fit
 
 
 def test_fit_exponent_uses_only_resolved_points_and_smallest_t():
