@@ -12,7 +12,9 @@ kernels of :mod:`moe_theory.kernels` that accumulate ``J^T J`` sample by sample)
 picks numba when it is installed and implements the model. The LM iteration itself is shared.
 
 Convergence follows MINPACK's tests (``ftol``, ``xtol``, ``gtol``); a fit that stops because it
-used ``max_iter`` Jacobian evaluations is *capped*: kept, flagged ``converged=False``, counted.
+used ``max_iter`` Jacobian evaluations is *capped*, and one that stops because its damping blew
+up (above :data:`LAMBDA_STALL`: the steps shrank to nothing without meeting a test) is *stalled*.
+Both are kept, flagged ``converged=False``, and counted (:func:`fit_status`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,11 @@ _TILE_ELEMENTS = 1 << 15
 _SUBSET_CACHE_BYTES = 1 << 28
 # First LM damping, relative to diag(J^T J).
 _LAMBDA0 = 1e-3
+# Damping (relative to diag(J^T J)) beyond which a fit that stops is *stalled*: its steps are
+# ~1e-16 of a Gauss-Newton step, so a "small step" there is no sign of convergence.
+LAMBDA_STALL = 1e16
+
+FIT_STATUSES: tuple[str, ...] = ("converged", "capped", "stalled")
 
 Backend = Literal["auto", "numba", "numpy"]
 BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
@@ -107,7 +114,7 @@ def resolve_backend(backend: str, structure: PrefixMoE) -> str:
 
 
 class ConvergenceWarning(UserWarning):
-    """Some fits stopped at the iteration cap without meeting the convergence tests."""
+    """Some fits stopped (iteration cap or blown-up damping) without meeting the tests."""
 
 
 @dataclass
@@ -123,9 +130,11 @@ class FitResult:
     n_iter:
         ``(R,)`` Jacobian evaluations used.
     converged:
-        ``(R,)`` True when a convergence test was met before the cap.
+        ``(R,)`` True when a convergence test was met before the cap with a sane damping.
     at_bound:
         ``(R,)`` True when some coordinate sits on the box (bounded fits only).
+    stalled:
+        ``(R,)`` True when the fit stopped because its damping blew up (never converged).
     """
 
     theta: np.ndarray
@@ -133,6 +142,19 @@ class FitResult:
     n_iter: np.ndarray
     converged: np.ndarray
     at_bound: np.ndarray
+    stalled: np.ndarray
+
+    @property
+    def status(self) -> np.ndarray:
+        """``(R,)`` strings: ``converged``, ``capped`` or ``stalled`` (see :func:`fit_status`)."""
+        return fit_status(self.converged, self.stalled)
+
+
+def fit_status(converged: np.ndarray, stalled: np.ndarray) -> np.ndarray:
+    """``converged`` / ``stalled`` / ``capped`` (neither: the iteration cap) per fit."""
+    converged = np.asarray(converged, dtype=bool)
+    return np.where(converged, "converged", np.where(np.asarray(stalled, bool), "stalled",
+                                                     "capped"))
 
 
 def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -381,6 +403,7 @@ def _levenberg_marquardt(
 
     n_iter = np.zeros(R, dtype=int)
     converged = np.zeros(R, dtype=bool)
+    stalled = np.zeros(R, dtype=bool)
     active = np.ones(R, dtype=bool)
     lam = np.full(R, np.nan)
     nu = np.full(R, 2.0)
@@ -463,11 +486,17 @@ def _levenberg_marquardt(
         theta[rows[accept]] = trial[accept]
         speculate[rows] = accept
 
-        done = x_small | f_small | ~np.isfinite(lam[rows]) | (lam[rows] > 1e300)
+        # Stopping tests. A step that is small only because the damping blew up, or a damping
+        # out of range, is a stall, not convergence; the stopping points are the same.
+        blown = ~np.isfinite(lam[rows]) | (lam[rows] > LAMBDA_STALL)
+        dead = ~np.isfinite(lam[rows]) | (lam[rows] > 1e300)
+        done = f_small | (x_small & ~blown)
+        stuck = ~done & (dead | (x_small & blown))
         converged[rows[done]] = True
-        capped = ~done & (n_iter[rows] >= max_iter) & (accept | (lam[rows] > 1e16))
+        stalled[rows[stuck]] = True
+        capped = ~done & ~stuck & (n_iter[rows] >= max_iter) & (accept | blown)
         # A stopping replicate keeps its last accepted point and the RSS there.
-        stop = done | capped
+        stop = done | stuck | capped
         rss[rows[accept]] = new_rss[accept]
         active[rows[stop]] = False
 
@@ -486,7 +515,8 @@ def _levenberg_marquardt(
     at_bound = (
         np.any(np.abs(theta) >= bound - 1e-9, axis=1) if bound is not None else np.zeros(R, bool)
     )
-    return FitResult(theta=theta, rss=rss, n_iter=n_iter, converged=converged, at_bound=at_bound)
+    return FitResult(theta=theta, rss=rss, n_iter=n_iter, converged=converged, at_bound=at_bound,
+                     stalled=stalled)
 
 
 def near_truth_starts(
@@ -562,6 +592,8 @@ class LeastSquaresMoE:
         Fitted model; prompt arrays have a leading replicate axis if ``X`` had one.
     theta_, loss_, n_iter_, converged_, at_bound_ : ndarray
         Fitted flat parameters, RSS, Jacobian evaluations, convergence and bound flags.
+    status_ : ndarray
+        ``converged``, ``capped`` (iteration cap) or ``stalled`` (damping blew up) per fit.
     """
 
     def __init__(
@@ -666,9 +698,11 @@ class LeastSquaresMoE:
         best = fit_restarts(X, y, starts, structure, bound=self.bound, max_iter=self.max_iter,
                             tol=self.tol, backend=self.backend, threads=self.threads)
         if not best.converged.all():
+            stalled = int(best.stalled.sum())
             warnings.warn(
-                f"{int((~best.converged).sum())} of {R} fits reached max_iter={self.max_iter} "
-                "without converging; they are kept and flagged converged_=False",
+                f"{int((~best.converged).sum()) - stalled} of {R} fits reached "
+                f"max_iter={self.max_iter} and {stalled} stalled (damping blew up) without "
+                "converging; they are kept and flagged converged_=False (status_)",
                 ConvergenceWarning,
                 stacklevel=2,
             )
@@ -678,6 +712,7 @@ class LeastSquaresMoE:
         self.n_iter_ = squeeze(best.n_iter)
         self.converged_ = squeeze(best.converged)
         self.at_bound_ = squeeze(best.at_bound)
+        self.status_ = squeeze(best.status)
         self.params_ = structure.with_theta(self.theta_)
         return self
 
@@ -723,6 +758,6 @@ def _keep_better(a: FitResult, b: FitResult) -> FitResult:
     return FitResult(
         *(
             pick(getattr(a, f), getattr(b, f))
-            for f in ("theta", "rss", "n_iter", "converged", "at_bound")
+            for f in ("theta", "rss", "n_iter", "converged", "at_bound", "stalled")
         )
     )

@@ -119,8 +119,8 @@ def near_summary(result: NearResult) -> str:
     lines += [
         "",
         f"Fits: {len(result.records)} (converged {counts['converged']}, capped at "
-        f"{cfg.max_iter} evaluations {counts['capped']}, stalled {counts['stalled']}: stopped "
-        "with scaled gradient > 1e-6); near-truth starts, |theta| <= 5.",
+        f"{cfg.max_iter} evaluations {counts['capped']}, stalled {counts['stalled']}: damping "
+        "blew up before a test was met); near-truth starts, |theta| <= 5.",
         "Notes: the paper's O(1/log^kappa n) for linear gating is a worst case over truths; the "
         "schedules are its finite-sample face. For a fixed cluster size the exponents are finite, "
         "so along any schedule the rates stay polynomial (slower for larger p), not logarithmic; "
