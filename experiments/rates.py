@@ -88,7 +88,9 @@ def build_parser() -> OneLineParser:
         "over a cluster). Explicit flags override the "
         "preset. Settings: exact (E1, L'=L=1, affine), over (E2, L'=2, affine, |theta|<=5), "
         "over-tanh (E3, L'=2, tanh experts, |theta|<=5), mechanism (E4: PDE residual, Fisher "
-        "conditioning, flat manifold; no fitting).",
+        "conditioning, flat manifold; no fitting), near (E5: two true prompts at separation t; "
+        "Fisher exponents of every gate/split/expert/cluster size, fits at fixed t and on "
+        "shrinking schedules; noise sd 0.001, cap 2000; quick about 3 min on 2 loaded cores).",
         formatter_class=HelpFormatter,
     )
     p.add_argument(
