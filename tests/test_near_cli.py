@@ -70,12 +70,16 @@ def test_parametric_from_needs_every_larger_n():
     assert parametric_from([{"n": 5, "consistent": True}]) == 5
 
 
-def test_analysis_levels_ratios_and_counts_from_the_records():
-    config = NearConfig(t_values=(0.8,), gammas=(), n_values=(500, 1000, 2000), replicates=3,
-                        bases=("default",), seed=2)
-    result = run_near(config)
-    e = analyse_near(result)["fixed"]["0.8"]["linear"]
-    rows = [r for r in result.records if r["gate"] == "linear"]
+@pytest.fixture(scope="module")
+def tiny_result():
+    config = NearConfig(t_values=(0.8,), gammas=(0.1,), n_values=(500, 1000, 2000, 4000),
+                        replicates=3, bases=("default",), seed=2)
+    return run_near(config)
+
+
+def test_analysis_levels_ratios_and_counts_from_the_records(tiny_result):
+    e = analyse_near(tiny_result)["fixed"]["0.8"]["linear"]
+    rows = [r for r in tiny_result.records if r["gate"] == "linear" and r["kind"] == "fixed"]
     for entry in e["per_n"]:
         losses = [r["voronoi_loss"] for r in rows if r["n"] == entry["n"]]
         assert entry["mean"] == pytest.approx(sum(losses) / 3)
@@ -83,5 +87,28 @@ def test_analysis_levels_ratios_and_counts_from_the_records():
         assert entry["ratio"] == pytest.approx(entry["mean"] / entry["predicted"])
         lo, hi = entry["ratio_ci"]
         assert entry["consistent"] == (lo <= 1.3 and hi >= 0.7)
-    assert e["converged"] + e["capped"] + e["stalled"] == e["fits"] == 9
+    assert e["converged"] + e["capped"] + e["stalled"] == e["fits"] == 12
     assert {r["status"] for r in rows} <= {"converged", "capped", "stalled"}
+    s = analyse_near(tiny_result)["schedule"]["0.1"]["norga"]
+    ts = [p["t"] for p in s["per_n"]]
+    assert ts == pytest.approx([0.8 * (n / 1000) ** -0.1 for n in (1000, 2000, 4000)])
+    assert s["predicted_slope_asymptotic"] == pytest.approx(0.1 * s["exponent_p1"] / 2 - 0.5)
+
+
+def test_figure_draws_spectrum_levels_and_schedules_from_near_json(tiny_result):
+    import numpy as np
+
+    from figures.convergence_near import plot_near
+
+    near = json.loads(json.dumps(tiny_result.to_json()))
+    fig = plot_near(near)
+    gids = {line.get_gid(): line for ax in fig.axes for line in ax.lines if line.get_gid()}
+    for gate in ("linear", "norga"):
+        for gid in (f"lambda:{gate}", f"fixed:{gate}:0.8", f"fisher:{gate}:0.8",
+                    f"schedule:{gate}:0.1", f"predicted:{gate}:0.1"):
+            assert gid in gids, gid
+        entry = near["fixed"]["0.8"][gate]
+        x, y = gids[f"fisher:{gate}:0.8"].get_data()
+        np.testing.assert_allclose(y, entry["C"] / np.sqrt(x))
+        _, means = gids[f"fixed:{gate}:0.8"].get_data()
+        np.testing.assert_allclose(means, [p["mean"] for p in entry["per_n"]])
