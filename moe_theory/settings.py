@@ -1,4 +1,5 @@
-"""The experiments E1-E4 and their default truths (spec moe-theory.md section 5).
+"""The experiments E1-E4 and their default truths (spec moe-theory.md section 5); E5 (``near``)
+lives in :mod:`moe_theory.near` and :mod:`moe_theory.near_sweep`.
 
 A :class:`Setting` says which truth generates the data and what is fitted: how many prompt atoms
 (exact- or over-specified), which expert type, and whether the parameter space is bounded.
