@@ -29,6 +29,7 @@ from tqdm import tqdm  # noqa: E402
 from moe_theory.gates import ACTIVATIONS  # noqa: E402
 from moe_theory.io import dumps_json, read_config, run_provenance, write_run  # noqa: E402
 from moe_theory.model import EXPERTS  # noqa: E402
+from moe_theory.near_cli import add_near_arguments, near_config_from_args, run_near_cli  # noqa: E402
 from moe_theory.rates import BACKENDS, PRESETS, RateConfig, n_grid, run_rates  # noqa: E402
 from moe_theory.settings import SETTINGS  # noqa: E402
 
@@ -87,7 +88,9 @@ def build_parser() -> OneLineParser:
         "over a cluster). Explicit flags override the "
         "preset. Settings: exact (E1, L'=L=1, affine), over (E2, L'=2, affine, |theta|<=5), "
         "over-tanh (E3, L'=2, tanh experts, |theta|<=5), mechanism (E4: PDE residual, Fisher "
-        "conditioning, flat manifold; no fitting).",
+        "conditioning, flat manifold; no fitting), near (E5: two true prompts at separation t; "
+        "Fisher exponents of every gate/split/expert/cluster size, fits at fixed t and on "
+        "shrinking schedules; noise sd 0.001, cap 2000; quick about 3 min on 2 loaded cores).",
         formatter_class=HelpFormatter,
     )
     p.add_argument(
@@ -161,7 +164,8 @@ def build_parser() -> OneLineParser:
         "exceed the largest n (default: 1000, or every n when the grid stays below 1000)",
     )
     p.add_argument(
-        "--max-iter", type=positive_int, default=400, help="cap on Jacobian evaluations per fit"
+        "--max-iter", type=positive_int, default=None,
+        help="cap on Jacobian evaluations per fit (default 400; 2000 for near)",
     )
     p.add_argument("--seed", type=nonnegative_int, default=1, help="the one seed of every draw")
     p.add_argument(
@@ -202,6 +206,7 @@ def build_parser() -> OneLineParser:
         help="replace a run directory that holds a different run",
     )
     p.add_argument("--no-figure", action="store_true", help="skip the convergence figures")
+    add_near_arguments(p)
     return p
 
 
@@ -240,7 +245,8 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         restarts=args.restarts or preset["restarts"],
         seed=args.seed,
         fit_n_min=fit_n_min,
-        max_iter=args.max_iter,
+        max_iter=args.max_iter or 400,
+        noise_sd=args.noise_sd or 0.1,
         preset=args.preset,
     )
 
@@ -275,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("argument --scheduler: only used with --backend dask")
     out = args.out or Path("results/rates") / f"{args.preset}-{args.gate}-seed{args.seed}"
     check_out_dir(out, config, args.overwrite, parser)
+    near_config = near_config_from_args(args, parser, out) if "near" in config.settings else None
     if not args.no_cache and args.cache_dir.exists() and not args.cache_dir.is_dir():
         parser.error(f"argument --cache-dir: {args.cache_dir} is a file; need a directory "
                      "(or --no-cache)")
@@ -300,8 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         from figures.runs import read_rates_run
 
         written += convergence_figures_for_run(read_rates_run(out), out)
+    near_text = None
+    if near_config is not None:
+        near_files, near_text = run_near_cli(near_config, args, out)
+        written += near_files
     elapsed = time.perf_counter() - start
     print(result.summary())
+    if near_text:
+        print("\n" + near_text)
     print(
         f"\nwall time {elapsed:.1f} s with {args.jobs} job(s); wrote {len(written)} files to {out}:"
     )
