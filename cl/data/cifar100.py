@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
+from cl.data.catalog import register_dataset
 from cl.data.download import (
     Fetcher,
     Resource,
@@ -35,6 +36,7 @@ from cl.data.download import (
     extracted_provenance,
     verify_file,
 )
+from cl.data.errors import ChecksumError, DatasetNotFoundError
 from cl.data.realdata import (
     ArrayImageDataset,
     RealDataOptions,
@@ -44,7 +46,6 @@ from cl.data.realdata import (
     split_benchmark,
     split_into_tasks,
 )
-from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
 from cl.data.transforms import build_transforms
 
 log = logging.getLogger(__name__)

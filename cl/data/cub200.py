@@ -31,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
+from cl.data.catalog import register_dataset
 from cl.data.download import Fetcher, Resource, ensure_extracted, extracted_provenance
+from cl.data.errors import ChecksumError, DatasetNotFoundError
 from cl.data.realdata import (
     FileImageDataset,
     RealDataOptions,
@@ -41,7 +43,6 @@ from cl.data.realdata import (
     split_benchmark,
     split_into_tasks,
 )
-from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
 from cl.data.transforms import build_transforms
 
 log = logging.getLogger(__name__)

@@ -56,6 +56,7 @@ from PIL import Image
 from torch.utils.data import ConcatDataset
 
 from cl.data.base import Benchmark, SplitDataset
+from cl.data.catalog import register_dataset
 from cl.data.cifar100 import CifarSpec, load_cifar
 from cl.data.cifar100 import missing_message as cifar_missing_message
 from cl.data.download import (
@@ -66,6 +67,7 @@ from cl.data.download import (
     read_marker,
     verify_file,
 )
+from cl.data.errors import ChecksumError, DatasetNotFoundError
 from cl.data.realdata import (
     ArrayImageDataset,
     RealDataOptions,
@@ -73,7 +75,6 @@ from cl.data.realdata import (
     not_found_message,
     resolve_data_root,
 )
-from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
 from cl.data.transforms import TransformKind, TransformPair, build_transforms
 
 log = logging.getLogger(__name__)

@@ -42,7 +42,9 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
+from cl.data.catalog import register_dataset
 from cl.data.download import Fetcher, Resource, ensure_extracted, extracted_provenance
+from cl.data.errors import ChecksumError
 from cl.data.realdata import (
     FileImageDataset,
     RealDataOptions,
@@ -52,7 +54,6 @@ from cl.data.realdata import (
     split_benchmark,
     split_into_tasks,
 )
-from cl.data.registry import ChecksumError, register_dataset
 from cl.data.transforms import build_transforms
 
 log = logging.getLogger(__name__)
