@@ -8,9 +8,16 @@ Layout under the data root (the same as torchvision's, so an existing copy is re
 The archive (``https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz``, MD5
 ``eb9058c3a382ffc7106e4002c42a8d85``) is verified before extraction, and the three pickles are
 verified against their own MD5s before they are unpickled on every use, so no unverified pickle
-is ever loaded. The pickles are read directly (no torchvision dataset class): ``data`` is a
+is ever loaded; and even a verified one is unpickled with an allow-list (numpy arrays and plain
+data only, :data:`PICKLE_GLOBALS`), so nothing in a file can run code. ``data`` is a
 ``(N, 3072)`` uint8 array in channel-major order, ``fine_labels`` the class ids; ``meta`` holds
 ``fine_label_names``.
+
+Why not ``torchvision.datasets.CIFAR100``: it unpickles the same files with a plain
+``pickle.load`` (after its own MD5 check), which runs whatever a pickle names; its checksums are
+class constants (fixtures and :data:`SPEC` would need a subclass) and it hashes every file again
+at each instantiation. This reader is the safer one and shares the verified download step with
+the other datasets (:mod:`cl.data.download`).
 
 Labels are the original fine class ids 0..99; tasks take consecutive chunks of the class order
 (seeded permutation by default, spec cl-pipeline.md section 3.1). 50,000 train / 10,000 test
@@ -95,10 +102,38 @@ class CifarArrays:
     provenance: dict[str, Any]
 
 
+# The only globals a CIFAR python pickle names: a numpy array is rebuilt from these (the official
+# files, written by Python 2 with numpy 1, spell the module numpy.core.multiarray; numpy 2 writes
+# numpy._core.multiarray; Python 3 pickles bytes at protocol 2 through _codecs.encode).
+PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+})
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads plain data and numpy arrays only: any other global (a function or class through
+    which a pickle could run code) is refused before it is even imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which a CIFAR batch "
+                                         "never does (only numpy arrays and plain data are read)")
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> dict[str, Any]:
     # The files were written by Python 2; latin1 restores both str keys and numpy arrays.
     with path.open("rb") as stream:
-        raw = pickle.load(stream, encoding="latin1")
+        try:
+            raw = _ArrayUnpickler(stream, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+            raise ChecksumError(f"cannot read {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ChecksumError(f"cannot read {path}: not a CIFAR batch (a {type(raw).__name__})")
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in raw.items()}
 
 

@@ -38,6 +38,17 @@ Adversarial-Continual-Learning repository, as in the NoRGa code) has no publishe
 SHA-256 is recorded in ``Benchmark.info`` and the extracted tree gets a structural check (ten
 non-empty letter folders in ``Train`` and ``Test``). Unreadable notMNIST images (the set has a
 few) are skipped, logged and listed in ``info``, as the original code skips them.
+
+Readers (and why not torchvision's dataset classes): CIFAR-10 goes through the CIFAR-100 reader
+(:mod:`cl.data.cifar100`: pickles verified, then unpickled with an allow-list; torchvision's
+``CIFAR10`` uses a plain ``pickle.load``). SVHN is read with ``scipy.io.loadmat``, which is all
+``torchvision.datasets.SVHN`` does (plus the transpose and ``10 -> 0``); its class wants the
+``.mat`` files directly in its root and checks its built-in MD5s again. The IDX files are read
+by :func:`read_idx`: torchvision's ``read_image_file``/``read_label_file`` open only
+uncompressed files and check the header with ``assert`` (dropped under ``python -O``; the label
+reader checks no size at all), where :func:`read_idx` reads the ``.gz`` in place and names a bad
+file in a :class:`~cl.data.errors.ChecksumError`. All downloads go through the verified step of
+:mod:`cl.data.download` (official URLs and mirrors, MD5s, resumable, one-line errors).
 """
 
 from __future__ import annotations
