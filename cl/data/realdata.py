@@ -226,7 +226,7 @@ def split_benchmark(name: str, *, num_classes: int, opts: RealDataOptions, seed:
 
 def not_found_message(dataset: str, root: Path, layout: Sequence[str],
                       downloads: Sequence[str]) -> str:
-    """Message of a :class:`~cl.data.errors.DatasetNotFoundError`: what is missing, the
+    """Message of a :class:`~cl.data.registry.DatasetNotFoundError`: what is missing, the
     expected layout under ``root`` and where to get the files."""
     lines = [f"dataset {dataset!r} not found under {root} (set with --data-root or "
              f"${DATA_ROOT_ENV}). Expected layout:"]
