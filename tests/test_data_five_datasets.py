@@ -14,6 +14,7 @@ from fixtures_data import make_five_datasets
 from torchvision import transforms as T
 
 from cl.data import five_datasets
+from cl.data.builder import Fetching
 from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
 from cl.data.transforms import CIFAR_MEAN
 
@@ -214,7 +215,7 @@ def test_notmnist_zip_without_inner_folder(tmp_path: Path) -> None:
     from fixtures_data import make_notmnist
 
     spec = make_notmnist(tmp_path / "server", prefix="", broken=False)
-    how = five_datasets._Fetching(tmp_path / "data", True, None, False)
+    how = Fetching(tmp_path / "data", True, None, False)
     data = five_datasets.load_source("NotMNIST", spec, how)
     assert len(data.train_labels) == 30 and len(data.test_labels) == 20
     assert data.train_images.shape == (30, 28, 28)

@@ -31,18 +31,17 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
-from cl.data.download import Fetcher, Resource, ensure_extracted, extracted_provenance
-from cl.data.realdata import (
-    FileImageDataset,
-    RealDataOptions,
-    class_order,
-    not_found_message,
-    resolve_data_root,
-    split_benchmark,
-    split_into_tasks,
+from cl.data.builder import (
+    Request,
+    SplitData,
+    archive_missing_message,
+    build_real_benchmark,
+    locate,
 )
-from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
-from cl.data.transforms import build_transforms
+from cl.data.catalog import register_dataset
+from cl.data.download import Resource
+from cl.data.errors import ChecksumError, DatasetNotFoundError
+from cl.data.realdata import FileImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -164,21 +163,10 @@ def _image_paths(tree: Path, listed: list[str], is_train: np.ndarray) -> tuple[l
 
 
 def missing_message(spec: CubSpec, root: Path) -> str:
-    return not_found_message(
-        "cub200", root,
+    return archive_missing_message(
+        "cub200", root, spec.archive,
         [f"{spec.folder}/{{{','.join(LIST_FILES)}}}",
-         f"{spec.folder}/images/<class dir>/*.jpg   ({spec.num_images} images)",
-         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
-        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
-
-
-def locate(spec: CubSpec, root: Path, *, allow_download: bool, fetch: Fetcher | None = None,
-           progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The extracted tree (extracting or downloading the archive if needed) and provenance."""
-    tree, _ = ensure_extracted(spec.archive, root, spec.folder, allow_download=allow_download,
-                               missing_message=missing_message(spec, root), fetch=fetch,
-                               progress=progress)
-    return tree, extracted_provenance(tree, spec.archive)
+         f"{spec.folder}/images/<class dir>/*.jpg   ({spec.num_images} images)"])
 
 
 @register_dataset("cub200")
@@ -202,11 +190,14 @@ def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
     DatasetNotFoundError, ChecksumError
         Missing data, an archive that fails its MD5, or inconsistent list files.
     """
-    opts = RealDataOptions.parse(options)
+    return build_real_benchmark(_read, data_root=data_root, seed=seed, download=download,
+                                options=options)
+
+
+def _read(request: Request) -> SplitData:
     spec = SPEC
-    root = resolve_data_root(data_root)
-    tree, provenance = locate(spec, root, allow_download=download, fetch=opts.fetch,
-                              progress=opts.progress)
+    tree, provenance = locate(spec.archive, spec.folder, request.how,
+                              missing_message(spec, request.root))
     lists = read_lists(tree)
     counts = (len(lists.class_names), len(lists.paths), int(lists.is_train.sum()),
               int((~lists.is_train).sum()))
@@ -215,18 +206,14 @@ def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
         raise ChecksumError(f"{tree}: expected (classes, images, train, test) = {expected}, "
                             f"found {counts}")
     index = {"train": np.flatnonzero(lists.is_train), "test": np.flatnonzero(~lists.is_train)}
-    transforms = build_transforms(opts.kind("default"), **opts.transform_args())
 
     def make(split: str, transform: Any) -> FileImageDataset:
         return FileImageDataset([lists.paths[i] for i in index[split]],
                                 lists.labels[index[split]], transform)
 
-    order = class_order(spec.num_classes, seed, opts.class_order)
-    return split_benchmark("cub200", num_classes=spec.num_classes, opts=opts, seed=seed,
-                           order=order, tasks=split_into_tasks(order, opts.num_tasks or NUM_TASKS),
-                           transforms=transforms, make=make,
-                           train_labels=lists.labels[index["train"]],
-                           test_labels=lists.labels[index["test"]], source=provenance,
-                           split="official train_test_split.txt; label = class id - 1; "
-                           f"images as in {lists.layout}",
-                           class_names=lists.class_names)
+    return SplitData("cub200", num_classes=spec.num_classes, num_tasks=NUM_TASKS, kind="default",
+                     make=make, train_labels=lists.labels[index["train"]],
+                     test_labels=lists.labels[index["test"]], source=provenance,
+                     split="official train_test_split.txt; label = class id - 1; "
+                     f"images as in {lists.layout}",
+                     class_names=lists.class_names)

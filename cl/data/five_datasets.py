@@ -38,6 +38,17 @@ Adversarial-Continual-Learning repository, as in the NoRGa code) has no publishe
 SHA-256 is recorded in ``Benchmark.info`` and the extracted tree gets a structural check (ten
 non-empty letter folders in ``Train`` and ``Test``). Unreadable notMNIST images (the set has a
 few) are skipped, logged and listed in ``info``, as the original code skips them.
+
+Readers (and why not torchvision's dataset classes): CIFAR-10 goes through the CIFAR-100 reader
+(:mod:`cl.data.cifar100`: pickles verified, then unpickled with an allow-list; torchvision's
+``CIFAR10`` uses a plain ``pickle.load``). SVHN is read with ``scipy.io.loadmat``, which is all
+``torchvision.datasets.SVHN`` does (plus the transpose and ``10 -> 0``); its class wants the
+``.mat`` files directly in its root and checks its built-in MD5s again. The IDX files are read
+by :func:`read_idx`: torchvision's ``read_image_file``/``read_label_file`` open only
+uncompressed files and check the header with ``assert`` (dropped under ``python -O``; the label
+reader checks no size at all), where :func:`read_idx` reads the ``.gz`` in place and names a bad
+file in a :class:`~cl.data.errors.ChecksumError`. All downloads go through the verified step of
+:mod:`cl.data.download` (official URLs and mirrors, MD5s, resumable, one-line errors).
 """
 
 from __future__ import annotations
@@ -56,24 +67,19 @@ from PIL import Image
 from torch.utils.data import ConcatDataset
 
 from cl.data.base import Benchmark, SplitDataset
+from cl.data.builder import (
+    Choice,
+    Fetching,
+    Request,
+    archive_missing_message,
+    build_real_benchmark,
+)
+from cl.data.catalog import register_dataset
 from cl.data.cifar100 import CifarSpec, load_cifar
 from cl.data.cifar100 import missing_message as cifar_missing_message
-from cl.data.download import (
-    Fetcher,
-    Resource,
-    ensure_extracted,
-    ensure_file,
-    read_marker,
-    verify_file,
-)
-from cl.data.realdata import (
-    ArrayImageDataset,
-    RealDataOptions,
-    class_order,
-    not_found_message,
-    resolve_data_root,
-)
-from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
+from cl.data.download import Resource, ensure_extracted, ensure_file, read_marker, verify_file
+from cl.data.errors import ChecksumError, DatasetNotFoundError
+from cl.data.realdata import ArrayImageDataset, class_order, not_found_message
 from cl.data.transforms import TransformKind, TransformPair, build_transforms
 
 log = logging.getLogger(__name__)
@@ -223,14 +229,6 @@ class SourceData:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Fetching:
-    root: Path
-    allow_download: bool
-    fetch: Fetcher | None
-    progress: bool
-
-
 # ----------------------------------------------------------------------------- readers
 
 
@@ -299,7 +297,7 @@ def _tree_folder(spec: IdxSpec | SvhnSpec, root: Path, allow_download: bool) -> 
     return root / spec.folder
 
 
-def _load_idx(spec: IdxSpec, how: _Fetching) -> SourceData:
+def _load_idx(spec: IdxSpec, how: Fetching) -> SourceData:
     folder = _tree_folder(spec, how.root, how.allow_download)
     resources = spec.resources
     message = _missing_message(spec, how.root)
@@ -330,7 +328,7 @@ def _load_idx(spec: IdxSpec, how: _Fetching) -> SourceData:
                        "uncompressed_unverified": unverified})
 
 
-def _load_svhn(spec: SvhnSpec, how: _Fetching) -> SourceData:
+def _load_svhn(spec: SvhnSpec, how: Fetching) -> SourceData:
     from scipy.io import loadmat  # scipy is a dependency; imported only when SVHN is used
 
     folder = _tree_folder(spec, how.root, how.allow_download)
@@ -392,14 +390,12 @@ def _stack(images: list[np.ndarray]) -> Any:
 
 
 def _notmnist_missing(spec: NotMnistSpec, root: Path) -> str:
-    return not_found_message(
-        "notMNIST", root,
-        [f"{spec.folder}/{{Train,Test}}/{{{','.join(spec.letters)}}}/*.png",
-         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
-        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
+    return archive_missing_message(
+        "notMNIST", root, spec.archive,
+        [f"{spec.folder}/{{Train,Test}}/{{{','.join(spec.letters)}}}/*.png"])
 
 
-def _load_notmnist(spec: NotMnistSpec, how: _Fetching) -> SourceData:
+def _load_notmnist(spec: NotMnistSpec, how: Fetching) -> SourceData:
     tree, archive_digests = ensure_extracted(
         spec.archive, how.root, spec.folder, allow_download=how.allow_download,
         missing_message=_notmnist_missing(spec, how.root), fetch=how.fetch,
@@ -423,9 +419,8 @@ def _load_notmnist(spec: NotMnistSpec, how: _Fetching) -> SourceData:
                        "skipped_unreadable": skipped})
 
 
-def _load_cifar10(spec: CifarSpec, how: _Fetching) -> SourceData:
-    data = load_cifar(spec, how.root, allow_download=how.allow_download, fetch=how.fetch,
-                      progress=how.progress)
+def _load_cifar10(spec: CifarSpec, how: Fetching) -> SourceData:
+    data = load_cifar(spec, how)
     return SourceData("CIFAR10", "cifar", data.train_images, data.train_labels,
                       data.test_images, data.test_labels, data.provenance)
 
@@ -458,7 +453,7 @@ def _missing_message(spec: Any, root: Path) -> str:
         spec.name, root, layout, [f"{r.describe()} -> {folder / r.filename}" for r in resources])
 
 
-def load_source(name: str, spec: Any, how: _Fetching) -> SourceData:
+def load_source(name: str, spec: Any, how: Fetching) -> SourceData:
     """Load one of the five datasets by name (``DATASET_NAMES``)."""
     loaders = {"SVHN": _load_svhn, "MNIST": _load_idx, "FashionMNIST": _load_idx,
                "CIFAR10": _load_cifar10, "NotMNIST": _load_notmnist}
@@ -505,20 +500,72 @@ def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
     ChecksumError
         A file fails verification.
     """
-    leak = options.pop("legacy_transform_leak", False)
-    if not isinstance(leak, bool):
-        raise ValueError(f"legacy_transform_leak must be true or false; got {leak!r}")
-    opts = RealDataOptions.parse(options)
+    return build_real_benchmark(
+        _read, data_root=data_root, seed=seed, download=download, options=options,
+        own_options={"legacy_transform_leak": Choice(False, (False, True))})
+
+
+@dataclass
+class FiveSources:
+    """The five datasets as read, in task order; :meth:`benchmark` assembles them."""
+
+    order: list[str]
+    sources: dict[str, SourceData]
+    leak: bool
+
+    def benchmark(self, request: Request) -> Benchmark:
+        """One task per dataset, labels offset by ``10 * task``, a transform pair each."""
+        order, sources, leak, opts = self.order, self.sources, self.leak, request.opts
+        parts: dict[str, list[ArrayImageDataset]] = {"train": [], "train_eval": [], "test": []}
+        transforms: dict[str, TransformPair] = {}
+        cifar_task = order.index("CIFAR10")
+        for task, name in enumerate(order):
+            data = sources[name]
+            offset = task * CLASSES_PER_DATASET
+            # a fresh transform pair per dataset: nothing can leak from one dataset to the
+            # next, unless the official code's leak is asked for (every dataset after CIFAR-10
+            # keeps the CIFAR transform, MoE_PromptCL datasets.py lines 68-72)
+            kind = "cifar" if leak and task >= cifar_task else data.kind
+            pair = transforms[name] = build_transforms(kind, **opts.transform_args())
+            parts["train"].append(ArrayImageDataset(data.train_images,
+                                                    data.train_labels + offset, pair.train))
+            parts["train_eval"].append(ArrayImageDataset(data.train_images,
+                                                         data.train_labels + offset, pair.test))
+            parts["test"].append(ArrayImageDataset(data.test_images, data.test_labels + offset,
+                                                   pair.test))
+        task_classes = [list(range(t * CLASSES_PER_DATASET, (t + 1) * CLASSES_PER_DATASET))
+                        for t in range(len(order))]
+        info = {
+            "dataset": "5datasets",
+            "dataset_order": order,
+            "dataset_order_rule": (
+                f"random.seed({request.seed}); random.shuffle({list(DATASET_NAMES)})"
+                if opts.class_order == "seeded" else "standard order"),
+            "label_offsets": {name: t * CLASSES_PER_DATASET for t, name in enumerate(order)},
+            "class_order": [c for classes in task_classes for c in classes],
+            "split": "each dataset's official train/test split",
+            "num_train": {name: int(len(sources[name].train_labels)) for name in order},
+            "num_test": {name: int(len(sources[name].test_labels)) for name in order},
+            "source": {name: sources[name].provenance for name in order},
+            "transforms": {name: transforms[name].describe() for name in order},
+            "legacy_transform_leak": leak,
+        }
+        return Benchmark(name="5datasets", num_classes=len(order) * CLASSES_PER_DATASET,
+                         train=_concat(parts["train"]), train_eval=_concat(parts["train_eval"]),
+                         test=_concat(parts["test"]), task_classes=task_classes,
+                         image_size=opts.image_size, info=info)
+
+
+def _read(request: Request) -> FiveSources:
+    opts, root = request.opts, request.root
     if opts.transforms != "hide":
         raise ValueError(f"transforms={opts.transforms!r} is not defined for 5datasets (neither "
                          "CODA-Prompt nor SMoPE has a 5-Datasets loader); use hide")
     if opts.num_tasks not in (None, len(DATASET_NAMES)):
         raise ValueError(f"5datasets has exactly {len(DATASET_NAMES)} tasks; got "
                          f"num_tasks={opts.num_tasks}")
-    root = resolve_data_root(data_root)
-    how = _Fetching(root, download, opts.fetch, opts.progress)
-    order = dataset_order(seed, opts.class_order)
-    if not download:  # report every missing dataset before extracting anything
+    order = dataset_order(request.seed, opts.class_order)
+    if not request.how.allow_download:  # report every missing dataset before extracting
         absent = [name for name in order if _is_missing(SOURCES[name], root)]
         if absent:
             raise DatasetNotFoundError("\n".join(
@@ -526,46 +573,9 @@ def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
     sources, missing = {}, []
     for name in order:
         try:
-            sources[name] = load_source(name, SOURCES[name], how)
+            sources[name] = load_source(name, SOURCES[name], request.how)
         except DatasetNotFoundError as err:  # report every missing dataset at once
             missing.append(str(err))
     if missing:
         raise DatasetNotFoundError("\n".join(missing))
-
-    parts: dict[str, list[ArrayImageDataset]] = {"train": [], "train_eval": [], "test": []}
-    transforms: dict[str, TransformPair] = {}
-    cifar_task = order.index("CIFAR10")
-    for task, name in enumerate(order):
-        data = sources[name]
-        offset = task * CLASSES_PER_DATASET
-        # a fresh transform pair per dataset: nothing can leak from one dataset to the next,
-        # unless the official code's leak is asked for (every dataset after CIFAR-10 keeps the
-        # CIFAR transform, MoE_PromptCL datasets.py lines 68-72)
-        kind = "cifar" if leak and task >= cifar_task else data.kind
-        pair = transforms[name] = build_transforms(kind, **opts.transform_args())
-        parts["train"].append(ArrayImageDataset(data.train_images, data.train_labels + offset,
-                                                pair.train))
-        parts["train_eval"].append(ArrayImageDataset(data.train_images,
-                                                     data.train_labels + offset, pair.test))
-        parts["test"].append(ArrayImageDataset(data.test_images, data.test_labels + offset,
-                                               pair.test))
-    task_classes = [list(range(t * CLASSES_PER_DATASET, (t + 1) * CLASSES_PER_DATASET))
-                    for t in range(len(order))]
-    info = {
-        "dataset": "5datasets",
-        "dataset_order": order,
-        "dataset_order_rule": (f"random.seed({seed}); random.shuffle({list(DATASET_NAMES)})"
-                               if opts.class_order == "seeded" else "standard order"),
-        "label_offsets": {name: t * CLASSES_PER_DATASET for t, name in enumerate(order)},
-        "class_order": [c for classes in task_classes for c in classes],
-        "split": "each dataset's official train/test split",
-        "num_train": {name: int(len(sources[name].train_labels)) for name in order},
-        "num_test": {name: int(len(sources[name].test_labels)) for name in order},
-        "source": {name: sources[name].provenance for name in order},
-        "transforms": {name: transforms[name].describe() for name in order},
-        "legacy_transform_leak": leak,
-    }
-    return Benchmark(name="5datasets", num_classes=len(order) * CLASSES_PER_DATASET,
-                     train=_concat(parts["train"]), train_eval=_concat(parts["train_eval"]),
-                     test=_concat(parts["test"]), task_classes=task_classes,
-                     image_size=opts.image_size, info=info)
+    return FiveSources(order, sources, request.own["legacy_transform_leak"])

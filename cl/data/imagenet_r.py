@@ -42,18 +42,18 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
-from cl.data.download import Fetcher, Resource, ensure_extracted, extracted_provenance
-from cl.data.realdata import (
-    FileImageDataset,
-    RealDataOptions,
-    class_order,
-    not_found_message,
-    resolve_data_root,
-    split_benchmark,
-    split_into_tasks,
+from cl.data.builder import (
+    Choice,
+    Request,
+    SplitData,
+    archive_missing_message,
+    build_real_benchmark,
+    locate,
 )
-from cl.data.registry import ChecksumError, register_dataset
-from cl.data.transforms import build_transforms
+from cl.data.catalog import register_dataset
+from cl.data.download import Resource
+from cl.data.errors import ChecksumError
+from cl.data.realdata import FileImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -167,22 +167,10 @@ def hide_split(images: dict[str, list[tuple[str, Path]]], test_fraction: float =
 
 
 def missing_message(spec: ImageNetRSpec, root: Path) -> str:
-    return not_found_message(
-        "imagenet-r", root,
+    return archive_missing_message(
+        "imagenet-r", root, spec.archive,
         [f"{spec.folder}/<wnid>/*.jpg   ({spec.num_classes} class folders, "
-         f"{spec.num_images} images)",
-         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
-        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
-
-
-def locate(spec: ImageNetRSpec, root: Path, *, allow_download: bool,
-           fetch: Fetcher | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The verified extracted tree (extracting or downloading the archive if needed) and its
-    provenance."""
-    tree, _ = ensure_extracted(spec.archive, root, spec.folder, allow_download=allow_download,
-                               missing_message=missing_message(spec, root), fetch=fetch,
-                               progress=progress)
-    return tree, extracted_provenance(tree, spec.archive)
+         f"{spec.num_images} images)"])
 
 
 @register_dataset("imagenet-r")
@@ -206,14 +194,15 @@ def build_imagenet_r(*, data_root: str | Path | None = None, seed: int = 0,
     DatasetNotFoundError, ChecksumError
         Missing data, an archive that fails its MD5, or a tree with the wrong counts.
     """
-    split_kind = options.pop("split", "fixed")
-    if split_kind not in SPLITS:
-        raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split_kind!r}")
-    opts = RealDataOptions.parse(options)
+    return build_real_benchmark(_read, data_root=data_root, seed=seed, download=download,
+                                options=options, own_options={"split": Choice("fixed", SPLITS)})
+
+
+def _read(request: Request) -> SplitData:
+    split_kind = request.own["split"]
     spec = SPEC
-    root = resolve_data_root(data_root)
-    tree, provenance = locate(spec, root, allow_download=download, fetch=opts.fetch,
-                              progress=opts.progress)
+    tree, provenance = locate(spec.archive, spec.folder, request.how,
+                              missing_message(spec, request.root))
     images = list_images(tree)
     found = (len(images), sum(len(v) for v in images.values()))
     if found != (spec.num_classes, spec.num_images):
@@ -229,20 +218,17 @@ def build_imagenet_r(*, data_root: str | Path | None = None, seed: int = 0,
         return np.array([class_ids[key.split("/", 1)[0]] for key, _ in items], dtype=np.int64)
 
     train_labels, test_labels = labels(train_items), labels(test_items)
-    transforms = build_transforms(opts.kind("default"), **opts.transform_args())
 
     def make(split: str, transform: Any) -> FileImageDataset:
         items, targets = ((train_items, train_labels) if split == "train"
                           else (test_items, test_labels))
         return FileImageDataset([path for _, path in items], targets, transform)
 
-    order = class_order(spec.num_classes, seed, opts.class_order)
     test_keys = "\n".join(key for key, _ in test_items)
     split = {"rule": HIDE_SPLIT_RULE if split_kind == "hide" else SPLIT_RULE,
              "num_train": len(train_items), "num_test": len(test_items),
              "test_set_sha256": hashlib.sha256(test_keys.encode("utf-8")).hexdigest()}
-    return split_benchmark("imagenet-r", num_classes=spec.num_classes, opts=opts, seed=seed,
-                           order=order, tasks=split_into_tasks(order, opts.num_tasks or NUM_TASKS),
-                           transforms=transforms, make=make, train_labels=train_labels,
-                           test_labels=test_labels, source=provenance, split=split,
-                           class_names=sorted(images))
+    return SplitData("imagenet-r", num_classes=spec.num_classes, num_tasks=NUM_TASKS,
+                     kind="default", make=make, train_labels=train_labels,
+                     test_labels=test_labels, source=provenance, split=split,
+                     class_names=sorted(images))
