@@ -36,9 +36,10 @@ from threadpoolctl import threadpool_limits
 from moe_theory import near
 from moe_theory.estimate import compiled_backend_available, fit_restarts, near_truth_starts
 from moe_theory.gates import ACTIVATIONS, GATES, Gate, check_choice
-from moe_theory.model import EXPERTS, n_params, regression, regression_and_jacobian
+from moe_theory.model import EXPERTS, n_params, regression_and_jacobian
+from moe_theory.rates import _run_on_dask, fit_outcome, l2_error
 from moe_theory.settings import THETA_BOUND
-from moe_theory.simulate import INIT_STREAM, integration_points, replicate_seed, simulate
+from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate
 from moe_theory.voronoi import voronoi_loss
 
 KINDS: tuple[str, ...] = ("fixed", "schedule")
@@ -212,14 +213,9 @@ def near_fit_task(
         grad = _scaled_gradient(X, Y, best.theta, structure)
         del X, Y
         losses = voronoi_loss(best.theta, truth.theta, truth.dim)
-        grid, weights = integration_points(truth.dim)
-        g_true = regression(grid, truth)
-        g_fit = regression(grid[None], structure.with_theta(best.theta))
-        l2 = np.sqrt([row @ weights for row in (g_fit - g_true) ** 2])
-    status = best.status
+        l2 = l2_error(structure.with_theta(best.theta), truth)
     rows = []
     for i, rep in enumerate(replicates):
-        converged = bool(best.converged[i])
         rows.append({
             "kind": kind,
             "t": t,
@@ -230,19 +226,8 @@ def near_fit_task(
             "split": config.split,
             "n": int(n),
             "replicate": int(rep),
-            "voronoi_loss": float(losses.total[i]),
-            "voronoi_loss_r": float(losses.loss_r[i]),
-            "loss_mass": float(losses.mass[i]),
-            "loss_beta1": float(losses.beta1[i]),
-            "loss_eta": float(losses.eta[i]),
-            "l2_error": float(l2[i]),
-            "rss": float(best.rss[i]),
-            "status": str(status[i]),
-            "converged": converged,
-            "at_bound": bool(best.at_bound[i]),
-            "n_iter": int(best.n_iter[i]),
+            **fit_outcome(best, losses, l2, i),
             "gradient": float(grad[i]),
-            "cell_sizes": ";".join(str(int(c)) for c in losses.cell_sizes[i]),
         })
     return rows, time.perf_counter() - start
 
@@ -264,8 +249,6 @@ def run_calls(
 ) -> list:
     """Run joblib ``delayed`` calls locally (loky) or on Dask; order of results is arbitrary."""
     if backend == "dask":
-        from moe_theory.rates import _run_on_dask
-
         return _run_on_dask(calls, jobs, scheduler, progress)
     if jobs == 1:
         results: Iterable = (f(*a, **k) for f, a, k in calls)

@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from moe_theory.estimate import (
     FIT_STATUSES,
     ConvergenceWarning,
+    FitResult,
     compiled_backend_available,
     fit_restarts,
     near_truth_starts,
@@ -42,7 +43,7 @@ from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_r
 from moe_theory.model import EXPERTS, PrefixMoE, n_params, regression
 from moe_theory.settings import FIT_SETTINGS, SETTINGS, THETA_BOUND, get_setting
 from moe_theory.simulate import INIT_STREAM, integration_points, replicate_seed, simulate
-from moe_theory.voronoi import voronoi_loss
+from moe_theory.voronoi import VoronoiLoss, voronoi_loss
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +240,24 @@ def l2_error(fitted: PrefixMoE, truth: PrefixMoE) -> np.ndarray:
     return np.sqrt([row @ weights for row in (g_fit - g_true) ** 2])
 
 
+def fit_outcome(best: FitResult, losses: VoronoiLoss, l2: np.ndarray, i: int) -> dict[str, object]:
+    """Per-fit columns every sweep writes: losses, L2 error and LM outcome of replicate ``i``."""
+    return {
+        "voronoi_loss": float(losses.total[i]),
+        "voronoi_loss_r": float(losses.loss_r[i]),
+        "loss_mass": float(losses.mass[i]),
+        "loss_beta1": float(losses.beta1[i]),
+        "loss_eta": float(losses.eta[i]),
+        "l2_error": float(l2[i]),
+        "rss": float(best.rss[i]),
+        "converged": bool(best.converged[i]),
+        "status": str(best.status[i]),
+        "at_bound": bool(best.at_bound[i]),
+        "n_iter": int(best.n_iter[i]),
+        "cell_sizes": ";".join(str(int(c)) for c in losses.cell_sizes[i]),
+    }
+
+
 def fit_task(
     config: RateConfig,
     setting: str,
@@ -294,20 +313,9 @@ def fit_task(
             "expert": truth.expert,
             "n": int(n),
             "replicate": int(rep),
-            "voronoi_loss": float(losses.total[i]),
-            "voronoi_loss_r": float(losses.loss_r[i]),
-            "loss_mass": float(losses.mass[i]),
-            "loss_beta1": float(losses.beta1[i]),
-            "loss_eta": float(losses.eta[i]),
-            "l2_error": float(l2[i]),
-            "rss": float(best.rss[i]),
-            "converged": bool(best.converged[i]),
-            "status": str(best.status[i]),
-            "at_bound": bool(best.at_bound[i]),
-            "n_iter": int(best.n_iter[i]),
+            **fit_outcome(best, losses, l2, i),
             "seconds": float(seconds),
             "restarts": config.restarts,
-            "cell_sizes": ";".join(str(int(c)) for c in losses.cell_sizes[i]),
         }
         for i, rep in enumerate(replicates)
     ]
