@@ -47,7 +47,8 @@ def test_restarts_keep_the_lower_minimum_whatever_the_order(two_minima):
 def _result(rss: list[float], tag: float) -> FitResult:
     R = len(rss)
     return FitResult(theta=np.full((R, 4), tag), rss=np.array(rss), n_iter=np.full(R, int(tag)),
-                     converged=np.full(R, tag > 1), at_bound=np.full(R, tag > 1))
+                     converged=np.full(R, tag > 1), at_bound=np.full(R, tag > 1),
+                     stalled=np.full(R, tag > 1))
 
 
 def test_keep_better_picks_per_replicate_and_keeps_the_first_on_ties():
@@ -58,6 +59,7 @@ def test_keep_better_picks_per_replicate_and_keeps_the_first_on_ties():
     np.testing.assert_array_equal(kept.n_iter, [1, 2, 1])
     np.testing.assert_array_equal(kept.converged, [False, True, False])
     np.testing.assert_array_equal(kept.at_bound, [False, True, False])
+    np.testing.assert_array_equal(kept.stalled, [False, True, False])
 
 
 @pytest.mark.parametrize("r", [1.0, 3.0])
