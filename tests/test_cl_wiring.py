@@ -303,3 +303,23 @@ def test_task_one_blends_with_task_zero_and_legacy_reshape_mixes_the_batch():
     selected = legacy.prompt.detach()[:, :, ids]  # (layers, 2, B, L, H, D)
     assert torch.equal(legacy.gather(ids), selected.reshape(2, 3, 2, 2, 2, 3))
     assert not torch.equal(legacy.gather(ids), pool.gather(ids))
+
+
+@pytest.mark.parametrize("name, after_first, trainable", [
+    ("norga", False, [True, False, False]), ("norga", True, [True, True, True]),
+    ("hide", True, [False, False, False]),
+])
+def test_gate_scalars_train_only_where_the_schedule_says(name, after_first, trainable):
+    """NoRGa's (tau, alpha) train with the first task's prompt and freeze afterwards unless
+    gate_trainable_after_first_task; HiDe-Prompt's linear gate has none to train."""
+    method = _method(name, gate_trainable_after_first_task=after_first)
+    scale = method.model.prompt.act_scale
+    for t, want in enumerate(trainable):
+        method.begin_task(Task(t, SCHEDULE[t], SCHEDULE))
+        groups = method.wtp_optimizer.param_groups
+        in_optimizer = any(p is scale for p in groups[0]["params"])
+        assert (scale.requires_grad, in_optimizer) == (want, want), t
+        head = {id(p) for p in (*method.model.head.parameters(),
+                                *method.model.fc_norm.parameters())}
+        assert {id(p) for p in groups[1]["params"]} == head
+        assert groups[0]["params"][0] is method.model.prompt.prompt
