@@ -13,61 +13,42 @@ a half-written one. Two kinds of checksums guard what a later run reads back:
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import io
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-CHECKSUMS_FILE = "SHA256SUMS"
+from norga.io import (
+    CHECKSUMS_FILE,
+    WriteFailedError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_checksums,
+    record_checksums,
+    sha256_hex,
+)
+
 SIDECAR_SUFFIX = ".sha256"
+
+__all__ = ["CHECKSUMS_FILE", "WriteFailedError", "read_checksums", "sha256_hex"]
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing its checksum, fails it, or cannot be unpickled."""
-
-
-class WriteFailedError(OSError):
-    """Writing a result file failed (disk full, permissions); the previous file is intact."""
-
-
-def _atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, WriteFailedError):
-            # Say which file failed and that the old one is untouched (the rename never ran).
-            reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
-            raise WriteFailedError(
-                exc.errno, f"could not write {path}: {reason}; the previous version of "
-                f"{path.name} (if any) is intact") from exc
-        raise
+    """A checkpoint is missing its checksum, fails it, or cannot be loaded as plain data."""
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    _atomic(Path(path), lambda fh: fh.write(data))
+    """Write ``data`` atomically (:func:`norga.io.atomic_write_bytes`)."""
+    atomic_write_bytes(path, data)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically, see :func:`write_bytes_atomic`."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """Write ``text`` (UTF-8) atomically (:func:`norga.io.atomic_write_text`)."""
+    atomic_write_text(path, text)
 
 
 def json_text(data: Any) -> str:
@@ -79,26 +60,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json_text(data))
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # ---------------------------------------------------------------------------- result files
-def read_checksums(run_dir: str | Path) -> dict[str, str]:
-    """``{file name: sha256}`` from ``run_dir/SHA256SUMS`` (empty if absent or unreadable)."""
-    path = Path(run_dir) / CHECKSUMS_FILE
-    sums: dict[str, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return sums
-    for line in lines:
-        digest, _, name = line.partition("  ")
-        if len(digest) == 64 and name:
-            sums[name] = digest
-    return sums
-
-
 def write_result_file(run_dir: str | Path, name: str, text: str) -> None:
     """Write ``run_dir/name`` atomically and record its SHA-256 in ``SHA256SUMS``.
 
@@ -108,10 +70,7 @@ def write_result_file(run_dir: str | Path, name: str, text: str) -> None:
     run_dir = Path(run_dir)
     data = text.encode("utf-8")
     write_bytes_atomic(run_dir / name, data)
-    sums = read_checksums(run_dir)
-    sums[name] = sha256_hex(data)
-    write_text_atomic(run_dir / CHECKSUMS_FILE,
-                      "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+    record_checksums(run_dir, {name: data})
 
 
 def verify_result_file(run_dir: str | Path, name: str) -> str | None:

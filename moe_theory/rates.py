@@ -3,9 +3,9 @@
 Work is split into tasks ``(setting, gate, n, block of replicates)``. Each replicate draws its
 data and starting points from its own seed (:func:`moe_theory.simulate.replicate_seed`) and the
 batched fitter treats replicates independently, so the numbers do not depend on ``jobs`` or on
-the block size. Tasks run through joblib with BLAS limited to one thread per worker and are
-cached with ``joblib.Memory``, keyed by every argument plus a fingerprint of this package's
-source, so a re-run only computes what is new.
+the block size. Tasks run through joblib with BLAS limited to one thread per worker; finished
+blocks are cached as checksummed JSON (:mod:`moe_theory.cache`), keyed by what they depend on
+plus a fingerprint of this package's source, so a re-run only computes what is new.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from joblib import Memory, Parallel, delayed
+from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
+from moe_theory.cache import FitCache
 from moe_theory.estimate import compiled_backend_available, fit_restarts, near_truth_starts
 from moe_theory.gates import ACTIVATIONS, GATES, Gate, check_choice
 from moe_theory.inference import bootstrap_slope, compare_rate_models, local_slopes, ols_slope
@@ -613,22 +614,30 @@ def run_rates(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
     check_choice(backend, BACKENDS, "backend")
-    task_fn = fit_task
-    if cache_dir is not None:
-        task_fn = Memory(str(cache_dir), verbose=0).cache(fit_task)
     fingerprint = _source_fingerprint()
     tasks = plan_tasks(config)
-    calls = [delayed(task_fn)(config, s, g, n, b, fingerprint) for s, g, n, b in tasks]
-    if backend == "dask":
-        blocks = _run_on_dask(calls, jobs, scheduler, progress)
-    else:
-        if jobs == 1:
-            results: Iterable = (f(*a, **k) for f, a, k in calls)
+    cache = FitCache(cache_dir, FIT_COLUMNS) if cache_dir is not None else None
+    blocks: list[list[dict[str, object]]] = []
+    todo = []
+    for s, g, n, b in tasks:
+        inputs = cache.key_inputs(config, s, g, n, b, fingerprint) if cache else None
+        cached = cache.load(inputs) if cache and inputs else None
+        if cached is not None:
+            blocks.append(cached)
         else:
-            results = Parallel(n_jobs=jobs, return_as="generator_unordered")(calls)
-        if progress is not None:
-            results = progress(results, total=len(tasks))
-        blocks = list(results)
+            todo.append((inputs, delayed(fit_task)(config, s, g, n, b, fingerprint)))
+    calls = [call for _, call in todo]
+    if backend == "dask":
+        results: Iterable = _run_on_dask(calls, jobs, scheduler)
+    elif jobs == 1 or len(calls) <= 1:
+        results = (f(*a, **k) for f, a, k in calls)
+    else:
+        results = Parallel(n_jobs=min(jobs, len(calls)), return_as="generator_unordered")(calls)
+    if cache is not None:
+        results = _stored(results, cache, [inputs for inputs, _ in todo])
+    if progress is not None:
+        results = progress(results, total=len(calls))
+    blocks += list(results)
     records = [row for block in blocks for row in block]
     order = {s: i for i, s in enumerate(SETTINGS)}
     records.sort(
@@ -638,29 +647,52 @@ def run_rates(
     return RateResult(config=config, records=records, mechanism=mechanism)
 
 
-def _run_on_dask(
-    calls: list, jobs: int, scheduler: str | None, progress: Callable[..., Iterable] | None
-) -> list:
-    """Run joblib calls through joblib's Dask backend on a new or existing cluster."""
+def _stored(results: Iterable, cache: FitCache, inputs: list) -> Iterable:
+    """Store each finished block as it arrives (blocks arrive in any order: match by content)."""
+    by_block = {(i["setting"], i["gate"], i["n"], tuple(i["replicates"])): i for i in inputs}
+    for block in results:
+        first = block[0]
+        key = (first["setting"], first["gate"], first["n"], tuple(r["replicate"] for r in block))
+        cache.save(by_block[key], block)
+        yield block
+
+
+def connect_dask(scheduler: str | None, jobs: int, timeout: float = 10.0):
+    """A Dask ``Client`` (and the ``LocalCluster`` it runs on, or ``None``).
+
+    Raises
+    ------
+    ImportError
+        The optional extra is not installed.
+    OSError
+        ``scheduler`` could not be reached within ``timeout`` seconds.
+    """
     try:
         from dask.distributed import Client, LocalCluster
-        from joblib import parallel_config
     except ImportError as err:  # pragma: no cover - depends on the optional extra
         raise ImportError(
             "backend 'dask' needs the optional extra: pip install 'norga[dask]'"
         ) from err
-    cluster = None
     if scheduler is None:
         cluster = LocalCluster(
             n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None
         )
-    client = Client(scheduler or cluster)
+        return Client(cluster), cluster
+    try:
+        return Client(scheduler, timeout=f"{timeout}s"), None
+    except (OSError, TimeoutError) as err:
+        raise OSError(f"cannot reach the Dask scheduler {scheduler} within {timeout:g} s "
+                      f"({type(err).__name__})") from None
+
+
+def _run_on_dask(calls: list, jobs: int, scheduler: str | None) -> Iterable:
+    """Run joblib calls through joblib's Dask backend on a new or existing cluster."""
+    from joblib import parallel_config
+
+    client, cluster = connect_dask(scheduler, jobs)
     try:
         with parallel_config(backend="dask"):
-            results: Iterable = Parallel(n_jobs=-1, return_as="generator_unordered")(calls)
-            if progress is not None:
-                results = progress(results, total=len(calls))
-            return list(results)
+            yield from Parallel(n_jobs=-1, return_as="generator_unordered")(calls)
     finally:
         client.close()
         if cluster is not None:
