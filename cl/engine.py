@@ -446,7 +446,7 @@ def run_experiment(
         method.load_state_dict(ckpt["method"])
         loader_gen.set_state(ckpt["loader_gen"])
         torch.set_rng_state(ckpt["torch_rng"])
-        acc, tii, til = (np.asarray(ckpt[k], dtype=float) for k in ("acc", "tii", "til"))
+        acc, tii, til = (_as_array(ckpt[k]) for k in ("acc", "tii", "til"))
         start, resumed = t_done + 1, t_done
         _on_main(ctx, lambda: jsonl.truncate_after(t_done))
         # A kill between the checkpoint and the matrix may have left the matrix behind.
@@ -536,6 +536,8 @@ def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, 
            "avg_acc": float(np.mean(rows["acc"][: t + 1])), "seconds": round(seconds, 2)})
     torch_save_atomic(ckpt_dir / f"task_{t}.pt", {
         **state,
+        # tensors, not numpy arrays: a checkpoint holds plain data only (weights_only loading)
+        **{k: torch.tensor(state[k], dtype=torch.float64) for k in ("acc", "tii", "til")},
         "method": state["method"].state_dict(),
         "loader_gen": state["loader_gen"].get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -547,6 +549,13 @@ def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, 
         previous = ckpt_dir / f"task_{t - 1}.pt"
         for p in (previous, sidecar_path(previous)):
             p.unlink(missing_ok=True)
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """A float64 matrix from a checkpoint (a tensor; a numpy array in older checkpoints)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float64).numpy().copy()
+    return np.asarray(value, dtype=float)
 
 
 def _eval_loader(dataset: Dataset, cfg: CLConfig, ctx: DistContext) -> DataLoader:

@@ -16,8 +16,12 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
+import re
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -94,6 +98,47 @@ def verify_result_file(run_dir: str | Path, name: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------- checkpoints
+# Plain data a torch checkpoint may hold besides tensors: torch's weights-only unpickler allows
+# containers, numbers, strings and tensors; these are the only classes added to it. NumPy arrays
+# (checkpoints written before they were stored as tensors) are rebuilt from dtype and bytes.
+NUMPY_GLOBALS: tuple[Any, ...] = (
+    np.ndarray, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.int64)),
+    getattr(np, "_core", np.core).multiarray._reconstruct,  # type: ignore[attr-defined]
+)
+
+
+def safe_torch_load(source: str | Path | IO[bytes], allowed: Iterable[Any] = (),
+                    what: str = "file") -> Any:
+    """``torch.load`` with ``weights_only=True`` plus the classes in ``allowed``; never more.
+
+    Nothing in the file can run code: a pickle that names any other Python object is refused.
+
+    Raises
+    ------
+    CheckpointError
+        One line: the object type the file names and why it is refused, or that the file is
+        not a PyTorch checkpoint at all.
+    """
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed)):
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError,
+            AttributeError, KeyError, IndexError) as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"{what} holds a Python object {found.group(1)!r}, which a weights file may not "
+                "contain (allowed: tensors, numbers, strings, lists, dicts"
+                + "".join(f", {getattr(a, '__module__', '')}.{getattr(a, '__name__', a)}"
+                          for a in allowed if getattr(a, "__module__", "") != "numpy")
+                + "); refusing to load it, since unpickling it could run code") from None
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if "WeightsUnpickler error" in str(exc) or "Unsupported operand" in str(exc):
+            first = "not a PyTorch checkpoint of tensors (unsupported pickle content)"
+        raise CheckpointError(f"{what} is not a readable PyTorch checkpoint: {first}") from None
+
+
 def sidecar_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + SIDECAR_SUFFIX)
@@ -116,7 +161,7 @@ def load_checkpoint(path: str | Path) -> Any:
     ------
     CheckpointError
         The sidecar is missing or unreadable, the SHA-256 differs (truncated or corrupted
-        file), or the bytes do not unpickle.
+        file), or the bytes are not plain data (:func:`safe_torch_load`).
     """
     path = Path(path)
     try:
@@ -131,10 +176,10 @@ def load_checkpoint(path: str | Path) -> Any:
     if sha256_hex(data) != expected:
         raise CheckpointError(f"{path.name}: SHA-256 mismatch ({len(data)} bytes; corrupted or "
                               "truncated)")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "unusable"
-        raise CheckpointError(f"{path.name}: cannot be loaded ({type(exc).__name__})") from None
+    try:  # own checkpoints too are loaded as data only: a SHA-256 sidecar can be rewritten
+        return safe_torch_load(io.BytesIO(data), NUMPY_GLOBALS, what=path.name)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path.name}: cannot be loaded ({exc})") from None
 
 
 # ---------------------------------------------------------------------------- formats
