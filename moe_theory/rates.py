@@ -627,8 +627,8 @@ def run_rates(
         else:
             todo.append((inputs, delayed(fit_task)(config, s, g, n, b, fingerprint)))
     calls = [call for _, call in todo]
-    if backend == "dask":
-        results: Iterable = _run_on_dask(calls, jobs, scheduler)
+    if backend == "dask":  # connect first: an unreachable scheduler fails before any work
+        results: Iterable = _run_on_dask(calls, *connect_dask(scheduler, jobs))
     elif jobs == 1 or len(calls) <= 1:
         results = (f(*a, **k) for f, a, k in calls)
     else:
@@ -657,6 +657,10 @@ def _stored(results: Iterable, cache: FitCache, inputs: list) -> Iterable:
         yield block
 
 
+class SchedulerUnreachableError(ConnectionError):
+    """The Dask scheduler given by address could not be reached."""
+
+
 def connect_dask(scheduler: str | None, jobs: int, timeout: float = 10.0):
     """A Dask ``Client`` (and the ``LocalCluster`` it runs on, or ``None``).
 
@@ -664,7 +668,7 @@ def connect_dask(scheduler: str | None, jobs: int, timeout: float = 10.0):
     ------
     ImportError
         The optional extra is not installed.
-    OSError
+    SchedulerUnreachableError
         ``scheduler`` could not be reached within ``timeout`` seconds.
     """
     try:
@@ -680,16 +684,17 @@ def connect_dask(scheduler: str | None, jobs: int, timeout: float = 10.0):
         return Client(cluster), cluster
     try:
         return Client(scheduler, timeout=f"{timeout}s"), None
-    except (OSError, TimeoutError) as err:
-        raise OSError(f"cannot reach the Dask scheduler {scheduler} within {timeout:g} s "
-                      f"({type(err).__name__})") from None
+    except (OSError, TimeoutError, ValueError) as err:
+        raise SchedulerUnreachableError(
+            f"cannot reach the Dask scheduler {scheduler} within {timeout:g} s "
+            f"({type(err).__name__})") from None
 
 
-def _run_on_dask(calls: list, jobs: int, scheduler: str | None) -> Iterable:
-    """Run joblib calls through joblib's Dask backend on a new or existing cluster."""
+def _run_on_dask(calls: list, client, cluster) -> Iterable:
+    """Run joblib calls through joblib's Dask backend on ``client``, then close it (and the
+    local ``cluster``, if any)."""
     from joblib import parallel_config
 
-    client, cluster = connect_dask(scheduler, jobs)
     try:
         with parallel_config(backend="dask"):
             yield from Parallel(n_jobs=-1, return_as="generator_unordered")(calls)

@@ -98,7 +98,7 @@ CASES = [
     ("cl", [*CL_BASE, "--batch-size", "0"], "--batch-size", "positive"),
     ("cl", [*CL_BASE, "--batch-size", "-4"], "--batch-size", "positive"),
     ("cl", [*CL_BASE, "--num-workers", "-1"], "--num-workers", ">= 0"),
-    ("cl", [*CL_BASE, "--threads", "0"], "--threads", "positive"),
+    ("cl", [*CL_BASE, "--threads", "0"], "--threads", "allowed: 1 to"),
     ("cl", [*CL_BASE, "--stop-after-task", "-1"], "--stop-after-task", ">= 0"),
     ("cl", [*CL_BASE, "--device", "tpu"], "--device", "cpu"),
     ("cl", [*CL_BASE, "--set", "no_such_key=1"], "--set", "allowed"),
