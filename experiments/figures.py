@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="figures.py", description=__doc__.split("\n\n")[0])
     # Bad input is one line and exit 2 (argparse's default also prints the usage block).
     p.error = lambda message: p.exit(2, f"figures.py: error: {message} (see --help)\n")
-    p.add_argument("results", nargs="?", type=_path, help="results root (run dirs at any depth)")
+    p.add_argument("results", nargs="?", type=_path, metavar="RESULTS_DIR",
+                   help="results root (run dirs at any depth)")
     p.add_argument("--out", type=_path, default=None,
                    help="output folder (default: RESULTS_DIR/figures)")
     p.add_argument("--readme-images", type=_path, default=None, metavar="DIR",

@@ -661,7 +661,10 @@ class SchedulerUnreachableError(ConnectionError):
     """The Dask scheduler given by address could not be reached."""
 
 
-def connect_dask(scheduler: str | None, jobs: int, timeout: float = 10.0):
+DASK_CONNECT_TIMEOUT = 10.0  # seconds to reach a given scheduler
+
+
+def connect_dask(scheduler: str | None, jobs: int, timeout: float | None = None):
     """A Dask ``Client`` (and the ``LocalCluster`` it runs on, or ``None``).
 
     Raises
@@ -669,8 +672,10 @@ def connect_dask(scheduler: str | None, jobs: int, timeout: float = 10.0):
     ImportError
         The optional extra is not installed.
     SchedulerUnreachableError
-        ``scheduler`` could not be reached within ``timeout`` seconds.
+        ``scheduler`` could not be reached within ``timeout`` seconds (default
+        :data:`DASK_CONNECT_TIMEOUT`).
     """
+    timeout = DASK_CONNECT_TIMEOUT if timeout is None else timeout
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as err:  # pragma: no cover - depends on the optional extra

@@ -45,18 +45,17 @@ def run_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     RunLockedError
         At once (no waiting) when another process holds it; the message names the holder.
 
-    A folder this call created is removed again on exit if nothing but the lock files was
-    written into it (a run that failed before writing leaves nothing behind).
+    Folders this call created are removed again on exit if nothing but the lock files was
+    written into them (a run that failed before writing leaves nothing behind).
     """
     folder = Path(folder)
-    created = not folder.exists()
+    created = [p for p in (folder, *folder.parents) if not os.path.lexists(p)]
     folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(folder / LOCK_NAME), timeout=0)
     try:
         lock.acquire()
     except Timeout:
-        if created:
-            _remove_if_empty(folder)
+        _remove_if_empty(folder, created)
         raise RunLockedError(f"{folder} is in use by {_holder(folder)}; wait for that run to "
                              "finish or choose another --out") from None
     try:
@@ -68,19 +67,24 @@ def run_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         (folder / INFO_NAME).unlink(missing_ok=True)
         lock.release()
-        if created:
-            _remove_if_empty(folder)
+        _remove_if_empty(folder, created)
 
 
-def _remove_if_empty(folder: Path) -> None:
+def _remove_if_empty(folder: Path, created: list[Path]) -> None:
+    """Remove ``folder`` and its parents in ``created`` (folders this lock made) while they
+    hold nothing but the lock files."""
+    if folder not in created:
+        return
     try:
         names = {p.name for p in folder.iterdir()}
     except OSError:
         return
-    if names <= {LOCK_NAME, INFO_NAME}:
-        for name in names:
-            (folder / name).unlink(missing_ok=True)
+    if not names <= {LOCK_NAME, INFO_NAME}:
+        return
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    for path in created:  # deepest first
         try:
-            folder.rmdir()
+            path.rmdir()
         except OSError:
-            pass
+            return
