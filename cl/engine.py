@@ -175,14 +175,17 @@ def _build_benchmark(cfg: CLConfig) -> Benchmark:
 def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
                   device: torch.device) -> None:
     """Refuse a configuration whose memory would exceed the machine's (a lower bound: prompts
-    of every task with gradients and two optimizer moments, plus the token activations)."""
+    of every task with gradients and two optimizer moments, the token activations and the
+    fused attention's helper matrix, which grows with the square of ``prompt_length``)."""
     dim = int(getattr(vit, "embed_dim", 0) or 0)
     depth = len(getattr(vit, "blocks", ()))
     patches = getattr(getattr(vit, "patch_embed", None), "num_patches", 0) or 0
     tokens = cfg.prompt_length + int(patches) + 1
     prompts = num_tasks * max(len(cfg.prompt_layers), 1) * 2 * cfg.prompt_length * dim * 4 * 4
     activations = cfg.batch_size * tokens * dim * depth * 4 * 2
-    need = prompts + activations
+    # the fused prefix attention builds a (prompt + tokens) x (prompt + width) helper matrix
+    helper = 4 * tokens * (cfg.prompt_length + 8)
+    need = prompts + activations + helper
     if device.type == "cuda":
         have: int | None = torch.cuda.get_device_properties(device).total_memory
     else:
