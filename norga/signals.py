@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -56,6 +57,13 @@ def descendant_pids(pid: int | None = None) -> list[int]:
     return out
 
 
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def stop_workers(grace: float = 3.0) -> None:
     """Stop this process's worker processes: loky's executor, then any descendant left.
 
@@ -69,7 +77,9 @@ def stop_workers(grace: float = 3.0) -> None:
             executor.shutdown(wait=False, kill_workers=True)
     except Exception:  # noqa: BLE001 - best effort; the sweep below catches what is left
         pass
-    pids = descendant_pids()
+    # loky's resource tracker is left alone: it cleans up the workers' shared memory and exits
+    # by itself when this process does (stopping it first makes the workers complain).
+    pids = [pid for pid in descendant_pids() if not _is_resource_tracker(pid)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -101,6 +111,8 @@ def run_main(main: Callable[[Sequence[str] | None], int], prog: str,
         # a second Ctrl-C during the cleanup must not print a traceback either
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # joblib reports the cancelled tasks when its abandoned generator is collected at exit
+        warnings.filterwarnings("ignore", message=r".*tasks which were still being processed")
         stop_workers()
         sys.stdout.flush()
         sys.stderr.write(f"\n{prog}: {MESSAGE}\n")
