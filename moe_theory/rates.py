@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
 from threadpoolctl import threadpool_limits
 
 from moe_theory.cache import FitCache
@@ -560,6 +562,22 @@ def _verdict(setting: str, e: dict[str, object], expected: float | None) -> str:
     return text
 
 
+def exit_with_parent(parent: int, poll: float = 1.0) -> None:
+    """Worker initializer: end this worker once process ``parent`` (the sweep) is gone.
+
+    Stops loky workers from computing on for minutes after the sweep itself was killed (even by
+    ``SIGKILL``, which leaves no chance to clean up), also when that happened while the worker
+    was still starting.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def plan_tasks(config: RateConfig) -> list[tuple[str, str, int, tuple[int, ...]]]:
     """All (setting, gate, n, replicate block) tasks, largest n first (better load balance)."""
     reps = list(range(config.replicates))
@@ -632,7 +650,10 @@ def run_rates(
     elif jobs == 1 or len(calls) <= 1:
         results = (f(*a, **k) for f, a, k in calls)
     else:
-        results = Parallel(n_jobs=min(jobs, len(calls)), return_as="generator_unordered")(calls)
+        with parallel_config(backend="loky", initializer=exit_with_parent,
+                             initargs=(os.getpid(),)):
+            results = Parallel(n_jobs=min(jobs, len(calls)),
+                               return_as="generator_unordered")(calls)
     if cache is not None:
         results = _stored(results, cache, [inputs for inputs, _ in todo])
     if progress is not None:

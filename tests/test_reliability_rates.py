@@ -156,3 +156,22 @@ def test_cache_holds_no_pickles_and_one_checksum_per_entry(tmp_path):
         assert set(entry) == {"format", "inputs", "records", "sha256"}
         assert len(entry["sha256"]) == 64
     assert not [p for p in cache.rglob("*") if p.suffix in (".pkl", ".pickle")]
+
+
+def test_workers_exit_when_the_sweep_process_is_gone():
+    """SIGKILL of rates.py gives it no chance to stop its loky workers; each worker watches the
+    sweep's pid itself (``exit_with_parent``, the workers' initializer)."""
+    import subprocess
+    import sys
+
+    code = ("import os, time; from moe_theory.rates import exit_with_parent; "
+            "exit_with_parent({parent}, poll=0.05); time.sleep(60)")
+    orphan = subprocess.run([sys.executable, "-c", code.format(parent=-1)], timeout=60)
+    assert orphan.returncode == 1  # its parent is not the sweep: it ends at once
+    child = subprocess.Popen([sys.executable, "-c", code.format(parent="os.getppid()")])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):  # parent alive: it keeps working
+            child.wait(timeout=3)
+    finally:
+        child.kill()
+        child.wait()
