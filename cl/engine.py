@@ -673,6 +673,9 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     for handle in hooks:
         handle.remove()
 
+    if start == T:  # resumed to recompute damaged results: the method's files are redone too
+        for name, content in method.run_files().items():
+            _on_main(ctx, partial(write_result_file, out, name, json_text(content)))
     result_metrics = final_metrics(cfg, acc, tii, til, backbone.info())
     _on_main(ctx, lambda: write_result_file(out, "metrics.json", json_text(result_metrics)))
     return RunResult(out, acc, tii, til, result_metrics, True, resumed, env=env,

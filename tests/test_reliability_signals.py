@@ -5,6 +5,7 @@ results of an uninterrupted run (issue 15)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import os
 import signal
@@ -71,11 +72,20 @@ def _fits_without_seconds(path: Path) -> list[dict[str, str]]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+def _in_process(argv: list[str]) -> None:
+    """Run a CLI of ``argv`` in this process (saves an interpreter start on a slow machine)."""
+    spec = importlib.util.spec_from_file_location(f"sig_{Path(argv[1]).stem}", argv[1])
+    module = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    spec.loader.exec_module(module)
+    sys.path[:] = saved
+    assert module.main(argv[2:]) == 0
+
+
 @pytest.fixture(scope="module")
 def rates_reference(tmp_path_factory) -> list[dict[str, str]]:
     out = tmp_path_factory.mktemp("rates-ref") / "run"
-    subprocess.run([*RATES, "--no-cache", "--out", str(out)], env=ENV, check=True,
-                   capture_output=True, timeout=600)
+    _in_process([*RATES, "--no-cache", "--out", str(out)])
     return _fits_without_seconds(out / "fits.csv")
 
 
@@ -96,9 +106,14 @@ def test_rates_interrupted_then_resumed(tmp_path, rates_reference, sig):
 
 @pytest.fixture(scope="module")
 def cl_reference(tmp_path_factory) -> dict[str, bytes]:
+    import torch
+
     out = tmp_path_factory.mktemp("cl-ref") / "run"
-    subprocess.run([*CL, "--out", str(out)], env=ENV, check=True, capture_output=True,
-                   timeout=600)
+    threads = torch.get_num_threads()
+    try:
+        _in_process([*CL, "--out", str(out)])  # sets one torch thread, as the CLI does
+    finally:
+        torch.set_num_threads(threads)
     return {n: (out / n).read_bytes() for n in ("accuracy_matrix.csv", "metrics.json")}
 
 
