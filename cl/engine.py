@@ -162,7 +162,7 @@ def _build_benchmark(cfg: CLConfig) -> Benchmark:
         return build_benchmark(cfg.dataset, data_root=cfg.data_root, seed=cfg.seed,
                                download=cfg.download, **cfg.dataset_options)
     except TypeError as exc:
-        builder = registry._BUILDERS.get(cfg.dataset)
+        builder = registry.registered_builder(cfg.dataset)
         names = [p for p in inspect.signature(builder).parameters
                  if p not in ("data_root", "seed", "download")] if builder else []
         raise ConfigError(f"dataset_options: {cfg.dataset_options} does not fit the "
@@ -624,11 +624,13 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
             train_loader = DataLoader(
                 train_set, batch_size=cfg.batch_size,
                 sampler=SharedShuffleSampler(train_set, ctx, loader_gen),
-                num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                drop_last=cfg.legacy_drop_last)
         else:  # the single-process path of every earlier run: keep its numbers unchanged
             train_loader = DataLoader(
                 train_set, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
-                num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                drop_last=cfg.legacy_drop_last)  # CODA / SMoPE code: drop_last=True
         stats_loader = _eval_loader(_task_subset(bench.train_eval, classes), cfg, ctx)
         task = Task(t, classes, bench.task_classes, stats_loader)
         t0 = time.time()
