@@ -52,6 +52,7 @@ it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import os
@@ -64,6 +65,7 @@ import numpy as np
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from cl.runio import CheckpointError, safe_torch_load
 from cl.seeding import derive_seed, seeded_global_rng
 
 log = logging.getLogger(__name__)
@@ -354,6 +356,9 @@ class BackboneSpec:
         Hugging Face repository of an equivalent timm checkpoint, used if already cached.
     note:
         Extra advice for the "weights missing" message.
+    sha256:
+        SHA-256 the publisher gives for the file, checked before loading (``None``: the
+        publisher gives none; the SHA-256 of the file used is recorded in ``env.json``).
     convert:
         Turns a loaded checkpoint object into :class:`ConvertedWeights`.
     """
@@ -366,6 +371,7 @@ class BackboneSpec:
     filename: str | None = None
     hf_hub_id: str | None = None
     note: str = ""
+    sha256: str | None = None
     convert: Callable[[Any], ConvertedWeights] | None = None
 
     @property
@@ -382,6 +388,9 @@ class BackboneSpec:
                 f"with internet access{note}")
 
 
+# None of the publishers (Google / timm on Hugging Face, ByteDance for iBOT, Meta for DINO and
+# MoCo v3) states a SHA-256 for these files next to the link, so no ``sha256`` is pinned; the
+# SHA-256 of the file actually used is recorded in every run's env.json and metrics.json.
 BACKBONES: dict[str, BackboneSpec] = {
     "vit-tiny-random": BackboneSpec(
         # jax (xavier) init keeps a random ViT's CLS feature informative about the input
@@ -598,8 +607,22 @@ def fetch_weights(name: str, directory: str | Path | None = None, *,
         ) from exc
 
 
+# The only non-tensor classes a weights file may hold: the training arguments that DINO / iBOT /
+# MoCo v3 training checkpoints pickle along with the weights. Everything else is refused.
+CHECKPOINT_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+
+
 def read_checkpoint(path: str | Path) -> Any:
-    """Load a ``.safetensors``, ``.npz`` or torch checkpoint file on the CPU."""
+    """Load a ``.safetensors``, ``.npz`` or torch checkpoint file on the CPU, as data only.
+
+    ``.npz`` files are read without pickles, torch files with ``weights_only=True`` plus
+    :data:`CHECKPOINT_GLOBALS`; nothing in a weights file can run code.
+
+    Raises
+    ------
+    BackboneWeightsError
+        A torch file names a Python object outside the allow-list, or is not a checkpoint.
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -609,12 +632,9 @@ def read_checkpoint(path: str | Path) -> Any:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - e.g. pickled argparse.Namespace in training checkpoints
-        # Training checkpoints (iBOT, MoCo) pickle their arguments; the user chose this file.
-        log.warning("%s holds Python objects besides tensors; loading it with "
-                    "weights_only=False (only use checkpoints you trust)", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return safe_torch_load(path, CHECKPOINT_GLOBALS, what="the file")
+    except CheckpointError as exc:
+        raise BackboneWeightsError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- loading
@@ -734,6 +754,11 @@ def build_backbone(
         sha = RANDOM_INIT
     else:
         sha = file_sha256(path)
+        if spec.sha256 is not None and weights is None and sha != spec.sha256:
+            raise BackboneWeightsError(
+                f"backbone {name!r}: {str(path)!r} has SHA-256 {sha}, not the published "
+                f"{spec.sha256}; the file is damaged or a different checkpoint; delete it and "
+                "download it again")
         try:
             checkpoint = read_checkpoint(path)
         except Exception as exc:  # noqa: BLE001 - report any reader failure as one clear line

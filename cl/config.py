@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -120,6 +121,26 @@ class CLConfig:
         for name in ("epochs", "tii_epochs", "tii_ca_epochs", "tap_epochs", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) \
+                or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed: must be an integer in [0, 2^63), got {self.seed!r}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name}: must be a finite number, got {value}")
+        for name in ("clip_grad", "reg"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not self.tii_mlp or not _int_list(self.tii_mlp, minimum=1):
+            raise ValueError(f"tii_mlp: must be a non-empty list of positive integers (hidden "
+                             f"layer widths), got {self.tii_mlp!r}")
+        if not _int_list(self.prompt_layers, minimum=0) \
+                or len(set(self.prompt_layers)) != len(self.prompt_layers):
+            raise ValueError(f"prompt_layers: must be distinct block indices >= 0, got "
+                             f"{self.prompt_layers!r}")
+        for name in ("dataset_options", "method_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name}: must be a JSON object, got {getattr(self, name)!r}")
         if not 0.0 <= self.prompt_momentum < 1.0:
             raise ValueError(f"prompt_momentum: must be in [0, 1), got {self.prompt_momentum}")
         for name in ("lr", "tii_lr", "tii_ca_lr", "ca_lr", "contrastive_temperature"):
@@ -149,6 +170,11 @@ class CLConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _int_list(value: Any, minimum: int) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
 
 
 # ---------------------------------------------------------------------------- presets
@@ -307,10 +333,33 @@ def _coerce(name: str, value: Any) -> Any:
         except ValueError as exc:
             raise ValueError(f"{name}: expected {hint.__name__}, got {value!r}") from exc
     if origin is list:
-        return [int(v) for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+        parsed = _strict_json(name, value, "a JSON list of integers, e.g. [0,1,2]")
+        if not _int_list(parsed, minimum=-(2**63)):
+            raise ValueError(f"{name}: expected a JSON list of integers, e.g. [0,1,2], got "
+                             f"{value!r}")
+        return parsed
     if origin is dict:
-        return json.loads(value)
+        parsed = _strict_json(name, value, 'a JSON object, e.g. {"key": 1}')
+        if not isinstance(parsed, dict):
+            raise ValueError(f'{name}: expected a JSON object, e.g. {{"key": 1}}, got {value!r}')
+        return parsed
     return value
+
+
+def _strict_json(name: str, text: str, expected: str) -> Any:
+    """``json.loads`` that refuses NaN/Infinity and says what was expected."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(constant)
+
+    try:
+        return json.loads(text, parse_constant=refuse)
+    except ValueError:
+        raise ValueError(f"{name}: expected {expected}, got {value_text(text)}") from None
+
+
+def value_text(text: str) -> str:
+    return repr(text) if len(text) <= 80 else repr(text[:77] + "...")
 
 
 def _dotted(key: str, value: Any) -> tuple[str, Any]:

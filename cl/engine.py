@@ -24,10 +24,11 @@ and class statistics count every image exactly once, and only rank 0 writes; see
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import math
-import os
 import pickle
 import shutil
 import time
@@ -44,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from cl import metrics as M
 from cl.backbones import build_backbone
 from cl.config import CLConfig, config_from_dict
+from cl.data import registry
 from cl.data.base import Benchmark
 from cl.data.registry import build_benchmark
 from cl.distributed import (
@@ -68,11 +70,13 @@ from cl.runio import (
     load_checkpoint,
     sidecar_path,
     torch_save_atomic,
-    verify_result_file,
     write_result_file,
     write_text_atomic,
 )
 from cl.seeding import derive_seed, torch_generator
+from norga.cli import gib, output_dir_problem, total_memory
+from norga.io import verify_checksums
+from norga.runlock import RunLockedError, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +85,28 @@ log = logging.getLogger(__name__)
 RUNTIME_KEYS = frozenset({"device", "num_workers", "data_root", "download", "compile"})
 RUN_FILES = ("config.json", "env.json", "class_order.json", "accuracy_matrix.csv",
              "metrics.json", "log.jsonl", "expert_frequency.json", CHECKSUMS_FILE)
+# Result files listed in SHA256SUMS (log.jsonl is appended to, so it has no checksum).
+CHECKED_FILES = tuple(n for n in RUN_FILES if n not in ("log.jsonl", CHECKSUMS_FILE))
+# --overwrite builds the new run here and moves it into the run directory once its first task
+# is checkpointed; until then the old run stays untouched.
+STAGING = ".overwrite"
 
 T_ = TypeVar("T_")
 
 
 class RunDirError(RuntimeError):
     """The run directory holds a different run or is unusable; a CLI reports it with exit 2."""
+
+
+class RunBusyError(RunDirError):
+    """Another process is writing into the run directory (it holds its lock)."""
+
+
+class ConfigError(ValueError):
+    """The configuration cannot run (found before anything is written); exit 2 in a CLI.
+
+    The message starts with the config field at fault (``prompt_layers: ...``).
+    """
 
 
 @dataclass
@@ -111,13 +131,89 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA if available, else CPU; anything else is passed to ``torch.device``."""
+    """``auto`` -> CUDA if available, else CPU; else a CPU or an existing CUDA/MPS device.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a device, or not one this machine has (the message lists the allowed).
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
-    return device
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    allowed = "auto, cpu" + (f", cuda, cuda:0..cuda:{cuda - 1}" if cuda else
+                             " (no CUDA device on this machine)")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device: {name!r} is not a device; allowed: {allowed}") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda" and cuda and (device.index is None or device.index < cuda):
+        return device
+    if device.type == "mps" and torch.backends.mps.is_available():
+        return device
+    raise ValueError(f"device: {name!r} is not available here; allowed: {allowed}")
+
+
+def _build_benchmark(cfg: CLConfig) -> Benchmark:
+    """The registry's benchmark, with bad ``dataset_options`` reported as a :class:`ConfigError`."""
+    try:
+        return build_benchmark(cfg.dataset, data_root=cfg.data_root, seed=cfg.seed,
+                               download=cfg.download, **cfg.dataset_options)
+    except TypeError as exc:
+        builder = registry.registered_builder(cfg.dataset)
+        names = [p for p in inspect.signature(builder).parameters
+                 if p not in ("data_root", "seed", "download")] if builder else []
+        raise ConfigError(f"dataset_options: {cfg.dataset_options} does not fit the "
+                          f"{cfg.dataset} benchmark ({exc}); allowed keys: "
+                          f"{', '.join(names) or 'none'}") from None
+    except ValueError as exc:
+        raise ConfigError(f"dataset_options: {exc}") from None
+
+
+def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
+                  device: torch.device) -> None:
+    """Refuse a configuration whose memory would exceed the machine's (a lower bound: prompts
+    of every task with gradients and two optimizer moments, the token activations and the
+    fused attention's helper matrix, which grows with the square of ``prompt_length``)."""
+    dim = int(getattr(vit, "embed_dim", 0) or 0)
+    depth = len(getattr(vit, "blocks", ()))
+    patches = getattr(getattr(vit, "patch_embed", None), "num_patches", 0) or 0
+    tokens = cfg.prompt_length + int(patches) + 1
+    prompts = num_tasks * max(len(cfg.prompt_layers), 1) * 2 * cfg.prompt_length * dim * 4 * 4
+    activations = cfg.batch_size * tokens * dim * depth * 4 * 2
+    # the fused prefix attention builds a (prompt + tokens) x (prompt + width) helper matrix
+    helper = 4 * tokens * (cfg.prompt_length + 8)
+    need = prompts + activations + helper
+    if device.type == "cuda":
+        have: int | None = torch.cuda.get_device_properties(device).total_memory
+    else:
+        have = total_memory()
+    if have is not None and need > have:
+        raise ConfigError(
+            f"prompt_length: {cfg.prompt_length} (with {len(cfg.prompt_layers)} prompt layers, "
+            f"{num_tasks} tasks, batch_size {cfg.batch_size}) needs at least {gib(need)} of "
+            f"memory; this {device.type.upper()} has {gib(have)}")
+
+
+def _build_method(cfg: CLConfig, vit: torch.nn.Module, bench: Benchmark, device: torch.device,
+                  progress: Any, log_fn: Any) -> Method:
+    """The method's models, built before anything is written: a configuration they reject
+    (e.g. ``prompt_layers`` beyond the ViT's depth) is a :class:`ConfigError`."""
+    try:
+        return get_method(cfg.method)(cfg, vit, bench.num_classes, bench.task_classes,
+                                      device=device, progress=progress, log=log_fn)
+    except (ValueError, TypeError, IndexError, RuntimeError) as exc:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        field_name = text.split()[0].rstrip(":") if text else ""
+        if field_name in cfg.to_dict():
+            text = f"{field_name}: {text.removeprefix(field_name).lstrip(': ')}"
+        else:
+            text = f"method: the {cfg.method} model cannot be built with this configuration: {text}"
+        raise ConfigError(text) from None
 
 
 def _task_subset(split, classes: list[int]) -> Subset:
@@ -218,22 +314,18 @@ def final_metrics(
 
 
 # ---------------------------------------------------------------------------- run directory
-def _clear_run_dir(out: Path) -> None:
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "checkpoints", ignore_errors=True)
-
-
 def _check_usable(out: Path) -> None:
     """Refuse a run directory that is a file or cannot be written (before writing anything)."""
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {out} is a file, not a directory; choose a directory")
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RunDirError(f"--out {out}: {probe} is not writable; choose a writable directory")
+    problem = output_dir_problem(out)
+    if problem:
+        raise RunDirError(f"--out {problem}")
 
 
 def _check_same_config(out: Path, cfg: CLConfig) -> None:
+    problem = verify_checksums(out, ["config.json"])
+    if problem:
+        raise RunDirError(f"--out {out}: {problem}; restore it, use another --out or pass "
+                          "--overwrite")
     try:
         saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -252,6 +344,26 @@ def _check_same_config(out: Path, cfg: CLConfig) -> None:
             f"{out} holds a run with a different configuration (differs in: {', '.join(diff)}); "
             "use another --out or pass --overwrite"
         )
+
+
+def _has_run(out: Path) -> bool:
+    """Whether ``out`` holds any file of a run (which --overwrite must not lose early)."""
+    return any((out / name).exists() for name in RUN_FILES) or (out / "checkpoints").exists()
+
+
+def _promote(staging: Path, out: Path) -> None:
+    """Replace the old run in ``out`` by the staged new one (called once the new run has its
+    first checkpoint). The old files are moved aside first, then deleted."""
+    old = out / ".replaced"
+    shutil.rmtree(old, ignore_errors=True)
+    old.mkdir()
+    for name in (*RUN_FILES, "checkpoints", "metrics.json.corrupt"):
+        if (out / name).exists():
+            (out / name).replace(old / name)
+    for item in staging.iterdir():
+        item.replace(out / item.name)
+    staging.rmdir()
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _checkpoint_candidates(out: Path, num_tasks: int) -> list[tuple[int, Path]]:
@@ -304,26 +416,34 @@ def _remove_stale_temporaries(out: Path) -> None:
 
 
 def _prepare(out: Path, cfg: CLConfig, overwrite: bool, num_tasks: int) -> dict[str, Any]:
-    """Rank 0: decide what to do with ``out`` (finished / fresh / resume from a checkpoint)."""
+    """Rank 0: decide what to do with ``out`` (finished / fresh / resume from a checkpoint).
+
+    With ``overwrite`` and an existing run, the new run is started in ``out/.overwrite``
+    (``"staging"``); nothing of the old run is touched here.
+    """
     _check_usable(out)
+    shutil.rmtree(out / STAGING, ignore_errors=True)  # an --overwrite killed before its result
     if overwrite:
-        _clear_run_dir(out)
+        if _has_run(out):
+            return {"status": "run", "task": None, "path": None, "ckpt": None, "skipped": [],
+                    "staging": True}
     elif (out / "metrics.json").exists():
         _check_same_config(out, cfg)
-        problem = verify_result_file(out, "metrics.json")
+        problem = verify_checksums(out, CHECKED_FILES)
         if problem is None:
             try:
                 return {"status": "finished", "result": _load_finished(out)}
             except (ValueError, KeyError, TypeError) as exc:
                 problem = f"metrics.json cannot be parsed ({type(exc).__name__})"
-        log.warning("%s: %s; recomputing it from the last good checkpoint", out, problem)
+        log.warning("%s: %s; recomputing the results from the last good checkpoint", out,
+                    problem)
         (out / "metrics.json").replace(out / "metrics.json.corrupt")
     elif (out / "config.json").exists():
         _check_same_config(out, cfg)
     _remove_stale_temporaries(out)
     t, path, ckpt, problems = _latest_good_checkpoint(out, num_tasks)
     return {"status": "run", "task": t, "path": str(path) if path else None, "ckpt": ckpt,
-            "skipped": problems}
+            "skipped": problems, "staging": False}
 
 
 def _on_main(ctx: DistContext, fn: Callable[[], T_]) -> T_:
@@ -371,7 +491,10 @@ def run_experiment(
     out_dir:
         Run directory.
     overwrite:
-        Replace a finished or different run in ``out_dir``.
+        Replace a finished or different run in ``out_dir``. The whole new configuration is
+        checked first; the new run is then built in ``out_dir/.overwrite`` and replaces the old
+        files only once its first task is checkpointed, so an invalid or interrupted overwrite
+        keeps the old run.
     stop_after_task:
         Stop after checkpointing this task (to test or to split a long run).
     progress:
@@ -383,8 +506,12 @@ def run_experiment(
     ------
     cl.data.registry.DatasetError, cl.backbones.BackboneWeightsError
         Data or weights missing; nothing is written in that case.
+    ConfigError
+        The configuration cannot run (bad device, ``dataset_options``, ``stop_after_task``,
+        a model the method cannot build, more memory than the machine has); nothing is written.
     RunDirError
-        ``out_dir`` is unusable or holds a different run and ``overwrite`` is False.
+        ``out_dir`` is unusable or holds a different run and ``overwrite`` is False;
+        :class:`RunBusyError` when another process is writing into it.
     cl.numerics.NonFiniteLossError
         A training loss became NaN or inf; the checkpoints of finished tasks are kept.
     cl.runio.WriteFailedError
@@ -393,19 +520,51 @@ def run_experiment(
     """
     cfg.validate()
     out = Path(out_dir)
-    device = resolve_device(cfg.device)
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     ctx = init_from_env(device)
     device = local_device(device, ctx)
-    # Everything that may fail for missing inputs happens before anything is written.
-    bench = benchmark or build_benchmark(cfg.dataset, data_root=cfg.data_root, seed=cfg.seed,
-                                         download=cfg.download, **cfg.dataset_options)
+    # Everything that may fail for missing or bad inputs happens before anything is written:
+    # data, weights, the method's models and the memory they need.
+    bench = benchmark or _build_benchmark(cfg)
+    T = bench.num_tasks
+    if stop_after_task is not None and not 0 <= stop_after_task < T:
+        raise ConfigError(f"stop_after_task: {stop_after_task} is not a task of this benchmark; "
+                          f"allowed: 0 to {T - 1}")
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, img_size=bench.image_size,
                               seed=cfg.seed)
-    T = bench.num_tasks
+    _check_memory(cfg, T, backbone.model, device)
+    jsonl = _JsonlLog(out / "log.jsonl", enabled=ctx.is_main)
+    method = _build_method(cfg, backbone.model, bench, device, progress, jsonl)
 
+    if ctx.is_main:  # read-only checks first: a refused run must not even create the lock file
+        _check_usable(out)
+        if not overwrite and (out / "config.json").exists():
+            _check_same_config(out, cfg)
+    with contextlib.ExitStack() as stack:
+        if ctx.is_main:  # one writer per run directory
+            try:
+                stack.enter_context(run_lock(out))
+            except RunLockedError as exc:
+                raise RunBusyError(str(exc)) from None
+        return _run_locked(cfg, out, ctx, device, bench, backbone, method, jsonl, overwrite,
+                           stop_after_task)
+    raise AssertionError("unreachable")  # pragma: no cover - for type checkers
+
+
+def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device,
+                bench: Benchmark, backbone: Any, method: Method, jsonl: _JsonlLog,
+                overwrite: bool, stop_after_task: int | None) -> RunResult:
+    """The part of :func:`run_experiment` that runs under the run directory's lock."""
+    T = bench.num_tasks
     decision = _on_main(ctx, lambda: _prepare(out, cfg, overwrite, T))
     if decision["status"] == "finished":
         return decision["result"]
+    staging = decision["staging"]
+    work = out / STAGING if staging else out  # where this run writes until it is promoted
+    jsonl.path = work / "log.jsonl"
 
     env = {
         **environment(device),
@@ -416,20 +575,17 @@ def run_experiment(
     }
 
     def write_run_files() -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_result_file(out, "config.json", json_text(cfg.to_dict()))
-        write_result_file(out, "env.json", json_text(env))
-        write_result_file(out, "class_order.json", json_text({
+        work.mkdir(parents=True, exist_ok=True)
+        write_result_file(work, "config.json", json_text(cfg.to_dict()))
+        write_result_file(work, "env.json", json_text(env))
+        write_result_file(work, "class_order.json", json_text({
             "seed": cfg.seed,
             "class_order": [c for t in bench.task_classes for c in t],
             "task_classes": bench.task_classes,
         }))
 
     _on_main(ctx, write_run_files)
-    jsonl = _JsonlLog(out / "log.jsonl", enabled=ctx.is_main)
 
-    method = get_method(cfg.method)(cfg, backbone.model, bench.num_classes, bench.task_classes,
-                                    device=device, progress=progress, log=jsonl)
     # bf16 autocast / torch.compile of the ViT forward passes (fp32: untouched)
     apply_precision(method, device=device, precision=cfg.precision, compile=cfg.compile)
     loader_gen = torch_generator(cfg.seed, "train-loader")
@@ -446,7 +602,7 @@ def run_experiment(
         method.load_state_dict(ckpt["method"])
         loader_gen.set_state(ckpt["loader_gen"])
         torch.set_rng_state(ckpt["torch_rng"])
-        acc, tii, til = (np.asarray(ckpt[k], dtype=float) for k in ("acc", "tii", "til"))
+        acc, tii, til = (_as_array(ckpt[k]) for k in ("acc", "tii", "til"))
         start, resumed = t_done + 1, t_done
         _on_main(ctx, lambda: jsonl.truncate_after(t_done))
         # A kill between the checkpoint and the matrix may have left the matrix behind.
@@ -500,14 +656,17 @@ def run_experiment(
             row[i], tii_row[i], til_row[i] = res["acc"], res["tii"], res["til"]
         acc, tii, til = (np.vstack([m, r]) for m, r in ((acc, row), (tii, tii_row), (til, til_row)))
         log.info("task %d: avg acc %.2f", t, float(np.mean(row[: t + 1])))
-        ckpt_dir = out / "checkpoints"
         state = {
             "task": t, "method": method, "loader_gen": loader_gen,
             "acc": acc, "tii": tii, "til": til, "config": cfg.to_dict(),
         }
         rows = {"acc": row, "tii": tii_row, "til": til_row}
-        _on_main(ctx, partial(_save_task, out, cfg, state, rows, jsonl, time.time() - t0))
-        last_good = ckpt_dir / f"task_{t}.pt"
+        _on_main(ctx, partial(_save_task, work, cfg, state, rows, jsonl, time.time() - t0))
+        if work != out:  # the new run has its first result: now it replaces the old one
+            _on_main(ctx, partial(_promote, work, out))
+            work = out
+            jsonl.path = out / "log.jsonl"
+        last_good = out / "checkpoints" / f"task_{t}.pt"
         if stop_after_task is not None and t >= stop_after_task and t < T - 1:
             for handle in hooks:
                 handle.remove()
@@ -516,6 +675,9 @@ def run_experiment(
     for handle in hooks:
         handle.remove()
 
+    if start == T:  # resumed to recompute damaged results: the method's files are redone too
+        for name, content in method.run_files().items():
+            _on_main(ctx, partial(write_result_file, out, name, json_text(content)))
     result_metrics = final_metrics(cfg, acc, tii, til, backbone.info())
     _on_main(ctx, lambda: write_result_file(out, "metrics.json", json_text(result_metrics)))
     return RunResult(out, acc, tii, til, result_metrics, True, resumed, env=env,
@@ -538,6 +700,8 @@ def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, 
            "avg_acc": float(np.mean(rows["acc"][: t + 1])), "seconds": round(seconds, 2)})
     torch_save_atomic(ckpt_dir / f"task_{t}.pt", {
         **state,
+        # tensors, not numpy arrays: a checkpoint holds plain data only (weights_only loading)
+        **{k: torch.tensor(state[k], dtype=torch.float64) for k in ("acc", "tii", "til")},
         "method": state["method"].state_dict(),
         "loader_gen": state["loader_gen"].get_state(),
         "torch_rng": torch.get_rng_state(),
@@ -549,6 +713,13 @@ def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, 
         previous = ckpt_dir / f"task_{t - 1}.pt"
         for p in (previous, sidecar_path(previous)):
             p.unlink(missing_ok=True)
+
+
+def _as_array(value: Any) -> np.ndarray:
+    """A float64 matrix from a checkpoint (a tensor; a numpy array in older checkpoints)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float64).numpy().copy()
+    return np.asarray(value, dtype=float)
 
 
 def _eval_loader(dataset: Dataset, cfg: CLConfig, ctx: DistContext) -> DataLoader:

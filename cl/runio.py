@@ -13,61 +13,46 @@ a half-written one. Two kinds of checksums guard what a later run reads back:
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import io
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
+import pickle
+import re
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 
-CHECKSUMS_FILE = "SHA256SUMS"
+from norga.io import (
+    CHECKSUMS_FILE,
+    WriteFailedError,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_checksums,
+    record_checksums,
+    sha256_hex,
+)
+
 SIDECAR_SUFFIX = ".sha256"
+
+__all__ = ["CHECKSUMS_FILE", "WriteFailedError", "read_checksums", "sha256_hex"]
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing its checksum, fails it, or cannot be unpickled."""
-
-
-class WriteFailedError(OSError):
-    """Writing a result file failed (disk full, permissions); the previous file is intact."""
-
-
-def _atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError) and not isinstance(exc, WriteFailedError):
-            # Say which file failed and that the old one is untouched (the rename never ran).
-            reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
-            raise WriteFailedError(
-                exc.errno, f"could not write {path}: {reason}; the previous version of "
-                f"{path.name} (if any) is intact") from exc
-        raise
+    """A checkpoint is missing its checksum, fails it, or cannot be loaded as plain data."""
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``."""
-    _atomic(Path(path), lambda fh: fh.write(data))
+    """Write ``data`` atomically (:func:`norga.io.atomic_write_bytes`)."""
+    atomic_write_bytes(path, data)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) atomically, see :func:`write_bytes_atomic`."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """Write ``text`` (UTF-8) atomically (:func:`norga.io.atomic_write_text`)."""
+    atomic_write_text(path, text)
 
 
 def json_text(data: Any) -> str:
@@ -79,26 +64,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     write_text_atomic(path, json_text(data))
 
 
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 # ---------------------------------------------------------------------------- result files
-def read_checksums(run_dir: str | Path) -> dict[str, str]:
-    """``{file name: sha256}`` from ``run_dir/SHA256SUMS`` (empty if absent or unreadable)."""
-    path = Path(run_dir) / CHECKSUMS_FILE
-    sums: dict[str, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
-        return sums
-    for line in lines:
-        digest, _, name = line.partition("  ")
-        if len(digest) == 64 and name:
-            sums[name] = digest
-    return sums
-
-
 def write_result_file(run_dir: str | Path, name: str, text: str) -> None:
     """Write ``run_dir/name`` atomically and record its SHA-256 in ``SHA256SUMS``.
 
@@ -108,10 +74,7 @@ def write_result_file(run_dir: str | Path, name: str, text: str) -> None:
     run_dir = Path(run_dir)
     data = text.encode("utf-8")
     write_bytes_atomic(run_dir / name, data)
-    sums = read_checksums(run_dir)
-    sums[name] = sha256_hex(data)
-    write_text_atomic(run_dir / CHECKSUMS_FILE,
-                      "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
+    record_checksums(run_dir, {name: data})
 
 
 def verify_result_file(run_dir: str | Path, name: str) -> str | None:
@@ -135,6 +98,47 @@ def verify_result_file(run_dir: str | Path, name: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------- checkpoints
+# Plain data a torch checkpoint may hold besides tensors: torch's weights-only unpickler allows
+# containers, numbers, strings and tensors; these are the only classes added to it. NumPy arrays
+# (checkpoints written before they were stored as tensors) are rebuilt from dtype and bytes.
+NUMPY_GLOBALS: tuple[Any, ...] = (
+    np.ndarray, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.int64)),
+    getattr(np, "_core", np.core).multiarray._reconstruct,  # type: ignore[attr-defined]
+)
+
+
+def safe_torch_load(source: str | Path | IO[bytes], allowed: Iterable[Any] = (),
+                    what: str = "file") -> Any:
+    """``torch.load`` with ``weights_only=True`` plus the classes in ``allowed``; never more.
+
+    Nothing in the file can run code: a pickle that names any other Python object is refused.
+
+    Raises
+    ------
+    CheckpointError
+        One line: the object type the file names and why it is refused, or that the file is
+        not a PyTorch checkpoint at all.
+    """
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed)):
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
+            return torch.load(source, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError,
+            AttributeError, KeyError, IndexError) as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"{what} holds a Python object {found.group(1)!r}, which a weights file may not "
+                "contain (allowed: tensors, numbers, strings, lists, dicts"
+                + "".join(f", {getattr(a, '__module__', '')}.{getattr(a, '__name__', a)}"
+                          for a in allowed if getattr(a, "__module__", "") != "numpy")
+                + "); refusing to load it, since unpickling it could run code") from None
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        if "WeightsUnpickler error" in str(exc) or "Unsupported operand" in str(exc):
+            first = "not a PyTorch checkpoint of tensors (unsupported pickle content)"
+        raise CheckpointError(f"{what} is not a readable PyTorch checkpoint: {first}") from None
+
+
 def sidecar_path(path: str | Path) -> Path:
     path = Path(path)
     return path.with_name(path.name + SIDECAR_SUFFIX)
@@ -157,7 +161,7 @@ def load_checkpoint(path: str | Path) -> Any:
     ------
     CheckpointError
         The sidecar is missing or unreadable, the SHA-256 differs (truncated or corrupted
-        file), or the bytes do not unpickle.
+        file), or the bytes are not plain data (:func:`safe_torch_load`).
     """
     path = Path(path)
     try:
@@ -172,10 +176,10 @@ def load_checkpoint(path: str | Path) -> Any:
     if sha256_hex(data) != expected:
         raise CheckpointError(f"{path.name}: SHA-256 mismatch ({len(data)} bytes; corrupted or "
                               "truncated)")
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means "unusable"
-        raise CheckpointError(f"{path.name}: cannot be loaded ({type(exc).__name__})") from None
+    try:  # own checkpoints too are loaded as data only: a SHA-256 sidecar can be rewritten
+        return safe_torch_load(io.BytesIO(data), NUMPY_GLOBALS, what=path.name)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path.name}: cannot be loaded ({exc})") from None
 
 
 # ---------------------------------------------------------------------------- formats

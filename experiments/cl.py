@@ -37,25 +37,43 @@ from cl.config import (  # noqa: E402
     resolve_config,
 )
 from cl.data.registry import DatasetError, available_datasets  # noqa: E402
-from cl.engine import RunDirError, run_experiment  # noqa: E402
+from cl.engine import ConfigError, RunDirError, resolve_device, run_experiment  # noqa: E402
 from cl.methods import available_methods  # noqa: E402
 from cl.models.gating import ACTIVATIONS  # noqa: E402
 from cl.numerics import NonFiniteLossError  # noqa: E402
 from cl.precision import CompileError  # noqa: E402
 from cl.report import summary  # noqa: E402
 from cl.runio import WriteFailedError  # noqa: E402
+from norga.cli import PARALLEL_PER_CORE, max_parallel, output_dir_problem, usable_cores  # noqa: E402
+from norga.signals import run_main  # noqa: E402
 
 # config field -> the flag that sets it (for error messages)
 FLAG_OF = {
     "epochs": "--epochs", "batch_size": "--batch-size", "num_workers": "--num-workers",
     "gate_act": "--gate-act", "attention": "--attention", "device": "--device",
+    "precision": "--precision", "compile": "--compile", "seed": "--seed",
+    "stop_after_task": "--stop-after-task", "weights": "--weights", "data_root": "--data-root",
+}
+# config fields with a flag of their own: --set refuses them (two ways to say one thing)
+OWN_FLAG = {
+    "dataset": "--dataset", "method": "--method", "backbone": "--backbone",
+    "weights": "--weights", "seed": "--seed", "gate_act": "--gate-act", "quick": "--quick",
+    "batch_size": "--batch-size", "device": "--device", "data_root": "--data-root",
+    "download": "--download", "num_workers": "--num-workers", "attention": "--attention",
     "precision": "--precision", "compile": "--compile",
 }
+OFFLINE_DATASETS = ("synthetic", "digits")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not a folder; give a folder name")
+    return text
 
 
 def backbone_listing() -> str:
@@ -120,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="download a missing dataset and missing backbone weights")
     where.add_argument("--num-workers", type=int, default=0, metavar="N",
                        help="data-loader workers (default 0)")
-    where.add_argument("--out", metavar="DIR",
+    where.add_argument("--out", metavar="DIR", type=_nonempty,
                        help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>, "
                        "with -official appended under --protocol official)")
     where.add_argument("--overwrite", action="store_true", help="replace an existing run")
@@ -146,7 +164,11 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
         if "=" not in item:
             parser.error(f"argument --set: expected KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
-        overrides[key.strip().replace("-", "_")] = value
+        key = key.strip().replace("-", "_")
+        if key in OWN_FLAG:
+            parser.error(f"argument --set: {key!r} has its own flag; use {OWN_FLAG[key]} "
+                         "instead of --set")
+        overrides[key] = value
     direct = {
         "weights": args.weights, "gate_act": args.gate_act, "batch_size": args.batch_size,
         "data_root": args.data_root, "attention": args.attention,
@@ -160,6 +182,42 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     return overrides
 
 
+def _config_error(exc: Exception) -> str:
+    """``"field: reason"`` -> ``"argument --flag: reason"`` (``--set field`` without a flag)."""
+    text = str(exc)
+    head, sep, rest = text.partition(":")
+    # "method_options.NAME: ..." is set with --set method_options=JSON
+    field = head.split()[-1].strip("'").split(".")[0] if head.split() else ""
+    flag = FLAG_OF.get(field, f"--set {field}")
+    if sep and head.strip() == field:
+        text = rest.strip()
+    return f"argument {flag}: {text}"
+
+
+def check_resources(args: argparse.Namespace, cfg, parser: argparse.ArgumentParser) -> None:
+    """The flags checked before any work: threads, workers, device, data root, --out."""
+    cap = f"allowed: 1 to {max_parallel()} ({PARALLEL_PER_CORE} x the {usable_cores()} cores)"
+    if args.threads is not None and not 1 <= args.threads <= max_parallel():
+        parser.error(f"argument --threads: {args.threads} is out of range; {cap}")
+    if args.num_workers > max_parallel():
+        parser.error(f"argument --num-workers: {args.num_workers} is out of range; "
+                     f"allowed: 0 to {max_parallel()} ({PARALLEL_PER_CORE} x the "
+                     f"{usable_cores()} cores)")
+    if args.stop_after_task is not None and args.stop_after_task < 0:
+        parser.error(f"argument --stop-after-task: must be >= 0, got {args.stop_after_task}")
+    try:
+        resolve_device(args.device)
+    except ValueError as exc:
+        parser.error(f"argument --device: {str(exc).removeprefix('device: ')}")
+    if cfg.dataset in OFFLINE_DATASETS and args.data_root is not None:
+        parser.error(f"argument --data-root: not used by --dataset {cfg.dataset} (generated or "
+                     f"bundled, nothing is read from {args.data_root!r}); drop the flag")
+    if args.out is not None:
+        problem = output_dir_problem(Path(args.out))
+        if problem:
+            parser.error(f"argument --out: {problem}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -170,26 +228,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args.dataset, args.method, backbone, quick=args.quick,
                              overrides=overrides_from_args(args, parser))
     except ValueError as exc:
-        # "method_options.NAME: ..." is set with --set method_options=JSON
-        field = str(exc).split(":")[0].split()[-1].strip("'").split(".")[0]
-        flag = FLAG_OF.get(field, f"--set {field}")
-        parser.error(f"argument {flag}: {exc}")
+        parser.error(_config_error(exc))
     import torch
     from tqdm import tqdm
 
+    check_resources(args, cfg, parser)
     if args.threads is not None:
-        if args.threads <= 0:
-            parser.error("argument --threads: must be positive")
         torch.set_num_threads(args.threads)
     elif cfg.backbone == "vit-tiny-random":
         torch.set_num_threads(1)
-    if args.stop_after_task is not None and args.stop_after_task < 0:
-        parser.error(f"argument --stop-after-task: must be >= 0, got {args.stop_after_task}")
-    try:
-        torch.device(args.device if args.device != "auto" else "cpu")
-    except RuntimeError:
-        parser.error(f"argument --device: {args.device!r} is not a device; allowed: auto, cpu, "
-                     "cuda, cuda:N (or another torch device type)")
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 talks and writes
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
         args.no_progress = True
@@ -213,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             ensure_weights(cfg.backbone, cfg.weights)
         result = run_experiment(cfg, out, overwrite=args.overwrite,
                                 stop_after_task=args.stop_after_task, progress=progress)
+    except ConfigError as exc:  # found before anything was written
+        parser.error(_config_error(exc))
     except (DatasetError, BackboneWeightsError, RunDirError) as exc:
         print(f"cl.py: error: {exc}", file=sys.stderr)
         return 2
@@ -240,4 +289,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "cl.py"))

@@ -14,23 +14,32 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from norga.cli import output_dir_problem  # noqa: E402
+from norga.signals import run_main  # noqa: E402
+
+
+def _path(text: str) -> Path:
+    if not text.strip():  # Path("") would silently mean the working folder
+        raise argparse.ArgumentTypeError("an empty path is not a folder; give a folder name")
+    return Path(text)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="figures.py", description=__doc__.split("\n\n")[0])
     # Bad input is one line and exit 2 (argparse's default also prints the usage block).
     p.error = lambda message: p.exit(2, f"figures.py: error: {message} (see --help)\n")
-    p.add_argument("results", nargs="?", type=Path, help="results root (run dirs at any depth)")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("results", nargs="?", type=_path, metavar="RESULTS_DIR",
+                   help="results root (run dirs at any depth)")
+    p.add_argument("--out", type=_path, default=None,
                    help="output folder (default: RESULTS_DIR/figures)")
-    p.add_argument("--readme-images", type=Path, default=None, metavar="DIR",
+    p.add_argument("--readme-images", type=_path, default=None, metavar="DIR",
                    help="also write one small PNG of each figure kind to DIR (e.g. docs/img)")
-    p.add_argument("--write-example", type=Path, default=None, metavar="DIR",
+    p.add_argument("--write-example", type=_path, default=None, metavar="DIR",
                    help="write a synthetic example results tree to DIR and exit")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
@@ -42,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("figures").setLevel(logging.INFO if args.verbose else logging.WARNING)
     if args.write_example is not None:
-        if args.write_example.exists() and not args.write_example.is_dir():
-            parser.exit(2, f"error: --write-example {args.write_example} is not a directory\n")
+        problem = output_dir_problem(args.write_example)
+        if problem:
+            parser.exit(2, f"error: --write-example {problem}\n")
         from figures.examples import write_example_results
 
         root = write_example_results(args.write_example)
@@ -54,15 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.results.is_dir():
         parser.exit(2, f"error: RESULTS_DIR {args.results} is not a directory\n")
     out = args.out if args.out is not None else args.results / "figures"
-    if out.exists() and not out.is_dir():
-        parser.exit(2, f"error: --out {out} exists and is not a directory\n")
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        parser.exit(2, f"error: --out {out}: {probe} is not writable; choose a writable "
-                    "directory\n")
-    if args.readme_images is not None and args.readme_images.exists() \
-            and not args.readme_images.is_dir():
-        parser.exit(2, f"error: --readme-images {args.readme_images} is not a directory\n")
+    for flag, folder in (("--out", out), ("--readme-images", args.readme_images)):
+        if folder is None:
+            continue
+        problem = output_dir_problem(folder)
+        if problem:
+            parser.exit(2, f"error: {flag} {problem}\n")
+        resolved, results = folder.resolve(), args.results.resolve()
+        if resolved == results or resolved in results.parents:
+            parser.exit(2, f"error: {flag} {folder} contains RESULTS_DIR {args.results}, whose "
+                        "runs would then be skipped as output; use a folder inside it or "
+                        "elsewhere (default: RESULTS_DIR/figures)\n")
     # Imported after the argument checks so that bad input fails fast (matplotlib is slow).
     from figures.report import render_results, write_readme_images
 
@@ -79,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "figures.py"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -30,8 +30,33 @@ from moe_theory.gates import ACTIVATIONS  # noqa: E402
 from moe_theory.io import dumps_json, read_config, run_provenance, write_run  # noqa: E402
 from moe_theory.model import EXPERTS  # noqa: E402
 from moe_theory.near_cli import add_near_arguments, near_config_from_args, run_near_cli  # noqa: E402
-from moe_theory.rates import BACKENDS, PRESETS, RateConfig, n_grid, run_rates  # noqa: E402
-from moe_theory.settings import SETTINGS  # noqa: E402
+from moe_theory.rates import (  # noqa: E402
+    BACKENDS,
+    PRESETS,
+    RateConfig,
+    SchedulerUnreachableError,
+    n_grid,
+    run_rates,
+)
+from moe_theory.settings import FIT_SETTINGS, SETTINGS  # noqa: E402
+from norga.cli import (  # noqa: E402
+    PARALLEL_PER_CORE,
+    gib,
+    max_parallel,
+    output_dir_problem,
+    total_memory,
+    usable_cores,
+)
+from norga.runlock import RunLockedError, run_lock  # noqa: E402
+from norga.signals import run_main  # noqa: E402
+
+# Memory model of a sweep (measured: one task at n = 1e6 with 40 replicates peaks at 1.51 GiB,
+# about 40 bytes per sample and replicate; README "Performance"), with a margin.
+BYTES_PER_SAMPLE = 64
+BYTES_PER_WORKER = 300 * 2**20
+BYTES_PER_FIT_RECORD = 2048
+SCHEDULER_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9a-fA-F:]+\]|[\w.-]+)"
+                               r":(\d{1,5})/?$")
 
 # Default smallest n of the slope fits (the linear curve is pre-asymptotic below 1e3, spec 5.6).
 DEFAULT_FIT_N_MIN = 1000
@@ -46,10 +71,18 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def positive_int(text: str) -> int:
+    """An integer >= 1, also written like ``1e5`` (but not ``1.5`` or ``1e400``)."""
     try:
-        value = int(float(text)) if "e" in text.lower() else int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+        if "e" in text.lower():
+            number = float(text)
+            if not number.is_integer():  # also nan / inf
+                raise ValueError
+            value = int(number)
+        else:
+            value = int(text)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer (like 1000 or 1e5), got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
     return value
@@ -72,6 +105,13 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, False) or action.default is argparse.SUPPRESS:
             return action.help or ""
         return super()._get_help_string(action) or ""
+
+
+def output_path(text: str) -> Path:
+    """A folder path; the empty string is refused (``Path("")`` would mean the working folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not a folder; give a folder name")
+    return Path(text)
 
 
 def build_parser() -> OneLineParser:
@@ -171,8 +211,9 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "--jobs",
         type=positive_int,
-        default=len(os.sched_getaffinity(0)),
-        help="parallel worker processes",
+        default=usable_cores(),
+        help=f"parallel worker processes (at most {PARALLEL_PER_CORE} x the cores, "
+        f"{max_parallel()} here)",
     )
     p.add_argument(
         "--backend",
@@ -189,15 +230,16 @@ def build_parser() -> OneLineParser:
     )
     p.add_argument(
         "--out",
-        type=Path,
+        type=output_path,
         default=None,
         help="run directory (default: results/rates/<preset>-<gate>-seed<seed>)",
     )
     p.add_argument(
         "--cache-dir",
-        type=Path,
+        type=output_path,
         default=Path(".cache/norga-rates"),
-        help="joblib cache of finished fits (re-runs compute only new points)",
+        help="cache of finished fits, one checksummed JSON file per block (re-runs compute "
+        "only new points; a damaged entry is recomputed)",
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
     p.add_argument(
@@ -214,11 +256,31 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
     preset = PRESETS[args.preset]
     n_min = args.n_min if args.n_min is not None else preset["n_min"]
     n_max = args.n_max if args.n_max is not None else preset["n_max"]
+    num_n = args.num_n or preset["num_n"]
     if n_min < 2:
         parser.error(f"argument --n-min: must be >= 2, got {n_min}")
     if n_min > n_max:
         parser.error(f"argument --n-min: {n_min} is above --n-max {n_max}; need n-min <= n-max")
-    n_values = n_grid(n_min, n_max, args.num_n or preset["num_n"])
+    fitting = any(s in FIT_SETTINGS for s in (args.setting or preset["settings"]))
+    if fitting and n_min == n_max:
+        parser.error(f"argument --n-max: equals --n-min ({n_min}); the rate fit needs at least "
+                     "2 distinct n, so n-min < n-max")
+    if num_n > n_max - n_min + 1:
+        parser.error(f"argument --num-n: {num_n} distinct sample sizes do not fit in "
+                     f"[{n_min}, {n_max}]; allowed: 1 to {n_max - n_min + 1}")
+    if args.no_baseline and args.gate != "norga":
+        parser.error(f"argument --no-baseline: only used with --gate norga (the baseline is the "
+                     f"linear gate fitted alongside NoRGa), not with --gate {args.gate}")
+    if args.jobs > max_parallel():
+        parser.error(f"argument --jobs: {args.jobs} is more than {PARALLEL_PER_CORE} x the "
+                     f"{usable_cores()} cores; allowed: 1 to {max_parallel()}")
+    replicates = args.replicates or preset["replicates"]
+    _check_memory(parser, tuple(dict.fromkeys(args.setting or preset["settings"])),
+                  ("norga", "linear"), n_max, num_n, replicates, args.jobs)
+    n_values = n_grid(n_min, n_max, num_n)
+    if len(n_values) < 2 and fitting:
+        parser.error(f"argument --num-n: the rate fit needs at least 2 distinct n; --n-min "
+                     f"{n_min}, --n-max {n_max}, --num-n {num_n} give {list(n_values)}")
     gates = {
         "linear": ("linear",),
         "both": ("norga", "linear"),
@@ -241,7 +303,7 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         activation=args.activation,
         expert=args.expert,
         n_values=n_values,
-        replicates=args.replicates or preset["replicates"],
+        replicates=replicates,
         restarts=args.restarts or preset["restarts"],
         seed=args.seed,
         fit_n_min=fit_n_min,
@@ -251,13 +313,29 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
     )
 
 
+def sweep_memory(settings: tuple[str, ...], gates: tuple[str, ...], n_max: int, num_n: int,
+                 replicates: int, jobs: int, block: int = RateConfig.block) -> int:
+    """Estimated peak memory (bytes) of a sweep: the workers' largest tasks plus the records."""
+    fits = sum(s in FIT_SETTINGS for s in settings) * len(gates) * num_n * replicates
+    workers = min(jobs, max(1, -(-replicates // block))) if fits else 0
+    per_worker = BYTES_PER_WORKER + BYTES_PER_SAMPLE * n_max * min(block, replicates)
+    return workers * per_worker + fits * BYTES_PER_FIT_RECORD + 24 * num_n
+
+
+def _check_memory(parser: OneLineParser, settings, gates, n_max: int, num_n: int,
+                  replicates: int, jobs: int) -> None:
+    need, have = sweep_memory(settings, gates, n_max, num_n, replicates, jobs), total_memory()
+    if have is not None and need > have:
+        parser.error(f"arguments --n-max/--num-n/--replicates/--jobs: this sweep would need "
+                     f"about {gib(need)} of memory (n up to {n_max}, {num_n} values of n, "
+                     f"{replicates} replicates, {jobs} jobs); this machine has {gib(have)}")
+
+
 def check_out_dir(out: Path, config: RateConfig, overwrite: bool, parser: OneLineParser) -> None:
     """Refuse an unusable --out, or one holding a different run (unless --overwrite)."""
-    if out.exists() and not out.is_dir():
-        parser.error(f"argument --out: {out} is a file, not a directory")
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not os.access(probe, os.W_OK | os.X_OK):
-        parser.error(f"argument --out: {probe} is not writable")
+    problem = output_dir_problem(out)
+    if problem:
+        parser.error(f"argument --out: {problem}")
     if (out / "config.json").exists() and not overwrite:
         try:
             old = read_config(out)
@@ -273,44 +351,69 @@ def check_out_dir(out: Path, config: RateConfig, overwrite: bool, parser: OneLin
             )
 
 
+def check_backend(args: argparse.Namespace, parser: OneLineParser) -> None:
+    if args.scheduler is not None and args.backend != "dask":
+        parser.error("argument --scheduler: only used with --backend dask")
+    if args.scheduler is not None:
+        match = SCHEDULER_ADDRESS.match(args.scheduler)
+        if not match or not 1 <= int(match.group(1)) <= 65535:
+            parser.error(f"argument --scheduler: {args.scheduler!r} is not a scheduler address; "
+                         "expected tcp://HOST:PORT with a port in 1..65535")
+    if args.backend == "dask":
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            parser.error("argument --backend: 'dask' needs the optional extra: "
+                         "pip install 'norga[dask]'")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     config = config_from_args(args, parser)
-    if args.scheduler is not None and args.backend != "dask":
-        parser.error("argument --scheduler: only used with --backend dask")
-    out = args.out or Path("results/rates") / f"{args.preset}-{args.gate}-seed{args.seed}"
+    check_backend(args, parser)
+    out = args.out if args.out is not None else (
+        Path("results/rates") / f"{args.preset}-{args.gate}-seed{args.seed}")
     check_out_dir(out, config, args.overwrite, parser)
     near_config = near_config_from_args(args, parser, out) if "near" in config.settings else None
-    if not args.no_cache and args.cache_dir.exists() and not args.cache_dir.is_dir():
-        parser.error(f"argument --cache-dir: {args.cache_dir} is a file; need a directory "
-                     "(or --no-cache)")
+    if not args.no_cache:
+        problem = output_dir_problem(args.cache_dir)
+        if problem:
+            parser.error(f"argument --cache-dir: {problem} (or pass --no-cache)")
 
     start = time.perf_counter()
-    result = run_rates(
-        config,
-        jobs=args.jobs,
-        cache_dir=None if args.no_cache else args.cache_dir,
-        progress=lambda it, total: tqdm(it, total=total, desc="fits", unit="block"),
-        backend=args.backend,
-        scheduler=args.scheduler,
-    )
     try:
-        written = write_run(result, out, run_provenance([sys.argv[0], *argv] if argv is not None
-                                                         else sys.argv))
-    except OSError as err:  # disk full / permissions: write_run left the old files in place
-        sys.stderr.write(f"rates.py: error: {err.strerror or err} (the fits are cached; "
-                         "re-running after freeing space only writes the files)\n")
-        return 1
-    if not args.no_figure and result.records:
-        from figures.convergence import convergence_figures_for_run
-        from figures.runs import read_rates_run
+        with run_lock(out):
+            # re-checked under the lock: another run may have finished into --out meanwhile
+            check_out_dir(out, config, args.overwrite, parser)
+            result = run_rates(
+                config,
+                jobs=args.jobs,
+                cache_dir=None if args.no_cache else args.cache_dir,
+                progress=lambda it, total: tqdm(it, total=total, desc="fits", unit="block"),
+                backend=args.backend,
+                scheduler=args.scheduler,
+            )
+            try:
+                written = write_run(result, out, run_provenance(
+                    [sys.argv[0], *argv] if argv is not None else sys.argv))
+            except OSError as err:  # disk full / permissions: the old files are in place
+                sys.stderr.write(f"rates.py: error: {err.strerror or err} (the fits are cached; "
+                                 "re-running after freeing space only writes the files)\n")
+                return 1
+            if not args.no_figure and result.records:
+                from figures.convergence import convergence_figures_for_run
+                from figures.runs import read_rates_run
 
-        written += convergence_figures_for_run(read_rates_run(out), out)
-    near_text = None
-    if near_config is not None:
-        near_files, near_text = run_near_cli(near_config, args, out)
-        written += near_files
+                written += convergence_figures_for_run(read_rates_run(out), out)
+            near_text = None
+            if near_config is not None:
+                near_files, near_text = run_near_cli(near_config, args, out)
+                written += near_files
+    except RunLockedError as err:
+        parser.error(f"argument --out: {err}")
+    except SchedulerUnreachableError as err:  # nothing was computed
+        parser.error(f"argument --scheduler: {err}")
     elapsed = time.perf_counter() - start
     print(result.summary())
     if near_text:
@@ -324,4 +427,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "rates.py"))

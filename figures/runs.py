@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 from figures.names import canonical_backbone, canonical_dataset, canonical_method
+from norga.io import verify_checksums
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,13 @@ def _read_json(path: Path, run: Path) -> dict[str, Any]:
     return data
 
 
+def _verify(run: Path, names: tuple[str, ...]) -> None:
+    """Refuse a run whose result files do not match its ``SHA256SUMS`` (edited or damaged)."""
+    problem = verify_checksums(run, names)
+    if problem:
+        raise RunFormatError(f"{run}: {problem}")
+
+
 def _first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
@@ -257,6 +265,7 @@ def read_rates_run(path: str | os.PathLike[str]) -> RatesRun:
         )
     if not isinstance(summary.get("settings"), dict):
         raise RunFormatError(f"{run}: summary.json lacks a 'settings' object")
+    _verify(run, ("config.json", "summary.json", "fits.csv", "mechanism.json"))
     records = read_fits_csv(run / "fits.csv")
     mechanism = None
     if (run / "mechanism.json").exists():
@@ -342,6 +351,8 @@ def read_cl_run(path: str | os.PathLike[str]) -> CLRun:
     for key in ("method", "dataset"):
         if key not in metrics and key not in config:
             raise RunFormatError(f"{run}: neither metrics.json nor config.json names the {key}")
+    _verify(run, ("config.json", "metrics.json", "accuracy_matrix.csv", "env.json",
+                  "expert_frequency.json"))
     matrix = read_accuracy_matrix(run / "accuracy_matrix.csv")
     env = _read_json(run / "env.json", run) if (run / "env.json").exists() else {}
     freq = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,8 @@ matplotlib.use("Agg")  # figures are written to files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from norga.io import atomic_write_with  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -208,16 +209,11 @@ def save_figure(
     written: list[Path] = []
     for fmt in formats:
         target = stem.with_name(f"{stem.name}.{fmt}")
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        def render(tmp: str, fmt: str = fmt) -> None:
             with plt.rc_context(style_rc()):
                 fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; figures are meant to be shared
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write_with(target, render)  # mode as the umask allows, like every result file
         written.append(target)
         logger.info("wrote %s", target)
     return written

@@ -28,6 +28,7 @@ from figures.aggregate import MeanStd, mean_std
 from figures.grouping import group_by_setting, group_by_variant, variant_label, variant_sort_key
 from figures.names import BACKBONE_LABELS, DATASET_LABELS
 from figures.runs import CLRun
+from norga.io import atomic_write_text
 
 PUBLISHED_PATH = Path(__file__).parent / "data" / "published.json"
 DASH = "–"
@@ -291,8 +292,6 @@ def write_tables(
             tex += ["", to_latex(ch, cb, f"{spec.title}: ours vs paper", 4)]
         for suffix, text in ((".md", "\n".join(md)), (".tex", "\n".join(tex) + "\n")):
             path = out_dir / f"{spec.name}{suffix}"
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, path)
+            atomic_write_text(path, text)
             written.append(path)
     return written

@@ -13,51 +13,28 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import platform
 import shlex
 import subprocess
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
 from moe_theory.rates import FIT_COLUMNS, TIMING_COLUMNS, RateResult
+from norga.io import (
+    WriteFailedError,
+    atomic_write_many,
+    atomic_write_text,
+    dumps_json,
+    json_safe,
+    record_checksums,
+)
 
 #: Packages whose versions config.json records.
 PROVENANCE_PACKAGES: tuple[str, ...] = ("numpy", "scipy", "numba", "statsmodels")
 
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _json_safe(value: object) -> object:
-    """Replace non-finite floats by ``None`` (JSON has no NaN/inf)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def dumps_json(data: object) -> str:
-    """Pretty, strict JSON."""
-    return json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
+__all__ = ["WriteFailedError", "atomic_write_text", "dumps_json", "fits_csv_text", "json_safe",
+           "read_config", "write_run"]
 
 
 def _csv_text(records: list[dict[str, object]], columns: tuple[str, ...]) -> str:
@@ -160,23 +137,11 @@ def write_run(
     if result.mechanism is not None:
         texts["mechanism.json"] = dumps_json(result.mechanism)
     texts["summary.txt"] = result.summary() + "\n"
-    staged: list[tuple[str, Path]] = []
-    try:
-        for name, text in texts.items():  # phase 1: where a full disk shows up
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            staged.append((tmp, out / name))
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-    except OSError as err:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
-        raise OSError(err.errno, f"could not write the results to {out} ({err.strerror or err}); "
-                      "the previous result files there are intact") from err
-    for tmp, path in staged:  # phase 2: renames only
-        os.replace(tmp, path)
-    return [path for _, path in staged]
+    data = {name: text.encode("utf-8") for name, text in texts.items()}
+    written = atomic_write_many(out, data)
+    # checksums last: figures.py and a re-run verify the files against them
+    record_checksums(out, data)
+    return written
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, object]:

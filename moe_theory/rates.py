@@ -3,15 +3,17 @@
 Work is split into tasks ``(setting, gate, n, block of replicates)``. Each replicate draws its
 data and starting points from its own seed (:func:`moe_theory.simulate.replicate_seed`) and the
 batched fitter treats replicates independently, so the numbers do not depend on ``jobs`` or on
-the block size. Tasks run through joblib with BLAS limited to one thread per worker and are
-cached with ``joblib.Memory``, keyed by every argument plus a fingerprint of this package's
-source, so a re-run only computes what is new.
+the block size. Tasks run through joblib with BLAS limited to one thread per worker; finished
+blocks are cached as checksummed JSON (:mod:`moe_theory.cache`), keyed by what they depend on
+plus a fingerprint of this package's source, so a re-run only computes what is new.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -19,9 +21,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from joblib import Memory, Parallel, delayed
+from joblib import Parallel, delayed, parallel_config
 from threadpoolctl import threadpool_limits
 
+from moe_theory.cache import FitCache
 from moe_theory.estimate import (
     FIT_STATUSES,
     ConvergenceWarning,
@@ -663,6 +666,22 @@ def rate_verdict(
     return text
 
 
+def exit_with_parent(parent: int, poll: float = 1.0) -> None:
+    """Worker initializer: end this worker once process ``parent`` (the sweep) is gone.
+
+    Stops loky workers from computing on for minutes after the sweep itself was killed (even by
+    ``SIGKILL``, which leaves no chance to clean up), also when that happened while the worker
+    was still starting.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def plan_tasks(config: RateConfig) -> list[tuple[str, str, int, tuple[int, ...]]]:
     """All (setting, gate, n, replicate block) tasks, largest n first (better load balance)."""
     reps = list(range(config.replicates))
@@ -717,22 +736,33 @@ def run_rates(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
     check_choice(backend, BACKENDS, "backend")
-    task_fn = fit_task
-    if cache_dir is not None:
-        task_fn = Memory(str(cache_dir), verbose=0).cache(fit_task)
     fingerprint = _source_fingerprint()
     tasks = plan_tasks(config)
-    calls = [delayed(task_fn)(config, s, g, n, b, fingerprint) for s, g, n, b in tasks]
-    if backend == "dask":
-        blocks = _run_on_dask(calls, jobs, scheduler, progress)
-    else:
-        if jobs == 1:
-            results: Iterable = (f(*a, **k) for f, a, k in calls)
+    cache = FitCache(cache_dir, tuple(sorted(RECORD_KEYS))) if cache_dir is not None else None
+    blocks: list[list[dict[str, object]]] = []
+    todo = []
+    for s, g, n, b in tasks:
+        inputs = cache.key_inputs(config, s, g, n, b, fingerprint) if cache else None
+        cached = cache.load(inputs) if cache and inputs else None
+        if cached is not None:
+            blocks.append(cached)
         else:
-            results = Parallel(n_jobs=jobs, return_as="generator_unordered")(calls)
-        if progress is not None:
-            results = progress(results, total=len(tasks))
-        blocks = list(results)
+            todo.append((inputs, delayed(fit_task)(config, s, g, n, b, fingerprint)))
+    calls = [call for _, call in todo]
+    if backend == "dask":  # connect first: an unreachable scheduler fails before any work
+        results: Iterable = _iter_on_dask(calls, *connect_dask(scheduler, jobs))
+    elif jobs == 1 or len(calls) <= 1:
+        results = (f(*a, **k) for f, a, k in calls)
+    else:
+        with parallel_config(backend="loky", initializer=exit_with_parent,
+                             initargs=(os.getpid(),)):
+            results = Parallel(n_jobs=min(jobs, len(calls)),
+                               return_as="generator_unordered")(calls)
+    if cache is not None:
+        results = _stored(results, cache, [inputs for inputs, _ in todo])
+    if progress is not None:
+        results = progress(results, total=len(calls))
+    blocks += list(results)
     records = [row for block in blocks for row in block]
     bad = next((r for r in records if set(r) != RECORD_KEYS), None)
     if bad is not None:  # a cache entry written by another record schema: never misread it
@@ -769,29 +799,72 @@ def _warn_unconverged(records: list[dict[str, object]]) -> None:
         )
 
 
-def _run_on_dask(
-    calls: list, jobs: int, scheduler: str | None, progress: Callable[..., Iterable] | None
-) -> list:
-    """Run joblib calls through joblib's Dask backend on a new or existing cluster."""
+def _stored(results: Iterable, cache: FitCache, inputs: list) -> Iterable:
+    """Store each finished block as it arrives (blocks arrive in any order: match by content)."""
+    by_block = {(i["setting"], i["gate"], i["n"], tuple(i["replicates"])): i for i in inputs}
+    for block in results:
+        first = block[0]
+        key = (first["setting"], first["gate"], first["n"], tuple(r["replicate"] for r in block))
+        cache.save(by_block[key], block)
+        yield block
+
+
+class SchedulerUnreachableError(ConnectionError):
+    """The Dask scheduler given by address could not be reached."""
+
+
+DASK_CONNECT_TIMEOUT = 10.0  # seconds to reach a given scheduler
+
+
+def connect_dask(scheduler: str | None, jobs: int, timeout: float | None = None):
+    """A Dask ``Client`` (and the ``LocalCluster`` it runs on, or ``None``).
+
+    Raises
+    ------
+    ImportError
+        The optional extra is not installed.
+    SchedulerUnreachableError
+        ``scheduler`` could not be reached within ``timeout`` seconds (default
+        :data:`DASK_CONNECT_TIMEOUT`).
+    """
+    timeout = DASK_CONNECT_TIMEOUT if timeout is None else timeout
     try:
         from dask.distributed import Client, LocalCluster
-        from joblib import parallel_config
     except ImportError as err:  # pragma: no cover - depends on the optional extra
         raise ImportError(
             "backend 'dask' needs the optional extra: pip install 'norga[dask]'"
         ) from err
-    cluster = None
     if scheduler is None:
         cluster = LocalCluster(
             n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None
         )
-    client = Client(scheduler or cluster)
+        return Client(cluster), cluster
+    try:
+        return Client(scheduler, timeout=f"{timeout}s"), None
+    except (OSError, TimeoutError, ValueError) as err:
+        raise SchedulerUnreachableError(
+            f"cannot reach the Dask scheduler {scheduler} within {timeout:g} s "
+            f"({type(err).__name__})") from None
+
+
+def _run_on_dask(
+    calls: list, jobs: int, scheduler: str | None, progress: Callable[..., Iterable] | None
+) -> list:
+    """Run joblib calls through joblib's Dask backend on a new or existing cluster."""
+    results = _iter_on_dask(calls, *connect_dask(scheduler, jobs))
+    if progress is not None:
+        results = progress(results, total=len(calls))
+    return list(results)
+
+
+def _iter_on_dask(calls: list, client, cluster) -> Iterable:
+    """Run joblib calls through joblib's Dask backend on ``client``, then close it (and the
+    local ``cluster``, if any)."""
+    from joblib import parallel_config
+
     try:
         with parallel_config(backend="dask"):
-            results: Iterable = Parallel(n_jobs=-1, return_as="generator_unordered")(calls)
-            if progress is not None:
-                results = progress(results, total=len(calls))
-            return list(results)
+            yield from Parallel(n_jobs=-1, return_as="generator_unordered")(calls)
     finally:
         client.close()
         if cluster is not None:

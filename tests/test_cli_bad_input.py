@@ -44,6 +44,7 @@ def workspace(tmp_path: Path, monkeypatch) -> Path:
     cl_run.mkdir()
     (cl_run / "config.json").write_text(json.dumps({"dataset": "synthetic", "method": "norga"}))
     (cl_run / "metrics.json").write_text(KEEP)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # a symlink loop
     locked = tmp_path / "locked"
     locked.mkdir()
     (locked / "metrics.json").write_text(KEEP)
@@ -56,7 +57,10 @@ def workspace(tmp_path: Path, monkeypatch) -> Path:
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    """Every file's bytes, every folder and link (a new empty folder counts as a change)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else
+                                        b"<link>" if p.is_symlink() else b"<dir>")
+            for p in root.rglob("*")}
 
 
 TINY_RATES = ["--n-min", "100", "--n-max", "200", "--num-n", "2", "--replicates", "2",
@@ -88,6 +92,27 @@ CASES = [
     ("rates", [*TINY_RATES, "--out", "locked"], "--out", "writable"),
     ("rates", [*TINY_RATES, "--out", "cl_run"], "--out", "another --out"),
     ("rates", [*TINY_RATES[:-2], "--cache-dir", "a_file.txt"], "--cache-dir", "directory"),
+    # rates.py: found by issue 15 (tracebacks, memory blow-ups, silent acceptance before)
+    ("rates", ["--n-max", "1e400"], "--n-max", "positive integer"),
+    ("rates", ["--n-max", "2.5"], "--n-max", "positive integer"),
+    ("rates", [*TINY_RATES, "--num-n", "1"], "--num-n", "at least 2 distinct n"),
+    ("rates", [*TINY_RATES, "--n-min", "200"], "--n-max", "n-min < n-max"),
+    ("rates", ["--n-max", "1e12"], "--n-max", "GiB of memory"),
+    ("rates", ["--num-n", "1e9"], "--num-n", "allowed: 1 to 99901"),
+    ("rates", ["--replicates", "1e9"], "--replicates", "GiB of memory"),
+    ("rates", ["--jobs", "100000"], "--jobs", "allowed: 1 to"),
+    ("rates", [*TINY_RATES[:-1], "--cache-dir", "loop"], "--cache-dir", "symlink loop"),
+    ("rates", [*TINY_RATES[:-1], "--cache-dir", "a_file.txt/sub"], "--cache-dir", "a file"),
+    ("rates", [*TINY_RATES[:-1], "--cache-dir", "locked"], "--cache-dir", "writable"),
+    ("rates", [*TINY_RATES, "--backend", "dask", "--scheduler", "tcp://127.0.0.1:1"],
+     "--scheduler", "cannot reach"),
+    ("rates", ["--backend", "dask", "--scheduler", "tcp//nowhere"], "--scheduler", "HOST:PORT"),
+    ("rates", ["--backend", "dask", "--scheduler", "tcp://h:99999"], "--scheduler", "1..65535"),
+    ("rates", ["--gate", "linear", "--no-baseline"], "--no-baseline", "--gate norga"),
+    ("rates", [*TINY_RATES, "--out", ""], "--out", "empty path"),
+    ("rates", [*TINY_RATES, "--out", "loop"], "--out", "symlink loop"),
+    ("rates", [*TINY_RATES, "--out", "loop/run"], "--out", "symlink loop"),
+    ("rates", [*TINY_RATES, "--out", "a_file.txt/run"], "--out", "a file"),
     # cl.py
     ("cl", ["--dataset", "imagenet99"], "--dataset", "synthetic"),
     ("cl", [*CL_BASE, "--method", "magic"], "--method", "norga"),
@@ -98,7 +123,7 @@ CASES = [
     ("cl", [*CL_BASE, "--batch-size", "0"], "--batch-size", "positive"),
     ("cl", [*CL_BASE, "--batch-size", "-4"], "--batch-size", "positive"),
     ("cl", [*CL_BASE, "--num-workers", "-1"], "--num-workers", ">= 0"),
-    ("cl", [*CL_BASE, "--threads", "0"], "--threads", "positive"),
+    ("cl", [*CL_BASE, "--threads", "0"], "--threads", "allowed: 1 to"),
     ("cl", [*CL_BASE, "--stop-after-task", "-1"], "--stop-after-task", ">= 0"),
     ("cl", [*CL_BASE, "--device", "tpu"], "--device", "cpu"),
     ("cl", [*CL_BASE, "--set", "no_such_key=1"], "--set", "allowed"),
@@ -116,6 +141,36 @@ CASES = [
     ("cl", [*CL_BASE, "--out", "a_file.txt"], "--out", "directory"),
     ("cl", [*CL_BASE, "--out", "locked"], "--out", "writable"),
     ("cl", [*CL_BASE, "--out", "rates_run"], "--out", "not a CL run"),
+    # cl.py: found by issue 15 (tracebacks, data loss with --overwrite, silent acceptance)
+    ("cl", [*CL_BASE, "--seed", "-1"], "--seed", "[0, 2^63)"),
+    ("cl", [*CL_BASE, "--device", "cuda:99"], "--device", "allowed: auto, cpu"),
+    ("cl", [*CL_BASE, "--device", "meta"], "--device", "allowed: auto, cpu"),
+    ("cl", [*CL_BASE, "--set", "dataset=cifar100"], "--set", "use --dataset"),
+    ("cl", [*CL_BASE, "--set", "seed=7"], "--set", "use --seed"),
+    ("cl", [*CL_BASE, "--set", "method=hide"], "--set", "use --method"),
+    ("cl", [*CL_BASE, "--set", 'dataset_options={"num_tasks":0}'], "--set dataset_options",
+     "num_tasks must be in [1, 10]"),
+    ("cl", [*CL_BASE, "--set", 'dataset_options={"bogus":1}'], "--set dataset_options",
+     "allowed keys"),
+    ("cl", [*CL_BASE, "--set", "dataset_options=[1]"], "--set dataset_options", "JSON object"),
+    ("cl", [*CL_BASE, "--set", "tii_mlp=[0]"], "--set tii_mlp", "positive integers"),
+    ("cl", [*CL_BASE, "--set", "tii_mlp=[2,"], "--set tii_mlp", "JSON list of integers"),
+    ("cl", [*CL_BASE, "--set", "prompt_layers=[99]"], "--set prompt_layers", "[0, 6)"),
+    ("cl", [*CL_BASE, "--set", "prompt_layers=[0,0]"], "--set prompt_layers", "distinct"),
+    ("cl", [*CL_BASE, "--set", "prompt_length=100000"], "--set prompt_length", "GiB of memory"),
+    ("cl", [*CL_BASE, "--set", "reg=nan"], "--set reg", "finite"),
+    ("cl", [*CL_BASE, "--set", "lr=1e400"], "--set lr", "finite"),
+    ("cl", [*CL_BASE, "--set", "clip_grad=-1"], "--set clip_grad", ">= 0"),
+    ("cl", [*CL_BASE, "--set", "contrastive_temperature=inf"], "--set contrastive_temperature",
+     "finite"),
+    ("cl", [*CL_BASE, "--stop-after-task", "99"], "--stop-after-task", "allowed: 0 to 4"),
+    ("cl", [*CL_BASE, "--threads", "100000"], "--threads", "allowed: 1 to"),
+    ("cl", [*CL_BASE, "--num-workers", "100000"], "--num-workers", "allowed: 0 to"),
+    ("cl", ["--dataset", "digits", "--data-root", "/nonexistent"], "--data-root",
+     "not used by --dataset digits"),
+    ("cl", [*CL_BASE, "--out", ""], "--out", "empty path"),
+    ("cl", [*CL_BASE, "--out", "loop"], "--out", "symlink loop"),
+    ("cl", [*CL_BASE, "--out", "a_file.txt/run"], "--out", "a file"),
     # figures.py
     ("figures", [], "RESULTS_DIR", "--write-example"),
     ("figures", ["no_such_dir"], "RESULTS_DIR", "directory"),
@@ -125,12 +180,21 @@ CASES = [
     ("figures", ["rates_run", "--readme-images", "a_file.txt"], "--readme-images", "directory"),
     ("figures", ["--write-example", "a_file.txt"], "--write-example", "directory"),
     ("figures", ["rates_run", "--bogus"], "--bogus", "unrecognized"),
+    ("figures", ["rates_run", "--readme-images", "locked"], "--readme-images", "writable"),
+    ("figures", ["rates_run", "--out", "rates_run"], "--out", "contains RESULTS_DIR"),
+    ("figures", ["rates_run", "--out", "."], "--out", "contains RESULTS_DIR"),
+    ("figures", ["rates_run", "--out", "loop"], "--out", "symlink loop"),
+    ("figures", [""], "RESULTS_DIR", "empty path"),
 ]
 
 
 @pytest.mark.parametrize("cli, argv, flag, allowed", CASES,
                          ids=[f"{c}:{' '.join(a)[-40:]}" for c, a, _, _ in CASES])
-def test_bad_input_exits_2_with_one_line(clis, workspace, capsys, cli, argv, flag, allowed):
+def test_bad_input_exits_2_with_one_line(clis, workspace, capsys, monkeypatch, cli, argv, flag,
+                                        allowed):
+    import moe_theory.rates
+
+    monkeypatch.setattr(moe_theory.rates, "DASK_CONNECT_TIMEOUT", 1.0)  # unreachable: fail fast
     before = _snapshot(workspace)
     try:
         code = clis[cli].main(list(argv))

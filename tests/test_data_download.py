@@ -102,6 +102,7 @@ def test_offline_gives_clear_error(tmp_path: Path) -> None:
     message = str(err.value)
     assert "offline" in message and "https://example.org/blob.bin" in message
     assert str(tmp_path / "sub" / "blob.bin") in message
+    assert not (tmp_path / "sub").exists(), "offline: no empty data folder is left behind"
 
 
 def test_mirrors_are_tried_in_order(tmp_path: Path) -> None:

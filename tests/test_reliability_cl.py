@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import cl.runio as runio
+import norga.io as norga_io
 from cl.config import resolve_config
 from cl.data.registry import build_benchmark
 from cl.engine import run_experiment
@@ -213,10 +213,10 @@ def test_disk_full_while_checkpointing_keeps_previous_state(tmp_path, reference,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_replace(src, dst)
 
-    monkeypatch.setattr(runio.os, "replace", full_disk)
+    monkeypatch.setattr(norga_io.os, "replace", full_disk)
     with pytest.raises(WriteFailedError, match="No space left.*task_1.pt.*intact"):
         run_experiment(_cfg(), out)
-    monkeypatch.setattr(runio.os, "replace", real_replace)
+    monkeypatch.setattr(norga_io.os, "replace", real_replace)
     assert not (out / "checkpoints/task_1.pt").exists()
     assert load_checkpoint(out / "checkpoints/task_0.pt")["task"] == 0
     assert read_accuracy_matrix_csv(out / "accuracy_matrix.csv").shape[0] == 1

@@ -306,6 +306,7 @@ def _download(resource: Resource, directory: str | Path, *, fetch: Fetcher | Non
               progress: bool = True) -> tuple[Path, dict[str, str]]:
     fetch = fetch or urllib_fetch
     directory = Path(directory)
+    created = [p for p in (directory, *directory.parents) if not os.path.lexists(p)]
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / resource.filename
     part = directory / (resource.filename + ".part")
@@ -343,6 +344,12 @@ def _download(resource: Resource, directory: str | Path, *, fetch: Fetcher | Non
             f"the download of {resource.filename} does not match its published checksum "
             f"({bad_checksum}); the bad download was removed and nothing was used."
         )
+    if not part.exists():  # nothing was fetched: leave no empty data folder behind
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
     raise DatasetNotFoundError(
         f"could not download {resource.filename} (is this machine offline?). Tried: "
         + "; ".join(errors)

@@ -1,0 +1,6 @@
+"""Small utilities shared by :mod:`moe_theory`, :mod:`cl` and :mod:`figures`.
+
+This package imports none of them (they must not import each other): atomic, checksummed file
+writing (:mod:`norga.io`), the run-directory lock (:mod:`norga.runlock`) and clean handling of
+Ctrl-C / SIGTERM in the command-line tools (:mod:`norga.signals`).
+"""

@@ -1,0 +1,66 @@
+"""Checks the command-line tools share: output folders, parallelism caps, machine memory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# --jobs / --threads above this multiple of the usable cores only add memory and contention
+PARALLEL_PER_CORE = 4
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def max_parallel() -> int:
+    """The cap on worker processes and threads: :data:`PARALLEL_PER_CORE` x the cores."""
+    return PARALLEL_PER_CORE * usable_cores()
+
+
+def total_memory() -> int | None:
+    """Physical memory of the machine in bytes (``None`` if unknown)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def gib(nbytes: float) -> str:
+    """``nbytes`` as a short GiB figure."""
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
+def output_dir_problem(path: Path, *, what: str = "directory") -> str | None:
+    """Why ``path`` cannot be used as an output folder (``None`` if it can).
+
+    Catches an empty path, a file, a dangling symlink or a symlink loop (the path itself or
+    any parent), a path below a file, and a folder that is not writable. Nothing is created.
+    """
+    if str(path) == "" or str(path).strip() == "":
+        return f"an empty path is not a {what}; give a folder name"
+    if os.path.lexists(path) and not path.exists():
+        return f"{path} is a dangling symlink or a symlink loop, not a {what}"
+    try:
+        if path.exists() and not path.is_dir():
+            return f"{path} is a file, not a {what}"
+    except OSError as exc:  # e.g. ELOOP while resolving a parent
+        return f"{path} cannot be resolved ({exc.strerror}); choose another {what}"
+    probe = path
+    while not os.path.lexists(probe):
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe != path:
+        if os.path.lexists(probe) and not probe.exists():
+            return f"{path}: {probe} is a dangling symlink or a symlink loop"
+        if probe.exists() and not probe.is_dir():
+            return f"{path} lies below {probe}, which is a file, not a folder"
+    target = probe if str(probe) else Path(".")
+    if not os.access(target, os.W_OK | os.X_OK):
+        return f"{target} is not writable; choose a writable {what}"
+    return None
