@@ -77,6 +77,9 @@ class CLConfig:
     tii_mlp: list[int] = field(default_factory=lambda: [2])
     tii_ca_epochs: int = 30
     tii_ca_lr: float = 0.005
+    # gradient-norm clipping of every TII optimiser step (official: clip_grad = 1.0 in every
+    # config; the TII run never receives the 5-Datasets WTP value 2.0); 0 turns it off
+    tii_clip_grad: float = 1.0
     # task-adaptive prediction (TAP) head alignment
     tap_epochs: int = 30
     ca_lr: float = 0.005
@@ -106,7 +109,8 @@ class CLConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
-        for name in ("epochs", "tii_epochs", "tii_ca_epochs", "tap_epochs", "num_workers"):
+        for name in ("epochs", "tii_epochs", "tii_ca_epochs", "tap_epochs", "num_workers",
+                     "clip_grad", "tii_clip_grad"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.prompt_momentum < 1.0:

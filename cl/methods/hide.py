@@ -114,14 +114,16 @@ class HiDePrompt(FrozenViTMethod):
         t = self.task.index
         mask = class_mask(self.num_classes, self.task.classes, self.device)
         self.tii.train()
+        params = list(self.tii.parameters())
         for epoch in range(self.config.tii_epochs):
             meter = EpochMeter()
             for step, x, y in self._batches(loader, f"task {t} TII epoch {epoch}"):
                 feats = self.model.backbone_features(x)  # frozen: no graph
                 logits = masked_logits(self.tii(feats), mask)
                 loss = F.cross_entropy(logits, y)
+                # official TII engine: clip_grad_norm_(model.parameters(), clip_grad) every step
                 optimizer_step(self.tii_optimizer, loss, phase="tii", task=t, epoch=epoch,
-                               step=step)
+                               step=step, clip_grad=self.config.tii_clip_grad, params=params)
                 meter.update(logits, y, loss=loss)
             if self.tii_scheduler is not None:
                 self.tii_scheduler.step()
