@@ -41,6 +41,7 @@ class HiDePrompt(FrozenViTMethod):
     ``method_options``)."""
 
     gate: Gate = "linear"
+    has_alignment = True
 
     def _build(self, vit: nn.Module) -> None:
         config = self.config
@@ -164,6 +165,9 @@ class HiDePrompt(FrozenViTMethod):
         self._collect_statistics(task)
         if t > 0:
             self._align_tii(task)
+            # official Run 2 logs its "before CA" matrix here: TII already aligned (it is the
+            # Run-1 checkpoint of task t), prompted head not yet re-trained
+            self._notify_before_alignment(task)
             self._align_head(task)
 
     @torch.no_grad()

@@ -189,6 +189,7 @@ class SMoPE(FrozenViTMethod):
 
     option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
+    has_alignment = True
 
     @classmethod
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
@@ -320,6 +321,7 @@ class SMoPE(FrozenViTMethod):
             raise ValueError("end_task needs task.stats_loader for counts and statistics")
         self._count_and_collect(task)
         if task.index > 0:
+            self._notify_before_alignment(task)
             self._align_head(task)
 
     @torch.no_grad()
