@@ -85,6 +85,8 @@ class CLConfig:
     ca_lr: float = 0.005
     tap_samples_mult: int = 5
     stats_method: str = "covariance"
+    # k-means clusters per class for stats_method="multi-centroid" (HiDe-Prompt: 10)
+    n_centroids: int = 10
     # bookkeeping
     keep_checkpoints: str = "all"
 
@@ -105,7 +107,8 @@ class CLConfig:
                 raise ValueError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile: expected true/false, got {self.compile!r}")
-        positive = ("batch_size", "eval_batch_size", "prompt_length", "tap_samples_mult")
+        positive = ("batch_size", "eval_batch_size", "prompt_length", "tap_samples_mult",
+                    "n_centroids")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cl_helpers import check_strict_run_dir, strict_json_loads
+from cl_helpers import check_stop_and_resume, check_strict_run_dir, strict_json_loads
 from torch.utils.data import DataLoader, TensorDataset
 
 from cl.backbones import build_backbone
@@ -169,3 +169,16 @@ def test_before_alignment_matrix_is_logged_and_written(tmp_path: Path) -> None:
     # without TAP epochs nothing changes between the two evaluations
     flat = _hide_run(tmp_path, "no-tap", tap_epochs=0)
     np.testing.assert_array_equal(flat.accuracy_before_alignment, flat.accuracy)
+
+
+def test_multi_centroid_hide_run_resumes_exactly(tmp_path: Path) -> None:
+    overrides = {"epochs": 1, "tii_epochs": 1, "tii_ca_epochs": 1, "tap_epochs": 1,
+                 "batch_size": 16, "seed": 3, "stats_method": "multi-centroid", "n_centroids": 2,
+                 "dataset_options": {"num_classes": 6, "num_tasks": 3, "train_per_class": 10,
+                                     "test_per_class": 8}}
+    cfg = resolve_config("synthetic", "hide", overrides=overrides)
+    full = run_experiment(cfg, tmp_path / "full")
+    state = torch.load(tmp_path / "full/checkpoints/task_2.pt", weights_only=False)["method"]
+    assert state["prompt_stats"]["method"] == "multi-centroid"
+    assert [tuple(c.shape) for c in state["prompt_stats"]["centroids"]] == [(2, 128)] * 6
+    check_stop_and_resume(cfg, tmp_path, full)

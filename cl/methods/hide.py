@@ -31,7 +31,7 @@ from cl.models.gating import Gate
 from cl.models.tii import TIIHead
 from cl.models.vit import PromptedViT
 from cl.seeding import derive_seed, seeded_global_rng, torch_generator
-from cl.stats import GaussianClassStats
+from cl.stats import GaussianClassStats, build_class_stats
 
 
 @register_method("hide")
@@ -63,8 +63,10 @@ class HiDePrompt(FrozenViTMethod):
             self.tii = TIIHead(self.model.embed_dim, self.num_classes, config.tii_mlp,
                                fc_norm=self.model.uses_fc_norm).to(self.device)
         dim = self.model.embed_dim
-        self.tii_stats = GaussianClassStats(dim, config.stats_method)  # type: ignore[arg-type]
-        self.prompt_stats = GaussianClassStats(dim, config.stats_method)  # type: ignore[arg-type]
+        self.tii_stats = build_class_stats(dim, config.stats_method, seed=derive_seed(seed, "tii"),
+                                           n_centroids=config.n_centroids)
+        self.prompt_stats = build_class_stats(dim, config.stats_method, seed=seed,
+                                              n_centroids=config.n_centroids)
         self.sample_gen = torch_generator(seed, "gaussian-replay")
         self.wtp_optimizer: torch.optim.Optimizer | None = None
         self.tii_optimizer: torch.optim.Optimizer | None = None

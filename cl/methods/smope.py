@@ -51,7 +51,7 @@ from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.smope_prefix import Routing, SMoPEViT, adaptive_noise
 from cl.seeding import torch_generator
-from cl.stats import GaussianClassStats
+from cl.stats import build_class_stats
 
 MIN_LR = 1e-6
 
@@ -215,7 +215,8 @@ class SMoPE(FrozenViTMethod):
         self.counts = torch.zeros(shape, dtype=torch.long)  # accumulated selections
         self.frequent = torch.zeros(shape, dtype=torch.bool)
         self.old_keys: torch.Tensor | None = None
-        self.stats = GaussianClassStats(self.model.embed_dim, config.stats_method)  # type: ignore[arg-type]
+        self.stats = build_class_stats(self.model.embed_dim, config.stats_method, seed=config.seed,
+                                       n_centroids=config.n_centroids)
         self.sample_gen = torch_generator(config.seed, "gaussian-replay")
         self.optimizer: torch.optim.Optimizer | None = None
 
