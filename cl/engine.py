@@ -176,7 +176,8 @@ def evaluate_task(
     *,
     task_classes: list[int] | None = None,
     full: bool = True,
-) -> dict[str, float]:
+    num_tasks: int | None = None,
+) -> dict[str, Any]:
     """Accuracies on one task's test set (percent).
 
     ``acc``
@@ -194,6 +195,11 @@ def evaluate_task(
         (``Method.predict_oracle``): an upper bound on ``til`` for task-selecting methods;
         ``nan`` where the method has no oracle pass.
 
+    ``prompt_counts`` (with ``num_tasks``) counts the samples per selected task / prompt
+    (``None`` without a task choice); ``expert_counts`` sums
+    :meth:`~cl.methods.base.Method.expert_selection` ``(layers, heads, experts)`` over the test
+    set (``None`` for methods without prompt experts).
+
     ``full=False`` computes ``acc`` only (the others are ``nan``). Under ``torch.distributed``
     ``loader`` holds this rank's share of the test set (see :func:`cl.distributed.eval_shard`,
     no padding); the counts are summed over ranks, so every test image is counted exactly once.
@@ -203,6 +209,8 @@ def evaluate_task(
     allowed = None
     if task_classes is not None:
         allowed = torch.as_tensor(list(task_classes), dtype=torch.long, device=device)
+    prompt_counts: torch.Tensor | None = None
+    expert_counts: torch.Tensor | None = None
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         if not full:
@@ -218,6 +226,12 @@ def evaluate_task(
             no_tii += 1
         else:
             tii_correct += int((tasks == task).sum())
+            if num_tasks is not None:
+                counts = torch.bincount(tasks.flatten().cpu().clamp_min(0), minlength=num_tasks)
+                prompt_counts = counts if prompt_counts is None else prompt_counts + counts
+        selection = method.expert_selection()
+        if selection is not None:
+            expert_counts = selection if expert_counts is None else expert_counts + selection
         oracle = method.predict_oracle(x, torch.full_like(y, task))
         if oracle is None:
             no_oracle += 1
@@ -228,6 +242,13 @@ def evaluate_task(
         n, correct, tii_correct, til_correct, oracle_correct, no_tii, no_oracle = (
             int(v) for v in ctx.all_sum([n, correct, tii_correct, til_correct, oracle_correct,
                                          no_tii, no_oracle]))
+        # (every rank sees the same method, so all or none of them have counts)
+        if prompt_counts is not None:
+            prompt_counts = torch.tensor(ctx.all_sum(prompt_counts.tolist())).long()
+        if expert_counts is not None:
+            shape = expert_counts.shape
+            expert_counts = torch.tensor(ctx.all_sum(expert_counts.flatten().tolist())).long()
+            expert_counts = expert_counts.reshape(shape)
     pct = 100.0 / max(n, 1)
     return {
         "acc": correct * pct,
@@ -235,6 +256,36 @@ def evaluate_task(
         "til": til_correct * pct if full and allowed is not None else math.nan,
         "til_oracle": oracle_correct * pct if full and no_oracle == 0 else math.nan,
         "n": n,
+        "prompt_counts": None if prompt_counts is None else prompt_counts.tolist(),
+        "expert_counts": None if expert_counts is None else expert_counts.tolist(),
+    }
+
+
+def task_selection(method: Method, after_task: int, num_tasks: int,
+                   results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``task_selection.json`` content: which prompt / experts each task's test samples
+    chose in the evaluation after ``after_task`` (``None`` if the method chooses nothing).
+
+    ``prompts[i][j]``: test samples of task ``i`` that used prompt (= predicted task) ``j``;
+    ``experts[i][l][h][e]``: selections of expert ``e`` in prompted layer ``l``, head ``h`` by
+    the test samples of task ``i`` (each sample picks ``top_k`` experts per layer and head).
+    """
+    prompts = [r["prompt_counts"] for r in results]
+    experts = [r["expert_counts"] for r in results]
+    has_prompts = all(p is not None for p in prompts)
+    has_experts = all(e is not None for e in experts)
+    if not (has_prompts or has_experts):
+        return None
+    return {
+        "kind": "task_selection",
+        "version": 1,
+        "method": method.name,
+        "after_task": after_task,
+        "num_tasks": num_tasks,
+        "test_samples": [r["n"] for r in results],
+        "prompts": prompts if has_prompts else None,
+        "experts": experts if has_experts else None,
+        "layer_ids": list(getattr(getattr(method, "model", None), "prompt_layers", []) or []),
     }
 
 
@@ -583,10 +634,12 @@ def run_experiment(
             raise
 
         row, tii_row, til_row, oracle_row = (np.full(T, np.nan) for _ in range(4))
+        results = []
         for i in range(t + 1):
             loader = _eval_loader(_task_subset(bench.test, bench.task_classes[i]), cfg, ctx)
             res = evaluate_task(method, loader, i, device, ctx,
-                                task_classes=bench.task_classes[i])
+                                task_classes=bench.task_classes[i], num_tasks=T)
+            results.append(res)
             row[i], tii_row[i], til_row[i], oracle_row[i] = (
                 res["acc"], res["tii"], res["til"], res["til_oracle"])
         # no alignment happened (task 0, or a method without one): "before" equals "after"
@@ -600,6 +653,7 @@ def run_experiment(
             "task": t, "method": method, "loader_gen": loader_gen,
             "acc": acc, "tii": tii, "til": til, "til_oracle": til_oracle, "acc_before": before,
             "config": cfg.to_dict(), "has_alignment": method.has_alignment,
+            "task_selection": task_selection(method, t, T, results),
         }
         rows = {"acc": row, "tii": tii_row, "til": til_row, "til_oracle": oracle_row}
         _on_main(ctx, partial(_save_task, out, cfg, state, rows, jsonl, time.time() - t0))
@@ -646,6 +700,8 @@ def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, 
         write_result_file(out, BEFORE_ALIGNMENT_CSV, accuracy_matrix_csv(state["acc_before"]))
     for name, content in state["method"].run_files().items():  # e.g. expert_frequency.json
         write_result_file(out, name, json_text(content))
+    if state["task_selection"] is not None:
+        write_result_file(out, "task_selection.json", json_text(state["task_selection"]))
     if cfg.keep_checkpoints == "last" and t > 0:
         previous = ckpt_dir / f"task_{t - 1}.pt"
         for p in (previous, sidecar_path(previous)):

@@ -136,6 +136,12 @@ class Method(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
 
+    def expert_selection(self) -> torch.Tensor | None:
+        """Expert selection counts ``(layers, heads, experts)`` of the last :meth:`predict` /
+        :meth:`predict_with_tasks` call (``None``: the method has no prompt experts). The
+        engine sums them per evaluated task into ``task_selection.json``."""
+        return None
+
     def run_files(self) -> dict[str, Any]:
         """Extra JSON files for the run directory, ``{file name: content}`` (default: none).
 

@@ -368,9 +368,17 @@ class SMoPE(FrozenViTMethod):
     @torch.no_grad()
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         assert self.task_index >= 0, "no task has been learned yet"
-        tokens, _ = self.model.forward_features(x.to(self.device), top_k=self.top_k,
-                                                penalty_fns=self._eval_penalties())
+        tokens, routing = self.model.forward_features(x.to(self.device), top_k=self.top_k,
+                                                      penalty_fns=self._eval_penalties())
+        n_experts = self.model.experts.num_experts
+        # (layers, heads, experts): how often each expert was chosen for this batch
+        self._last_selection = None if any(r.selected is None for r in routing) else torch.stack(
+            [F.one_hot(r.selected, n_experts).sum(dim=(0, 2)).cpu() for r in routing])
         return self.model.forward_head(tokens)
+
+    def expert_selection(self) -> torch.Tensor | None:
+        """Expert selection counts ``(layers, heads, experts)`` of the last prediction."""
+        return getattr(self, "_last_selection", None)
 
     # ------------------------------------------------------------------ run files
     def expert_frequency(self) -> dict[str, Any]:
