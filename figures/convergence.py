@@ -196,7 +196,9 @@ def _draw_references(
                           zorder=0.5)
         line.set_gid(f"ref:{name}")
         ax.annotate(text, (grid[-1], ys[-1]), xytext=(-2, 2), textcoords="offset points",
-                    ha="right", va="bottom", fontsize=6.5, color=REFERENCE_GREY)
+                    ha="right", va="bottom", fontsize=6.5, color=REFERENCE_GREY, zorder=6,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75,
+                          "pad": 0.6})  # legible over the replicate points
         ends.extend([ys[0], ys[-1]])
     return ends
 

@@ -170,7 +170,8 @@ def render_results(root: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 
 #: README example images: file name -> (figure kind, description).
 README_IMAGES = ("convergence", "loss_parts", "accuracy", "matrix", "fa_bars",
-                 "activation_ablation", "expert_frequency")
+                 "activation_ablation", "expert_frequency", "alignment", "selection_norga",
+                 "selection_smope")
 
 
 def write_readme_images(
@@ -229,4 +230,18 @@ def write_readme_images(
         if with_freq:
             save(accuracy.plot_expert_frequency(with_freq[0].expert_frequency),
                  "expert_frequency", _is_synthetic(with_freq[0].config))
+        aligned = [r for r in cl_runs if r.accuracy_before_alignment is not None
+                   and r.method == "norga"]
+        if aligned:
+            run = aligned[0]
+            save(accuracy.plot_accuracy_matrices(
+                {"before head alignment": run.accuracy_before_alignment,
+                 "after head alignment": run.accuracy_matrix},
+                title=f"{run.method}, {run.dataset}, seed {run.seed}"), "alignment",
+                _is_synthetic(run.config))
+        for method in ("norga", "smope"):
+            chosen = [r for r in cl_runs if r.method == method and r.task_selection]
+            if chosen:
+                save(plot_task_selection(chosen[0].task_selection), f"selection_{method}",
+                     _is_synthetic(chosen[0].config))
     return report

@@ -60,7 +60,7 @@ D = C // H
 
 
 def _attention(gate: str, fused: bool, seed: int = 0):
-    from timm.layers import Attention
+    from timm.models.vision_transformer import Attention  # timm 0.9 and 1.x
 
     g = torch.Generator().manual_seed(seed)
     timm_attn = Attention(C, num_heads=H, qkv_bias=True).eval()
