@@ -240,6 +240,23 @@ def rewrap_attention(
     return block.attn
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient.
+
+    The gradient that reaches the NoRGa bias is a strided slice of SDPA's ``grad q'``; torch
+    2.1's CPU GELU backward reads such a slice wrongly (NaN gradients, found by the
+    lowest-versions CI job), so it gets a contiguous copy. Forward and values are unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return grad.contiguous()
+
+
 #: Augmented head sizes are rounded up to a multiple of this: the flash / memory-efficient CUDA
 #: kernels want head dimensions that are multiples of 8, and on the CPU (2 cores, float32) the
 #: flash kernel measured faster at 72 than at 65-69 for ViT-B/16 shapes.
@@ -287,12 +304,12 @@ def prefix_bias_attention(
     dtype, device = k.dtype, k.device
     width = -(-(D + L) // HEAD_DIM_MULTIPLE) * HEAD_DIM_MULTIPLE - D  # extra dims, >= L
     zero = torch.zeros((), dtype=dtype, device=device)
-    q_parts = [q.to(dtype), (bias / scale).to(dtype)]
+    q_parts = [q.to(dtype), (_ContiguousGrad.apply(bias) / scale).to(dtype)]
     if width > L:
         q_parts.append(zero.expand(B, H, N, width - L))
     q_aug = torch.cat(q_parts, dim=-1)
     one_hot = torch.zeros(rows, width, dtype=dtype, device=device)
-    one_hot[:L, :L] = torch.eye(L, dtype=dtype, device=device)
+    one_hot[:L, :L] = torch.eye(L, device=device).to(dtype)  # torch 2.1: no bf16 CPU eye
     k_aug = torch.cat([torch.cat([p_k.to(dtype), k], dim=2), one_hot.expand(B, H, rows, width)],
                       dim=-1)
     v_aug = torch.cat([torch.cat([p_v.to(dtype), v.to(dtype)], dim=2),
