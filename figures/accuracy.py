@@ -384,6 +384,7 @@ def plot_expert_frequency(
                             vmax=vmax, aspect="auto", interpolation="nearest")
             img.set_gid(f"freq:layer{layer_ids[k]}")
             ax.set_title(f"layer {layer_ids[k]}", loc="left", fontsize=7)
+            ax.set_yticks(range(share.shape[1]))  # heads are integers (0-based)
             ax.grid(False)
             ax.set_xlabel("expert" if k // ncols == nrows - 1 else "")
             ax.set_ylabel("head" if k % ncols == 0 else "")
