@@ -18,6 +18,12 @@ dino1k        DINO-1K                     plain timm-style state dict
 mocov3-1k     MoCo-1K (MoCo v3)           DeiT-converted ``ckpt['model']`` or the raw training
                                           checkpoint (``ckpt['state_dict']``,
                                           ``module.base_encoder.*``)
+sup1k         Sup-1K (SMoPE's default)    timm ``vit_base_patch16_224.augreg2_in21k_ft_in1k``
+                                          state dict with head (SMoPE's ``.bin``)
+sup21k-augreg Sup-21K (AugReg; SMoPE CUB) AugReg ``B_16-i21k-300ep-...npz`` or timm
+                                          ``vit_base_patch16_224.augreg_in21k`` state dict
+sup21k-ft1k   CODA-Prompt's backbone      AugReg ``...--imagenet2012-steps_20k-...npz`` or
+                                          timm ``vit_base_patch16_224.augreg_in21k_ft_in1k``
 ============  ==========================  ====================================================
 
 Where the weights file comes from, in order: ``--weights PATH``; a file of the expected name in
@@ -300,6 +306,29 @@ def convert_mocov3(obj: Any) -> ConvertedWeights:
     return weights
 
 
+def convert_timm_supervised(what: str) -> Callable[[Any], ConvertedWeights]:
+    """Converter for timm's supervised ViT-B/16 tags (``sup1k``, ``sup21k-augreg``,
+    ``sup21k-ft1k``).
+
+    Accepts a timm state dict (the Hugging Face ``pytorch_model.bin`` or ``model.safetensors``,
+    e.g. SMoPE's ``vit_base_patch16_224_augreg2_in21k_ft_in1k.bin``; the classification head is
+    set aside) or an original Google/AugReg ``.npz`` (``Transformer/encoderblock_<i>/...``,
+    optionally under ``opt/target/`` as timm's npz loader allows). ``what`` names the tag in
+    error messages.
+    """
+
+    def convert(obj: Any) -> ConvertedWeights:
+        if isinstance(obj, Mapping) and "opt/target/embedding/kernel" in obj:
+            prefix = "opt/target/"
+            obj = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in obj.items()}
+        if isinstance(obj, Mapping) and "embedding/kernel" in obj:
+            return convert_google_vit_npz(obj)
+        state = _tensor_dict(obj, f"{what} checkpoint (timm state dict or original .npz)")
+        return _drop_heads(ConvertedWeights(state, source="timm-state-dict"))
+
+    return convert
+
+
 # ----------------------------------------------------------------------------- tags
 
 
@@ -409,6 +438,51 @@ BACKBONES: dict[str, BackboneSpec] = {
         filename="vit-b-300ep.pth.tar",
         note="the DeiT-converted mocov3-vit-base-300ep.pth of the NoRGa README is accepted too",
         convert=convert_mocov3,
+    ),
+    # Supervised timm weights of the SMoPE and CODA-Prompt protocols (cl-pipeline.md section 5).
+    # SMoPE models/zoo.py: "sup1k" (its default) loads
+    # pretrained/vit_base_patch16_224_augreg2_in21k_ft_in1k.bin, "sup21k" (its CUB script)
+    # pretrained/vit_base_patch16_224_augreg_in21k.bin: the HF pytorch_model.bin files.
+    "sup1k": BackboneSpec(
+        arch=_VIT_B16,
+        pretrained=True,
+        paper_name="Sup-1K",
+        url="https://huggingface.co/timm/vit_base_patch16_224.augreg2_in21k_ft_in1k/resolve/"
+        "main/pytorch_model.bin",
+        filename="vit_base_patch16_224_augreg2_in21k_ft_in1k.bin",
+        hf_hub_id="timm/vit_base_patch16_224.augreg2_in21k_ft_in1k",
+        note="SMoPE's default backbone (ImageNet-21k pretraining, ImageNet-1k fine-tuning by "
+        "timm); its model.safetensors works too",
+        convert=convert_timm_supervised("sup1k"),
+    ),
+    "sup21k-augreg": BackboneSpec(
+        arch=_VIT_B16,
+        pretrained=True,
+        paper_name="Sup-21K (AugReg)",
+        url="https://storage.googleapis.com/vit_models/augreg/"
+        "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz",
+        filename="B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz",
+        hf_hub_id="timm/vit_base_patch16_224.augreg_in21k",
+        note="SMoPE's CUB backbone; the HF pytorch_model.bin (SMoPE's "
+        "vit_base_patch16_224_augreg_in21k.bin) or model.safetensors works too (not "
+        "orig_in21k, which is sup21k)",
+        convert=convert_timm_supervised("sup21k-augreg"),
+    ),
+    # CODA-Prompt models/zoo.py: timm==0.4.12 vit_base_patch16_224(pretrained=True), whose
+    # default weights there are the AugReg in21k -> in1k npz below (timm >= 0.9:
+    # vit_base_patch16_224.augreg_in21k_ft_in1k).
+    "sup21k-ft1k": BackboneSpec(
+        arch=_VIT_B16,
+        pretrained=True,
+        paper_name="Sup-21K-ft-1K (AugReg)",
+        url="https://storage.googleapis.com/vit_models/augreg/"
+        "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-"
+        "lr_0.01-res_224.npz",
+        filename="B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--imagenet2012-"
+        "steps_20k-lr_0.01-res_224.npz",
+        hf_hub_id="timm/vit_base_patch16_224.augreg_in21k_ft_in1k",
+        note="the official CODA-Prompt backbone; the HF model.safetensors works too",
+        convert=convert_timm_supervised("sup21k-ft1k"),
     ),
 }
 

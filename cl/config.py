@@ -2,7 +2,8 @@
 
 Resolution order (later wins): dataclass defaults < dataset preset < method preset (``"*"``,
 then per dataset) < method preset per (dataset, backbone) (e.g. NoRGa's gate activation and the
-shorter schedules of the self-supervised backbones) < ``--quick`` < explicit overrides.
+shorter schedules of the self-supervised backbones) < ``--protocol official`` (cl/protocol.py)
+< ``--quick`` < explicit overrides.
 Values are the effective ones of cl-pipeline.md section 2.6 for Sup-21K unless noted; learning
 rates are the raw script values and are multiplied by ``batch_size / 256`` where the original
 code does so.
@@ -20,11 +21,13 @@ from typing import Any, Literal, get_args
 
 from cl.models.gating import ACTIVATIONS
 from cl.precision import PRECISIONS
+from cl.preset_registry import METHOD_PRESETS, PresetTable, register_method_presets
 from cl.stats import STATS_METHODS
 
 Scheduler = Literal["constant", "step", "cosine"]
 AttentionImpl = Literal["fused", "reference"]
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
+PROTOCOLS: tuple[str, ...] = ("default", "official")
 ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
 
 
@@ -61,6 +64,13 @@ class CLConfig:
     gate_trainable_after_first_task: bool = False
     legacy_kv_reshape: bool = False
     batchwise_prompt: bool = False
+    # "official": switch every listed deviation to the official code's behaviour
+    # (cl/protocol.py, README "Deviations from the official code")
+    protocol: str = "default"
+    # the official code's batch-vote tie order (torch.topk over padded counts), cl/protocol.py
+    legacy_vote_ties: bool = False
+    # drop the last partial training batch (CODA-Prompt and SMoPE code), cl/protocol.py
+    legacy_drop_last: bool = False
     # within-task prompt training (WTP)
     epochs: int = 20
     lr: float = 0.03
@@ -100,6 +110,7 @@ class CLConfig:
             "stats_method": STATS_METHODS,
             "keep_checkpoints": ("all", "last"),
             "precision": PRECISIONS,
+            "protocol": PROTOCOLS,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -223,7 +234,7 @@ _NORGA_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {
 
 # Method presets: keys are "*" (every dataset), a dataset name, or a (dataset, backbone) pair;
 # later keys of that list win. NoRGa vs HiDe-Prompt differences of section 2.6.
-METHOD_PRESETS: dict[str, dict[str | tuple[str, str], dict[str, Any]]] = {
+_PAPER_METHOD_PRESETS: dict[str, PresetTable] = {
     "norga": {
         "cifar100": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05),
         "imagenet-r": dict(gate_act="sigmoid", tap_epochs=30, ca_lr=0.005),
@@ -244,18 +255,10 @@ METHOD_PRESETS: dict[str, dict[str | tuple[str, str], dict[str, Any]]] = {
 }
 
 
-def register_method_presets(
-    method: str, presets: dict[str | tuple[str, str], dict[str, Any]]
-) -> None:
-    """Add or extend the presets of ``method`` (called by method modules).
-
-    ``presets`` maps ``"*"`` (every dataset), a dataset name, or a ``(dataset, backbone)`` pair
-    to config overrides, applied in that order; a ``method_options`` entry is merged key by key
-    like ``dataset_options``. Registered presets appear in ``experiments/cl.py --help``.
-    """
-    table = METHOD_PRESETS.setdefault(method, {})
-    for key, layer in presets.items():
-        table[key] = {**table.get(key, {}), **layer}
+# They join the table that the other methods' modules register theirs into
+# (cl.preset_registry; METHOD_PRESETS and register_method_presets are re-exported from here).
+for _method, _table in _PAPER_METHOD_PRESETS.items():
+    register_method_presets(_method, _table)
 
 
 # --quick: a smoke-test budget (minutes on a laptop CPU for the offline benchmarks).
@@ -317,6 +320,22 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+def _dotted(key: str, value: Any) -> tuple[str, Any]:
+    """``method_options.NAME=VALUE`` (and ``dataset_options.NAME``) -> ``(field, {NAME: v})``;
+    a string value is read as JSON (``true``, ``0.5``, ``[1,2]``), else kept as text."""
+    head, dot, name = key.partition(".")
+    if not dot or head not in ("method_options", "dataset_options"):
+        return key, value
+    if not name:
+        raise ValueError(f"{key}: expected {head}.NAME=VALUE")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    return head, {name: value}
+
+
 def preset_layers(dataset: str, method: str, backbone: str) -> list[dict[str, Any]]:
     """The preset layers of a run, in the order they are applied (before ``--quick``/flags).
 
@@ -337,6 +356,9 @@ def resolve_config(
 ) -> CLConfig:
     """Build the run config by layering the presets and ``overrides``.
 
+    ``overrides["protocol"] == "official"`` adds :func:`cl.protocol.official_layer` right after
+    the presets (before ``--quick`` and the other overrides, which still win).
+
     ``overrides`` values may be strings (from the CLI); they are converted to the field type.
     ``dataset_options`` are merged key by key rather than replaced.
     """
@@ -346,6 +368,7 @@ def resolve_config(
 
     def apply(layer: dict[str, Any]) -> None:
         for key, value in layer.items():
+            key, value = _dotted(key, value)
             value = _coerce(key, value)
             if key in ("dataset_options", "method_options"):
                 cfg[key] = {**cfg[key], **value}
@@ -354,6 +377,13 @@ def resolve_config(
 
     for layer in preset_layers(dataset, method, backbone):
         apply(layer)
+    protocol = (overrides or {}).get("protocol", "default")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if protocol == "official":  # every listed deviation switched to the official behaviour
+        from cl.protocol import official_layer
+
+        apply(official_layer(dataset, method))
     if quick:
         apply({**QUICK_PRESETS.get(dataset, QUICK_DEFAULT), "quick": True})
     apply(overrides or {})

@@ -610,11 +610,13 @@ def run_experiment(
             train_loader = DataLoader(
                 train_set, batch_size=cfg.batch_size,
                 sampler=SharedShuffleSampler(train_set, ctx, loader_gen),
-                num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                drop_last=cfg.legacy_drop_last)
         else:  # the single-process path of every earlier run: keep its numbers unchanged
             train_loader = DataLoader(
                 train_set, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
-                num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                drop_last=cfg.legacy_drop_last)  # CODA / SMoPE code: drop_last=True
         stats_loader = _eval_loader(_task_subset(bench.train_eval, classes), cfg, ctx)
         task = Task(t, classes, bench.task_classes, stats_loader)
         t0 = time.time()

@@ -30,7 +30,12 @@ from cl.backbones import (  # noqa: E402
     ensure_weights,
     pretrained_backbones,
 )
-from cl.config import default_backbone, describe_presets, resolve_config  # noqa: E402
+from cl.config import (  # noqa: E402
+    PROTOCOLS,
+    default_backbone,
+    describe_presets,
+    resolve_config,
+)
 from cl.data.registry import DatasetError, available_datasets  # noqa: E402
 from cl.engine import RunDirError, run_experiment  # noqa: E402
 from cl.methods import available_methods  # noqa: E402
@@ -59,7 +64,7 @@ def backbone_listing() -> str:
              "(default ~/.cache/norga/weights), or --download):"]
     for tag in pretrained_backbones():
         spec = BACKBONES[tag]
-        lines.append(f"  {tag:<10} {spec.paper_name:<9} {spec.filename}  <- {spec.url}")
+        lines.append(f"  {tag:<13} {spec.paper_name:<9} {spec.filename}  <- {spec.url}")
         if spec.note:
             lines.append(f"  {'':<20}({spec.note})")
     return "\n".join(lines)
@@ -90,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                       ".safetensors, .pth); converted and loaded strictly")
     what.add_argument("--gate-act", choices=ACTIVATIONS,
                       help="NoRGa activation sigma (default: the dataset/backbone preset)")
+    what.add_argument("--protocol", choices=PROTOCOLS,
+                      help="default: the project's protocol; official: every listed deviation "
+                      "from the official code switched back at once (README 'Deviations from "
+                      "the official code'; single items with --set, which still wins)")
     what.add_argument("--seed", type=int, default=42, help="run seed: class order, init, "
                       "shuffling, Gaussian replay (default 42)")
     budget = p.add_argument_group("training budget")
@@ -112,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--num-workers", type=int, default=0, metavar="N",
                        help="data-loader workers (default 0)")
     where.add_argument("--out", metavar="DIR",
-                       help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>)")
+                       help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>, "
+                       "with -official appended under --protocol official)")
     where.add_argument("--overwrite", action="store_true", help="replace an existing run")
     where.add_argument("--attention", choices=("fused", "reference"),
                        help="prefix-attention implementation (default fused)")
@@ -140,7 +150,7 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     direct = {
         "weights": args.weights, "gate_act": args.gate_act, "batch_size": args.batch_size,
         "data_root": args.data_root, "attention": args.attention,
-        "precision": args.precision, "compile": args.compile,
+        "precision": args.precision, "compile": args.compile, "protocol": args.protocol,
     }
     overrides.update({k: v for k, v in direct.items() if v is not None})
     if args.epochs is not None:
@@ -183,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 talks and writes
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
         args.no_progress = True
-    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.backbone}-s{cfg.seed}")
+    official = "-official" if cfg.protocol == "official" else ""
+    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.backbone}-s{cfg.seed}{official}")
     print(f"backbone: {cfg.backbone}"
           + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper numbers]"
              if BACKBONES[cfg.backbone].pretrained is False

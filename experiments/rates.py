@@ -1,8 +1,9 @@
 """Convergence rates of prefix-MoE least squares: linear vs NoRGa gating.
 
 Fits the prompt atoms by least squares over a grid of sample sizes and replicates, measures the
-Voronoi loss to the truth, and fits its rate. Writes a run directory (fits.csv, summary.json,
-mechanism.json, config.json, summary.txt, convergence figures) and prints the summary.
+Voronoi loss to the truth, and fits its rate. Writes a run directory (fits.csv, timing.csv,
+summary.json, mechanism.json, config.json with provenance, summary.txt, convergence figures) and
+prints the summary.
 
 Examples
 --------
@@ -26,10 +27,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 from tqdm import tqdm  # noqa: E402
 
 from moe_theory.gates import ACTIVATIONS  # noqa: E402
-from moe_theory.io import dumps_json, read_config, write_run  # noqa: E402
+from moe_theory.io import dumps_json, read_config, run_provenance, write_run  # noqa: E402
 from moe_theory.model import EXPERTS  # noqa: E402
+from moe_theory.near_cli import add_near_arguments, near_config_from_args, run_near_cli  # noqa: E402
 from moe_theory.rates import BACKENDS, PRESETS, RateConfig, n_grid, run_rates  # noqa: E402
 from moe_theory.settings import SETTINGS  # noqa: E402
+
+# Default smallest n of the slope fits (the linear curve is pre-asymptotic below 1e3, spec 5.6).
+DEFAULT_FIT_N_MIN = 1000
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -83,7 +88,9 @@ def build_parser() -> OneLineParser:
         "over a cluster). Explicit flags override the "
         "preset. Settings: exact (E1, L'=L=1, affine), over (E2, L'=2, affine, |theta|<=5), "
         "over-tanh (E3, L'=2, tanh experts, |theta|<=5), mechanism (E4: PDE residual, Fisher "
-        "conditioning, flat manifold; no fitting).",
+        "conditioning, flat manifold; no fitting), near (E5: two true prompts at separation t; "
+        "Fisher exponents of every gate/split/expert/cluster size, fits at fixed t and on "
+        "shrinking schedules; noise sd 0.001, cap 2000; quick about 3 min on 2 loaded cores).",
         formatter_class=HelpFormatter,
     )
     p.add_argument(
@@ -152,11 +159,13 @@ def build_parser() -> OneLineParser:
     p.add_argument(
         "--fit-n-min",
         type=positive_int,
-        default=1000,
-        help="smallest n entering the slope fits (pre-asymptotic points excluded)",
+        default=None,
+        help="smallest n entering the slope fits (pre-asymptotic points excluded); must not "
+        "exceed the largest n (default: 1000, or every n when the grid stays below 1000)",
     )
     p.add_argument(
-        "--max-iter", type=positive_int, default=400, help="cap on Jacobian evaluations per fit"
+        "--max-iter", type=positive_int, default=None,
+        help="cap on Jacobian evaluations per fit (default 400; 2000 for near)",
     )
     p.add_argument("--seed", type=nonnegative_int, default=1, help="the one seed of every draw")
     p.add_argument(
@@ -197,6 +206,7 @@ def build_parser() -> OneLineParser:
         help="replace a run directory that holds a different run",
     )
     p.add_argument("--no-figure", action="store_true", help="skip the convergence figures")
+    add_near_arguments(p)
     return p
 
 
@@ -208,12 +218,21 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         parser.error(f"argument --n-min: must be >= 2, got {n_min}")
     if n_min > n_max:
         parser.error(f"argument --n-min: {n_min} is above --n-max {n_max}; need n-min <= n-max")
+    n_values = n_grid(n_min, n_max, args.num_n or preset["num_n"])
     gates = {
         "linear": ("linear",),
         "both": ("norga", "linear"),
         "norga": ("norga",) if args.no_baseline else ("norga", "linear"),
     }[args.gate]
     settings = tuple(dict.fromkeys(args.setting or preset["settings"]))
+    fit_n_min = args.fit_n_min
+    if fit_n_min is None:
+        fit_n_min = DEFAULT_FIT_N_MIN if max(n_values) >= DEFAULT_FIT_N_MIN else min(n_values)
+    elif fit_n_min > max(n_values) and any(s != "mechanism" for s in settings):
+        parser.error(
+            f"argument --fit-n-min: {args.fit_n_min} is above every n of the grid (largest "
+            f"{max(n_values)}); need --fit-n-min <= {max(n_values)}"
+        )
     if args.expert == "affine" and "over-tanh" in settings:
         parser.error("argument --expert: 'affine' contradicts --setting over-tanh (tanh experts)")
     return RateConfig(
@@ -221,12 +240,13 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         gates=gates,
         activation=args.activation,
         expert=args.expert,
-        n_values=n_grid(n_min, n_max, args.num_n or preset["num_n"]),
+        n_values=n_values,
         replicates=args.replicates or preset["replicates"],
         restarts=args.restarts or preset["restarts"],
         seed=args.seed,
-        fit_n_min=args.fit_n_min,
-        max_iter=args.max_iter,
+        fit_n_min=fit_n_min,
+        max_iter=args.max_iter or 400,
+        noise_sd=args.noise_sd or 0.1,
         preset=args.preset,
     )
 
@@ -261,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("argument --scheduler: only used with --backend dask")
     out = args.out or Path("results/rates") / f"{args.preset}-{args.gate}-seed{args.seed}"
     check_out_dir(out, config, args.overwrite, parser)
+    near_config = near_config_from_args(args, parser, out) if "near" in config.settings else None
     if not args.no_cache and args.cache_dir.exists() and not args.cache_dir.is_dir():
         parser.error(f"argument --cache-dir: {args.cache_dir} is a file; need a directory "
                      "(or --no-cache)")
@@ -275,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         scheduler=args.scheduler,
     )
     try:
-        written = write_run(result, out)
+        written = write_run(result, out, run_provenance([sys.argv[0], *argv] if argv is not None
+                                                         else sys.argv))
     except OSError as err:  # disk full / permissions: write_run left the old files in place
         sys.stderr.write(f"rates.py: error: {err.strerror or err} (the fits are cached; "
                          "re-running after freeing space only writes the files)\n")
@@ -285,8 +307,14 @@ def main(argv: list[str] | None = None) -> int:
         from figures.runs import read_rates_run
 
         written += convergence_figures_for_run(read_rates_run(out), out)
+    near_text = None
+    if near_config is not None:
+        near_files, near_text = run_near_cli(near_config, args, out)
+        written += near_files
     elapsed = time.perf_counter() - start
     print(result.summary())
+    if near_text:
+        print("\n" + near_text)
     print(
         f"\nwall time {elapsed:.1f} s with {args.jobs} job(s); wrote {len(written)} files to {out}:"
     )

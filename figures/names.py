@@ -26,6 +26,7 @@ BACKBONE_LABELS: dict[str, str] = {
     "moco1k": "MoCo-1K",
     "sup1k": "Sup-1K",
     "sup21k-augreg": "Sup-21K (AugReg)",
+    "sup21k-ft1k": "Sup-21K-ft-1K (AugReg)",
 }
 
 _DATASET_ALIASES = {
@@ -63,6 +64,8 @@ _BACKBONE_ALIASES = {
     "vitbasepatch16224augreg2in21kftin1k": "sup1k",
     "sup21kaugreg": "sup21k-augreg",
     "vitbasepatch16224augregin21k": "sup21k-augreg",
+    "sup21kft1k": "sup21k-ft1k",  # CODA-Prompt's backbone (timm 0.4.12 vit_base_patch16_224)
+    "vitbasepatch16224augregin21kftin1k": "sup21k-ft1k",
 }
 _METHOD_ALIASES = {
     "norga": "norga",

@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 RunKind = Literal["rates", "cl"]
 
 #: summary.json versions this package can read.
-RATES_SUMMARY_VERSIONS = (1,)
+RATES_SUMMARY_VERSIONS = (1, 2)
 
 #: Columns of fits.csv that the figures need.
 REQUIRED_FIT_COLUMNS = ("setting", "gate", "n", "replicate", "voronoi_loss", "l2_error")

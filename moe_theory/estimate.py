@@ -3,8 +3,8 @@
 The core, :func:`fit_batched`, runs Levenberg-Marquardt with the analytic Jacobian on all
 replicates of one sample size at once: float64 tensors of shape ``(R, ...)``, one damping factor
 and one convergence flag per replicate, and an optional box ``[-bound, bound]`` handled by
-projection with an active set. :class:`LeastSquaresMoE` wraps it in a scikit-learn style
-estimator with restarts.
+projection with an active set. :class:`LeastSquaresMoE` wraps it in a scikit-learn estimator
+with restarts (``clone``, ``get_params``/``set_params``, ``score``, ``NotFittedError``).
 
 The residuals and normal equations come from one of two backends: ``"numpy"`` (the reference:
 vectorised over replicates, Jacobian materialised, ``J^T J`` by BLAS) or ``"numba"`` (compiled
@@ -12,7 +12,9 @@ kernels of :mod:`moe_theory.kernels` that accumulate ``J^T J`` sample by sample)
 picks numba when it is installed and implements the model. The LM iteration itself is shared.
 
 Convergence follows MINPACK's tests (``ftol``, ``xtol``, ``gtol``); a fit that stops because it
-used ``max_iter`` Jacobian evaluations is *capped*: kept, flagged ``converged=False``, counted.
+used ``max_iter`` Jacobian evaluations is *capped*, and one that stops because its damping blew
+up (above :data:`LAMBDA_STALL`: the steps shrank to nothing without meeting a test) is *stalled*.
+Both are kept, flagged ``converged=False``, and counted (:func:`fit_status`).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from types import ModuleType
 from typing import Literal
 
 import numpy as np
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning  # scikit-learn's, re-exported from here
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from moe_theory.gates import Activation, Gate, GateKind, check_choice
-from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, mixture
+from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, mixture, regression
 
 # Samples per chunk when accumulating J^T J: fixed (never derived from R), so every replicate's
 # arithmetic is the same whatever else is in the batch.
@@ -38,6 +43,11 @@ _TILE_ELEMENTS = 1 << 15
 _SUBSET_CACHE_BYTES = 1 << 28
 # First LM damping, relative to diag(J^T J).
 _LAMBDA0 = 1e-3
+# Damping (relative to diag(J^T J)) beyond which a fit that stops is *stalled*: its steps are
+# ~1e-16 of a Gauss-Newton step, so a "small step" there is no sign of convergence.
+LAMBDA_STALL = 1e16
+
+FIT_STATUSES: tuple[str, ...] = ("converged", "capped", "stalled")
 
 Backend = Literal["auto", "numba", "numpy"]
 BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
@@ -106,10 +116,6 @@ def resolve_backend(backend: str, structure: PrefixMoE) -> str:
     return "numpy"
 
 
-class ConvergenceWarning(UserWarning):
-    """Some fits stopped at the iteration cap without meeting the convergence tests."""
-
-
 @dataclass
 class FitResult:
     """Outcome of :func:`fit_batched`; every array has a leading replicate axis.
@@ -123,9 +129,11 @@ class FitResult:
     n_iter:
         ``(R,)`` Jacobian evaluations used.
     converged:
-        ``(R,)`` True when a convergence test was met before the cap.
+        ``(R,)`` True when a convergence test was met before the cap with a sane damping.
     at_bound:
         ``(R,)`` True when some coordinate sits on the box (bounded fits only).
+    stalled:
+        ``(R,)`` True when the fit stopped because its damping blew up (never converged).
     """
 
     theta: np.ndarray
@@ -133,6 +141,19 @@ class FitResult:
     n_iter: np.ndarray
     converged: np.ndarray
     at_bound: np.ndarray
+    stalled: np.ndarray
+
+    @property
+    def status(self) -> np.ndarray:
+        """``(R,)`` strings: ``converged``, ``capped`` or ``stalled`` (see :func:`fit_status`)."""
+        return fit_status(self.converged, self.stalled)
+
+
+def fit_status(converged: np.ndarray, stalled: np.ndarray) -> np.ndarray:
+    """``converged`` / ``stalled`` / ``capped`` (neither: the iteration cap) per fit."""
+    converged = np.asarray(converged, dtype=bool)
+    return np.where(converged, "converged", np.where(np.asarray(stalled, bool), "stalled",
+                                                     "capped"))
 
 
 def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -195,9 +216,10 @@ class _Problem:
         """
         self._kernels = _load_kernels()
         self._codes = self._kernels.kernel_codes(self.structure)
-        # samples last (a view for d = 1, a copy of X otherwise)
-        self.XT = np.ascontiguousarray(np.swapaxes(X, 1, 2), dtype=float)
-        self.Y = np.ascontiguousarray(Y, dtype=float)
+        # samples last (a view for d = 1, a copy of X otherwise); writeable, or numba would
+        # compile the kernels again for read-only arrays (copied then)
+        self.XT = np.require(np.swapaxes(X, 1, 2), dtype=float, requirements=["C", "W"])
+        self.Y = np.require(Y, dtype=float, requirements=["C", "W"])
         n = X.shape[1]
         self.lse = np.empty((self.R, n))
         self.mean_out = np.empty((self.R, n))
@@ -381,6 +403,7 @@ def _levenberg_marquardt(
 
     n_iter = np.zeros(R, dtype=int)
     converged = np.zeros(R, dtype=bool)
+    stalled = np.zeros(R, dtype=bool)
     active = np.ones(R, dtype=bool)
     lam = np.full(R, np.nan)
     nu = np.full(R, 2.0)
@@ -463,11 +486,17 @@ def _levenberg_marquardt(
         theta[rows[accept]] = trial[accept]
         speculate[rows] = accept
 
-        done = x_small | f_small | ~np.isfinite(lam[rows]) | (lam[rows] > 1e300)
+        # Stopping tests. A step that is small only because the damping blew up, or a damping
+        # out of range, is a stall, not convergence; the stopping points are the same.
+        blown = ~np.isfinite(lam[rows]) | (lam[rows] > LAMBDA_STALL)
+        dead = ~np.isfinite(lam[rows]) | (lam[rows] > 1e300)
+        done = f_small | (x_small & ~blown)
+        stuck = ~done & (dead | (x_small & blown))
         converged[rows[done]] = True
-        capped = ~done & (n_iter[rows] >= max_iter) & (accept | (lam[rows] > 1e16))
+        stalled[rows[stuck]] = True
+        capped = ~done & ~stuck & (n_iter[rows] >= max_iter) & (accept | blown)
         # A stopping replicate keeps its last accepted point and the RSS there.
-        stop = done | capped
+        stop = done | stuck | capped
         rss[rows[accept]] = new_rss[accept]
         active[rows[stop]] = False
 
@@ -486,7 +515,8 @@ def _levenberg_marquardt(
     at_bound = (
         np.any(np.abs(theta) >= bound - 1e-9, axis=1) if bound is not None else np.zeros(R, bool)
     )
-    return FitResult(theta=theta, rss=rss, n_iter=n_iter, converged=converged, at_bound=at_bound)
+    return FitResult(theta=theta, rss=rss, n_iter=n_iter, converged=converged, at_bound=at_bound,
+                     stalled=stalled)
 
 
 def near_truth_starts(
@@ -523,8 +553,17 @@ def near_truth_starts(
     return np.clip(theta, -bound, bound) if bound is not None else theta
 
 
-class LeastSquaresMoE:
-    """Least-squares prefix-MoE estimator (scikit-learn style).
+class LeastSquaresMoE(RegressorMixin, BaseEstimator):
+    """Least-squares prefix-MoE estimator, a scikit-learn regressor.
+
+    ``__init__`` only stores its arguments (``clone``, ``get_params`` and ``set_params`` work);
+    :meth:`fit` returns the estimator with the fitted attributes below; :meth:`predict` before
+    :meth:`fit` raises :class:`sklearn.exceptions.NotFittedError`; :meth:`score` is R^2.
+    Beyond scikit-learn's ``(n, d)`` inputs, ``fit`` and ``predict`` accept a batch of
+    ``R`` independent data sets ``(R, n, d)``, fitted together (:func:`fit_restarts`).
+
+    The input dimension ``d`` is that of the known pretrained experts, so the model is not
+    defined for other numbers of features.
 
     Parameters
     ----------
@@ -558,10 +597,14 @@ class LeastSquaresMoE:
 
     Attributes
     ----------
+    n_features_in_ : int
+        Input dimension ``d`` seen in :meth:`fit`.
     params_ : PrefixMoE
         Fitted model; prompt arrays have a leading replicate axis if ``X`` had one.
     theta_, loss_, n_iter_, converged_, at_bound_ : ndarray
         Fitted flat parameters, RSS, Jacobian evaluations, convergence and bound flags.
+    status_ : ndarray
+        ``converged``, ``capped`` (iteration cap) or ``stalled`` (damping blew up) per fit.
     """
 
     def __init__(
@@ -650,25 +693,33 @@ class LeastSquaresMoE:
         return starts
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LeastSquaresMoE:
-        """Fit to ``X`` ``(n, d)`` or ``(R, n, d)`` and ``y`` ``(n,)`` or ``(R, n)``."""
-        X = np.asarray(X, dtype=float)
-        y = np.asarray(y, dtype=float)
-        batched = X.ndim == 3
-        if not batched:
-            X, y = X[None], y[None]
-        if X.ndim != 3 or y.shape != X.shape[:2]:
-            raise ValueError(
-                f"X must be (n, d) or (R, n, d) with y (n,) or (R, n); got X {X.shape}, y {y.shape}"
-            )
+        """Fit the prompt atoms by least squares.
+
+        Parameters
+        ----------
+        X:
+            ``(n, d)`` inputs, or ``(R, n, d)`` for ``R`` data sets fitted at once.
+        y:
+            ``(n,)`` responses, or ``(R, n)``.
+
+        Returns
+        -------
+        LeastSquaresMoE
+            ``self``, fitted. Fits that reach ``max_iter`` are kept, flagged
+            ``converged_ = False`` and announced by one :class:`ConvergenceWarning`.
+        """
+        X, y, batched = self._check_data(X, y, fit=True)
         structure = self._structure(X.shape[2])
         R, P = X.shape[0], structure.theta.shape[-1]
         starts = self._starts(R, P)
         best = fit_restarts(X, y, starts, structure, bound=self.bound, max_iter=self.max_iter,
                             tol=self.tol, backend=self.backend, threads=self.threads)
         if not best.converged.all():
+            stalled = int(best.stalled.sum())
             warnings.warn(
-                f"{int((~best.converged).sum())} of {R} fits reached max_iter={self.max_iter} "
-                "without converging; they are kept and flagged converged_=False",
+                f"{int((~best.converged).sum()) - stalled} of {R} fits reached "
+                f"max_iter={self.max_iter} and {stalled} stalled (damping blew up) without "
+                "converging; they are kept and flagged converged_=False (status_)",
                 ConvergenceWarning,
                 stacklevel=2,
             )
@@ -678,14 +729,55 @@ class LeastSquaresMoE:
         self.n_iter_ = squeeze(best.n_iter)
         self.converged_ = squeeze(best.converged)
         self.at_bound_ = squeeze(best.at_bound)
+        self.status_ = squeeze(best.status)
         self.params_ = structure.with_theta(self.theta_)
         return self
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """The fitted regression function at ``X``."""
-        from moe_theory.model import regression
+        """The fitted regression function at ``X`` ``(n, d)`` (or ``(R, n, d)`` after a batched
+        fit: data set ``r`` with the fit of replicate ``r``)."""
+        check_is_fitted(self, "params_")
+        X, _, batched = self._check_data(X, None, fit=False)
+        return regression(X if batched else X[0], self.params_)
 
-        return regression(np.asarray(X, dtype=float), self.params_)
+    def _check_data(
+        self, X: np.ndarray, y: np.ndarray | None, fit: bool
+    ) -> tuple[np.ndarray, np.ndarray | None, bool]:
+        """``X`` as ``(R, n, d)`` float64 (and, in ``fit``, ``y`` as ``(R, n)``) and whether it
+        came as a batch.
+
+        ``(n, d)`` data go through scikit-learn's ``validate_data`` (numeric, finite, at least
+        one sample, ``n_features_in_``, ``y`` required in ``fit``); a batch gets the same checks
+        here.
+        """
+        if getattr(X, "ndim", None) != 3 and not (
+            isinstance(X, list | tuple) and np.ndim(X) == 3
+        ):
+            if not fit:
+                return validate_data(self, X, reset=False, dtype=np.float64)[None], None, False
+            X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+            return X[None], y[None], False
+        X = np.asarray(X, dtype=float)
+        if fit:
+            if y is None:
+                raise ValueError(f"{type(self).__name__} requires y to be passed, but the "
+                                 "target y is None")
+            y = np.asarray(y, dtype=float)
+            if y.shape != X.shape[:2]:
+                raise ValueError(f"a batch X {X.shape} needs y of shape {X.shape[:2]}; got "
+                                 f"{y.shape}")
+            if not np.isfinite(y).all():
+                raise ValueError("y contains NaN or infinity")
+        if not np.isfinite(X).all():
+            raise ValueError("X contains NaN or infinity")
+        if X.shape[1] < 1:
+            raise ValueError(f"X has no samples: shape {X.shape}")
+        if fit:
+            self.n_features_in_ = X.shape[2]
+        elif X.shape[2] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[2]} features, but {type(self).__name__} is "
+                             f"expecting {self.n_features_in_} features as input")
+        return X, y, True
 
 
 def fit_restarts(
@@ -723,6 +815,6 @@ def _keep_better(a: FitResult, b: FitResult) -> FitResult:
     return FitResult(
         *(
             pick(getattr(a, f), getattr(b, f))
-            for f in ("theta", "rss", "n_iter", "converged", "at_bound")
+            for f in ("theta", "rss", "n_iter", "converged", "at_bound", "stalled")
         )
     )

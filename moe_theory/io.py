@@ -1,8 +1,11 @@
 """Writing and reading a rates run directory, atomically.
 
-Files: ``config.json``, ``fits.csv`` (one row per fit), ``summary.json`` (per setting and gate),
-``mechanism.json`` (E4) and ``summary.txt`` (the printed report). Each file is written to a
-temporary sibling and renamed, so a crash or a full disk never leaves a half-written result.
+Files: ``config.json`` (the sweep plus its provenance), ``fits.csv`` (one row per fit),
+``timing.csv`` (wall-clock seconds per fit), ``summary.json`` (per setting and gate),
+``mechanism.json`` (E4) and ``summary.txt`` (the printed report). ``fits.csv`` and
+``summary.json`` depend only on the configuration (byte-identical for any ``--jobs`` and block
+size); timings and provenance live in the other files. Each file is written to a temporary
+sibling and renamed, so a crash or a full disk never leaves a half-written result.
 """
 
 from __future__ import annotations
@@ -12,10 +15,17 @@ import io
 import json
 import math
 import os
+import platform
+import shlex
+import subprocess
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
-from moe_theory.rates import FIT_COLUMNS, RateResult
+from moe_theory.rates import FIT_COLUMNS, TIMING_COLUMNS, RateResult
+
+#: Packages whose versions config.json records.
+PROVENANCE_PACKAGES: tuple[str, ...] = ("numpy", "scipy", "numba", "statsmodels")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -50,18 +60,83 @@ def dumps_json(data: object) -> str:
     return json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
 
 
-def fits_csv_text(records: list[dict[str, object]]) -> str:
-    """``fits.csv`` content: header :data:`FIT_COLUMNS`, floats with full precision."""
+def _csv_text(records: list[dict[str, object]], columns: tuple[str, ...]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(FIT_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n",
+                            extrasaction="ignore")
     writer.writeheader()
     for row in records:
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
     return buffer.getvalue()
 
 
-def write_run(result: RateResult, out: str | os.PathLike[str]) -> list[Path]:
+def fits_csv_text(records: list[dict[str, object]]) -> str:
+    """``fits.csv`` content: header :data:`FIT_COLUMNS`, floats with full precision."""
+    return _csv_text(records, FIT_COLUMNS)
+
+
+def timing_csv_text(records: list[dict[str, object]]) -> str:
+    """``timing.csv`` content: :data:`TIMING_COLUMNS` (wall-clock seconds per fit)."""
+    return _csv_text(records, TIMING_COLUMNS)
+
+
+def _git(*args: str) -> str | None:
+    root = Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                             timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout
+
+
+def run_provenance(argv: list[str] | None = None) -> dict[str, object]:
+    """Where a run came from: git commit and dirty flag, package versions, command line.
+
+    Parameters
+    ----------
+    argv:
+        The command line (``sys.argv``); ``None`` records none.
+
+    Returns
+    -------
+    dict with ``git_commit`` (``None`` outside a git checkout), ``git_dirty`` (tracked files
+    modified; ``None`` when unknown), ``python``, ``packages`` (name -> version or ``None``)
+    and ``command`` (shell-quoted).
+    """
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    versions: dict[str, str | None] = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "git_commit": commit.strip() if commit else None,
+        "git_dirty": None if status is None else bool(status.strip()),
+        "python": platform.python_version(),
+        "packages": versions,
+        "command": shlex.join(argv) if argv is not None else None,
+    }
+
+
+def config_json_text(result: RateResult, provenance: dict[str, object] | None = None) -> str:
+    """``config.json``: the sweep's :class:`RateConfig` plus a ``provenance`` entry."""
+    data = result.config.to_dict()
+    if provenance is not None:
+        data["provenance"] = provenance
+    return dumps_json(data)
+
+
+def write_run(
+    result: RateResult,
+    out: str | os.PathLike[str],
+    provenance: dict[str, object] | None = None,
+) -> list[Path]:
     """Write every result file of ``result`` into ``out`` (created if needed).
+
+    ``provenance`` (:func:`run_provenance`) goes into ``config.json``.
 
     Returns
     -------
@@ -77,9 +152,10 @@ def write_run(result: RateResult, out: str | os.PathLike[str]) -> list[Path]:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    texts = {"config.json": dumps_json(result.config.to_dict())}
+    texts = {"config.json": config_json_text(result, provenance)}
     if result.records:
         texts["fits.csv"] = fits_csv_text(result.records)
+        texts["timing.csv"] = timing_csv_text(result.records)
         texts["summary.json"] = dumps_json(result.summary_dict())
     if result.mechanism is not None:
         texts["mechanism.json"] = dumps_json(result.mechanism)
@@ -104,5 +180,8 @@ def write_run(result: RateResult, out: str | os.PathLike[str]) -> list[Path]:
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, object]:
-    """The ``config.json`` of a run directory."""
-    return json.loads(Path(path, "config.json").read_text(encoding="utf-8"))
+    """The ``config.json`` of a run directory, without its ``provenance`` entry."""
+    data = json.loads(Path(path, "config.json").read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        data.pop("provenance", None)
+    return data

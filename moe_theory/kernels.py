@@ -393,30 +393,42 @@ def _replicate(XT, y, lse, mean_out, theta, gate, alpha, tau, expert, jacobian, 
 
 
 # --------------------------------------------------------------------------------------------
-# Drivers over replicates: serial and parallel (prange) around the same per-replicate function
+# The driver over replicates: one body, compiled serial and parallel (prange)
 # --------------------------------------------------------------------------------------------
 
 
-@njit(**_JIT)
-def _serial(XT, Y, lse, mean_out, rows, theta, gate, alpha, tau, expert, jacobian, rss, jtj,
-            jtr):
-    for q in range(rows.shape[0]):
-        r = rows[q]
-        rss[q] = _replicate(XT[r], Y[r], lse[r], mean_out[r], theta[q], gate, alpha, tau,
-                            expert, jacobian, jtj[q], jtr[q])
+def _driver(parallel: bool):
+    """The loop over the replicates ``rows``, compiled serial or over numba's thread pool.
 
+    One body for both: without ``parallel`` numba runs ``prange`` as ``range``. Each call makes
+    a new function object with its own name, ``_parallel`` or ``_serial``: numba's on-disk cache
+    is found by the function's qualified name and first line and keyed by its bytecode, not by
+    the compile options, so two compilations of one function would share one cache entry and
+    one of them would load the other's machine code.
+    """
 
-@njit(**_JIT, parallel=True)
-def _parallel(XT, Y, lse, mean_out, rows, theta, gate, alpha, tau, expert, jacobian, rss, jtj,
+    def drive(XT, Y, lse, mean_out, rows, theta, gate, alpha, tau, expert, jacobian, rss, jtj,
               jtr):
-    for q in prange(rows.shape[0]):
-        r = rows[q]
-        rss[q] = _replicate(XT[r], Y[r], lse[r], mean_out[r], theta[q], gate, alpha, tau,
-                            expert, jacobian, jtj[q], jtr[q])
+        for q in prange(rows.shape[0]):
+            r = rows[q]
+            rss[q] = _replicate(XT[r], Y[r], lse[r], mean_out[r], theta[q], gate, alpha, tau,
+                                expert, jacobian, jtj[q], jtr[q])
+
+    drive.__name__ = drive.__qualname__ = "_parallel" if parallel else "_serial"
+    return njit(**_JIT, parallel=parallel)(drive)
+
+
+_serial = _driver(parallel=False)
+_parallel = _driver(parallel=True)
 
 
 def _as_float(a: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(a, dtype=np.float64)
+    """``a`` as a C-contiguous, writeable float64 array (copied only if it is not one already).
+
+    Writeable because numba types a read-only array (a memmap, a locked input) differently and
+    would compile every kernel a second time for it.
+    """
+    return np.require(a, dtype=np.float64, requirements=["C", "W"])
 
 
 def evaluate(
@@ -468,7 +480,7 @@ def evaluate(
             f"{structure.expert!r} experts; use the numpy backend"
         )
     XT, Y, lse, mean_out, theta = (_as_float(a) for a in (XT, Y, lse, mean_out, theta))
-    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    rows = np.require(rows, dtype=np.int64, requirements=["C", "W"])
     k, P = theta.shape
     if (
         XT.ndim != 3

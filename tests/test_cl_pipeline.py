@@ -30,6 +30,7 @@ def _small_config(method: str = "norga", **extra):
     return resolve_config("synthetic", method, overrides=overrides)
 
 
+@pytest.mark.slow
 def test_synthetic_quick_run_learns(tmp_path: Path) -> None:
     cfg = resolve_config("synthetic", "norga", quick=True)
     result = run_experiment(cfg, tmp_path / "run")
@@ -113,6 +114,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path: Path, capsys, monkeypatch) ->
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_cli_help_mentions_the_essentials(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(ROOT / "experiments/cl.py"), "--help"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)

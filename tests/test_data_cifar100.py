@@ -13,6 +13,7 @@ import torch
 from fixtures_data import make_cifar, source_path, spec_fixtures
 
 from cl.data import cifar100
+from cl.data.builder import Fetching
 from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
 
 fixture_spec, spec = spec_fixtures(cifar100, make_cifar)
@@ -120,3 +121,54 @@ def test_user_extracted_folder_and_corrupt_pickle(spec, tmp_path: Path) -> None:
 def test_unknown_option_is_rejected(spec, tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="image_size"):
         build_benchmark("cifar100", data_root=tmp_path, imgsize=32)
+
+
+class _RunsCode:
+    """A pickle payload that would call ``marker.write_text`` when unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+def test_a_pickle_naming_anything_but_numpy_arrays_is_refused_unrun(tmp_path: Path) -> None:
+    # even with a matching checksum (a forged spec, a bug in verification) no code can run:
+    # the unpickler refuses every global but the few a numpy array is rebuilt from
+    import dataclasses
+    import hashlib
+    import pickle
+
+    marker = tmp_path / "marker"
+    members = {"train": pickle.dumps({"data": _RunsCode(marker), "fine_labels": []}, protocol=2),
+               "test": pickle.dumps({"data": np.zeros((0, 3072), np.uint8), "fine_labels": []}),
+               "meta": pickle.dumps({"fine_label_names": []})}
+    folder = tmp_path / "data" / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for name, data in members.items():
+        (folder / name).write_bytes(data)
+    md5 = {n: hashlib.md5(d, usedforsecurity=False).hexdigest() for n, d in members.items()}
+    spec = dataclasses.replace(cifar100.CIFAR100, train_files=(("train", md5["train"]),),
+                               test_files=(("test", md5["test"]),),
+                               meta_file=("meta", md5["meta"]))
+    with pytest.raises(ChecksumError, match=r"train: refers to \S*getattr, .*only numpy arrays"):
+        cifar100.load_cifar(spec, Fetching(tmp_path / "data", False))
+    assert not marker.exists()
+    # the same file through plain pickle.load would have run it (what the allow-list prevents)
+    pickle.loads(members["train"])
+    assert marker.read_text() == "code ran"
+
+
+def test_numpy_arrays_in_both_module_spellings_are_read(tmp_path: Path) -> None:
+    # the official files (Python 2, numpy 1) name numpy.core.multiarray; numpy 2 numpy._core
+    import pickle
+
+    batch = {"data": np.arange(12, dtype=np.uint8).reshape(2, 6), "fine_labels": [4, 2]}
+    new = pickle.dumps(batch, protocol=2)
+    old = new.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    assert b"numpy.core.multiarray\n_reconstruct" in old
+    for name, data in (("new", new), ("old", old)):
+        (tmp_path / name).write_bytes(data)
+        read = cifar100._read_pickle(tmp_path / name)
+        assert read["data"].tolist() == batch["data"].tolist() and read["fine_labels"] == [4, 2]

@@ -89,7 +89,33 @@ def test_paper_transforms_at_224() -> None:
     assert eval_resize_size(224) == 256 and eval_resize_size(32) == 37
 
 
-@pytest.mark.parametrize("kind", ["cifar", "default"])
+def test_coda_smope_transforms_at_224() -> None:
+    """GT-RIPL/CODA-Prompt and SMoPE ``dataloaders/utils.py::get_transform`` (CODA lines 28-65,
+    SMoPE lines 36-78): train ``RandomResizedCrop(224)`` (torchvision defaults), flip,
+    ``Normalize((0,0,0), (1,1,1))`` (a no-op, so none here); test ``Resize(256)`` +
+    ``CenterCrop(224)`` for ImageNet-R and CUB-200, ``Resize(224)`` alone otherwise (CIFAR)."""
+    coda = build_transforms("coda")
+    assert _kinds(coda.train) == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor]
+    crop = coda.train.transforms[0]
+    assert crop.scale == (0.08, 1.0) and crop.interpolation == T.InterpolationMode.BILINEAR
+    assert _kinds(coda.test) == [T.Resize, T.CenterCrop, T.ToTensor]
+    assert coda.test.transforms[0].size == 256 and coda.test.transforms[1].size == (224, 224)
+    assert coda.test.transforms[0].interpolation == T.InterpolationMode.BILINEAR
+    cifar = build_transforms("coda-cifar")
+    assert _kinds(cifar.test) == [T.Resize, T.ToTensor] and cifar.test.transforms[0].size == 224
+    assert coda.mean is None and cifar.mean is None
+    out = cifar.test(Image.new("RGB", (32, 32), (255, 255, 255)))
+    assert out.shape == (3, 224, 224) and float(out.max()) == pytest.approx(1.0)
+    from cl.data.realdata import RealDataOptions
+
+    opts = RealDataOptions.parse({"transforms": "coda"})
+    assert (opts.kind("cifar"), opts.kind("default")) == ("coda-cifar", "coda")
+    assert RealDataOptions.parse({}).kind("cifar") == "cifar"
+    with pytest.raises(ValueError, match="transforms must be one of hide, coda"):
+        RealDataOptions.parse({"transforms": "smope"})
+
+
+@pytest.mark.parametrize("kind", ["cifar", "default", "coda"])  # coda-cifar: square input only
 def test_small_image_size_output(kind: str) -> None:
     pair = build_transforms(kind, image_size=32)  # type: ignore[arg-type]
     image = Image.new("RGB", (50, 40), (255, 0, 0))

@@ -75,3 +75,55 @@ def test_inconsistent_lists_are_rejected(spec, tmp_path: Path) -> None:
     shutil.move(victim, tmp_path / "elsewhere.jpg")
     with pytest.raises(ChecksumError, match="missing"):
         build_benchmark("cub200", data_root=tmp_path)
+
+
+def _rearrange_like_norga(tree: Path, limit: int | None = None) -> None:
+    """What MoE_PromptCL continual_datasets.py ``CUB200.split`` (lines 459-490) does: move each
+    image of images.txt to ``train/`` or ``test/<class dir>/`` by train_test_split.txt."""
+    images = (tree / "images.txt").read_text().split("\n")
+    flags = (tree / "train_test_split.txt").read_text().split("\n")
+    moved = 0
+    for image, flag in zip(images, flags, strict=True):
+        if not image.strip() or (limit is not None and moved >= limit):
+            continue
+        rel = image.split(" ")[-1]
+        dst = tree / ("train" if flag.split(" ")[-1] == "1" else "test") / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(tree / "images" / rel, dst)
+        moved += 1
+
+
+def test_tree_rearranged_by_the_official_code_is_read_in_place(spec, tmp_path: Path) -> None:
+    with tarfile.open(source_path(spec.archive)) as tar:
+        tar.extractall(tmp_path / "a", filter="data")
+        tar.extractall(tmp_path / "b", filter="data")
+    _rearrange_like_norga(tmp_path / "b" / "CUB_200_2011")
+    assert not list((tmp_path / "b" / "CUB_200_2011" / "images").rglob("*.jpg"))
+    plain = build_benchmark("cub200", data_root=tmp_path / "a", seed=40, image_size=24,
+                            progress=False)
+    moved = build_benchmark("cub200", data_root=tmp_path / "b", seed=40, image_size=24,
+                            progress=False)
+    for split in ("train", "test"):
+        a, b = getattr(plain, split), getattr(moved, split)
+        np.testing.assert_array_equal(a.targets, b.targets)
+        assert [p.relative_to(tmp_path / "a" / "CUB_200_2011" / "images") for p in
+                a.dataset.paths] == [p.relative_to(tmp_path / "b" / "CUB_200_2011" / split)
+                                     for p in b.dataset.paths]
+        image_a, label_a = a.dataset[3]
+        image_b, label_b = b.dataset[3]
+        assert label_a == label_b and np.array_equal(np.asarray(image_a), np.asarray(image_b))
+    assert "rearranged by the HiDe/NoRGa code" in moved.info["split"]
+    assert "the official archive" in plain.info["split"]
+
+
+def test_half_rearranged_tree_is_refused_naming_both_layouts(spec, tmp_path: Path) -> None:
+    with tarfile.open(source_path(spec.archive)) as tar:
+        tar.extractall(tmp_path, filter="data")
+    _rearrange_like_norga(tmp_path / "CUB_200_2011", limit=30)
+    with pytest.raises(ChecksumError) as err:
+        build_benchmark("cub200", data_root=tmp_path)
+    message = str(err.value)
+    assert "the images are split between the two layouts" in message
+    assert "found 70 of the 100 listed images under images/ and 30 under train/ + test/" in \
+        message
+    assert "images/<class dir>/" in message and "{train,test}/<class dir>/" in message

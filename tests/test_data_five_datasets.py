@@ -3,6 +3,7 @@ SVHN .mat, notMNIST zip), including the per-dataset transform guarantee (spec 9.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from fixtures_data import make_five_datasets
 from torchvision import transforms as T
 
 from cl.data import five_datasets
+from cl.data.builder import Fetching
 from cl.data.registry import ChecksumError, DatasetNotFoundError, build_benchmark
 from cl.data.transforms import CIFAR_MEAN
 
@@ -122,6 +124,30 @@ def test_each_dataset_has_its_own_transform(bench) -> None:
     assert tuple(bench.info["transforms"]["CIFAR10"]["mean"]) == CIFAR_MEAN
 
 
+def test_legacy_transform_leak_reproduces_the_official_bug(patched, tmp_path: Path) -> None:
+    """MoE_PromptCL datasets.py lines 68-72: ``transform_train/val`` are replaced by the CIFAR
+    ones when CIFAR10 is reached and never reset, so with seed 42 (NotMNIST, MNIST, CIFAR10,
+    FashionMNIST, SVHN) FashionMNIST and SVHN get CIFAR-100 mean/std and colour jitter too."""
+    bench = build_benchmark("5datasets", data_root=tmp_path, seed=42, download=True,
+                            image_size=16, progress=False, legacy_transform_leak=True)
+    order = bench.info["dataset_order"]
+    assert order == ["NotMNIST", "MNIST", "CIFAR10", "FashionMNIST", "SVHN"]
+    leaked = {"CIFAR10", "FashionMNIST", "SVHN"}
+    for split in (bench.train, bench.train_eval, bench.test):
+        for task, name in enumerate(order):
+            pipeline = _pipeline(split, task)
+            normalizers = [t for t in pipeline if isinstance(t, T.Normalize)]
+            jitters = [t for t in pipeline if isinstance(t, T.ColorJitter)]
+            if name in leaked:
+                assert len(normalizers) == 1 and tuple(normalizers[0].mean) == CIFAR_MEAN, name
+                assert len(jitters) == (1 if split is bench.train else 0), name
+            else:
+                assert normalizers == [] and jitters == [], name
+    assert bench.info["legacy_transform_leak"] is True
+    with pytest.raises(ValueError, match="legacy_transform_leak"):
+        build_benchmark("5datasets", data_root=tmp_path, legacy_transform_leak="yes")
+
+
 def test_backbone_normalisation_applies_to_all(patched, tmp_path: Path) -> None:
     bench = build_benchmark("5datasets", data_root=tmp_path, download=True, image_size=16,
                             normalization="backbone", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
@@ -189,7 +215,7 @@ def test_notmnist_zip_without_inner_folder(tmp_path: Path) -> None:
     from fixtures_data import make_notmnist
 
     spec = make_notmnist(tmp_path / "server", prefix="", broken=False)
-    how = five_datasets._Fetching(tmp_path / "data", True, None, False)
+    how = Fetching(tmp_path / "data", True, None, False)
     data = five_datasets.load_source("NotMNIST", spec, how)
     assert len(data.train_labels) == 30 and len(data.test_labels) == 20
     assert data.train_images.shape == (30, 28, 28)
@@ -209,3 +235,60 @@ def test_read_idx_rejects_bad_files(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(payload)
         with pytest.raises(ChecksumError, match=name):
             five_datasets.read_idx(tmp_path / name)
+
+
+# ---------------------------------------------------------------- official trees, read in place
+def _arrays(bench, name: str) -> tuple[np.ndarray, np.ndarray]:
+    task = bench.info["dataset_order"].index(name)
+    part = bench.train.dataset.datasets[task]
+    return np.asarray(part.images), np.asarray(part.labels)
+
+
+def test_official_svhn_and_mnist_trees_are_read_in_place(bench, tmp_path: Path) -> None:
+    """torchvision.datasets.SVHN (so the official code) reads ``<root>/{train,test}_32x32.mat``;
+    the official ``MNIST_RGB(datasets.MNIST)`` keeps ``<root>/MNIST_RGB/raw`` (MoE_PromptCL
+    continual_datasets.py line 23, torchvision ``raw_folder`` = root/<class name>/raw), where
+    torchvision leaves both the ``.gz`` and the extracted file."""
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        (tmp_path / "SVHN" / name).rename(tmp_path / name)
+    (tmp_path / "SVHN").rmdir()
+    (tmp_path / "MNIST_RGB").mkdir()
+    (tmp_path / "MNIST" / "raw").rename(tmp_path / "MNIST_RGB" / "raw")
+    (tmp_path / "MNIST").rmdir()
+    raw = tmp_path / "MNIST_RGB" / "raw"
+    for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):  # extracted copies only
+        (raw / name).write_bytes(gzip.decompress((raw / f"{name}.gz").read_bytes()))
+        (raw / f"{name}.gz").unlink()
+    again = build_benchmark("5datasets", data_root=tmp_path, seed=42, download=False,
+                            image_size=16, progress=False)
+    for name in ("SVHN", "MNIST"):
+        for a, b in zip(_arrays(bench, name), _arrays(again, name), strict=True):
+            np.testing.assert_array_equal(a, b)
+    source = again.info["source"]
+    assert source["SVHN"]["folder"] == str(tmp_path.resolve())
+    assert source["MNIST"]["folder"] == str(raw.resolve())
+    assert source["MNIST"]["uncompressed_unverified"] == ["train-images-idx3-ubyte",
+                                                          "t10k-labels-idx1-ubyte"]
+    assert not (tmp_path / "SVHN").exists() and not (tmp_path / "MNIST").exists()  # nothing moved
+
+
+def test_partial_or_pickled_trees_are_refused_naming_found_and_expected(bench,
+                                                                          tmp_path: Path) -> None:
+    (tmp_path / "SVHN" / "test_32x32.mat").rename(tmp_path / "test_32x32.mat")
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_benchmark("5datasets", data_root=tmp_path, download=False, progress=False)
+    message = str(err.value)
+    assert f"found {tmp_path / 'SVHN'}/ with only train_32x32.mat" in message
+    assert f"{tmp_path}/ with only test_32x32.mat" in message
+    assert "expected all of train_32x32.mat, test_32x32.mat" in message
+    (tmp_path / "test_32x32.mat").rename(tmp_path / "SVHN" / "test_32x32.mat")
+    # an old torchvision tree: processed/*.pt pickles only -> refused, never unpickled
+    (tmp_path / "MNIST" / "raw").rename(tmp_path / "elsewhere")
+    (tmp_path / "MNIST_RGB" / "processed").mkdir(parents=True)
+    (tmp_path / "MNIST_RGB" / "processed" / "training.pt").write_bytes(b"not to be unpickled")
+    (tmp_path / "MNIST_RGB" / "raw").mkdir()
+    with pytest.raises(DatasetNotFoundError) as err:
+        build_benchmark("5datasets", data_root=tmp_path, download=False, progress=False)
+    message = str(err.value)
+    assert "MNIST_RGB/processed/*.pt (old torchvision pickles" in message
+    assert f"{tmp_path / 'MNIST/raw'}/ or {tmp_path / 'MNIST_RGB/raw'}/" in message

@@ -125,3 +125,51 @@ def test_official_constants() -> None:
     assert imagenet_r.IMAGENET_R.archive.url == \
         "https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar"
     assert (imagenet_r.IMAGENET_R.num_classes, imagenet_r.IMAGENET_R.num_images) == (200, 30000)
+
+
+def test_hide_split_reproduces_the_official_random_split(spec, tmp_path: Path) -> None:
+    """MoE_PromptCL continual_datasets.py (Imagenet_R, lines 653-658): ``ImageFolder`` then
+    ``random_split(dataset, [int(0.8 n), n - int(0.8 n)])`` (24000/6000) right after
+    ``torch.manual_seed(seed)`` of the first run (seed 42 in the scripts), files then moved
+    into ``train/`` and ``test/`` (spec cl-pipeline.md 3.1)."""
+    from torch.utils.data import random_split
+
+    shutil.copy(source_path(spec.archive), tmp_path / "imagenet-r.tar")
+    bench = build_benchmark("imagenet-r", data_root=tmp_path, seed=1, image_size=32,
+                            split="hide")
+    # independent reference: ImageFolder order and torch's own random_split
+    tree = tmp_path / "imagenet-r"
+    folder = sorted((f"{c.name}/{p.name}" for c in sorted(tree.iterdir()) if c.is_dir()
+                     for p in sorted(c.iterdir())), key=lambda k: (k.split("/")[0], k))
+    n = len(folder)
+    n_train = int(0.8 * n)  # continual_datasets.py lines 655-658
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(42)
+        train_idx, test_idx = random_split(range(n), [n_train, n - n_train])
+    assert sorted(_test_keys(bench)) == sorted(folder[i] for i in test_idx)
+    assert {f"{p.parent.name}/{p.name}" for p in bench.train.dataset.paths} == {
+        folder[i] for i in train_idx}
+    assert bench.info["split"]["rule"] == imagenet_r.HIDE_SPLIT_RULE
+    assert bench.info["split"]["test_set_sha256"] != build_benchmark(
+        "imagenet-r", data_root=tmp_path, image_size=32).info["split"]["test_set_sha256"]
+    # a tree already split by that code is used as it is (whatever seed made it)
+    moved = tmp_path / "b" / "imagenet-r"
+    for i, key in enumerate(folder):
+        dest = moved / ("test" if i % 3 == 0 else "train") / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tree / key, dest)
+    on_disk = build_benchmark("imagenet-r", data_root=tmp_path / "b", image_size=32,
+                              split="hide")
+    assert sorted(_test_keys(on_disk)) == sorted(k for i, k in enumerate(folder) if i % 3 == 0)
+    with pytest.raises(ValueError, match="split must be one of fixed, hide"):
+        build_benchmark("imagenet-r", data_root=tmp_path, split="coda")
+
+
+def test_hide_split_sizes_follow_int_of_0_8_n() -> None:
+    """``train_size = int(0.8 * len(dataset))`` (continual_datasets.py line 655): 80 of 101."""
+    images = {f"n{c}": [(f"n{c}/{i:03d}.jpg", Path(f"/x/imagenet-r/n{c}/{i:03d}.jpg"))
+                        for i in range(c * 10, c * 10 + (11 if c == 0 else 10))]
+              for c in range(10)}
+    train, test = imagenet_r.hide_split(images)
+    assert (len(train), len(test)) == (80, 21)
+    assert not {k for k, _ in train} & {k for k, _ in test}

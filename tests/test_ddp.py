@@ -52,6 +52,7 @@ def _torchrun(out: Path, budget: int, *extra: str) -> subprocess.CompletedProces
         capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
 
 
+@pytest.mark.slow
 def test_two_processes_evaluate_and_collect_statistics_like_one(tmp_path):
     single = run_experiment(resolve_config("synthetic", "norga", overrides=_overrides(0)),
                             tmp_path / "single")
@@ -77,6 +78,7 @@ def test_two_processes_evaluate_and_collect_statistics_like_one(tmp_path):
     assert env["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_train_stop_and_resume_from_rank0_checkpoint(tmp_path):
     out = tmp_path / "ddp"
     first = _torchrun(out, 1, "--stop-after-task", "0")

@@ -40,6 +40,7 @@ def results(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_cli_writes_and_lists_files(results, tmp_path, capsys):
     out = tmp_path / "figs"
     assert _load_cli().main([str(results), "--out", str(out)]) == 0

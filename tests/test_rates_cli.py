@@ -5,7 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+# every test starts experiments/rates.py in a subprocess (seconds each): left out of the fast
+# subset, pytest -m "not slow"
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "rates.py"
@@ -31,14 +36,17 @@ def test_tiny_run_writes_every_file_and_reruns_identically(tmp_path):
     out = tmp_path / "run"
     res = run(*TINY, "--setting", "exact", "mechanism", "--out", str(out))
     assert res.returncode == 0, res.stderr
-    for name in ("fits.csv", "summary.json", "mechanism.json", "config.json", "summary.txt",
-                 "convergence_exact.png", "convergence_exact.pdf"):
+    for name in ("fits.csv", "timing.csv", "summary.json", "mechanism.json", "config.json",
+                 "summary.txt", "convergence_exact.png", "convergence_exact.pdf"):
         assert (out / name).stat().st_size > 0, name
     header = (out / "fits.csv").read_text().splitlines()[0].split(",")
     for column in ("setting", "gate", "activation", "expert", "n", "replicate", "voronoi_loss",
                    "loss_mass", "loss_beta1", "loss_eta", "l2_error", "rss", "converged",
-                   "at_bound", "n_iter", "seconds"):
+                   "status", "at_bound", "n_iter"):
         assert column in header
+    assert "seconds" not in header  # wall-clock time lives in timing.csv
+    timing = (out / "timing.csv").read_text().splitlines()
+    assert timing[0] == "setting,gate,n,replicate,seconds" and len(timing) == 1 + 2 * 3 * 3
     rows = (out / "fits.csv").read_text().splitlines()[1:]
     assert len(rows) == 2 * 3 * 3  # gates x n x replicates
     summary = json.loads((out / "summary.json").read_text())
@@ -49,13 +57,18 @@ def test_tiny_run_writes_every_file_and_reruns_identically(tmp_path):
     assert mech["pde_residual"]["linear"] < 1e-6 < 0.1 < mech["pde_residual"]["norga"]
     assert "L_1 slope" in res.stdout and str(out) in res.stdout
 
-    def strip_seconds(text):
-        return [line.rsplit(",", 4)[0] for line in text.splitlines()]
+    config = json.loads((out / "config.json").read_text())
+    prov = config["provenance"]
+    assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
+    assert set(prov["packages"]) == {"numpy", "scipy", "numba", "statsmodels"}
+    assert prov["packages"]["numpy"] == np.__version__
+    assert "--fit-n-min 100" in prov["command"] and str(out) in prov["command"]
 
-    first = (out / "fits.csv").read_text()
+    first = {name: (out / name).read_bytes() for name in ("fits.csv", "summary.json")}
     again = run(*TINY, "--setting", "exact", "mechanism", "--out", str(out), "--no-figure")
-    assert again.returncode == 0, again.stderr
-    assert strip_seconds((out / "fits.csv").read_text()) == strip_seconds(first)
+    assert again.returncode == 0, again.stderr  # same run: provenance does not make it "different"
+    for name, data in first.items():
+        assert (out / name).read_bytes() == data, name
 
 
 @pytest.mark.parametrize("args, flag", [
@@ -69,6 +82,8 @@ def test_tiny_run_writes_every_file_and_reruns_identically(tmp_path):
     (["--seed", "-1"], "--seed"),
     (["--jobs", "0"], "--jobs"),
     (["--expert", "affine", "--setting", "over-tanh"], "--expert"),
+    (["--fit-n-min", "200000"], "--fit-n-min"),
+    (["--n-max", "5000", "--fit-n-min", "5001"], "--fit-n-min"),
 ])
 def test_bad_values_exit_2_with_one_line_naming_the_flag(args, flag, tmp_path):
     res = run(*args, "--out", str(tmp_path / "never"))

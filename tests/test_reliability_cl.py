@@ -166,6 +166,7 @@ def _run_killable(mode: str, arg: str, out: Path) -> subprocess.CompletedProcess
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, reference):
     out = tmp_path / "run"
     ckpts = out / "checkpoints"

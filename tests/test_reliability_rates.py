@@ -79,6 +79,7 @@ def test_capped_fits_are_kept_with_converged_false_and_counted():
     assert "capped 6" in result.summary()
 
 
+@pytest.mark.slow
 def test_failed_write_leaves_previous_results_intact(tmp_path, monkeypatch):
     first = run_rates(CONFIG, jobs=1)
     out = tmp_path / "run"

@@ -7,6 +7,7 @@ from moe_theory.rates import RateConfig, run_rates
 pytest.importorskip("dask.distributed")
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_matches_default_backend_bit_for_bit():
     config = RateConfig(settings=("exact",), gates=("norga", "linear"), n_values=(100, 400),
                         replicates=4, block=2, seed=5, fit_n_min=100)

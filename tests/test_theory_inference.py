@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from moe_theory.inference import bootstrap_slope, compare_rate_models, local_slopes, ols_slope
+from moe_theory.inference import bootstrap_slope, compare_rate_models, local_slopes
 
 N_VALUES = np.logspace(2, 5, 7)
 
@@ -12,25 +12,6 @@ def power_law_data(slope, reps=12, sd=0.3, seed=0):
     rng = np.random.default_rng(seed)
     n = np.repeat(N_VALUES, reps)
     return n, 2.0 * n**slope * np.exp(rng.normal(0, sd, n.size))
-
-
-@pytest.mark.parametrize("true_slope", [-0.5, -0.25, -1.0])
-def test_ols_slope_recovers_a_known_slope_with_covering_ci(true_slope):
-    covered = 0
-    for seed in range(20):
-        n, loss = power_law_data(true_slope, seed=seed)
-        fit = ols_slope(n, loss)
-        assert abs(fit.slope - true_slope) < 0.1
-        covered += fit.ci[0] <= true_slope <= fit.ci[1]
-    assert covered >= 16  # nominal 95%, 20 draws
-
-
-def test_ols_slope_equals_numpy_polyfit_point_estimate():
-    n, loss = power_law_data(-0.5)
-    slope, intercept = np.polyfit(np.log(n), np.log(loss), 1)
-    fit = ols_slope(n, loss)
-    assert fit.slope == pytest.approx(slope, rel=1e-10)
-    assert fit.intercept == pytest.approx(intercept, rel=1e-10)
 
 
 @pytest.mark.parametrize("stat", ["mean", "median"])

@@ -8,6 +8,7 @@ softmax).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -229,7 +230,72 @@ def test_estimator_passes_backend_and_threads_on(monkeypatch):
     assert runs == [("numpy", 2), ("numpy", 2)]
 
 
+@pytest.mark.slow
 def test_importing_the_package_neither_imports_numba_nor_compiles():
     code = ("import sys, moe_theory.estimate, moe_theory.rates; "
             "sys.exit('numba' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+_CACHE_PROBE = """
+import json, numba, numpy as np
+from moe_theory import kernels
+from moe_theory.gates import Gate
+from moe_theory.settings import default_truth
+
+def layer():
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel code has run in this process
+        return None
+
+XT = np.random.default_rng(0).uniform(-1, 1, (3, 1, 70))
+Y, lse, mean_out = np.random.default_rng(1).normal(size=(3, 3, 70))
+args = (XT, Y, lse, mean_out, np.arange(3), np.full((3, 4), 0.3), default_truth(Gate("norga")),
+        True)
+serial = kernels.evaluate(*args, threads=1)
+after_serial = layer()
+parallel = kernels.evaluate(*args, threads=2)
+print(json.dumps({
+    "same": all(np.array_equal(a, b) for a, b in zip(serial, parallel)),
+    "layer": [after_serial, layer()],
+    "stats": {role: [sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values()),
+                     d._cache._cache_file._index_path]
+              for role, d in (("serial", kernels._serial), ("parallel", kernels._parallel))},
+}))
+"""
+
+
+@pytest.mark.slow
+def test_serial_and_parallel_drivers_each_load_their_own_code_from_the_disk_cache():
+    # Two fresh processes: the first may compile (cold cache), the second must load both
+    # drivers from numba's disk cache, each from its own entry, and the parallel one must be
+    # the prange code (it starts the thread pool; the serial one does not).
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", _CACHE_PROBE], capture_output=True,
+                              text=True, check=True)
+        out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["same"]
+    assert out["layer"][0] is None and out["layer"][1] is not None
+    serial, parallel = out["stats"]["serial"], out["stats"]["parallel"]
+    assert serial[:2] == [1, 0] and parallel[:2] == [1, 0]  # one cache hit, no compilation
+    assert serial[2] != parallel[2]
+
+
+def test_read_only_inputs_reuse_the_compiled_kernels():
+    # numba types read-only arrays apart: without a writeable copy every kernel would be
+    # compiled a second time (seconds) for a memmapped or locked input
+    truth = default_truth(Gate("norga"))
+    X, Y = simulate(truth, 300, [0, 1], seed=8, setting="kernel-test")
+    starts = np.tile(truth.theta, (2, 1)) + 0.1
+    ref = fit_batched(X, Y, starts, truth, backend="numba")
+    compiled = len(kernels._serial.signatures)
+    Xr, Yr = X.copy(), Y.copy()
+    Xr.flags.writeable = Yr.flags.writeable = False
+    res = fit_batched(Xr, Yr, starts, truth, backend="numba")
+    np.testing.assert_array_equal(res.theta, ref.theta)
+    XT = np.swapaxes(Xr, 1, 2)
+    lse, mean_out = _pretrained_terms(Xr, truth)
+    lse.flags.writeable = mean_out.flags.writeable = False
+    kernels.evaluate(XT, Yr, lse, mean_out, np.arange(2), starts, truth, True)
+    assert len(kernels._serial.signatures) == compiled

@@ -3,8 +3,15 @@
 import numpy as np
 import pytest
 
-from moe_theory.io import fits_csv_text
-from moe_theory.rates import RateConfig, mechanism_report, n_grid, run_rates
+from moe_theory.io import dumps_json, fits_csv_text
+from moe_theory.rates import (
+    FIT_COLUMNS,
+    RateConfig,
+    RateResult,
+    mechanism_report,
+    n_grid,
+    run_rates,
+)
 
 TINY = dict(gates=("norga", "linear"), n_values=(100, 300, 1000),
             replicates=4, seed=11, fit_n_min=100)
@@ -22,11 +29,16 @@ def test_same_seed_gives_identical_fits_and_chunking_does_not_matter():
     assert [r["voronoi_loss"] for r in d.records] != [r["voronoi_loss"] for r in a.records]
 
 
-def test_jobs_one_and_two_give_identical_records():
-    one = run_rates(RateConfig(**TINY, settings=("exact",), block=2), jobs=1)
-    two = run_rates(RateConfig(**TINY, settings=("exact",), block=2), jobs=2)
-    drop = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-    assert drop(one.records) == drop(two.records)
+@pytest.mark.slow
+def test_fits_csv_and_summary_json_are_byte_identical_for_any_jobs_and_block():
+    outputs = set()
+    for jobs, block in ((1, 4), (2, 1), (2, 3)):
+        res = run_rates(RateConfig(**TINY, settings=("exact",), block=block), jobs=jobs)
+        outputs.add((fits_csv_text(res.records), dumps_json(res.summary_dict())))
+    assert len(outputs) == 1
+    fits, summary = outputs.pop()
+    assert "seconds" not in fits.splitlines()[0] and "seconds" not in summary
+    assert fits.splitlines()[0] == ",".join(FIT_COLUMNS)
 
 
 def test_both_gates_see_the_same_data():
@@ -43,14 +55,53 @@ def test_summary_reports_slopes_counts_and_honesty_notes():
     summary = res.summary_dict()["settings"]["exact"]
     for gate in ("norga", "linear"):
         e = summary[gate]
-        assert e["n_converged"] + e["n_capped"] == e["n_fits"]
+        assert e["n_converged"] + e["n_capped"] + e["n_stalled"] == e["n_fits"]
         assert e["slope_ci"][0] < e["slope"] < e["slope_ci"][1]
         assert e["fisher_C"] > 0 and e["n_used"] == [100, 200, 400, 800]
         assert e["n_fits"] == 16
     text = res.summary()
-    for needle in ("L_1 slope", "AIC", "q=", "capped", "ln ln n", "inconclusive", "Fisher",
-                   "PDE residual", "n used"):
+    for needle in ("L_1 slope", "AICc", "q=", "capped", "stalled", "ln ln n", "Fisher (spec 7)",
+                   "pooled (second criterion", "PDE residual", "n used",
+                   "over n = 100..800, ln n spans 4.61..6.68"):
         assert needle in text
+    # four values of n are too few for an AICc comparison: the verdict says so
+    for gate in ("norga", "linear"):
+        assert summary[gate]["model_comparison"]["classification"] == "inconclusive"
+        assert "rate model inconclusive" in summary[gate]["verdict"]
+    assert "inconclusive" in text
+
+
+def synthetic_result(loss_of_n, n_values=(1000, 3162, 10000, 31623, 100000, 316228, 1000000)):
+    """A RateResult of hand-made E1 records (no fitting): 12 fits per n of loss_of_n(n, r)."""
+    config = RateConfig(settings=("exact",), gates=("norga",), n_values=n_values,
+                        replicates=12, fit_n_min=1000)
+    records = [
+        {"setting": "exact", "gate": "norga", "activation": "tanh", "expert": "affine",
+         "n": n, "replicate": r, "voronoi_loss": loss_of_n(n, r), "voronoi_loss_r": 1.0,
+         "loss_mass": 0.1, "loss_beta1": 0.1, "loss_eta": 0.1, "l2_error": n**-0.5,
+         "rss": 1.0, "converged": True, "status": "converged", "at_bound": False, "n_iter": 5,
+         "restarts": 1, "cell_sizes": "1", "seconds": 0.0}
+        for n in n_values for r in range(12)
+    ]
+    return RateResult(config=config, records=records)
+
+
+def test_inconclusive_appears_only_when_the_models_are_indistinguishable():
+    spread = 1.0 + np.linspace(-0.3, 0.3, 12)  # mean exactly 1
+    clean = synthetic_result(lambda n, r: 10.16 / np.sqrt(n) * spread[r])
+    e = clean.analyse()["exact"]["norga"]
+    assert e["model_comparison"]["classification"] == "power law"
+    assert "inconclusive" not in clean.summary()
+    assert "; power law;" in e["verdict"] and "contains -0.5" in e["verdict"]
+    assert e["fisher_ratio"] == pytest.approx(1.0, rel=0.01) and e["fisher_consistent"]
+    # a level 2x the prediction with a tight CI fails the Fisher check
+    high = synthetic_result(lambda n, r: 20.3 / np.sqrt(n) * spread[r]).analyse()["exact"]["norga"]
+    assert not high["fisher_consistent"] and "level not consistent" in high["verdict"]
+    # log-rate data are decisively sub-polynomial
+    log_rate = synthetic_result(lambda n, r: spread[r] / np.log(n))
+    assert log_rate.analyse()["exact"]["norga"]["model_comparison"]["classification"] == (
+        "sub-polynomial (log-like)")
+    assert "inconclusive" not in log_rate.summary()
 
 
 def test_mechanism_reproduces_spec_targets():
@@ -77,3 +128,24 @@ def test_n_grid_and_config_validation():
         RateConfig(replicates=0)
     with pytest.raises(ValueError, match="setting must be one of"):
         RateConfig(settings=("bogus",))
+
+
+def test_records_of_another_schema_are_never_misread(monkeypatch, tmp_path):
+    """A cache entry from the old fits.csv schema (seconds, no status) cannot be used."""
+    import moe_theory.rates as rates
+
+    before = rates._source_fingerprint()
+    monkeypatch.setattr(rates, "RECORD_KEYS", rates.RECORD_KEYS - {"status"})
+    assert rates._source_fingerprint() != before  # the schema keys the cache
+    monkeypatch.undo()
+
+    new_schema_task = rates.fit_task
+
+    def old_schema_task(*args):
+        rows = new_schema_task(*args)
+        return [{k: v for k, v in r.items() if k != "status"} for r in rows]
+
+    monkeypatch.setattr(rates, "fit_task", old_schema_task)
+    with pytest.raises(ValueError, match="clear the cache"):
+        run_rates(RateConfig(**{**TINY, "replicates": 1, "n_values": (100, 300)},
+                             settings=("exact",)), cache_dir=tmp_path / "cache")

@@ -8,9 +8,16 @@ Layout under the data root (the same as torchvision's, so an existing copy is re
 The archive (``https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz``, MD5
 ``eb9058c3a382ffc7106e4002c42a8d85``) is verified before extraction, and the three pickles are
 verified against their own MD5s before they are unpickled on every use, so no unverified pickle
-is ever loaded. The pickles are read directly (no torchvision dataset class): ``data`` is a
+is ever loaded; and even a verified one is unpickled with an allow-list (numpy arrays and plain
+data only, :data:`PICKLE_GLOBALS`), so nothing in a file can run code. ``data`` is a
 ``(N, 3072)`` uint8 array in channel-major order, ``fine_labels`` the class ids; ``meta`` holds
 ``fine_label_names``.
+
+Why not ``torchvision.datasets.CIFAR100``: it unpickles the same files with a plain
+``pickle.load`` (after its own MD5 check), which runs whatever a pickle names; its checksums are
+class constants (fixtures and :data:`SPEC` would need a subclass) and it hashes every file again
+at each instantiation. This reader is the safer one and shares the verified download step with
+the other datasets (:mod:`cl.data.download`).
 
 Labels are the original fine class ids 0..99; tasks take consecutive chunks of the class order
 (seeded permutation by default, spec cl-pipeline.md section 3.1). 50,000 train / 10,000 test
@@ -28,24 +35,18 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
-from cl.data.download import (
-    Fetcher,
-    Resource,
-    ensure_extracted,
-    extracted_provenance,
-    verify_file,
+from cl.data.builder import (
+    Fetching,
+    Request,
+    SplitData,
+    archive_missing_message,
+    build_real_benchmark,
+    locate,
 )
-from cl.data.realdata import (
-    ArrayImageDataset,
-    RealDataOptions,
-    class_order,
-    not_found_message,
-    resolve_data_root,
-    split_benchmark,
-    split_into_tasks,
-)
-from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
-from cl.data.transforms import build_transforms
+from cl.data.catalog import register_dataset
+from cl.data.download import Resource, verify_file
+from cl.data.errors import ChecksumError, DatasetNotFoundError
+from cl.data.realdata import ArrayImageDataset
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,38 @@ class CifarArrays:
     provenance: dict[str, Any]
 
 
+# The only globals a CIFAR python pickle names: a numpy array is rebuilt from these (the official
+# files, written by Python 2 with numpy 1, spell the module numpy.core.multiarray; numpy 2 writes
+# numpy._core.multiarray; Python 3 pickles bytes at protocol 2 through _codecs.encode).
+PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+})
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads plain data and numpy arrays only: any other global (a function or class through
+    which a pickle could run code) is refused before it is even imported."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}, which a CIFAR batch "
+                                         "never does (only numpy arrays and plain data are read)")
+        return super().find_class(module, name)
+
+
 def _read_pickle(path: Path) -> dict[str, Any]:
     # The files were written by Python 2; latin1 restores both str keys and numpy arrays.
     with path.open("rb") as stream:
-        raw = pickle.load(stream, encoding="latin1")
+        try:
+            raw = _ArrayUnpickler(stream, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+            raise ChecksumError(f"cannot read {path}: {err}") from err
+    if not isinstance(raw, dict):
+        raise ChecksumError(f"cannot read {path}: not a CIFAR batch (a {type(raw).__name__})")
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in raw.items()}
 
 
@@ -121,27 +150,23 @@ def _read_batches(folder: Path, files: tuple[tuple[str, str | None], ...],
 
 def missing_message(spec: CifarSpec, root: Path) -> str:
     names = ",".join(name for name, _ in spec.train_files + spec.test_files + (spec.meta_file,))
-    return not_found_message(
-        spec.name, root,
-        [f"{spec.folder}/{{{names}}}",
-         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
-        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
+    return archive_missing_message(spec.name, root, spec.archive,
+                                   [f"{spec.folder}/{{{names}}}"])
 
 
-def load_cifar(spec: CifarSpec, root: Path, *, allow_download: bool,
-               fetch: Fetcher | None = None, progress: bool = True) -> CifarArrays:
-    """Find (or download and extract), verify and read a CIFAR python archive under ``root``.
+def load_cifar(spec: CifarSpec, how: Fetching) -> CifarArrays:
+    """Find (or download and extract), verify and read a CIFAR python archive under
+    ``how.root``.
 
     Raises
     ------
     DatasetNotFoundError
-        Neither the folder nor the archive is there and ``allow_download`` is false.
+        Neither the folder nor the archive is there and downloading is not allowed.
     ChecksumError
         The archive or one of the pickles does not match its MD5, or the counts are wrong.
     """
-    folder, archive_digests = ensure_extracted(
-        spec.archive, root, spec.folder, allow_download=allow_download,
-        missing_message=missing_message(spec, root), fetch=fetch, progress=progress)
+    root = how.root
+    folder, provenance = locate(spec.archive, spec.folder, how, missing_message(spec, root))
     files = spec.train_files + spec.test_files + (spec.meta_file,)
     file_sums = {}
     for name, md5 in files:
@@ -162,8 +187,8 @@ def load_cifar(spec: CifarSpec, root: Path, *, allow_download: bool,
         range(spec.num_classes))
     if bad:
         raise ChecksumError(f"{folder}: labels outside 0..{spec.num_classes - 1}: {sorted(bad)}")
-    provenance = {**extracted_provenance(folder, spec.archive), "file_md5": file_sums}
-    if archive_digests is None and not provenance["archive_verified"]:  # no marker
+    provenance = {**provenance, "file_md5": file_sums}
+    if not provenance["archive_verified"]:  # no marker: not extracted by norga
         log.info("%s: using a folder not extracted by norga; pickles verified by md5", folder)
     return CifarArrays(train_images, train_labels, test_images, test_labels, names, provenance)
 
@@ -190,22 +215,20 @@ def build_cifar100(*, data_root: str | Path | None = None, seed: int = 0,
     DatasetNotFoundError, ChecksumError
         Missing data (message with URL and layout) or files that fail verification.
     """
-    opts = RealDataOptions.parse(options)
+    return build_real_benchmark(_read, data_root=data_root, seed=seed, download=download,
+                                options=options)
+
+
+def _read(request: Request) -> SplitData:
     spec = SPEC
-    root = resolve_data_root(data_root)
-    data = load_cifar(spec, root, allow_download=download, fetch=opts.fetch,
-                      progress=opts.progress)
-    order = class_order(spec.num_classes, seed, opts.class_order)
-    tasks = split_into_tasks(order, opts.num_tasks or NUM_TASKS)
-    transforms = build_transforms("cifar", **opts.transform_args())
+    data = load_cifar(spec, request.how)
 
     def make(split: str, transform: Any) -> ArrayImageDataset:
         if split == "train":
             return ArrayImageDataset(data.train_images, data.train_labels, transform)
         return ArrayImageDataset(data.test_images, data.test_labels, transform)
 
-    return split_benchmark("cifar100", num_classes=spec.num_classes, opts=opts, seed=seed,
-                           order=order, tasks=tasks, transforms=transforms, make=make,
-                           train_labels=data.train_labels, test_labels=data.test_labels,
-                           source=data.provenance, split="official train/test files",
-                           class_names=data.class_names)
+    return SplitData("cifar100", num_classes=spec.num_classes, num_tasks=NUM_TASKS, kind="cifar",
+                     make=make, train_labels=data.train_labels, test_labels=data.test_labels,
+                     source=data.provenance, split="official train/test files",
+                     class_names=data.class_names)

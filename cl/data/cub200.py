@@ -9,6 +9,10 @@ Layout under the data root::
     <root>/CUB_200_2011/classes.txt             "<class id> <class dir>"
     <root>/CUB_200_2011/images/<class dir>/*.jpg
 
+A tree already rearranged by the HiDe/NoRGa code (images moved to
+``CUB_200_2011/{train,test}/<class dir>/`` by ``train_test_split.txt``, the list files kept) is
+read in place; a tree with the images in neither layout is refused, naming both counts.
+
 The official archive (CaltechDATA, MD5 ``97eceeb196236b17998738112f37df78``) is verified
 before extraction. The loader reads the four text files directly (spec cl-pipeline.md 3.1 and
 9.2 item 11): nothing is moved, no trailing ``/`` is needed on the path, and the label of an image
@@ -27,21 +31,22 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
-from cl.data.download import Fetcher, Resource, ensure_extracted, extracted_provenance
-from cl.data.realdata import (
-    FileImageDataset,
-    RealDataOptions,
-    class_order,
-    not_found_message,
-    resolve_data_root,
-    split_benchmark,
-    split_into_tasks,
+from cl.data.builder import (
+    Request,
+    SplitData,
+    archive_missing_message,
+    build_real_benchmark,
+    locate,
 )
-from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
-from cl.data.transforms import build_transforms
+from cl.data.catalog import register_dataset
+from cl.data.download import Resource
+from cl.data.errors import ChecksumError, DatasetNotFoundError
+from cl.data.realdata import FileImageDataset
 
 log = logging.getLogger(__name__)
 
+ARCHIVE_LAYOUT = "the official archive"
+REARRANGED_LAYOUT = "rearranged by the HiDe/NoRGa code"
 LIST_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
 
 
@@ -83,6 +88,7 @@ class CubLists:
     labels: np.ndarray  # class id - 1
     is_train: np.ndarray
     class_names: list[str]
+    layout: str = ""
 
 
 def _read_pairs(path: Path) -> dict[int, str]:
@@ -125,31 +131,42 @@ def read_lists(tree: Path) -> CubLists:
         if folder != classes[class_id]:
             raise ChecksumError(f"{tree}: image {image_id} ({images[image_id]}) is labelled "
                                 f"class {class_id} ({classes[class_id]})")
-    paths = [tree / "images" / images[i] for i in ids]
-    absent = [p for p in paths if not p.is_file()]
-    if absent:
-        raise ChecksumError(f"{tree}: {len(absent)} listed images are missing, e.g. {absent[0]}")
-    return CubLists(image_ids=ids, paths=paths, labels=class_of - 1,
-                    is_train=np.array([f == "1" for f in flags]),
-                    class_names=[classes[c] for c in sorted(classes)])
+    is_train = np.array([f == "1" for f in flags])
+    paths, layout = _image_paths(tree, [images[i] for i in ids], is_train)
+    return CubLists(image_ids=ids, paths=paths, labels=class_of - 1, is_train=is_train,
+                    class_names=[classes[c] for c in sorted(classes)], layout=layout)
+
+
+def _image_paths(tree: Path, listed: list[str], is_train: np.ndarray) -> tuple[list[Path], str]:
+    """Where the listed images are: ``images/<class dir>/<file>`` (the official archive) or
+    ``{train,test}/<class dir>/<file>`` (the tree as the HiDe/NoRGa code rearranges it, by
+    ``train_test_split.txt``). Anything else is refused, naming what was found and the layouts
+    expected."""
+    archive = [tree / "images" / p for p in listed]
+    split = [tree / ("train" if flag else "test") / p for p, flag in zip(listed, is_train,
+                                                                            strict=True)]
+    n_archive = sum(p.is_file() for p in archive)
+    if n_archive == len(listed):
+        return archive, ARCHIVE_LAYOUT
+    n_split = sum(p.is_file() for p in split)
+    if n_split == len(listed):
+        return split, REARRANGED_LAYOUT
+    absent = [p for p, q in zip(archive, split, strict=True) if not p.is_file()
+              and not q.is_file()]
+    what = (f"{len(absent)} listed images are missing, e.g. {absent[0]}" if absent else
+            "the images are split between the two layouts")
+    raise ChecksumError(
+        f"{tree}: {what}; found {n_archive} of the {len(listed)} listed images under images/ "
+        f"and {n_split} under train/ + test/; expected all of them either under "
+        f"images/<class dir>/ ({ARCHIVE_LAYOUT}) or under {{train,test}}/<class dir>/ by "
+        f"train_test_split.txt ({REARRANGED_LAYOUT})")
 
 
 def missing_message(spec: CubSpec, root: Path) -> str:
-    return not_found_message(
-        "cub200", root,
+    return archive_missing_message(
+        "cub200", root, spec.archive,
         [f"{spec.folder}/{{{','.join(LIST_FILES)}}}",
-         f"{spec.folder}/images/<class dir>/*.jpg   ({spec.num_images} images)",
-         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
-        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
-
-
-def locate(spec: CubSpec, root: Path, *, allow_download: bool, fetch: Fetcher | None = None,
-           progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The extracted tree (extracting or downloading the archive if needed) and provenance."""
-    tree, _ = ensure_extracted(spec.archive, root, spec.folder, allow_download=allow_download,
-                               missing_message=missing_message(spec, root), fetch=fetch,
-                               progress=progress)
-    return tree, extracted_provenance(tree, spec.archive)
+         f"{spec.folder}/images/<class dir>/*.jpg   ({spec.num_images} images)"])
 
 
 @register_dataset("cub200")
@@ -173,11 +190,14 @@ def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
     DatasetNotFoundError, ChecksumError
         Missing data, an archive that fails its MD5, or inconsistent list files.
     """
-    opts = RealDataOptions.parse(options)
+    return build_real_benchmark(_read, data_root=data_root, seed=seed, download=download,
+                                options=options)
+
+
+def _read(request: Request) -> SplitData:
     spec = SPEC
-    root = resolve_data_root(data_root)
-    tree, provenance = locate(spec, root, allow_download=download, fetch=opts.fetch,
-                              progress=opts.progress)
+    tree, provenance = locate(spec.archive, spec.folder, request.how,
+                              missing_message(spec, request.root))
     lists = read_lists(tree)
     counts = (len(lists.class_names), len(lists.paths), int(lists.is_train.sum()),
               int((~lists.is_train).sum()))
@@ -186,17 +206,14 @@ def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
         raise ChecksumError(f"{tree}: expected (classes, images, train, test) = {expected}, "
                             f"found {counts}")
     index = {"train": np.flatnonzero(lists.is_train), "test": np.flatnonzero(~lists.is_train)}
-    transforms = build_transforms("default", **opts.transform_args())
 
     def make(split: str, transform: Any) -> FileImageDataset:
         return FileImageDataset([lists.paths[i] for i in index[split]],
                                 lists.labels[index[split]], transform)
 
-    order = class_order(spec.num_classes, seed, opts.class_order)
-    return split_benchmark("cub200", num_classes=spec.num_classes, opts=opts, seed=seed,
-                           order=order, tasks=split_into_tasks(order, opts.num_tasks or NUM_TASKS),
-                           transforms=transforms, make=make,
-                           train_labels=lists.labels[index["train"]],
-                           test_labels=lists.labels[index["test"]], source=provenance,
-                           split="official train_test_split.txt; label = class id - 1",
-                           class_names=lists.class_names)
+    return SplitData("cub200", num_classes=spec.num_classes, num_tasks=NUM_TASKS, kind="default",
+                     make=make, train_labels=lists.labels[index["train"]],
+                     test_labels=lists.labels[index["test"]], source=provenance,
+                     split="official train_test_split.txt; label = class id - 1; "
+                     f"images as in {lists.layout}",
+                     class_names=lists.class_names)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cl.data.base import Benchmark, SplitDataset
-from cl.data.registry import register_dataset
+from cl.data.catalog import register_dataset
 from cl.data.splits import array_sha256, seeded_class_order, split_into_tasks
 from cl.data.tensor_dataset import TensorImageDataset
 

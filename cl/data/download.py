@@ -6,7 +6,7 @@ Three guarantees, each tested on local fixtures:
   next attempt (in the same call or a later run) asks the server for the rest with an HTTP
   ``Range`` header. Only a complete file whose checksum matches is renamed to its final name.
 * **Verified files.** Every resource carries the checksum published for it (MD5 and/or SHA-256).
-  A file on disk that does not match raises :class:`~cl.data.registry.ChecksumError` naming the
+  A file on disk that does not match raises :class:`~cl.data.errors.ChecksumError` naming the
   file; it is never used and never deleted (it may be the user's own copy).
 * **Atomic extraction.** Archives are unpacked into a temporary folder next to the target and the
   finished top-level folder is renamed into place, so a crash mid-extraction leaves either nothing
@@ -41,7 +41,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from cl.data.registry import ChecksumError, DatasetError, DatasetNotFoundError
+from cl.data.errors import ChecksumError, DatasetError, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 

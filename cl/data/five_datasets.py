@@ -11,7 +11,9 @@ converted to 3 channels.
 (CIFAR-100 normalisation, colour jitter), the four others the default family (no
 normalisation). The original code overwrote a shared transform variable when it reached CIFAR-10,
 so every dataset after it silently used the CIFAR transform (spec 9.2 item 12); that cannot
-happen here and a test checks it.
+happen here and a test checks it. The option ``legacy_transform_leak=True``
+(``--set dataset_options.legacy_transform_leak=true``, part of ``--protocol official``)
+reproduces the leak for comparison.
 
 Layout under the data root (torchvision-compatible names, so existing copies are reused)::
 
@@ -20,6 +22,13 @@ Layout under the data root (torchvision-compatible names, so existing copies are
     <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
     <root>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
     <root>/SVHN/{train,test}_32x32.mat
+
+Trees of the official code and torchvision are read in place too: SVHN's ``.mat`` files directly
+under the root (``torchvision.datasets.SVHN``), MNIST under ``<root>/MNIST_RGB/raw`` (the
+official ``MNIST_RGB`` class), and the IDX files uncompressed (torchvision extracts them next to
+the ``.gz``; no checksum is published for those, so the IDX structure is checked instead). A tree
+holding only some of the files is refused with a message naming what was found and the layout
+expected; old torchvision ``processed/*.pt`` pickles are never read.
     <root>/notMNIST.zip                     optional once extracted
     <root>/notMNIST/{Train,Test}/{A..J}/*.png
 
@@ -29,10 +38,22 @@ Adversarial-Continual-Learning repository, as in the NoRGa code) has no publishe
 SHA-256 is recorded in ``Benchmark.info`` and the extracted tree gets a structural check (ten
 non-empty letter folders in ``Train`` and ``Test``). Unreadable notMNIST images (the set has a
 few) are skipped, logged and listed in ``info``, as the original code skips them.
+
+Readers (and why not torchvision's dataset classes): CIFAR-10 goes through the CIFAR-100 reader
+(:mod:`cl.data.cifar100`: pickles verified, then unpickled with an allow-list; torchvision's
+``CIFAR10`` uses a plain ``pickle.load``). SVHN is read with ``scipy.io.loadmat``, which is all
+``torchvision.datasets.SVHN`` does (plus the transpose and ``10 -> 0``); its class wants the
+``.mat`` files directly in its root and checks its built-in MD5s again. The IDX files are read
+by :func:`read_idx`: torchvision's ``read_image_file``/``read_label_file`` open only
+uncompressed files and check the header with ``assert`` (dropped under ``python -O``; the label
+reader checks no size at all), where :func:`read_idx` reads the ``.gz`` in place and names a bad
+file in a :class:`~cl.data.errors.ChecksumError`. All downloads go through the verified step of
+:mod:`cl.data.download` (official URLs and mirrors, MD5s, resumable, one-line errors).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import struct
@@ -46,24 +67,19 @@ from PIL import Image
 from torch.utils.data import ConcatDataset
 
 from cl.data.base import Benchmark, SplitDataset
+from cl.data.builder import (
+    Choice,
+    Fetching,
+    Request,
+    archive_missing_message,
+    build_real_benchmark,
+)
+from cl.data.catalog import register_dataset
 from cl.data.cifar100 import CifarSpec, load_cifar
 from cl.data.cifar100 import missing_message as cifar_missing_message
-from cl.data.download import (
-    Fetcher,
-    Resource,
-    ensure_extracted,
-    ensure_file,
-    read_marker,
-    verify_file,
-)
-from cl.data.realdata import (
-    ArrayImageDataset,
-    RealDataOptions,
-    class_order,
-    not_found_message,
-    resolve_data_root,
-)
-from cl.data.registry import ChecksumError, DatasetNotFoundError, register_dataset
+from cl.data.download import Resource, ensure_extracted, ensure_file, read_marker, verify_file
+from cl.data.errors import ChecksumError, DatasetNotFoundError
+from cl.data.realdata import ArrayImageDataset, class_order, not_found_message
 from cl.data.transforms import TransformKind, TransformPair, build_transforms
 
 log = logging.getLogger(__name__)
@@ -84,6 +100,12 @@ class IdxSpec:
     test_labels: Resource
     num_train: int
     num_test: int
+    # other trees holding the same files (relative to the root), reused in place
+    alt_folders: tuple[str, ...] = ()
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        return (self.train_images, self.train_labels, self.test_images, self.test_labels)
 
 
 @dataclass(frozen=True)
@@ -95,6 +117,12 @@ class SvhnSpec:
     test: Resource
     num_train: int
     num_test: int
+    alt_folders: tuple[str, ...] = ()  # "" = the data root itself
+    name: str = "SVHN"
+
+    @property
+    def resources(self) -> tuple[Resource, ...]:
+        return (self.train, self.test)
 
 
 @dataclass(frozen=True)
@@ -159,7 +187,10 @@ def _idx_spec(name: str, folder: str, files: dict[str, Resource]) -> IdxSpec:
                    num_train=60_000, num_test=10_000)
 
 
-MNIST = _idx_spec("MNIST", "MNIST/raw", _MNIST)
+# The official code's MNIST_RGB(torchvision.datasets.MNIST) keeps its files in
+# <root>/MNIST_RGB/raw (torchvision: <root>/<class name>/raw); that tree is reused in place.
+MNIST = dataclasses.replace(_idx_spec("MNIST", "MNIST/raw", _MNIST),
+                            alt_folders=("MNIST_RGB/raw",))
 FASHION_MNIST = _idx_spec("FashionMNIST", "FashionMNIST/raw", _FASHION)
 # SVHN: http://ufldl.stanford.edu/housenumbers/; MD5s as in torchvision.datasets.SVHN.
 SVHN = SvhnSpec(
@@ -170,6 +201,8 @@ SVHN = SvhnSpec(
                   md5="eb5a983be6a315427106f1b164d9cef3"),
     num_train=73_257,
     num_test=26_032,
+    # torchvision.datasets.SVHN (and so the official code) reads <root>/{train,test}_32x32.mat
+    alt_folders=("",),
 )
 # notMNIST: the URL used by the NoRGa code (spec 3.1); no checksum is published for it.
 NOT_MNIST = NotMnistSpec(
@@ -196,22 +229,18 @@ class SourceData:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Fetching:
-    root: Path
-    allow_download: bool
-    fetch: Fetcher | None
-    progress: bool
-
-
 # ----------------------------------------------------------------------------- readers
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read a gzipped IDX file of unsigned bytes (MNIST format)."""
+    """Read an IDX file of unsigned bytes (MNIST format), gzipped (``.gz``) or not (the
+    uncompressed copy torchvision extracts next to it)."""
     try:
-        with gzip.open(path, "rb") as stream:
-            data = stream.read()
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as stream:
+                data = stream.read()
+        else:
+            data = path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:
         raise ChecksumError(f"cannot read {path}: {err}") from err
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
@@ -226,12 +255,62 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(dims)
 
 
-def _load_idx(spec: IdxSpec, how: _Fetching) -> SourceData:
-    folder = how.root / spec.folder
-    resources = (spec.train_images, spec.train_labels, spec.test_images, spec.test_labels)
+def _present(folder: Path, resource: Resource) -> Path | None:
+    """``folder / resource.filename``, else its uncompressed twin (``x.gz`` -> ``x``)."""
+    path = folder / resource.filename
+    if path.is_file():
+        return path
+    plain = folder / resource.filename.removesuffix(".gz")
+    return plain if plain != path and plain.is_file() else None
+
+
+def _tree_folder(spec: IdxSpec | SvhnSpec, root: Path, allow_download: bool) -> Path:
+    """The folder holding ``spec``'s files: the project's layout or an official one
+    (``alt_folders``), whichever is complete.
+
+    With no file anywhere, the project's folder (where a download goes). A tree that holds only
+    some of the files is refused (:class:`DatasetNotFoundError` naming what was found and what
+    is expected), except the project's own folder when downloading may complete it.
+    """
+    partial: list[str] = []
+    for rel in (spec.folder, *spec.alt_folders):
+        folder = root / rel if rel else root
+        found = [r.filename for r in spec.resources if _present(folder, r) is not None]
+        if len(found) == len(spec.resources):
+            return folder
+        if found:
+            if rel == spec.folder and allow_download:
+                return folder
+            partial.append(f"{folder}/ with only {', '.join(found)}")
+    pickles = [str(root / rel).removesuffix("/raw") + "/processed/*.pt"
+               for rel in (spec.folder, *spec.alt_folders) if rel.endswith("/raw")
+               and any((root / rel).parent.joinpath("processed").glob("*.pt"))]
+    if partial or pickles:
+        found_text = "; ".join(partial + [f"{p} (old torchvision pickles: never unpickled, "
+                                          "not read)" for p in pickles])
+        expected = " or ".join(f"{root / rel if rel else root}/" for rel in
+                               (spec.folder, *spec.alt_folders))
+        names = ", ".join(r.filename for r in spec.resources)
+        raise DatasetNotFoundError(
+            f"{spec.name}: found {found_text}; expected all of {names} (or the files without "
+            f".gz) together in {expected}")
+    return root / spec.folder
+
+
+def _load_idx(spec: IdxSpec, how: Fetching) -> SourceData:
+    folder = _tree_folder(spec, how.root, how.allow_download)
+    resources = spec.resources
     message = _missing_message(spec, how.root)
-    arrays, sums = [], {}
+    arrays, sums, unverified = [], {}, []
     for resource in resources:
+        plain = _present(folder, resource)
+        if plain is not None and plain.name != resource.filename:
+            # torchvision's uncompressed copy: no checksum is published for it; the IDX header,
+            # sizes and label range are checked below
+            arrays.append(read_idx(plain))
+            sums[plain.name] = None
+            unverified.append(plain.name)
+            continue
         path, digests = ensure_file(resource, folder, allow_download=how.allow_download,
                                     missing_message=message, fetch=how.fetch,
                                     progress=how.progress)
@@ -245,13 +324,14 @@ def _load_idx(spec: IdxSpec, how: _Fetching) -> SourceData:
     return SourceData(spec.name, "default", train_x, train_y.astype(np.int64), test_x,
                       test_y.astype(np.int64),
                       {"folder": str(folder.resolve()), "files": [r.provenance() for r in
-                                                                  resources], "md5": sums})
+                                                                  resources], "md5": sums,
+                       "uncompressed_unverified": unverified})
 
 
-def _load_svhn(spec: SvhnSpec, how: _Fetching) -> SourceData:
+def _load_svhn(spec: SvhnSpec, how: Fetching) -> SourceData:
     from scipy.io import loadmat  # scipy is a dependency; imported only when SVHN is used
 
-    folder = how.root / spec.folder
+    folder = _tree_folder(spec, how.root, how.allow_download)
     message = _missing_message(spec, how.root)
     splits, sums = [], {}
     for resource, expected in ((spec.train, spec.num_train), (spec.test, spec.num_test)):
@@ -310,14 +390,12 @@ def _stack(images: list[np.ndarray]) -> Any:
 
 
 def _notmnist_missing(spec: NotMnistSpec, root: Path) -> str:
-    return not_found_message(
-        "notMNIST", root,
-        [f"{spec.folder}/{{Train,Test}}/{{{','.join(spec.letters)}}}/*.png",
-         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
-        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
+    return archive_missing_message(
+        "notMNIST", root, spec.archive,
+        [f"{spec.folder}/{{Train,Test}}/{{{','.join(spec.letters)}}}/*.png"])
 
 
-def _load_notmnist(spec: NotMnistSpec, how: _Fetching) -> SourceData:
+def _load_notmnist(spec: NotMnistSpec, how: Fetching) -> SourceData:
     tree, archive_digests = ensure_extracted(
         spec.archive, how.root, spec.folder, allow_download=how.allow_download,
         missing_message=_notmnist_missing(spec, how.root), fetch=how.fetch,
@@ -341,24 +419,22 @@ def _load_notmnist(spec: NotMnistSpec, how: _Fetching) -> SourceData:
                        "skipped_unreadable": skipped})
 
 
-def _load_cifar10(spec: CifarSpec, how: _Fetching) -> SourceData:
-    data = load_cifar(spec, how.root, allow_download=how.allow_download, fetch=how.fetch,
-                      progress=how.progress)
+def _load_cifar10(spec: CifarSpec, how: Fetching) -> SourceData:
+    data = load_cifar(spec, how)
     return SourceData("CIFAR10", "cifar", data.train_images, data.train_labels,
                       data.test_images, data.test_labels, data.provenance)
 
 
 def _required(spec: Any, root: Path) -> list[tuple[Path, ...]]:
-    """Alternatives (any one suffices) for each thing ``spec`` needs under ``root``."""
-    if isinstance(spec, IdxSpec):
-        return [(root / spec.folder / r.filename,) for r in
-                (spec.train_images, spec.train_labels, spec.test_images, spec.test_labels)]
-    if isinstance(spec, SvhnSpec):
-        return [(root / spec.folder / r.filename,) for r in (spec.train, spec.test)]
-    return [(root / spec.folder, root / spec.archive.filename)]  # CIFAR-10, notMNIST
+    """Alternatives (any one suffices) for each thing ``spec`` needs under ``root``
+    (CIFAR-10, notMNIST; the MNIST-likes and SVHN go through :func:`_tree_folder`)."""
+    return [(root / spec.folder, root / spec.archive.filename)]
 
 
 def _is_missing(spec: Any, root: Path) -> bool:
+    if isinstance(spec, IdxSpec | SvhnSpec):  # a partial tree raises its own message here
+        folder = _tree_folder(spec, root, allow_download=False)
+        return any(_present(folder, r) is None for r in spec.resources)
     return any(not any(p.exists() for p in options) for options in _required(spec, root))
 
 
@@ -367,15 +443,17 @@ def _missing_message(spec: Any, root: Path) -> str:
         return cifar_missing_message(spec, root)
     if isinstance(spec, NotMnistSpec):
         return _notmnist_missing(spec, root)
-    resources = ((spec.train_images, spec.train_labels, spec.test_images, spec.test_labels)
-                 if isinstance(spec, IdxSpec) else (spec.train, spec.test))
+    resources = spec.resources
     folder = root / spec.folder
+    layout = [f"{spec.folder}/{r.filename}" for r in resources]
+    layout += [f"{rel + '/' if rel else ''}{r.filename}   (the official code's / "
+               "torchvision's tree, read in place)" for rel in spec.alt_folders
+               for r in resources[:1]]
     return not_found_message(
-        getattr(spec, "name", "SVHN"), root, [f"{spec.folder}/{r.filename}" for r in resources],
-        [f"{r.describe()} -> {folder / r.filename}" for r in resources])
+        spec.name, root, layout, [f"{r.describe()} -> {folder / r.filename}" for r in resources])
 
 
-def load_source(name: str, spec: Any, how: _Fetching) -> SourceData:
+def load_source(name: str, spec: Any, how: Fetching) -> SourceData:
     """Load one of the five datasets by name (``DATASET_NAMES``)."""
     loaders = {"SVHN": _load_svhn, "MNIST": _load_idx, "FashionMNIST": _load_idx,
                "CIFAR10": _load_cifar10, "NotMNIST": _load_notmnist}
@@ -422,14 +500,72 @@ def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
     ChecksumError
         A file fails verification.
     """
-    opts = RealDataOptions.parse(options)
+    return build_real_benchmark(
+        _read, data_root=data_root, seed=seed, download=download, options=options,
+        own_options={"legacy_transform_leak": Choice(False, (False, True))})
+
+
+@dataclass
+class FiveSources:
+    """The five datasets as read, in task order; :meth:`benchmark` assembles them."""
+
+    order: list[str]
+    sources: dict[str, SourceData]
+    leak: bool
+
+    def benchmark(self, request: Request) -> Benchmark:
+        """One task per dataset, labels offset by ``10 * task``, a transform pair each."""
+        order, sources, leak, opts = self.order, self.sources, self.leak, request.opts
+        parts: dict[str, list[ArrayImageDataset]] = {"train": [], "train_eval": [], "test": []}
+        transforms: dict[str, TransformPair] = {}
+        cifar_task = order.index("CIFAR10")
+        for task, name in enumerate(order):
+            data = sources[name]
+            offset = task * CLASSES_PER_DATASET
+            # a fresh transform pair per dataset: nothing can leak from one dataset to the
+            # next, unless the official code's leak is asked for (every dataset after CIFAR-10
+            # keeps the CIFAR transform, MoE_PromptCL datasets.py lines 68-72)
+            kind = "cifar" if leak and task >= cifar_task else data.kind
+            pair = transforms[name] = build_transforms(kind, **opts.transform_args())
+            parts["train"].append(ArrayImageDataset(data.train_images,
+                                                    data.train_labels + offset, pair.train))
+            parts["train_eval"].append(ArrayImageDataset(data.train_images,
+                                                         data.train_labels + offset, pair.test))
+            parts["test"].append(ArrayImageDataset(data.test_images, data.test_labels + offset,
+                                                   pair.test))
+        task_classes = [list(range(t * CLASSES_PER_DATASET, (t + 1) * CLASSES_PER_DATASET))
+                        for t in range(len(order))]
+        info = {
+            "dataset": "5datasets",
+            "dataset_order": order,
+            "dataset_order_rule": (
+                f"random.seed({request.seed}); random.shuffle({list(DATASET_NAMES)})"
+                if opts.class_order == "seeded" else "standard order"),
+            "label_offsets": {name: t * CLASSES_PER_DATASET for t, name in enumerate(order)},
+            "class_order": [c for classes in task_classes for c in classes],
+            "split": "each dataset's official train/test split",
+            "num_train": {name: int(len(sources[name].train_labels)) for name in order},
+            "num_test": {name: int(len(sources[name].test_labels)) for name in order},
+            "source": {name: sources[name].provenance for name in order},
+            "transforms": {name: transforms[name].describe() for name in order},
+            "legacy_transform_leak": leak,
+        }
+        return Benchmark(name="5datasets", num_classes=len(order) * CLASSES_PER_DATASET,
+                         train=_concat(parts["train"]), train_eval=_concat(parts["train_eval"]),
+                         test=_concat(parts["test"]), task_classes=task_classes,
+                         image_size=opts.image_size, info=info)
+
+
+def _read(request: Request) -> FiveSources:
+    opts, root = request.opts, request.root
+    if opts.transforms != "hide":
+        raise ValueError(f"transforms={opts.transforms!r} is not defined for 5datasets (neither "
+                         "CODA-Prompt nor SMoPE has a 5-Datasets loader); use hide")
     if opts.num_tasks not in (None, len(DATASET_NAMES)):
         raise ValueError(f"5datasets has exactly {len(DATASET_NAMES)} tasks; got "
                          f"num_tasks={opts.num_tasks}")
-    root = resolve_data_root(data_root)
-    how = _Fetching(root, download, opts.fetch, opts.progress)
-    order = dataset_order(seed, opts.class_order)
-    if not download:  # report every missing dataset before extracting anything
+    order = dataset_order(request.seed, opts.class_order)
+    if not request.how.allow_download:  # report every missing dataset before extracting
         absent = [name for name in order if _is_missing(SOURCES[name], root)]
         if absent:
             raise DatasetNotFoundError("\n".join(
@@ -437,41 +573,9 @@ def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
     sources, missing = {}, []
     for name in order:
         try:
-            sources[name] = load_source(name, SOURCES[name], how)
+            sources[name] = load_source(name, SOURCES[name], request.how)
         except DatasetNotFoundError as err:  # report every missing dataset at once
             missing.append(str(err))
     if missing:
         raise DatasetNotFoundError("\n".join(missing))
-
-    parts: dict[str, list[ArrayImageDataset]] = {"train": [], "train_eval": [], "test": []}
-    transforms: dict[str, TransformPair] = {}
-    for task, name in enumerate(order):
-        data = sources[name]
-        offset = task * CLASSES_PER_DATASET
-        # a fresh transform pair per dataset: nothing can leak from one dataset to the next
-        pair = transforms[name] = build_transforms(data.kind, **opts.transform_args())
-        parts["train"].append(ArrayImageDataset(data.train_images, data.train_labels + offset,
-                                                pair.train))
-        parts["train_eval"].append(ArrayImageDataset(data.train_images,
-                                                     data.train_labels + offset, pair.test))
-        parts["test"].append(ArrayImageDataset(data.test_images, data.test_labels + offset,
-                                               pair.test))
-    task_classes = [list(range(t * CLASSES_PER_DATASET, (t + 1) * CLASSES_PER_DATASET))
-                    for t in range(len(order))]
-    info = {
-        "dataset": "5datasets",
-        "dataset_order": order,
-        "dataset_order_rule": (f"random.seed({seed}); random.shuffle({list(DATASET_NAMES)})"
-                               if opts.class_order == "seeded" else "standard order"),
-        "label_offsets": {name: t * CLASSES_PER_DATASET for t, name in enumerate(order)},
-        "class_order": [c for classes in task_classes for c in classes],
-        "split": "each dataset's official train/test split",
-        "num_train": {name: int(len(sources[name].train_labels)) for name in order},
-        "num_test": {name: int(len(sources[name].test_labels)) for name in order},
-        "source": {name: sources[name].provenance for name in order},
-        "transforms": {name: transforms[name].describe() for name in order},
-    }
-    return Benchmark(name="5datasets", num_classes=len(order) * CLASSES_PER_DATASET,
-                     train=_concat(parts["train"]), train_eval=_concat(parts["train_eval"]),
-                     test=_concat(parts["test"]), task_classes=task_classes,
-                     image_size=opts.image_size, info=info)
+    return FiveSources(order, sources, request.own["legacy_transform_leak"])

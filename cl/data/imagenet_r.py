@@ -24,6 +24,8 @@ SHA-256 of the sorted test paths joined by newlines) so runs can prove they eval
 images. A tree already rearranged by the original code (``imagenet-r/{train,test}/<wnid>/``) is
 read as well, without moving anything: only ``<wnid>/<file name>`` enters the rule, so the split
 is the same. Note that it differs from both the HiDe/NoRGa and the CODA/SMoPE splits.
+``split="hide"`` (``--set dataset_options.split=hide``, part of ``--protocol official`` for the
+HiDe/NoRGa-family methods) gives the HiDe/NoRGa split instead (:func:`hide_split`).
 
 Class ids are the indices of the sorted wnids (as ``ImageFolder``), and tasks take consecutive
 chunks of the class order (seeded permutation by default, spec section 3.1).
@@ -40,22 +42,29 @@ from typing import Any
 import numpy as np
 
 from cl.data.base import Benchmark
-from cl.data.download import Fetcher, Resource, ensure_extracted, extracted_provenance
-from cl.data.realdata import (
-    FileImageDataset,
-    RealDataOptions,
-    class_order,
-    not_found_message,
-    resolve_data_root,
-    split_benchmark,
-    split_into_tasks,
+from cl.data.builder import (
+    Choice,
+    Request,
+    SplitData,
+    archive_missing_message,
+    build_real_benchmark,
+    locate,
 )
-from cl.data.registry import ChecksumError, register_dataset
-from cl.data.transforms import build_transforms
+from cl.data.catalog import register_dataset
+from cl.data.download import Resource
+from cl.data.errors import ChecksumError
+from cl.data.realdata import FileImageDataset
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SPLITS = ("fixed", "hide")
+# HiDe/NoRGa: random_split right after torch.manual_seed(seed) of the first run; the scripts run
+# seed 42 first (spec 3.1), and the files then stay where that run moved them
+HIDE_SPLIT_SEED = 42
+HIDE_SPLIT_RULE = (f"HiDe/NoRGa: ImageFolder order (sorted wnids, sorted files), "
+                   f"torch.randperm(n) seeded {HIDE_SPLIT_SEED}, first 80% train; a tree already "
+                   "split into train/ and test/ by that code is used as it is")
 SPLIT_RULE = ("per class, files sorted by sha256('<wnid>/<file name>'); the first "
               "floor(0.2*n + 0.5) are test, the rest train (seed-independent)")
 
@@ -131,23 +140,37 @@ def fixed_split(images: dict[str, list[tuple[str, Path]]], test_fraction: float 
     return sorted(train), sorted(test)
 
 
+def hide_split(images: dict[str, list[tuple[str, Path]]], test_fraction: float = 0.2,
+               seed: int = HIDE_SPLIT_SEED,
+               ) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """The split of the HiDe/NoRGa code (``split="hide"``); ``(train, test)`` sorted by key.
+
+    A tree rearranged by that code (``train/`` and ``test/`` above the class folders) holds the
+    split it made: it is used as it is. Otherwise the images in ``ImageFolder`` order (sorted
+    wnids, files sorted by name) are permuted by ``torch.randperm(n)`` from a generator seeded
+    with ``seed`` (what ``random_split(ds, [int(0.8 n), n - int(0.8 n)])`` does right after
+    ``torch.manual_seed(42)``) and the first ``int(0.8 n)`` are train. Not stratified.
+    """
+    entries = [item for wnid in sorted(images) for item in sorted(images[wnid])]
+    where = {item[1].parent.parent.name for item in entries}
+    if where <= {"train", "test"} and len(where) == 2:
+        train = [e for e in entries if e[1].parent.parent.name == "train"]
+        test = [e for e in entries if e[1].parent.parent.name == "test"]
+        return sorted(train), sorted(test)
+    import torch  # only this split needs it
+
+    n = len(entries)
+    n_train = int((1.0 - test_fraction) * n)  # MoE_PromptCL continual_datasets.py l.655
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return (sorted(entries[i] for i in perm[:n_train]),
+            sorted(entries[i] for i in perm[n_train:]))
+
+
 def missing_message(spec: ImageNetRSpec, root: Path) -> str:
-    return not_found_message(
-        "imagenet-r", root,
+    return archive_missing_message(
+        "imagenet-r", root, spec.archive,
         [f"{spec.folder}/<wnid>/*.jpg   ({spec.num_classes} class folders, "
-         f"{spec.num_images} images)",
-         f"{spec.archive.filename}   (or this archive; extracted on first use)"],
-        [f"{spec.archive.describe()} -> {root / spec.archive.filename}"])
-
-
-def locate(spec: ImageNetRSpec, root: Path, *, allow_download: bool,
-           fetch: Fetcher | None = None, progress: bool = True) -> tuple[Path, dict[str, Any]]:
-    """The verified extracted tree (extracting or downloading the archive if needed) and its
-    provenance."""
-    tree, _ = ensure_extracted(spec.archive, root, spec.folder, allow_download=allow_download,
-                               missing_message=missing_message(spec, root), fetch=fetch,
-                               progress=progress)
-    return tree, extracted_provenance(tree, spec.archive)
+         f"{spec.num_images} images)"])
 
 
 @register_dataset("imagenet-r")
@@ -171,11 +194,15 @@ def build_imagenet_r(*, data_root: str | Path | None = None, seed: int = 0,
     DatasetNotFoundError, ChecksumError
         Missing data, an archive that fails its MD5, or a tree with the wrong counts.
     """
-    opts = RealDataOptions.parse(options)
+    return build_real_benchmark(_read, data_root=data_root, seed=seed, download=download,
+                                options=options, own_options={"split": Choice("fixed", SPLITS)})
+
+
+def _read(request: Request) -> SplitData:
+    split_kind = request.own["split"]
     spec = SPEC
-    root = resolve_data_root(data_root)
-    tree, provenance = locate(spec, root, allow_download=download, fetch=opts.fetch,
-                              progress=opts.progress)
+    tree, provenance = locate(spec.archive, spec.folder, request.how,
+                              missing_message(spec, request.root))
     images = list_images(tree)
     found = (len(images), sum(len(v) for v in images.values()))
     if found != (spec.num_classes, spec.num_images):
@@ -184,25 +211,24 @@ def build_imagenet_r(*, data_root: str | Path | None = None, seed: int = 0,
             f"class folders and {spec.num_images} images, found {found[0]} and {found[1]}. "
             f"Nothing was changed; re-extract {spec.archive.filename} into an empty data root.")
     class_ids = {wnid: index for index, wnid in enumerate(sorted(images))}
-    train_items, test_items = fixed_split(images, spec.test_fraction)
+    split_fn = hide_split if split_kind == "hide" else fixed_split
+    train_items, test_items = split_fn(images, spec.test_fraction)
 
     def labels(items: list[tuple[str, Path]]) -> np.ndarray:
         return np.array([class_ids[key.split("/", 1)[0]] for key, _ in items], dtype=np.int64)
 
     train_labels, test_labels = labels(train_items), labels(test_items)
-    transforms = build_transforms("default", **opts.transform_args())
 
     def make(split: str, transform: Any) -> FileImageDataset:
         items, targets = ((train_items, train_labels) if split == "train"
                           else (test_items, test_labels))
         return FileImageDataset([path for _, path in items], targets, transform)
 
-    order = class_order(spec.num_classes, seed, opts.class_order)
     test_keys = "\n".join(key for key, _ in test_items)
-    split = {"rule": SPLIT_RULE, "num_train": len(train_items), "num_test": len(test_items),
+    split = {"rule": HIDE_SPLIT_RULE if split_kind == "hide" else SPLIT_RULE,
+             "num_train": len(train_items), "num_test": len(test_items),
              "test_set_sha256": hashlib.sha256(test_keys.encode("utf-8")).hexdigest()}
-    return split_benchmark("imagenet-r", num_classes=spec.num_classes, opts=opts, seed=seed,
-                           order=order, tasks=split_into_tasks(order, opts.num_tasks or NUM_TASKS),
-                           transforms=transforms, make=make, train_labels=train_labels,
-                           test_labels=test_labels, source=provenance, split=split,
-                           class_names=sorted(images))
+    return SplitData("imagenet-r", num_classes=spec.num_classes, num_tasks=NUM_TASKS,
+                     kind="default", make=make, train_labels=train_labels,
+                     test_labels=test_labels, source=provenance, split=split,
+                     class_names=sorted(images))

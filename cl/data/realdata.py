@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from cl.data.base import Benchmark, SplitDataset
 from cl.data.download import Fetcher
-from cl.data.transforms import Normalization, TransformPair
+from cl.data.transforms import Normalization, TransformFamily, TransformKind, TransformPair
 
 ClassOrder = Literal["seeded", "standard"]
 DATA_ROOT_ENV = "NORGA_DATA"
@@ -57,6 +57,9 @@ class RealDataOptions:
         Download function (tests inject one; ``None`` uses urllib).
     progress:
         Show download progress bars.
+    transforms:
+        ``"hide"``: the HiDe-Prompt / NoRGa transforms (default); ``"coda"``: those of the
+        CODA-Prompt / SMoPE code (:mod:`cl.data.transforms`).
     """
 
     image_size: int = 224
@@ -67,6 +70,7 @@ class RealDataOptions:
     std: tuple[float, ...] | None = None
     fetch: Fetcher | None = None
     progress: bool = True
+    transforms: str = "hide"
 
     @classmethod
     def parse(cls, options: dict[str, Any]) -> RealDataOptions:
@@ -81,9 +85,19 @@ class RealDataOptions:
         if parsed.class_order not in get_args(ClassOrder):
             raise ValueError(f"class_order must be one of {', '.join(get_args(ClassOrder))}; "
                              f"got {parsed.class_order!r}")
+        if parsed.transforms not in get_args(TransformFamily):
+            raise ValueError(f"transforms must be one of {', '.join(get_args(TransformFamily))}; "
+                             f"got {parsed.transforms!r}")
         if parsed.num_tasks is not None and parsed.num_tasks < 1:
             raise ValueError(f"num_tasks must be positive; got {parsed.num_tasks}")
         return parsed
+
+    def kind(self, hide_kind: TransformKind) -> TransformKind:
+        """The transform kind of a dataset whose HiDe/NoRGa kind is ``hide_kind``, under the
+        chosen family (``"coda"``: CODA/SMoPE's, Resize-only test transform for CIFAR)."""
+        if self.transforms == "hide":
+            return hide_kind
+        return "coda-cifar" if hide_kind == "cifar" else "coda"
 
     def transform_args(self) -> dict[str, Any]:
         """Keyword arguments for :func:`cl.data.transforms.build_transforms`."""

@@ -1,21 +1,34 @@
-"""Benchmark registry: ``name -> builder`` with one uniform signature.
+"""Benchmark lookup: ``name -> builder`` with one uniform signature.
 
-A builder is registered with :func:`register_dataset` and called as
-``builder(data_root=..., seed=..., download=..., **options)``; it returns a
+A builder is registered with :func:`register_dataset` (defined in :mod:`cl.data.catalog`) and
+called as ``builder(data_root=..., seed=..., download=..., **options)``; it returns a
 :class:`cl.data.base.Benchmark`. Modules that define builders are imported lazily by
 :func:`build_benchmark`, so importing ``cl.data`` never imports torchvision datasets.
+
+Registration and lookup live apart: the dataset modules import :mod:`cl.data.catalog` and
+:mod:`cl.data.errors` (leaves), only this module imports the dataset modules, so there is no
+import cycle. ``register_dataset`` and the errors stay importable from here.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cl.data.base import Benchmark
+from cl.data.catalog import BenchmarkBuilder, register_dataset, registered_builder
+from cl.data.errors import ChecksumError, DatasetError, DatasetNotFoundError
 
-BenchmarkBuilder = Callable[..., Benchmark]
+__all__ = [
+    "BenchmarkBuilder",
+    "ChecksumError",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "available_datasets",
+    "build_benchmark",
+    "register_dataset",
+]
 
 # name -> module that registers it (imported on first use)
 _DATASET_MODULES: dict[str, str] = {
@@ -26,34 +39,11 @@ _DATASET_MODULES: dict[str, str] = {
     "cub200": "cl.data.cub200",
     "5datasets": "cl.data.five_datasets",
 }
-_BUILDERS: dict[str, BenchmarkBuilder] = {}
-
-
-class DatasetError(RuntimeError):
-    """Base class of data errors that a CLI reports as one line with exit code 2."""
-
-
-class DatasetNotFoundError(DatasetError):
-    """The dataset is not on disk (and ``download`` was not requested or is impossible)."""
-
-
-class ChecksumError(DatasetError):
-    """A file on disk does not match its expected checksum."""
 
 
 def available_datasets() -> list[str]:
     """Names accepted by :func:`build_benchmark`, in a stable order."""
     return list(_DATASET_MODULES)
-
-
-def register_dataset(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
-    """Decorator registering ``builder`` under ``name``."""
-
-    def decorate(builder: BenchmarkBuilder) -> BenchmarkBuilder:
-        _BUILDERS[name] = builder
-        return builder
-
-    return decorate
 
 
 def build_benchmark(
@@ -90,6 +80,10 @@ def build_benchmark(
         raise ValueError(
             f"unknown dataset {name!r}; allowed: {', '.join(available_datasets())}"
         )
-    if name not in _BUILDERS:
+    builder = registered_builder(name)
+    if builder is None:
         importlib.import_module(_DATASET_MODULES[name])
-    return _BUILDERS[name](data_root=data_root, seed=seed, download=download, **options)
+        builder = registered_builder(name)
+    if builder is None:
+        raise RuntimeError(f"{_DATASET_MODULES[name]} did not register the dataset {name!r}")
+    return builder(data_root=data_root, seed=seed, download=download, **options)

@@ -13,6 +13,12 @@ At ``image_size=224`` the test resize is 256, as in the papers; other sizes keep
 256/224. ``normalization="backbone"`` replaces the paper's choice by the backbone's own mean and
 std (not what the published numbers used, spec 9.2 item 13); ``"none"`` removes it everywhere.
 
+The CODA-Prompt / SMoPE code (``dataloaders/utils.py::get_transform``) has its own family, chosen
+with the option ``transforms="coda"`` (``--set dataset_options.transforms=coda``, part of
+``--protocol official`` for those methods): train ``RandomResizedCrop`` with torchvision's
+defaults (bilinear, scale (0.08, 1)) and flip, no normalisation; test ``Resize(256)`` +
+``CenterCrop(224)`` (``"coda"``: ImageNet-R, CUB-200) or ``Resize(224)`` alone (``"coda-cifar"``).
+
 Every call of :func:`build_transforms` returns new transform objects, so two datasets never share
 one by accident (the 5-Datasets leak of the original code, spec 9.2 item 12).
 """
@@ -25,7 +31,9 @@ from typing import Any, Literal, get_args
 
 from torchvision import transforms as T
 
-TransformKind = Literal["cifar", "default"]
+TransformKind = Literal["cifar", "default", "coda", "coda-cifar"]
+# which code's transforms a benchmark uses (RealDataOptions.transforms)
+TransformFamily = Literal["hide", "coda"]
 Normalization = Literal["paper", "none", "backbone"]
 
 CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
@@ -112,13 +120,20 @@ def build_transforms(kind: TransformKind = "default", *, image_size: int = 224,
         train = [T.RandomResizedCrop(image_size, interpolation=bicubic),
                  T.RandomHorizontalFlip(),
                  T.ColorJitter(brightness=CIFAR_BRIGHTNESS)]
+    elif kind in ("coda", "coda-cifar"):  # CODA / SMoPE dataloaders/utils.py get_transform
+        train = [T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]
     else:
         train = [T.RandomResizedCrop(image_size, scale=DEFAULT_CROP_SCALE,
                                      ratio=DEFAULT_CROP_RATIO,
                                      interpolation=T.InterpolationMode.BILINEAR),
                  T.RandomHorizontalFlip()]
-    test = [T.Resize(eval_resize_size(image_size), interpolation=bicubic),
-            T.CenterCrop(image_size)]
+    if kind == "coda":
+        test = [T.Resize(eval_resize_size(image_size)), T.CenterCrop(image_size)]
+    elif kind == "coda-cifar":
+        test = [T.Resize(image_size)]
+    else:
+        test = [T.Resize(eval_resize_size(image_size), interpolation=bicubic),
+                T.CenterCrop(image_size)]
     # _tensor_tail() builds fresh objects per call: train and test share nothing either
     return TransformPair(
         train=T.Compose(train + _tensor_tail(stats)),

@@ -167,9 +167,11 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
 
 
 def available_methods() -> list[str]:
-    """Registered method names."""
-    import cl.methods  # noqa: F401 - importing the package registers the built-in methods
+    """Registered method names.
 
+    Every built-in method is registered: importing this module first runs
+    ``cl/methods/__init__.py``, which imports every method module.
+    """
     return sorted(_METHODS)
 
 

@@ -27,11 +27,11 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from cl.config import register_method_presets
 from cl.methods.base import Task, register_method
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.coda import CodaViT
+from cl.preset_registry import register_method_presets
 from cl.seeding import torch_generator
 
 #: ``method_options`` of CODA-Prompt and their defaults (CIFAR-100 values of the official code).
@@ -47,7 +47,10 @@ SCHEDULES = ("cosine", "constant")
 register_method_presets("coda-prompt", {
     # Adam at lr 1e-3, batch 128, no gradient clipping (official code).
     "*": dict(lr=1e-3, batch_size=128, eval_batch_size=128, clip_grad=0.0),
-    "cifar100": dict(epochs=20, method_options=dict(ortho_mu=0.1)),
+    # ortho_mu 0.0: GT-RIPL/CODA-Prompt experiments/cifar-100.sh passes ``--prompt_param 100 8
+    # 0.0`` ("ortho penalty loss weight - with updated code, now can be 0!"); the 0.1 of the
+    # April 2023 release went with a 1e-6 factor inside the model that the current code lacks.
+    "cifar100": dict(epochs=20, method_options=dict(ortho_mu=0.0)),
     "imagenet-r": dict(epochs=50, method_options=dict(ortho_mu=0.0)),
     # [unverified] no official CUB / 5-Datasets scripts: ImageNet-R-like settings.
     "cub200": dict(epochs=50, method_options=dict(ortho_mu=0.0)),

@@ -21,10 +21,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cl.config import register_method_presets
 from cl.methods.base import Task, register_method
 from cl.methods.prompt_pool import COMMON_OPTIONS, KeyedPromptMethod
 from cl.models.prompt_pools import GEPrefixViT
+from cl.preset_registry import register_method_presets
 
 
 @register_method("dualprompt")
@@ -113,8 +113,10 @@ register_method_presets("dualprompt", {
     "cifar100": dict(epochs=20),
     "imagenet-r": dict(epochs=50),
     "cub200": dict(epochs=50, scheduler="step"),
-    # 40 epochs with Sup-21K (20 with iBOT-21K)
+    # MoE_PromptCL: the Sup-21K script passes --epochs 40; the iBOT-21K one passes none, so
+    # configs/five_datasets_dualprompt.py's default 20 applies
     "5datasets": dict(epochs=40, method_options=dict(g_length=10, e_length=40, pull_coeff=0.5)),
+    ("5datasets", "ibot21k"): dict(epochs=20),
     # offline benchmarks: tuned only to learn clearly within the --quick budget
     "synthetic": dict(epochs=6, lr=0.2, method_options=dict(e_length=5)),
     "digits": dict(epochs=10, lr=0.2, method_options=dict(e_length=5)),

@@ -28,6 +28,7 @@ from cl.methods.losses import class_mask, contrastive_regulariser, masked_logits
 from cl.methods.schedules import build_epoch_scheduler
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.gating import Gate
+from cl.models.prompt_pools import official_vote
 from cl.models.tii import TIIHead
 from cl.models.vit import PromptedViT
 from cl.seeding import derive_seed, seeded_global_rng, torch_generator
@@ -216,7 +217,10 @@ class HiDePrompt(FrozenViTMethod):
                                self._seen_mask())
         tasks = self.class_to_task[logits.argmax(dim=1)]
         if self.config.batchwise_prompt:  # legacy batch-majority vote (test-time leakage)
-            tasks = torch.full_like(tasks, int(torch.mode(tasks).values))
+            if self.config.legacy_vote_ties:  # the official unique + pad + topk order
+                tasks = official_vote(tasks.unsqueeze(1), 1, len(self.task_classes))[:, 0]
+            else:
+                tasks = torch.full_like(tasks, int(torch.mode(tasks).values))
         return tasks
 
     @torch.no_grad()

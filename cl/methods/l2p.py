@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cl.config import register_method_presets
 from cl.methods.base import register_method
 from cl.methods.prompt_pool import COMMON_OPTIONS, KeyedPromptMethod
 from cl.models.prompt_pools import PromptTuningViT
+from cl.preset_registry import register_method_presets
 
 
 @register_method("l2p")
@@ -77,9 +77,11 @@ register_method_presets("l2p", {
     "cifar100": dict(epochs=10),
     "imagenet-r": dict(epochs=50),
     "cub200": dict(epochs=50, scheduler="step"),
-    # 40 epochs with Sup-21K (20 with iBOT-21K)
+    # MoE_PromptCL: the Sup-21K script passes --epochs 40; the iBOT-21K one passes none, so
+    # configs/five_datasets_l2p.py's default 20 applies
     "5datasets": dict(epochs=40, method_options=dict(pool_size=20, length=10, top_k=4,
                                                      pull_coeff=0.5)),
+    ("5datasets", "ibot21k"): dict(epochs=20),
     # offline benchmarks: tuned only to learn clearly within the --quick budget
     "synthetic": dict(epochs=6, lr=0.2),
     "digits": dict(epochs=10, lr=0.2),

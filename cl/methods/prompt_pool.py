@@ -12,7 +12,8 @@ only (the original code never re-creates it, so later tasks run at the base rate
 ``schedule_first_task_only=False`` rebuilds it per task.
 
 Selection is per sample. ``CLConfig.batchwise_prompt`` reproduces the original batch-majority
-vote for comparison only.
+vote for comparison only (ties to the smaller id; ``legacy_vote_ties``: the official
+``torch.topk`` order, :func:`cl.models.prompt_pools.official_vote`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from cl.methods.base import Task
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.schedules import build_epoch_scheduler
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
-from cl.models.prompt_pools import key_pull, majority_vote
+from cl.models.prompt_pools import key_pull, majority_vote, official_vote
 from cl.seeding import torch_generator
 
 # method_options every key-matched method understands (subclasses add their own)
@@ -151,7 +152,8 @@ class KeyedPromptMethod(FrozenViTMethod):
         """Prompt ids ``(B, k)`` chosen by each sample's own query (or the legacy batch vote)."""
         ids, _ = self.model.match(query, self.top_k, self._allowed_keys())
         if self.config.batchwise_prompt:
-            ids = majority_vote(ids, self.top_k)
+            ids = (official_vote(ids, self.top_k, self.model.pool_size)
+                   if self.config.legacy_vote_ties else majority_vote(ids, self.top_k))
         return ids
 
     @torch.no_grad()

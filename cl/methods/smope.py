@@ -26,9 +26,16 @@ Departures from the original code (cl-pipeline.md 9.4), each with an option to r
 * The router loss uses the scaled proxy ``s_bar = q_bar . p^K / sqrt(D)`` of the paper
   (``legacy_unscaled_router``: unscaled, as coded). Top-K and the noise are scale-invariant.
 * No "freeze" iterations at lr 1e-6 and the true number of iterations per epoch in ``coswm``
-  (``freeze_iters`` reproduces the freeze); the first alignment step does not run at 10x lr.
+  (``freeze_iters`` and ``iter_step`` reproduce the freeze and the nominal length); every
+  iteration runs at its scheduled lr (``legacy_scheduler_quirks``: the first training iteration
+  of a phase at the base lr and the first alignment step at 10x ``ca_lr``, side effects of the
+  original scheduler's constructor).
 * Statistics and counts use the task's training images with the test transform (the engine's
-  statistics loader), not the training augmentation.
+  statistics loader), not the training augmentation (``legacy_stats_train_transform``: counts
+  over the training loader and statistics over the training images with the train transform,
+  in order, as the original; single-process runs only).
+
+``--protocol official`` switches all of them on (:mod:`cl.protocol`).
 """
 
 from __future__ import annotations
@@ -44,12 +51,12 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from cl.config import register_method_presets
 from cl.methods.base import Task, register_method
 from cl.methods.coda_prompt import coda_cosine
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.smope_prefix import Routing, SMoPEViT, adaptive_noise
+from cl.preset_registry import register_method_presets
 from cl.seeding import torch_generator
 from cl.stats import build_class_stats
 
@@ -71,6 +78,9 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "eval_unused_penalty": 0.0,  # > 0: at test, never-used experts lose this x score range
     "legacy_frequency_flags": False,
     "legacy_unscaled_router": False,
+    "iter_step": 0,  # > 0: coswm spans iter_step x epochs (original: nominal 40); 0: true count
+    "legacy_scheduler_quirks": False,  # first iteration at the base lr, first TAP step at 10x
+    "legacy_stats_train_transform": False,  # counts + statistics with the train augmentation
 }
 SCHEDULES = ("coswm", "cosine", "constant")
 
@@ -179,6 +189,12 @@ def coswm_factor(base: float, total: int, freeze: int) -> Callable[[int], float]
     return factor
 
 
+def first_at(value: float, factor: Callable[[int], float]) -> Callable[[int], float]:
+    """``factor`` with iteration 0 replaced by ``value`` (the original scheduler's constructor
+    resets the group lrs, so its first iteration runs at the base lr)."""
+    return lambda i: value if i == 0 else factor(i)
+
+
 @register_method("smope")
 class SMoPE(FrozenViTMethod):
     """SMoPE on a frozen ViT: shared prompt experts in blocks 0-5, one forward pass.
@@ -197,6 +213,9 @@ class SMoPE(FrozenViTMethod):
         if not 0 < int(opts["top_k"]) <= int(opts["num_experts"]):
             raise ValueError("method_options.top_k: must be in [1, num_experts], got "
                              f"{opts['top_k']}")
+        for name in ("iter_step", "freeze_iters"):
+            if int(opts[name]) < 0:
+                raise ValueError(f"method_options.{name}: must be >= 0, got {opts[name]}")
         return opts
 
     def _build(self, vit: nn.Module) -> None:
@@ -219,6 +238,7 @@ class SMoPE(FrozenViTMethod):
                                        n_centroids=config.n_centroids)
         self.sample_gen = torch_generator(config.seed, "gaussian-replay")
         self.optimizer: torch.optim.Optimizer | None = None
+        self._train_loader: DataLoader | None = None
 
     # ------------------------------------------------------------------ task setup
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -255,12 +275,17 @@ class SMoPE(FrozenViTMethod):
             return None, False
         if kind == "cosine":
             return LambdaLR(self.optimizer, coda_cosine(epochs)), False
-        total, freeze = epochs * iters_per_epoch, int(self.options["freeze_iters"])
+        nominal = int(self.options["iter_step"])
+        total = epochs * (nominal if nominal > 0 else iters_per_epoch)
+        freeze = int(self.options["freeze_iters"])
         lambdas = [coswm_factor(g["lr"], total, freeze) for g in self.optimizer.param_groups]
+        if self.options["legacy_scheduler_quirks"]:  # iteration 0 runs at the base lr
+            lambdas = [first_at(1.0, f) for f in lambdas]
         return LambdaLR(self.optimizer, lambdas), True
 
     def train_task(self, loader: DataLoader) -> None:
         assert self.task is not None, "begin_task must be called first"
+        self._train_loader = loader  # legacy_stats_train_transform: statistics on it
         epochs = self.config.epochs
         if self.task.index == 0:
             warmup = int(round(float(self.options["warmup_fraction"]) * epochs))
@@ -320,25 +345,41 @@ class SMoPE(FrozenViTMethod):
     def end_task(self, task: Task) -> None:
         if task.stats_loader is None:
             raise ValueError("end_task needs task.stats_loader for counts and statistics")
-        self._count_and_collect(task)
+        if self.options["legacy_stats_train_transform"]:
+            if self._train_loader is None:
+                raise ValueError("legacy_stats_train_transform needs train_task to run first")
+            # the original: expert counts over the training loader (train augmentation,
+            # shuffled, drop_last), statistics over every training image with the train
+            # transform in order (SMoPE learners/prompt.py l.405-421, trainer.py l.447-469)
+            ordered = DataLoader(self._train_loader.dataset,
+                                 batch_size=self._train_loader.batch_size, shuffle=False,
+                                 num_workers=self._train_loader.num_workers)
+            self._count_and_collect(task, self._train_loader, stats=False)
+            self._count_and_collect(task, ordered, counts=False)
+        else:
+            self._count_and_collect(task, task.stats_loader)
         if task.index > 0:
             self._notify_before_alignment(task)
             self._align_head(task)
 
     @torch.no_grad()
-    def _count_and_collect(self, task: Task) -> None:
-        """One inference pass: expert selection counts and Gaussian class statistics."""
+    def _count_and_collect(self, task: Task, loader: DataLoader, *, counts: bool = True,
+                           stats: bool = True) -> None:
+        """One inference pass: expert selection counts and/or Gaussian class statistics."""
         n_experts = self.model.experts.num_experts
         before = self.counts.clone()
-        for x, y in self.progress(task.stats_loader, f"task {task.index} experts + statistics"):
+        for x, y in self.progress(loader, f"task {task.index} experts + statistics"):
             x, y = x.to(self.device), y.to(self.device)
             tokens, routing = self.model.forward_features(x, top_k=self.top_k)
-            for j, route in enumerate(routing):
-                hits = F.one_hot(route.selected, n_experts).sum(dim=(0, 2))  # (H, N_p)
-                self.counts[j] += hits.cpu()
-            self.stats.update(self.model.pre_logits(tokens), y)
-        self.stats.all_reduce(task.classes)
-        if dist.is_available() and dist.is_initialized():  # each rank counted its own shard
+            if counts:
+                for j, route in enumerate(routing):
+                    hits = F.one_hot(route.selected, n_experts).sum(dim=(0, 2))  # (H, N_p)
+                    self.counts[j] += hits.cpu()
+            if stats:
+                self.stats.update(self.model.pre_logits(tokens), y)
+        if stats:
+            self.stats.all_reduce(task.classes)
+        if counts and dist.is_available() and dist.is_initialized():  # per-rank shards
             self.counts -= before
             dist.all_reduce(self.counts)
             self.counts += before
@@ -350,7 +391,10 @@ class SMoPE(FrozenViTMethod):
         optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.ca_lr,
                                       weight_decay=float(self.options["tap_weight_decay"]))
         total = max(cfg.tap_epochs * len(task.old_classes), 1)
-        scheduler = LambdaLR(optimizer, coswm_factor(cfg.ca_lr, total, 0))
+        factor = coswm_factor(cfg.ca_lr, total, 0)
+        if self.options["legacy_scheduler_quirks"]:  # the original's first step at 10 x ca_lr
+            factor = first_at(10.0, factor)
+        scheduler = LambdaLR(optimizer, factor)
         self._align_on_gaussians(
             lambda f: head(self.model.fc_norm(f)), optimizer, scheduler, stats=self.stats,
             task=task, epochs=cfg.tap_epochs,

@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cl.config import CLConfig
 from cl.methods.base import LogFn, Method, ProgressFn, Task
 from cl.methods.losses import class_mask, masked_logits
 from cl.numerics import check_finite_loss
 from cl.stats import GaussianClassStats
+
+if TYPE_CHECKING:  # annotations only: cl.config imports every method module
+    from cl.config import CLConfig
 
 
 def optimizer_step(

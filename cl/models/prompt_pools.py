@@ -24,7 +24,7 @@ from torch import nn
 
 from cl.models.frozen_vit import freeze, seeded_head
 from cl.models.prefix_attention import PrefixAttention, rewrap_attention
-from cl.models.vit import embed_tokens, pooled, run_blocks, trunc_normal_head
+from cl.models.vit import embed_tokens, fresh_fc_norm, pooled, run_blocks, trunc_normal_head
 
 
 # ---------------------------------------------------------------------------- key matching
@@ -83,6 +83,24 @@ def majority_vote(ids: torch.Tensor, top_k: int) -> torch.Tensor:
     return chosen.unsqueeze(0).expand(ids.shape[0], -1)
 
 
+def official_vote(ids: torch.Tensor, top_k: int, pool_size: int) -> torch.Tensor:
+    """The batch vote exactly as coded in the official repositories (``legacy_vote_ties``).
+
+    MoE_PromptCL ``peft/prompt/dp_prompt.py`` lines 99-110 (``norga_prompt.py`` lines 87-96 for
+    the TII task vote): ``torch.unique(ids, return_counts=True, sorted=True)``; if fewer than
+    ``pool_size`` ids occur, the ids are padded with the smallest chosen id and the counts with
+    0; then ``torch.topk(counts, top_k)`` picks the winners, so among equal counts the order is
+    whatever ``torch.topk`` returns (not the smaller id, unlike :func:`majority_vote`).
+    """
+    values, counts = torch.unique(ids, return_counts=True, sorted=True)
+    if values.numel() < pool_size:
+        pad = pool_size - values.numel()
+        values = torch.cat([values, ids.min().reshape(1).expand(pad)])
+        counts = torch.cat([counts, counts.new_zeros(pad)])
+    chosen = values[torch.topk(counts, k=top_k).indices]
+    return chosen.unsqueeze(0).expand(ids.shape[0], -1)
+
+
 def key_pull(query: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Surrogate matching term ``sum_b sum_{j in ids_b} cos(q_b, K_j) / B``.
 
@@ -119,7 +137,10 @@ class _KeyedViT(nn.Module):
         self.num_classes = num_classes
         self.pool_size = pool_size
         self.key = nn.Parameter(_uniform((pool_size, self.embed_dim), generator))
-        self.fc_norm: nn.Module = nn.Identity()
+        # MoCo v3 backbones (fc_norm=True): a fresh, trainable LayerNorm before the head, as in
+        # MoE_PromptCL vits/dp_vision_transformer.py (fc_norm; its freeze list does not match
+        # "fc_norm"); Identity for every other backbone
+        self.fc_norm: nn.Module = fresh_fc_norm(vit)
         self.head = seeded_head(self.embed_dim, num_classes, generator)
 
     @torch.no_grad()

@@ -1,0 +1,295 @@
+"""Every deliberate difference from the official code, with the setting that restores it.
+
+:data:`DEVIATIONS` is the one list: the README table "Deviations from the official code" is
+generated from it (:func:`deviation_table`, a test keeps the two equal), and ``--protocol
+official`` (``--set protocol=official``) applies all of its settings at once
+(:func:`official_layer`), after the presets and before ``--quick`` and explicit overrides, so a
+single item can still be switched back with ``--set``.
+
+Official sources: Minhchuyentoancbn/MoE_PromptCL @ e418337 (HiDe-Prompt, NoRGa, L2P, DualPrompt,
+S-Prompt++ as run for the NoRGa tables), GT-RIPL/CODA-Prompt @ 6417d4f, Minhchuyentoancbn/SMoPE
+@ 27b982c (cl-pipeline.md section 10).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+KEYED = ("l2p", "dualprompt", "sprompt")
+HIDE = ("hide", "norga")
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One difference between the project's default and the official code.
+
+    Attributes
+    ----------
+    what:
+        Short name of the behaviour.
+    methods:
+        Methods it concerns.
+    project, official:
+        The project's default and the official code's behaviour.
+    why:
+        Why the default differs.
+    moves:
+        Which published numbers it can move.
+    settings:
+        Config overrides restoring the official behaviour, per method, keyed by ``"*"`` (every
+        dataset) or a dataset name (added to ``"*"``). Empty: no switch (see ``flag_note``).
+    flag_note:
+        Shown instead of the settings when there is nothing to switch.
+    """
+
+    what: str
+    methods: tuple[str, ...]
+    project: str
+    official: str
+    why: str
+    moves: str
+    settings: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    flag_note: str = ""
+
+    def layer(self, dataset: str, method: str) -> dict[str, Any]:
+        """The overrides of this deviation for one run (empty if it does not apply)."""
+        table = self.settings.get(method, {})
+        return _merge(dict(table.get("*", {})), table.get(dataset, {}))
+
+    def flag(self) -> str:
+        """The ``--set`` text restoring the official behaviour (for the README table)."""
+        if not self.settings:
+            return self.flag_note
+        where: dict[str, dict[str, list[str]]] = {}  # --set text -> scope -> methods
+        for method, table in self.settings.items():
+            for scope, layer in table.items():
+                text = " ".join(_set_text(k, v) for k, v in layer.items())
+                where.setdefault(text, {}).setdefault(scope, []).append(method)
+        parts = []
+        for text, scopes in where.items():
+            if list(scopes) == ["*"] and len(scopes["*"]) == len(self.settings):
+                parts.append(text)
+                continue
+            by_methods: dict[str, list[str]] = {}
+            for scope, methods in scopes.items():
+                by_methods.setdefault(", ".join(methods), []).append(
+                    "every dataset" if scope == "*" else scope)
+            detail = "; ".join(f"{m}: {', '.join(sc)}" for m, sc in by_methods.items())
+            parts.append(f"{text} ({detail})")
+        return "; ".join(parts + ([self.flag_note] if self.flag_note else []))
+
+
+def _set_text(key: str, value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"`--set {key}.{k}={_fmt(v)}`" for k, v in value.items())
+    return f"`--set {key}={_fmt(value)}`"
+
+
+def _fmt(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _merge(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    for key, value in layer.items():
+        if isinstance(value, dict):
+            base[key] = {**base.get(key, {}), **value}
+        else:
+            base[key] = value
+    return base
+
+
+def _each(methods: tuple[str, ...], table: dict[str, dict[str, Any]]) -> dict[str, dict]:
+    return {m: table for m in methods}
+
+
+DEVIATIONS: tuple[Deviation, ...] = (
+    Deviation(
+        what="prefix key/value pairing",
+        methods=(*HIDE, "dualprompt", "sprompt"),
+        project="each sample gets its own prompt's key and value prefixes",
+        official="a reshape without transpose hands sample b the key/value prefixes of samples "
+        "2b, 2b+1 (keys for the first half of the batch, values for the second)",
+        why="a sample's prediction must not depend on the other images of its batch",
+        moves="every HiDe/NoRGa/DualPrompt/S-Prompt number (NoRGa ImageNet-R 75.95 at test batch "
+        "128, 61.85 at batch 1: MoE_PromptCL#1)",
+        settings=_each((*HIDE, "dualprompt", "sprompt"), {"*": {"legacy_kv_reshape": True}}),
+    ),
+    Deviation(
+        what="batch-majority prompt vote",
+        methods=(*HIDE, *KEYED),
+        project="each test image chooses its own prompt / task",
+        official="one prompt per batch, the majority of the batch's choices (L2P everywhere, in "
+        "training too; S-Prompt++ on CIFAR-100 and 5-Datasets; DualPrompt, HiDe, NoRGa on "
+        "5-Datasets); test batches hold one task only, so this leaks the task",
+        why="test-time task leakage (google-research/l2p#28)",
+        moves="L2P everywhere; S-Prompt++ CIFAR-100; all 5-Datasets numbers",
+        settings={
+            "l2p": {"*": {"batchwise_prompt": True}},
+            "sprompt": {"cifar100": {"batchwise_prompt": True},
+                        "5datasets": {"batchwise_prompt": True}},
+            **_each(("dualprompt", *HIDE), {"5datasets": {"batchwise_prompt": True}}),
+        },
+    ),
+    Deviation(
+        what="batch-vote tie order",
+        methods=(*HIDE, *KEYED),
+        project="a tie between prompts goes to the smaller prompt id",
+        official="torch.unique counts padded to the pool size with the smallest id, then "
+        "torch.topk (whose order among equal counts is not by id)",
+        why="a documented, platform-independent rule",
+        moves="only runs with the batch vote (above), when a batch ties",
+        settings=_each((*HIDE, *KEYED), {"*": {"legacy_vote_ties": True}}),
+    ),
+    Deviation(
+        what="key-matching scope",
+        methods=("dualprompt", "sprompt"),
+        project="at test time only the keys of tasks seen so far are matched",
+        official="the whole key pool is matched, untrained keys of future tasks included",
+        why="an untrained key carries no information; matching it only adds errors",
+        moves="DualPrompt and S-Prompt++ accuracy after early tasks (CA, FM), little on FA",
+        settings=_each(("dualprompt", "sprompt"),
+                       {"*": {"method_options": {"match_all_keys": True}}}),
+    ),
+    Deviation(
+        what="last partial training batch",
+        methods=("coda-prompt", "smope"),
+        project="kept (every training image is used in every epoch)",
+        official="dropped (`drop_last=True` in the CODA/SMoPE trainers)",
+        why="no image is silently skipped",
+        moves="CODA-Prompt, SMoPE (a few images per epoch)",
+        settings=_each(("coda-prompt", "smope"), {"*": {"legacy_drop_last": True}}),
+    ),
+    Deviation(
+        what="5-Datasets transform leak",
+        methods=(*HIDE, *KEYED),
+        project="each dataset has its own transforms",
+        official="the CIFAR transform (CIFAR-100 mean/std, colour jitter, RandomResizedCrop with "
+        "the default scale) is kept for every dataset after CIFAR-10 in the shuffled order "
+        "(FashionMNIST and SVHN at seed 42)",
+        why="a bug: the transform variable is overwritten and never reset",
+        moves="all 5-Datasets numbers",
+        settings=_each((*HIDE, *KEYED),
+                       {"5datasets": {"dataset_options": {"legacy_transform_leak": True}}}),
+    ),
+    Deviation(
+        what="CODA-Prompt / SMoPE data transforms",
+        methods=("coda-prompt", "smope"),
+        project="the HiDe/NoRGa transforms (CIFAR: bicubic crop, colour jitter, CIFAR-100 "
+        "mean/std; others: crop scale (0.05, 1)) for every method",
+        official="their own get_transform: RandomResizedCrop with torchvision's defaults, flip, "
+        "no normalisation; test Resize(256)+CenterCrop(224), CIFAR Resize(224) only",
+        why="one input pipeline for every method of a table",
+        moves="CODA-Prompt and SMoPE on CIFAR-100, ImageNet-R, CUB-200 (SMoPE's table)",
+        settings=_each(("coda-prompt", "smope"),
+                       {d: {"dataset_options": {"transforms": "coda"}}
+                        for d in ("cifar100", "imagenet-r", "cub200")}),
+    ),
+    Deviation(
+        what="CODA-Prompt / SMoPE backbone",
+        methods=("coda-prompt", "smope"),
+        project="the backbone of the table being reproduced (default sup21k, the NoRGa tables')",
+        official="CODA-Prompt: timm 0.4.12 vit_base_patch16_224 (AugReg in21k -> in1k); SMoPE: "
+        "sup1k (augreg2 in21k -> in1k) for CIFAR-100 and ImageNet-R, AugReg in21k for CUB",
+        why="the backbone is a column of the tables, not part of the method",
+        moves="CODA-Prompt's own numbers; SMoPE's table (Table 3)",
+        flag_note="`--backbone sup21k-ft1k` (CODA-Prompt); `--backbone sup1k` / "
+        "`--backbone sup21k-augreg` (SMoPE); not changed by `--protocol official`",
+    ),
+    Deviation(
+        what="SMoPE frequent-expert flags",
+        methods=("smope",),
+        project="paper rule: F_j >= mean over all N_p experts, recomputed at every task",
+        official="F_j >= mean over the experts used at least once; flags are never cleared",
+        why="the paper's definition",
+        moves="SMoPE (all tables)",
+        settings={"smope": {"*": {"method_options": {"legacy_frequency_flags": True}}}},
+    ),
+    Deviation(
+        what="SMoPE router-loss scale",
+        methods=("smope",),
+        project="scaled proxy q_bar . p^K / sqrt(D) (paper)",
+        official="unscaled dot product",
+        why="the paper's definition",
+        moves="SMoPE (all tables)",
+        settings={"smope": {"*": {"method_options": {"legacy_unscaled_router": True}}}},
+    ),
+    Deviation(
+        what="SMoPE coswm schedule length",
+        methods=("smope",),
+        project="no freeze iterations; the cosine spans the true number of iterations",
+        official="80 (CIFAR-100) / 40 (ImageNet-R) iterations at 1e-6 first; the cosine spans a "
+        "nominal iter_step (40) x epochs, so its tail is never reached",
+        why="the freeze and the nominal length are artefacts of the config files",
+        moves="SMoPE CIFAR-100 and ImageNet-R",
+        settings={"smope": {"cifar100": {"method_options": {"freeze_iters": 80, "iter_step": 40}},
+                            "imagenet-r": {"method_options": {"freeze_iters": 40,
+                                                              "iter_step": 40}}}},
+    ),
+    Deviation(
+        what="SMoPE first scheduler steps",
+        methods=("smope",),
+        project="every iteration runs at its scheduled learning rate",
+        official="the scheduler's constructor resets the learning rates, so the first training "
+        "iteration runs at the base lr (before the freeze) and the first alignment step at "
+        "ca_lr (10x the aligned cosine's start)",
+        why="a side effect of the scheduler's constructor",
+        moves="SMoPE (all tables)",
+        settings={"smope": {"*": {"method_options": {"legacy_scheduler_quirks": True}}}},
+    ),
+    Deviation(
+        what="SMoPE statistics transform",
+        methods=("smope",),
+        project="expert counts and Gaussian statistics on the training images with the test "
+        "transform (in order)",
+        official="on the training loader (train augmentation, shuffled, last partial batch "
+        "dropped)",
+        why="class statistics should describe the images the head is tested on",
+        moves="SMoPE (all tables)",
+        settings={"smope": {"*": {"method_options": {"legacy_stats_train_transform": True}}}},
+    ),
+    Deviation(
+        what="L2P / DualPrompt / S-Prompt++ recipe",
+        methods=KEYED,
+        project="the MoE_PromptCL configs and scripts (those behind the NoRGa/HiDe tables)",
+        official="the original L2P (JAX) and DualPrompt ports and the CODA code's L2P++ / "
+        "DualPrompt use other prompt sizes, learning rates and schedules",
+        why="the tables the project reproduces were produced with the MoE_PromptCL configs",
+        moves="comparisons with the original L2P/DualPrompt papers and with SMoPE's table",
+        flag_note="presets (no switch); any value with `--set`, e.g. "
+        "`--set method_options.length=20`",
+    ),
+    Deviation(
+        what="ImageNet-R train/test split",
+        methods=(*HIDE, *KEYED, "coda-prompt", "smope"),
+        project="fixed, stratified 80/20 split by file-name hash",
+        official="HiDe/NoRGa: torch.randperm split of the first run, files moved on disk; "
+        "CODA/SMoPE: their yaml file lists (a tree split by the HiDe/NoRGa code is used as "
+        "it is)",
+        why="a split that does not depend on the first run's seed and moves nothing",
+        moves="every ImageNet-R number",
+        settings=_each((*HIDE, *KEYED), {"imagenet-r": {"dataset_options": {"split": "hide"}}}),
+        flag_note="CODA-Prompt / SMoPE's yaml lists: no switch",
+    ),
+)
+
+
+def official_layer(dataset: str, method: str) -> dict[str, Any]:
+    """Overrides of ``--protocol official`` for one (dataset, method): every deviation of
+    :data:`DEVIATIONS` that concerns them, switched to the official behaviour."""
+    layer: dict[str, Any] = {}
+    for deviation in DEVIATIONS:
+        _merge(layer, deviation.layer(dataset, method))
+    return layer
+
+
+def deviation_table() -> str:
+    """The README table (markdown), generated from :data:`DEVIATIONS`."""
+    head = ("| method | behaviour | project default | official code | why | restore with "
+            "(`--protocol official` sets all) | published numbers it can move |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for d in DEVIATIONS:
+        methods = ", ".join(d.methods)
+        lines.append(f"| {methods} | {d.what} | {d.project} | {d.official} | {d.why} | "
+                     f"{d.flag()} | {d.moves} |")
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""Command-line glue of ``experiments/rates.py --setting near`` (E5): flags, config, run.
+
+Kept apart from the script so that the E1-E4 code path stays as it is: the script adds these
+flags, builds a :class:`~moe_theory.near_sweep.NearConfig` when ``near`` is among the settings,
+and calls :func:`run_near_cli` after its own work.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from moe_theory.near import SPLITS
+from moe_theory.near_sweep import (
+    NEAR_PRESETS,
+    NearConfig,
+    check_near_out,
+    run_near,
+    write_near,
+)
+from moe_theory.rates import n_grid
+
+NEAR_NOISE_SD = 0.001
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def add_near_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of E5 (and ``--noise-sd``, shared with E1-E3)."""
+    p.add_argument(
+        "--noise-sd", type=_positive_float, default=None,
+        help=f"noise sd of the data (default 0.1 for E1-E3, {NEAR_NOISE_SD} for near: at 0.1 "
+        "the parametric regime of linear gating at t = 0.4 lies beyond n = 1e9)",
+    )
+    p.add_argument(
+        "--near-t", type=_positive_float, nargs="+", default=None, metavar="T",
+        help="near: separations of the fixed-t truths, in (0, 1] (default 0.8 0.4 0.2)",
+    )
+    p.add_argument(
+        "--near-gamma", type=_positive_float, nargs="+", default=None, metavar="GAMMA",
+        help="near: schedules t_n = 0.8 (n/1000)^-gamma, gamma in (0, 1) (default 0.1 0.25)",
+    )
+    p.add_argument(
+        "--near-split", choices=SPLITS, default="both",
+        help="near: which expert coordinates the two true atoms split (by +/- 0.5)",
+    )
+
+
+def near_config_from_args(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, out: Path
+) -> NearConfig:
+    """The E5 configuration of a command line; bad values exit 2 with one line."""
+    preset = NEAR_PRESETS[args.preset]
+    n_min = args.n_min or preset["n_min"]
+    n_max = args.n_max or preset["n_max"]
+    gates = {"linear": ("linear",), "both": ("norga", "linear"),
+             "norga": ("norga",) if args.no_baseline else ("norga", "linear")}[args.gate]
+    values: dict[str, object] = {}
+    if args.near_t is not None:
+        values["t_values"] = tuple(dict.fromkeys(args.near_t))
+    if args.near_gamma is not None:
+        values["gammas"] = tuple(dict.fromkeys(args.near_gamma))
+    try:
+        config = NearConfig(
+            gates=gates,
+            activation=args.activation,
+            expert=args.expert or "affine",
+            split=args.near_split,
+            n_values=n_grid(n_min, n_max, args.num_n or preset["num_n"]),
+            replicates=args.replicates or preset["replicates"],
+            restarts=args.restarts or preset["restarts"],
+            seed=args.seed,
+            max_iter=args.max_iter or NearConfig.max_iter,
+            noise_sd=args.noise_sd or NEAR_NOISE_SD,
+            preset=args.preset,
+            **values,  # type: ignore[arg-type]
+        )
+    except ValueError as err:
+        flag = ("--near-t" if "t values" in str(err) else "--near-gamma" if "gamma" in str(err)
+                else "--n-min/--n-max")
+        parser.error(f"argument {flag}: {err}")
+    if not args.overwrite:
+        problem = check_near_out(out, config)
+        if problem:
+            parser.error(f"argument --out: {problem}; choose another --out or pass --overwrite")
+    return config
+
+
+def run_near_cli(config: NearConfig, args: argparse.Namespace, out: Path) -> tuple[list[Path], str]:
+    """Run E5, write its files and figure; returns the files written and the report."""
+    from tqdm import tqdm
+
+    result = run_near(
+        config,
+        jobs=args.jobs,
+        cache_dir=None if args.no_cache else args.cache_dir,
+        progress=lambda it, total: tqdm(it, total=total, desc="near fits", unit="block"),
+        backend=args.backend,
+        scheduler=args.scheduler,
+    )
+    written = write_near(result, out)
+    if not args.no_figure:
+        from figures.convergence_near import near_figure_for_run
+
+        written += near_figure_for_run(out)
+    return written, result.summary()

@@ -1,0 +1,130 @@
+"""The printed E5 report (``summary_near.txt``): exponent table, fixed-t regime, schedules."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from moe_theory.gates import Gate
+
+if TYPE_CHECKING:
+    from moe_theory.near_sweep import NearResult
+
+
+def _p(e: dict[str, object] | None) -> str:
+    if e is None:
+        return "   --     "
+    return f"{e['p']:5.2f}±{e['resid_sd']:.2f}"
+
+
+def _gate_label(case: dict[str, object]) -> str:
+    return "linear" if case["gate"] == "linear" else f"NoRGa-{case['activation']}"
+
+
+def exponent_table(mechanism: dict[str, object], base: str = "default") -> list[str]:
+    """Rows of the exponent table for one base atom; other bases' p_1 as extra columns."""
+    cases = mechanism["cases"]  # type: ignore[index]
+    others = [b for b in mechanism["bases"] if b != base]  # type: ignore[union-attr]
+    index = {(c["base"], c["size"], c["expert"], c["split"], c["gate"], c["activation"]): c
+             for c in cases}
+    ts = mechanism["t_grid"]  # type: ignore[index]
+    t_show = [t for t in (0.2, 0.05) if any(abs(t - v) < 1e-12 for v in ts)]
+    head = (f"  {'k':>1} {'expert':6} {'split':5} {'gate':14} {'p_1':>10} {'p_2':>10} "
+            f"{'p_3':>10} {'t used (p_1)':>14} {'zero@0':>6} "
+            + " ".join(f"{'n*(' + format(t, 'g') + ')':>10}" for t in t_show)
+            + "".join(f" {'p_1[' + b + ']':>9}" for b in others))
+    lines = [head]
+    for c in cases:
+        if c["base"] != base:
+            continue
+        e = c["exponents"]
+        used = e[0]["t_used"] if e[0] else []
+        used_text = f"{min(used):.3g}-{max(used):.3g}" if used else "--"
+        n_star = [c["n_star"][ts.index(next(v for v in ts if abs(v - t) < 1e-12))]
+                  for t in t_show]
+        extra = ""
+        for b in others:
+            o = index.get((b, c["size"], c["expert"], c["split"], c["gate"], c["activation"]))
+            p = o["exponents"][0]["p"] if o and o["exponents"][0] else None
+            extra += f" {p:9.2f}" if p is not None else f" {'--':>9}"
+        lines.append(
+            f"  {c['size']:>1} {c['expert']:6} {c['split']:5} {_gate_label(c):14} "
+            f"{_p(e[0]):>10} {_p(e[1]):>10} {_p(e[2]):>10} {used_text:>14} "
+            f"{c['zero_at_0']:>6} " + " ".join(f"{v:10.2e}" for v in n_star) + extra
+        )
+    return lines
+
+
+def near_summary(result: NearResult) -> str:
+    """Readable E5 report."""
+    cfg = result.config
+    mech = result.mechanism
+    a = result.analyse()
+    lines = [
+        "== near (E5): near-coincident prompts, L = L' = 2 (spec 5.7)",
+        f"truth: two atoms, masses 1/2, beta_1 = beta* +/- t, experts split '{cfg.split}' by "
+        f"+/- {mech['split_size']}; base (beta*, a*, b*) = {mech['bases'].get('default')}; "
+        f"{cfg.expert} experts; noise sd {cfg.noise_sd}; seed {cfg.seed}",
+        "",
+        "Mechanism: lambda_k(t) of I(t) ~ c_k t^p_k (squared singular values of the weighted "
+        f"Jacobian, {mech['nodes']} Gauss-Legendre nodes; p fitted on the {mech['n_fit']} "
+        f"smallest resolved t of {min(mech['t_grid']):g}..{max(mech['t_grid']):g}; "
+        "± = residual sd of log lambda). zero@0: directions with lambda = 0 exactly at t = 0. "
+        f"n*(t) = nu / (lambda_min eps^2), eps = {mech['eps']}, nu = {cfg.noise_sd}^2.",
+        *exponent_table(mech),
+        "",
+        "Fixed separation: mean L_1 (95% CI) vs the Fisher prediction C(t)/sqrt(n); "
+        + str(a["criterion"]),
+    ]
+    for t_key, by_gate in a["fixed"].items():
+        for gate, e in by_gate.items():
+            label = Gate(gate, cfg.activation).label
+            reg = e["parametric_from"]
+            n_max = e["per_n"][-1]["n"]
+            reg_text = (f"parametric regime from n ~ {reg}" if reg is not None
+                        else f"parametric regime not reached below n = {n_max}")
+            last = e["per_n"][-1]
+            s = e["slope"]
+            lines.append(
+                f"  t={t_key:<5} {label:14} C={e['C']:.3g} lambda_min={e['lambda_min']:.2e}; "
+                f"mean L_1({n_max}) = {last['mean']:.3g} [{last['mean_ci'][0]:.3g}, "
+                f"{last['mean_ci'][1]:.3g}], predicted {last['predicted']:.3g} (ratio "
+                f"{last['ratio']:.2f}); slope {s['slope']:+.2f} [{s['ci'][0]:+.2f}, "
+                f"{s['ci'][1]:+.2f}]; {reg_text}; fits {e['fits']}: capped {e['capped']}, "
+                f"stalled {e['stalled']}"
+            )
+    lines += [
+        "",
+        f"Schedules t_n = {cfg.t0} (n/{cfg.schedule_n0})^-gamma (local-minimax sequence): "
+        "predicted slope of L_1 from the Fisher curve C(t_n)/sqrt(n), and gamma p_1/2 - 1/2 "
+        "from the asymptotic exponent, vs the measured slope (95% CI).",
+    ]
+    for g_key, by_gate in a["schedule"].items():
+        for gate, e in by_gate.items():
+            label = Gate(gate, cfg.activation).label
+            s = e["slope"]
+            asym = e["predicted_slope_asymptotic"]
+            lines.append(
+                f"  gamma={g_key:<5} {label:14} t {e['t_range'][0]:.3g}->{e['t_range'][1]:.3g}: "
+                f"measured {s['slope']:+.2f} [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}], predicted "
+                f"(Fisher) {e['predicted_slope_fisher']:+.2f} "
+                f"({'inside' if e['prediction_in_ci'] else 'outside'} the CI), asymptotic "
+                + (f"{asym:+.2f} (p_1={e['exponent_p1']:.2f})" if asym is not None else "--")
+                + f"; every n parametric: {'yes' if e['parametric_all_n'] else 'no'}; capped "
+                f"{e['capped']}, stalled {e['stalled']}"
+            )
+    if a["schedule"]:
+        first = next(iter(next(iter(a["schedule"].values())).values()))
+        lines.append(f"  slope CI method: {first['slope']['method']}")
+    counts = a["status_counts"]
+    lines += [
+        "",
+        f"Fits: {len(result.records)} (converged {counts['converged']}, capped at "
+        f"{cfg.max_iter} evaluations {counts['capped']}, stalled {counts['stalled']}: damping "
+        "blew up before a test was met); near-truth starts, |theta| <= 5.",
+        "Notes: the paper's O(1/log^kappa n) for linear gating is a worst case over truths; the "
+        "schedules are its finite-sample face. For a fixed cluster size the exponents are finite, "
+        "so along any schedule the rates stay polynomial (slower for larger p), not logarithmic; "
+        "a log rate needs clusters whose size grows with n. Exponents are float64 fits over the "
+        "t shown, not proofs.",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""experiments/rates.py --setting near (E5) end to end, same seed -> same bytes, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moe_theory.near_sweep import NearConfig, analyse_near, parametric_from, run_near
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "rates.py"
+TINY = ["--setting", "near", "--n-min", "1000", "--n-max", "3000", "--num-n", "3",
+        "--replicates", "2", "--near-t", "0.8", "--near-gamma", "0.1", "--jobs", "1",
+        "--no-cache", "--seed", "3"]
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+
+
+@pytest.mark.slow
+def test_near_quick_end_to_end_and_same_seed_same_bytes(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    res = run(*TINY, "--out", str(first))
+    assert res.returncode == 0, res.stderr
+    for name in ("near.json", "near_fits.csv", "summary_near.txt", "near_config.json",
+                 "near_timing.csv", "convergence_near.png", "convergence_near.pdf"):
+        assert (first / name).stat().st_size > 0, name
+    near = json.loads((first / "near.json").read_text())
+    assert set(near["fixed"]["0.8"]) == {"norga", "linear"}
+    assert set(near["schedule"]["0.1"]) == {"norga", "linear"}
+    assert len(near["mechanism"]["cases"]) == 3 * 2 * 2 * 4 * 4
+    rows = (first / "near_fits.csv").read_text().splitlines()
+    assert len(rows) - 1 == 2 * 2 * (3 + 3)  # gates x replicates x (fixed n + schedule n)
+    assert "parametric regime" in res.stdout and "Schedules" in res.stdout
+    again = run(*TINY, "--out", str(second), "--no-figure")
+    assert again.returncode == 0, again.stderr
+    for name in ("near.json", "near_fits.csv", "summary_near.txt"):
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+    # a different E5 configuration is not written over the first one
+    other = run(*TINY[:-1], "4", "--out", str(first), "--no-figure")
+    assert other.returncode == 2 and "--out" in other.stderr
+    assert (first / "near.json").read_bytes() == (second / "near.json").read_bytes()
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["--near-t", "0"], "--near-t"),
+    (["--near-t", "1.5"], "--near-t"),
+    (["--near-gamma", "1.2"], "--near-gamma"),
+    (["--noise-sd", "-1"], "--noise-sd"),
+    (["--near-split", "c"], "--near-split"),
+    (["--n-min", "100", "--n-max", "1000", "--num-n", "3"], "--n-min"),
+])
+def test_near_bad_values_exit_2_with_one_line(args, flag, tmp_path):
+    res = run("--setting", "near", *args, "--out", str(tmp_path / "never"))
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and flag in lines[0] and "Traceback" not in res.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_parametric_from_needs_every_larger_n():
+    per_n = [{"n": n, "consistent": c} for n, c in
+             [(100, True), (200, False), (400, True), (800, True)]]
+    assert parametric_from(per_n) == 400
+    assert parametric_from(per_n[:2]) is None
+    assert parametric_from([{"n": 5, "consistent": True}]) == 5
+
+
+@pytest.fixture(scope="module")
+def tiny_result():
+    config = NearConfig(t_values=(0.8,), gammas=(0.1,), n_values=(500, 1000, 2000, 4000),
+                        replicates=3, bases=("default",), seed=2)
+    return run_near(config)
+
+
+def test_analysis_levels_ratios_and_counts_from_the_records(tiny_result):
+    e = analyse_near(tiny_result)["fixed"]["0.8"]["linear"]
+    rows = [r for r in tiny_result.records if r["gate"] == "linear" and r["kind"] == "fixed"]
+    for entry in e["per_n"]:
+        losses = [r["voronoi_loss"] for r in rows if r["n"] == entry["n"]]
+        assert entry["mean"] == pytest.approx(sum(losses) / 3)
+        assert entry["predicted"] == pytest.approx(e["C"] / entry["n"] ** 0.5)
+        assert entry["ratio"] == pytest.approx(entry["mean"] / entry["predicted"])
+        lo, hi = entry["ratio_ci"]
+        assert entry["consistent"] == (lo <= 1.3 and hi >= 0.7)
+    assert e["converged"] + e["capped"] + e["stalled"] == e["fits"] == 12
+    assert {r["status"] for r in rows} <= {"converged", "capped", "stalled"}
+    s = analyse_near(tiny_result)["schedule"]["0.1"]["norga"]
+    ts = [p["t"] for p in s["per_n"]]
+    assert ts == pytest.approx([0.8 * (n / 1000) ** -0.1 for n in (1000, 2000, 4000)])
+    assert s["predicted_slope_asymptotic"] == pytest.approx(0.1 * s["exponent_p1"] / 2 - 0.5)
+
+
+def test_figure_draws_spectrum_levels_and_schedules_from_near_json(tiny_result):
+    import numpy as np
+
+    from figures.convergence_near import plot_near
+
+    near = json.loads(json.dumps(tiny_result.to_json()))
+    fig = plot_near(near)
+    gids = {line.get_gid(): line for ax in fig.axes for line in ax.lines if line.get_gid()}
+    for gate in ("linear", "norga"):
+        for gid in (f"lambda:{gate}", f"fixed:{gate}:0.8", f"fisher:{gate}:0.8",
+                    f"schedule:{gate}:0.1", f"predicted:{gate}:0.1"):
+            assert gid in gids, gid
+        entry = near["fixed"]["0.8"][gate]
+        x, y = gids[f"fisher:{gate}:0.8"].get_data()
+        np.testing.assert_allclose(y, entry["C"] / np.sqrt(x))
+        _, means = gids[f"fixed:{gate}:0.8"].get_data()
+        np.testing.assert_allclose(means, [p["mean"] for p in entry["per_n"]])
