@@ -88,11 +88,16 @@ class CLConfig:
     tii_mlp: list[int] = field(default_factory=lambda: [2])
     tii_ca_epochs: int = 30
     tii_ca_lr: float = 0.005
+    # gradient-norm clipping of every TII optimiser step (official: clip_grad = 1.0 in every
+    # config; the TII run never receives the 5-Datasets WTP value 2.0); 0 turns it off
+    tii_clip_grad: float = 1.0
     # task-adaptive prediction (TAP) head alignment
     tap_epochs: int = 30
     ca_lr: float = 0.005
     tap_samples_mult: int = 5
     stats_method: str = "covariance"
+    # k-means clusters per class for stats_method="multi-centroid" (HiDe-Prompt: 10)
+    n_centroids: int = 10
     # bookkeeping
     keep_checkpoints: str = "all"
 
@@ -114,11 +119,13 @@ class CLConfig:
                 raise ValueError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile: expected true/false, got {self.compile!r}")
-        positive = ("batch_size", "eval_batch_size", "prompt_length", "tap_samples_mult")
+        positive = ("batch_size", "eval_batch_size", "prompt_length", "tap_samples_mult",
+                    "n_centroids")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
-        for name in ("epochs", "tii_epochs", "tii_ca_epochs", "tap_epochs", "num_workers"):
+        for name in ("epochs", "tii_epochs", "tii_ca_epochs", "tap_epochs", "num_workers",
+                     "clip_grad", "tii_clip_grad"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) \

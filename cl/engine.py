@@ -6,9 +6,14 @@ Run directory (design.md section 2)::
     env.json             versions, git SHA, device, backbone + weights SHA-256, dataset provenance
     class_order.json     the seeded class order and the task split
     accuracy_matrix.csv  after_task,task_0,...  (percent; empty for tasks not yet seen)
-    metrics.json         FA, CA, FM, TII / TIL accuracy, per-task numbers (written last)
-    log.jsonl            one JSON record per epoch / phase / evaluation
-    SHA256SUMS           checksums of the result files above (``sha256sum -c SHA256SUMS``)
+    accuracy_matrix_before_alignment.csv
+                         the same just before the head alignment (methods with one: HiDe-Prompt,
+                         NoRGa, SMoPE; row 0 equals accuracy_matrix.csv, no alignment at task 0)
+    metrics.json         FA, CA, FM, TII / TIL accuracy, per-task numbers (written last; strict
+                         JSON: a metric that does not apply is null)
+    log.jsonl            one JSON record per epoch / phase / evaluation (strict JSON lines)
+    SHA256SUMS           checksums of the result files above, log.jsonl included (its sum is
+                         refreshed after every task; ``sha256sum -c SHA256SUMS``)
     checkpoints/task_<t>.pt (+ .sha256)   everything needed to continue after task t
 
 Re-running with the same configuration resumes after the last checkpoint that passes its
@@ -66,8 +71,10 @@ from cl.runio import (
     CHECKSUMS_FILE,
     CheckpointError,
     accuracy_matrix_csv,
+    json_line,
     json_text,
     load_checkpoint,
+    record_checksum,
     sidecar_path,
     torch_save_atomic,
     write_result_file,
@@ -83,9 +90,12 @@ log = logging.getLogger(__name__)
 # Config keys that may change between an interrupted run and its resumption.
 # (compile changes how, not what, is computed.)
 RUNTIME_KEYS = frozenset({"device", "num_workers", "data_root", "download", "compile"})
+BEFORE_ALIGNMENT_CSV = "accuracy_matrix_before_alignment.csv"
 RUN_FILES = ("config.json", "env.json", "class_order.json", "accuracy_matrix.csv",
-             "metrics.json", "log.jsonl", "expert_frequency.json", CHECKSUMS_FILE)
-# Result files listed in SHA256SUMS (log.jsonl is appended to, so it has no checksum).
+             BEFORE_ALIGNMENT_CSV, "metrics.json", "log.jsonl", "expert_frequency.json",
+             "task_selection.json", CHECKSUMS_FILE)
+# Result files verified against SHA256SUMS before a finished or resumed run is trusted. log.jsonl
+# grows during a run (its sum is refreshed after every task), so it is not among them.
 CHECKED_FILES = tuple(n for n in RUN_FILES if n not in ("log.jsonl", CHECKSUMS_FILE))
 # --overwrite builds the new run here and moves it into the run directory once its first task
 # is checkpointed; until then the old run stays untouched.
@@ -113,8 +123,11 @@ class ConfigError(ValueError):
 class RunResult:
     """Outcome of :func:`run_experiment`.
 
-    ``accuracy``, ``tii`` and ``til`` are ``(finished tasks, T)`` percent matrices (``nan`` for
-    tasks not yet seen); ``metrics`` is ``None`` while the run is unfinished.
+    ``accuracy``, ``tii``, ``til`` (official ``--task_inc``: the method's own prompt choice,
+    logits restricted to the true task's classes), ``til_oracle`` (the true task's prompt, same
+    restriction) and ``accuracy_before_alignment`` are ``(finished tasks, T)`` percent matrices
+    (``nan`` for tasks not yet seen or not applicable); ``metrics`` is ``None`` while the run is
+    unfinished.
     ``skipped_checkpoints`` names the checkpoints that failed verification on resume.
     """
 
@@ -128,6 +141,8 @@ class RunResult:
     already_finished: bool = False
     env: dict[str, Any] = field(default_factory=dict)
     skipped_checkpoints: list[str] = field(default_factory=list)
+    til_oracle: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    accuracy_before_alignment: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -240,12 +255,13 @@ class _JsonlLog:
             if isinstance(record, dict) and record.get("task", -1) <= last_task:
                 kept.append(line)
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
+        record_checksum(self.path.parent, self.path.name)
 
     def __call__(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+            fh.write(json_line({"time": round(time.time(), 3), **record}) + "\n")
 
 
 def evaluate_task(
@@ -254,54 +270,163 @@ def evaluate_task(
     task: int,
     device: torch.device,
     ctx: DistContext | None = None,
-) -> dict[str, float]:
-    """Accuracy (class-incremental), TII accuracy and TIL accuracy on one task's test set.
+    *,
+    task_classes: list[int] | None = None,
+    full: bool = True,
+    num_tasks: int | None = None,
+) -> dict[str, Any]:
+    """Accuracies on one task's test set (percent).
 
-    Under ``torch.distributed`` ``loader`` holds this rank's share of the test set (see
-    :func:`cl.distributed.eval_shard`, no padding); the counts are summed over ranks, so every
-    test image is counted exactly once.
+    ``acc``
+        Class-incremental: argmax over the method's logits, task unknown.
+    ``tii``
+        Task-identity accuracy: share of samples whose selected task (TII prediction or
+        prompt-key match) is ``task``; ``nan`` for methods without a task choice.
+    ``til``
+        Task-incremental accuracy as the official ``--task_inc`` flag defines it: the *same*
+        forward pass as ``acc`` (the prompt the method chose itself, e.g. by TII), argmax over
+        the logits of ``task_classes`` (the true task's classes) only. ``nan`` without
+        ``task_classes``.
+    ``til_oracle``
+        The true task's prompt *and* the restriction to its classes
+        (``Method.predict_oracle``): an upper bound on ``til`` for task-selecting methods;
+        ``nan`` where the method has no oracle pass.
+
+    ``prompt_counts`` (with ``num_tasks``) counts the samples per selected task / prompt
+    (``None`` without a task choice); ``expert_counts`` sums
+    :meth:`~cl.methods.base.Method.expert_selection` ``(layers, heads, experts)`` over the test
+    set (``None`` for methods without prompt experts).
+
+    ``full=False`` computes ``acc`` only (the others are ``nan``). Under ``torch.distributed``
+    ``loader`` holds this rank's share of the test set (see :func:`cl.distributed.eval_shard`,
+    no padding); the counts are summed over ranks, so every test image is counted exactly once.
     """
-    n = correct = tii_correct = til_correct = 0
-    no_tii = no_til = 0
+    n = correct = tii_correct = til_correct = oracle_correct = 0
+    no_tii = no_oracle = 0
+    allowed = None
+    if task_classes is not None:
+        allowed = torch.as_tensor(list(task_classes), dtype=torch.long, device=device)
+    prompt_counts: torch.Tensor | None = None
+    expert_counts: torch.Tensor | None = None
     for x, y in loader:
         x, y = x.to(device), y.to(device)
+        if not full:
+            logits = method.predict(x)
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+            continue
         logits, tasks = method.predict_with_tasks(x)
         correct += int((logits.argmax(1) == y).sum())
+        if allowed is not None:  # --task_inc: mask every class outside the true task
+            til_correct += int((allowed[logits[:, allowed].argmax(1)] == y).sum())
         if tasks is None:
             no_tii += 1
         else:
             tii_correct += int((tasks == task).sum())
+            if num_tasks is not None:
+                counts = torch.bincount(tasks.flatten().cpu().clamp_min(0), minlength=num_tasks)
+                prompt_counts = counts if prompt_counts is None else prompt_counts + counts
+        selection = method.expert_selection()
+        if selection is not None:
+            expert_counts = selection if expert_counts is None else expert_counts + selection
         oracle = method.predict_oracle(x, torch.full_like(y, task))
         if oracle is None:
-            no_til += 1
+            no_oracle += 1
         else:
-            til_correct += int((oracle.argmax(1) == y).sum())
+            oracle_correct += int((oracle.argmax(1) == y).sum())
         n += len(y)
     if ctx is not None and ctx.enabled:
-        n, correct, tii_correct, til_correct, no_tii, no_til = (
-            int(v) for v in ctx.all_sum([n, correct, tii_correct, til_correct, no_tii, no_til]))
+        n, correct, tii_correct, til_correct, oracle_correct, no_tii, no_oracle = (
+            int(v) for v in ctx.all_sum([n, correct, tii_correct, til_correct, oracle_correct,
+                                         no_tii, no_oracle]))
+        # (every rank sees the same method, so all or none of them have counts)
+        if prompt_counts is not None:
+            prompt_counts = torch.tensor(ctx.all_sum(prompt_counts.tolist())).long()
+        if expert_counts is not None:
+            shape = expert_counts.shape
+            expert_counts = torch.tensor(ctx.all_sum(expert_counts.flatten().tolist())).long()
+            expert_counts = expert_counts.reshape(shape)
     pct = 100.0 / max(n, 1)
     return {
         "acc": correct * pct,
-        "tii": tii_correct * pct if no_tii == 0 else math.nan,
-        "til": til_correct * pct if no_til == 0 else math.nan,
+        "tii": tii_correct * pct if full and no_tii == 0 else math.nan,
+        "til": til_correct * pct if full and allowed is not None else math.nan,
+        "til_oracle": oracle_correct * pct if full and no_oracle == 0 else math.nan,
         "n": n,
+        "prompt_counts": None if prompt_counts is None else prompt_counts.tolist(),
+        "expert_counts": None if expert_counts is None else expert_counts.tolist(),
     }
 
 
+def task_selection(method: Method, after_task: int, num_tasks: int,
+                   results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``task_selection.json`` content: which prompt / experts each task's test samples
+    chose in the evaluation after ``after_task`` (``None`` if the method chooses nothing).
+
+    ``prompts[i][j]``: test samples of task ``i`` that used prompt (= predicted task) ``j``;
+    ``experts[i][l][h][e]``: selections of expert ``e`` in prompted layer ``l``, head ``h`` by
+    the test samples of task ``i`` (each sample picks ``top_k`` experts per layer and head).
+    """
+    prompts = [r["prompt_counts"] for r in results]
+    experts = [r["expert_counts"] for r in results]
+    has_prompts = all(p is not None for p in prompts)
+    has_experts = all(e is not None for e in experts)
+    if not (has_prompts or has_experts):
+        return None
+    return {
+        "kind": "task_selection",
+        "version": 1,
+        "method": method.name,
+        "after_task": after_task,
+        "num_tasks": num_tasks,
+        "test_samples": [r["n"] for r in results],
+        "prompts": prompts if has_prompts else None,
+        "experts": experts if has_experts else None,
+        "layer_ids": list(getattr(getattr(method, "model", None), "prompt_layers", []) or []),
+    }
+
+
+def _mean_or_none(row: np.ndarray) -> float | None:
+    """Mean of a finished row; ``None`` (JSON ``null``) if the metric does not apply."""
+    value = float(np.mean(row))
+    return value if math.isfinite(value) else None
+
+
+def _list_or_none(row: np.ndarray) -> list[float | None]:
+    return [float(v) if math.isfinite(v) else None for v in row]
+
+
 def final_metrics(
-    cfg: CLConfig, acc: np.ndarray, tii: np.ndarray, til: np.ndarray, backbone_info: dict
+    cfg: CLConfig, acc: np.ndarray, tii: np.ndarray, til: np.ndarray, backbone_info: dict,
+    til_oracle: np.ndarray | None = None, before: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """The ``metrics.json`` content of a finished run."""
+    """The ``metrics.json`` content of a finished run.
+
+    ``TIL_accuracy`` is the official ``--task_inc`` number (the method's own prompt choice,
+    logits of the true task's classes); ``TIL_oracle_prompt_accuracy`` uses the true task's
+    prompt as well. Metrics that do not apply (TII accuracy of CODA-Prompt or SMoPE) are
+    ``None``, written as JSON ``null``. With a before-alignment matrix, its FA / CA / FM are
+    added with the suffix ``_before_alignment``.
+    """
     summary = M.summarize(acc)
+    if til_oracle is None or til_oracle.shape != acc.shape:
+        til_oracle = np.full_like(acc, np.nan)
+    extra: dict[str, Any] = {}
+    if before is not None and before.shape == acc.shape:
+        extra = {f"{k}_before_alignment": v for k, v in M.summarize(before).items()
+                 if k in ("FA", "CA", "FM")}
+        extra["accuracy_matrix_before_alignment"] = [_list_or_none(r) for r in before]
     return {
         **summary,
-        "TII_accuracy": float(np.mean(tii[-1])),
-        "TIL_accuracy": float(np.mean(til[-1])),
+        **extra,
+        "TII_accuracy": _mean_or_none(tii[-1]),
+        "TIL_accuracy": _mean_or_none(til[-1]),
+        "TIL_oracle_prompt_accuracy": _mean_or_none(til_oracle[-1]),
         "per_task": [float(v) for v in acc[-1]],
-        "tii_per_task": [float(v) for v in tii[-1]],
-        "til_per_task": [float(v) for v in til[-1]],
-        "accuracy_matrix": [[None if math.isnan(v) else float(v) for v in r] for r in acc],
+        "tii_per_task": _list_or_none(tii[-1]),
+        "til_per_task": _list_or_none(til[-1]),
+        "til_oracle_prompt_per_task": _list_or_none(til_oracle[-1]),
+        "accuracy_matrix": [_list_or_none(r) for r in acc],
         "method": cfg.method,
         "dataset": cfg.dataset,
         "backbone": cfg.backbone,
@@ -591,8 +716,7 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     loader_gen = torch_generator(cfg.seed, "train-loader")
     torch.manual_seed(derive_seed(cfg.seed, "global"))
     acc = np.full((0, T), np.nan)
-    tii = acc.copy()
-    til = acc.copy()
+    tii, til, til_oracle, before = acc.copy(), acc.copy(), acc.copy(), acc.copy()
     start, resumed = 0, None
     skipped: list[str] = decision["skipped"]
     for problem in skipped:
@@ -603,11 +727,17 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
         loader_gen.set_state(ckpt["loader_gen"])
         torch.set_rng_state(ckpt["torch_rng"])
         acc, tii, til = (_as_array(ckpt[k]) for k in ("acc", "tii", "til"))
+        # checkpoints written before these existed: not applicable (nan)
+        til_oracle, before = (_as_array(ckpt.get(k, np.full_like(acc, np.nan)))
+                              for k in ("til_oracle", "acc_before"))
         start, resumed = t_done + 1, t_done
         _on_main(ctx, lambda: jsonl.truncate_after(t_done))
         # A kill between the checkpoint and the matrix may have left the matrix behind.
         _on_main(ctx, lambda: write_result_file(out, "accuracy_matrix.csv",
                                                 accuracy_matrix_csv(acc)))
+        if method.has_alignment:
+            _on_main(ctx, lambda: write_result_file(out, BEFORE_ALIGNMENT_CSV,
+                                                    accuracy_matrix_csv(before)))
         jsonl({"event": "resume", "task": t_done, "checkpoint": decision["path"]})
         log.info("resuming after task %d from %s", t_done, decision["path"])
     else:
@@ -617,6 +747,19 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     last_good = None if resumed is None else out / "checkpoints" / f"task_{resumed}.pt"
 
     hooks: list[Any] = []
+    pre_row: dict[int, np.ndarray] = {}
+
+    def evaluate_before_alignment(task: Task) -> None:
+        """Class-incremental accuracies on tasks ``0..t`` just before the head alignment."""
+        row = np.full(T, np.nan)
+        for i in range(task.index + 1):
+            loader = _eval_loader(_task_subset(bench.test, bench.task_classes[i]), cfg, ctx)
+            row[i] = evaluate_task(method, loader, i, device, ctx, full=False)["acc"]
+        jsonl({"phase": "eval_before_alignment", "task": task.index,
+               "acc": row[: task.index + 1].tolist()})
+        pre_row[task.index] = row
+
+    method.before_alignment = evaluate_before_alignment
     for t in range(start, T):
         classes = bench.task_classes[t]
         train_set = _task_subset(bench.train, classes)
@@ -649,18 +792,28 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
                    "epoch": exc.epoch, "step": exc.step, "value": exc.value})
             raise
 
-        row, tii_row, til_row = (np.full(T, np.nan) for _ in range(3))
+        row, tii_row, til_row, oracle_row = (np.full(T, np.nan) for _ in range(4))
+        results = []
         for i in range(t + 1):
             loader = _eval_loader(_task_subset(bench.test, bench.task_classes[i]), cfg, ctx)
-            res = evaluate_task(method, loader, i, device, ctx)
-            row[i], tii_row[i], til_row[i] = res["acc"], res["tii"], res["til"]
-        acc, tii, til = (np.vstack([m, r]) for m, r in ((acc, row), (tii, tii_row), (til, til_row)))
+            res = evaluate_task(method, loader, i, device, ctx,
+                                task_classes=bench.task_classes[i], num_tasks=T)
+            results.append(res)
+            row[i], tii_row[i], til_row[i], oracle_row[i] = (
+                res["acc"], res["tii"], res["til"], res["til_oracle"])
+        # no alignment happened (task 0, or a method without one): "before" equals "after"
+        pre = pre_row.pop(t, row) if method.has_alignment else np.full(T, np.nan)
+        acc, tii, til, til_oracle, before = (
+            np.vstack([m, r]) for m, r in ((acc, row), (tii, tii_row), (til, til_row),
+                                           (til_oracle, oracle_row), (before, pre)))
         log.info("task %d: avg acc %.2f", t, float(np.mean(row[: t + 1])))
         state = {
             "task": t, "method": method, "loader_gen": loader_gen,
-            "acc": acc, "tii": tii, "til": til, "config": cfg.to_dict(),
+            "acc": acc, "tii": tii, "til": til, "til_oracle": til_oracle, "acc_before": before,
+            "config": cfg.to_dict(), "has_alignment": method.has_alignment,
+            "task_selection": task_selection(method, t, T, results),
         }
-        rows = {"acc": row, "tii": tii_row, "til": til_row}
+        rows = {"acc": row, "tii": tii_row, "til": til_row, "til_oracle": oracle_row}
         _on_main(ctx, partial(_save_task, work, cfg, state, rows, jsonl, time.time() - t0))
         if work != out:  # the new run has its first result: now it replaces the old one
             _on_main(ctx, partial(_promote, work, out))
@@ -671,17 +824,20 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
             for handle in hooks:
                 handle.remove()
             return RunResult(out, acc, tii, til, None, False, resumed, env=env,
-                             skipped_checkpoints=skipped)
+                             skipped_checkpoints=skipped, til_oracle=til_oracle,
+                             accuracy_before_alignment=before)
     for handle in hooks:
         handle.remove()
 
     if start == T:  # resumed to recompute damaged results: the method's files are redone too
         for name, content in method.run_files().items():
             _on_main(ctx, partial(write_result_file, out, name, json_text(content)))
-    result_metrics = final_metrics(cfg, acc, tii, til, backbone.info())
+    result_metrics = final_metrics(cfg, acc, tii, til, backbone.info(), til_oracle,
+                                   before if method.has_alignment else None)
     _on_main(ctx, lambda: write_result_file(out, "metrics.json", json_text(result_metrics)))
     return RunResult(out, acc, tii, til, result_metrics, True, resumed, env=env,
-                     skipped_checkpoints=skipped)
+                     skipped_checkpoints=skipped, til_oracle=til_oracle,
+                     accuracy_before_alignment=before)
 
 
 def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, np.ndarray],
@@ -701,18 +857,24 @@ def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, 
     torch_save_atomic(ckpt_dir / f"task_{t}.pt", {
         **state,
         # tensors, not numpy arrays: a checkpoint holds plain data only (weights_only loading)
-        **{k: torch.tensor(state[k], dtype=torch.float64) for k in ("acc", "tii", "til")},
+        **{k: torch.tensor(state[k], dtype=torch.float64)
+           for k in ("acc", "tii", "til", "til_oracle", "acc_before")},
         "method": state["method"].state_dict(),
         "loader_gen": state["loader_gen"].get_state(),
         "torch_rng": torch.get_rng_state(),
     })
     write_result_file(out, "accuracy_matrix.csv", accuracy_matrix_csv(state["acc"]))
+    if state["has_alignment"]:
+        write_result_file(out, BEFORE_ALIGNMENT_CSV, accuracy_matrix_csv(state["acc_before"]))
     for name, content in state["method"].run_files().items():  # e.g. expert_frequency.json
         write_result_file(out, name, json_text(content))
+    if state["task_selection"] is not None:
+        write_result_file(out, "task_selection.json", json_text(state["task_selection"]))
     if cfg.keep_checkpoints == "last" and t > 0:
         previous = ckpt_dir / f"task_{t - 1}.pt"
         for p in (previous, sidecar_path(previous)):
             p.unlink(missing_ok=True)
+    record_checksum(out, "log.jsonl")  # every record of tasks 0..t is in the log by now
 
 
 def _as_array(value: Any) -> np.ndarray:

@@ -30,8 +30,14 @@ def summary(metrics: dict[str, Any], acc: np.ndarray) -> str:
         ("FA  final average accuracy", metrics["FA"]),
         ("CA  cumulative average accuracy", metrics["CA"]),
         ("FM  average forgetting", metrics["FM"]),
-        ("TII task-identity accuracy", metrics["TII_accuracy"]),
-        ("TIL task-incremental accuracy", metrics["TIL_accuracy"]),
+        ("FA  before head alignment", metrics.get("FA_before_alignment")),
+        ("TII task-identity accuracy", metrics.get("TII_accuracy")),
+        ("TIL task-incremental (--task_inc)", metrics.get("TIL_accuracy")),
+        ("TIL with the true task's prompt", metrics.get("TIL_oracle_prompt_accuracy")),
     ]
-    body = "\n".join(f"  {name:<34}{value:8.2f} %" for name, value in rows)
+    # a metric that does not apply (null in metrics.json) is shown as such, not as a number
+    body = "\n".join(f"  {name:<34}" + ("     n/a" if value is None or not math.isfinite(value)
+                                         else f"{value:8.2f} %")
+                     for name, value in rows
+                     if value is not None or name.startswith(("TII", "TIL")))
     return f"{head}\n\n{accuracy_table(acc)}\n\n{body}"

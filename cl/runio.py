@@ -55,9 +55,36 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
+def strict_json_value(data: Any) -> Any:
+    """``data`` with every non-finite float (``nan``, ``inf``) replaced by ``None``.
+
+    Python's ``json`` writes those as the bare words ``NaN`` / ``Infinity``, which are not JSON
+    (RFC 8259) and break strict parsers; a metric that does not apply is ``null`` instead.
+    Tuples become lists and numpy scalars / arrays plain Python values.
+    """
+    if isinstance(data, dict):
+        return {k: strict_json_value(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json_value(v) for v in data]
+    if isinstance(data, np.ndarray):
+        return strict_json_value(data.tolist())
+    if isinstance(data, np.generic):
+        data = data.item()
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
+
+
 def json_text(data: Any) -> str:
-    """The JSON text the run directory uses (sorted keys, indented)."""
-    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    """The JSON text the run directory uses: strict JSON (non-finite numbers written as
+    ``null``, :func:`strict_json_value`), sorted keys, indented."""
+    return json.dumps(strict_json_value(data), indent=2, sort_keys=True, default=str,
+                      allow_nan=False) + "\n"
+
+
+def json_line(data: Any) -> str:
+    """One strict-JSON line (no newline) for ``log.jsonl``."""
+    return json.dumps(strict_json_value(data), default=str, allow_nan=False)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
@@ -75,6 +102,16 @@ def write_result_file(run_dir: str | Path, name: str, text: str) -> None:
     data = text.encode("utf-8")
     write_bytes_atomic(run_dir / name, data)
     record_checksums(run_dir, {name: data})
+
+
+def record_checksum(run_dir: str | Path, name: str) -> None:
+    """Record the SHA-256 of ``run_dir/name`` as it is now in ``SHA256SUMS`` (for a file that
+    grows by appending, like ``log.jsonl``, whose sum is refreshed after every task)."""
+    run_dir = Path(run_dir)
+    sums = read_checksums(run_dir)
+    sums[name] = sha256_hex((run_dir / name).read_bytes())
+    write_text_atomic(run_dir / CHECKSUMS_FILE,
+                      "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
 
 
 def verify_result_file(run_dir: str | Path, name: str) -> str | None:

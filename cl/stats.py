@@ -13,8 +13,22 @@ from typing import Literal, get_args
 
 import torch
 
-StatsMethod = Literal["covariance", "variance"]
+StatsMethod = Literal["covariance", "variance", "multi-centroid"]
+#: every ``stats_method`` of a run (``multi-centroid``: :mod:`cl.stats_centroids`)
 STATS_METHODS: tuple[str, ...] = get_args(StatsMethod)
+#: the methods of :class:`GaussianClassStats` (one Gaussian per class)
+GAUSSIAN_METHODS: tuple[str, ...] = ("covariance", "variance")
+
+
+def build_class_stats(dim: int, method: str, *, n_centroids: int = 10, seed: int = 0):
+    """Class statistics for ``stats_method``: :class:`GaussianClassStats` (``covariance``,
+    ``variance``) or HiDe-Prompt's k-means
+    :class:`cl.stats_centroids.MultiCentroidClassStats` (``multi-centroid``)."""
+    if method == "multi-centroid":
+        from cl.stats_centroids import MultiCentroidClassStats
+
+        return MultiCentroidClassStats(dim, n_centroids=n_centroids, seed=seed)
+    return GaussianClassStats(dim, method)  # type: ignore[arg-type]
 
 
 class GaussianClassStats:
@@ -31,8 +45,8 @@ class GaussianClassStats:
     """
 
     def __init__(self, dim: int, method: StatsMethod = "covariance", eps: float = 1e-4) -> None:
-        if method not in STATS_METHODS:
-            allowed = ", ".join(STATS_METHODS)
+        if method not in GAUSSIAN_METHODS:
+            allowed = ", ".join(GAUSSIAN_METHODS)
             raise ValueError(f"unknown stats method {method!r}; allowed: {allowed}")
         self.dim = dim
         self.method = method

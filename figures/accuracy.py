@@ -3,9 +3,20 @@
 - :func:`plot_accuracy_curves`: average accuracy over the tasks seen so far vs the number of
   tasks seen, mean +/- std over seeds, one line per method (one dataset and backbone).
 - :func:`plot_accuracy_matrix`: the accuracy matrix A[t, i] of one run as a heatmap.
+- :func:`plot_accuracy_matrices`: several matrices side by side on one colour scale (e.g.
+  before and after the head alignment).
 - :func:`plot_fa_bars`: final average accuracy per backbone and method (one dataset).
 - :func:`plot_expert_frequency`: SMoPE expert activation frequency per layer and head.
+- :func:`plot_task_selection`: which prompt (NoRGa / HiDe: the TII choice) or which experts
+  (SMoPE) each task's test samples selected.
 - :func:`plot_activation_ablation`: HiDe-Prompt vs NoRGa with tanh / sigmoid / GELU.
+
+Conventions a reviewer can rely on: task indices are 0-based everywhere (as in
+``accuracy_matrix.csv`` ``task_0...``, ``after_task`` and ``--stop-after-task``); "number of
+tasks seen" is a count (1..T). Shaded bands and error bars are +/- 1 standard deviation over
+seeds (``ddof=1``), clipped to [0, 100] %, and say so in the legend; results from a single seed
+have no band and are labelled "1 seed". Bar axes start at 0 or show a broken-axis mark.
+Heatmaps of accuracies use one fixed colour scale, 0-100 %.
 
 Artists carry gids (``mean:<variant>``, ``std:<variant>``, ``bar:<group>:<variant>``,
 ``matrix``, ``freq:layer<l>``) so tests can read the plotted numbers back.
@@ -81,25 +92,41 @@ def plot_accuracy_curves(
     with figure_style():
         fig = Figure(figsize=figure_size("one", aspect=0.95))
         ax = fig.subplots()
+        banded = False
+        lows = [100.0]
         for variant, vruns in group_by_variant(runs).items():
             x, mean, std = accuracy_curve(vruns)
             color = variant_color(variant)
-            band = ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18,
-                                   linewidth=0)
-            band.set_gid(f"std:{variant}")
+            single = len(vruns) == 1
+            if not single:  # +/- 1 std over seeds, never beyond what an accuracy can be
+                band = ax.fill_between(x, np.clip(mean - std, 0, 100), np.clip(mean + std, 0, 100),
+                                       color=color, alpha=0.18, linewidth=0)
+                band.set_gid(f"std:{variant}")
+                banded = True
             (line,) = ax.plot(x, mean, marker="o", markersize=2.8, color=color,
+                              markerfacecolor="white" if single else color,
+                              linestyle="--" if single else "-",
                               label=f"{variant_label(variant)} ({len(vruns)} seed"
-                                    f"{'s' if len(vruns) != 1 else ''})")
+                                    f"{'s' if not single else ', no band'})")
             line.set_gid(f"mean:{variant}")
+            lows.append(float(np.min(np.clip(mean - std, 0, 100))))
         ax.set_xlabel("number of tasks seen")
         ax.set_ylabel("average accuracy on seen tasks (%)")
         if runs:
             ax.set_title(title or f"{dataset_label(runs[0].dataset)}, "
                                   f"{backbone_label(runs[0].backbone)}", loc="left")
             ax.xaxis.set_major_locator(_integer_locator())
+        ax.set_ylim(max(0.0, 10 * np.floor((min(lows) - 3) / 10)), 100.5)  # top: 100 %
+        handles, labels = ax.get_legend_handles_labels()
+        if banded:
+            from matplotlib.patches import Patch
+
+            handles.append(Patch(color="0.6", alpha=0.4, linewidth=0))
+            labels.append("band: mean \u00b1 1 std over seeds")
         # Below the axes: curves of strong methods sit near the top, weak ones near the bottom,
         # so no corner inside the axes is reliably free.
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+                  frameon=False)
         return _finish(fig, out_stem)
 
 
@@ -109,13 +136,73 @@ def _integer_locator() -> Any:
     return MaxNLocator(integer=True)
 
 
+#: Colour scale of every accuracy heatmap (percent): fixed, so matrices compare across figures.
+ACCURACY_RANGE = (0.0, 100.0)
+
+
+def _draw_matrix(ax: Axes, matrix: np.ndarray, vmin: float, vmax: float) -> Any:
+    """One accuracy heatmap, 0-based task indices, values in cells for <= 10 tasks."""
+    n_rows, n_tasks = matrix.shape
+    img = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", vmin=vmin, vmax=vmax,
+                    aspect="auto", interpolation="nearest")
+    img.set_gid("matrix")
+    if n_tasks <= 10:
+        for t in range(n_rows):
+            for i in range(n_tasks):
+                if np.isfinite(matrix[t, i]):
+                    light = (matrix[t, i] - vmin) / max(vmax - vmin, 1e-9) > 0.6
+                    ax.text(i, t, f"{matrix[t, i]:.1f}", ha="center", va="center",
+                            fontsize=5, color="black" if light else "white")
+    ax.set_xticks(range(n_tasks), [str(i) for i in range(n_tasks)])
+    ax.set_yticks(range(n_rows), [str(t) for t in range(n_rows)])
+    ax.set_xlabel("evaluated task $i$")
+    ax.set_ylabel("after training task $t$")
+    ax.grid(False)
+    return img
+
+
+def plot_accuracy_matrices(
+    matrices: Mapping[str, np.ndarray], out_stem: StemLike = None, *, title: str | None = None,
+) -> Figure:
+    """Accuracy matrices side by side on one colour scale (0-100 %) with one colour bar.
+
+    Parameters
+    ----------
+    matrices:
+        ``{panel title: matrix}`` (percent, nan above the diagonal), e.g. before and after the
+        head alignment of one run.
+    out_stem:
+        When given, save as PDF and PNG.
+    title:
+        Figure title.
+    """
+    vmin, vmax = ACCURACY_RANGE
+    with figure_style():
+        fig = Figure(figsize=(3.3 * len(matrices) + 0.6, 2.9), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(matrices), squeeze=False)).ravel()
+        img = None
+        for ax, (name, matrix) in zip(axes, matrices.items(), strict=True):
+            img = _draw_matrix(ax, np.asarray(matrix, dtype=float), vmin, vmax)
+            img.set_gid(f"matrix:{name}")
+            ax.set_title(name, loc="left", fontsize=7)
+        if img is not None:
+            cbar = fig.colorbar(img, ax=list(axes), fraction=0.04, pad=0.02)
+            cbar.set_label("accuracy (%), one scale for all panels")
+        if title:
+            fig.suptitle(title, fontsize=8)
+        if out_stem is not None:
+            save_figure(fig, out_stem)
+        return fig
+
+
 def plot_accuracy_matrix(
     run: CLRun | np.ndarray, out_stem: StemLike = None, *, title: str | None = None
 ) -> Figure:
-    """Heatmap of the accuracy matrix A[t, i] (row: after task t; column: task i).
+    """Heatmap of the accuracy matrix A[t, i] (row: after task t; column: task i; 0-based).
 
     Cells above the diagonal (tasks not seen yet) are blank; values are written in the cells
-    when there are at most 10 tasks.
+    when there are at most 10 tasks. The colour scale is always 0-100 %
+    (:data:`ACCURACY_RANGE`), so heatmaps of different runs compare.
 
     Parameters
     ----------
@@ -130,28 +217,10 @@ def plot_accuracy_matrix(
     if title is None and isinstance(run, CLRun):
         title = (f"{variant_label(run.method)}, {dataset_label(run.dataset)}, "
                  f"{backbone_label(run.backbone)}, seed {run.seed}")
-    n_rows, n_tasks = matrix.shape
     with figure_style():
         fig = Figure(figsize=figure_size("one", aspect=0.85))
         ax = fig.subplots()
-        masked = np.ma.masked_invalid(matrix)
-        finite = matrix[np.isfinite(matrix)]
-        vmin = float(np.floor(finite.min() / 5) * 5) if finite.size else 0.0
-        img = ax.imshow(masked, cmap="viridis", vmin=vmin, vmax=100, aspect="auto",
-                        interpolation="nearest")
-        img.set_gid("matrix")
-        if n_tasks <= 10:
-            for t in range(n_rows):
-                for i in range(n_tasks):
-                    if np.isfinite(matrix[t, i]):
-                        light = (matrix[t, i] - vmin) / max(100 - vmin, 1e-9) > 0.6
-                        ax.text(i, t, f"{matrix[t, i]:.1f}", ha="center", va="center",
-                                fontsize=5, color="black" if light else "white")
-        ax.set_xticks(range(n_tasks), [str(i + 1) for i in range(n_tasks)])
-        ax.set_yticks(range(n_rows), [str(t + 1) for t in range(n_rows)])
-        ax.set_xlabel("evaluated task $i$")
-        ax.set_ylabel("after training task $t$")
-        ax.grid(False)
+        img = _draw_matrix(ax, matrix, *ACCURACY_RANGE)
         cbar = fig.colorbar(img, ax=ax, fraction=0.05, pad=0.02)
         cbar.set_label("accuracy (%)")
         if title:
@@ -181,8 +250,15 @@ def _grouped_bars(
                             else None)
             bar.set_gid(f"bar:{group}:{variant}")
             if len(values) > 1:
-                ax.errorbar(x, stats.mean, yerr=stats.std, color="0.15", capsize=1.5,
-                            linewidth=0.7, capthick=0.7)
+                lo = max(stats.mean - stats.std, 0.0)  # clipped to [0, 100]
+                hi = min(stats.mean + stats.std, 100.0)
+                ax.errorbar(x, stats.mean, yerr=[[stats.mean - lo], [hi - stats.mean]],
+                            color="0.15", capsize=1.5, linewidth=0.7, capthick=0.7,
+                            gid=f"err:{group}:{variant}")
+            else:  # no spread to show: say so on the bar
+                ax.annotate("1 seed", (x, stats.mean), xytext=(0, 1.5),
+                            textcoords="offset points", ha="center", va="bottom", fontsize=4.5,
+                            rotation=90, color="0.25", gid=f"single:{group}:{variant}")
             if published and (group, variant) in published:
                 ax.plot(x, published[(group, variant)], marker="D", markersize=3,
                         markerfacecolor="white", markeredgecolor="black", linestyle="none",
@@ -201,11 +277,27 @@ def _first_group(groups: Mapping[str, Mapping[str, Sequence[float]]], variant: s
 
 
 def _zoom_ylim(ax: Axes, values: Sequence[float]) -> None:
-    # Bars of accuracies near 90% are unreadable from 0; zoom to the data, as the papers do.
+    """Zoom the bar axis to the data (accuracies near 90 % are unreadable from 0, the papers
+    zoom too); when it then starts above 0, the axis gets a broken-axis mark at the bottom and
+    the lowest tick says where it starts, so no bar length is read as a ratio."""
     vals = [v for v in values if np.isfinite(v)]
-    if vals:
-        lo = max(0.0, 5 * np.floor((min(vals) - 5) / 5))
-        ax.set_ylim(lo, min(100.0, max(vals) + 4))
+    if not vals:
+        return
+    lo = max(0.0, 5 * np.floor((min(vals) - 5) / 5))
+    lo = 0.0 if lo < 20 else lo  # little to gain: start at 0
+    ax.set_ylim(lo, min(100.0, max(vals) + 6))
+    if lo > 0:
+        _broken_axis_mark(ax)
+
+
+def _broken_axis_mark(ax: Axes) -> None:
+    """Two short parallel slashes across the bottom of the y axis (the usual "axis does not
+    start at 0" sign), drawn in axes coordinates so they stay put."""
+    kw = dict(transform=ax.transAxes, color="black", linewidth=0.8, clip_on=False, zorder=10)
+    for dy in (0.0, 0.025):
+        ax.plot([-0.018, 0.018], [0.02 + dy, 0.045 + dy], gid="broken-axis", **kw)
+    ax.plot([-0.005, 0.005], [0.035, 0.035], transform=ax.transAxes, color="white",
+            linewidth=2.0, clip_on=False, zorder=9)
 
 
 def plot_fa_bars(
@@ -242,7 +334,7 @@ def plot_fa_bars(
         ax = fig.subplots()
         _grouped_bars(ax, groups, {b: backbone_label(b) for b in groups}, variants)
         _zoom_ylim(ax, [v for g in groups.values() for vals in g.values() for v in vals])
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylabel(f"{metric} (%), mean \u00b1 1 std over seeds")
         if runs:
             ax.set_title(title or dataset_label(runs[0].dataset), loc="left")
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
@@ -292,6 +384,7 @@ def plot_expert_frequency(
                             vmax=vmax, aspect="auto", interpolation="nearest")
             img.set_gid(f"freq:layer{layer_ids[k]}")
             ax.set_title(f"layer {layer_ids[k]}", loc="left", fontsize=7)
+            ax.set_yticks(range(share.shape[1]))  # heads are integers (0-based)
             ax.grid(False)
             ax.set_xlabel("expert" if k // ncols == nrows - 1 else "")
             ax.set_ylabel("head" if k % ncols == 0 else "")
@@ -300,7 +393,7 @@ def plot_expert_frequency(
             cbar = fig.colorbar(img, ax=list(axes[:n_layers]), fraction=0.025, pad=0.01)
             cbar.set_label("share of selections")
         after = freq.get("after_task")
-        suffix = f" (counted after task {int(after) + 1})" if after is not None else ""
+        suffix = f" (counted after task {int(after)}, 0-based)" if after is not None else ""
         fig.suptitle(title or f"SMoPE expert activation frequency per head{suffix}",
                      fontsize=8.5)
         if out_stem is not None:
@@ -361,7 +454,7 @@ def plot_activation_ablation(
         if published:
             values += [v for (g, _), v in published.items() if g in groups]
         _zoom_ylim(ax, values)
-        ax.set_ylabel(f"{metric} (%)")
+        ax.set_ylabel(f"{metric} (%), mean \u00b1 1 std over seeds")
         ax.set_title("Gate activation ablation", loc="left")
         handles, names = ax.get_legend_handles_labels()
         if published and any(a.get_gid() and a.get_gid().startswith("paper:") for a in ax.lines):

@@ -46,9 +46,11 @@ Record = Mapping[str, Any]
 
 #: Short description of each rates setting, used in figure titles.
 SETTING_TITLES: dict[str, str] = {
-    "exact": "E1 exact-specified ($L' = L = 1$), affine experts",
-    "over": "E2 over-specified ($L' = 2$, $L = 1$), affine experts (gate contrast heuristic)",
-    "over-tanh": "E3 over-specified ($L' = 2$, $L = 1$), tanh experts",
+    # U+2032 PRIME inside the math: mathtext sets both "L'" and "L^\prime" as a detached tick
+    "exact": "E1 exact-specified ($L\u2032 = L = 1$), affine experts",
+    "over": "E2 over-specified ($L\u2032 = 2$, $L = 1$), affine experts (gate contrast "
+            "heuristic)",
+    "over-tanh": "E3 over-specified ($L\u2032 = 2$, $L = 1$), tanh experts",
 }
 
 #: Reference rates drawn in grey: name -> (mathtext label, line style, function of n).
@@ -183,7 +185,8 @@ def _draw_curve(
 def _draw_references(
     ax: Axes, n_min: float, n_max: float, y0: float, names: Sequence[str]
 ) -> list[float]:
-    """Grey reference rates, all through (n_min, y0), labelled at their right end."""
+    """Grey reference rates, all through (n_min, y0), over the sampled range of n only, each
+    labelled just above its right end *inside* the axes, so the x axis can end at the data."""
     grid = np.geomspace(n_min, n_max, 60)
     ends = []
     for name in names:
@@ -192,8 +195,10 @@ def _draw_references(
         (line,) = ax.plot(grid, ys, color=REFERENCE_GREY, linestyle=style, linewidth=0.8,
                           zorder=0.5)
         line.set_gid(f"ref:{name}")
-        ax.annotate(text, (grid[-1], ys[-1]), xytext=(2, 0), textcoords="offset points",
-                    ha="left", va="center", fontsize=6.5, color=REFERENCE_GREY)
+        ax.annotate(text, (grid[-1], ys[-1]), xytext=(-2, 2), textcoords="offset points",
+                    ha="right", va="bottom", fontsize=6.5, color=REFERENCE_GREY, zorder=6,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75,
+                          "pad": 0.6})  # legible over the replicate points
         ends.extend([ys[0], ys[-1]])
     return ends
 
@@ -270,8 +275,11 @@ def draw_rate_panel(
         c_fisher = (entry or {}).get("fisher_C")
         if fisher and c_fisher is not None and math.isfinite(float(c_fisher)) and c_fisher > 0:
             grid = np.geomspace(curve.n.min(), curve.n.max(), 40)
+            # thin, solid, in the gate's colour, with "x" marks: never confused with the grey
+            # dashed n^-1/2 reference of the same slope, nor with the median curves
             (fl,) = ax.plot(grid, float(c_fisher) / np.sqrt(grid), color=gate_color(gate),
-                            linestyle=(0, (3, 1.5)), linewidth=0.9, alpha=0.9, zorder=3)
+                            linestyle="-", linewidth=0.7, alpha=0.85, zorder=3, marker="x",
+                            markersize=2.6, markevery=6, markeredgewidth=0.7)
             fl.set_gid(f"fisher:{cid}")
             y_values.extend([float(c_fisher) / math.sqrt(curve.n.min()),
                              float(c_fisher) / math.sqrt(curve.n.max())])
@@ -293,10 +301,11 @@ def draw_rate_panel(
         # to compare by eye without hiding the data.
         y_values.extend(_draw_references(ax, n_min, n_max, 2.0 * start, references))
         positive = [v for v in y_values if v > 0 and math.isfinite(v)]
-    ax.set_xlim(n_min / 1.4, n_max * (3.2 if references else 1.4))
+    ax.set_xlim(n_min / 1.15, n_max * 1.15)  # the axis ends at the data
     handles, labels = ax.get_legend_handles_labels()
     if fisher_drawn:
-        handles.append(Line2D([], [], color="0.2", linestyle=(0, (3, 1.5)), linewidth=0.9))
+        handles.append(Line2D([], [], color="0.2", linestyle="-", linewidth=0.7, marker="x",
+                              markersize=2.6, markeredgewidth=0.7))
         labels.append(r"Fisher prediction $C/\sqrt{n}$")
     if any(a.get_gid() and a.get_gid().startswith("excluded:") for a in ax.lines):
         handles.append(Line2D([], [], linestyle="none", marker="o", markersize=3.2,

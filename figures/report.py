@@ -19,6 +19,7 @@ from figures import accuracy
 from figures.convergence import LOSS_PARTS, plot_convergence, plot_loss_parts
 from figures.grouping import group_by_setting
 from figures.runs import CLRun, RatesRun, RunFormatError, find_runs, read_cl_run, read_rates_run
+from figures.selection import plot_task_selection
 from figures.style import save_figure
 from figures.tables import load_published, write_tables
 
@@ -81,6 +82,17 @@ def cl_figures(runs: Sequence[CLRun], root: Path, out_dir: Path, report: Report)
             fig = accuracy.plot_expert_frequency(run.expert_frequency)
             report.written += _save(
                 fig, out_dir / f"expert_frequency_{_slug(run.path, root)}", synthetic)
+        if run.accuracy_before_alignment is not None:
+            fig = accuracy.plot_accuracy_matrices(
+                {"before head alignment": run.accuracy_before_alignment,
+                 "after head alignment": run.accuracy_matrix},
+                title=f"{run.method}, {run.dataset}, {run.backbone}, seed {run.seed}")
+            report.written += _save(
+                fig, out_dir / "matrices" / f"alignment_{_slug(run.path, root)}", synthetic)
+        if run.task_selection is not None and run.method in ("norga", "hide", "smope"):
+            fig = plot_task_selection(run.task_selection)
+            report.written += _save(
+                fig, out_dir / "selection" / f"selection_{_slug(run.path, root)}", synthetic)
     if runs and not any(r.expert_frequency is not None for r in runs):
         report.notes.append("skip expert-frequency figure: no run has expert_frequency.json")
     for (dataset, backbone), sruns in group_by_setting(runs).items():
@@ -158,7 +170,8 @@ def render_results(root: str | os.PathLike[str], out_dir: str | os.PathLike[str]
 
 #: README example images: file name -> (figure kind, description).
 README_IMAGES = ("convergence", "loss_parts", "accuracy", "matrix", "fa_bars",
-                 "activation_ablation", "expert_frequency")
+                 "activation_ablation", "expert_frequency", "alignment", "selection_norga",
+                 "selection_smope")
 
 
 def write_readme_images(
@@ -217,4 +230,18 @@ def write_readme_images(
         if with_freq:
             save(accuracy.plot_expert_frequency(with_freq[0].expert_frequency),
                  "expert_frequency", _is_synthetic(with_freq[0].config))
+        aligned = [r for r in cl_runs if r.accuracy_before_alignment is not None
+                   and r.method == "norga"]
+        if aligned:
+            run = aligned[0]
+            save(accuracy.plot_accuracy_matrices(
+                {"before head alignment": run.accuracy_before_alignment,
+                 "after head alignment": run.accuracy_matrix},
+                title=f"{run.method}, {run.dataset}, seed {run.seed}"), "alignment",
+                _is_synthetic(run.config))
+        for method in ("norga", "smope"):
+            chosen = [r for r in cl_runs if r.method == method and r.task_selection]
+            if chosen:
+                save(plot_task_selection(chosen[0].task_selection), f"selection_{method}",
+                     _is_synthetic(chosen[0].config))
     return report

@@ -24,6 +24,14 @@ CL run (``experiments/cl.py``): ``config.json`` (``kind == "cl"``), ``accuracy_m
 
 Counts are non-negative (raw selection counts or frequencies); plots normalise them per
 (layer, head) so that each row sums to one.
+
+Optional as well: ``accuracy_matrix_before_alignment.csv`` (same format as the matrix, just
+before the head alignment) and ``task_selection.json``::
+
+    {"kind": "task_selection", "version": 1, "method": "norga", "after_task": 4,
+     "prompts": [[n_00, n_01, ...], ...],      # test samples of task i per prompt j, or null
+     "experts": [[[[c, ...], ...], ...], ...], # task i, layer l, head h, expert e, or null
+     "layer_ids": [0, 1, 2, 3, 4, 5]}
 """
 
 from __future__ import annotations
@@ -98,6 +106,8 @@ class CLRun:
     metrics: dict[str, Any]
     expert_frequency: dict[str, Any] | None = None
     env: dict[str, Any] = field(default_factory=dict)
+    accuracy_before_alignment: np.ndarray | None = None
+    task_selection: dict[str, Any] | None = None
 
     def _get(self, key: str) -> Any:
         return self.metrics.get(key, self.config.get(key))
@@ -359,8 +369,18 @@ def read_cl_run(path: str | os.PathLike[str]) -> CLRun:
     if (run / "expert_frequency.json").exists():
         freq = _read_json(run / "expert_frequency.json", run)
         _check_expert_frequency(freq, run)
+    before = None
+    if (run / "accuracy_matrix_before_alignment.csv").exists():
+        before = read_accuracy_matrix(run / "accuracy_matrix_before_alignment.csv")
+    selection = None
+    if (run / "task_selection.json").exists():
+        selection = _read_json(run / "task_selection.json", run)
+        if selection.get("kind") != "task_selection" or selection.get("version") != 1:
+            raise RunFormatError(f"{run}: task_selection.json is not kind task_selection, "
+                                 "version 1")
     return CLRun(path=run, config=config, accuracy_matrix=matrix, metrics=metrics,
-                 expert_frequency=freq, env=env)
+                 expert_frequency=freq, env=env, accuracy_before_alignment=before,
+                 task_selection=selection)
 
 
 def _check_expert_frequency(freq: dict[str, Any], run: Path) -> None:

@@ -3,7 +3,9 @@ stop-and-resume check of a run, and the per-head slices of a textbook attention.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +45,40 @@ def check_stop_and_resume(cfg: CLConfig, tmp_path: Path, full: RunResult) -> Run
     assert resumed.resumed_after_task == 1 and resumed.finished
     np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
     np.testing.assert_array_equal(resumed.tii, full.tii)
-    assert ((tmp_path / "full/accuracy_matrix.csv").read_text()
-            == (tmp_path / "split/accuracy_matrix.csv").read_text())
+    for name in ("accuracy_matrix.csv", "accuracy_matrix_before_alignment.csv"):
+        a, b = tmp_path / "full" / name, tmp_path / "split" / name
+        assert a.exists() == b.exists(), name
+        if a.exists():
+            assert a.read_text() == b.read_text(), name
+    for run in ("full", "split"):
+        check_strict_run_dir(tmp_path / run)
     return resumed
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def strict_json_loads(text: str):
+    """``json.loads`` that refuses ``NaN`` / ``Infinity`` (RFC 8259 JSON only)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def check_strict_run_dir(out: Path) -> dict:
+    """A finished run directory: metrics.json and every log.jsonl line are strict JSON, and
+    ``SHA256SUMS`` lists (and matches) every result file, ``log.jsonl`` included. Returns the
+    metrics."""
+    metrics = strict_json_loads((out / "metrics.json").read_text())
+    for line in (out / "log.jsonl").read_text().splitlines():
+        strict_json_loads(line)
+    sums = {}
+    for line in (out / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ")
+        sums[name] = digest
+    assert {"metrics.json", "log.jsonl", "accuracy_matrix.csv", "config.json"} <= set(sums)
+    for name, digest in sums.items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest, name
+    return metrics
 
 
 def head_qkv(qkv_b: torch.Tensor, h: int, C: int, D: int) -> tuple[torch.Tensor, ...]:

@@ -11,7 +11,12 @@ import json
 from pathlib import Path
 
 import torch
-from cl_helpers import check_stop_and_resume, learnable_on_vit_b16, load_cl_cli
+from cl_helpers import (
+    check_stop_and_resume,
+    check_strict_run_dir,
+    learnable_on_vit_b16,
+    load_cl_cli,
+)
 
 from cl.backbones import build_backbone
 from cl.config import resolve_config
@@ -48,7 +53,7 @@ def check_cli_quick_run(method: str, tmp_path: Path, *extra_args: str) -> dict:
     ]
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == method and config["quick"] is True
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = check_strict_run_dir(out)  # strict JSON, SHA256SUMS incl. log.jsonl
     assert metrics["method"] == method and metrics["per_sample_prompts"] is True
     for key in ("FA", "CA", "FM"):
         assert 0.0 <= metrics[key] <= 100.0

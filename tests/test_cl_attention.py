@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from cl_helpers import head_qkv, saved_bytes
-from timm.layers import Attention
+from timm.models.vision_transformer import Attention  # timm 0.9 and 1.x
 
 from cl.models.gating import prefix_gate
 from cl.models.prefix_attention import PrefixAttention, sdpa_backward_node

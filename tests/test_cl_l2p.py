@@ -143,7 +143,7 @@ LIGHT = {"method_options": {"pool_size": 8, "length": 2, "top_k": 3}}
 def test_cli_quick_run_writes_the_run_directory(tmp_path: Path) -> None:
     metrics = check_cli_quick_run("l2p", tmp_path, "--set",
                                   'method_options={"pool_size": 8, "length": 2, "top_k": 3}')
-    assert np.isnan(metrics["TII_accuracy"])  # L2P has no task identity
+    assert metrics["TII_accuracy"] is None  # L2P has no task identity (JSON null)
 
 
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:

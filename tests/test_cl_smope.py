@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from cl_helpers import check_stop_and_resume, head_qkv, learnable_on_vit_b16, saved_bytes
-from timm.layers import Attention
+from timm.models.vision_transformer import Attention  # timm 0.9 and 1.x
 
 from cl.backbones import build_backbone
 from cl.config import resolve_config

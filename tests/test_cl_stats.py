@@ -67,3 +67,54 @@ def test_state_round_trip_and_too_few_samples() -> None:
     lonely.update(torch.zeros(1, 5), torch.tensor([7]))
     with pytest.raises(ValueError, match="at least 2"):
         lonely.covariance(7)
+
+
+# ---------------------------------------------------------------- multi-centroid (HiDe-Prompt)
+def _sorted_rows(t: torch.Tensor) -> np.ndarray:
+    a = t.numpy()
+    return a[np.lexsort(a.T[::-1])]
+
+
+def test_multi_centroid_matches_hand_computed_kmeans() -> None:
+    from cl.stats import build_class_stats
+
+    # class 0: three far-apart groups -> k-means with k = 3 finds exactly these clusters
+    group_a = [[0.0, 0.0], [0.0, 2.0]]  # mean (0, 1), biased var (0, 1)
+    group_b = [[10.0, 10.0], [12.0, 10.0]]  # mean (11, 10), var (1, 0)
+    group_c = [[-10.0, 5.0], [-10.0, 7.0], [-10.0, 9.0]]  # mean (-10, 7), var (0, 8/3)
+    # class 1: a lone point (variance 0: skipped when sampling) and two pairs
+    lone = [[100.0, 100.0]]
+    pair1 = [[0.0, 0.0], [2.0, 0.0]]  # mean (1, 0), var (1, 0)
+    pair2 = [[50.0, -50.0], [50.0, -48.0]]  # mean (50, -49), var (0, 1)
+    x = torch.tensor(group_a + group_b + group_c + lone + pair1 + pair2)
+    y = torch.tensor([0] * 7 + [1] * 5)
+    stats = build_class_stats(2, "multi-centroid", n_centroids=3, seed=0)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    stats.update(x[perm[:5]], y[perm[:5]])  # two batches, shuffled
+    stats.update(x[perm[5:]], y[perm[5:]])
+    means = stats.means([0])
+    np.testing.assert_allclose(_sorted_rows(means), [[-10, 7], [0, 1], [11, 10]], atol=1e-12)
+    order = np.lexsort(means.numpy().T[::-1])
+    np.testing.assert_allclose(stats.variances[0].numpy()[order],
+                               [[0, 8 / 3], [0, 1], [1, 0]], atol=1e-12)
+    np.testing.assert_allclose(_sorted_rows(stats.means([1])),
+                               [[1, 0], [50, -49], [100, 100]], atol=1e-12)
+    assert stats.means([0, 1]).shape == (6, 2)  # every centroid is an old-class mean
+    # sampling: n per usable cluster from N(mu, diag(var) + 1e-4 I), the lone point skipped
+    n = 4000
+    feats, labels = stats.sample([1, 0], n, torch.Generator().manual_seed(1))
+    assert labels.tolist() == [1] * (2 * n) + [0] * (3 * n)
+    ones = feats[: 2 * n].double()
+    assert float(ones.max()) < 60  # nothing drawn around the lone point (100, 100)
+    expected = {(1.0, 0.0): (1.0, 0.0), (50.0, -49.0): (0.0, 1.0)}
+    for j in range(2):
+        block = ones[j * n:(j + 1) * n]
+        mu = tuple(float(v) for v in block.mean(0).round())
+        np.testing.assert_allclose(block.mean(0).numpy(), mu, atol=0.1)
+        np.testing.assert_allclose(block.var(0).numpy(), np.add(expected[mu], 1e-4), rtol=0.1,
+                                   atol=2e-3)
+    # same seed, same clusters and samples; state round trip
+    again = build_class_stats(2, "multi-centroid", n_centroids=3, seed=0)
+    again.load_state_dict(stats.state_dict())
+    torch.testing.assert_close(again.sample([0], 5, torch.Generator().manual_seed(2)),
+                               stats.sample([0], 5, torch.Generator().manual_seed(2)))

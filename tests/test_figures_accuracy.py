@@ -155,3 +155,65 @@ def test_find_runs_by_kind_and_fallback(tmp_path, runs):
     (tmp_path / "rates" / "config.json").write_text(json.dumps({"kind": "rates"}))
     found = {(r.path.name, r.kind) for r in find_runs(tmp_path)}
     assert found == {("a", "cl"), ("rates", "rates")}
+
+
+def test_bands_clipped_and_single_seed_marked(tmp_path):
+    rng = np.random.default_rng(3)
+    near_top = [read_cl_run(write_cl_run(tmp_path / f"a{s}", "norga", "sup21k", s,
+                                         lower_triangular(rng, 99.0) * 0 + v, v, "tanh"))
+                for s, v in enumerate([99.5, 90.0])]  # mean + std > 100 on purpose
+    single = read_cl_run(write_cl_run(tmp_path / "h0", "hide", "sup21k", 0,
+                                      lower_triangular(rng, 80.0), 80.0))
+    fig = plot_accuracy_curves([*near_top, single])
+    ax = fig.axes[0]
+    band = next(a for a in ax.collections if str(a.get_gid()).startswith("std:norga"))
+    verts = band.get_paths()[0].vertices
+    assert verts[:, 1].max() <= 100.0 and verts[:, 1].min() >= 0.0
+    assert not any(a.get_gid() == "std:hide" for a in ax.collections)  # 1 seed: no band
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert any("1 seed" in t for t in legend) and any("std over seeds" in t for t in legend)
+
+
+def test_bars_start_at_zero_or_mark_a_broken_axis(runs, tmp_path):
+    ax = plot_fa_bars(runs).axes[0]
+    assert ax.get_ylim()[0] > 0  # zoomed to ~90 %: must carry the break mark
+    assert any(a.get_gid() == "broken-axis" for a in ax.lines)
+    low = [read_cl_run(write_cl_run(tmp_path / f"l{s}", "hide", "sup21k", s,
+                                    lower_triangular(np.random.default_rng(s), 12.0), v))
+           for s, v in enumerate([12.0, 15.0])]
+    ax = plot_fa_bars(low).axes[0]
+    assert ax.get_ylim()[0] == 0 and not any(a.get_gid() == "broken-axis" for a in ax.lines)
+    one = [r for r in runs if r.method == "hide" and r.backbone == "sup21k"][:1]
+    ax = plot_fa_bars(one).axes[0]
+    assert any(t.get_gid() == "single:sup21k:hide" and t.get_text() == "1 seed"
+               for t in ax.texts)
+
+
+def test_matrices_share_one_colour_scale_and_0_based_tasks(runs):
+    from figures.accuracy import plot_accuracy_matrices
+
+    a = runs[0].accuracy_matrix
+    b = a * 0.5  # a very different range: the scales must still agree
+    fig = plot_accuracy_matrices({"before": b, "after": a})
+    images = [im for ax in fig.axes for im in ax.images]
+    assert len(images) == 2 and {im.get_clim() for im in images} == {(0.0, 100.0)}
+    assert plot_accuracy_matrix(a).axes[0].images[0].get_clim() == (0.0, 100.0)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(i) for i in range(T)]
+
+
+def test_task_selection_shares_equal_the_counts():
+    from figures.selection import plot_task_selection
+
+    prompts = [[8, 2, 0], [1, 9, 0], [0, 5, 5]]
+    experts = np.arange(3 * 2 * 2 * 4, dtype=float).reshape(3, 2, 2, 4)  # task, layer, head, e
+    fig = plot_task_selection({"kind": "task_selection", "version": 1, "method": "norga",
+                               "after_task": 2, "prompts": prompts, "experts": experts.tolist(),
+                               "layer_ids": [0, 5]})
+    img = _gid(fig.axes[0], "prompts")
+    np.testing.assert_allclose(img.get_array(), np.array(prompts) / 10.0)
+    img = _gid(fig.axes[2], "experts:layer5")
+    summed = experts[:, 1].sum(axis=1)  # layer 5 = index 1, summed over heads
+    np.testing.assert_allclose(img.get_array(), summed / summed.sum(-1, keepdims=True))
+    clims = {im.get_clim() for ax in fig.axes for im in ax.images}
+    assert len(clims) == 1  # one colour scale for every panel

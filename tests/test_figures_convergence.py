@@ -228,3 +228,19 @@ def test_zero_and_non_finite_losses_are_left_off_the_log_axis():
     np.testing.assert_allclose(linear[:, 0], N_VALUES[1:])
     assert len(_by_gid(ax, "points:")["points:linear"].get_offsets()) == (len(N_VALUES) - 1) * REPS
     assert ax.get_ylim()[0] > 0
+
+
+def test_axis_ends_at_data_fisher_distinct_and_prime(figure_and_rows):
+    fig, rows = figure_and_rows
+    ax = fig.axes[0]
+    n_max = max(r["n"] for r in rows)
+    lo, hi = ax.get_xlim()
+    assert n_max <= hi <= 1.2 * n_max  # no empty decade to the right of the data
+    assert min(r["n"] for r in rows) / 1.2 <= lo
+    ref = _by_gid(ax, "ref:")["ref:n^-1/2"]
+    for fisher in _by_gid(ax, "fisher:").values():  # same slope as the guide: must look apart
+        assert (fisher.get_linestyle(), fisher.get_marker(), fisher.get_color()) != (
+            ref.get_linestyle(), ref.get_marker(), ref.get_color())
+        assert fisher.get_linestyle() != ref.get_linestyle() and fisher.get_marker() != "None"
+    title = fig.texts[0].get_text() if fig.texts else fig._suptitle.get_text()
+    assert "L\u2032" in title and "L'" not in title and "\\prime" not in title

@@ -67,9 +67,21 @@ class Method(abc.ABC):
     # string options with a fixed set of values, checked by resolve_options
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
+    #: whether :meth:`end_task` re-trains a head on Gaussian samples ("alignment": TAP of
+    #: HiDe-Prompt / NoRGa / SMoPE); the engine then also evaluates just before that step
+    has_alignment: ClassVar[bool] = False
+
     def __init__(self, progress: ProgressFn | None = None, log: LogFn | None = None) -> None:
         self.progress: ProgressFn = progress or _no_progress
         self.log: LogFn = log or _no_log
+        #: called by :meth:`end_task` with the task right before the head alignment (the
+        #: engine sets it to log the before-alignment accuracy matrix); default: nothing
+        self.before_alignment: Callable[[Task], None] | None = None
+
+    def _notify_before_alignment(self, task: Task) -> None:
+        """Subclasses call this in :meth:`end_task` just before their head alignment."""
+        if self.before_alignment is not None:
+            self.before_alignment(task)
 
     @classmethod
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +135,12 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+    def expert_selection(self) -> torch.Tensor | None:
+        """Expert selection counts ``(layers, heads, experts)`` of the last :meth:`predict` /
+        :meth:`predict_with_tasks` call (``None``: the method has no prompt experts). The
+        engine sums them per evaluated task into ``task_selection.json``."""
+        return None
 
     def run_files(self) -> dict[str, Any]:
         """Extra JSON files for the run directory, ``{file name: content}`` (default: none).

@@ -32,7 +32,7 @@ from cl.models.prompt_pools import official_vote
 from cl.models.tii import TIIHead
 from cl.models.vit import PromptedViT
 from cl.seeding import derive_seed, seeded_global_rng, torch_generator
-from cl.stats import GaussianClassStats
+from cl.stats import GaussianClassStats, build_class_stats
 
 
 @register_method("hide")
@@ -42,6 +42,7 @@ class HiDePrompt(FrozenViTMethod):
     ``method_options``)."""
 
     gate: Gate = "linear"
+    has_alignment = True
 
     def _build(self, vit: nn.Module) -> None:
         config = self.config
@@ -63,8 +64,10 @@ class HiDePrompt(FrozenViTMethod):
             self.tii = TIIHead(self.model.embed_dim, self.num_classes, config.tii_mlp,
                                fc_norm=self.model.uses_fc_norm).to(self.device)
         dim = self.model.embed_dim
-        self.tii_stats = GaussianClassStats(dim, config.stats_method)  # type: ignore[arg-type]
-        self.prompt_stats = GaussianClassStats(dim, config.stats_method)  # type: ignore[arg-type]
+        self.tii_stats = build_class_stats(dim, config.stats_method, seed=derive_seed(seed, "tii"),
+                                           n_centroids=config.n_centroids)
+        self.prompt_stats = build_class_stats(dim, config.stats_method, seed=seed,
+                                              n_centroids=config.n_centroids)
         self.sample_gen = torch_generator(seed, "gaussian-replay")
         self.wtp_optimizer: torch.optim.Optimizer | None = None
         self.tii_optimizer: torch.optim.Optimizer | None = None
@@ -115,14 +118,16 @@ class HiDePrompt(FrozenViTMethod):
         t = self.task.index
         mask = class_mask(self.num_classes, self.task.classes, self.device)
         self.tii.train()
+        params = list(self.tii.parameters())
         for epoch in range(self.config.tii_epochs):
             meter = EpochMeter()
             for step, x, y in self._batches(loader, f"task {t} TII epoch {epoch}"):
                 feats = self.model.backbone_features(x)  # frozen: no graph
                 logits = masked_logits(self.tii(feats), mask)
                 loss = F.cross_entropy(logits, y)
+                # official TII engine: clip_grad_norm_(model.parameters(), clip_grad) every step
                 optimizer_step(self.tii_optimizer, loss, phase="tii", task=t, epoch=epoch,
-                               step=step)
+                               step=step, clip_grad=self.config.tii_clip_grad, params=params)
                 meter.update(logits, y, loss=loss)
             if self.tii_scheduler is not None:
                 self.tii_scheduler.step()
@@ -163,6 +168,9 @@ class HiDePrompt(FrozenViTMethod):
         self._collect_statistics(task)
         if t > 0:
             self._align_tii(task)
+            # official Run 2 logs its "before CA" matrix here: TII already aligned (it is the
+            # Run-1 checkpoint of task t), prompted head not yet re-trained
+            self._notify_before_alignment(task)
             self._align_head(task)
 
     @torch.no_grad()

@@ -58,7 +58,7 @@ from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.smope_prefix import Routing, SMoPEViT, adaptive_noise
 from cl.preset_registry import register_method_presets
 from cl.seeding import torch_generator
-from cl.stats import GaussianClassStats
+from cl.stats import build_class_stats
 
 MIN_LR = 1e-6
 
@@ -205,6 +205,7 @@ class SMoPE(FrozenViTMethod):
 
     option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
+    has_alignment = True
 
     @classmethod
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +234,8 @@ class SMoPE(FrozenViTMethod):
         self.counts = torch.zeros(shape, dtype=torch.long)  # accumulated selections
         self.frequent = torch.zeros(shape, dtype=torch.bool)
         self.old_keys: torch.Tensor | None = None
-        self.stats = GaussianClassStats(self.model.embed_dim, config.stats_method)  # type: ignore[arg-type]
+        self.stats = build_class_stats(self.model.embed_dim, config.stats_method, seed=config.seed,
+                                       n_centroids=config.n_centroids)
         self.sample_gen = torch_generator(config.seed, "gaussian-replay")
         self.optimizer: torch.optim.Optimizer | None = None
         self._train_loader: DataLoader | None = None
@@ -357,6 +359,7 @@ class SMoPE(FrozenViTMethod):
         else:
             self._count_and_collect(task, task.stats_loader)
         if task.index > 0:
+            self._notify_before_alignment(task)
             self._align_head(task)
 
     @torch.no_grad()
@@ -409,9 +412,17 @@ class SMoPE(FrozenViTMethod):
     @torch.no_grad()
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         assert self.task_index >= 0, "no task has been learned yet"
-        tokens, _ = self.model.forward_features(x.to(self.device), top_k=self.top_k,
-                                                penalty_fns=self._eval_penalties())
+        tokens, routing = self.model.forward_features(x.to(self.device), top_k=self.top_k,
+                                                      penalty_fns=self._eval_penalties())
+        n_experts = self.model.experts.num_experts
+        # (layers, heads, experts): how often each expert was chosen for this batch
+        self._last_selection = None if any(r.selected is None for r in routing) else torch.stack(
+            [F.one_hot(r.selected, n_experts).sum(dim=(0, 2)).cpu() for r in routing])
         return self.model.forward_head(tokens)
+
+    def expert_selection(self) -> torch.Tensor | None:
+        """Expert selection counts ``(layers, heads, experts)`` of the last prediction."""
+        return getattr(self, "_last_selection", None)
 
     # ------------------------------------------------------------------ run files
     def expert_frequency(self) -> dict[str, Any]:

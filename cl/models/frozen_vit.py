@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cl.models.prefix_attention import PrefixAttention
+from cl.models.prefix_attention import PrefixAttention, rewrap_attention
 from cl.models.vit import pooled, seeded_trunc_normal_head
 
 
@@ -31,11 +31,8 @@ def freeze_and_wrap(
     if not layers or len(set(layers)) != len(layers) or not all(0 <= i < depth for i in layers):
         raise ValueError(f"prompt_layers {layers} must be distinct block indices in [0, {depth})")
     freeze(vit)
-    for i in layers:
-        block = vit.blocks[i]
-        if not isinstance(block.attn, attention):
-            block.attn = attention.from_timm(block.attn, gate="linear", activation="tanh",
-                                             fused=fused)
+    for i in layers:  # (re-)wrap: no setting of an earlier model on this ViT persists
+        rewrap_attention(vit.blocks[i], attention, fused=fused)
     return layers
 
 

@@ -95,18 +95,28 @@ class PrefixAttention(nn.Module):
     def from_timm(
         cls, attn: nn.Module, *, gate: Gate, activation: Activation, fused: bool
     ) -> PrefixAttention:
-        """Wrap a timm ``Attention`` (its modules are shared, not copied)."""
-        if getattr(attn, "gate", None) is not None:
+        """Wrap a timm ``Attention`` (its modules are shared, not copied).
+
+        ``attn`` may itself be a :class:`PrefixAttention` (any subclass) from an earlier
+        wrapping of the same ViT: its projections are re-used and ``gate``, ``activation`` and
+        ``fused`` are the ones given here, never the old ones. Works with timm >= 0.9: the
+        attention output norm ``attn.norm`` (timm >= 1.0.16) is used where it exists.
+        """
+        if not isinstance(attn, PrefixAttention) and getattr(attn, "gate", None) is not None:
             raise ValueError("gated timm attention (attn.gate) is not supported for prefixes")
+        missing = [n for n in ("qkv", "proj", "num_heads") if not hasattr(attn, n)]
+        if missing:
+            raise TypeError(f"{type(attn).__name__} is not a timm Attention (no "
+                            f"{', '.join(missing)}); prefixes need timm's fused qkv Linear")
         return cls(
             attn.qkv,
             attn.proj,
             attn.num_heads,
-            q_norm=attn.q_norm,
-            k_norm=attn.k_norm,
-            norm=attn.norm,
-            attn_drop=attn.attn_drop,
-            proj_drop=attn.proj_drop,
+            q_norm=getattr(attn, "q_norm", None),
+            k_norm=getattr(attn, "k_norm", None),
+            norm=getattr(attn, "norm", None),
+            attn_drop=getattr(attn, "attn_drop", None),
+            proj_drop=getattr(attn, "proj_drop", None),
             gate=gate,
             activation=activation,
             fused=fused,
@@ -115,10 +125,12 @@ class PrefixAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        *,
         prefix: torch.Tensor | None = None,
         alpha: torch.Tensor | float = 1.0,
         tau: torch.Tensor | float = 1.0,
-        **_: object,
     ) -> torch.Tensor:
         """Attend.
 
@@ -126,6 +138,12 @@ class PrefixAttention(nn.Module):
         ----------
         x:
             Tokens ``(B, N, C)`` (already layer-normed by the block).
+        attn_mask, is_causal:
+            As in timm's ``Attention.forward`` / ``scaled_dot_product_attention``: a boolean
+            (``True`` = may attend) or additive float mask broadcastable to ``(B, H, N, N)``
+            over the token columns. With a prefix the prefix columns stay visible to every query
+            and the reference formula is used. ``is_causal=True`` is honoured without a prefix
+            and refused (``ValueError``) with one, where "causal" is not defined.
         prefix:
             ``(B, 2, L_p, H, D)``: index 0 of dim 1 is the key prefix, 1 the value prefix, one
             prefix per sample. ``None`` gives plain self-attention.
@@ -133,25 +151,38 @@ class PrefixAttention(nn.Module):
             NoRGa gate scalars of this layer (ignored for the linear gate).
         """
         B, N, _ = x.shape
+        if is_causal and attn_mask is not None:
+            raise ValueError("pass either attn_mask or is_causal=True, not both (as in SDPA)")
+        if is_causal and prefix is not None:
+            raise ValueError("is_causal=True is not defined for prefix attention (prefix "
+                             "columns have no position); pass an explicit attn_mask instead")
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, D)
         q, k = self.q_norm(q), self.k_norm(k)
         training_dropout = self.training and isinstance(self.attn_drop, nn.Dropout)
         drop_p = self.attn_drop.p if training_dropout else 0.0
 
+        if attn_mask is not None or is_causal:
+            bias = self._mask_bias(attn_mask, is_causal, N, q.dtype, q.device)
         if prefix is None:
             if self.fused:
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop_p, scale=self.scale)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                                     is_causal=is_causal, dropout_p=drop_p,
+                                                     scale=self.scale)
             else:
-                attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-                out = self.attn_drop(attn) @ v
+                logits = (q * self.scale) @ k.transpose(-2, -1)
+                if attn_mask is not None or is_causal:
+                    logits = logits + bias
+                out = self.attn_drop(logits.softmax(dim=-1)) @ v
         else:
             expected = (B, 2, prefix.shape[2], self.num_heads, self.head_dim)
             if tuple(prefix.shape) != expected:
                 raise ValueError(f"prefix has shape {tuple(prefix.shape)}, expected {expected}")
             p_k = prefix[:, 0].permute(0, 2, 1, 3)  # (B, H, L_p, D)
             p_v = prefix[:, 1].permute(0, 2, 1, 3)
-            if self.fused:
+            if attn_mask is not None:  # the prefix columns are never masked
+                out = self._reference(q, k, v, p_k, p_v, alpha, tau, bias)
+            elif self.fused:
                 out = self._fused(q, k, v, p_k, p_v, alpha, tau, drop_p)
             else:
                 out = self._reference(q, k, v, p_k, p_v, alpha, tau)
@@ -160,11 +191,25 @@ class PrefixAttention(nn.Module):
         out = self.norm(out)
         return self.proj_drop(self.proj(out))
 
-    def _reference(self, q, k, v, p_k, p_v, alpha, tau) -> torch.Tensor:
+    @staticmethod
+    def _mask_bias(attn_mask: torch.Tensor | None, is_causal: bool, n: int,
+                   dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The additive form of a boolean / float ``attn_mask`` or of ``is_causal``."""
+        if is_causal:
+            attn_mask = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+        assert attn_mask is not None
+        if attn_mask.dtype == torch.bool:
+            return torch.zeros(attn_mask.shape, dtype=dtype, device=device).masked_fill(
+                ~attn_mask.to(device), float("-inf"))
+        return attn_mask.to(device=device, dtype=dtype)
+
+    def _reference(self, q, k, v, p_k, p_v, alpha, tau, token_bias=None) -> torch.Tensor:
         # Textbook formula: gate the prefix logits, then one softmax over [prefix, tokens].
         q = q * self.scale
         s_prefix = prefix_gate(q @ p_k.transpose(-2, -1), self.gate, self.activation, alpha, tau)
         s_tokens = q @ k.transpose(-2, -1)
+        if token_bias is not None:
+            s_tokens = s_tokens + token_bias
         attn = torch.cat([s_prefix, s_tokens], dim=-1).softmax(dim=-1)
         attn = self.attn_drop(attn)
         return attn @ torch.cat([p_v, v], dim=2)
@@ -180,6 +225,36 @@ class PrefixAttention(nn.Module):
         residual = prefix_gate_residual(s_prefix, self.gate, self.activation, alpha, tau)
         return prefix_bias_attention(q, k, v, p_k, p_v, residual, scale=self.scale,
                                      dropout_p=drop_p)
+
+
+def rewrap_attention(
+    block: nn.Module, cls: type[PrefixAttention], *, gate: Gate = "linear",
+    activation: Activation = "tanh", fused: bool = True,
+) -> PrefixAttention:
+    """Replace ``block.attn`` by a fresh ``cls`` with these settings and return it.
+
+    A block wrapped before (by another prompted model on the same ViT) is re-wrapped around the
+    same projections, so no gate, activation or fused setting of the earlier model persists.
+    """
+    block.attn = cls.from_timm(block.attn, gate=gate, activation=activation, fused=fused)
+    return block.attn
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient.
+
+    The gradient that reaches the NoRGa bias is a strided slice of SDPA's ``grad q'``; torch
+    2.1's CPU GELU backward reads such a slice wrongly (NaN gradients, found by the
+    lowest-versions CI job), so it gets a contiguous copy. Forward and values are unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return grad.contiguous()
 
 
 #: Augmented head sizes are rounded up to a multiple of this: the flash / memory-efficient CUDA
@@ -229,12 +304,12 @@ def prefix_bias_attention(
     dtype, device = k.dtype, k.device
     width = -(-(D + L) // HEAD_DIM_MULTIPLE) * HEAD_DIM_MULTIPLE - D  # extra dims, >= L
     zero = torch.zeros((), dtype=dtype, device=device)
-    q_parts = [q.to(dtype), (bias / scale).to(dtype)]
+    q_parts = [q.to(dtype), (_ContiguousGrad.apply(bias) / scale).to(dtype)]
     if width > L:
         q_parts.append(zero.expand(B, H, N, width - L))
     q_aug = torch.cat(q_parts, dim=-1)
     one_hot = torch.zeros(rows, width, dtype=dtype, device=device)
-    one_hot[:L, :L] = torch.eye(L, dtype=dtype, device=device)
+    one_hot[:L, :L] = torch.eye(L, device=device).to(dtype)  # torch 2.1: no bf16 CPU eye
     k_aug = torch.cat([torch.cat([p_k.to(dtype), k], dim=2), one_hot.expand(B, H, rows, width)],
                       dim=-1)
     v_aug = torch.cat([torch.cat([p_v.to(dtype), v.to(dtype)], dim=2),

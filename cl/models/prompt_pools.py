@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.models.frozen_vit import freeze, seeded_head
-from cl.models.prefix_attention import PrefixAttention
+from cl.models.prefix_attention import PrefixAttention, rewrap_attention
 from cl.models.vit import embed_tokens, fresh_fc_norm, pooled, run_blocks, trunc_normal_head
 
 
@@ -274,12 +274,8 @@ class GEPrefixViT(_KeyedViT):
                 raise ValueError(f"{name} {layers} must be distinct block indices in [0, {depth})")
         if not self.e_layers:
             raise ValueError("e_layers must name at least one block")
-        for i in sorted(set(self.g_layers) | set(self.e_layers)):
-            block = vit.blocks[i]
-            if not isinstance(block.attn, PrefixAttention):
-                block.attn = PrefixAttention.from_timm(
-                    block.attn, gate="linear", activation="tanh", fused=fused
-                )
+        for i in sorted(set(self.g_layers) | set(self.e_layers)):  # (re-)wrap: fresh settings
+            rewrap_attention(vit.blocks[i], PrefixAttention, fused=fused)
         first = vit.blocks[self.e_layers[0]].attn
         self.num_heads, self.head_dim = first.num_heads, first.head_dim
         H, D = self.num_heads, self.head_dim

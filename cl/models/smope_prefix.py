@@ -287,9 +287,10 @@ class SMoPEViT(FrozenPrefixViT):
         return run_blocks(self.vit, x, self.prompt_layers, attend), routing
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool, ``fc_norm`` and classify (timm interface)."""
-        feats = self.pre_logits(tokens)
-        return feats if pre_logits else self.head(self.fc_norm(feats))
+        """Pool, ``fc_norm`` and classify, as timm's ``forward_head`` (``pre_logits=True``:
+        the feature after ``fc_norm``)."""
+        feats = self.fc_norm(self.pre_logits(tokens))
+        return feats if pre_logits else self.head(feats)
 
     def forward(self, x: torch.Tensor, top_k: int = 5) -> torch.Tensor:
         """Logits of a single prompted pass with ``top_k`` experts per head, no noise."""

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from cl.models.gating import Activation, Gate
-from cl.models.prefix_attention import PrefixAttention
+from cl.models.prefix_attention import PrefixAttention, rewrap_attention
 from cl.models.prompts import PrefixPrompt
 
 
@@ -94,9 +94,14 @@ def run_blocks(
 
 def pooled(vit: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """The pre-logits feature of a timm ViT: the CLS token after the final norm."""
-    if getattr(vit, "global_pool", "token") == "token":
+    kind = getattr(vit, "global_pool", "token")
+    if kind == "token":
         return tokens[:, 0]
-    return vit.pool(tokens)
+    if hasattr(vit, "pool"):  # timm >= 1.0
+        return vit.pool(tokens)
+    if kind == "avg":  # timm 0.9: forward_head pools inline
+        return tokens[:, getattr(vit, "num_prefix_tokens", 1):].mean(dim=1)
+    raise ValueError(f"global_pool={kind!r} needs timm >= 1.0 (VisionTransformer.pool)")
 
 
 class PromptedViT(nn.Module):
@@ -152,13 +157,10 @@ class PromptedViT(nn.Module):
             p.requires_grad_(False)
         self.prompt_layers = layers
         self.gate = gate
+        for i in layers:  # (re-)wrap: settings of an earlier model on this ViT never persist
+            rewrap_attention(vit.blocks[i], PrefixAttention, gate=gate, activation=activation,
+                             fused=fused)
         first = vit.blocks[layers[0]].attn
-        for i in layers:
-            block = vit.blocks[i]
-            if not isinstance(block.attn, PrefixAttention):
-                block.attn = PrefixAttention.from_timm(
-                    block.attn, gate=gate, activation=activation, fused=fused
-                )
         self.num_heads = first.num_heads
         self.head_dim = first.head_dim
         self.embed_dim = vit.embed_dim
@@ -230,11 +232,11 @@ class PromptedViT(nn.Module):
         return pooled(self.vit, tokens)
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool, ``fc_norm`` and classify (timm interface)."""
-        feats = self.pre_logits(tokens)
-        if pre_logits:
-            return feats
-        return self.head(self.fc_norm(feats))
+        """Pool, ``fc_norm`` and classify, as timm's ``VisionTransformer.forward_head``:
+        ``pre_logits=True`` returns the pooled feature *after* ``fc_norm`` (the head input).
+        The Gaussian statistics use :meth:`pre_logits`, the feature before ``fc_norm``."""
+        feats = self.fc_norm(self.pre_logits(tokens))
+        return feats if pre_logits else self.head(feats)
 
     def forward(self, x: torch.Tensor, task_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.forward_head(self.forward_features(x, task_ids))
