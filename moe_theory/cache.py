@@ -1,10 +1,11 @@
 """Cache of finished fit blocks: one strict-JSON file per block, each with its own checksum.
 
 A block is keyed by everything its fits depend on (the fit-relevant fields of the
-:class:`~moe_theory.rates.RateConfig`, setting, gate, n, the replicate ids and a fingerprint of
-the package's source), so a re-run with a larger grid or more replicates computes only the new
-blocks. Entries are plain JSON (nothing is unpickled) and carry the SHA-256 of their records:
-an entry that is truncated, edited or garbage is reported with one warning line and recomputed.
+:class:`~moe_theory.rates.RateConfig` or :class:`~moe_theory.near_sweep.NearConfig`, setting,
+gate, n, the replicate ids and a fingerprint of the package's source), so a re-run with a
+larger grid or more replicates computes only the new blocks. Entries are plain JSON (nothing is
+unpickled) and carry the SHA-256 of their records: an entry that is truncated, edited or garbage
+is reported with one warning line and recomputed.
 Only the main process reads and writes the cache, atomically (:mod:`norga.io`).
 """
 
@@ -49,19 +50,40 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
-class FitCache:
-    """The fit-block cache in ``folder`` (created on the first write)."""
+def _plain(value: Any) -> Any:
+    # tuples of a frozen config key the entry as JSON lists
+    return list(value) if isinstance(value, tuple) else value
 
-    def __init__(self, folder: str | os.PathLike[str], columns: tuple[str, ...]) -> None:
+
+class FitCache:
+    """The fit-block cache in ``folder`` (created on the first write).
+
+    Parameters
+    ----------
+    folder:
+        The ``--cache-dir``; entries go to its ``fits-v1`` folder.
+    columns:
+        The exact keys of every stored record (an entry with other keys is damaged).
+    fields:
+        The config attributes a block's fits depend on (default: those of ``RateConfig``).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], columns: tuple[str, ...],
+                 fields: tuple[str, ...] = FIT_FIELDS) -> None:
         self.folder = Path(folder) / SUBDIR
         self.columns = columns
+        self.fields = fields
 
     def key_inputs(self, config: Any, setting: str, gate: str, n: int,
-                   replicates: tuple[int, ...], fingerprint: str) -> dict[str, Any]:
-        """What a block's result depends on."""
-        fields = {name: getattr(config, name) for name in FIT_FIELDS}
-        return {"config": fields, "setting": setting, "gate": gate, "n": int(n),
-                "replicates": [int(r) for r in replicates], "fingerprint": fingerprint}
+                   replicates: tuple[int, ...], fingerprint: str,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a block's result depends on (``extra``: more JSON values that key it)."""
+        fields = {name: _plain(getattr(config, name)) for name in self.fields}
+        inputs = {"config": fields, "setting": setting, "gate": gate, "n": int(n),
+                  "replicates": [int(r) for r in replicates], "fingerprint": fingerprint}
+        if extra:
+            inputs["extra"] = extra
+        return inputs
 
     def path(self, inputs: dict[str, Any]) -> Path:
         digest = hashlib.sha256(_canonical(inputs).encode("utf-8")).hexdigest()

@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from joblib import Memory, Parallel, delayed
+from joblib import Parallel, delayed
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
 from moe_theory import near
+from moe_theory.cache import FitCache
 from moe_theory.estimate import compiled_backend_available, fit_restarts, near_truth_starts
 from moe_theory.gates import ACTIVATIONS, GATES, Gate, check_choice
 from moe_theory.model import EXPERTS, n_params, regression_and_jacobian
@@ -52,6 +53,13 @@ NEAR_FIT_COLUMNS: tuple[str, ...] = (
     "voronoi_loss", "voronoi_loss_r", "loss_mass", "loss_beta1", "loss_eta", "l2_error", "rss",
     "status", "converged", "at_bound", "n_iter", "gradient", "cell_sizes",
 )
+
+# NearConfig fields a fit block depends on (the rest select blocks or analyse them); with the
+# block's kind, value, t, gate, n and replicates they key its cache entry.
+NEAR_FIT_FIELDS: tuple[str, ...] = ("activation", "expert", "split", "t0", "schedule_n0", "seed",
+                                    "restarts", "max_iter", "tol", "init_scale", "noise_sd")
+# A cached row also holds its block's wall seconds (for near_timing.csv).
+_CACHE_COLUMNS = (*NEAR_FIT_COLUMNS, "seconds")
 
 # Sizes per preset of experiments/rates.py (the mechanism table is the same for every preset).
 NEAR_PRESETS: dict[str, dict[str, object]] = {
@@ -306,13 +314,28 @@ def run_near(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
     check_choice(backend, ("loky", "dask"), "backend")
-    task_fn = near_fit_task
-    if cache_dir is not None:
-        task_fn = Memory(str(cache_dir), verbose=0).cache(near_fit_task)
     fingerprint = _source_fingerprint()
-    tasks = plan_near_tasks(config)
-    calls = [delayed(task_fn)(config, k, v, g, n, b, fingerprint) for k, v, g, n, b in tasks]
-    outputs = run_calls(calls, jobs, backend, scheduler, progress) if calls else []
+    cache = FitCache(cache_dir, _CACHE_COLUMNS, NEAR_FIT_FIELDS) if cache_dir is not None else None
+    outputs: list[tuple[list[dict[str, object]], float]] = []
+    todo = []
+    for k, v, g, n, b in plan_near_tasks(config):
+        inputs = _cache_inputs(cache, config, k, v, g, n, b, fingerprint) if cache else None
+        cached = cache.load(inputs) if cache and inputs else None
+        if cached is not None:
+            outputs.append(_from_cache(cached))
+        else:
+            todo.append((inputs, delayed(near_fit_task)(config, k, v, g, n, b, fingerprint)))
+    calls = [call for _, call in todo]
+    if calls:
+        wrap = progress
+        if cache is not None:  # store each block as it finishes: an interrupted run keeps them
+            blocks = [inputs for inputs, _ in todo]
+
+            def wrap(results: Iterable, total: int) -> Iterable:
+                stored = _stored(cache, results, blocks)
+                return progress(stored, total=total) if progress else stored
+
+        outputs += run_calls(calls, jobs, backend, scheduler, wrap)
     records = [row for rows, _ in outputs for row in rows]
     timing = sorted(
         ({"kind": rows[0]["kind"], "value": rows[0]["t"] if rows[0]["kind"] == "fixed"
@@ -327,6 +350,37 @@ def run_near(
     mechanism = near.mechanism_report(noise_sd=config.noise_sd, eps=config.eps,
                                       bases=config.bases)
     return NearResult(config, records, mechanism, timing)
+
+
+def _cache_inputs(cache: FitCache, config: NearConfig, kind: str, value: float, gate: str,
+                  n: int, replicates: tuple[int, ...], fingerprint: str) -> dict[str, object]:
+    return cache.key_inputs(config, _stream(kind, value), gate, n, replicates, fingerprint,
+                            extra={"kind": kind, "value": float(value),
+                                   "t": config.t_of(kind, value, n)})
+
+
+def _block_key(kind: str, value: float, gate: str, n: int,
+               replicates: Iterable[int]) -> tuple[object, ...]:
+    return kind, float(value), gate, int(n), tuple(int(r) for r in replicates)
+
+
+def _stored(cache: FitCache, outputs: Iterable, inputs: list[dict[str, object]]) -> Iterable:
+    """Store each computed block as it arrives (in any order: matched by content)."""
+    by_block = {_block_key(i["extra"]["kind"], i["extra"]["value"], i["gate"], i["n"],
+                           i["replicates"]): i for i in inputs}
+    for rows, seconds in outputs:
+        first = rows[0]
+        value = first["t"] if first["kind"] == "fixed" else first["gamma"]
+        key = _block_key(first["kind"], value, first["gate"], first["n"],
+                         (r["replicate"] for r in rows))
+        cache.save(by_block[key], [{**row, "seconds": seconds} for row in rows])
+        yield rows, seconds
+
+
+def _from_cache(records: list[dict[str, object]]) -> tuple[list[dict[str, object]], float]:
+    """A cached block as :func:`near_fit_task` returns it: rows and the block's wall seconds."""
+    seconds = float(records[0]["seconds"])  # type: ignore[arg-type]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records], seconds
 
 
 # ----------------------------------------------------------------------------- analysis
