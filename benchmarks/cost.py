@@ -52,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cl.backbones import build_backbone  # noqa: E402
-from cl.config import resolve_config  # noqa: E402
+from cl.config import method_uses, resolve_config  # noqa: E402
 from cl.methods import Task, available_methods, get_method  # noqa: E402
 from cl.models.vit import pooled  # noqa: E402
 from cl.runio import write_json_atomic, write_text_atomic  # noqa: E402
@@ -81,6 +81,11 @@ TWO_PASS = ("l2p", "dualprompt", "sprompt", "coda-prompt", "hide", "norga")
 
 
 # ---------------------------------------------------------------------------- counting
+def _tii_budget(name: str) -> dict[str, int]:
+    # only HiDe / NoRGa train a TII model; the baselines refuse a tii_epochs they would ignore
+    return {"tii_epochs": 1} if method_uses(name, "tii_epochs") else {}
+
+
 def count_flops(fn: Callable[[], object]) -> int:
     """FLOPs of ``fn()`` (forward and any backward it runs), SDPA via its math backend."""
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -123,7 +128,7 @@ def learnable_parameters(method: object) -> tuple[int, dict[str, int]]:
 
 def measure_method(name: str, vit: nn.Module, image: torch.Tensor) -> dict[str, Any]:
     """Parameters and GFLOPs of one method (a fresh copy of ``vit`` each time)."""
-    overrides = {"epochs": 1, "tii_epochs": 1, "batch_size": 1, "eval_batch_size": 1,
+    overrides = {"epochs": 1, **_tii_budget(name), "batch_size": 1, "eval_batch_size": 1,
                  "device": "cpu", "seed": 0, **EXTRA_OVERRIDES.get(name, {})}
     cfg = resolve_config(DATASET, name, "vit-b16-random", overrides=overrides)
     per_task = NUM_CLASSES // NUM_TASKS

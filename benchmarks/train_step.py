@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cl.backbones import build_backbone  # noqa: E402
-from cl.config import resolve_config  # noqa: E402
+from cl.config import method_uses, resolve_config  # noqa: E402
 from cl.methods import Task, available_methods, get_method  # noqa: E402
 from cl.precision import apply_precision, autocast  # noqa: E402
 from cl.runio import write_json_atomic  # noqa: E402
@@ -99,6 +99,11 @@ class PassCounter:
         self.handle.remove()
 
 
+def _tii_budget(name: str) -> dict[str, int]:
+    # only HiDe / NoRGa train a TII model; the baselines refuse a tii_epochs they would ignore
+    return {"tii_epochs": 1} if method_uses(name, "tii_epochs") else {}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -107,7 +112,7 @@ def sync(device: torch.device) -> None:
 def build_method(name: str, backbone: str, image_size: int, batch: int, device: torch.device,
                  precision: str) -> tuple[Any, nn.Module, Task]:
     """A fresh method on its own copy of the (seeded, identical) backbone, task 0 begun."""
-    overrides = {"epochs": 1, "tii_epochs": 1, "batch_size": batch, "device": str(device),
+    overrides = {"epochs": 1, **_tii_budget(name), "batch_size": batch, "device": str(device),
                  "seed": 0, "precision": precision, **EXTRA_OVERRIDES.get(name, {})}
     cfg = resolve_config(DATASET, name, backbone, overrides=overrides)
     vit = build_backbone(backbone, img_size=image_size, seed=0).model

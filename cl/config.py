@@ -179,6 +179,43 @@ class CLConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
+# Fields only some methods read (every other field is used by every run). A method names the ones
+# it reads in ``Method.config_fields``; an explicit value of another one, different from what
+# the presets give, is refused by resolve_config: the method would silently ignore it.
+METHOD_SPECIFIC_FIELDS: tuple[str, ...] = (
+    "prompt_length", "prompt_layers", "gate_act", "attention", "gate_trainable_after_first_task",
+    "legacy_kv_reshape", "batchwise_prompt", "legacy_vote_ties", "scheduler", "larger_prompt_lr",
+    "prompt_momentum", "reg", "contrastive_temperature", "tii_epochs", "tii_lr", "tii_scheduler",
+    "tii_mlp", "tii_ca_epochs", "tii_ca_lr", "tii_clip_grad", "tap_epochs", "ca_lr",
+    "tap_samples_mult", "stats_method", "n_centroids",
+)
+
+
+def method_uses(method: str, name: str) -> bool:
+    """Whether ``method`` reads config field ``name`` (``True`` for an unregistered method or a
+    field every method uses)."""
+    from cl.methods import base
+
+    if name not in METHOD_SPECIFIC_FIELDS or method not in base.available_methods():
+        return True
+    fields = base.get_method(method).config_fields
+    return fields is None or name in fields
+
+
+def _check_used(method: str, name: str, value: Any, preset: Any) -> None:
+    """Refuse an explicit ``value`` of a field ``method`` ignores (its preset value is fine)."""
+    if value == preset or method_uses(method, name):
+        return
+    from cl.methods import available_methods, base
+
+    users = [m for m in available_methods() if method_uses(m, name)]
+    own = [f"method_options.{k}" for k in sorted(base.get_method(method).option_defaults)
+           if name.startswith("prompt_") and ("layer" in k or "length" in k)]
+    where = f" (its prompts are set by {', '.join(own)})" if own else ""
+    raise ValueError(f"{name}: {_fmt(value)} is not used by method {method}{where}; allowed: "
+                     f"leave it at {_fmt(preset)}, or a method that uses it: {', '.join(users)}")
+
+
 def _int_list(value: Any, minimum: int) -> bool:
     return isinstance(value, list) and all(
         isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
@@ -435,8 +472,12 @@ def resolve_config(
         apply(official_layer(dataset, method))
     if quick:
         apply({**QUICK_PRESETS.get(dataset, QUICK_DEFAULT), "quick": True})
+    preset = dict(cfg)
     apply(overrides or {})
-    return CLConfig(**cfg).validate()
+    config = CLConfig(**cfg).validate()
+    for key in overrides or {}:
+        _check_used(config.method, key, cfg[key], preset[key])
+    return config
 
 
 def config_from_dict(data: dict[str, Any]) -> CLConfig:

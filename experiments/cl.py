@@ -34,6 +34,7 @@ from cl.config import (  # noqa: E402
     PROTOCOLS,
     default_backbone,
     describe_presets,
+    method_uses,
     resolve_config,
 )
 from cl.data.registry import DatasetError, available_datasets  # noqa: E402
@@ -176,7 +177,9 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     }
     overrides.update({k: v for k, v in direct.items() if v is not None})
     if args.epochs is not None:
-        overrides.update(epochs=args.epochs, tii_epochs=args.epochs)
+        overrides["epochs"] = args.epochs
+        if method_uses(args.method, "tii_epochs"):  # no TII model: nothing else to set
+            overrides["tii_epochs"] = args.epochs
     overrides.update(seed=args.seed, device=args.device, num_workers=args.num_workers,
                      download=args.download)
     return overrides

@@ -67,6 +67,11 @@ class Method(abc.ABC):
     # string options with a fixed set of values, checked by resolve_options
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
+    #: the fields of :data:`cl.config.METHOD_SPECIFIC_FIELDS` this method reads (``None``: all
+    #: of them, for a method that does not say). ``resolve_config`` refuses an explicit,
+    #: non-preset value of any other one, which the method would silently ignore.
+    config_fields: ClassVar[frozenset[str] | None] = None
+
     #: whether :meth:`end_task` re-trains a head on Gaussian samples ("alignment": TAP of
     #: HiDe-Prompt / NoRGa / SMoPE); the engine then also evaluates just before that step
     has_alignment: ClassVar[bool] = False

@@ -77,6 +77,8 @@ class CodaPrompt(FrozenViTMethod):
 
     option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
+    # its schedule is method_options.schedule; prompts: method_options (pool, length, layers)
+    config_fields: ClassVar[frozenset[str] | None] = frozenset({"attention"})
 
     def _build(self, vit: nn.Module) -> None:
         config = self.config

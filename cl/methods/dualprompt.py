@@ -39,6 +39,9 @@ class DualPrompt(KeyedPromptMethod):
     The E-pool has one prompt per task and selection is top-1.
     """
 
+    # prefix prompts in method_options.g_layers / e_layers (prompt_layers is HiDe's and NoRGa's)
+    config_fields: ClassVar[frozenset[str] | None] = KeyedPromptMethod.config_fields | {
+        "attention", "legacy_kv_reshape"}  # type: ignore[operator]
     option_defaults: ClassVar[dict[str, Any]] = {
         **COMMON_OPTIONS,
         "g_layers": [0, 1],

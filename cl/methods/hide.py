@@ -16,7 +16,7 @@ head scores all classes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,14 @@ class HiDePrompt(FrozenViTMethod):
 
     gate: Gate = "linear"
     has_alignment = True
+    # the linear gate has no activation and nothing to train: gate_act and
+    # gate_trainable_after_first_task are NoRGa's
+    config_fields: ClassVar[frozenset[str] | None] = frozenset({
+        "prompt_length", "prompt_layers", "attention", "legacy_kv_reshape", "batchwise_prompt",
+        "legacy_vote_ties", "scheduler", "larger_prompt_lr", "prompt_momentum", "reg",
+        "contrastive_temperature", "tii_epochs", "tii_lr", "tii_scheduler", "tii_mlp",
+        "tii_ca_epochs", "tii_ca_lr", "tii_clip_grad", "tap_epochs", "ca_lr", "tap_samples_mult",
+        "stats_method", "n_centroids"})
 
     def _build(self, vit: nn.Module) -> None:
         config = self.config

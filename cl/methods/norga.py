@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from cl.methods.base import register_method
 from cl.methods.hide import HiDePrompt
 from cl.models.gating import Gate
@@ -16,3 +18,5 @@ class NoRGa(HiDePrompt):
     """
 
     gate: Gate = "norga"
+    config_fields: ClassVar[frozenset[str] | None] = HiDePrompt.config_fields | {
+        "gate_act", "gate_trainable_after_first_task"}  # type: ignore[operator]

@@ -50,6 +50,9 @@ class KeyedPromptMethod(FrozenViTMethod):
     """
 
     option_defaults: ClassVar[dict[str, Any]] = COMMON_OPTIONS
+    # prompts are set by method_options (L2P: prompt tuning before block 0; DualPrompt: g/e_layers)
+    config_fields: ClassVar[frozenset[str] | None] = frozenset({
+        "scheduler", "batchwise_prompt", "legacy_vote_ties"})
 
     def _build(self, vit: nn.Module) -> None:
         config = self.config

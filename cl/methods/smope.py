@@ -205,6 +205,9 @@ class SMoPE(FrozenViTMethod):
 
     option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
+    # its schedule is method_options.schedule, its prompts method_options (layers, length)
+    config_fields: ClassVar[frozenset[str] | None] = frozenset({
+        "attention", "ca_lr", "n_centroids", "stats_method", "tap_epochs", "tap_samples_mult"})
     has_alignment = True
 
     @classmethod
