@@ -476,7 +476,8 @@ def resolve_config(
     apply(overrides or {})
     config = CLConfig(**cfg).validate()
     for key in overrides or {}:
-        _check_used(config.method, key, cfg[key], preset[key])
+        if key in METHOD_SPECIFIC_FIELDS:  # method_options.x: checked by the method itself
+            _check_used(config.method, key, cfg[key], preset[key])
     return config
 
 

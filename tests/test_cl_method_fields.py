@@ -79,3 +79,9 @@ def test_preset_values_and_used_fields_are_accepted():
     # every method reads the shared fields
     assert all(method_uses(m, "epochs") for m in available_methods())
     assert method_uses("not-registered", "prompt_layers")  # left to the engine
+
+
+def test_dotted_method_options_are_left_to_the_method():
+    cfg = resolve_config("synthetic", "dualprompt",
+                         overrides={"method_options.match_all_keys": "true"})
+    assert cfg.method_options["match_all_keys"] is True

@@ -65,8 +65,10 @@ def _tiny_vit(fc_norm: bool) -> VisionTransformer:
 
 
 def _keyed(method: str, fc_norm: bool):
+    # L2P has no prefix attention: it refuses an attention setting it would ignore
+    attention = {"attention": "reference"} if method != "l2p" else {}
     cfg = resolve_config("synthetic", method, overrides={
-        "attention": "reference", "method_options": {"e_length": 2} if method != "l2p" else
+        **attention, "method_options": {"e_length": 2} if method != "l2p" else
         {"pool_size": 4, "length": 2, "top_k": 2}})
     classes = [[0, 1], [2, 3]]
     m = get_method(method)(cfg, _tiny_vit(fc_norm), 4, classes)
