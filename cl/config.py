@@ -439,6 +439,7 @@ def resolve_config(
     *,
     quick: bool = False,
     overrides: dict[str, Any] | None = None,
+    allow_unused: bool = False,
 ) -> CLConfig:
     """Build the run config by layering the presets and ``overrides``.
 
@@ -447,6 +448,10 @@ def resolve_config(
 
     ``overrides`` values may be strings (from the CLI); they are converted to the field type.
     ``dataset_options`` are merged key by key rather than replaced.
+
+    An override of a field the method does not read (:func:`method_uses`) that differs from the
+    preset value raises ``ValueError`` (the method would silently ignore it), unless
+    ``allow_unused`` (e.g. one budget of every phase passed to every method).
     """
     import cl.methods  # noqa: F401 - method modules register their presets on import
 
@@ -476,7 +481,7 @@ def resolve_config(
     apply(overrides or {})
     config = CLConfig(**cfg).validate()
     for key in overrides or {}:
-        if key in METHOD_SPECIFIC_FIELDS:  # method_options.x: checked by the method itself
+        if key in METHOD_SPECIFIC_FIELDS and not allow_unused:  # method_options.x: the method's
             _check_used(config.method, key, cfg[key], preset[key])
     return config
 

@@ -85,3 +85,8 @@ def test_dotted_method_options_are_left_to_the_method():
     cfg = resolve_config("synthetic", "dualprompt",
                          overrides={"method_options.match_all_keys": "true"})
     assert cfg.method_options["match_all_keys"] is True
+
+
+def test_allow_unused_accepts_an_ignored_field():
+    cfg = resolve_config("synthetic", "l2p", overrides={"tii_epochs": 1}, allow_unused=True)
+    assert cfg.tii_epochs == 1  # recorded in config.json, read by no part of L2P

@@ -103,7 +103,8 @@ def test_to_float32_walks_containers_and_dataclasses() -> None:
 def _method(name: str, precision: str):
     cfg = resolve_config("synthetic", name, "vit-tiny-random", overrides={
         "epochs": 1, "tii_epochs": 1, "batch_size": 8, "precision": precision,
-        **({"method_options": {"warmup_fraction": 0.0}} if name == "smope" else {})})
+        **({"method_options": {"warmup_fraction": 0.0}} if name == "smope" else {})},
+        allow_unused=True)  # one budget for every method, whatever phases it has
     vit = build_backbone("vit-tiny-random", img_size=32, seed=0).model.eval()
     task_classes = [[0, 1], [2, 3]]
     method = get_method(name)(cfg, vit, 4, task_classes, device="cpu")

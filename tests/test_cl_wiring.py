@@ -37,7 +37,8 @@ def _seen(t: int) -> list[int]:
 def _method(name: str, **overrides):
     cfg = resolve_config("synthetic", name, overrides={
         "seed": 5, "batch_size": 4, "epochs": 1, "tii_epochs": 1, "tii_ca_epochs": 1,
-        "tap_epochs": 1, "tap_samples_mult": 2, "prompt_momentum": 0.25, **overrides})
+        "tap_epochs": 1, "tap_samples_mult": 2, "prompt_momentum": 0.25, **overrides},
+        allow_unused=True)  # one budget for every method, whatever phases it has
     vit = build_backbone("vit-tiny-random", img_size=IMAGE, seed=5).model
     return get_method(name)(cfg, vit, NUM_CLASSES, SCHEDULE)
 
