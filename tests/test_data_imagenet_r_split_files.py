@@ -2,8 +2,9 @@
 
 The fixture lists are written in the format of GT-RIPL/CODA-Prompt
 ``dataloaders/splits/imagenet-r_{train,test}.yaml`` (read by ``dataloaders/dataloader.py``,
-``iIMAGENET_R.load``: ``yaml.load(...)['data']`` / ``['targets']``): a block list of paths
-``data/imagenet-r/<train|test>/<wnid>/<file>.jpg`` then a block list of integer ``targets``.
+``iIMAGENET_R.load``: ``yaml.load(...)['data']`` / ``['targets']``, @ 6417d4f): a block list of
+paths ``data/imagenet-r/<wnid>/<file>.jpg`` then a block list of integer ``targets``. Copies
+edited by others put ``train/`` or ``test/`` before the wnid; a few test entries use that form.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def _lists(root: Path, tmp_path: Path) -> tuple[Path, list[str], list[str], list
     for index, wnid in enumerate(wnids):
         for k, p in enumerate(sorted((root / "imagenet-r" / wnid).glob("*.jpg"))):
             where = "test" if k % 3 == 0 else "train"
+            prefix = "data/imagenet-r/test" if k == 3 else "data/imagenet-r"
             (test if where == "test" else train).append(
-                (f"data/imagenet-r/{where}/{wnid}/{p.name}", perm[index]))
+                (f"{prefix}/{wnid}/{p.name}", perm[index]))
     order = np.random.default_rng(3)
     train = [train[i] for i in order.permutation(len(train))]  # yaml lists are shuffled
     test = [test[i] for i in order.permutation(len(test))]
@@ -132,7 +134,7 @@ def test_structure_overlap_consistency_and_no_code_execution(spec, tree: Path) -
     refused("data: [\n", "imagenet-r_test.yaml", "not readable as YAML")
     # an image in both lists
     text = (split_dir / "imagenet-r_test.yaml").read_text().replace(
-        test[0], train[0].replace("/train/", "/test/"), 1)
+        test[0], train[0].replace("imagenet-r/", "imagenet-r/test/"), 1)
     refused(text, "imagenet-r_test.yaml", "also in")
     # one class folder with two ids
     lines = (split_dir / "imagenet-r_test.yaml").read_text().splitlines()
@@ -146,3 +148,24 @@ def test_structure_overlap_consistency_and_no_code_execution(spec, tree: Path) -
         _build(tree, tree / "nowhere")
     with pytest.raises(ValueError, match="two different splits"):
         _build(tree, split_dir, split="hide")
+
+
+def test_dualprompt_original_port_runs_on_the_coda_split(spec, tree: Path) -> None:
+    """Both new switches end to end: DualPrompt with ``recipe=original-port`` (ImageNet-R port
+    config) trained on the split read from the CODA-Prompt lists (tiny random ViT, 1 epoch)."""
+    import json
+
+    from cl.config import resolve_config
+    from cl.engine import run_experiment
+
+    split_dir, train, test, perm = _lists(tree, tree)
+    cfg = resolve_config("imagenet-r", "dualprompt", "vit-tiny-random", overrides={
+        "recipe": "original-port", "epochs": 1, "data_root": str(tree), "seed": 3,
+        "dataset_options": {"image_size": 16, "num_tasks": 2, "split_dir": str(split_dir)},
+        "method_options.e_length": 2})
+    assert (cfg.batch_size, cfg.lr, cfg.batchwise_prompt) == (24, 0.005, False)
+    result = run_experiment(cfg, tree / "run")
+    assert result.finished and 0.0 <= result.metrics["FA"] <= 100.0
+    saved = json.loads((tree / "run" / "config.json").read_text())
+    assert saved["recipe"] == "original-port"
+    assert saved["dataset_options"]["split_dir"] == str(split_dir)

@@ -2,15 +2,19 @@
 
 The CODA-Prompt code (GT-RIPL/CODA-Prompt ``dataloaders/dataloader.py``, class ``iIMAGENET_R``;
 SMoPE reuses it) reads its train/test split from two YAML files of its repository,
-``dataloaders/splits/imagenet-r_train.yaml`` and ``imagenet-r_test.yaml``. Each is a mapping with
-two lists of equal length::
+``dataloaders/splits/imagenet-r_train.yaml`` and ``imagenet-r_test.yaml`` (CODA-Prompt @ 6417d4f;
+SMoPE @ 27b982c ships the same two blobs). Each is a mapping with two lists of equal length::
 
     data:
-    - data/imagenet-r/train/n02128757/sculpture_4.jpg
+    - data/imagenet-r/n01910747/tattoo_75.jpg
     ...
     targets:
-    - 136
+    - 177
     ...
+
+The official files list 24,000 train and 6,000 test images (all 30,000, 200 class folders) and
+read in about 1 s here; their class ids are *not* the sorted-wnid index of ``ImageFolder``, so
+they are kept as the labels.
 
 ``data`` holds image paths (only the last two components, ``<wnid>/<file name>``, are used, so
 the files are found in the project's ImageNet-R tree wherever it lies) and ``targets`` their
