@@ -530,8 +530,8 @@ def describe_presets(width: int = 100) -> str:
     names = {f.name for f in dataclasses.fields(CLConfig)} - {"backbone"}
     lines = [
         "presets (cl-pipeline.md 2.6; later wins: dataset < method < method x backbone < "
-        "--quick < flags; lr is scaled by batch_size/256; backbones not listed use the sup21k "
-        "values):",
+        "--set recipe=original-port (lines +original-port) < --quick < flags; lr is scaled by "
+        "batch_size/256; backbones not listed use the sup21k values):",
     ]
     methods = sorted(set(available_methods()) | set(METHOD_PRESETS))
     for dataset, layer in DATASET_PRESETS.items():
@@ -561,4 +561,12 @@ def describe_presets(width: int = 100) -> str:
                 diff = " ".join(f"{k}={v}" for k, v in b.items() if a.get(k) != v)
                 if diff:
                     lines.extend(wrap(diff, 6, "+" + backbone))
+            for recipe in RECIPES[1:]:  # --set recipe=...: what it changes, where it exists
+                if dataset not in RECIPE_PRESETS.get(recipe, {}).get(method, {}):
+                    continue
+                a = _flat(base, names)
+                b = _flat(resolve_config(dataset, method, "sup21k",
+                                         overrides={"recipe": recipe}), names - {"recipe"})
+                diff = " ".join(f"{k}={v}" for k, v in b.items() if a.get(k) != v)
+                lines.extend(wrap(diff, 6, "+" + recipe))
     return "\n".join(lines)

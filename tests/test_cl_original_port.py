@@ -95,3 +95,16 @@ def test_unknown_recipe_and_the_deviation_row_names_the_flag() -> None:
     split = next(d for d in DEVIATIONS if d.what == "ImageNet-R train/test split")
     assert "`--set dataset_options.split_dir=DIR`" in split.flag()
     assert "no switch" not in split.flag()
+
+
+def test_help_lists_what_the_recipe_changes_where_it_exists() -> None:
+    from cl.config import describe_presets
+
+    lines = describe_presets(width=1000).splitlines()
+    port = [i for i, line in enumerate(lines) if line.strip().startswith("+original-port")]
+    assert len(port) == 4  # l2p: cifar100, 5datasets; dualprompt: cifar100, imagenet-r
+    owners = [lines[i - 1].split()[0] if not lines[i - 1].strip().startswith("+")
+              else lines[i - 2].split()[0] for i in port]
+    assert sorted(owners) == ["dualprompt", "dualprompt", "l2p", "l2p"]
+    l2p_cifar = next(lines[i] for i, o in zip(port, owners, strict=True) if o == "l2p")
+    assert "method_options.pool_size=10" in l2p_cifar and "epochs=5" in l2p_cifar
