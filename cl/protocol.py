@@ -263,7 +263,7 @@ DEVIATIONS: tuple[Deviation, ...] = (
         flag_note="`--set recipe=original-port` (L2P: cifar100, 5datasets; DualPrompt: cifar100, "
         "imagenet-r, the datasets the ports configure); not part of `--protocol official`, "
         "whose reference is MoE_PromptCL; L2P's prompt-mean head and 5-Datasets prompt mask "
-        "have no switch",
+        "have no switch, nor have the CODA code's own L2P++ / DualPrompt re-implementations",
     ),
     Deviation(
         what="ImageNet-R train/test split",
