@@ -10,6 +10,7 @@ plus a fingerprint of this package's source, so a re-run only computes what is n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -17,11 +18,12 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed, parallel_config
+from statsmodels.regression.linear_model import RegressionResultsWrapper
 from threadpoolctl import threadpool_limits
 
 from moe_theory.cache import FitCache
@@ -36,6 +38,8 @@ from moe_theory.estimate import (
 from moe_theory.gates import ACTIVATIONS, GATES, Gate, check_choice
 from moe_theory.inference import (
     AICC_DECISIVE,
+    RateFit,
+    SlopeFit,
     bootstrap_slope,
     compare_rate_models,
     fit_rate,
@@ -351,6 +355,262 @@ def mechanism_report(config: RateConfig) -> dict[str, object]:
     }
 
 
+@dataclass(frozen=True)
+class PerNStats:
+    """Replicate statistics of one (setting, gate) at one n (``per_n`` of ``summary.json``)."""
+
+    mean: float
+    median: float
+    l2_median: float
+    mass_median: float
+    beta1_median: float
+    eta_median: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FisherCheck:
+    """The Fisher check of spec section 7 (exact setting): mean ``L_1`` at the largest n over
+    the prediction ``C / sqrt(n)``, with a 95% t CI over the replicates."""
+
+    criterion: str
+    C: float
+    C_sum: float
+    lambda_min: float
+    cond: float
+    n: int
+    predicted: float
+    measured_mean: float
+    ratio: float
+    ratio_ci: tuple[float, float]
+    consistent: bool
+    #: Second, labelled criterion: mean_r(L_1) * sqrt(n) / C averaged over the n used.
+    ratio_pooled: float
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``fisher_*`` keys of ``summary.json``."""
+        return {
+            "fisher_criterion": self.criterion,
+            "fisher_C": self.C,
+            "fisher_C_sum": self.C_sum,
+            "fisher_lambda_min": self.lambda_min,
+            "fisher_cond": self.cond,
+            "fisher_n": self.n,
+            "fisher_predicted": self.predicted,
+            "fisher_measured_mean": self.measured_mean,
+            "fisher_ratio": self.ratio,
+            "fisher_ratio_ci": list(self.ratio_ci),
+            "fisher_consistent": self.consistent,
+            "fisher_ratio_pooled": self.ratio_pooled,
+        }
+
+
+@dataclass(frozen=True)
+class GroupAnalysis:
+    """Rate inference of one (setting, gate): one entry of ``summary.json``.
+
+    Attributes
+    ----------
+    setting, gate, activation, expert, theorem:
+        What was fitted and what the theory predicts.
+    fit, l2_fit:
+        :class:`~moe_theory.inference.RateFit` of ``L_1`` and of the L2 error on the n used
+        (their statsmodels results, ``conf_int(alpha)`` and ``summary()``).
+    mean_fit, median_fit:
+        Bootstrap slopes of the per-n mean and median of ``L_1``.
+    part_slopes:
+        Slope of each loss part (``loss_mass``, ``loss_beta1``, ``loss_eta``; ``None`` with
+        fewer than two n of positive values).
+    model_comparison, local_slopes:
+        :func:`~moe_theory.inference.compare_rate_models` and
+        :func:`~moe_theory.inference.local_slopes` of the per-n medians.
+    n_all, n_used, n_used_note:
+        The n of the grid, those entering the fits, and why all n entered (or ``None``).
+    per_n:
+        :class:`PerNStats` for each n of ``n_all``, in order.
+    status_counts:
+        Fits per status of :data:`~moe_theory.estimate.FIT_STATUSES`, in that order.
+    n_fits, n_at_bound:
+        Fits, and fits that ended at the parameter bound.
+    fisher:
+        :class:`FisherCheck` (exact setting) or ``None``.
+    verdict:
+        :func:`rate_verdict`.
+    """
+
+    setting: str
+    gate: str
+    activation: str
+    expert: str
+    theorem: str
+    fit: RateFit
+    l2_fit: RateFit
+    mean_fit: SlopeFit
+    median_fit: SlopeFit
+    part_slopes: dict[str, float | None]
+    model_comparison: dict[str, object]
+    local_slopes: list[dict[str, float]]
+    n_all: tuple[int, ...]
+    n_used: tuple[int, ...]
+    n_used_note: str | None
+    per_n: tuple[PerNStats, ...]
+    status_counts: tuple[tuple[str, int], ...]
+    n_fits: int
+    n_at_bound: int
+    fisher: FisherCheck | None
+    verdict: str
+
+    def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
+        """CI of the ``L_1`` slope at level ``1 - alpha`` (default 95%)."""
+        return self.fit.conf_int(alpha)
+
+    def summary(self) -> str:
+        """One line on the ``L_1`` slope (:meth:`RateFit.summary`)."""
+        return self.fit.summary()
+
+    @property
+    def results(self) -> RegressionResultsWrapper:
+        """The statsmodels results of the ``L_1`` slope fit."""
+        return self.fit.results
+
+    def to_dict(self) -> dict[str, object]:
+        """This entry as written to ``summary.json`` (key order included)."""
+        entry: dict[str, object] = {
+            "activation": self.activation,
+            "expert": self.expert,
+            "theorem": self.theorem,
+            "slope": self.fit.slope,
+            "slope_ci": list(self.fit.conf_int()),
+            "slope_method": self.fit.method,
+            "slope_df": self.fit.df_resid,
+            "slope_mean": self.mean_fit.slope,
+            "slope_mean_ci": list(self.mean_fit.ci),
+            "slope_median": self.median_fit.slope,
+            "slope_median_ci": list(self.median_fit.ci),
+            "l2_slope": self.l2_fit.slope,
+            "l2_slope_ci": list(self.l2_fit.conf_int()),
+            "part_slopes": dict(self.part_slopes),
+            "model_comparison": self.model_comparison,
+            "local_slopes": self.local_slopes,
+            "n_all": list(self.n_all),
+            "n_used": list(self.n_used),
+            "n_used_note": self.n_used_note,
+            "per_n": {str(v): s.to_dict() for v, s in zip(self.n_all, self.per_n, strict=True)},
+            "n_fits": self.n_fits,
+            **{f"n_{status}": count for status, count in self.status_counts},
+            "n_at_bound": self.n_at_bound,
+        }
+        if self.fisher is None:
+            entry.update({"fisher_C": None, "fisher_C_sum": None})
+        else:
+            fisher = self.fisher.to_dict()
+            # fisher_C and fisher_C_sum come first (the key order of summary.json version 2)
+            entry.update({"fisher_C": fisher.pop("fisher_C"),
+                          "fisher_C_sum": fisher.pop("fisher_C_sum"), **fisher})
+        entry["verdict"] = self.verdict
+        return entry
+
+
+def analyse_group(config: RateConfig, rows: list[dict[str, object]]) -> GroupAnalysis:
+    """Rate inference (spec 5.4) of the fits ``rows`` of one (setting, gate) of ``config``."""
+    setting, gate = str(rows[0]["setting"]), str(rows[0]["gate"])
+    n = np.array([r["n"] for r in rows])
+    n_all = np.unique(n)
+    n_used = n_all[n_all >= config.fit_n_min]
+    note = None
+    if len(n_used) < 3:
+        n_used, note = (
+            n_all,
+            (f"fewer than 3 values of n >= {config.fit_n_min}; all n entered the fit"),
+        )
+    used = np.isin(n, n_used)
+
+    def col(name: str) -> np.ndarray:
+        return np.array([r[name] for r in rows], dtype=float)
+
+    loss, l2 = col("voronoi_loss"), col("l2_error")
+    per_n = [loss[(n == v)] for v in n_used]
+    main = fit_rate(n[used], loss[used])
+    l2_fit = fit_rate(n[used], l2[used])
+    medians = np.array([np.median(v) for v in per_n])
+    means = np.array([np.mean(v) for v in per_n])
+    comparison = compare_rate_models(n_used, medians)
+    parts = {}
+    for part in ("loss_mass", "loss_beta1", "loss_eta"):
+        vals = col(part)
+        pos = vals[used] > 0
+        parts[part] = (
+            fit_rate(n[used][pos], vals[used][pos]).slope
+            if len(np.unique(n[used][pos])) >= 2
+            else None
+        )
+    status = [r["status"] for r in rows]
+    fisher = None
+    if setting == "exact":
+        pred = fisher_prediction(config.truth(setting, gate), config.noise_sd)
+        n_max = int(n_all.max())
+        predicted = pred["C"] / np.sqrt(n_max)
+        ratio, lo, hi = mean_ratio_ci(loss[n == n_max], predicted)
+        fisher = FisherCheck(
+            criterion="mean L_1 at the largest n / (C/sqrt(n)), 95% t CI over the replicates; "
+            f"consistent when the CI overlaps [{FISHER_BAND[0]}, {FISHER_BAND[1]}] "
+            "(spec section 7)",
+            C=pred["C"],
+            C_sum=pred["C_sum"],
+            lambda_min=pred["lambda_min"],
+            cond=pred["cond"],
+            n=n_max,
+            predicted=float(predicted),
+            measured_mean=float(np.mean(loss[n == n_max])),
+            ratio=ratio,
+            ratio_ci=(lo, hi),
+            consistent=bool(lo <= FISHER_BAND[1] and hi >= FISHER_BAND[0]),
+            ratio_pooled=float(np.mean(means * np.sqrt(n_used)) / pred["C"]),
+        )
+    return GroupAnalysis(
+        setting=setting,
+        gate=gate,
+        activation=str(rows[0]["activation"]),
+        expert=str(rows[0]["expert"]),
+        theorem=get_setting(setting).theorem,
+        fit=main,
+        l2_fit=l2_fit,
+        mean_fit=bootstrap_slope(n_used, per_n, "mean", seed=config.seed),
+        median_fit=bootstrap_slope(n_used, per_n, "median", seed=config.seed),
+        part_slopes=parts,
+        model_comparison=comparison,
+        local_slopes=local_slopes(n_used, medians) if len(n_used) >= 3 else [],
+        n_all=tuple(int(v) for v in n_all),
+        n_used=tuple(int(v) for v in n_used),
+        n_used_note=note,
+        per_n=tuple(
+            PerNStats(
+                mean=float(np.mean(loss[n == v])),
+                median=float(np.median(loss[n == v])),
+                l2_median=float(np.median(l2[n == v])),
+                mass_median=float(np.median(col("loss_mass")[n == v])),
+                beta1_median=float(np.median(col("loss_beta1")[n == v])),
+                eta_median=float(np.median(col("loss_eta")[n == v])),
+            )
+            for v in n_all
+        ),
+        status_counts=tuple((s, status.count(s)) for s in FIT_STATUSES),
+        n_fits=len(rows),
+        n_at_bound=int(np.array([r["at_bound"] for r in rows], dtype=bool).sum()),
+        fisher=fisher,
+        verdict=rate_verdict(
+            expected=EXPECTED_SLOPE[setting],
+            slope_ci=main.conf_int(),
+            l2_slope=l2_fit.slope,
+            l2_ci=l2_fit.conf_int(),
+            model=comparison,
+            fisher=fisher.to_dict() if fisher is not None else None,
+        ),
+    )
+
+
 @dataclass
 class RateResult:
     """Records of a sweep plus its E4 report, with the rate inference of spec 5.4.
@@ -363,12 +623,14 @@ class RateResult:
         One dict per fit, keys :data:`FIT_COLUMNS`.
     mechanism:
         E4 report (``None`` when ``mechanism`` was not requested).
+
+    The analysis is computed on first use and kept (:attr:`analysis`); ``records`` are not
+    meant to change afterwards.
     """
 
     config: RateConfig
     records: list[dict[str, object]]
     mechanism: dict[str, object] | None = None
-    _cache: dict[str, object] = field(default_factory=dict, repr=False)
 
     def groups(self) -> list[tuple[str, str]]:
         """The (setting, gate) pairs present, in config order."""
@@ -380,119 +642,34 @@ class RateResult:
     def rows(self, setting: str, gate: str) -> list[dict[str, object]]:
         return [r for r in self.records if r["setting"] == setting and r["gate"] == gate]
 
+    @functools.cached_property
+    def analysis(self) -> dict[tuple[str, str], GroupAnalysis]:
+        """:class:`GroupAnalysis` per (setting, gate) of :meth:`groups` (computed once)."""
+        return {(s, g): analyse_group(self.config, self.rows(s, g)) for s, g in self.groups()}
+
+    def group(self, setting: str, gate: str) -> GroupAnalysis:
+        """The analysis of one (setting, gate); ``KeyError`` naming the pairs present."""
+        try:
+            return self.analysis[(setting, gate)]
+        except KeyError:
+            raise KeyError(
+                f"no fits of setting {setting!r} with gate {gate!r}; present: {self.groups()}"
+            ) from None
+
+    def rate_fit(self, setting: str, gate: str) -> RateFit:
+        """The :class:`~moe_theory.inference.RateFit` of the ``L_1`` slope in ``summary.json``.
+
+        Its ``conf_int(alpha)`` gives other levels, ``summary()`` one line and ``results`` the
+        statsmodels results. The L2-error fit is ``group(setting, gate).l2_fit``.
+        """
+        return self.group(setting, gate).fit
+
     def analyse(self) -> dict[str, dict[str, dict[str, object]]]:
-        """Per (setting, gate) statistics as written to ``summary.json`` (cached)."""
-        if "analysis" not in self._cache:
-            out: dict[str, dict[str, dict[str, object]]] = {}
-            for setting, gate in self.groups():
-                out.setdefault(setting, {})[gate] = self._analyse_group(setting, gate)
-            self._cache["analysis"] = out
-        return self._cache["analysis"]  # type: ignore[return-value]
-
-    def _analyse_group(self, setting: str, gate: str) -> dict[str, object]:
-        rows = self.rows(setting, gate)
-        n = np.array([r["n"] for r in rows])
-        n_all = np.unique(n)
-        n_used = n_all[n_all >= self.config.fit_n_min]
-        note = None
-        if len(n_used) < 3:
-            n_used, note = (
-                n_all,
-                (f"fewer than 3 values of n >= {self.config.fit_n_min}; all n entered the fit"),
-            )
-        used = np.isin(n, n_used)
-
-        def col(name: str) -> np.ndarray:
-            return np.array([r[name] for r in rows], dtype=float)
-
-        loss, l2 = col("voronoi_loss"), col("l2_error")
-        per_n = [loss[(n == v)] for v in n_used]
-        main = fit_rate(n[used], loss[used])
-        l2_fit = fit_rate(n[used], l2[used])
-        mean_fit = bootstrap_slope(n_used, per_n, "mean", seed=self.config.seed)
-        median_fit = bootstrap_slope(n_used, per_n, "median", seed=self.config.seed)
-        medians = np.array([np.median(v) for v in per_n])
-        means = np.array([np.mean(v) for v in per_n])
-        comparison = compare_rate_models(n_used, medians)
-        parts = {}
-        for part in ("loss_mass", "loss_beta1", "loss_eta"):
-            vals = col(part)
-            pos = vals[used] > 0
-            parts[part] = (
-                fit_rate(n[used][pos], vals[used][pos]).slope
-                if len(np.unique(n[used][pos])) >= 2
-                else None
-            )
-        status = [r["status"] for r in rows]
-        at_bound = np.array([r["at_bound"] for r in rows], dtype=bool)
-        entry: dict[str, object] = {
-            "activation": rows[0]["activation"],
-            "expert": rows[0]["expert"],
-            "theorem": get_setting(setting).theorem,
-            "slope": main.slope,
-            "slope_ci": list(main.conf_int()),
-            "slope_method": main.method,
-            "slope_df": main.df_resid,
-            "slope_mean": mean_fit.slope,
-            "slope_mean_ci": list(mean_fit.ci),
-            "slope_median": median_fit.slope,
-            "slope_median_ci": list(median_fit.ci),
-            "l2_slope": l2_fit.slope,
-            "l2_slope_ci": list(l2_fit.conf_int()),
-            "part_slopes": parts,
-            "model_comparison": comparison,
-            "local_slopes": local_slopes(n_used, medians) if len(n_used) >= 3 else [],
-            "n_all": n_all.tolist(),
-            "n_used": n_used.tolist(),
-            "n_used_note": note,
-            "per_n": {
-                str(v): {
-                    "mean": float(np.mean(loss[n == v])),
-                    "median": float(np.median(loss[n == v])),
-                    "l2_median": float(np.median(l2[n == v])),
-                    "mass_median": float(np.median(col("loss_mass")[n == v])),
-                    "beta1_median": float(np.median(col("loss_beta1")[n == v])),
-                    "eta_median": float(np.median(col("loss_eta")[n == v])),
-                }
-                for v in n_all
-            },
-            "n_fits": len(rows),
-            **{f"n_{s}": status.count(s) for s in FIT_STATUSES},
-            "n_at_bound": int(at_bound.sum()),
-            "fisher_C": None,
-            "fisher_C_sum": None,
-        }
-        if setting == "exact":
-            pred = fisher_prediction(self.config.truth(setting, gate), self.config.noise_sd)
-            n_max = int(n_all.max())
-            predicted = pred["C"] / np.sqrt(n_max)
-            ratio, lo, hi = mean_ratio_ci(loss[n == n_max], predicted)
-            entry.update({
-                "fisher_criterion": "mean L_1 at the largest n / (C/sqrt(n)), 95% t CI over "
-                f"the replicates; consistent when the CI overlaps [{FISHER_BAND[0]}, "
-                f"{FISHER_BAND[1]}] (spec section 7)",
-                "fisher_C": pred["C"],
-                "fisher_C_sum": pred["C_sum"],
-                "fisher_lambda_min": pred["lambda_min"],
-                "fisher_cond": pred["cond"],
-                "fisher_n": n_max,
-                "fisher_predicted": float(predicted),
-                "fisher_measured_mean": float(np.mean(loss[n == n_max])),
-                "fisher_ratio": ratio,
-                "fisher_ratio_ci": [lo, hi],
-                "fisher_consistent": bool(lo <= FISHER_BAND[1] and hi >= FISHER_BAND[0]),
-                # Second, labelled line: mean_r(L_1) * sqrt(n) / C averaged over the n used.
-                "fisher_ratio_pooled": float(np.mean(means * np.sqrt(n_used)) / pred["C"]),
-            })
-        entry["verdict"] = rate_verdict(
-            expected=EXPECTED_SLOPE[setting],
-            slope_ci=tuple(entry["slope_ci"]),  # type: ignore[arg-type]
-            l2_slope=l2_fit.slope,
-            l2_ci=l2_fit.conf_int(),
-            model=comparison,
-            fisher=entry if entry["fisher_C"] is not None else None,
-        )
-        return entry
+        """Per (setting, gate) statistics as written to ``summary.json`` (plain dicts)."""
+        out: dict[str, dict[str, dict[str, object]]] = {}
+        for (setting, gate), entry in self.analysis.items():
+            out.setdefault(setting, {})[gate] = entry.to_dict()
+        return out
 
     def summary_dict(self) -> dict[str, object]:
         """The content of ``summary.json``."""
@@ -512,50 +689,54 @@ class RateResult:
             f"restarts={self.config.restarts} n={list(self.config.n_values)}",
         ]
         range_notes = []
-        for setting, by_gate in self.analyse().items():
-            first = next(iter(by_gate.values()))
-            lines += ["", f"== {setting}: {first['theorem']}"]
-            for gate, e in by_gate.items():
-                label = Gate(gate, self.config.activation).label
-                ci, mci, lci = e["slope_ci"], e["slope_median_ci"], e["l2_slope_ci"]
+        by_setting: dict[str, list[GroupAnalysis]] = {}
+        for entry in self.analysis.values():
+            by_setting.setdefault(entry.setting, []).append(entry)
+        for setting, entries in by_setting.items():
+            lines += ["", f"== {setting}: {entries[0].theorem}"]
+            for e in entries:
+                label = Gate(e.gate, self.config.activation).label
+                pad = f"  {'':14s}"
+                ci, mci, lci = e.fit.conf_int(), e.median_fit.ci, e.l2_fit.conf_int()
                 lines.append(
-                    f"  {label:14s} L_1 slope {e['slope']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] "
-                    f"(95% CI: {e['slope_method']}, t({e['slope_df']:g})); median "
-                    f"{e['slope_median']:+.3f} [{mci[0]:+.3f}, {mci[1]:+.3f}] (bootstrap); "
-                    f"L2 slope {e['l2_slope']:+.3f} [{lci[0]:+.3f}, {lci[1]:+.3f}]"
+                    f"  {label:14s} L_1 slope {e.fit.slope:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] "
+                    f"(95% CI: {e.fit.method}, t({e.fit.df_resid:g})); median "
+                    f"{e.median_fit.slope:+.3f} [{mci[0]:+.3f}, {mci[1]:+.3f}] (bootstrap); "
+                    f"L2 slope {e.l2_fit.slope:+.3f} [{lci[0]:+.3f}, {lci[1]:+.3f}]"
                 )
-                mc = e["model_comparison"]
+                mc = e.model_comparison
                 if "aicc" in mc:
                     aicc = " / ".join(
-                        f"{k} {'n/a' if v is None else f'{v:.1f}'}" for k, v in mc["aicc"].items()
+                        f"{k} {'n/a' if v is None else f'{v:.1f}'}"
+                        for k, v in mc["aicc"].items()  # type: ignore[attr-defined]
                     )
+                    q_ci = mc["q_ci"]
                     lines.append(
-                        f"  {'':14s} rate model: {mc['classification']} ({mc['reason']}); "
-                        f"AICc {aicc}; q={mc['q']:.3g} [{mc['q_ci'][0]:.3g}, {mc['q_ci'][1]:.3g}]"
+                        f"{pad} rate model: {mc['classification']} ({mc['reason']}); "
+                        f"AICc {aicc}; q={mc['q']:.3g} [{q_ci[0]:.3g}, {q_ci[1]:.3g}]"  # type: ignore[index]
                     )
                 if mc.get("range_note") and mc["range_note"] not in range_notes:
                     range_notes.append(mc["range_note"])
-                if e["fisher_C"] is not None:
-                    rci = e["fisher_ratio_ci"]
+                if e.fisher is not None:
+                    f = e.fisher
                     lines.append(
-                        f"  {'':14s} Fisher (spec 7): C={e['fisher_C']:.2f}; mean L_1"
-                        f"({e['fisher_n']}) = {e['fisher_measured_mean']:.4f} vs C/sqrt(n) = "
-                        f"{e['fisher_predicted']:.4f}: ratio {e['fisher_ratio']:.2f} "
-                        f"[{rci[0]:.2f}, {rci[1]:.2f}]"
+                        f"{pad} Fisher (spec 7): C={f.C:.2f}; mean L_1({f.n}) = "
+                        f"{f.measured_mean:.4f} vs C/sqrt(n) = {f.predicted:.4f}: ratio "
+                        f"{f.ratio:.2f} [{f.ratio_ci[0]:.2f}, {f.ratio_ci[1]:.2f}]"
                     )
                     lines.append(
-                        f"  {'':14s} Fisher, pooled (second criterion, not the spec's): mean "
-                        f"over the n used of mean L_1 * sqrt(n) / C = "
-                        f"{e['fisher_ratio_pooled']:.2f}"
+                        f"{pad} Fisher, pooled (second criterion, not the spec's): mean "
+                        f"over the n used of mean L_1 * sqrt(n) / C = {f.ratio_pooled:.2f}"
                     )
+                counts = dict(e.status_counts)
                 lines.append(
-                    f"  {'':14s} fits {e['n_fits']}: converged {e['n_converged']}, capped "
-                    f"{e['n_capped']}, stalled {e['n_stalled']}, at bound {e['n_at_bound']}; "
-                    f"n used {e['n_used']}"
+                    f"{pad} fits {e.n_fits}: converged {counts['converged']}, capped "
+                    f"{counts['capped']}, stalled {counts['stalled']}, at bound {e.n_at_bound}; "
+                    f"n used {list(e.n_used)}"
                 )
                 if setting != "exact":
-                    lines.append(f"  {'':14s} {_parts_line(e)}")
-                lines.append(f"  {'':14s} verdict: {e['verdict']}")
+                    lines.append(f"{pad} {_parts_line(e)}")
+                lines.append(f"{pad} verdict: {e.verdict}")
         notes = [
             f"Rate models: {note}; a rate label names one model only when its AICc is lower "
             f"than every other model's by >= {AICC_DECISIVE:g}, otherwise the models are called "
@@ -591,15 +772,14 @@ class RateResult:
         return "\n".join(lines)
 
 
-def _parts_line(e: dict[str, object]) -> str:
+def _parts_line(e: GroupAnalysis) -> str:
     """Median loss parts at the smallest and largest n (over-specified settings)."""
-    per_n = e["per_n"]  # type: ignore[assignment]
-    first, last = per_n[str(e["n_all"][0])], per_n[str(e["n_all"][-1])]  # type: ignore[index]
+    first, last = e.per_n[0], e.per_n[-1]
     parts = ", ".join(
-        f"{name} {first[key]:.3g} -> {last[key]:.3g}"
+        f"{name} {getattr(first, key):.3g} -> {getattr(last, key):.3g}"
         for name, key in (("mass", "mass_median"), ("beta1", "beta1_median"), ("eta", "eta_median"))
     )
-    return f"median L_1 parts from n={e['n_all'][0]} to n={e['n_all'][-1]}: {parts}"  # type: ignore[index]
+    return f"median L_1 parts from n={e.n_all[0]} to n={e.n_all[-1]}: {parts}"
 
 
 def rate_verdict(
