@@ -81,3 +81,18 @@ def test_analysis_is_typed_frozen_and_computed_once(result, monkeypatch):
 def test_group_of_a_missing_pair_names_the_pairs_present(result):
     with pytest.raises(KeyError, match="'over-tanh'.*'none'.*present"):
         result.group("over-tanh", "none")
+
+
+# Every public name moe_theory/rates.py defined before it was split (issue 17, point 5).
+DEFINED_BEFORE_THE_SPLIT = (
+    "BACKENDS", "DASK_CONNECT_TIMEOUT", "EXPECTED_SLOPE", "FISHER_BAND", "FIT_COLUMNS", "PRESETS",
+    "RECORD_KEYS", "TIMING_COLUMNS", "RateConfig", "RateResult", "SchedulerUnreachableError",
+    "connect_dask", "exit_with_parent", "fit_outcome", "fit_task", "l2_error",
+    "mechanism_report", "n_grid", "plan_tasks", "rate_verdict", "run_rates",
+)
+
+
+def test_every_public_name_stays_importable_from_moe_theory_rates():
+    for name in (*DEFINED_BEFORE_THE_SPLIT, *rates.__all__):
+        assert hasattr(rates, name), name
+    assert set(DEFINED_BEFORE_THE_SPLIT) <= set(rates.__all__)
