@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from estimator import machine  # sibling script (this folder is sys.path[0]): same machine
+from estimator import machine  # sibling script (this folder is first on the import path)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,8 @@
 (code in moe_theory.cli; see --help).
 
 A thin file kept so that the documented ``python experiments/rates.py ...`` commands work; the
-packages are imported past this folder, whose rates.py would otherwise shadow a package.
+packages are imported past this folder, whose cl.py and figures.py share their names with
+packages (norga.script; the import path is left as it is).
 """
 
 import sys

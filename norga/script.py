@@ -1,9 +1,9 @@
 """Run a package's command line from a file in ``experiments/`` (``python experiments/cl.py``).
 
-Python puts a script's folder first on ``sys.path``, so ``experiments/cl.py`` and
+Python puts a script's folder first on the import path, so ``experiments/cl.py`` and
 ``experiments/figures.py`` would be imported in place of the packages ``cl`` and ``figures``
 they share a name with. :func:`run_package_cli` imports those packages past the script's folder
-(the same finders, the same order, that folder left out) without changing ``sys.path``, then
+(the same finders, the same order, that folder left out) without changing the import path, then
 runs the package's ``run``.
 """
 
@@ -28,7 +28,7 @@ def _resolved(entry: str) -> Path | None:
 
 
 def _find_spec(name: str, folder: Path) -> ModuleSpec | None:
-    """Where ``import name`` would look if ``folder`` were not on ``sys.path``."""
+    """Where ``import name`` would look if ``folder`` were not on the import path."""
     search = [entry for entry in sys.path if _resolved(entry) != folder]
     for finder in sys.meta_path:
         find_spec = getattr(finder, "find_spec", None)
@@ -46,7 +46,7 @@ def import_past(folder: Path, names: Iterable[str] = PACKAGES) -> None:
     Parameters
     ----------
     folder
-        The folder of the running script (``sys.path[0]``).
+        The folder of the running script (first on the import path).
     names
         Top-level package names; those without a same-named ``.py`` file or folder in
         ``folder``, or already imported, are left to the ordinary import.

@@ -1,5 +1,5 @@
 """The installed commands norga-rates / norga-cl / norga-figures and their experiments/ scripts:
-[project.scripts] entry points, --help, one-line errors with exit 2, no sys.path edits, and the
+[project.scripts] entry points, --help, one-line errors with exit 2, no import-path edits, and the
 scripts whose names shadow a package (experiments/cl.py, experiments/figures.py)."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_main_by_import_names_the_script(name: str, capsys) -> None:
         assert capsys.readouterr().err.startswith(f"{prog}: error: argument {flag}")
 
 
-def test_no_sys_path_edit_in_the_repository() -> None:
+def test_no_import_path_edit_in_the_repository() -> None:
     edit = re.compile(r"sys\.path\s*(\[[^\]]*\]\s*=|=|\.(insert|append|extend|remove|pop|clear)"
                       r"\b|\+=)")
     offenders = []
