@@ -62,13 +62,12 @@ from typing import Any
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cl.backbones import build_backbone
+from cl.models.prefix_attention import PrefixAttention, sdpa_backward_node
+from cl.models.vit import PromptedViT
+from cl.runio import write_json_atomic
 
-from cl.backbones import build_backbone  # noqa: E402
-from cl.models.prefix_attention import PrefixAttention, sdpa_backward_node  # noqa: E402
-from cl.models.vit import PromptedViT  # noqa: E402
-from cl.runio import write_json_atomic  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("attention")
 

@@ -48,14 +48,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cl.backbones import build_backbone
+from cl.config import method_uses, resolve_config
+from cl.methods import Task, available_methods, get_method
+from cl.models.vit import pooled
+from cl.runio import write_json_atomic, write_text_atomic
 
-from cl.backbones import build_backbone  # noqa: E402
-from cl.config import method_uses, resolve_config  # noqa: E402
-from cl.methods import Task, available_methods, get_method  # noqa: E402
-from cl.models.vit import pooled  # noqa: E402
-from cl.runio import write_json_atomic, write_text_atomic  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("cost")
 

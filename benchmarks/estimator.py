@@ -43,13 +43,12 @@ import numpy as np
 from scipy.optimize import least_squares
 from threadpoolctl import threadpool_limits
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from moe_theory.estimate import fit_batched, near_truth_starts
+from moe_theory.model import PrefixMoE, mixture, n_params, textbook_regression
+from moe_theory.settings import THETA_BOUND, get_setting
+from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate
 
-from moe_theory.estimate import fit_batched, near_truth_starts  # noqa: E402
-from moe_theory.model import PrefixMoE, mixture, n_params, textbook_regression  # noqa: E402
-from moe_theory.settings import THETA_BOUND, get_setting  # noqa: E402
-from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 RSS_RTOL = 1e-6  # agreement required on fits that both paths report converged
 MAX_NFEV = 400

@@ -33,11 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from estimator import machine  # sibling script (this folder is first on the import path)
 
-from estimator import machine  # noqa: E402  (sibling script: the same machine description)
+ROOT = Path(__file__).resolve().parents[1]
 
 PYTHON = sys.executable
 GIB = 2.0**30
@@ -76,7 +74,6 @@ json.dump({"wall": wall, "peak_rss_bytes": peak_kib * 1024,
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 

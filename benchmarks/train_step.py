@@ -51,14 +51,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from cl.backbones import build_backbone
+from cl.config import method_uses, resolve_config
+from cl.methods import Task, available_methods, get_method
+from cl.precision import apply_precision, autocast
+from cl.runio import write_json_atomic
 
-from cl.backbones import build_backbone  # noqa: E402
-from cl.config import method_uses, resolve_config  # noqa: E402
-from cl.methods import Task, available_methods, get_method  # noqa: E402
-from cl.precision import apply_precision, autocast  # noqa: E402
-from cl.runio import write_json_atomic  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("train_step")
 

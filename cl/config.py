@@ -2,7 +2,9 @@
 
 Resolution order (later wins): dataclass defaults < dataset preset < method preset (``"*"``,
 then per dataset) < method preset per (dataset, backbone) (e.g. NoRGa's gate activation and the
-shorter schedules of the self-supervised backbones) < ``--protocol official`` (cl/protocol.py)
+shorter schedules of the self-supervised backbones) < ``--set recipe=original-port`` (the
+original L2P/DualPrompt ports' configs, registered by those method modules) < ``--protocol
+official`` (cl/protocol.py)
 < ``--quick`` < explicit overrides.
 Values are the effective ones of cl-pipeline.md section 2.6 for Sup-21K unless noted; learning
 rates are the raw script values and are multiplied by ``batch_size / 256`` where the original
@@ -22,13 +24,21 @@ from typing import Any, Literal, get_args
 
 from cl.models.gating import ACTIVATIONS
 from cl.precision import PRECISIONS
-from cl.preset_registry import METHOD_PRESETS, PresetTable, register_method_presets
+from cl.preset_registry import (
+    METHOD_PRESETS,
+    RECIPE_PRESETS,
+    PresetTable,
+    register_method_presets,
+)
 from cl.stats import STATS_METHODS
 
 Scheduler = Literal["constant", "step", "cosine"]
 AttentionImpl = Literal["fused", "reference"]
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 PROTOCOLS: tuple[str, ...] = ("default", "official")
+# "default": the presets below (MoE_PromptCL's re-run configs); "original-port": the configs of
+# the original PyTorch ports of L2P and DualPrompt (JH-LEE-KR), see cl/protocol.py
+RECIPES: tuple[str, ...] = ("default", "original-port")
 ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
 
 
@@ -68,6 +78,9 @@ class CLConfig:
     # "official": switch every listed deviation to the official code's behaviour
     # (cl/protocol.py, README "Deviations from the official code")
     protocol: str = "default"
+    # which recipe the method presets follow (RECIPES; "original-port": L2P / DualPrompt as
+    # configured by the original PyTorch ports, cl/protocol.py)
+    recipe: str = "default"
     # the official code's batch-vote tie order (torch.topk over padded counts), cl/protocol.py
     legacy_vote_ties: bool = False
     # drop the last partial training batch (CODA-Prompt and SMoPE code), cl/protocol.py
@@ -112,6 +125,7 @@ class CLConfig:
             "keep_checkpoints": ("all", "last"),
             "precision": PRECISIONS,
             "protocol": PROTOCOLS,
+            "recipe": RECIPES,
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -432,6 +446,29 @@ def preset_layers(dataset: str, method: str, backbone: str) -> list[dict[str, An
             table.get((dataset, backbone), {})]
 
 
+def recipe_layers(dataset: str, method: str, recipe: str) -> list[dict[str, Any]]:
+    """The layers of an alternative recipe (none for ``"default"``), applied after the presets.
+
+    Raises
+    ------
+    ValueError
+        An unknown recipe, or one that has no configuration for this method or dataset.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
+    if recipe == "default":
+        return []
+    tables = RECIPE_PRESETS.get(recipe, {})
+    if method not in tables:
+        raise ValueError(f"recipe={recipe}: only {', '.join(sorted(tables))} have one; got "
+                         f"method {method!r}")
+    datasets = [key for key in tables[method] if isinstance(key, str) and key != "*"]
+    if dataset not in datasets:
+        raise ValueError(f"recipe={recipe}: {method} has configs for {', '.join(datasets)} "
+                         f"only; got dataset {dataset!r}")
+    return [tables[method].get("*", {}), tables[method][dataset]]
+
+
 def resolve_config(
     dataset: str,
     method: str,
@@ -467,6 +504,8 @@ def resolve_config(
                 cfg[key] = value
 
     for layer in preset_layers(dataset, method, backbone):
+        apply(layer)
+    for layer in recipe_layers(dataset, method, (overrides or {}).get("recipe", "default")):
         apply(layer)
     protocol = (overrides or {}).get("protocol", "default")
     if protocol not in PROTOCOLS:
@@ -538,8 +577,8 @@ def describe_presets(width: int = 100) -> str:
     names = {f.name for f in dataclasses.fields(CLConfig)} - {"backbone"}
     lines = [
         "presets (cl-pipeline.md 2.6; later wins: dataset < method < method x backbone < "
-        "--quick < flags; lr is scaled by batch_size/256; backbones not listed use the sup21k "
-        "values):",
+        "--set recipe=original-port (lines +original-port) < --quick < flags; lr is scaled by "
+        "batch_size/256; backbones not listed use the sup21k values):",
     ]
     methods = sorted(set(available_methods()) | set(METHOD_PRESETS))
     for dataset, layer in DATASET_PRESETS.items():
@@ -569,4 +608,12 @@ def describe_presets(width: int = 100) -> str:
                 diff = " ".join(f"{k}={v}" for k, v in b.items() if a.get(k) != v)
                 if diff:
                     lines.extend(wrap(diff, 6, "+" + backbone))
+            for recipe in RECIPES[1:]:  # --set recipe=...: what it changes, where it exists
+                if dataset not in RECIPE_PRESETS.get(recipe, {}).get(method, {}):
+                    continue
+                a = _flat(base, names)
+                b = _flat(resolve_config(dataset, method, "sup21k",
+                                         overrides={"recipe": recipe}), names - {"recipe"})
+                diff = " ".join(f"{k}={v}" for k, v in b.items() if a.get(k) != v)
+                lines.extend(wrap(diff, 6, "+" + recipe))
     return "\n".join(lines)

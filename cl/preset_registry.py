@@ -27,3 +27,17 @@ def register_method_presets(method: str, presets: PresetTable) -> None:
     table = METHOD_PRESETS.setdefault(method, {})
     for key, layer in presets.items():
         table[key] = {**table.get(key, {}), **layer}
+
+
+# Alternative recipes (``CLConfig.recipe``): recipe -> method -> presets, applied after the
+# method presets of the default recipe (and before ``--protocol official``). A dataset missing
+# from a method's table has no such recipe (``"*"`` only adds to the datasets listed).
+RECIPE_PRESETS: dict[str, dict[str, PresetTable]] = {}
+
+
+def register_recipe_presets(recipe: str, method: str, presets: PresetTable) -> None:
+    """Add the presets of ``method`` under the alternative recipe ``recipe`` (e.g. the original
+    PyTorch ports' configs of L2P and DualPrompt, ``recipe="original-port"``)."""
+    table = RECIPE_PRESETS.setdefault(recipe, {}).setdefault(method, {})
+    for key, layer in presets.items():
+        table[key] = {**table.get(key, {}), **layer}

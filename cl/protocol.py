@@ -8,7 +8,8 @@ single item can still be switched back with ``--set``.
 
 Official sources: Minhchuyentoancbn/MoE_PromptCL @ e418337 (HiDe-Prompt, NoRGa, L2P, DualPrompt,
 S-Prompt++ as run for the NoRGa tables), GT-RIPL/CODA-Prompt @ 6417d4f, Minhchuyentoancbn/SMoPE
-@ 27b982c (cl-pipeline.md section 10).
+@ 27b982c (cl-pipeline.md section 10); for ``recipe=original-port``, JH-LEE-KR/l2p-pytorch @
+f7bc994 and JH-LEE-KR/dualprompt-pytorch @ 7eb457d (cl/methods/l2p.py, dualprompt.py).
 """
 
 from __future__ import annotations
@@ -249,15 +250,20 @@ DEVIATIONS: tuple[Deviation, ...] = (
         settings={"smope": {"*": {"method_options": {"legacy_stats_train_transform": True}}}},
     ),
     Deviation(
-        what="L2P / DualPrompt / S-Prompt++ recipe",
-        methods=KEYED,
+        what="L2P / DualPrompt recipe",
+        methods=("l2p", "dualprompt"),
         project="the MoE_PromptCL configs and scripts (those behind the NoRGa/HiDe tables)",
-        official="the original L2P (JAX) and DualPrompt ports and the CODA code's L2P++ / "
-        "DualPrompt use other prompt sizes, learning rates and schedules",
+        official="the original PyTorch ports (JH-LEE-KR/l2p-pytorch, dualprompt-pytorch): batch "
+        "16 (L2P) / 24 (DualPrompt), 5 epochs (DualPrompt ImageNet-R 50), lr 0.03 (DualPrompt "
+        "ImageNet-R 0.005), natural class order, L2P pool 10 (5-Datasets 20); DualPrompt "
+        "CIFAR-100 E-prompt length 5 and batch vote; L2P's head reads the mean of the prompt "
+        "outputs, and its 5-Datasets config masks prompts by task",
         why="the tables the project reproduces were produced with the MoE_PromptCL configs",
         moves="comparisons with the original L2P/DualPrompt papers and with SMoPE's table",
-        flag_note="presets (no switch); any value with `--set`, e.g. "
-        "`--set method_options.length=20`",
+        flag_note="`--set recipe=original-port` (L2P: cifar100, 5datasets; DualPrompt: cifar100, "
+        "imagenet-r, the datasets the ports configure); not part of `--protocol official`, "
+        "whose reference is MoE_PromptCL; L2P's prompt-mean head and 5-Datasets prompt mask "
+        "have no switch, nor have the CODA code's own L2P++ / DualPrompt re-implementations",
     ),
     Deviation(
         what="ImageNet-R train/test split",
@@ -269,7 +275,9 @@ DEVIATIONS: tuple[Deviation, ...] = (
         why="a split that does not depend on the first run's seed and moves nothing",
         moves="every ImageNet-R number",
         settings=_each((*HIDE, *KEYED), {"imagenet-r": {"dataset_options": {"split": "hide"}}}),
-        flag_note="CODA-Prompt / SMoPE's yaml lists: no switch",
+        flag_note="CODA-Prompt / SMoPE: `--set dataset_options.split_dir=DIR`, DIR holding "
+        "their imagenet-r_train.yaml and imagenet-r_test.yaml (CODA-Prompt's dataloaders/splits/;"
+        " not shipped, so `--protocol official` cannot set it)",
     ),
 )
 

@@ -1,94 +1,15 @@
-"""Regenerate every figure and table from saved results.
+#!/usr/bin/env python
+"""``python experiments/figures.py``: the installed command ``norga-figures``
+(code in figures.cli; see --help).
 
-Usage::
-
-    python experiments/figures.py RESULTS_DIR [--out DIR] [--readme-images DIR]
-    python experiments/figures.py --write-example DIR      # synthetic runs, for trying it out
-
-Walks RESULTS_DIR for rates and CL run directories (any depth), writes PDF + PNG figures and
-Markdown + LaTeX tables to --out (default RESULTS_DIR/figures), prints one line per file
-written and one line per thing skipped. Exit code 2 on bad command-line input.
+A thin file kept so that the documented ``python experiments/figures.py ...`` commands work; the
+packages are imported past this folder, whose cl.py and figures.py share their names with
+packages (norga.script; the import path is left as it is).
 """
 
-from __future__ import annotations
-
-import argparse
-import logging
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from norga.cli import output_dir_problem  # noqa: E402
-from norga.signals import run_main  # noqa: E402
-
-
-def _path(text: str) -> Path:
-    if not text.strip():  # Path("") would silently mean the working folder
-        raise argparse.ArgumentTypeError("an empty path is not a folder; give a folder name")
-    return Path(text)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="figures.py", description=__doc__.split("\n\n")[0])
-    # Bad input is one line and exit 2 (argparse's default also prints the usage block).
-    p.error = lambda message: p.exit(2, f"figures.py: error: {message} (see --help)\n")
-    p.add_argument("results", nargs="?", type=_path, metavar="RESULTS_DIR",
-                   help="results root (run dirs at any depth)")
-    p.add_argument("--out", type=_path, default=None,
-                   help="output folder (default: RESULTS_DIR/figures)")
-    p.add_argument("--readme-images", type=_path, default=None, metavar="DIR",
-                   help="also write one small PNG of each figure kind to DIR (e.g. docs/img)")
-    p.add_argument("--write-example", type=_path, default=None, metavar="DIR",
-                   help="write a synthetic example results tree to DIR and exit")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("figures").setLevel(logging.INFO if args.verbose else logging.WARNING)
-    if args.write_example is not None:
-        problem = output_dir_problem(args.write_example)
-        if problem:
-            parser.exit(2, f"error: --write-example {problem}\n")
-        from figures.examples import write_example_results
-
-        root = write_example_results(args.write_example)
-        print(f"wrote synthetic example results to {root}")
-        return 0
-    if args.results is None:
-        parser.exit(2, "error: RESULTS_DIR is required (or use --write-example DIR)\n")
-    if not args.results.is_dir():
-        parser.exit(2, f"error: RESULTS_DIR {args.results} is not a directory\n")
-    out = args.out if args.out is not None else args.results / "figures"
-    for flag, folder in (("--out", out), ("--readme-images", args.readme_images)):
-        if folder is None:
-            continue
-        problem = output_dir_problem(folder)
-        if problem:
-            parser.exit(2, f"error: {flag} {problem}\n")
-        resolved, results = folder.resolve(), args.results.resolve()
-        if resolved == results or resolved in results.parents:
-            parser.exit(2, f"error: {flag} {folder} contains RESULTS_DIR {args.results}, whose "
-                        "runs would then be skipped as output; use a folder inside it or "
-                        "elsewhere (default: RESULTS_DIR/figures)\n")
-    # Imported after the argument checks so that bad input fails fast (matplotlib is slow).
-    from figures.report import render_results, write_readme_images
-
-    report = render_results(args.results, out)
-    if args.readme_images is not None:
-        extra = write_readme_images(args.results, args.readme_images)
-        report.written += extra.written
-    for note in report.notes:
-        print(f"note: {note}")
-    print(f"{len(report.written)} files written:")
-    for path in report.written:
-        print(f"  {path}")
-    return 0
-
+from norga.script import run_package_cli
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "figures.py"))
+    sys.exit(run_package_cli("figures.cli", __file__))

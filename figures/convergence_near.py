@@ -106,8 +106,20 @@ def _mean_errorbar(ax: Any, per_n: list[Mapping[str, Any]], **kw: Any) -> Any:
                        elinewidth=0.6, **kw)
 
 
+def _label_line_ends(ax: Any, ends: list[tuple[float, float, str, Any]],
+                     min_ratio: float = 1.45) -> None:
+    """Label line ends at the right edge, nudging labels apart (log y) so none overlap."""
+    placed: list[float] = []
+    for y, x, text, color in sorted(ends):
+        y_text = max([y, *(p * min_ratio for p in placed[-1:])])
+        placed.append(y_text)
+        ax.annotate(text, (x, y), xytext=(x * 1.08, y_text), textcoords="data", fontsize=5,
+                    color=color, va="center", annotation_clip=False)
+
+
 def _panel_fixed(ax: Any, near: Mapping[str, Any]) -> None:
     act = near["config"]["activation"]
+    ends: list[tuple[float, float, str, Any]] = []  # Fisher line ends: (y, x, text, colour)
     for i, (t_key, by_gate) in enumerate(near["fixed"].items()):
         for gate in _gates(near):
             e = by_gate.get(gate)
@@ -124,8 +136,8 @@ def _panel_fixed(ax: Any, near: Mapping[str, Any]) -> None:
             (fl,) = ax.plot(n, e["C"] / np.sqrt(n), color=color, linewidth=0.6, alpha=0.6,
                             linestyle=(0, (2, 2)))
             fl.set_gid(f"fisher:{gate}:{t_key}")
-            ax.annotate(f"$t={t_key}$", (n[-1], e["C"] / np.sqrt(n[-1])), xytext=(2, 0),
-                        textcoords="offset points", fontsize=5, color=color, va="center")
+            ends.append((e["C"] / np.sqrt(n[-1]), n[-1], f"$t={t_key}$", color))
+    _label_line_ends(ax, ends)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sample size $n$")
@@ -173,7 +185,7 @@ def plot_near(near: Mapping[str, Any], out_stem: str | os.PathLike[str] | None =
         _panel_fixed(axes[1], near)
         _panel_schedule(axes[2], near)
         fig.suptitle(
-            f"E5 near-coincident prompts: $L=L'=2$, {cfg['expert']} experts split "
+            f"E5 near-coincident prompts: $L = L\u2032 = 2$, {cfg['expert']} experts split "
             f"'{cfg['split']}', noise sd {cfg['noise_sd']:g}, near-truth starts",
             fontsize=8.5, y=0.995,
         )

@@ -1,8 +1,8 @@
-"""Command-line glue of ``experiments/rates.py --setting near`` (E5): flags, config, run.
+"""Command-line glue of ``norga-rates --setting near`` (E5): flags, config, run.
 
-Kept apart from the script so that the E1-E4 code path stays as it is: the script adds these
-flags, builds a :class:`~moe_theory.near_sweep.NearConfig` when ``near`` is among the settings,
-and calls :func:`run_near_cli` after its own work.
+Kept apart from :mod:`moe_theory.cli` so that the E1-E4 code path stays as it is: that module
+adds these flags, builds a :class:`~moe_theory.near_sweep.NearConfig` when ``near`` is among
+the settings, and calls :func:`run_near_cli` after its own work.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The rate sweep: fits over n x replicates, and :class:`RateResult` (spec section 5).
 
+This module runs the sweep; the configuration lives in :mod:`moe_theory.rates_config`, the
+analysis in :mod:`moe_theory.rates_analysis` and the report in :mod:`moe_theory.rates_report`.
+Every public name of those is importable from here.
+
 Work is split into tasks ``(setting, gate, n, block of replicates)``. Each replicate draws its
 data and starting points from its own seed (:func:`moe_theory.simulate.replicate_seed`) and the
 batched fitter treats replicates independently, so the numbers do not depend on ``jobs`` or on
@@ -10,6 +14,7 @@ plus a fingerprint of this package's source, so a re-run only computes what is n
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -17,7 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,187 +31,71 @@ from threadpoolctl import threadpool_limits
 
 from moe_theory.cache import FitCache
 from moe_theory.estimate import (
-    FIT_STATUSES,
     ConvergenceWarning,
     FitResult,
     compiled_backend_available,
     fit_restarts,
     near_truth_starts,
 )
-from moe_theory.gates import ACTIVATIONS, GATES, Gate, check_choice
-from moe_theory.inference import (
-    AICC_DECISIVE,
-    bootstrap_slope,
-    compare_rate_models,
-    fit_rate,
-    local_slopes,
-    mean_ratio_ci,
-)
+from moe_theory.gates import GATES, Gate, check_choice
+from moe_theory.inference import RateFit
 from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_residual
 from moe_theory.model import EXPERTS, PrefixMoE, n_params, regression
-from moe_theory.settings import FIT_SETTINGS, SETTINGS, THETA_BOUND, get_setting
+from moe_theory.rates_analysis import (
+    FisherCheck,
+    GroupAnalysis,
+    PerNStats,
+    analyse_group,
+    rate_verdict,
+)
+from moe_theory.rates_config import (
+    EXPECTED_SLOPE,
+    FISHER_BAND,
+    FIT_COLUMNS,
+    PRESETS,
+    RECORD_KEYS,
+    TIMING_COLUMNS,
+    RateConfig,
+    n_grid,
+)
+from moe_theory.rates_report import summary_dict, summary_text
+from moe_theory.settings import SETTINGS, THETA_BOUND, get_setting
 from moe_theory.simulate import INIT_STREAM, integration_points, replicate_seed, simulate
 from moe_theory.voronoi import VoronoiLoss, voronoi_loss
 
-log = logging.getLogger(__name__)
-
-FIT_COLUMNS: tuple[str, ...] = (
-    "setting",
-    "gate",
-    "activation",
-    "expert",
-    "n",
-    "replicate",
-    "voronoi_loss",
-    "voronoi_loss_r",
-    "loss_mass",
-    "loss_beta1",
-    "loss_eta",
+# The public names of the sweep, wherever they are defined (configuration: rates_config,
+# analysis: rates_analysis, report text: rates_report, execution: here).
+__all__ = [
+    "BACKENDS",
+    "DASK_CONNECT_TIMEOUT",
+    "EXPECTED_SLOPE",
+    "FISHER_BAND",
+    "FIT_COLUMNS",
+    "PRESETS",
+    "RECORD_KEYS",
+    "TIMING_COLUMNS",
+    "FisherCheck",
+    "GroupAnalysis",
+    "PerNStats",
+    "RateConfig",
+    "RateResult",
+    "SchedulerUnreachableError",
+    "analyse_group",
+    "connect_dask",
+    "exit_with_parent",
+    "fit_outcome",
+    "fit_task",
     "l2_error",
-    "rss",
-    "converged",
-    "status",
-    "at_bound",
-    "n_iter",
-    "restarts",
-    "cell_sizes",
-)
-# Wall-clock time per fit goes to timing.csv, so fits.csv does not depend on --jobs or the block.
-TIMING_COLUMNS: tuple[str, ...] = ("setting", "gate", "n", "replicate", "seconds")
-# What every record of fit_task holds; a cached block with other keys is refused.
-RECORD_KEYS: frozenset[str] = frozenset(FIT_COLUMNS) | {"seconds"}
-# The Fisher check of spec section 7: the level is consistent with C/sqrt(n) when the 95% CI of
-# mean L_1 / (C/sqrt(n)) at the largest n overlaps this band.
-FISHER_BAND: tuple[float, float] = (0.7, 1.3)
+    "mechanism_report",
+    "n_grid",
+    "plan_tasks",
+    "rate_verdict",
+    "run_rates",
+    "summary_dict",
+    "summary_text",
+]
 
-PRESETS: dict[str, dict[str, object]] = {
-    # E1 + E4 in well under two minutes on two cores.
-    "quick": {
-        "settings": ("exact", "mechanism"),
-        "n_min": 100,
-        "n_max": 100_000,
-        "num_n": 7,
-        "replicates": 12,
-        "restarts": 1,
-    },
-    # The publication convergence figure: E1 + E4, 20 values of n, 40 replicates, 3 restarts.
-    "paper": {
-        "settings": ("exact", "mechanism"),
-        "n_min": 100,
-        "n_max": 100_000,
-        "num_n": 20,
-        "replicates": 40,
-        "restarts": 3,
-    },
-    # Every experiment at the publication size. The over-specified fits (E2/E3) often run to the
-    # iteration cap: about 13 min on two cores (benchmarks/results/sweep.json), less on a cluster.
-    "full": {
-        "settings": ("exact", "over", "over-tanh", "mechanism"),
-        "n_min": 100,
-        "n_max": 100_000,
-        "num_n": 20,
-        "replicates": 40,
-        "restarts": 3,
-    },
-}
-
-# What each setting predicts for the slope of L_1 (None: no rate guaranteed).
-EXPECTED_SLOPE = {"exact": -0.5, "over": None, "over-tanh": -0.5}
-
-
-def n_grid(n_min: int, n_max: int, num: int) -> tuple[int, ...]:
-    """``num`` log-spaced integers from ``n_min`` to ``n_max`` (duplicates removed)."""
-    if n_min < 2 or n_max < n_min or num < 1:
-        raise ValueError(f"need 2 <= n_min <= n_max and num >= 1; got {n_min}, {n_max}, {num}")
-    if num == 1:
-        return (int(n_min),)
-    grid = np.unique(np.round(np.logspace(np.log10(n_min), np.log10(n_max), num)).astype(int))
-    return tuple(int(v) for v in grid)
-
-
-@dataclass(frozen=True)
-class RateConfig:
-    """Everything that defines a sweep (saved as ``config.json``).
-
-    Attributes
-    ----------
-    settings:
-        Experiments among ``exact``, ``over``, ``over-tanh``, ``mechanism``.
-    gates:
-        Gates to fit, among ``linear`` and ``norga``.
-    activation:
-        sigma of NoRGa.
-    expert:
-        Prompt expert override for ``exact``/``over`` (``None``: each setting's own).
-    n_values:
-        Sample sizes.
-    replicates, restarts:
-        Replicates per n and restarts per fit.
-    seed:
-        The one seed every random draw derives from.
-    fit_n_min:
-        Smallest n that enters the slope fits (pre-asymptotic points are excluded).
-    max_iter, tol, noise_sd, init_scale, r:
-        Fitter cap and tolerance, noise sd, near-truth start noise, exponent of ``L_{1,r}``.
-    block:
-        Replicates per task (load balancing only; results do not depend on it).
-    """
-
-    settings: tuple[str, ...] = ("exact", "mechanism")
-    gates: tuple[str, ...] = ("norga", "linear")
-    activation: str = "tanh"
-    expert: str | None = None
-    n_values: tuple[int, ...] = n_grid(100, 100_000, 7)
-    replicates: int = 12
-    restarts: int = 1
-    seed: int = 1
-    fit_n_min: int = 1000
-    max_iter: int = 400
-    tol: float = 1e-12
-    noise_sd: float = 0.1
-    init_scale: float = 0.1
-    r: float = 2.0
-    block: int = 6
-    preset: str | None = None
-
-    def __post_init__(self) -> None:
-        for s in self.settings:
-            check_choice(s, SETTINGS, "setting")
-        for g in self.gates:
-            check_choice(g, GATES, "gate")
-        check_choice(self.activation, ACTIVATIONS, "activation")
-        if self.expert is not None:
-            check_choice(self.expert, EXPERTS, "expert")
-            if self.expert == "affine" and "over-tanh" in self.settings:
-                raise ValueError("expert 'affine' contradicts setting 'over-tanh' (tanh experts)")
-        for name in ("replicates", "restarts", "max_iter", "block"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
-        if not self.n_values or min(self.n_values) < 2:
-            raise ValueError(f"n_values must be non-empty and >= 2; got {self.n_values}")
-        if self.fit_settings and self.fit_n_min > max(self.n_values):
-            raise ValueError(
-                f"fit_n_min={self.fit_n_min} is above every n of the grid (largest "
-                f"{max(self.n_values)}); no fit would enter the slopes"
-            )
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0; got {self.seed}")
-        if not (self.noise_sd > 0 and self.init_scale >= 0 and self.tol > 0 and self.r >= 1):
-            raise ValueError("need noise_sd > 0, init_scale >= 0, tol > 0 and r >= 1")
-
-    @property
-    def fit_settings(self) -> tuple[str, ...]:
-        return tuple(s for s in self.settings if s in FIT_SETTINGS)
-
-    def truth(self, setting: str, gate: str) -> PrefixMoE:
-        """The true model of ``setting`` under ``gate`` (with the expert override)."""
-        base = get_setting(setting)
-        expert = self.expert if (self.expert and setting != "over-tanh") else base.expert
-        return replace(base.truth(gate, self.activation), expert=expert)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"kind": "rates", **asdict(self)}
-
+log = logging.getLogger(__name__)
 
 def _source_fingerprint() -> str:
     """Hash of this package's sources and of whether numba is there.
@@ -363,12 +252,14 @@ class RateResult:
         One dict per fit, keys :data:`FIT_COLUMNS`.
     mechanism:
         E4 report (``None`` when ``mechanism`` was not requested).
+
+    The analysis is computed on first use and kept (:attr:`analysis`); ``records`` are not
+    meant to change afterwards.
     """
 
     config: RateConfig
     records: list[dict[str, object]]
     mechanism: dict[str, object] | None = None
-    _cache: dict[str, object] = field(default_factory=dict, repr=False)
 
     def groups(self) -> list[tuple[str, str]]:
         """The (setting, gate) pairs present, in config order."""
@@ -380,290 +271,42 @@ class RateResult:
     def rows(self, setting: str, gate: str) -> list[dict[str, object]]:
         return [r for r in self.records if r["setting"] == setting and r["gate"] == gate]
 
+    @functools.cached_property
+    def analysis(self) -> dict[tuple[str, str], GroupAnalysis]:
+        """:class:`GroupAnalysis` per (setting, gate) of :meth:`groups` (computed once)."""
+        return {(s, g): analyse_group(self.config, self.rows(s, g)) for s, g in self.groups()}
+
+    def group(self, setting: str, gate: str) -> GroupAnalysis:
+        """The analysis of one (setting, gate); ``KeyError`` naming the pairs present."""
+        try:
+            return self.analysis[(setting, gate)]
+        except KeyError:
+            raise KeyError(
+                f"no fits of setting {setting!r} with gate {gate!r}; present: {self.groups()}"
+            ) from None
+
+    def rate_fit(self, setting: str, gate: str) -> RateFit:
+        """The :class:`~moe_theory.inference.RateFit` of the ``L_1`` slope in ``summary.json``.
+
+        Its ``conf_int(alpha)`` gives other levels, ``summary()`` one line and ``results`` the
+        statsmodels results. The L2-error fit is ``group(setting, gate).l2_fit``.
+        """
+        return self.group(setting, gate).fit
+
     def analyse(self) -> dict[str, dict[str, dict[str, object]]]:
-        """Per (setting, gate) statistics as written to ``summary.json`` (cached)."""
-        if "analysis" not in self._cache:
-            out: dict[str, dict[str, dict[str, object]]] = {}
-            for setting, gate in self.groups():
-                out.setdefault(setting, {})[gate] = self._analyse_group(setting, gate)
-            self._cache["analysis"] = out
-        return self._cache["analysis"]  # type: ignore[return-value]
-
-    def _analyse_group(self, setting: str, gate: str) -> dict[str, object]:
-        rows = self.rows(setting, gate)
-        n = np.array([r["n"] for r in rows])
-        n_all = np.unique(n)
-        n_used = n_all[n_all >= self.config.fit_n_min]
-        note = None
-        if len(n_used) < 3:
-            n_used, note = (
-                n_all,
-                (f"fewer than 3 values of n >= {self.config.fit_n_min}; all n entered the fit"),
-            )
-        used = np.isin(n, n_used)
-
-        def col(name: str) -> np.ndarray:
-            return np.array([r[name] for r in rows], dtype=float)
-
-        loss, l2 = col("voronoi_loss"), col("l2_error")
-        per_n = [loss[(n == v)] for v in n_used]
-        main = fit_rate(n[used], loss[used])
-        l2_fit = fit_rate(n[used], l2[used])
-        mean_fit = bootstrap_slope(n_used, per_n, "mean", seed=self.config.seed)
-        median_fit = bootstrap_slope(n_used, per_n, "median", seed=self.config.seed)
-        medians = np.array([np.median(v) for v in per_n])
-        means = np.array([np.mean(v) for v in per_n])
-        comparison = compare_rate_models(n_used, medians)
-        parts = {}
-        for part in ("loss_mass", "loss_beta1", "loss_eta"):
-            vals = col(part)
-            pos = vals[used] > 0
-            parts[part] = (
-                fit_rate(n[used][pos], vals[used][pos]).slope
-                if len(np.unique(n[used][pos])) >= 2
-                else None
-            )
-        status = [r["status"] for r in rows]
-        at_bound = np.array([r["at_bound"] for r in rows], dtype=bool)
-        entry: dict[str, object] = {
-            "activation": rows[0]["activation"],
-            "expert": rows[0]["expert"],
-            "theorem": get_setting(setting).theorem,
-            "slope": main.slope,
-            "slope_ci": list(main.conf_int()),
-            "slope_method": main.method,
-            "slope_df": main.df_resid,
-            "slope_mean": mean_fit.slope,
-            "slope_mean_ci": list(mean_fit.ci),
-            "slope_median": median_fit.slope,
-            "slope_median_ci": list(median_fit.ci),
-            "l2_slope": l2_fit.slope,
-            "l2_slope_ci": list(l2_fit.conf_int()),
-            "part_slopes": parts,
-            "model_comparison": comparison,
-            "local_slopes": local_slopes(n_used, medians) if len(n_used) >= 3 else [],
-            "n_all": n_all.tolist(),
-            "n_used": n_used.tolist(),
-            "n_used_note": note,
-            "per_n": {
-                str(v): {
-                    "mean": float(np.mean(loss[n == v])),
-                    "median": float(np.median(loss[n == v])),
-                    "l2_median": float(np.median(l2[n == v])),
-                    "mass_median": float(np.median(col("loss_mass")[n == v])),
-                    "beta1_median": float(np.median(col("loss_beta1")[n == v])),
-                    "eta_median": float(np.median(col("loss_eta")[n == v])),
-                }
-                for v in n_all
-            },
-            "n_fits": len(rows),
-            **{f"n_{s}": status.count(s) for s in FIT_STATUSES},
-            "n_at_bound": int(at_bound.sum()),
-            "fisher_C": None,
-            "fisher_C_sum": None,
-        }
-        if setting == "exact":
-            pred = fisher_prediction(self.config.truth(setting, gate), self.config.noise_sd)
-            n_max = int(n_all.max())
-            predicted = pred["C"] / np.sqrt(n_max)
-            ratio, lo, hi = mean_ratio_ci(loss[n == n_max], predicted)
-            entry.update({
-                "fisher_criterion": "mean L_1 at the largest n / (C/sqrt(n)), 95% t CI over "
-                f"the replicates; consistent when the CI overlaps [{FISHER_BAND[0]}, "
-                f"{FISHER_BAND[1]}] (spec section 7)",
-                "fisher_C": pred["C"],
-                "fisher_C_sum": pred["C_sum"],
-                "fisher_lambda_min": pred["lambda_min"],
-                "fisher_cond": pred["cond"],
-                "fisher_n": n_max,
-                "fisher_predicted": float(predicted),
-                "fisher_measured_mean": float(np.mean(loss[n == n_max])),
-                "fisher_ratio": ratio,
-                "fisher_ratio_ci": [lo, hi],
-                "fisher_consistent": bool(lo <= FISHER_BAND[1] and hi >= FISHER_BAND[0]),
-                # Second, labelled line: mean_r(L_1) * sqrt(n) / C averaged over the n used.
-                "fisher_ratio_pooled": float(np.mean(means * np.sqrt(n_used)) / pred["C"]),
-            })
-        entry["verdict"] = rate_verdict(
-            expected=EXPECTED_SLOPE[setting],
-            slope_ci=tuple(entry["slope_ci"]),  # type: ignore[arg-type]
-            l2_slope=l2_fit.slope,
-            l2_ci=l2_fit.conf_int(),
-            model=comparison,
-            fisher=entry if entry["fisher_C"] is not None else None,
-        )
-        return entry
+        """Per (setting, gate) statistics as written to ``summary.json`` (plain dicts)."""
+        out: dict[str, dict[str, dict[str, object]]] = {}
+        for (setting, gate), entry in self.analysis.items():
+            out.setdefault(setting, {})[gate] = entry.to_dict()
+        return out
 
     def summary_dict(self) -> dict[str, object]:
         """The content of ``summary.json``."""
-        return {
-            "kind": "rates",
-            "version": 2,
-            "settings": self.analyse(),
-            "init": "near-truth (oracle starts; measures the statistical rate, not optimisation)",
-        }
+        return summary_dict(self.analysis.values())
 
     def summary(self) -> str:
         """Readable report: per setting the theorem, the slopes with CIs, the verdict."""
-        lines = [
-            "Prefix-MoE convergence rates (least squares, near-truth starts: this measures the "
-            "statistical rate, not optimisation).",
-            f"seed={self.config.seed} replicates={self.config.replicates} "
-            f"restarts={self.config.restarts} n={list(self.config.n_values)}",
-        ]
-        range_notes = []
-        for setting, by_gate in self.analyse().items():
-            first = next(iter(by_gate.values()))
-            lines += ["", f"== {setting}: {first['theorem']}"]
-            for gate, e in by_gate.items():
-                label = Gate(gate, self.config.activation).label
-                ci, mci, lci = e["slope_ci"], e["slope_median_ci"], e["l2_slope_ci"]
-                lines.append(
-                    f"  {label:14s} L_1 slope {e['slope']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] "
-                    f"(95% CI: {e['slope_method']}, t({e['slope_df']:g})); median "
-                    f"{e['slope_median']:+.3f} [{mci[0]:+.3f}, {mci[1]:+.3f}] (bootstrap); "
-                    f"L2 slope {e['l2_slope']:+.3f} [{lci[0]:+.3f}, {lci[1]:+.3f}]"
-                )
-                mc = e["model_comparison"]
-                if "aicc" in mc:
-                    aicc = " / ".join(
-                        f"{k} {'n/a' if v is None else f'{v:.1f}'}" for k, v in mc["aicc"].items()
-                    )
-                    lines.append(
-                        f"  {'':14s} rate model: {mc['classification']} ({mc['reason']}); "
-                        f"AICc {aicc}; q={mc['q']:.3g} [{mc['q_ci'][0]:.3g}, {mc['q_ci'][1]:.3g}]"
-                    )
-                if mc.get("range_note") and mc["range_note"] not in range_notes:
-                    range_notes.append(mc["range_note"])
-                if e["fisher_C"] is not None:
-                    rci = e["fisher_ratio_ci"]
-                    lines.append(
-                        f"  {'':14s} Fisher (spec 7): C={e['fisher_C']:.2f}; mean L_1"
-                        f"({e['fisher_n']}) = {e['fisher_measured_mean']:.4f} vs C/sqrt(n) = "
-                        f"{e['fisher_predicted']:.4f}: ratio {e['fisher_ratio']:.2f} "
-                        f"[{rci[0]:.2f}, {rci[1]:.2f}]"
-                    )
-                    lines.append(
-                        f"  {'':14s} Fisher, pooled (second criterion, not the spec's): mean "
-                        f"over the n used of mean L_1 * sqrt(n) / C = "
-                        f"{e['fisher_ratio_pooled']:.2f}"
-                    )
-                lines.append(
-                    f"  {'':14s} fits {e['n_fits']}: converged {e['n_converged']}, capped "
-                    f"{e['n_capped']}, stalled {e['n_stalled']}, at bound {e['n_at_bound']}; "
-                    f"n used {e['n_used']}"
-                )
-                if setting != "exact":
-                    lines.append(f"  {'':14s} {_parts_line(e)}")
-                lines.append(f"  {'':14s} verdict: {e['verdict']}")
-        notes = [
-            f"Rate models: {note}; a rate label names one model only when its AICc is lower "
-            f"than every other model's by >= {AICC_DECISIVE:g}, otherwise the models are called "
-            "indistinguishable." for note in range_notes
-        ]
-        notes.append(
-            "The log rate of linear gating is a worst-case (minimax) bound, not a prediction for "
-            "a fixed truth; with affine experts an over-specified cell is not identifiable under "
-            "either gate (spec 3.4), so E2 differences are heuristic. Fisher check (spec 7): "
-            "mean L_1 at the largest n over C/sqrt(n), with a 95% t CI over the replicates; "
-            f"consistent when the CI overlaps [{FISHER_BAND[0]}, {FISHER_BAND[1]}]."
-        )
-        lines += ["", "Notes:"] + [f"- {note}" for note in notes]
-        if self.mechanism:
-            m = self.mechanism
-            lines += [
-                "",
-                "== mechanism (E4)",
-                "  PDE residual |d2F/dbeta1 db - dF/da|: "
-                f"linear {m['pde_residual']['linear']:.2e}, "
-                f"NoRGa {m['pde_residual']['norga']:.3g}",
-            ]
-            for f in m["fisher"]:
-                lines.append(
-                    f"  Fisher {f['gate']:6s} {f['expert']:6s} lambda_min {f['lambda_min']:.3g} "
-                    f"cond {f['cond']:.3g} C {f['C']:.2f}"
-                )
-            for g, fm in m["flat_manifold"].items():
-                lines.append(
-                    f"  flat manifold ({g}): max|g_G - g_G*| = {fm['max_abs_g_difference']:.1e} "
-                    f"with L_1 = {fm['voronoi_loss']:.3f}"
-                )
-        return "\n".join(lines)
-
-
-def _parts_line(e: dict[str, object]) -> str:
-    """Median loss parts at the smallest and largest n (over-specified settings)."""
-    per_n = e["per_n"]  # type: ignore[assignment]
-    first, last = per_n[str(e["n_all"][0])], per_n[str(e["n_all"][-1])]  # type: ignore[index]
-    parts = ", ".join(
-        f"{name} {first[key]:.3g} -> {last[key]:.3g}"
-        for name, key in (("mass", "mass_median"), ("beta1", "beta1_median"), ("eta", "eta_median"))
-    )
-    return f"median L_1 parts from n={e['n_all'][0]} to n={e['n_all'][-1]}: {parts}"  # type: ignore[index]
-
-
-def rate_verdict(
-    *,
-    expected: float | None,
-    slope_ci: tuple[float, float],
-    l2_slope: float,
-    l2_ci: tuple[float, float],
-    model: dict[str, object],
-    fisher: dict[str, object] | None,
-) -> str:
-    """The verdict line of one (setting, gate).
-
-    Parameters
-    ----------
-    expected:
-        The predicted slope of ``L_1`` (``None``: no rate guaranteed, the verdict is heuristic).
-    slope_ci:
-        95% CI of the ``L_1`` slope (:func:`fit_rate`).
-    l2_slope, l2_ci:
-        Slope of the L2 error and its CI; it agrees with Thm 4.1 when the CI contains -1/2 or
-        the slope lies in [-0.6, -0.4].
-    model:
-        :func:`compare_rate_models` output (its ``classification`` and ``reason``).
-    fisher:
-        The Fisher check (keys ``fisher_ratio``, ``fisher_ratio_ci``, ``fisher_n``; exact
-        setting only) or ``None``.
-    """
-    l2_ok = l2_ci[0] <= -0.5 <= l2_ci[1] or -0.6 <= l2_slope <= -0.4
-    l2_text = (
-        f"regression error agrees with Thm 4.1 (L2 slope {l2_slope:.2f})"
-        if l2_ok
-        else f"regression error slope {l2_slope:.2f} departs from -1/2"
-    )
-    kind = str(model.get("classification", "inconclusive"))
-    if kind == "inconclusive":
-        kind = f"rate model inconclusive ({model.get('reason', '')})"
-    if expected is None:
-        return (
-            f"{kind}; no parameter rate is guaranteed here (non-identifiable expert part); "
-            f"{l2_text}; heuristic"
-        )
-    lo, hi = slope_ci
-    agree = lo <= expected <= hi
-    text = (
-        f"slope CI [{lo:.2f}, {hi:.2f}] {'contains' if agree else 'excludes'} {expected}; "
-        f"{kind}; {l2_text}"
-    )
-    if fisher is not None:
-        rlo, rhi = fisher["fisher_ratio_ci"]  # type: ignore[misc]
-        band = f"[{FISHER_BAND[0]}, {FISHER_BAND[1]}]"
-        if np.isnan(rlo):
-            consistent, how = False, "no CI with one fit"
-        elif rlo <= FISHER_BAND[1] and rhi >= FISHER_BAND[0]:
-            consistent, how = True, f"CI overlaps {band}"
-        else:
-            consistent, how = False, f"CI misses {band}"
-        text += (
-            f"; level {'consistent' if consistent else 'not consistent'} with the Fisher "
-            f"prediction C/sqrt(n) (mean L_1 at n={fisher['fisher_n']} is "
-            f"{fisher['fisher_ratio']:.2f} "
-            f"[{rlo:.2f}, {rhi:.2f}] x C/sqrt(n): {how})"
-        )
-    return text
+        return summary_text(self.config, self.analysis.values(), self.mechanism)
 
 
 def exit_with_parent(parent: int, poll: float = 1.0) -> None:

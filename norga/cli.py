@@ -1,12 +1,37 @@
-"""Checks the command-line tools share: output folders, parallelism caps, machine memory."""
+"""What the command-line tools share: the one-line-error parser, output folders, parallelism
+caps, machine memory."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
 # --jobs / --threads above this multiple of the usable cores only add memory and contention
 PARALLEL_PER_CORE = 4
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser that reports bad input as one line on stderr and exits with status 2.
+
+    The line is ``PROG: error: MESSAGE`` followed by ``hint`` (default ``" (see --help)"``),
+    instead of argparse's usage block. The base of ``norga-rates``, ``norga-cl`` and
+    ``norga-figures``.
+    """
+
+    def __init__(self, *args, hint: str = " (see --help)", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.hint = hint
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}{self.hint}\n")
+
+
+def nonempty_path(text: str) -> Path:
+    """A folder path; the empty string is refused (``Path("")`` would mean the working folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not a folder; give a folder name")
+    return Path(text)
 
 
 def usable_cores() -> int:

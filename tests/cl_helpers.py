@@ -1,16 +1,16 @@
-"""Helpers shared by the continual-learning tests: the ``experiments/cl.py`` CLI, the
+"""Helpers shared by the continual-learning tests: the ``norga-cl`` CLI (``cl.cli``), the
 stop-and-resume check of a run, and the per-head slices of a textbook attention."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cl import cli as cl_cli
 from cl.config import CLConfig
 from cl.engine import RunResult, run_experiment
 
@@ -18,11 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def load_cl_cli():
-    """``experiments/cl.py`` as a module (its ``main`` and ``build_parser``)."""
-    spec = importlib.util.spec_from_file_location("cl_cli", ROOT / "experiments/cl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The CLI module of ``norga-cl`` / ``experiments/cl.py`` (its ``main`` and
+    ``build_parser``)."""
+    return cl_cli
 
 
 def run_cl_cli(capsys, *args: str) -> tuple[int, str]:

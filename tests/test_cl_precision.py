@@ -8,7 +8,6 @@ of the argmax predictions equal on a batch of 64.
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from cl import cli as cl_cli
 from cl.backbones import build_backbone
 from cl.config import CLConfig, resolve_config
 from cl.engine import RunDirError, _check_same_config
@@ -191,10 +191,7 @@ def test_config_fields_and_validation() -> None:
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("cl_cli_precision", ROOT / "experiments/cl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return cl_cli
 
 
 def test_cli_flags(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

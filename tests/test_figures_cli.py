@@ -1,8 +1,7 @@
-"""experiments/figures.py: regenerates what it finds, lists files, one-line errors."""
+"""norga-figures (experiments/figures.py): regenerates what it finds, lists files, errors."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,15 +12,14 @@ import pytest
 from test_figures_accuracy import lower_triangular, write_cl_run
 from test_figures_convergence import _records, _write_run
 
+from figures import cli as figures_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "figures.py"
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location("figures_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return figures_cli
 
 
 @pytest.fixture(scope="module")

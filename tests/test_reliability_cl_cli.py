@@ -4,7 +4,6 @@ modes (issue 15)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -14,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from cl import cli as cl_cli
 from cl.methods.base import get_method
+from figures import cli as figures_cli
 from figures.runs import RunFormatError, read_cl_run
+from moe_theory import cli as rates_cli
 from norga.io import CHECKSUMS_FILE, file_mode, read_checksums, verify_checksums
 from norga.runlock import run_lock
 
@@ -29,19 +31,10 @@ TINY_RATES = ["--n-min", "100", "--n-max", "200", "--num-n", "2", "--replicates"
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"i15_{name}", ROOT / "experiments" /
-                                                  f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)
-    spec.loader.exec_module(module)
-    sys.path[:] = saved
-    return module
-
-
 @pytest.fixture(scope="module")
 def clis():
-    return {name: _load(name) for name in ("cl", "rates", "figures")}
+    """The CLI modules by the names of their ``experiments/`` scripts."""
+    return {"cl": cl_cli, "rates": rates_cli, "figures": figures_cli}
 
 
 def _main(module, argv: list[str], capsys) -> tuple[int, list[str], str]:

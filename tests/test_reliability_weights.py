@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import io
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from cl import backbones as bb
+from cl import cli as cl_cli
 from cl.backbones import BACKBONES, BackboneWeightsError, build_backbone
 from cl.runio import CheckpointError, load_checkpoint, sha256_hex, torch_save_atomic
 
@@ -50,13 +49,8 @@ def _tiny(monkeypatch: pytest.MonkeyPatch, tag: str) -> dict[str, torch.Tensor]:
 
 
 def _cl_main(argv: list[str]) -> tuple[int, str]:
-    spec = importlib.util.spec_from_file_location("cl_cli_weights", ROOT / "experiments/cl.py")
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)
-    spec.loader.exec_module(module)
-    sys.path[:] = saved
     try:
-        return module.main(argv), ""
+        return cl_cli.main(argv), ""
     except SystemExit as exc:
         return int(exc.code), ""
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from cl import runio
 from cl.runio import (
     CHECKSUMS_FILE,
     CheckpointError,
     WriteFailedError,
+    accuracy_matrix_csv,
     json_text,
     load_checkpoint,
     read_accuracy_matrix_csv,
@@ -30,6 +30,7 @@ from cl.runio import (
     write_json_atomic,
     write_result_file,
 )
+from norga import io as atomic_io
 
 
 def test_atomic_write_creates_missing_parents(tmp_path):
@@ -46,7 +47,7 @@ def test_temporary_is_a_hidden_sibling_ending_in_tmp(tmp_path, monkeypatch):
         seen.append(Path(src))
         real_replace(src, dst)
 
-    monkeypatch.setattr(runio.os, "replace", replace)
+    monkeypatch.setattr(atomic_io.os, "replace", replace)
     write_bytes_atomic(tmp_path / "metrics.json", b"{}")
     (tmp,) = seen
     # same folder (the rename is atomic only within one file system) and the name pattern
@@ -68,7 +69,7 @@ def test_os_errors_become_one_write_failed_error_naming_the_file(tmp_path, monke
     def fail(src, dst):
         raise error
 
-    monkeypatch.setattr(runio.os, "replace", fail)
+    monkeypatch.setattr(atomic_io.os, "replace", fail)
     with pytest.raises(WriteFailedError) as info:
         write_bytes_atomic(tmp_path / "f.txt", b"new")
     assert str(info.value).endswith(f"could not write {tmp_path / 'f.txt'}: {reason}; the "
@@ -157,14 +158,15 @@ def test_checkpoint_failures_say_what_is_wrong(tmp_path):
                        r"corrupted or truncated\)$"):
         load_checkpoint(path)
     sidecar_path(path).write_text(f"{sha256_hex(b'not a checkpoint')}  task_1.pt\n")
-    with pytest.raises(CheckpointError, match=r"^task_1\.pt: cannot be loaded \((\w+)\)$") as e:
+    with pytest.raises(CheckpointError, match=r"^task_1\.pt: cannot be loaded \(.*not a "
+                       r"readable PyTorch checkpoint.*\)$") as e:
         load_checkpoint(path)
     assert "NoneType" not in str(e.value)
 
 
 def test_accuracy_matrix_csv_round_trip_with_unseen_tasks(tmp_path):
     acc = np.array([[90.0, np.nan], [80.5, 70.25]])
-    (tmp_path / "m.csv").write_text(runio.accuracy_matrix_csv(acc))
+    (tmp_path / "m.csv").write_text(accuracy_matrix_csv(acc))
     back = read_accuracy_matrix_csv(tmp_path / "m.csv")
     assert back.dtype == np.float64
     np.testing.assert_array_equal(back, acc)

@@ -26,6 +26,10 @@ read as well, without moving anything: only ``<wnid>/<file name>`` enters the ru
 is the same. Note that it differs from both the HiDe/NoRGa and the CODA/SMoPE splits.
 ``split="hide"`` (``--set dataset_options.split=hide``, part of ``--protocol official`` for the
 HiDe/NoRGa-family methods) gives the HiDe/NoRGa split instead (:func:`hide_split`).
+``split_dir=DIR`` (``--set dataset_options.split_dir=DIR``) gives the CODA-Prompt / SMoPE split:
+``DIR`` holds their ``imagenet-r_train.yaml`` and ``imagenet-r_test.yaml`` (CODA-Prompt's
+``dataloaders/splits/``, provided by the user), read by :mod:`cl.data.split_files`; their class
+ids are used as the labels.
 
 Class ids are the indices of the sorted wnids (as ``ImageFolder``), and tasks take consecutive
 chunks of the class order (seeded permutation by default, spec section 3.1).
@@ -54,6 +58,7 @@ from cl.data.catalog import register_dataset
 from cl.data.download import Resource
 from cl.data.errors import ChecksumError
 from cl.data.realdata import FileImageDataset
+from cl.data.split_files import SplitFileError, SplitList, read_split_dir
 
 log = logging.getLogger(__name__)
 
@@ -194,11 +199,45 @@ def build_imagenet_r(*, data_root: str | Path | None = None, seed: int = 0,
     DatasetNotFoundError, ChecksumError
         Missing data, an archive that fails its MD5, or a tree with the wrong counts.
     """
-    return build_real_benchmark(_read, data_root=data_root, seed=seed, download=download,
+    split_dir = options.pop("split_dir", None)
+    if split_dir is not None and (not isinstance(split_dir, str) or not split_dir):
+        raise ValueError(f"split_dir must be a directory path (holding imagenet-r_train.yaml "
+                         f"and imagenet-r_test.yaml); got {split_dir!r}")
+    if split_dir is not None and options.get("split", "fixed") != "fixed":
+        raise ValueError(f"split_dir and split={options['split']!r} choose two different "
+                         f"splits; give one of them")
+
+    def read(request: Request) -> SplitData:
+        return _read(request, None if split_dir is None else Path(split_dir).expanduser())
+
+    return build_real_benchmark(read, data_root=data_root, seed=seed, download=download,
                                 options=options, own_options={"split": Choice("fixed", SPLITS)})
 
 
-def _read(request: Request) -> SplitData:
+def listed_split(images: dict[str, list[tuple[str, Path]]], lists: tuple[SplitList, SplitList],
+                 ) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]], dict[str, int]]:
+    """The split of CODA-Prompt's lists: ``(train, test, class id per wnid)``, in list order.
+
+    Raises
+    ------
+    SplitFileError
+        A listed image that is not in the tree.
+    """
+    where = {key: path for entries in images.values() for key, path in entries}
+    chosen = []
+    for split in lists:
+        absent = [key for key in split.keys if key not in where]
+        if absent:
+            raise SplitFileError(f"{split.path}: {len(absent)} listed images are not in the "
+                                 f"ImageNet-R tree, e.g. {absent[0]!r}; expected every "
+                                 f"'<wnid>/<file>' of the list under imagenet-r/")
+        chosen.append([(key, where[key]) for key in split.keys])
+    class_ids = {key.split("/", 1)[0]: target for split in lists
+                 for key, target in zip(split.keys, split.targets, strict=True)}
+    return chosen[0], chosen[1], class_ids
+
+
+def _read(request: Request, split_dir: Path | None = None) -> SplitData:
     split_kind = request.own["split"]
     spec = SPEC
     tree, provenance = locate(spec.archive, spec.folder, request.how,
@@ -211,8 +250,15 @@ def _read(request: Request) -> SplitData:
             f"class folders and {spec.num_images} images, found {found[0]} and {found[1]}. "
             f"Nothing was changed; re-extract {spec.archive.filename} into an empty data root.")
     class_ids = {wnid: index for index, wnid in enumerate(sorted(images))}
-    split_fn = hide_split if split_kind == "hide" else fixed_split
-    train_items, test_items = split_fn(images, spec.test_fraction)
+    rule = HIDE_SPLIT_RULE if split_kind == "hide" else SPLIT_RULE
+    if split_dir is not None:
+        lists = read_split_dir(split_dir, spec.num_classes)
+        train_items, test_items, class_ids = listed_split(images, lists)
+        rule = (f"CODA-Prompt/SMoPE split lists {lists[0].path} and {lists[1].path} (their "
+                f"order and class ids)")
+    else:
+        split_fn = hide_split if split_kind == "hide" else fixed_split
+        train_items, test_items = split_fn(images, spec.test_fraction)
 
     def labels(items: list[tuple[str, Path]]) -> np.ndarray:
         return np.array([class_ids[key.split("/", 1)[0]] for key, _ in items], dtype=np.int64)
@@ -225,10 +271,10 @@ def _read(request: Request) -> SplitData:
         return FileImageDataset([path for _, path in items], targets, transform)
 
     test_keys = "\n".join(key for key, _ in test_items)
-    split = {"rule": HIDE_SPLIT_RULE if split_kind == "hide" else SPLIT_RULE,
+    split = {"rule": rule,
              "num_train": len(train_items), "num_test": len(test_items),
              "test_set_sha256": hashlib.sha256(test_keys.encode("utf-8")).hexdigest()}
     return SplitData("imagenet-r", num_classes=spec.num_classes, num_tasks=NUM_TASKS,
                      kind="default", make=make, train_labels=train_labels,
                      test_labels=test_labels, source=provenance, split=split,
-                     class_names=sorted(images))
+                     class_names=sorted(class_ids, key=class_ids.__getitem__))

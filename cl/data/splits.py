@@ -41,7 +41,7 @@ def split_into_tasks(order: Sequence[int], num_tasks: int) -> list[list[int]]:
     empty (10 classes, 6 tasks: chunks of 2 fill only 5 tasks) is refused.
     """
     if not 1 <= num_tasks <= len(order):
-        raise ValueError(f"num_tasks must be between 1 and {len(order)}; got {num_tasks}")
+        raise ValueError(f"num_tasks must be in [1, {len(order)}], got {num_tasks}")
     per_task = math.ceil(len(order) / num_tasks)
     tasks = [list(order[t * per_task:(t + 1) * per_task]) for t in range(num_tasks)]
     if not tasks[-1]:

@@ -24,7 +24,7 @@ from torch import nn
 from cl.methods.base import Task, register_method
 from cl.methods.prompt_pool import COMMON_OPTIONS, KeyedPromptMethod
 from cl.models.prompt_pools import GEPrefixViT
-from cl.preset_registry import register_method_presets
+from cl.preset_registry import register_method_presets, register_recipe_presets
 
 
 @register_method("dualprompt")
@@ -123,4 +123,24 @@ register_method_presets("dualprompt", {
     # offline benchmarks: tuned only to learn clearly within the --quick budget
     "synthetic": dict(epochs=6, lr=0.2, method_options=dict(e_length=5)),
     "digits": dict(epochs=10, lr=0.2, method_options=dict(e_length=5)),
+})
+
+# --set recipe=original-port: the configs of the original PyTorch port,
+# JH-LEE-KR/dualprompt-pytorch @ 7eb457d configs/cifar100_dualprompt.py and
+# configs/imr_dualprompt.py (same line numbers in both): batch 24 (l.4; the test loader uses it
+# too, datasets.py l.96), epochs 5 / 50 (l.5), clip 1.0 (l.18), constant schedule (l.24), lr
+# 0.03 / 0.005 (l.25; x batch/256 by main.py l.125-129, as here), shuffle False = natural class
+# order (l.55), G-prompt length 5 at layers [0, 1] (l.79-80), E-prompt layers [2, 3, 4] (l.85),
+# E-prompt length 5 / 20 (l.91; pool size 10 = one per task, top_k 1, l.90/92), prompt mask
+# (l.96), batch-wise prompt True / False (l.100), pull coefficient 1.0 (l.104). The port has no
+# 5-Datasets or CUB config.
+register_recipe_presets("original-port", "dualprompt", {
+    "*": dict(batch_size=24, eval_batch_size=24, scheduler="constant", clip_grad=1.0,
+              dataset_options=dict(class_order="standard"),
+              method_options=dict(g_layers=[0, 1], g_length=5, e_layers=[2, 3, 4],
+                                  pull_coeff=1.0, prompt_mask=True)),
+    "cifar100": dict(epochs=5, lr=0.03, batchwise_prompt=True,
+                     method_options=dict(e_length=5)),
+    "imagenet-r": dict(epochs=50, lr=0.005, batchwise_prompt=False,
+                       method_options=dict(e_length=20)),
 })

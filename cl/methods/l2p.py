@@ -22,7 +22,7 @@ from torch import nn
 from cl.methods.base import register_method
 from cl.methods.prompt_pool import COMMON_OPTIONS, KeyedPromptMethod
 from cl.models.prompt_pools import PromptTuningViT
-from cl.preset_registry import register_method_presets
+from cl.preset_registry import register_method_presets, register_recipe_presets
 
 
 @register_method("l2p")
@@ -85,4 +85,20 @@ register_method_presets("l2p", {
     # offline benchmarks: tuned only to learn clearly within the --quick budget
     "synthetic": dict(epochs=6, lr=0.2),
     "digits": dict(epochs=10, lr=0.2),
+})
+
+# --set recipe=original-port: the configs of the original PyTorch port, JH-LEE-KR/l2p-pytorch @
+# f7bc994 configs/cifar100_l2p.py and configs/five_datasets_l2p.py (same line numbers in both):
+# batch 16 (l.4; the test loader uses it too, datasets.py l.96), epochs 5 (l.5), clip 1.0 (l.18),
+# constant schedule (l.24), lr 0.03 (l.25; x batch/256 by main.py l.117-121, as here), shuffle
+# False = natural class / dataset order (l.55), size/length/top_k (l.79-81), batch-wise prompt
+# (l.88), pull coefficient (l.92). Not restorable: head_type="prompt" (l.96: the head reads the
+# mean of the prompt outputs, here the [CLS] output) and, on 5-Datasets, use_prompt_mask=True
+# (l.85). The port has no ImageNet-R or CUB config.
+register_recipe_presets("original-port", "l2p", {
+    "*": dict(batch_size=16, eval_batch_size=16, epochs=5, lr=0.03, scheduler="constant",
+              clip_grad=1.0, batchwise_prompt=True,
+              dataset_options=dict(class_order="standard")),
+    "cifar100": dict(method_options=dict(pool_size=10, length=5, top_k=5, pull_coeff=0.1)),
+    "5datasets": dict(method_options=dict(pool_size=20, length=10, top_k=4, pull_coeff=0.5)),
 })
