@@ -362,8 +362,9 @@ def run_rates(
         Dask cluster started when ``backend="dask"`` and no ``scheduler`` is given. BLAS is
         limited to one thread inside every task.
     cache_dir:
-        joblib.Memory location; ``None`` disables caching. With a remote Dask cluster the cache
-        lives on each worker's file system.
+        Folder of the checksummed JSON fit cache (:class:`moe_theory.cache.FitCache`);
+        ``None`` disables caching. With a remote Dask cluster the cache lives on each worker's
+        file system.
     progress:
         Wraps the iterator of finished tasks (e.g. ``tqdm``); called with ``total=``.
     backend:
