@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -179,9 +180,14 @@ def test_two_concurrent_rates_runs_on_one_folder(tmp_path):
         while not (out / ".lock.info").exists():
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
             time.sleep(0.05)
-        second = subprocess.run([*argv, "--seed", "2"], env=env, capture_output=True, text=True,
-                                timeout=120)
-        assert first.poll() is None, "the first run must still be running (test too slow)"
+        # Freeze the first run while it holds the lock, so the second one meets it however
+        # fast the machine is (the lock is held by the stopped process all the same).
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run([*argv, "--seed", "2"], env=env, capture_output=True,
+                                    text=True, timeout=120)
+        finally:
+            first.send_signal(signal.SIGCONT)
     finally:
         first_out, first_err = first.communicate(timeout=600)
     lines = [line for line in second.stderr.splitlines() if line.strip()]
