@@ -13,6 +13,7 @@ a half-written one. Two kinds of checksums guard what a later run reads back:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -156,13 +157,23 @@ def safe_torch_load(source: str | Path | IO[bytes], allowed: Iterable[Any] = (),
         One line: the object type the file names and why it is refused, or that the file is
         not a PyTorch checkpoint at all.
     """
+    allowed = list(allowed)
+    # torch < 2.5 has no safe_globals: its weights-only unpickler then accepts tensors and plain
+    # containers only, and a file that needs one of ``allowed`` is refused below (never more).
+    extra = getattr(torch.serialization, "safe_globals", None)
     try:
-        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allowed)):
+        with warnings.catch_warnings(), (extra(allowed) if extra else contextlib.nullcontext()):
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4"
             return torch.load(source, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError,
             AttributeError, KeyError, IndexError) as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        names = {f"{getattr(a, '__module__', '')}.{getattr(a, '__name__', '')}" for a in allowed}
+        if found and extra is None and found.group(1) in names:
+            raise CheckpointError(
+                f"{what} holds a {found.group(1)!r}, which torch {torch.__version__} cannot "
+                "allow-list for safe loading (torch.serialization.safe_globals needs torch >= "
+                "2.5); upgrade torch to load this file") from None
         if found:
             raise CheckpointError(
                 f"{what} holds a Python object {found.group(1)!r}, which a weights file may not "
