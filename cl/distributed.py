@@ -16,6 +16,7 @@ The engine stays one code path for one and for many processes; everything that d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -97,6 +98,28 @@ def init_from_env(device: torch.device) -> DistContext:
         dist.init_process_group(backend=backend)
         log.info("joined process group: rank %d of %d (%s)", dist.get_rank(), world, backend)
     return current_context()
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[DistContext]:
+    """Join ``torchrun``'s process group for the duration of a run, then leave it cleanly.
+
+    A group joined here is destroyed on the way out, after a final barrier when the run succeeded
+    (so no rank exits while another still talks to it). Without the explicit
+    ``destroy_process_group`` a gloo rank can abort at interpreter exit ("terminate called without
+    an active exception", SIGABRT) while its background threads are still joinable. A group that
+    already existed (created by a caller) is left alone.
+    """
+    joins = (int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
+             and not dist.is_initialized())
+    ctx = init_from_env(device)
+    try:
+        yield ctx
+        if joins:
+            ctx.barrier()
+    finally:
+        if joins and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def local_device(device: torch.device, ctx: DistContext) -> torch.device:

@@ -58,9 +58,9 @@ from cl.distributed import (
     SharedShuffleSampler,
     broadcast_parameters,
     eval_shard,
-    init_from_env,
     local_device,
     modules_of,
+    process_group,
     sync_gradients,
 )
 from cl.environment import environment
@@ -649,8 +649,17 @@ def run_experiment(
         device = resolve_device(cfg.device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    ctx = init_from_env(device)
-    device = local_device(device, ctx)
+    with process_group(device) as ctx:
+        return _run_in_group(cfg, out, local_device(device, ctx), ctx, overwrite=overwrite,
+                             stop_after_task=stop_after_task, progress=progress,
+                             benchmark=benchmark)
+    raise AssertionError("unreachable")  # pragma: no cover - for type checkers
+
+
+def _run_in_group(cfg: CLConfig, out: Path, device: torch.device, ctx: DistContext, *,
+                  overwrite: bool, stop_after_task: int | None,
+                  progress: Callable[[Iterable, str], Iterable] | None,
+                  benchmark: Benchmark | None) -> RunResult:
     # Everything that may fail for missing or bad inputs happens before anything is written:
     # data, weights, the method's models and the memory they need.
     bench = benchmark or _build_benchmark(cfg)
