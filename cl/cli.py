@@ -36,7 +36,8 @@ from cl.config import (
     resolve_config,
 )
 from cl.data.registry import DatasetError, available_datasets
-from cl.engine import ConfigError, RunDirError, resolve_device, run_experiment
+from cl.engine import RunDirError, resolve_device, run_experiment
+from cl.errors import ConfigError
 from cl.methods import available_methods
 from cl.models.gating import ACTIVATIONS
 from cl.numerics import NonFiniteLossError
@@ -52,7 +53,7 @@ from norga.cli import (
 )
 from norga.signals import run_main
 
-# config field -> the flag that sets it (for error messages)
+# config field -> the flag that sets it (ConfigError.field -> the flag its message names)
 FLAG_OF = {
     "epochs": "--epochs", "batch_size": "--batch-size", "num_workers": "--num-workers",
     "gate_act": "--gate-act", "attention": "--attention", "device": "--device",
@@ -188,15 +189,13 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
     return overrides
 
 
-def _config_error(exc: Exception) -> str:
-    """``"field: reason"`` -> ``"argument --flag: reason"`` (``--set field`` without a flag)."""
-    text = str(exc)
-    head, sep, rest = text.partition(":")
-    # "method_options.NAME: ..." is set with --set method_options=JSON
-    field = head.split()[-1].strip("'").split(".")[0] if head.split() else ""
-    flag = FLAG_OF.get(field, f"--set {field}")
-    if sep and head.strip() == field:
-        text = rest.strip()
+def _config_error(exc: ConfigError) -> str:
+    """``argument FLAG: reason``: the flag that sets ``exc.field`` (``--set FIELD`` for a field
+    without a flag of its own). A key of ``method_options`` / ``dataset_options`` is set with
+    ``--set method_options=JSON`` (or ``.KEY=``): the flag names the field and the text keeps
+    the key (``argument --set method_options: method_options.schedule: ...``)."""
+    flag = FLAG_OF.get(exc.top_field, f"--set {exc.top_field}")
+    text = exc.reason if exc.field == exc.top_field else str(exc)
     return f"argument {flag}: {text}"
 
 
@@ -213,8 +212,8 @@ def check_resources(args: argparse.Namespace, cfg, parser: argparse.ArgumentPars
         parser.error(f"argument --stop-after-task: must be >= 0, got {args.stop_after_task}")
     try:
         resolve_device(args.device)
-    except ValueError as exc:
-        parser.error(f"argument --device: {str(exc).removeprefix('device: ')}")
+    except ConfigError as exc:
+        parser.error(f"argument --device: {exc.reason}")
     if cfg.dataset in OFFLINE_DATASETS and args.data_root is not None:
         parser.error(f"argument --data-root: not used by --dataset {cfg.dataset} (generated or "
                      f"bundled, nothing is read from {args.data_root!r}); drop the flag")
@@ -238,7 +237,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         backbone = args.backbone or default_backbone(args.dataset)
         cfg = resolve_config(args.dataset, args.method, backbone, quick=args.quick,
                              overrides=overrides_from_args(args, parser))
-    except ValueError as exc:
+    except ConfigError as exc:
         parser.error(_config_error(exc))
     import torch
     from tqdm import tqdm

@@ -1,11 +1,15 @@
-"""Typed run configuration and the preset layers.
+"""Typed run configuration and the one resolver of its preset layers.
 
-Resolution order (later wins): dataclass defaults < dataset preset < method preset (``"*"``,
-then per dataset) < method preset per (dataset, backbone) (e.g. NoRGa's gate activation and the
-shorter schedules of the self-supervised backbones) < ``--set recipe=original-port`` (the
-original L2P/DualPrompt ports' configs, registered by those method modules) < ``--protocol
-official`` (cl/protocol.py)
-< ``--quick`` < explicit overrides.
+Resolution order (later wins): dataclass defaults < dataset preset (here) < the method's
+presets (``Method.presets``, declared by each method class: ``"*"``, then per dataset, then per
+(dataset, backbone), e.g. NoRGa's gate activation and the shorter schedules of the
+self-supervised backbones) < ``--set recipe=original-port`` (``Method.recipe_presets``: the
+original L2P/DualPrompt ports' configs) < ``--protocol official`` (cl/protocol.py) < ``--quick``
+< explicit overrides. :func:`resolve_config` is the only place that layers them; importing a
+method module changes no table.
+
+Every error of a configuration is a :class:`cl.errors.ConfigError` naming the field at fault in
+its ``field`` attribute.
 Values are the effective ones of cl-pipeline.md section 2.6 for Sup-21K unless noted; learning
 rates are the raw script values and are multiplied by ``batch_size / 256`` where the original
 code does so.
@@ -22,24 +26,32 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from cl.models.gating import ACTIVATIONS
-from cl.precision import PRECISIONS
-from cl.preset_registry import (
-    METHOD_PRESETS,
-    RECIPE_PRESETS,
-    PresetTable,
-    register_method_presets,
-)
-from cl.stats import STATS_METHODS
+from cl.errors import ConfigError
+from cl.models.gating import ACTIVATIONS, Activation
+from cl.precision import PRECISIONS, Precision
+from cl.presets import PAPER_BACKBONES, PresetTable
+from cl.stats import STATS_METHODS, StatsMethod
+from norga.choices import ChoiceError, check_choice
 
+# The fields with a fixed set of values. DatasetName, MethodName and BackboneTag list what the
+# registries hold (cl.data.registry, cl.methods, cl.backbones; tests/test_cl_config_types.py
+# keeps them equal); a name outside them is refused with the registry's own message.
+DatasetName = Literal["synthetic", "digits", "cifar100", "imagenet-r", "cub200", "5datasets"]
+MethodName = Literal["coda-prompt", "dualprompt", "hide", "l2p", "norga", "smope", "sprompt"]
+BackboneTag = Literal["vit-tiny-random", "vit-b16-random", "sup21k", "ibot21k", "ibot1k",
+                      "dino1k", "mocov3-1k", "sup1k", "sup21k-augreg", "sup21k-ft1k"]
 Scheduler = Literal["constant", "step", "cosine"]
 AttentionImpl = Literal["fused", "reference"]
-SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
-PROTOCOLS: tuple[str, ...] = ("default", "official")
-# "default": the presets below (MoE_PromptCL's re-run configs); "original-port": the configs of
-# the original PyTorch ports of L2P and DualPrompt (JH-LEE-KR), see cl/protocol.py
-RECIPES: tuple[str, ...] = ("default", "original-port")
-ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
+# "default": the presets (MoE_PromptCL's re-run configs); "original-port": the configs of the
+# original PyTorch ports of L2P and DualPrompt (JH-LEE-KR), see cl/protocol.py
+Recipe = Literal["default", "original-port"]
+Protocol = Literal["default", "official"]
+KeepCheckpoints = Literal["all", "last"]
+SCHEDULERS: tuple[Scheduler, ...] = get_args(Scheduler)
+PROTOCOLS: tuple[Protocol, ...] = get_args(Protocol)
+RECIPES: tuple[Recipe, ...] = get_args(Recipe)
+ATTENTION_IMPLS: tuple[AttentionImpl, ...] = get_args(AttentionImpl)
+KEEP_CHECKPOINTS: tuple[KeepCheckpoints, ...] = get_args(KeepCheckpoints)
 
 
 @dataclass
@@ -47,22 +59,22 @@ class CLConfig:
     """Everything that defines a run (saved as ``config.json``)."""
 
     # what
-    dataset: str = "synthetic"
-    method: str = "norga"
-    backbone: str = "vit-tiny-random"
+    dataset: DatasetName = "synthetic"
+    method: MethodName = "norga"
+    backbone: BackboneTag = "vit-tiny-random"
     weights: str | None = None
     seed: int = 42
     dataset_options: dict[str, Any] = field(default_factory=dict)
     # method-specific hyperparameters (baselines keep theirs here, keyed by name)
     method_options: dict[str, Any] = field(default_factory=dict)
     # where / how
-    device: str = "auto"
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps (checked by cl.engine.resolve_device)
     batch_size: int = 128
     eval_batch_size: int = 128
     num_workers: int = 0
     # fp32: exact (default, reproduces the published setup); bf16: autocast of the ViT forward
     # passes only (heads, losses, statistics stay float32/float64), see cl/precision.py
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     compile: bool = False  # torch.compile of the models' ViT forward passes
     data_root: str | None = None
     download: bool = False
@@ -70,17 +82,17 @@ class CLConfig:
     # prompted model
     prompt_length: int = 5
     prompt_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    gate_act: str = "tanh"
-    attention: str = "fused"
+    gate_act: Activation = "tanh"
+    attention: AttentionImpl = "fused"
     gate_trainable_after_first_task: bool = False
     legacy_kv_reshape: bool = False
     batchwise_prompt: bool = False
     # "official": switch every listed deviation to the official code's behaviour
     # (cl/protocol.py, README "Deviations from the official code")
-    protocol: str = "default"
+    protocol: Protocol = "default"
     # which recipe the method presets follow (RECIPES; "original-port": L2P / DualPrompt as
     # configured by the original PyTorch ports, cl/protocol.py)
-    recipe: str = "default"
+    recipe: Recipe = "default"
     # the official code's batch-vote tie order (torch.topk over padded counts), cl/protocol.py
     legacy_vote_ties: bool = False
     # drop the last partial training batch (CODA-Prompt and SMoPE code), cl/protocol.py
@@ -89,7 +101,7 @@ class CLConfig:
     epochs: int = 20
     lr: float = 0.03
     larger_prompt_lr: bool = True
-    scheduler: str = "step"
+    scheduler: Scheduler = "step"
     clip_grad: float = 1.0
     prompt_momentum: float = 0.1
     reg: float = 0.1
@@ -97,7 +109,7 @@ class CLConfig:
     # task-identity model (TII)
     tii_epochs: int = 20
     tii_lr: float = 5e-4
-    tii_scheduler: str = "constant"
+    tii_scheduler: Scheduler = "constant"
     tii_mlp: list[int] = field(default_factory=lambda: [2])
     tii_ca_epochs: int = 30
     tii_ca_lr: float = 0.005
@@ -108,65 +120,70 @@ class CLConfig:
     tap_epochs: int = 30
     ca_lr: float = 0.005
     tap_samples_mult: int = 5
-    stats_method: str = "covariance"
+    stats_method: StatsMethod = "covariance"
     # k-means clusters per class for stats_method="multi-centroid" (HiDe-Prompt: 10)
     n_centroids: int = 10
     # bookkeeping
-    keep_checkpoints: str = "all"
+    keep_checkpoints: KeepCheckpoints = "all"
 
     def validate(self) -> CLConfig:
-        """Check ``Literal``-like options and ranges; raise ``ValueError`` naming the field."""
-        choices = {
+        """Check the fields with a fixed set of values and the ranges.
+
+        Raises
+        ------
+        ConfigError
+            Naming the field at fault (``field``) and what is allowed.
+        """
+        choices: dict[str, tuple[str, ...]] = {
             "gate_act": ACTIVATIONS,
             "attention": ATTENTION_IMPLS,
             "scheduler": SCHEDULERS,
             "tii_scheduler": SCHEDULERS,
             "stats_method": STATS_METHODS,
-            "keep_checkpoints": ("all", "last"),
+            "keep_checkpoints": KEEP_CHECKPOINTS,
             "precision": PRECISIONS,
             "protocol": PROTOCOLS,
             "recipe": RECIPES,
         }
         for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ValueError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
+            _check_field_choice(name, getattr(self, name), allowed)
         if not isinstance(self.compile, bool):
-            raise ValueError(f"compile: expected true/false, got {self.compile!r}")
+            raise ConfigError("compile", f"expected true/false, got {self.compile!r}")
         positive = ("batch_size", "eval_batch_size", "prompt_length", "tap_samples_mult",
                     "n_centroids")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
         for name in ("epochs", "tii_epochs", "tii_ca_epochs", "tap_epochs", "num_workers",
                      "clip_grad", "tii_clip_grad"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) \
                 or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed: must be an integer in [0, 2^63), got {self.seed!r}")
+            raise ConfigError("seed", f"must be an integer in [0, 2^63), got {self.seed!r}")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{f.name}: must be a finite number, got {value}")
+                raise ConfigError(f.name, f"must be a finite number, got {value}")
         for name in ("clip_grad", "reg"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be >= 0, got {getattr(self, name)}")
         if not self.tii_mlp or not _int_list(self.tii_mlp, minimum=1):
-            raise ValueError(f"tii_mlp: must be a non-empty list of positive integers (hidden "
-                             f"layer widths), got {self.tii_mlp!r}")
+            raise ConfigError("tii_mlp", f"must be a non-empty list of positive integers (hidden "
+                              f"layer widths), got {self.tii_mlp!r}")
         if not _int_list(self.prompt_layers, minimum=0) \
                 or len(set(self.prompt_layers)) != len(self.prompt_layers):
-            raise ValueError(f"prompt_layers: must be distinct block indices >= 0, got "
-                             f"{self.prompt_layers!r}")
+            raise ConfigError("prompt_layers", f"must be distinct block indices >= 0, got "
+                              f"{self.prompt_layers!r}")
         for name in ("dataset_options", "method_options"):
             if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name}: must be a JSON object, got {getattr(self, name)!r}")
+                raise ConfigError(name, f"must be a JSON object, got {getattr(self, name)!r}")
         if not 0.0 <= self.prompt_momentum < 1.0:
-            raise ValueError(f"prompt_momentum: must be in [0, 1), got {self.prompt_momentum}")
+            raise ConfigError("prompt_momentum",
+                              f"must be in [0, 1), got {self.prompt_momentum}")
         for name in ("lr", "tii_lr", "tii_ca_lr", "ca_lr", "contrastive_temperature"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name}: must be positive, got {getattr(self, name)}")
+                raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
         self._validate_method_options()
         return self
 
@@ -180,11 +197,10 @@ class CLConfig:
             return
         try:
             base.get_method(self.method).resolve_options(self.method_options)
-        except (TypeError, ValueError) as exc:
-            message = str(exc)
-            if not message.startswith("method_options"):
-                message = f"method_options: {message}"
-            raise ValueError(message) from exc
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:  # a method that does not raise ConfigError
+            raise ConfigError("method_options", str(exc)) from exc
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -226,8 +242,16 @@ def _check_used(method: str, name: str, value: Any, preset: Any) -> None:
     own = [f"method_options.{k}" for k in sorted(base.get_method(method).option_defaults)
            if name.startswith("prompt_") and ("layer" in k or "length" in k)]
     where = f" (its prompts are set by {', '.join(own)})" if own else ""
-    raise ValueError(f"{name}: {_fmt(value)} is not used by method {method}{where}; allowed: "
-                     f"leave it at {_fmt(preset)}, or a method that uses it: {', '.join(users)}")
+    raise ConfigError(name, f"{_fmt(value)} is not used by method {method}{where}; allowed: "
+                      f"leave it at {_fmt(preset)}, or a method that uses it: {', '.join(users)}")
+
+
+def _check_field_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """:func:`norga.choices.check_choice` of config field ``name``, as a :class:`ConfigError`."""
+    try:
+        check_choice(name, value, allowed)
+    except ChoiceError as exc:
+        raise ConfigError(name, exc.reason) from None
 
 
 def _int_list(value: Any, minimum: int) -> bool:
@@ -269,75 +293,6 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-# The backbones of the papers' tables (cl-pipeline.md section 5); the Sup-21K values are the
-# dataset/method presets, the others differ only where the scripts differ (below).
-PAPER_BACKBONES: tuple[str, ...] = ("sup21k", "ibot21k", "ibot1k", "dino1k", "mocov3-1k")
-_SELF_SUPERVISED = ("ibot21k", "ibot1k", "dino1k", "mocov3-1k")
-
-# NoRGa's gate activation per (dataset, pretrained weights) where it differs from Sup-21K
-# (section 2.6 table "Run 2: WTP + TAP, NoRGa", column sigma; Sup-21K is in METHOD_PRESETS).
-BACKBONE_GATE_ACT: dict[tuple[str, str], str] = {
-    ("cifar100", "ibot21k"): "tanh",
-    ("cifar100", "ibot1k"): "tanh",
-    ("cifar100", "dino1k"): "tanh",
-    ("cifar100", "mocov3-1k"): "gelu",
-    ("imagenet-r", "ibot21k"): "tanh",
-    ("imagenet-r", "ibot1k"): "sigmoid",
-    ("imagenet-r", "dino1k"): "tanh",
-    ("imagenet-r", "mocov3-1k"): "gelu",
-    ("cub200", "ibot21k"): "tanh",
-    ("5datasets", "ibot21k"): "sigmoid",
-}
-
-# What the HiDe and NoRGa scripts of one (dataset, backbone) share where they differ from the
-# Sup-21K script of that dataset (section 2.6, Run 1 and Run 2 tables).
-_SCRIPT_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {
-    # CIFAR-100 with self-supervised weights: 20 epochs (step schedule then a no-op), momentum
-    # 0.1, TII with the (no-op) step schedule.
-    **{("cifar100", b): dict(epochs=20, prompt_momentum=0.1, tii_scheduler="step")
-       for b in _SELF_SUPERVISED},
-    # ImageNet-R with self-supervised weights: 50 epochs at a constant lr (not 150 + cosine).
-    **{("imagenet-r", b): dict(epochs=50, scheduler="constant") for b in _SELF_SUPERVISED},
-    # CUB with iBOT-21K: the TII model at 5e-4 with the (no-op) step schedule (Sup-21K: 0.01).
-    ("cub200", "ibot21k"): dict(tii_lr=5e-4, tii_scheduler="step"),
-}
-
-# Method-specific (dataset, backbone) values on top of _SCRIPT_BACKBONE.
-_NORGA_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {
-    # CIFAR-100, self-supervised: TAP ca_lr 0.005 (Sup-21K: 0.05), TII ca_lr 0.05 (HiDe 0.005)
-    **{("cifar100", b): dict(ca_lr=0.005, tii_ca_lr=0.05) for b in _SELF_SUPERVISED},
-    ("imagenet-r", "ibot1k"): dict(tap_epochs=80),
-}
-
-# Method presets: keys are "*" (every dataset), a dataset name, or a (dataset, backbone) pair;
-# later keys of that list win. NoRGa vs HiDe-Prompt differences of section 2.6.
-_PAPER_METHOD_PRESETS: dict[str, PresetTable] = {
-    "norga": {
-        "cifar100": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05),
-        "imagenet-r": dict(gate_act="sigmoid", tap_epochs=30, ca_lr=0.005),
-        "cub200": dict(gate_act="sigmoid", tap_epochs=80, ca_lr=0.05, tii_ca_lr=0.05),
-        "5datasets": dict(gate_act="tanh", tap_epochs=30, ca_lr=0.005),
-        **{key: {**_SCRIPT_BACKBONE.get(key, {}), **_NORGA_BACKBONE.get(key, {}),
-                 "gate_act": act}
-           for key, act in BACKBONE_GATE_ACT.items()},
-    },
-    "hide": {
-        # HiDe-Prompt: TAP 30 epochs and ca_lr 0.005 everywhere, TII ca_lr 0.005
-        "cifar100": dict(tap_epochs=30, ca_lr=0.005),
-        "imagenet-r": dict(tap_epochs=30, ca_lr=0.005),
-        "cub200": dict(tap_epochs=30, ca_lr=0.005, tii_ca_lr=0.005, tii_scheduler="step"),
-        "5datasets": dict(tap_epochs=30, ca_lr=0.005),
-        **{key: dict(layer) for key, layer in _SCRIPT_BACKBONE.items()},
-    },
-}
-
-
-# They join the table that the other methods' modules register theirs into
-# (cl.preset_registry; METHOD_PRESETS and register_method_presets are re-exported from here).
-for _method, _table in _PAPER_METHOD_PRESETS.items():
-    register_method_presets(_method, _table)
-
-
 # --quick: a smoke-test budget (minutes on a laptop CPU for the offline benchmarks).
 QUICK_PRESETS: dict[str, dict[str, Any]] = {
     "synthetic": dict(
@@ -368,7 +323,7 @@ def _coerce(name: str, value: Any) -> Any:
     hints = _field_types()
     if name not in hints:
         allowed = ", ".join(f.name for f in dataclasses.fields(CLConfig))
-        raise ValueError(f"unknown config key {name!r}; allowed: {allowed}")
+        raise ConfigError(name, f"unknown config key {name!r}; allowed: {allowed}")
     if not isinstance(value, str):
         return value
     hint = hints[name]
@@ -384,22 +339,22 @@ def _coerce(name: str, value: Any) -> Any:
             return True
         if value.lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"{name}: expected true/false, got {value!r}")
+        raise ConfigError(name, f"expected true/false, got {value!r}")
     if hint in (int, float):
         try:
             return hint(value)
         except ValueError as exc:
-            raise ValueError(f"{name}: expected {hint.__name__}, got {value!r}") from exc
+            raise ConfigError(name, f"expected {hint.__name__}, got {value!r}") from exc
     if origin is list:
         parsed = _strict_json(name, value, "a JSON list of integers, e.g. [0,1,2]")
         if not _int_list(parsed, minimum=-(2**63)):
-            raise ValueError(f"{name}: expected a JSON list of integers, e.g. [0,1,2], got "
-                             f"{value!r}")
+            raise ConfigError(name, f"expected a JSON list of integers, e.g. [0,1,2], got "
+                              f"{value!r}")
         return parsed
     if origin is dict:
         parsed = _strict_json(name, value, 'a JSON object, e.g. {"key": 1}')
         if not isinstance(parsed, dict):
-            raise ValueError(f'{name}: expected a JSON object, e.g. {{"key": 1}}, got {value!r}')
+            raise ConfigError(name, f'expected a JSON object, e.g. {{"key": 1}}, got {value!r}')
         return parsed
     return value
 
@@ -413,7 +368,7 @@ def _strict_json(name: str, text: str, expected: str) -> Any:
     try:
         return json.loads(text, parse_constant=refuse)
     except ValueError:
-        raise ValueError(f"{name}: expected {expected}, got {value_text(text)}") from None
+        raise ConfigError(name, f"expected {expected}, got {value_text(text)}") from None
 
 
 def value_text(text: str) -> str:
@@ -427,7 +382,7 @@ def _dotted(key: str, value: Any) -> tuple[str, Any]:
     if not dot or head not in ("method_options", "dataset_options"):
         return key, value
     if not name:
-        raise ValueError(f"{key}: expected {head}.NAME=VALUE")
+        raise ConfigError(key, f"expected {head}.NAME=VALUE")
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -436,12 +391,32 @@ def _dotted(key: str, value: Any) -> tuple[str, Any]:
     return head, {name: value}
 
 
+def _method_class(method: str) -> type | None:
+    """The registered class of ``method`` (``None`` for a name no class is registered under)."""
+    from cl.methods import base  # lazy: importing cl.methods imports every method module
+
+    return base.get_method(method) if method in base.available_methods() else None
+
+
+def method_presets(method: str) -> PresetTable:
+    """The presets the class of ``method`` declares (``Method.presets``; its own declaration,
+    not a parent's), empty for an unregistered method."""
+    cls = _method_class(method)
+    return vars(cls).get("presets", {}) if cls is not None else {}
+
+
+def method_recipes(method: str) -> dict[str, PresetTable]:
+    """The alternative recipes the class of ``method`` declares (``Method.recipe_presets``)."""
+    cls = _method_class(method)
+    return vars(cls).get("recipe_presets", {}) if cls is not None else {}
+
+
 def preset_layers(dataset: str, method: str, backbone: str) -> list[dict[str, Any]]:
     """The preset layers of a run, in the order they are applied (before ``--quick``/flags).
 
     Dataset preset, then the method's ``"*"``, ``dataset`` and ``(dataset, backbone)`` entries.
     """
-    table = METHOD_PRESETS.get(method, {})
+    table = method_presets(method)
     return [DATASET_PRESETS.get(dataset, {}), table.get("*", {}), table.get(dataset, {}),
             table.get((dataset, backbone), {})]
 
@@ -451,22 +426,25 @@ def recipe_layers(dataset: str, method: str, recipe: str) -> list[dict[str, Any]
 
     Raises
     ------
-    ValueError
-        An unknown recipe, or one that has no configuration for this method or dataset.
+    ConfigError
+        (``field`` ``"recipe"``) An unknown recipe, or one that has no configuration for this
+        method or dataset.
     """
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
+    _check_field_choice("recipe", recipe, RECIPES)
     if recipe == "default":
         return []
-    tables = RECIPE_PRESETS.get(recipe, {})
-    if method not in tables:
-        raise ValueError(f"recipe={recipe}: only {', '.join(sorted(tables))} have one; got "
-                         f"method {method!r}")
-    datasets = [key for key in tables[method] if isinstance(key, str) and key != "*"]
+    from cl.methods import available_methods
+
+    table = method_recipes(method).get(recipe)
+    if table is None:
+        having = [m for m in available_methods() if recipe in method_recipes(m)]
+        raise ConfigError("recipe", f"{recipe}: only {', '.join(having)} have one; got "
+                          f"method {method!r}")
+    datasets = [key for key in table if isinstance(key, str) and key != "*"]
     if dataset not in datasets:
-        raise ValueError(f"recipe={recipe}: {method} has configs for {', '.join(datasets)} "
-                         f"only; got dataset {dataset!r}")
-    return [tables[method].get("*", {}), tables[method][dataset]]
+        raise ConfigError("recipe", f"{recipe}: {method} has configs for "
+                          f"{', '.join(datasets)} only; got dataset {dataset!r}")
+    return [table.get("*", {}), table[dataset]]
 
 
 def resolve_config(
@@ -487,11 +465,14 @@ def resolve_config(
     ``dataset_options`` are merged key by key rather than replaced.
 
     An override of a field the method does not read (:func:`method_uses`) that differs from the
-    preset value raises ``ValueError`` (the method would silently ignore it), unless
+    preset value raises ``ConfigError`` (the method would silently ignore it), unless
     ``allow_unused`` (e.g. one budget of every phase passed to every method).
-    """
-    import cl.methods  # noqa: F401 - method modules register their presets on import
 
+    Raises
+    ------
+    ConfigError
+        Any bad value (a ``ValueError``), with the field at fault in ``field``.
+    """
     cfg: dict[str, Any] = CLConfig(dataset=dataset, method=method, backbone=backbone).to_dict()
 
     def apply(layer: dict[str, Any]) -> None:
@@ -508,8 +489,7 @@ def resolve_config(
     for layer in recipe_layers(dataset, method, (overrides or {}).get("recipe", "default")):
         apply(layer)
     protocol = (overrides or {}).get("protocol", "default")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    _check_field_choice("protocol", protocol, PROTOCOLS)
     if protocol == "official":  # every listed deviation switched to the official behaviour
         from cl.protocol import official_layer
 
@@ -559,15 +539,16 @@ def _flat(cfg: CLConfig, keys: set[str]) -> dict[str, str]:
 
 
 def describe_presets(width: int = 100) -> str:
-    """Text table of every registered preset, for ``cl.py --help``.
+    """Text table of every method's presets, for ``cl.py --help``.
 
-    Generated from the preset dicts, so presets registered by method modules appear
-    automatically. Per dataset: the dataset preset (shared by all methods), then per method the
-    values its own presets set (Sup-21K), then one line per paper backbone whose values differ.
+    Generated from the dataset presets and the presets each registered method class declares,
+    so a new method's presets appear automatically. Per dataset: the dataset preset (shared by
+    all methods), then per method the values its own presets set (Sup-21K), then one line per
+    paper backbone whose values differ.
     """
     import textwrap
 
-    from cl.methods import available_methods  # importing registers every method's presets
+    from cl.methods import available_methods
 
     def wrap(text: str, indent: int, label: str) -> list[str]:
         head = " " * indent + label.ljust(15 - indent) + " "
@@ -580,7 +561,7 @@ def describe_presets(width: int = 100) -> str:
         "--set recipe=original-port (lines +original-port) < --quick < flags; lr is scaled by "
         "batch_size/256; backbones not listed use the sup21k values):",
     ]
-    methods = sorted(set(available_methods()) | set(METHOD_PRESETS))
+    methods = available_methods()
     for dataset, layer in DATASET_PRESETS.items():
         shared = dataclasses.replace(CLConfig(dataset=dataset), **layer)
         lines.extend(wrap(" ".join(f"{k}={v}" for k, v in
@@ -592,7 +573,7 @@ def describe_presets(width: int = 100) -> str:
             except ValueError as exc:  # a broken registered preset must not break --help
                 lines.extend(wrap(f"INVALID PRESET: {exc}", 4, method))
                 continue
-            table = METHOD_PRESETS.get(method, {})
+            table = method_presets(method)
             keys = set(table.get("*", {})) | set(table.get(dataset, {}))
             lines.extend(wrap(" ".join(f"{k}={v}" for k, v in _flat(base, keys).items()),
                               4, method))
@@ -609,7 +590,7 @@ def describe_presets(width: int = 100) -> str:
                 if diff:
                     lines.extend(wrap(diff, 6, "+" + backbone))
             for recipe in RECIPES[1:]:  # --set recipe=...: what it changes, where it exists
-                if dataset not in RECIPE_PRESETS.get(recipe, {}).get(method, {}):
+                if dataset not in method_recipes(method).get(recipe, {}):
                     continue
                 a = _flat(base, names)
                 b = _flat(resolve_config(dataset, method, "sup21k",

@@ -64,6 +64,7 @@ from cl.distributed import (
     sync_gradients,
 )
 from cl.environment import environment
+from cl.errors import ConfigError
 from cl.methods.base import Method, Task, get_method
 from cl.numerics import NonFiniteLossError
 from cl.precision import apply_precision
@@ -112,13 +113,6 @@ class RunBusyError(RunDirError):
     """Another process is writing into the run directory (it holds its lock)."""
 
 
-class ConfigError(ValueError):
-    """The configuration cannot run (found before anything is written); exit 2 in a CLI.
-
-    The message starts with the config field at fault (``prompt_layers: ...``).
-    """
-
-
 @dataclass
 class RunResult:
     """Outcome of :func:`run_experiment`.
@@ -150,7 +144,7 @@ def resolve_device(name: str) -> torch.device:
 
     Raises
     ------
-    ValueError
+    ConfigError
         ``name`` is not a device, or not one this machine has (the message lists the allowed).
     """
     if name == "auto":
@@ -161,14 +155,14 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise ValueError(f"device: {name!r} is not a device; allowed: {allowed}") from None
+        raise ConfigError("device", f"{name!r} is not a device; allowed: {allowed}") from None
     if device.type == "cpu":
         return device
     if device.type == "cuda" and cuda and (device.index is None or device.index < cuda):
         return device
     if device.type == "mps" and torch.backends.mps.is_available():
         return device
-    raise ValueError(f"device: {name!r} is not available here; allowed: {allowed}")
+    raise ConfigError("device", f"{name!r} is not available here; allowed: {allowed}")
 
 
 def _build_benchmark(cfg: CLConfig) -> Benchmark:
@@ -180,11 +174,11 @@ def _build_benchmark(cfg: CLConfig) -> Benchmark:
         builder = registry.registered_builder(cfg.dataset)
         names = [p for p in inspect.signature(builder).parameters
                  if p not in ("data_root", "seed", "download")] if builder else []
-        raise ConfigError(f"dataset_options: {cfg.dataset_options} does not fit the "
+        raise ConfigError("dataset_options", f"{cfg.dataset_options} does not fit the "
                           f"{cfg.dataset} benchmark ({exc}); allowed keys: "
                           f"{', '.join(names) or 'none'}") from None
     except ValueError as exc:
-        raise ConfigError(f"dataset_options: {exc}") from None
+        raise ConfigError("dataset_options", str(exc)) from None
 
 
 def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
@@ -207,7 +201,7 @@ def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
         have = total_memory()
     if have is not None and need > have:
         raise ConfigError(
-            f"prompt_length: {cfg.prompt_length} (with {len(cfg.prompt_layers)} prompt layers, "
+            "prompt_length", f"{cfg.prompt_length} (with {len(cfg.prompt_layers)} prompt layers, "
             f"{num_tasks} tasks, batch_size {cfg.batch_size}) needs at least {gib(need)} of "
             f"memory; this {device.type.upper()} has {gib(have)}")
 
@@ -225,10 +219,9 @@ def _build_method(cfg: CLConfig, vit: torch.nn.Module, bench: Benchmark, device:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         field_name = text.split()[0].rstrip(":") if text else ""
         if field_name in cfg.to_dict():
-            text = f"{field_name}: {text.removeprefix(field_name).lstrip(': ')}"
-        else:
-            text = f"method: the {cfg.method} model cannot be built with this configuration: {text}"
-        raise ConfigError(text) from None
+            raise ConfigError(field_name, text.removeprefix(field_name).lstrip(": ")) from None
+        raise ConfigError("method", f"the {cfg.method} model cannot be built with this "
+                          f"configuration: {text}") from None
 
 
 def _task_subset(split, classes: list[int]) -> Subset:
@@ -645,10 +638,7 @@ def run_experiment(
     """
     cfg.validate()
     out = Path(out_dir)
-    try:
-        device = resolve_device(cfg.device)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    device = resolve_device(cfg.device)
     with process_group(device) as ctx:
         return _run_in_group(cfg, out, local_device(device, ctx), ctx, overwrite=overwrite,
                              stop_after_task=stop_after_task, progress=progress,
@@ -665,8 +655,8 @@ def _run_in_group(cfg: CLConfig, out: Path, device: torch.device, ctx: DistConte
     bench = benchmark or _build_benchmark(cfg)
     T = bench.num_tasks
     if stop_after_task is not None and not 0 <= stop_after_task < T:
-        raise ConfigError(f"stop_after_task: {stop_after_task} is not a task of this benchmark; "
-                          f"allowed: 0 to {T - 1}")
+        raise ConfigError("stop_after_task", f"{stop_after_task} is not a task of this "
+                          f"benchmark; allowed: 0 to {T - 1}")
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, img_size=bench.image_size,
                               seed=cfg.seed)
     _check_memory(cfg, T, backbone.model, device)

@@ -1,6 +1,7 @@
 """Small utilities shared by :mod:`moe_theory`, :mod:`cl` and :mod:`figures`.
 
 This package imports none of them (they must not import each other): atomic, checksummed file
-writing (:mod:`norga.io`), the run-directory lock (:mod:`norga.runlock`) and clean handling of
-Ctrl-C / SIGTERM in the command-line tools (:mod:`norga.signals`).
+writing (:mod:`norga.io`), the run-directory lock (:mod:`norga.runlock`), clean handling of
+Ctrl-C / SIGTERM in the command-line tools (:mod:`norga.signals`), and the one check of a value
+against its allowed set (:mod:`norga.choices`).
 """

@@ -184,7 +184,7 @@ def test_config_fields_and_validation() -> None:
     assert CLConfig().precision == "fp32" and CLConfig().compile is False  # exact by default
     cfg = resolve_config("synthetic", "norga", overrides={"precision": "bf16", "compile": "true"})
     assert cfg.precision == "bf16" and cfg.compile is True
-    with pytest.raises(ValueError, match="precision: 'fp16' is not one of fp32, bf16"):
+    with pytest.raises(ValueError, match="precision: must be one of fp32, bf16; got 'fp16'"):
         resolve_config("synthetic", "norga", overrides={"precision": "fp16"})
     with pytest.raises(ValueError, match="compile"):
         CLConfig(compile="yes").validate()  # type: ignore[arg-type]

@@ -11,7 +11,8 @@ from cl_helpers import load_cl_cli, run_cl_cli
 
 from cl import backbones as bb
 from cl.backbones import BackboneWeightsError
-from cl.config import METHOD_PRESETS, describe_presets, resolve_config
+from cl.config import describe_presets, resolve_config
+from cl.methods import base as methods_base
 
 SSL = ("ibot21k", "ibot1k", "dino1k", "mocov3-1k")
 
@@ -96,10 +97,14 @@ def test_help_lists_presets_and_weights() -> None:
 
 
 def test_listing_is_generated_from_registered_presets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(METHOD_PRESETS, "zz-baseline", {
-        "*": dict(lr=0.0042, method_options=dict(pool_size=17)),
-        ("cifar100", "ibot1k"): dict(epochs=7),
-    })
+    class Baseline(methods_base.Method):  # the presets a new method class declares
+        option_defaults = {"pool_size": 3}
+        presets = {
+            "*": dict(lr=0.0042, method_options=dict(pool_size=17)),
+            ("cifar100", "ibot1k"): dict(epochs=7),
+        }
+
+    monkeypatch.setitem(methods_base._METHODS, "zz-baseline", Baseline)
     lines = describe_presets().splitlines()
     mine = [line for line in lines if "zz-baseline" in line]
     assert len(mine) == 6  # one per dataset

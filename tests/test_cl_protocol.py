@@ -220,7 +220,7 @@ def test_official_protocol_layer_per_method_and_dataset() -> None:
     default = resolve_config("cifar100", "sprompt", "sup21k")
     assert (default.protocol, default.legacy_kv_reshape, default.batchwise_prompt) == (
         "default", False, False)
-    with pytest.raises(ValueError, match="protocol: 'paper' is not one of default, official"):
+    with pytest.raises(ValueError, match="protocol: must be one of default, official; got 'paper'"):
         resolve_config("synthetic", "norga", overrides={"protocol": "paper"})
 
 

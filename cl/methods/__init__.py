@@ -1,8 +1,9 @@
 """Continual-learning methods, registered by name (``get_method("norga")``).
 
 Every module of this package is imported here, so a new method only needs its own module with a
-``@register_method("name")`` class (and, optionally, presets registered with
-``cl.preset_registry.register_method_presets``); nothing else has to be edited.
+``@register_method("name")`` class (and, optionally, its presets declared on the class as
+``presets`` / ``recipe_presets``, which :func:`cl.config.resolve_config` layers); nothing else
+has to be edited.
 """
 
 import importlib

@@ -10,6 +10,10 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.data import DataLoader
 
+from cl.errors import ConfigError
+from cl.presets import PresetTable
+from norga.choices import ChoiceError, check_choice
+
 ProgressFn = Callable[[Iterable, str], Iterable]
 LogFn = Callable[[dict[str, Any]], None]
 
@@ -72,6 +76,16 @@ class Method(abc.ABC):
     #: non-preset value of any other one, which the method would silently ignore.
     config_fields: ClassVar[frozenset[str] | None] = None
 
+    #: this method's presets (:data:`cl.presets.PresetTable`: ``"*"``, dataset or
+    #: ``(dataset, backbone)`` keys -> config overrides), layered by
+    #: :func:`cl.config.resolve_config` over the dataset preset. Only a class's own declaration
+    #: counts: a registered subclass does not inherit its parent's presets.
+    presets: ClassVar[PresetTable] = {}
+    #: presets of the alternative recipes (``CLConfig.recipe`` other than ``"default"``):
+    #: recipe -> table, applied after :attr:`presets`; a dataset missing from the table has no
+    #: such recipe (``"*"`` only adds to the datasets listed). Own declaration only, as above.
+    recipe_presets: ClassVar[dict[str, PresetTable]] = {}
+
     #: whether :meth:`end_task` re-trains a head on Gaussian samples ("alignment": TAP of
     #: HiDe-Prompt / NoRGa / SMoPE); the engine then also evaluates just before that step
     has_alignment: ClassVar[bool] = False
@@ -92,21 +106,24 @@ class Method(abc.ABC):
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
         """:attr:`option_defaults` updated by ``given``.
 
-        ``ValueError`` (one line, starting with ``method_options``) for a name not in
-        :attr:`option_defaults`, naming the allowed ones; subclasses extend this with checks of
-        the values. :meth:`cl.config.CLConfig.validate` calls it, so a bad option is refused
-        before anything is written.
+        :class:`cl.errors.ConfigError` (a ``ValueError``; ``field`` ``"method_options"``, one
+        line) for a name not in :attr:`option_defaults`, naming the allowed ones, or
+        (``field`` ``"method_options.KEY"``) a value outside :attr:`option_choices`; subclasses
+        extend this with checks of the values, raising ``ConfigError`` the same way.
+        :meth:`cl.config.CLConfig.validate` calls it, so a bad option is refused before anything
+        is written.
         """
         unknown = sorted(set(given) - set(cls.option_defaults))
         if unknown:
             allowed = ", ".join(sorted(cls.option_defaults)) or f"none ({cls.name} has no options)"
-            raise ValueError(f"method_options: unknown key(s) {', '.join(unknown)} for "
-                             f"{cls.name}; allowed: {allowed}")
+            raise ConfigError("method_options", f"unknown key(s) {', '.join(unknown)} for "
+                              f"{cls.name}; allowed: {allowed}")
         options = {**cls.option_defaults, **given}
         for key, allowed_values in cls.option_choices.items():
-            if options[key] not in allowed_values:
-                raise ValueError(f"method_options.{key}: {options[key]!r} is not one of "
-                                 f"{', '.join(allowed_values)}")
+            try:
+                check_choice(key, options[key], allowed_values)
+            except ChoiceError as exc:
+                raise ConfigError(f"method_options.{key}", exc.reason) from None
         return options
 
     @abc.abstractmethod

@@ -31,7 +31,7 @@ from cl.methods.base import Task, register_method
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.coda import CodaViT
-from cl.preset_registry import register_method_presets
+from cl.presets import PresetTable
 from cl.seeding import torch_generator
 
 #: ``method_options`` of CODA-Prompt and their defaults (CIFAR-100 values of the official code).
@@ -43,22 +43,6 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "schedule": "cosine",  # "cosine" (CODA epoch cosine) or "constant"
 }
 SCHEDULES = ("cosine", "constant")
-
-register_method_presets("coda-prompt", {
-    # Adam at lr 1e-3, batch 128, no gradient clipping (official code).
-    "*": dict(lr=1e-3, batch_size=128, eval_batch_size=128, clip_grad=0.0),
-    # ortho_mu 0.0: GT-RIPL/CODA-Prompt experiments/cifar-100.sh passes ``--prompt_param 100 8
-    # 0.0`` ("ortho penalty loss weight - with updated code, now can be 0!"); the 0.1 of the
-    # April 2023 release went with a 1e-6 factor inside the model that the current code lacks.
-    "cifar100": dict(epochs=20, method_options=dict(ortho_mu=0.0)),
-    "imagenet-r": dict(epochs=50, method_options=dict(ortho_mu=0.0)),
-    # [unverified] no official CUB / 5-Datasets scripts: ImageNet-R-like settings.
-    "cub200": dict(epochs=50, method_options=dict(ortho_mu=0.0)),
-    "5datasets": dict(epochs=20, method_options=dict(ortho_mu=0.0)),
-    # Offline benchmarks: small and fast, tuned only to be clearly learnable.
-    "synthetic": dict(epochs=6, lr=0.01, batch_size=64, method_options=dict(ortho_mu=0.1)),
-    "digits": dict(epochs=10, lr=0.01, batch_size=64, method_options=dict(ortho_mu=0.1)),
-})
 
 
 def coda_cosine(epochs: int):
@@ -77,6 +61,22 @@ class CodaPrompt(FrozenViTMethod):
 
     option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
+
+    presets: ClassVar[PresetTable] = {
+        # Adam at lr 1e-3, batch 128, no gradient clipping (official code).
+        "*": dict(lr=1e-3, batch_size=128, eval_batch_size=128, clip_grad=0.0),
+        # ortho_mu 0.0: GT-RIPL/CODA-Prompt experiments/cifar-100.sh passes ``--prompt_param 100 8
+        # 0.0`` ("ortho penalty loss weight - with updated code, now can be 0!"); the 0.1 of the
+        # April 2023 release went with a 1e-6 factor inside the model that the current code lacks.
+        "cifar100": dict(epochs=20, method_options=dict(ortho_mu=0.0)),
+        "imagenet-r": dict(epochs=50, method_options=dict(ortho_mu=0.0)),
+        # [unverified] no official CUB / 5-Datasets scripts: ImageNet-R-like settings.
+        "cub200": dict(epochs=50, method_options=dict(ortho_mu=0.0)),
+        "5datasets": dict(epochs=20, method_options=dict(ortho_mu=0.0)),
+        # Offline benchmarks: small and fast, tuned only to be clearly learnable.
+        "synthetic": dict(epochs=6, lr=0.01, batch_size=64, method_options=dict(ortho_mu=0.1)),
+        "digits": dict(epochs=10, lr=0.01, batch_size=64, method_options=dict(ortho_mu=0.1)),
+    }
     # its schedule is method_options.schedule; prompts: method_options (pool, length, layers)
     config_fields: ClassVar[frozenset[str] | None] = frozenset({"attention"})
 

@@ -21,10 +21,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cl.errors import ConfigError
 from cl.methods.base import Task, register_method
 from cl.methods.prompt_pool import COMMON_OPTIONS, KeyedPromptMethod
 from cl.models.prompt_pools import GEPrefixViT
-from cl.preset_registry import register_method_presets, register_recipe_presets
+from cl.presets import PresetTable
 
 
 @register_method("dualprompt")
@@ -42,6 +43,45 @@ class DualPrompt(KeyedPromptMethod):
     # prefix prompts in method_options.g_layers / e_layers (prompt_layers is HiDe's and NoRGa's)
     config_fields: ClassVar[frozenset[str] | None] = KeyedPromptMethod.config_fields | {
         "attention", "legacy_kv_reshape"}  # type: ignore[operator]
+
+    # Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
+    # CUB), clip 1.0, pull_coeff 1.0 (0.5 on 5-Datasets). The original votes batch-wise on
+    # 5-Datasets; per-sample selection is our default there too.
+    presets: ClassVar[PresetTable] = {
+        "*": dict(lr=0.005, scheduler="constant", clip_grad=1.0,
+                  method_options=dict(g_layers=[0, 1], g_length=5, e_layers=[2, 3, 4],
+                                      e_length=20, pull_coeff=1.0)),
+        "cifar100": dict(epochs=20),
+        "imagenet-r": dict(epochs=50),
+        "cub200": dict(epochs=50, scheduler="step"),
+        # MoE_PromptCL: the Sup-21K script passes --epochs 40; the iBOT-21K one passes none, so
+        # configs/five_datasets_dualprompt.py's default 20 applies
+        "5datasets": dict(epochs=40, method_options=dict(g_length=10, e_length=40, pull_coeff=0.5)),
+        ("5datasets", "ibot21k"): dict(epochs=20),
+        # offline benchmarks: tuned only to learn clearly within the --quick budget
+        "synthetic": dict(epochs=6, lr=0.2, method_options=dict(e_length=5)),
+        "digits": dict(epochs=10, lr=0.2, method_options=dict(e_length=5)),
+    }
+
+    # --set recipe=original-port: the configs of the original PyTorch port,
+    # JH-LEE-KR/dualprompt-pytorch @ 7eb457d configs/cifar100_dualprompt.py and
+    # configs/imr_dualprompt.py (same line numbers in both): batch 24 (l.4; the test loader uses it
+    # too, datasets.py l.96), epochs 5 / 50 (l.5), clip 1.0 (l.18), constant schedule (l.24), lr
+    # 0.03 / 0.005 (l.25; x batch/256 by main.py l.125-129, as here), shuffle False = natural class
+    # order (l.55), G-prompt length 5 at layers [0, 1] (l.79-80), E-prompt layers [2, 3, 4] (l.85),
+    # E-prompt length 5 / 20 (l.91; pool size 10 = one per task, top_k 1, l.90/92), prompt mask
+    # (l.96), batch-wise prompt True / False (l.100), pull coefficient 1.0 (l.104). The port has no
+    # 5-Datasets or CUB config.
+    recipe_presets: ClassVar[dict[str, PresetTable]] = {"original-port": {
+        "*": dict(batch_size=24, eval_batch_size=24, scheduler="constant", clip_grad=1.0,
+                  dataset_options=dict(class_order="standard"),
+                  method_options=dict(g_layers=[0, 1], g_length=5, e_layers=[2, 3, 4],
+                                      pull_coeff=1.0, prompt_mask=True)),
+        "cifar100": dict(epochs=5, lr=0.03, batchwise_prompt=True,
+                         method_options=dict(e_length=5)),
+        "imagenet-r": dict(epochs=50, lr=0.005, batchwise_prompt=False,
+                           method_options=dict(e_length=20)),
+    }}
     option_defaults: ClassVar[dict[str, Any]] = {
         **COMMON_OPTIONS,
         "g_layers": [0, 1],
@@ -59,7 +99,8 @@ class DualPrompt(KeyedPromptMethod):
         options = super().resolve_options(given)
         for name in ("g_length", "e_length"):
             if int(options[name]) <= 0:
-                raise ValueError(f"method_options.{name}: must be positive, got {options[name]}")
+                raise ConfigError(f"method_options.{name}",
+                                  f"must be positive, got {options[name]}")
         return options
 
     @property
@@ -104,43 +145,3 @@ class DualPrompt(KeyedPromptMethod):
 
     def _oracle_ids(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         return task_ids.unsqueeze(1)
-
-
-# Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
-# CUB), clip 1.0, pull_coeff 1.0 (0.5 on 5-Datasets). The original votes batch-wise on
-# 5-Datasets; per-sample selection is our default there too.
-register_method_presets("dualprompt", {
-    "*": dict(lr=0.005, scheduler="constant", clip_grad=1.0,
-              method_options=dict(g_layers=[0, 1], g_length=5, e_layers=[2, 3, 4],
-                                  e_length=20, pull_coeff=1.0)),
-    "cifar100": dict(epochs=20),
-    "imagenet-r": dict(epochs=50),
-    "cub200": dict(epochs=50, scheduler="step"),
-    # MoE_PromptCL: the Sup-21K script passes --epochs 40; the iBOT-21K one passes none, so
-    # configs/five_datasets_dualprompt.py's default 20 applies
-    "5datasets": dict(epochs=40, method_options=dict(g_length=10, e_length=40, pull_coeff=0.5)),
-    ("5datasets", "ibot21k"): dict(epochs=20),
-    # offline benchmarks: tuned only to learn clearly within the --quick budget
-    "synthetic": dict(epochs=6, lr=0.2, method_options=dict(e_length=5)),
-    "digits": dict(epochs=10, lr=0.2, method_options=dict(e_length=5)),
-})
-
-# --set recipe=original-port: the configs of the original PyTorch port,
-# JH-LEE-KR/dualprompt-pytorch @ 7eb457d configs/cifar100_dualprompt.py and
-# configs/imr_dualprompt.py (same line numbers in both): batch 24 (l.4; the test loader uses it
-# too, datasets.py l.96), epochs 5 / 50 (l.5), clip 1.0 (l.18), constant schedule (l.24), lr
-# 0.03 / 0.005 (l.25; x batch/256 by main.py l.125-129, as here), shuffle False = natural class
-# order (l.55), G-prompt length 5 at layers [0, 1] (l.79-80), E-prompt layers [2, 3, 4] (l.85),
-# E-prompt length 5 / 20 (l.91; pool size 10 = one per task, top_k 1, l.90/92), prompt mask
-# (l.96), batch-wise prompt True / False (l.100), pull coefficient 1.0 (l.104). The port has no
-# 5-Datasets or CUB config.
-register_recipe_presets("original-port", "dualprompt", {
-    "*": dict(batch_size=24, eval_batch_size=24, scheduler="constant", clip_grad=1.0,
-              dataset_options=dict(class_order="standard"),
-              method_options=dict(g_layers=[0, 1], g_length=5, e_layers=[2, 3, 4],
-                                  pull_coeff=1.0, prompt_mask=True)),
-    "cifar100": dict(epochs=5, lr=0.03, batchwise_prompt=True,
-                     method_options=dict(e_length=5)),
-    "imagenet-r": dict(epochs=50, lr=0.005, batchwise_prompt=False,
-                       method_options=dict(e_length=20)),
-})

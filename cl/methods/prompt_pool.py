@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from cl.errors import ConfigError
 from cl.methods.base import Task
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.schedules import build_epoch_scheduler
@@ -70,8 +71,8 @@ class KeyedPromptMethod(FrozenViTMethod):
         ``ValueError``."""
         options = super().resolve_options(given)
         if float(options["pull_coeff"]) < 0:
-            raise ValueError(f"method_options.pull_coeff: must be >= 0, got "
-                             f"{options['pull_coeff']}")
+            raise ConfigError("method_options.pull_coeff",
+                              f"must be >= 0, got {options['pull_coeff']}")
         return options
 
     # ------------------------------------------------------------------ subclass hooks

@@ -51,12 +51,13 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
+from cl.errors import ConfigError
 from cl.methods.base import Task, register_method
 from cl.methods.coda_prompt import coda_cosine
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.smope_prefix import Routing, SMoPEViT, adaptive_noise
-from cl.preset_registry import register_method_presets
+from cl.presets import PresetTable
 from cl.seeding import torch_generator
 from cl.stats import build_class_stats
 
@@ -83,28 +84,6 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "legacy_stats_train_transform": False,  # counts + statistics with the train augmentation
 }
 SCHEDULES = ("coswm", "cosine", "constant")
-
-register_method_presets("smope", {
-    # Shared recipe (section 7.5): AdamW wd 0, lr 0.005 head / 0.025 experts, batch 128, no
-    # clipping; statistics = mean + per-dim variance; TAP head-only AdamW at 1e-5 (the
-    # effective ca_lr / 10 of the code) for 50 epochs with batch x ratio samples per class.
-    "*": dict(lr=0.005, batch_size=128, eval_batch_size=128, epochs=20, clip_grad=0.0,
-              stats_method="variance", tap_epochs=50, ca_lr=1e-5, tap_samples_mult=1),
-    "cifar100": dict(method_options=dict(router_coef=1e-5, proto_coef=1e-5, noise_eps=0.4)),
-    "cub200": dict(method_options=dict(router_coef=1e-5, proto_coef=5e-5, noise_eps=0.4,
-                                       schedule="cosine")),
-    # ImageNet-R, 10 tasks
-    "imagenet-r": dict(lr=0.0025, batch_size=64, eval_batch_size=64, tap_samples_mult=6,
-                       method_options=dict(router_coef=5e-5, proto_coef=1e-4, noise_eps=0.5)),
-    # [unverified] no SMoPE script for 5-Datasets: CIFAR values.
-    "5datasets": dict(method_options=dict(router_coef=1e-5, proto_coef=1e-5, noise_eps=0.4)),
-    # Offline benchmarks: small and fast, tuned only to be clearly learnable (the tiny ViT has
-    # 6 blocks, so layers 0-5 are all of them).
-    "synthetic": dict(lr=0.01, batch_size=64, epochs=6, tap_epochs=10, ca_lr=1e-3,
-                      method_options=dict(router_coef=1e-3, proto_coef=1e-3)),
-    "digits": dict(lr=0.01, batch_size=64, epochs=10, tap_epochs=10, ca_lr=1e-3,
-                   method_options=dict(router_coef=1e-3, proto_coef=1e-3)),
-})
 
 
 # ---------------------------------------------------------------------------- losses
@@ -205,6 +184,28 @@ class SMoPE(FrozenViTMethod):
 
     option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
     option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
+
+    presets: ClassVar[PresetTable] = {
+        # Shared recipe (section 7.5): AdamW wd 0, lr 0.005 head / 0.025 experts, batch 128, no
+        # clipping; statistics = mean + per-dim variance; TAP head-only AdamW at 1e-5 (the
+        # effective ca_lr / 10 of the code) for 50 epochs with batch x ratio samples per class.
+        "*": dict(lr=0.005, batch_size=128, eval_batch_size=128, epochs=20, clip_grad=0.0,
+                  stats_method="variance", tap_epochs=50, ca_lr=1e-5, tap_samples_mult=1),
+        "cifar100": dict(method_options=dict(router_coef=1e-5, proto_coef=1e-5, noise_eps=0.4)),
+        "cub200": dict(method_options=dict(router_coef=1e-5, proto_coef=5e-5, noise_eps=0.4,
+                                           schedule="cosine")),
+        # ImageNet-R, 10 tasks
+        "imagenet-r": dict(lr=0.0025, batch_size=64, eval_batch_size=64, tap_samples_mult=6,
+                           method_options=dict(router_coef=5e-5, proto_coef=1e-4, noise_eps=0.5)),
+        # [unverified] no SMoPE script for 5-Datasets: CIFAR values.
+        "5datasets": dict(method_options=dict(router_coef=1e-5, proto_coef=1e-5, noise_eps=0.4)),
+        # Offline benchmarks: small and fast, tuned only to be clearly learnable (the tiny ViT has
+        # 6 blocks, so layers 0-5 are all of them).
+        "synthetic": dict(lr=0.01, batch_size=64, epochs=6, tap_epochs=10, ca_lr=1e-3,
+                          method_options=dict(router_coef=1e-3, proto_coef=1e-3)),
+        "digits": dict(lr=0.01, batch_size=64, epochs=10, tap_epochs=10, ca_lr=1e-3,
+                       method_options=dict(router_coef=1e-3, proto_coef=1e-3)),
+    }
     # its schedule is method_options.schedule, its prompts method_options (layers, length)
     config_fields: ClassVar[frozenset[str] | None] = frozenset({
         "attention", "ca_lr", "n_centroids", "stats_method", "tap_epochs", "tap_samples_mult"})
@@ -214,11 +215,11 @@ class SMoPE(FrozenViTMethod):
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
         opts = super().resolve_options(given)
         if not 0 < int(opts["top_k"]) <= int(opts["num_experts"]):
-            raise ValueError("method_options.top_k: must be in [1, num_experts], got "
-                             f"{opts['top_k']}")
+            raise ConfigError("method_options.top_k",
+                              f"must be in [1, num_experts], got {opts['top_k']}")
         for name in ("iter_step", "freeze_iters"):
             if int(opts[name]) < 0:
-                raise ValueError(f"method_options.{name}: must be >= 0, got {opts[name]}")
+                raise ConfigError(f"method_options.{name}", f"must be >= 0, got {opts[name]}")
         return opts
 
     def _build(self, vit: nn.Module) -> None:

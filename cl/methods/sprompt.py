@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from cl.methods.base import register_method
 from cl.methods.dualprompt import DualPrompt
-from cl.preset_registry import register_method_presets
+from cl.presets import PresetTable
 
 
 @register_method("sprompt")
@@ -35,22 +35,21 @@ class SPrompt(DualPrompt):
         "pull_coeff": 1.0,
     }
 
-
-# Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
-# CUB), clip 1.0. The original votes batch-wise on CIFAR-100 and 5-Datasets; per-sample
-# selection is our default everywhere.
-register_method_presets("sprompt", {
-    "*": dict(lr=0.005, scheduler="constant", clip_grad=1.0,
-              method_options=dict(g_layers=[], e_layers=[0, 1, 2, 3, 4], e_length=20,
-                                  pull_coeff=1.0)),
-    "cifar100": dict(epochs=20),
-    "imagenet-r": dict(epochs=50),
-    "cub200": dict(epochs=50, scheduler="step"),
-    # MoE_PromptCL configs/five_datasets_sprompt_5e.py: pull_constraint_coeff 0.5; the Sup-21K
-    # script passes --epochs 40, the iBOT-21K one nothing (config default 20, below)
-    "5datasets": dict(epochs=40, method_options=dict(e_length=40, pull_coeff=0.5)),
-    ("5datasets", "ibot21k"): dict(epochs=20),
-    # offline benchmarks: tuned only to learn clearly within the --quick budget
-    "synthetic": dict(epochs=6, lr=0.2, method_options=dict(e_length=5)),
-    "digits": dict(epochs=10, lr=0.2, method_options=dict(e_length=5)),
-})
+    # Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
+    # CUB), clip 1.0. The original votes batch-wise on CIFAR-100 and 5-Datasets; per-sample
+    # selection is our default everywhere.
+    presets: ClassVar[PresetTable] = {
+        "*": dict(lr=0.005, scheduler="constant", clip_grad=1.0,
+                  method_options=dict(g_layers=[], e_layers=[0, 1, 2, 3, 4], e_length=20,
+                                      pull_coeff=1.0)),
+        "cifar100": dict(epochs=20),
+        "imagenet-r": dict(epochs=50),
+        "cub200": dict(epochs=50, scheduler="step"),
+        # MoE_PromptCL configs/five_datasets_sprompt_5e.py: pull_constraint_coeff 0.5; the Sup-21K
+        # script passes --epochs 40, the iBOT-21K one nothing (config default 20, below)
+        "5datasets": dict(epochs=40, method_options=dict(e_length=40, pull_coeff=0.5)),
+        ("5datasets", "ibot21k"): dict(epochs=20),
+        # offline benchmarks: tuned only to learn clearly within the --quick budget
+        "synthetic": dict(epochs=6, lr=0.2, method_options=dict(e_length=5)),
+        "digits": dict(epochs=10, lr=0.2, method_options=dict(e_length=5)),
+    }
