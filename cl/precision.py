@@ -32,10 +32,12 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
+from norga.choices import check_choice
+
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 #: Model methods that run a full ViT pass (wrapped by :func:`apply_precision`).
 ENTRY_POINTS: tuple[str, ...] = ("forward_features", "query")
 
@@ -44,17 +46,10 @@ class CompileError(RuntimeError):
     """``torch.compile`` failed on a model forward (re-run without ``--compile``)."""
 
 
-def check_precision(precision: str) -> Precision:
-    """Validate a precision name; ``ValueError`` lists the allowed ones."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    return precision  # type: ignore[return-value]
-
-
 @contextmanager
 def autocast(device: torch.device | str, precision: str) -> Iterator[None]:
     """bf16 autocast on ``device`` for ``precision="bf16"``, nothing for ``"fp32"``."""
-    if check_precision(precision) == "fp32":
+    if check_choice("precision", precision, PRECISIONS) == "fp32":
         with nullcontext():
             yield
         return
@@ -117,7 +112,7 @@ def apply_to_model(model: nn.Module, *, device: torch.device | str, precision: s
     ``fp32`` without ``compile`` leaves the model untouched (the exact default). Wrapping twice
     is refused (``ValueError``), so a model cannot end up under two autocast layers.
     """
-    precision = check_precision(precision)
+    precision = check_choice("precision", precision, PRECISIONS)
     if precision == "fp32" and not compile:
         return []
     device = torch.device(device)
@@ -147,7 +142,7 @@ def apply_precision(method: object, *, device: torch.device | str, precision: st
     a warning says so. ``compile=True`` needs ``torch.compile`` (torch >= 2.0); on a CPU the
     first call compiles with inductor and a C++ compiler, which takes minutes.
     """
-    precision = check_precision(precision)
+    precision = check_choice("precision", precision, PRECISIONS)
     device = torch.device(device)
     if precision == "bf16" and device.type == "cpu":
         warnings.warn("precision bf16 on the CPU: autocast works but is usually slower than "

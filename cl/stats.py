@@ -13,14 +13,17 @@ from typing import Literal, get_args
 
 import torch
 
+from norga.choices import check_choice
+
 StatsMethod = Literal["covariance", "variance", "multi-centroid"]
 #: every ``stats_method`` of a run (``multi-centroid``: :mod:`cl.stats_centroids`)
-STATS_METHODS: tuple[str, ...] = get_args(StatsMethod)
+STATS_METHODS: tuple[StatsMethod, ...] = get_args(StatsMethod)
 #: the methods of :class:`GaussianClassStats` (one Gaussian per class)
-GAUSSIAN_METHODS: tuple[str, ...] = ("covariance", "variance")
+GAUSSIAN_METHODS: tuple[StatsMethod, ...] = ("covariance", "variance")
 
 
-def build_class_stats(dim: int, method: str, *, n_centroids: int = 10, seed: int = 0):
+def build_class_stats(dim: int, method: StatsMethod, *, n_centroids: int = 10,
+                      seed: int = 0):
     """Class statistics for ``stats_method``: :class:`GaussianClassStats` (``covariance``,
     ``variance``) or HiDe-Prompt's k-means
     :class:`cl.stats_centroids.MultiCentroidClassStats` (``multi-centroid``)."""
@@ -28,7 +31,7 @@ def build_class_stats(dim: int, method: str, *, n_centroids: int = 10, seed: int
         from cl.stats_centroids import MultiCentroidClassStats
 
         return MultiCentroidClassStats(dim, n_centroids=n_centroids, seed=seed)
-    return GaussianClassStats(dim, method)  # type: ignore[arg-type]
+    return GaussianClassStats(dim, method)
 
 
 class GaussianClassStats:
@@ -45,9 +48,7 @@ class GaussianClassStats:
     """
 
     def __init__(self, dim: int, method: StatsMethod = "covariance", eps: float = 1e-4) -> None:
-        if method not in GAUSSIAN_METHODS:
-            allowed = ", ".join(GAUSSIAN_METHODS)
-            raise ValueError(f"unknown stats method {method!r}; allowed: {allowed}")
+        check_choice("stats method", method, GAUSSIAN_METHODS)
         self.dim = dim
         self.method = method
         self.eps = eps

@@ -30,8 +30,9 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning  # scikit-learn's, re-exported from here
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from moe_theory.gates import Activation, Gate, GateKind, check_choice
+from moe_theory.gates import Activation, Gate, GateKind
 from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, mixture, regression
+from norga.choices import check_choice
 
 # Samples per chunk when accumulating J^T J: fixed (never derived from R), so every replicate's
 # arithmetic is the same whatever else is in the batch.
@@ -95,7 +96,7 @@ def resolve_backend(backend: str, structure: PrefixMoE) -> str:
     ValueError
         An unknown backend, or ``"numba"`` for a structure the kernels do not implement.
     """
-    check_choice(backend, BACKENDS, "backend")
+    check_choice("backend", backend, BACKENDS)
     if backend == "numpy":
         return "numpy"
     kernels = _load_kernels()

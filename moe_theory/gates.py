@@ -19,6 +19,8 @@ from typing import Literal, get_args
 import numpy as np
 from scipy.special import erf, expit
 
+from norga.choices import ChoiceError, check_choice
+
 GateKind = Literal["linear", "norga"]
 Activation = Literal["tanh", "sigmoid", "gelu"]
 
@@ -27,13 +29,6 @@ ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 
 _SQRT2 = np.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
-
-
-def check_choice(value: str, allowed: tuple[str, ...], name: str) -> str:
-    """Return ``value`` if it is in ``allowed``; otherwise raise a ``ValueError`` naming both."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-    return value
 
 
 def _normal_cdf(u: np.ndarray) -> np.ndarray:
@@ -48,7 +43,7 @@ def activation(u: np.ndarray, kind: Activation) -> np.ndarray:
         return expit(u)
     if kind == "gelu":
         return u * _normal_cdf(u)
-    raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {kind!r}")
+    raise ChoiceError("activation", kind, ACTIVATIONS)
 
 
 def activation_derivative(u: np.ndarray, kind: Activation, order: int = 1) -> np.ndarray:
@@ -64,7 +59,7 @@ def activation_derivative(u: np.ndarray, kind: Activation, order: int = 1) -> np
     if kind == "gelu":
         pdf = _INV_SQRT_2PI * np.exp(-0.5 * u * u)
         return _normal_cdf(u) + u * pdf if order == 1 else pdf * (2.0 - u * u)
-    raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}; got {kind!r}")
+    raise ChoiceError("activation", kind, ACTIVATIONS)
 
 
 @dataclass(frozen=True)
@@ -87,8 +82,8 @@ class Gate:
     tau: float = 1.0
 
     def __post_init__(self) -> None:
-        check_choice(self.kind, GATES, "gate")
-        check_choice(self.activation, ACTIVATIONS, "activation")
+        check_choice("gate", self.kind, GATES)
+        check_choice("activation", self.activation, ACTIVATIONS)
 
     @property
     def label(self) -> str:

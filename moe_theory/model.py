@@ -18,7 +18,8 @@ from typing import Literal, get_args
 import numpy as np
 from scipy.special import softmax
 
-from moe_theory.gates import Gate, check_choice, quadratic_scores
+from moe_theory.gates import Gate, quadratic_scores
+from norga.choices import check_choice
 
 ExpertKind = Literal["affine", "tanh"]
 
@@ -143,7 +144,7 @@ class PrefixMoE:
     expert: ExpertKind = "affine"
 
     def __post_init__(self) -> None:
-        check_choice(self.expert, EXPERTS, "expert")
+        check_choice("expert", self.expert, EXPERTS)
         for name in ("beta0", "beta1", "a", "b"):
             object.__setattr__(self, name, np.asarray(getattr(self, name), dtype=float))
         d = self.pretrained.dim

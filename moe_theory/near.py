@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe_theory.gates import Gate, check_choice
+from moe_theory.gates import Gate
 from moe_theory.model import EXPERTS, ExpertKind, PrefixMoE, Pretrained, regression_and_jacobian
 from moe_theory.settings import default_pretrained
+from norga.choices import check_choice
 
 SPLITS: tuple[str, ...] = ("b", "a", "both", "none")
 CLUSTER_SIZES: tuple[int, ...] = (2, 3)
@@ -64,14 +65,13 @@ def t_grid(t_max: float = 0.8, t_min: float = 0.0125, per_halving: int = 2) -> n
 
 def offsets(size: int) -> np.ndarray:
     """Offsets of the atoms of a cluster: ``(-1, +1)`` or ``(-1, 0, +1)``."""
-    if size not in CLUSTER_SIZES:
-        raise ValueError(f"cluster size must be one of {CLUSTER_SIZES}; got {size}")
+    check_choice("cluster size", size, CLUSTER_SIZES)
     return np.array([-1.0, 1.0]) if size == 2 else np.array([-1.0, 0.0, 1.0])
 
 
 def split_vector(split: str, split_size: float = SPLIT_SIZE) -> tuple[float, float]:
     """``(r_a, r_b)`` of a split name."""
-    check_choice(split, SPLITS, "split")
+    check_choice("split", split, SPLITS)
     r_a = split_size if split in ("a", "both") else 0.0
     r_b = split_size if split in ("b", "both") else 0.0
     return r_a, r_b
@@ -107,7 +107,7 @@ def near_truth(
     pretrained:
         Known experts (default: :func:`moe_theory.settings.default_pretrained`).
     """
-    check_choice(expert, EXPERTS, "expert")
+    check_choice("expert", expert, EXPERTS)
     if t < 0:
         raise ValueError(f"t must be >= 0; got {t}")
     o = offsets(size)
@@ -351,7 +351,7 @@ class CaseSpec:
 def all_cases(bases: Sequence[str] = tuple(BASE_ATOMS)) -> list[CaseSpec]:
     """Every (base, cluster size, expert, split, gate) of the mechanism table."""
     for b in bases:
-        check_choice(b, tuple(BASE_ATOMS), "base atom")
+        check_choice("base atom", b, tuple(BASE_ATOMS))
     return [
         CaseSpec(b, size, expert, split, g, act)
         for b in bases

@@ -36,12 +36,13 @@ from threadpoolctl import threadpool_limits
 from moe_theory import near
 from moe_theory.cache import FitCache
 from moe_theory.estimate import compiled_backend_available, fit_restarts, near_truth_starts
-from moe_theory.gates import ACTIVATIONS, GATES, Gate, check_choice
+from moe_theory.gates import ACTIVATIONS, GATES, Gate
 from moe_theory.model import EXPERTS, n_params, regression_and_jacobian
 from moe_theory.rates import _run_on_dask, fit_outcome, l2_error
 from moe_theory.settings import THETA_BOUND
 from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate
 from moe_theory.voronoi import voronoi_loss
+from norga.choices import check_choice
 
 KINDS: tuple[str, ...] = ("fixed", "schedule")
 # Fisher criterion (spec 7 / the rate-inference issue): the 95% CI of mean L_1 / (C/sqrt(n))
@@ -121,12 +122,12 @@ class NearConfig:
 
     def __post_init__(self) -> None:
         for g in self.gates:
-            check_choice(g, GATES, "gate")
-        check_choice(self.activation, ACTIVATIONS, "activation")
-        check_choice(self.expert, EXPERTS, "expert")
-        check_choice(self.split, near.SPLITS, "split")
+            check_choice("gate", g, GATES)
+        check_choice("activation", self.activation, ACTIVATIONS)
+        check_choice("expert", self.expert, EXPERTS)
+        check_choice("split", self.split, near.SPLITS)
         for b in self.bases:
-            check_choice(b, tuple(near.BASE_ATOMS), "base atom")
+            check_choice("base atom", b, tuple(near.BASE_ATOMS))
         if not self.t_values or any(not 0 < t <= 1 for t in self.t_values):
             raise ValueError(f"t values must be in (0, 1]; got {list(self.t_values)}")
         if any(not 0 < g < 1 for g in self.gammas):
@@ -313,7 +314,7 @@ def run_near(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
-    check_choice(backend, ("loky", "dask"), "backend")
+    check_choice("backend", backend, ("loky", "dask"))
     fingerprint = _source_fingerprint()
     cache = FitCache(cache_dir, _CACHE_COLUMNS, NEAR_FIT_FIELDS) if cache_dir is not None else None
     outputs: list[tuple[list[dict[str, object]], float]] = []

@@ -37,7 +37,7 @@ from moe_theory.estimate import (
     fit_restarts,
     near_truth_starts,
 )
-from moe_theory.gates import GATES, Gate, check_choice
+from moe_theory.gates import GATES, Gate
 from moe_theory.inference import RateFit
 from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_residual
 from moe_theory.model import EXPERTS, PrefixMoE, n_params, regression
@@ -62,6 +62,7 @@ from moe_theory.rates_report import summary_dict, summary_text
 from moe_theory.settings import SETTINGS, THETA_BOUND, get_setting
 from moe_theory.simulate import INIT_STREAM, integration_points, replicate_seed, simulate
 from moe_theory.voronoi import VoronoiLoss, voronoi_loss
+from norga.choices import check_choice
 
 # The public names of the sweep, wherever they are defined (configuration: rates_config,
 # analysis: rates_analysis, report text: rates_report, execution: here).
@@ -379,7 +380,7 @@ def run_rates(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")
-    check_choice(backend, BACKENDS, "backend")
+    check_choice("backend", backend, BACKENDS)
     fingerprint = _source_fingerprint()
     tasks = plan_tasks(config)
     cache = FitCache(cache_dir, tuple(sorted(RECORD_KEYS))) if cache_dir is not None else None

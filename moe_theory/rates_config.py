@@ -7,9 +7,10 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from moe_theory.gates import ACTIVATIONS, GATES, check_choice
+from moe_theory.gates import ACTIVATIONS, GATES
 from moe_theory.model import EXPERTS, PrefixMoE
 from moe_theory.settings import FIT_SETTINGS, SETTINGS, get_setting
+from norga.choices import check_choice
 
 FIT_COLUMNS: tuple[str, ...] = (
     "setting",
@@ -132,12 +133,12 @@ class RateConfig:
 
     def __post_init__(self) -> None:
         for s in self.settings:
-            check_choice(s, SETTINGS, "setting")
+            check_choice("setting", s, SETTINGS)
         for g in self.gates:
-            check_choice(g, GATES, "gate")
-        check_choice(self.activation, ACTIVATIONS, "activation")
+            check_choice("gate", g, GATES)
+        check_choice("activation", self.activation, ACTIVATIONS)
         if self.expert is not None:
-            check_choice(self.expert, EXPERTS, "expert")
+            check_choice("expert", self.expert, EXPERTS)
             if self.expert == "affine" and "over-tanh" in self.settings:
                 raise ValueError("expert 'affine' contradicts setting 'over-tanh' (tanh experts)")
         for name in ("replicates", "restarts", "max_iter", "block"):

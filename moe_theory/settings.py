@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe_theory.gates import Activation, Gate, GateKind, check_choice
+from moe_theory.gates import Activation, Gate, GateKind
 from moe_theory.model import ExpertKind, PrefixMoE, Pretrained
+from norga.choices import check_choice
 
 # "near" (E5) runs through moe_theory.near_sweep, not through the E1-E3 fitting path.
 SETTINGS: tuple[str, ...] = ("exact", "over", "over-tanh", "mechanism", "near")
@@ -124,5 +125,5 @@ _SETTINGS = {
 
 def get_setting(name: str) -> Setting:
     """The :class:`Setting` called ``name`` (one of ``FIT_SETTINGS``)."""
-    check_choice(name, FIT_SETTINGS, "setting")
+    check_choice("setting", name, FIT_SETTINGS)
     return _SETTINGS[name]

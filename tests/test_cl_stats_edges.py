@@ -25,8 +25,8 @@ def _filled(method: str = "covariance", eps: float = 1e-4, seed: int = 0, d: int
 def test_defaults_and_unknown_method_message():
     stats = GaussianClassStats(3)
     assert stats.method == "covariance" and stats.eps == 1e-4
-    with pytest.raises(ValueError, match=r"^unknown stats method 'full'; allowed: covariance, "
-                                         r"variance$"):
+    with pytest.raises(ValueError, match=r"^stats method must be one of covariance, variance; "
+                                         r"got 'full'$"):
         GaussianClassStats(3, "full")  # type: ignore[arg-type]
 
 

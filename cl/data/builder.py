@@ -37,6 +37,7 @@ from cl.data.realdata import (
     split_into_tasks,
 )
 from cl.data.transforms import TransformKind, build_transforms
+from norga.choices import ChoiceError, check_choice
 
 Transform = Callable[[Image.Image], Any]
 
@@ -76,11 +77,11 @@ class Choice:
         """Pop ``name`` from ``options`` (default if absent); a bad value raises ``ValueError``
         naming it and what is allowed."""
         value = options.pop(name, self.default)
-        if type(value) is not type(self.default) or value not in self.allowed:
-            what = ("true or false" if isinstance(self.default, bool)
-                    else "one of " + ", ".join(map(str, self.allowed)))
-            raise ValueError(f"{name} must be {what}; got {value!r}")
-        return value
+        if isinstance(self.default, bool) and not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false; got {value!r}")
+        if type(value) is not type(self.default):
+            raise ChoiceError(name, value, self.allowed)
+        return check_choice(name, value, self.allowed)
 
 
 class Read(Protocol):

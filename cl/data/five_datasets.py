@@ -80,6 +80,7 @@ from cl.data.cifar100 import missing_message as cifar_missing_message
 from cl.data.download import Resource, ensure_extracted, ensure_file, read_marker, verify_file
 from cl.data.errors import ChecksumError, DatasetNotFoundError
 from cl.data.realdata import ArrayImageDataset, class_order, not_found_message
+from cl.data.splits import ClassOrder
 from cl.data.transforms import TransformKind, TransformPair, build_transforms
 
 log = logging.getLogger(__name__)
@@ -467,9 +468,9 @@ def load_source(name: str, spec: Any, how: Fetching) -> SourceData:
 # ----------------------------------------------------------------------------- builder
 
 
-def dataset_order(seed: int, order: str = "seeded") -> list[str]:
+def dataset_order(seed: int, order: ClassOrder = "seeded") -> list[str]:
     """The task order of the five datasets (NoRGa: ``random.seed(seed); random.shuffle``)."""
-    return [DATASET_NAMES[i] for i in class_order(len(DATASET_NAMES), seed, order)]  # type: ignore[arg-type]
+    return [DATASET_NAMES[i] for i in class_order(len(DATASET_NAMES), seed, order)]
 
 
 def _concat(parts: list[ArrayImageDataset]) -> SplitDataset:

@@ -29,6 +29,7 @@ from cl.data.splits import (  # noqa: F401 - class_order, split_into_tasks re-ex
     split_into_tasks,
 )
 from cl.data.transforms import Normalization, TransformFamily, TransformKind, TransformPair
+from norga.choices import check_choice
 
 DATA_ROOT_ENV = "NORGA_DATA"
 DEFAULT_DATA_ROOT = "./data"
@@ -85,12 +86,8 @@ class RealDataOptions:
             raise TypeError(f"unknown option(s) {', '.join(unknown)}; real-data builders "
                             f"accept {', '.join(allowed)}")
         parsed = cls(**options)
-        if parsed.class_order not in get_args(ClassOrder):
-            raise ValueError(f"class_order must be one of {', '.join(get_args(ClassOrder))}; "
-                             f"got {parsed.class_order!r}")
-        if parsed.transforms not in get_args(TransformFamily):
-            raise ValueError(f"transforms must be one of {', '.join(get_args(TransformFamily))}; "
-                             f"got {parsed.transforms!r}")
+        check_choice("class_order", parsed.class_order, get_args(ClassOrder))
+        check_choice("transforms", parsed.transforms, get_args(TransformFamily))
         if parsed.num_tasks is not None and parsed.num_tasks < 1:
             raise ValueError(f"num_tasks must be positive; got {parsed.num_tasks}")
         return parsed

@@ -19,6 +19,7 @@ from typing import Any
 from cl.data.base import Benchmark
 from cl.data.catalog import BenchmarkBuilder, register_dataset, registered_builder
 from cl.data.errors import ChecksumError, DatasetError, DatasetNotFoundError
+from norga.choices import check_choice
 
 __all__ = [
     "BenchmarkBuilder",
@@ -71,15 +72,12 @@ def build_benchmark(
 
     Raises
     ------
-    ValueError
-        If ``name`` is unknown; the message lists the allowed names.
+    norga.choices.ChoiceError
+        If ``name`` is unknown (a ``ValueError``; the message lists the allowed names).
     DatasetNotFoundError, ChecksumError
         From the builder, when data are missing or corrupt.
     """
-    if name not in _DATASET_MODULES:
-        raise ValueError(
-            f"unknown dataset {name!r}; allowed: {', '.join(available_datasets())}"
-        )
+    check_choice("dataset", name, available_datasets())
     builder = registered_builder(name)
     if builder is None:
         importlib.import_module(_DATASET_MODULES[name])

@@ -31,6 +31,8 @@ from typing import Any, Literal, get_args
 
 from torchvision import transforms as T
 
+from norga.choices import check_choice
+
 TransformKind = Literal["cifar", "default", "coda", "coda-cifar"]
 # which code's transforms a benchmark uses (RealDataOptions.transforms)
 TransformFamily = Literal["hide", "coda"]
@@ -64,17 +66,12 @@ def eval_resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
 def resolve_normalization(kind: TransformKind, normalization: Normalization,
                           mean: Sequence[float] | None = None,
                           std: Sequence[float] | None = None,
                           ) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """The ``(mean, std)`` applied for ``kind`` under ``normalization``, or ``None``."""
-    _check_choice("normalization", normalization, get_args(Normalization))
+    check_choice("normalization", normalization, get_args(Normalization))
     if normalization == "none":
         return None
     if normalization == "backbone":
@@ -111,7 +108,7 @@ def build_transforms(kind: TransformKind = "default", *, image_size: int = 224,
         New transform objects (never shared with another call). Both map a PIL RGB image to a
         float tensor of shape ``(3, image_size, image_size)``.
     """
-    _check_choice("kind", kind, get_args(TransformKind))
+    check_choice("kind", kind, get_args(TransformKind))
     if image_size < 1:
         raise ValueError(f"image_size must be positive; got {image_size}")
     stats = resolve_normalization(kind, normalization, mean, std)

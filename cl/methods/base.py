@@ -198,8 +198,6 @@ def available_methods() -> list[str]:
 
 
 def get_method(name: str) -> type[Method]:
-    """The class registered as ``name``; ``ValueError`` lists the allowed names."""
-    allowed = available_methods()
-    if name not in _METHODS:
-        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(allowed)}")
-    return _METHODS[name]
+    """The class registered as ``name``; :class:`norga.choices.ChoiceError` (a ``ValueError``)
+    lists the allowed names."""
+    return _METHODS[check_choice("method", name, available_methods())]

@@ -11,6 +11,8 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from norga.choices import ChoiceError
+
 MIN_LR = 1e-5
 DECAY_EPOCHS = 30
 DECAY_RATE = 0.1
@@ -40,4 +42,4 @@ def build_epoch_scheduler(optimizer: Optimizer, kind: str, epochs: int) -> Lambd
 
             lambdas.append(cosine)
         return LambdaLR(optimizer, lambdas)
-    raise ValueError(f"unknown scheduler {kind!r}; allowed: constant, step, cosine")
+    raise ChoiceError("scheduler", kind, ("constant", "step", "cosine"))

@@ -12,27 +12,13 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 
+from norga.choices import ChoiceError, check_choice
+
 Gate = Literal["linear", "norga"]
 Activation = Literal["tanh", "sigmoid", "gelu"]
 
-GATES: tuple[str, ...] = get_args(Gate)
-ACTIVATIONS: tuple[str, ...] = get_args(Activation)
-
-
-def check_gate(gate: str) -> Gate:
-    """Validate a gate name; raise ``ValueError`` listing the allowed values."""
-    if gate not in GATES:
-        raise ValueError(f"unknown gate {gate!r}; allowed: {', '.join(GATES)}")
-    return gate  # type: ignore[return-value]
-
-
-def check_activation(activation: str) -> Activation:
-    """Validate an activation name; raise ``ValueError`` listing the allowed values."""
-    if activation not in ACTIVATIONS:
-        raise ValueError(
-            f"unknown gate activation {activation!r}; allowed: {', '.join(ACTIVATIONS)}"
-        )
-    return activation  # type: ignore[return-value]
+GATES: tuple[Gate, ...] = get_args(Gate)
+ACTIVATIONS: tuple[Activation, ...] = get_args(Activation)
 
 
 def activation_fn(activation: Activation, x: torch.Tensor) -> torch.Tensor:
@@ -43,8 +29,7 @@ def activation_fn(activation: Activation, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(x)
     if activation == "gelu":
         return F.gelu(x, approximate="none")
-    check_activation(activation)
-    raise AssertionError("unreachable")
+    raise ChoiceError("activation", activation, ACTIVATIONS)
 
 
 def prefix_gate_residual(
@@ -59,10 +44,10 @@ def prefix_gate_residual(
     Kept separate so that the fused attention path can add it as a float bias without the
     round-off of ``(s + r) - s``.
     """
-    check_gate(gate)
-    if gate == "linear":
+    if check_choice("gate", gate, GATES) == "linear":
         return None
-    return alpha * activation_fn(check_activation(activation), tau * scores)
+    return alpha * activation_fn(check_choice("activation", activation, ACTIVATIONS),
+                                 tau * scores)
 
 
 def prefix_gate(

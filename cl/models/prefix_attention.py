@@ -32,13 +32,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.models.gating import (
+    ACTIVATIONS,
+    GATES,
     Activation,
     Gate,
-    check_activation,
-    check_gate,
     prefix_gate,
     prefix_gate_residual,
 )
+from norga.choices import check_choice
 
 
 class PrefixAttention(nn.Module):
@@ -87,8 +88,8 @@ class PrefixAttention(nn.Module):
         self.norm = norm if norm is not None else nn.Identity()
         self.attn_drop = attn_drop if attn_drop is not None else nn.Dropout(0.0)
         self.proj_drop = proj_drop if proj_drop is not None else nn.Dropout(0.0)
-        self.gate = check_gate(gate)
-        self.activation = check_activation(activation)
+        self.gate = check_choice("gate", gate, GATES)
+        self.activation = check_choice("activation", activation, ACTIVATIONS)
         self.fused = fused
 
     @classmethod

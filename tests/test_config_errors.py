@@ -1,0 +1,218 @@
+"""Configuration errors carry the field at fault (``ConfigError.field``), the CLI maps that
+field to its flag without reading the message, config fields with a fixed set of values are
+``Literal``-typed and checked at run time against the same values, and one choice checker
+(:func:`norga.choices.check_choice`) words every such error."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import typing
+from pathlib import Path
+
+import pytest
+
+from cl import cli
+from cl.backbones import BACKBONES
+from cl.config import CLConfig, resolve_config
+from cl.data.registry import available_datasets
+from cl.engine import resolve_device, run_experiment
+from cl.errors import ConfigError
+from cl.methods import available_methods
+from norga.choices import ChoiceError, check_choice
+
+# (method, overrides) -> the field the error names; one case per kind of check
+RESOLVE_CASES = [
+    ("norga", {"no_such_key": "1"}, "no_such_key"),  # unknown key
+    ("norga", {"lr": "fast"}, "lr"),  # not a number
+    ("norga", {"larger_prompt_lr": "maybe"}, "larger_prompt_lr"),  # not a boolean
+    ("norga", {"tii_mlp": "[2,"}, "tii_mlp"),  # bad JSON list
+    ("norga", {"dataset_options": "[1]"}, "dataset_options"),  # not a JSON object
+    ("norga", {"method_options.": "1"}, "method_options."),  # dotted key without a name
+    ("norga", {"scheduler": "linear"}, "scheduler"),  # choice
+    ("norga", {"keep_checkpoints": "none"}, "keep_checkpoints"),
+    ("norga", {"protocol": "paper"}, "protocol"),
+    ("norga", {"recipe": "paper"}, "recipe"),
+    ("norga", {"recipe": "original-port"}, "recipe"),  # no such recipe for this method
+    ("l2p", {"recipe": "original-port"}, "recipe"),  # ... or for this dataset
+    ("norga", {"batch_size": "0"}, "batch_size"),  # ranges
+    ("norga", {"clip_grad": "-1"}, "clip_grad"),
+    ("norga", {"seed": -1}, "seed"),
+    ("norga", {"reg": "nan"}, "reg"),
+    ("norga", {"prompt_momentum": "1"}, "prompt_momentum"),
+    ("norga", {"prompt_layers": "[0,0]"}, "prompt_layers"),
+    ("norga", {"compile": "maybe"}, "compile"),
+    ("norga", {"method_options": '{"top_k": 3}'}, "method_options"),  # unknown option
+    ("smope", {"method_options.schedule": "step"}, "method_options.schedule"),  # option choice
+    ("l2p", {"method_options.top_k": "99"}, "method_options"),  # option range (class check)
+    ("l2p", {"method_options.length": "0"}, "method_options.length"),
+    ("dualprompt", {"method_options.e_length": "0"}, "method_options.e_length"),
+    ("sprompt", {"method_options.pull_coeff": "-1"}, "method_options.pull_coeff"),
+    ("l2p", {"prompt_layers": "[1]"}, "prompt_layers"),  # a field the method does not use
+    ("hide", {"gate_act": "gelu"}, "gate_act"),
+]
+
+
+@pytest.mark.parametrize("method, overrides, field", RESOLVE_CASES,
+                         ids=[f"{m}-{next(iter(o))}" for m, o, _ in RESOLVE_CASES])
+def test_resolve_errors_name_their_field(method: str, overrides: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_config("synthetic", method, overrides=overrides)
+    assert info.value.field == field
+    assert str(info.value) == f"{field}: {info.value.reason}" and "\n" not in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def tiny_run_config() -> CLConfig:
+    return resolve_config("synthetic", "hide", quick=True)
+
+
+@pytest.mark.parametrize("changes, stop, field", [
+    ({"device": "tpu"}, None, "device"),
+    ({"dataset_options": {"bogus": 1}}, None, "dataset_options"),
+    ({"dataset_options": {"num_tasks": 0}}, None, "dataset_options"),
+    ({}, 99, "stop_after_task"),
+    ({"prompt_layers": [99]}, None, "prompt_layers"),  # the model refuses it
+    ({"prompt_length": 100_000}, None, "prompt_length"),  # more memory than the machine has
+    ({"method": "zz-unknown"}, None, "method"),
+])
+def test_engine_errors_name_their_field(tiny_run_config: CLConfig, tmp_path: Path, changes,
+                                        stop, field) -> None:
+    cfg = dataclasses.replace(tiny_run_config, **changes)
+    with pytest.raises(ConfigError) as info:
+        run_experiment(cfg, tmp_path / "run", stop_after_task=stop)
+    assert info.value.field == field, str(info.value)
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_resolve_device_error_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve_device("tpu")
+    assert info.value.field == "device" and "allowed: auto, cpu" in info.value.reason
+
+
+@pytest.mark.parametrize("error, line", [
+    # the field picks the flag; nothing in the message text is read
+    (ConfigError("batch_size", "epochs: must be positive"),
+     "argument --batch-size: epochs: must be positive"),
+    (ConfigError("no_such_key", "unknown config key 'no_such_key'; allowed: a, b"),
+     "argument --set no_such_key: unknown config key 'no_such_key'; allowed: a, b"),
+    (ConfigError("gate_act", "x"), "argument --gate-act: x"),
+    (ConfigError("stop_after_task", "7 is not a task"),
+     "argument --stop-after-task: 7 is not a task"),
+    # a key of method_options: the flag sets the whole field, the text keeps the key
+    (ConfigError("method_options.schedule", "must be one of a, b; got 'c'"),
+     "argument --set method_options: method_options.schedule: must be one of a, b; got 'c'"),
+    (ConfigError("method_options", "top_k=9 must be in [1, 3]"),
+     "argument --set method_options: top_k=9 must be in [1, 3]"),
+])
+def test_cli_maps_the_field_to_its_flag(error: ConfigError, line: str) -> None:
+    assert cli._config_error(error) == line
+
+
+def test_cli_reads_the_attribute_not_the_message() -> None:
+    error = ConfigError("batch_size", "must be positive, got 0")
+    error.args = ("epochs: the text names another field",)  # what str(error) shows
+    assert str(error).startswith("epochs:")
+    assert cli._config_error(error) == "argument --batch-size: must be positive, got 0"
+
+
+def test_cli_line_for_a_bad_choice(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--dataset", "synthetic", "--quick", "--set", "scheduler=linear"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err == ("cl.py: error: argument --set scheduler: must be one of constant, step, "
+                   "cosine; got 'linear'\n")
+
+
+def test_errors_survive_pickling() -> None:
+    for error in (ConfigError("method_options.top_k", "must be >= 1"),
+                  ChoiceError("gate", "cubic", ("linear", "norga"))):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert vars(copy) == vars(error)
+
+
+# ---------------------------------------------------------------- the one choice checker
+def test_check_choice_returns_the_value_or_names_what_is_allowed() -> None:
+    assert check_choice("gate", "norga", ("linear", "norga")) == "norga"
+    assert check_choice("size", 3, (2, 3)) == 3
+    with pytest.raises(ChoiceError) as info:
+        check_choice("gate", "cubic", ("linear", "norga"))
+    assert str(info.value) == "gate must be one of linear, norga; got 'cubic'"
+    assert (info.value.name, info.value.value, info.value.allowed) == (
+        "gate", "cubic", ("linear", "norga"))
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(ChoiceError, match=r"^flag must be one of False, True; got 1$"):
+        check_choice("flag", 1, (False, True))  # 1 == True, but a number is not a boolean
+    with pytest.raises(ChoiceError, match=r"^size must be one of 2, 3; got True$"):
+        check_choice("size", True, (2, 3))
+    assert check_choice("x", "a", iter(["a", "b"])) == "a"  # any iterable of allowed values
+
+
+@pytest.mark.parametrize("call, name", [
+    ("moe_theory.gates.Gate('cubic')", "gate"),
+    ("moe_theory.rates_config.RateConfig(settings=('huge',))", "setting"),
+    ("cl.models.gating.prefix_gate(torch.zeros(1), 'norga', 'relu')", "activation"),
+    ("cl.precision.autocast('cpu', 'fp16').__enter__()", "precision"),
+    ("cl.stats.GaussianClassStats(3, 'full')", "stats method"),
+    ("cl.data.transforms.build_transforms('weird', image_size=8)", "kind"),
+    ("cl.data.registry.build_benchmark('imagenet99')", "dataset"),
+    ("cl.methods.get_method('magic')", "method"),
+])
+def test_each_package_checks_choices_with_the_one_checker(call: str, name: str) -> None:
+    import torch  # noqa: F401
+
+    import cl.data.registry  # noqa: F401 - the modules the calls name
+    import cl.data.transforms  # noqa: F401
+    import cl.models.gating  # noqa: F401
+    import cl.precision  # noqa: F401
+    import cl.stats  # noqa: F401
+    import moe_theory.gates  # noqa: F401
+    import moe_theory.rates_config  # noqa: F401
+
+    with pytest.raises(ChoiceError) as info:
+        eval(call)
+    assert info.value.name == name and str(info.value).startswith(f"{name} must be one of ")
+
+
+def test_no_other_choice_helper_is_left() -> None:
+    import moe_theory.gates
+    from cl.data import transforms
+    from cl.models import gating
+
+    assert getattr(moe_theory.gates, "check_choice", check_choice) is check_choice
+    assert not hasattr(transforms, "_check_choice")
+    assert not hasattr(gating, "check_gate") and not hasattr(gating, "check_activation")
+
+
+# ---------------------------------------------------------------- Literal field types
+def _literal_fields() -> dict[str, tuple]:
+    hints = typing.get_type_hints(CLConfig)
+    return {name: typing.get_args(hint) for name, hint in hints.items()
+            if typing.get_origin(hint) is typing.Literal}
+
+
+def test_literal_types_list_what_the_registries_hold() -> None:
+    fields = _literal_fields()
+    assert set(fields["dataset"]) == set(available_datasets())
+    assert set(fields["method"]) == set(available_methods())
+    assert set(fields["backbone"]) == set(BACKBONES)
+
+
+def test_every_other_literal_field_is_checked_against_its_values() -> None:
+    """Each value of the Literal passes validate(); anything else is refused, naming the field.
+    (dataset, method and backbone are checked by their registries when the run is built.)"""
+    fields = {k: v for k, v in _literal_fields().items()
+              if k not in ("dataset", "method", "backbone")}
+    assert {"gate_act", "attention", "precision", "protocol", "recipe", "scheduler",
+            "tii_scheduler", "stats_method", "keep_checkpoints"} <= set(fields)
+    for name, values in fields.items():
+        for value in values:
+            dataclasses.replace(CLConfig(), **{name: value}).validate()
+        with pytest.raises(ConfigError) as info:
+            dataclasses.replace(CLConfig(), **{name: "zz-not-a-value"}).validate()
+        assert info.value.field == name
+        assert info.value.reason == (f"must be one of {', '.join(values)}; "
+                                     "got 'zz-not-a-value'")
