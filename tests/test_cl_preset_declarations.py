@@ -111,6 +111,7 @@ def test_method_modules_declare_and_do_not_register() -> None:
     assert not found, found
 
 
+@pytest.mark.slow  # starts a Python process
 def test_importing_the_methods_changes_no_table_of_the_resolver() -> None:
     """In a fresh interpreter: the module-level containers of cl.config and cl.presets are the
     same before and after every method module is imported."""
