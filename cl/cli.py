@@ -29,6 +29,7 @@ from cl.backbones import (
     pretrained_backbones,
 )
 from cl.config import (
+    ATTENTION_IMPLS,
     PROTOCOLS,
     default_backbone,
     describe_presets,
@@ -41,7 +42,7 @@ from cl.errors import ConfigError
 from cl.methods import available_methods
 from cl.models.gating import ACTIVATIONS
 from cl.numerics import NonFiniteLossError
-from cl.precision import CompileError
+from cl.precision import PRECISIONS, CompileError
 from cl.report import summary
 from cl.runio import WriteFailedError
 from norga.cli import (
@@ -147,9 +148,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                        help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>, "
                        "with -official appended under --protocol official)")
     where.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    where.add_argument("--attention", choices=("fused", "reference"),
+    where.add_argument("--attention", choices=ATTENTION_IMPLS,
                        help="prefix-attention implementation (default fused)")
-    where.add_argument("--precision", choices=("fp32", "bf16"),
+    where.add_argument("--precision", choices=PRECISIONS,
                        help="fp32 (default): exact, for reproduction; bf16: autocast of the ViT "
                        "forward passes on the GPU (heads, losses and class statistics stay "
                        "float32/float64; allowed on a CPU but slow there)")
