@@ -473,7 +473,10 @@ def resolve_config(
     ConfigError
         Any bad value (a ``ValueError``), with the field at fault in ``field``.
     """
-    cfg: dict[str, Any] = CLConfig(dataset=dataset, method=method, backbone=backbone).to_dict()
+    # the names are checked by their registries when the run is built (an unregistered method
+    # has no presets here and is refused by the engine)
+    cfg: dict[str, Any] = {**CLConfig().to_dict(), "dataset": dataset, "method": method,
+                           "backbone": backbone}
 
     def apply(layer: dict[str, Any]) -> None:
         for key, value in layer.items():
@@ -563,7 +566,7 @@ def describe_presets(width: int = 100) -> str:
     ]
     methods = available_methods()
     for dataset, layer in DATASET_PRESETS.items():
-        shared = dataclasses.replace(CLConfig(dataset=dataset), **layer)
+        shared = dataclasses.replace(CLConfig(), **{"dataset": dataset, **layer})
         lines.extend(wrap(" ".join(f"{k}={v}" for k, v in
                                    _flat(shared, set(_HEADLINE) | set(layer)).items()),
                           2, dataset))
