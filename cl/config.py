@@ -10,6 +10,7 @@ method module changes no table.
 
 Every error of a configuration is a :class:`cl.errors.ConfigError` naming the field at fault in
 its ``field`` attribute.
+
 Values are the effective ones of cl-pipeline.md section 2.6 for Sup-21K unless noted; learning
 rates are the raw script values and are multiplied by ``batch_size / 256`` where the original
 code does so.
@@ -34,8 +35,8 @@ from cl.stats import STATS_METHODS, StatsMethod
 from norga.choices import ChoiceError, check_choice
 
 # The fields with a fixed set of values. DatasetName, MethodName and BackboneTag list what the
-# registries hold (cl.data.registry, cl.methods, cl.backbones; tests/test_cl_config_types.py
-# keeps them equal); a name outside them is refused with the registry's own message.
+# registries hold (cl.data.registry, cl.methods, cl.backbones; tests/test_config_errors.py keeps
+# them equal); a name outside them is refused with the registry's own message.
 DatasetName = Literal["synthetic", "digits", "cifar100", "imagenet-r", "cub200", "5datasets"]
 MethodName = Literal["coda-prompt", "dualprompt", "hide", "l2p", "norga", "smope", "sprompt"]
 BackboneTag = Literal["vit-tiny-random", "vit-b16-random", "sup21k", "ibot21k", "ibot1k",
