@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from prompt_baseline_checks import small_config
+from prompt_baseline_checks import check_resume, small_config
 
 from cl.backbones import build_backbone
 from cl.config import resolve_config
@@ -219,6 +219,11 @@ def test_original_port_runs_end_to_end_on_the_offline_data(tmp_path: Path) -> No
     assert result.finished and 0.0 <= result.metrics["FA"] <= 100.0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["recipe"] == "original-port" and saved["method_options"]["shared_prompt_pool"]
+
+
+def test_original_port_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    """Stopped after task 1 and resumed: the shared-pool copy happens once per task."""
+    check_resume("l2p", tmp_path, epochs=1, recipe="original-port")
 
 
 def test_pull_under_the_mask_is_towards_the_task_keys() -> None:
