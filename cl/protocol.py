@@ -256,14 +256,21 @@ DEVIATIONS: tuple[Deviation, ...] = (
         official="the original PyTorch ports (JH-LEE-KR/l2p-pytorch, dualprompt-pytorch): batch "
         "16 (L2P) / 24 (DualPrompt), 5 epochs (DualPrompt ImageNet-R 50), lr 0.03 (DualPrompt "
         "ImageNet-R 0.005), natural class order, L2P pool 10 (5-Datasets 20); DualPrompt "
-        "CIFAR-100 E-prompt length 5 and batch vote; L2P's head reads the mean of the prompt "
-        "outputs, and its 5-Datasets config masks prompts by task",
+        "CIFAR-100 E-prompt length 5 and batch vote; L2P's head reads the mean of the k*L "
+        "prompt outputs ([CLS] excluded) and its prompts carry the [CLS] position embedding; "
+        "its 5-Datasets config trains task t on prompts t*k .. (t+1)*k-1 only (prompt mask; "
+        "the test matches the whole pool), each slice starting from the previous task's; one "
+        "transform for every dataset (crop scale (0.05, 1), flip, no normalisation), CIFAR "
+        "included",
         why="the tables the project reproduces were produced with the MoE_PromptCL configs",
         moves="comparisons with the original L2P/DualPrompt papers and with SMoPE's table",
-        flag_note="`--set recipe=original-port` (L2P: cifar100, 5datasets; DualPrompt: cifar100, "
-        "imagenet-r, the datasets the ports configure); not part of `--protocol official`, "
-        "whose reference is MoE_PromptCL; L2P's prompt-mean head and 5-Datasets prompt mask "
-        "have no switch, nor have the CODA code's own L2P++ / DualPrompt re-implementations",
+        flag_note="`--set recipe=original-port` (L2P: cifar100, 5datasets, and synthetic/digits "
+        "with the 5-Datasets prompts at their own budget; DualPrompt: cifar100, imagenet-r, the "
+        "datasets the ports configure); L2P's single switches: `--set "
+        "method_options.head_type=prompt`, `method_options.prompt_pos_embed=true`, "
+        "`method_options.prompt_mask=true`, `method_options.shared_prompt_pool=true`; not part "
+        "of `--protocol official`, whose reference is MoE_PromptCL; no switch: the L2P port's "
+        "CIFAR transform, and the CODA code's own L2P++ / DualPrompt re-implementations",
     ),
     Deviation(
         what="ImageNet-R train/test split",

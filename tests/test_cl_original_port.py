@@ -73,10 +73,11 @@ def test_default_recipe_is_untouched_and_later_layers_still_win() -> None:
 
 
 @pytest.mark.parametrize(("dataset", "method", "message"), [
-    ("imagenet-r", "l2p", "l2p has configs for cifar100, 5datasets only; got dataset "
-                          "'imagenet-r'"),
+    ("imagenet-r", "l2p", "l2p has configs for cifar100, 5datasets, synthetic, digits only; "
+                          "got dataset 'imagenet-r'"),
     ("5datasets", "dualprompt", "dualprompt has configs for cifar100, imagenet-r only"),
-    ("synthetic", "l2p", "got dataset 'synthetic'"),
+    ("cub200", "l2p", "got dataset 'cub200'"),
+    ("synthetic", "dualprompt", "got dataset 'synthetic'"),
     ("cifar100", "norga", "only dualprompt, l2p have one; got method 'norga'"),
     ("cifar100", "sprompt", "got method 'sprompt'"),
 ])

@@ -5,8 +5,14 @@ learnable key per prompt. For each image, the frozen prompt-free [CLS] feature i
 the ``top_k`` keys with the largest cosine similarity choose the prompts, which are prepended as
 tokens before block 0 (prompt tuning). The [CLS] output (index ``top_k * length``) feeds the
 head. Loss: CE over the current task's classes minus ``pull_coeff`` times the mean summed
-cosine similarity between each query and its chosen keys. No prompt mask, no task identity:
-prompts are shared by all tasks.
+cosine similarity between each query and its chosen keys. By default no prompt mask and no
+task identity: prompts are shared by all tasks (MoE_PromptCL's L2P, behind the NoRGa tables).
+
+The original PyTorch port (JH-LEE-KR/l2p-pytorch, ``recipe=original-port``) differs in three
+switches: ``head_type="prompt"`` (the head reads the mean of the prompt outputs),
+``prompt_pos_embed`` (prompts carry the [CLS] position embedding) and, on 5-Datasets,
+``prompt_mask`` with ``shared_prompt_pool`` (task ``t`` trains prompts ``t*k .. (t+1)*k - 1``,
+initialised from the previous task's slice; the test selects from the whole pool).
 
 Per-sample selection by default; ``batchwise_prompt=True`` reproduces the original
 batch-majority vote (in training and test) for comparison only.
@@ -20,10 +26,28 @@ import torch
 from torch import nn
 
 from cl.errors import ConfigError
-from cl.methods.base import register_method
+from cl.methods.base import Task, register_method
 from cl.methods.prompt_pool import COMMON_OPTIONS, KeyedPromptMethod
-from cl.models.prompt_pools import PromptTuningViT
+from cl.models.prompt_pools import HEAD_TYPES, PromptTuningViT
 from cl.presets import PresetTable
+
+# --set recipe=original-port: the configs of the original PyTorch port, JH-LEE-KR/l2p-pytorch @
+# f7bc994 configs/cifar100_l2p.py and configs/five_datasets_l2p.py (same line numbers in both):
+# batch 16 (l.4; the test loader uses it too, datasets.py l.96), epochs 5 (l.5), clip 1.0 (l.18),
+# constant schedule (l.24), lr 0.03 (l.25; x batch/256 by main.py l.117-121, as here), shuffle
+# False = natural class / dataset order (l.55), size/length/top_k (l.79-81), batch-wise prompt
+# (l.88), pull coefficient (l.92), head_type="prompt" (l.96; vision_transformer.py l.496-498:
+# mean of the outputs at indices 1 .. k*L of [CLS, prompts, patches], [CLS] excluded, after the
+# final norm), the prompt slots' position embedding = the [CLS] entry (vision_transformer.py
+# l.386-387 and resize_pos_embed l.668-671); 5-Datasets only: use_prompt_mask=True (l.85;
+# vision_transformer.py l.461-469, training only) and shared_prompt_pool=True (l.86; engine.py
+# l.184-206). The port has no ImageNet-R or CUB config. The offline benchmarks (5 tasks, like
+# 5-Datasets) get the 5-Datasets config's prompts and mechanics at their own budget (batch,
+# epochs, lr of the default presets), so that default vs original-port compares mechanics.
+_PORT_BUDGET = dict(batch_size=16, eval_batch_size=16, epochs=5, lr=0.03,
+                    dataset_options=dict(class_order="standard"))
+_PORT_5DATASETS = dict(pool_size=20, length=10, top_k=4, pull_coeff=0.5, prompt_mask=True,
+                       shared_prompt_pool=True)
 
 
 @register_method("l2p")
@@ -31,7 +55,12 @@ class L2P(KeyedPromptMethod):
     """L2P with per-sample prompt selection.
 
     ``method_options``: ``pool_size`` (30), ``length`` (5), ``top_k`` (5), ``pull_coeff``
-    (0.1), ``schedule_first_task_only`` (True).
+    (0.1), ``schedule_first_task_only`` (True); the original port's switches ``head_type``
+    ("token": the [CLS] output; "prompt": the mean of the prompt outputs), ``prompt_pos_embed``
+    (False), ``prompt_mask`` (False: training of task ``t`` uses prompts ``t*top_k ..
+    (t+1)*top_k - 1`` for every image while they fit in the pool, and selects as at test time
+    once they do not) and ``shared_prompt_pool`` (False: that slice starts as a copy of the
+    previous task's, while it fits).
     """
 
     option_defaults: ClassVar[dict[str, Any]] = {
@@ -40,7 +69,12 @@ class L2P(KeyedPromptMethod):
         "length": 5,
         "top_k": 5,
         "pull_coeff": 0.1,
+        "head_type": "token",
+        "prompt_pos_embed": False,
+        "prompt_mask": False,
+        "shared_prompt_pool": False,
     }
+    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"head_type": HEAD_TYPES}
 
     # Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
     # CUB), clip 1.0. The original votes batch-wise; per-sample selection is our default.
@@ -60,21 +94,15 @@ class L2P(KeyedPromptMethod):
         "digits": dict(epochs=10, lr=0.2),
     }
 
-    # --set recipe=original-port: the configs of the original PyTorch port,
-    # JH-LEE-KR/l2p-pytorch @ f7bc994 configs/cifar100_l2p.py and configs/five_datasets_l2p.py
-    # (same line numbers in both): batch 16 (l.4; the test loader uses it too, datasets.py
-    # l.96), epochs 5 (l.5), clip 1.0 (l.18), constant schedule (l.24), lr 0.03 (l.25; x
-    # batch/256 by main.py l.117-121, as here), shuffle False = natural class / dataset order
-    # (l.55), size/length/top_k (l.79-81), batch-wise prompt (l.88), pull coefficient (l.92).
-    # Not restorable: head_type="prompt" (l.96: the head reads the mean of the prompt outputs,
-    # here the [CLS] output) and, on 5-Datasets, use_prompt_mask=True (l.85). The port has no
-    # ImageNet-R or CUB config.
+    # --set recipe=original-port (the sources: above the class)
     recipe_presets: ClassVar[dict[str, PresetTable]] = {"original-port": {
-        "*": dict(batch_size=16, eval_batch_size=16, epochs=5, lr=0.03, scheduler="constant",
-                  clip_grad=1.0, batchwise_prompt=True,
-                  dataset_options=dict(class_order="standard")),
-        "cifar100": dict(method_options=dict(pool_size=10, length=5, top_k=5, pull_coeff=0.1)),
-        "5datasets": dict(method_options=dict(pool_size=20, length=10, top_k=4, pull_coeff=0.5)),
+        "*": dict(scheduler="constant", clip_grad=1.0, batchwise_prompt=True,
+                  method_options=dict(head_type="prompt", prompt_pos_embed=True)),
+        "cifar100": dict(**_PORT_BUDGET, method_options=dict(pool_size=10, length=5, top_k=5,
+                                                             pull_coeff=0.1)),
+        "5datasets": dict(**_PORT_BUDGET, method_options=_PORT_5DATASETS),
+        "synthetic": dict(method_options=dict(_PORT_5DATASETS)),
+        "digits": dict(method_options=dict(_PORT_5DATASETS)),
     }}
 
     @classmethod
@@ -86,6 +114,10 @@ class L2P(KeyedPromptMethod):
         if int(options["length"]) <= 0:
             raise ConfigError("method_options.length",
                               f"must be positive, got {options['length']}")
+        for name in ("prompt_pos_embed", "prompt_mask", "shared_prompt_pool"):
+            if not isinstance(options[name], bool):
+                raise ConfigError(f"method_options.{name}",
+                                  f"must be true or false, got {options[name]!r}")
         return options
 
     @property
@@ -96,11 +128,44 @@ class L2P(KeyedPromptMethod):
         return PromptTuningViT(
             vit, self.num_classes, pool_size=int(self.options["pool_size"]),
             length=int(self.options["length"]), generator=generator,
+            head_type=self.options["head_type"],
+            prompt_pos_embed=self.options["prompt_pos_embed"],
         )
 
+    def task_prompts(self, task: int) -> range | None:
+        """Prompt ids of ``task``'s slice, ``t*top_k .. (t+1)*top_k - 1``; ``None`` once the
+        slice runs past the pool (the original port then falls back to key matching)."""
+        k = self.top_k
+        if (task + 1) * k > self.model.pool_size:
+            return None
+        return range(task * k, (task + 1) * k)
+
+    def begin_task(self, task: Task) -> None:
+        t = task.index
+        if t > 0 and self.options["shared_prompt_pool"]:
+            previous, current = self.task_prompts(t - 1), self.task_prompts(t)
+            if previous is not None and current is not None:
+                with torch.no_grad():  # the task's slice starts where the previous one ended
+                    self.model.prompt[current.start:current.stop] = (
+                        self.model.prompt[previous.start:previous.stop])
+        super().begin_task(task)
+
     def _train_ids(self, query: torch.Tensor, task: int) -> torch.Tensor:
-        # no prompt mask: training selects exactly like testing
-        return self.select_from_query(query)
+        ids = self.task_prompts(task) if self.options["prompt_mask"] else None
+        if ids is None:  # no (fitting) prompt mask: training selects exactly like testing
+            return self.select_from_query(query)
+        row = torch.arange(ids.start, ids.stop, device=query.device)
+        return row.unsqueeze(0).expand(query.shape[0], -1)  # no vote: every image, same slice
+
+    def _oracle_ids(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
+        """With the prompt mask, the true task's slice where it fits; else the usual choice."""
+        ids = self.select(x)
+        if not self.options["prompt_mask"]:
+            return ids
+        k = self.top_k
+        own = task_ids.unsqueeze(1) * k + torch.arange(k, device=ids.device)
+        fits = ((task_ids + 1) * k <= self.model.pool_size).unsqueeze(1)
+        return torch.where(fits, own, ids)
 
     def _features(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         return self.model.features(x, ids)

@@ -25,6 +25,7 @@ from torch import nn
 from cl.models.frozen_vit import freeze, seeded_head
 from cl.models.prefix_attention import PrefixAttention, rewrap_attention
 from cl.models.vit import embed_tokens, fresh_fc_norm, pooled, run_blocks, trunc_normal_head
+from norga.choices import check_choice
 
 
 # ---------------------------------------------------------------------------- key matching
@@ -165,6 +166,9 @@ class _KeyedViT(nn.Module):
 
 
 # ---------------------------------------------------------------------------- L2P
+HEAD_TYPES = ("token", "prompt")
+
+
 class PromptTuningViT(_KeyedViT):
     """L2P: a pool of prompt tokens prepended before block 0 (cl-pipeline.md 6.1).
 
@@ -178,6 +182,13 @@ class PromptTuningViT(_KeyedViT):
         ``pool`` prompts of ``length`` tokens each, init U(-1, 1); one key per prompt.
     generator:
         Random source of the prompt, key and head initialisation.
+    head_type:
+        What the head reads (after the final norm): ``"token"``, the [CLS] output (MoE_PromptCL's
+        L2P); ``"prompt"``, the mean of the ``k * length`` prompt outputs, [CLS] and patches
+        excluded (JH-LEE-KR/l2p-pytorch ``head_type='prompt'``).
+    prompt_pos_embed:
+        Add the [CLS] position embedding to every prompt token, as the original port does (its
+        position table gives the prompt slots the [CLS] entry); by default prompts get none.
     """
 
     def __init__(
@@ -188,9 +199,18 @@ class PromptTuningViT(_KeyedViT):
         pool_size: int,
         length: int,
         generator: torch.Generator | None = None,
+        head_type: str = "token",
+        prompt_pos_embed: bool = False,
     ) -> None:
         super().__init__(vit, num_classes, pool_size, generator)
+        check_choice("head_type", head_type, HEAD_TYPES)
+        if prompt_pos_embed and (getattr(vit, "pos_embed", None) is None
+                                 or getattr(vit, "no_embed_class", False)):
+            raise ValueError("prompt_pos_embed needs a ViT whose position table has a [CLS] "
+                             "entry (pos_embed with no_embed_class=False)")
         self.length = length
+        self.head_type = head_type
+        self.prompt_pos_embed = prompt_pos_embed
         self.prompt = nn.Parameter(_uniform((pool_size, length, self.embed_dim), generator))
 
     def forward_features(
@@ -198,18 +218,27 @@ class PromptTuningViT(_KeyedViT):
     ) -> torch.Tensor:
         """Tokens ``(B, k*L + N, C)`` after the final norm.
 
-        ``prompt_ids`` ``(B, k)``: each sample's chosen prompts, prepended in that order (they
-        get no position embedding, as in the original code). ``None`` runs without prompts.
+        ``prompt_ids`` ``(B, k)``: each sample's chosen prompts, prepended in that order (no
+        position embedding, as in MoE_PromptCL; the [CLS] one with ``prompt_pos_embed``, as in
+        the original port). ``None`` runs without prompts.
         """
         h = embed_tokens(self.vit, x)
         if prompt_ids is not None:
-            tokens = self.prompt[prompt_ids]  # (B, k, L, C)
-            h = torch.cat([tokens.flatten(1, 2), h], dim=1)
+            tokens = self.prompt[prompt_ids].flatten(1, 2)  # (B, k*L, C)
+            if self.prompt_pos_embed:
+                tokens = tokens + self.vit.pos_embed[:, :1]
+            h = torch.cat([tokens, h], dim=1)
         return self.vit.norm(self.vit.blocks(h))
 
     def pre_logits(self, tokens: torch.Tensor, prompt_ids: torch.Tensor | None) -> torch.Tensor:
-        """The [CLS] output, at index ``k * L`` behind the prepended prompts."""
+        """The head's input: the [CLS] output, at index ``k * L`` behind the prepended prompts
+        (``head_type="token"``), or the mean of the outputs at indices ``0 .. k*L - 1``
+        (``"prompt"``; needs prompts)."""
         n_prompt = 0 if prompt_ids is None else prompt_ids.shape[1] * self.length
+        if self.head_type == "prompt":
+            if n_prompt == 0:
+                raise ValueError("head_type='prompt' reads the prompt outputs: prompt_ids needed")
+            return tokens[:, :n_prompt].mean(dim=1)
         return tokens[:, n_prompt]
 
     def features(self, x: torch.Tensor, prompt_ids: torch.Tensor | None) -> torch.Tensor:
