@@ -34,7 +34,7 @@ RESOLVE_CASES = [
     ("norga", {"protocol": "paper"}, "protocol"),
     ("norga", {"recipe": "paper"}, "recipe"),
     ("norga", {"recipe": "original-port"}, "recipe"),  # no such recipe for this method
-    ("l2p", {"recipe": "original-port"}, "recipe"),  # ... or for this dataset
+    ("dualprompt", {"recipe": "original-port"}, "recipe"),  # ... or for this dataset
     ("norga", {"batch_size": "0"}, "batch_size"),  # ranges
     ("norga", {"clip_grad": "-1"}, "clip_grad"),
     ("norga", {"seed": -1}, "seed"),
