@@ -157,6 +157,7 @@ def _cosine(base: float, k: int, epochs: int) -> float:
     return MIN_LR + 0.5 * (base - MIN_LR) * (1 + math.cos(math.pi * (k - 1) / epochs))
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`:UserWarning")
 def test_schedulers_follow_each_stage_own_kind_and_length():
     method = _method(scheduler="cosine", epochs=4, tii_scheduler="cosine", tii_epochs=3,
                      lr=0.2, tii_lr=0.004)
