@@ -417,7 +417,7 @@ def test_resolve_options_merges_defaults_and_refuses_unknown_keys_and_values():
                                "allowed: alpha, mode")
     with pytest.raises(ValueError) as info:
         _Options.resolve_options({"mode": "c"})
-    assert str(info.value) == "method_options.mode: 'c' is not one of a, b"
+    assert str(info.value) == "method_options.mode: must be one of a, b; got 'c'"
     with pytest.raises(ValueError) as info:
         _Probe.resolve_options({"x": 1})
     assert str(info.value) == ("method_options: unknown key(s) x for probe; allowed: "
@@ -451,4 +451,4 @@ def test_registry_registers_names_refuses_clashes_and_lists_the_allowed():
         base_module._METHODS.pop("zz-tmp-probe", None)
     with pytest.raises(ValueError) as info:
         get_method("nope")
-    assert str(info.value) == f"unknown method 'nope'; allowed: {', '.join(builtin)}"
+    assert str(info.value) == f"method must be one of {', '.join(builtin)}; got 'nope'"
