@@ -212,3 +212,31 @@ def test_checkpoint_round_trip_continues_identically() -> None:
     untouched = _method()
     untouched.load_state_dict(_method().state_dict())
     assert untouched.optimizer is None and untouched.task_index == -1
+
+
+class PoisonedLoader:
+    """Clean batches, except a NaN image at ``step`` of epoch ``epoch``."""
+
+    def __init__(self, task: int, epoch: int, step: int) -> None:
+        self.task, self.epoch, self.step, self.passes = task, epoch, step, 0
+
+    def __iter__(self):
+        for i in range(self.step + 1):
+            x = _images(2, 10 + i)
+            if self.passes == self.epoch and i == self.step:
+                x[0] = math.nan
+            yield x, _labels(self.task, 2)
+        self.passes += 1
+
+
+def test_a_non_finite_loss_names_phase_task_epoch_and_step() -> None:
+    method = _method()
+    _begin(method, 1)
+    with pytest.raises(FloatingPointError) as info:
+        method.train_task(PoisonedLoader(task=1, epoch=1, step=1))
+    assert str(info.value) == "non-finite loss (nan) in coda training at task 1, epoch 1, step 1"
+
+
+def test_training_needs_begin_task() -> None:
+    with pytest.raises(AssertionError, match="^begin_task must be called first$"):
+        _method().train_task([(_images(2), _labels(0, 2))])

@@ -468,3 +468,61 @@ def test_checkpoints_that_do_not_fit_are_refused() -> None:
     with pytest.raises(ValueError) as info:
         method.load_state_dict(missing)
     assert str(info.value) == "checkpoint does not fit the model: missing ['key'], unexpected []"
+
+
+# ---------------------------------------------------------------------------- guards + devices
+
+
+class PoisonedLoader:
+    """Clean batches, except a NaN image at ``step`` of epoch ``epoch``."""
+
+    def __init__(self, task: int, epoch: int, step: int) -> None:
+        self.task, self.epoch, self.step, self.passes = task, epoch, step, 0
+
+    def __iter__(self):
+        for i in range(self.step + 1):
+            x = _images(2, 10 + i)
+            if self.passes == self.epoch and i == self.step:
+                x[0] = math.nan
+            yield x, _labels(self.task, 2)
+        self.passes += 1
+
+
+def test_a_non_finite_loss_names_phase_task_epoch_and_step() -> None:
+    method = _method("l2p", L2P_OPTIONS, epochs=2)
+    _begin(method, 1)
+    with pytest.raises(FloatingPointError) as info:
+        method.train_task(PoisonedLoader(task=1, epoch=1, step=1))
+    assert str(info.value) == "non-finite loss (nan) in train training at task 1, epoch 1, step 1"
+
+
+def test_training_needs_begin_task() -> None:
+    method = _method("l2p", L2P_OPTIONS)
+    with pytest.raises(AssertionError, match="^begin_task must be called first$"):
+        method.train_task([(_images(2), _labels(0, 2))])
+
+
+def test_meta_device_places_the_model_keys_and_masks_there() -> None:
+    """The device argument reaches the model, the allowed-key mask and the prompt ids (on
+    CPU-only machines ``meta`` is the only other device)."""
+    vit = build_backbone("vit-tiny-random", img_size=IMAGE, seed=3).model
+    l2p = get_method("l2p")(_config("l2p", L2P_OPTIONS), vit, NUM_CLASSES, SCHEDULE,
+                            device="meta")
+    assert {p.device.type for p in l2p.model.parameters()} == {"meta"}
+    vit = build_backbone("vit-tiny-random", img_size=IMAGE, seed=3).model
+    dual = get_method("dualprompt")(_config("dualprompt", PREFIX_OPTIONS), vit, NUM_CLASSES,
+                                    SCHEDULE, device="meta")
+    _begin(dual, 1)
+    assert dual._allowed_keys().device.type == "meta"
+    ids = dual._train_ids(torch.zeros(3, 128, device="meta"), 1)
+    assert ids.device.type == "meta" and ids.dtype == torch.long and ids.shape == (3, 1)
+
+
+def test_a_checkpoint_without_a_schedule_state_keeps_the_fresh_schedule() -> None:
+    plain = _method("l2p", L2P_OPTIONS)  # constant schedule: no scheduler state stored
+    _begin(plain, 0)
+    state = plain.state_dict()
+    assert state["scheduler"] is None
+    cosine = _method("l2p", L2P_OPTIONS, scheduler="cosine")
+    cosine.load_state_dict(state)
+    assert cosine.scheduler is not None and cosine.scheduler.last_epoch == 0

@@ -115,7 +115,7 @@ def test_prototype_loss_by_hand() -> None:
     g = torch.Generator().manual_seed(1)
     old = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
     cur = old + 0.3 * torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
-    flags = torch.tensor([[True, False, True, False], [False] * 4, [True, True, True, True]])
+    flags = torch.tensor([[True, False, True, False], [False] * 4, [False, False, True, False]])
     for k in (1, 2, 7):  # k above N_p: every old key is a target
         got = prototype_loss(old, cur.clone().requires_grad_(), flags, k)
         assert float(got.detach()) == pytest.approx(_prototype_by_hand(old, cur, flags, min(k, 4)),
@@ -138,6 +138,8 @@ def test_frequent_experts_by_hand() -> None:
     assert frequent_experts(torch.tensor([[[2, 1]]])).tolist() == [[[True, False]]]
     assert frequent_experts(torch.tensor([[[1, 1, 0]]]), legacy=True).tolist() == [
         [[True, True, False]]]
+    # a single selection in a head already flags its expert
+    assert frequent_experts(torch.tensor([[[0, 1, 0]]])).tolist() == [[[False, True, False]]]
 
 
 def test_coswm_factor_closed_form() -> None:
@@ -507,7 +509,7 @@ def test_legacy_statistics_use_the_training_loader(monkeypatch) -> None:
 
 @pytest.mark.parametrize("legacy", [False, True])
 def test_head_alignment_settings(legacy: bool, monkeypatch) -> None:
-    method = _method({"legacy_scheduler_quirks": legacy, "tap_weight_decay": 0.03})
+    method = _method({"legacy_scheduler_quirks": legacy, "tap_weight_decay": 0.03}, ca_lr=4e-3)
     seen: dict = {}
 
     def capture(forward, optimizer, scheduler, **kwargs):
@@ -525,8 +527,8 @@ def test_head_alignment_settings(legacy: bool, monkeypatch) -> None:
     lam = seen["scheduler"].lr_lambdas[0]
     assert lam(0) == (10.0 if legacy else 1.0)
     for i in (1, 3, total, total + 2):
-        assert lam(i) == pytest.approx(coswm_factor(1e-3, total, 0)(i), rel=1e-12)
-    assert group["lr"] == pytest.approx(1e-3 * lam(0))  # set by the scheduler's constructor
+        assert lam(i) == pytest.approx(coswm_factor(4e-3, total, 0)(i), rel=1e-12)
+    assert group["lr"] == pytest.approx(4e-3 * lam(0))  # set by the scheduler's constructor
     assert seen["stats"] is method.stats and seen["task"] is task
     assert (seen["epochs"], seen["n_per_class"], seen["phase"]) == (2, BATCH * 2, "tap")
     assert seen["step_per_iteration"] is True
@@ -658,3 +660,66 @@ def test_checkpoint_before_any_task() -> None:
     fresh.old_keys = torch.zeros(1)
     fresh.load_state_dict(state)
     assert fresh.old_keys is None and fresh.optimizer is None and fresh.task_index == -1
+
+
+def test_a_small_unused_penalty_is_applied_and_lives_on_the_method_device() -> None:
+    method = _method({"eval_unused_penalty": 0.5})
+    method.counts = torch.ones(2, 4, 4, dtype=torch.long)
+    method.counts[1, 2, 3] = 0
+    scores = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(9))
+    spread = scores.amax(-1, keepdim=True) - scores.amin(-1, keepdim=True)
+    penalty = method._eval_penalties()[1](scores)
+    torch.testing.assert_close(penalty, 0.5 * (method.counts[1] == 0).float() * spread)
+    vit = build_backbone("vit-tiny-random", img_size=IMAGE, seed=2).model
+    cfg = resolve_config("synthetic", "smope", overrides={
+        "method_options": {**OPTIONS, "eval_unused_penalty": 0.5}})
+    meta = get_method("smope")(cfg, vit, NUM_CLASSES, SCHEDULE, device="meta")
+    assert {p.device.type for p in meta.model.parameters()} == {"meta"}
+    out = meta._eval_penalties()[0](torch.zeros(3, 4, 4, device="meta"))
+    assert out.device.type == "meta"
+
+
+class PoisonedLoader:
+    """Clean batches, except a NaN image at ``step`` of epoch ``epoch``."""
+
+    def __init__(self, task: int, epoch: int, step: int) -> None:
+        self.task, self.epoch, self.step, self.passes = task, epoch, step, 0
+
+    def __len__(self) -> int:
+        return self.step + 1
+
+    def __iter__(self):
+        for i in range(self.step + 1):
+            x = _images(2, 10 + i)
+            if self.passes == self.epoch and i == self.step:
+                x[0] = math.nan
+            yield x, _labels(self.task, 2)
+        self.passes += 1
+
+
+@pytest.mark.parametrize(("task", "poisoned_pass", "phase"), [
+    (0, 1, "smope_warmup"), (0, 3, "smope"), (1, 1, "smope")])
+def test_a_non_finite_loss_names_phase_task_epoch_and_step(task: int, poisoned_pass: int,
+                                                          phase: str) -> None:
+    """Task 0 runs 2 warm-up passes then 4 top-K ones: each poisoned pass is epoch 1 of its
+    phase."""
+    method = _method(epochs=4)
+    for t in range(task + 1):
+        method.begin_task(Task(t, SCHEDULE[t], SCHEDULE))
+    with pytest.raises(FloatingPointError) as info:
+        method.train_task(PoisonedLoader(task, poisoned_pass, 1))
+    assert str(info.value) == (f"non-finite loss (nan) in {phase} training at task {task}, "
+                               "epoch 1, step 1")
+
+
+def test_training_needs_begin_task() -> None:
+    with pytest.raises(AssertionError, match="^begin_task must be called first$"):
+        _method().train_task([(_images(2), _labels(0, 2))])
+
+
+def test_a_single_warm_up_epoch_is_run() -> None:
+    records: list[dict] = []
+    method = _method({"schedule": "constant"}, log=records.append, epochs=2)  # round(0.5 x 2)
+    method.begin_task(Task(0, SCHEDULE[0], SCHEDULE))
+    method.train_task([(_images(BATCH, 1), _labels(0, BATCH))])
+    assert [r["phase"] for r in records] == ["smope_warmup", "smope", "smope"]
