@@ -240,3 +240,10 @@ def test_a_non_finite_loss_names_phase_task_epoch_and_step() -> None:
 def test_training_needs_begin_task() -> None:
     with pytest.raises(AssertionError, match="^begin_task must be called first$"):
         _method().train_task([(_images(2), _labels(0, 2))])
+
+
+def test_meta_device_holds_the_model() -> None:
+    cfg = resolve_config("synthetic", "coda-prompt", overrides={"method_options": OPTIONS})
+    vit = build_backbone("vit-tiny-random", img_size=IMAGE, seed=4).model
+    method = get_method("coda-prompt")(cfg, vit, NUM_CLASSES, SCHEDULE, device="meta")
+    assert {p.device.type for p in method.model.parameters()} == {"meta"}

@@ -263,7 +263,8 @@ def test_phase_schedulers() -> None:
     assert per_iter is False
     assert sched.lr_lambdas[0](2) == pytest.approx(math.cos(99 * math.pi * 2 / (200 * 4)))
 
-    for opts, total, freeze in (({}, 3 * 7, 0), ({"iter_step": 11, "freeze_iters": 4}, 33, 4)):
+    for opts, total, freeze in (({}, 3 * 7, 0), ({"iter_step": 11, "freeze_iters": 4}, 33, 4),
+                                ({"iter_step": 1}, 3, 0)):
         method = _method({"schedule": "coswm", **opts})
         method.begin_task(Task(0, SCHEDULE[0], SCHEDULE))
         sched, per_iter = method._scheduler(3, 7)
@@ -677,6 +678,15 @@ def test_a_small_unused_penalty_is_applied_and_lives_on_the_method_device() -> N
     assert {p.device.type for p in meta.model.parameters()} == {"meta"}
     out = meta._eval_penalties()[0](torch.zeros(3, 4, 4, device="meta"))
     assert out.device.type == "meta"
+    meta.frequent[0, 1, 2] = True
+    out = meta._penalties()[0](torch.zeros(3, 4, 4, device="meta"))
+    assert out.device.type == "meta"
+
+
+def test_multi_centroid_statistics_get_the_seed_and_the_centroid_count() -> None:
+    method = _method(stats_method="multi-centroid", n_centroids=3, seed=11)
+    assert type(method.stats).__name__ == "MultiCentroidClassStats"
+    assert (method.stats.n_centroids, method.stats.seed, method.stats.dim) == (3, 11, 128)
 
 
 class PoisonedLoader:
@@ -720,6 +730,22 @@ def test_training_needs_begin_task() -> None:
 def test_a_single_warm_up_epoch_is_run() -> None:
     records: list[dict] = []
     method = _method({"schedule": "constant"}, log=records.append, epochs=2)  # round(0.5 x 2)
+    descs: list[str] = []
+    method.progress = lambda iterable, desc: (descs.append(desc), iterable)[1]
     method.begin_task(Task(0, SCHEDULE[0], SCHEDULE))
     method.train_task([(_images(BATCH, 1), _labels(0, BATCH))])
     assert [r["phase"] for r in records] == ["smope_warmup", "smope", "smope"]
+    assert descs == ["task 0 smope_warmup epoch 0", "task 0 smope epoch 0",
+                     "task 0 smope epoch 1"]
+
+
+def test_cosine_schedule_steps_once_per_epoch() -> None:
+    records: list[dict] = []
+    method = _method({"schedule": "cosine"}, log=records.append, epochs=3)
+    method.begin_task(Task(0, SCHEDULE[0], SCHEDULE))
+    method.begin_task(Task(1, SCHEDULE[1], SCHEDULE))
+    batches = [(_images(2, 1), _labels(1, 2)), (_images(2, 2), _labels(1, 2))]
+    method.train_task(batches)
+    # logged after the epoch's step: epoch e reports the rate of epoch e + 1 (head group)
+    want = [0.01 * math.cos(99 * math.pi * (e + 1) / (200 * 2)) for e in range(3)]
+    assert [r["lr"] for r in records] == pytest.approx(want, rel=1e-9)
