@@ -67,6 +67,12 @@ def test_contrastive_regulariser_against_a_hand_computed_cross_entropy() -> None
     assert feats.grad is not None and torch.count_nonzero(feats.grad) > 0
 
 
+def test_contrastive_regulariser_runs_on_the_features_device() -> None:
+    features = torch.zeros(4, 3, device="meta")
+    value = contrastive_regulariser(features, torch.zeros(2, 3, dtype=torch.float64))
+    assert value.device.type == "meta" and value.dtype == torch.float32
+
+
 # ---------------------------------------------------------------------------- schedules
 
 
