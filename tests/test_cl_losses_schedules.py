@@ -135,4 +135,4 @@ def test_cosine_schedule_with_zero_epochs_spans_one() -> None:
 def test_unknown_scheduler_is_refused_with_the_allowed_names() -> None:
     with pytest.raises(ValueError) as info:
         build_epoch_scheduler(_optimizer(0.1), "linear", 5)
-    assert str(info.value) == "unknown scheduler 'linear'; allowed: constant, step, cosine"
+    assert str(info.value) == "scheduler must be one of constant, step, cosine; got 'linear'"
