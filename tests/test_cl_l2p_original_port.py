@@ -238,3 +238,11 @@ def test_pull_under_the_mask_is_towards_the_task_keys() -> None:
     method.train_task([(x, torch.tensor([4, 5, 4, 5, 4, 5]))])
     (record,) = [r for r in records if r.get("phase") == "train"]
     assert record["key_similarity"] == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize(("head_type", "pos"), [("prompt", True), ("token", False),
+                                                ("prompt", False)])
+def test_method_options_reach_the_built_model(head_type: str, pos: bool) -> None:
+    """The L2P method hands ``head_type`` and ``prompt_pos_embed`` to the model it builds."""
+    method, _, _ = _method(head_type=head_type, prompt_pos_embed=pos)
+    assert (method.model.head_type, method.model.prompt_pos_embed) == (head_type, pos)
