@@ -83,11 +83,16 @@ def test_bad_reduction_or_schedule_range_is_refused(changes, message):
         NearConfig(**changes)
 
 
-def test_analysis_counts_the_fits_each_n_really_has():
+@pytest.fixture(scope="module")
+def reduced_result():
     config = NearConfig(t_values=(0.8,), gammas=(0.1,), n_values=(500, 1000, 2000, 4000),
                         replicates=3, reduced_above=1000, reduced_replicates=2,
                         schedule_n_max=4000, bases=("default",), seed=2, block=2)
-    result = run_near(config)
+    return run_near(config)
+
+
+def test_analysis_counts_the_fits_each_n_really_has(reduced_result):
+    result = reduced_result
     per_rep = Counter((r["kind"], r["gate"], r["n"]) for r in result.records)
     assert {key: c for key, c in per_rep.items() if key[2] <= 1000} == {
         key: 3 for key in per_rep if key[2] <= 1000}
@@ -95,3 +100,20 @@ def test_analysis_counts_the_fits_each_n_really_has():
     fixed = analyse_near(result)["fixed"]["0.8"]["linear"]
     counts = [e["converged"] + e["capped"] + e["stalled"] for e in fixed["per_n"]]
     assert counts == [3, 3, 2, 2] and fixed["fits"] == 10
+
+
+def test_figure_marks_where_the_replicates_drop(reduced_result):
+    import json
+
+    import numpy as np
+
+    from figures.convergence_near import plot_near
+
+    near = json.loads(json.dumps(reduced_result.to_json()))
+    panel_b = plot_near(near).axes[1]
+    marks = [line for line in panel_b.lines if line.get_gid() == "reduced"]
+    assert len(marks) == 1
+    np.testing.assert_allclose(marks[0].get_xdata(), [1000, 1000])
+    assert {"R = 3", "R = 2"} <= {text.get_text() for text in panel_b.texts}
+    near["config"]["reduced_above"] = None
+    assert not [line for line in plot_near(near).axes[1].lines if line.get_gid() == "reduced"]
