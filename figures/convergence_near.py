@@ -5,12 +5,13 @@ Three panels, read from a run directory's ``near.json`` (numbers are never recom
 (a) the smallest Fisher eigenvalue ``lambda_min(t)`` of the fitted cluster for each gate, log-log,
     with the fitted exponent ``p_1`` in the legend (dashed: the fitted power line);
 (b) mean ``L_1`` (95% CI) against ``n`` at each fixed separation ``t``, with the Fisher
-    predictions ``C(t)/sqrt(n)`` as thin dashed lines;
+    predictions ``C(t)/sqrt(n)`` as thin dashed lines (and a dotted mark where the replicates
+    drop, ``reduced_above``, e.g. in the full preset);
 (c) the schedules ``t_n = t_0 (n/n_0)^-gamma``: mean ``L_1`` against ``n`` with the measured slope
     (95% CI) and the slope the Fisher curve predicts, dashed.
 
 Artists carry gids (``lambda:<gate>``, ``fixed:<gate>:<t>``, ``fisher:<gate>:<t>``,
-``schedule:<gate>:<gamma>``, ``predicted:<gate>:<gamma>``) so tests can find them.
+``schedule:<gate>:<gamma>``, ``predicted:<gate>:<gamma>``, ``reduced``) so tests can find them.
 """
 
 from __future__ import annotations
@@ -138,6 +139,15 @@ def _panel_fixed(ax: Any, near: Mapping[str, Any]) -> None:
             fl.set_gid(f"fisher:{gate}:{t_key}")
             ends.append((e["C"] / np.sqrt(n[-1]), n[-1], f"$t={t_key}$", color))
     _label_line_ends(ax, ends)
+    cfg = near["config"]
+    if cfg.get("reduced_above") is not None:  # fewer replicates at the largest n: say where
+        (mark,) = ax.plot([cfg["reduced_above"]] * 2, [0.02, 0.98], color="0.55", linewidth=0.6,
+                          linestyle=(0, (1, 1.5)), transform=ax.get_xaxis_transform())
+        mark.set_gid("reduced")
+        for factor, count, side in ((0.85, cfg["replicates"], "right"),
+                                    (1.18, cfg["reduced_replicates"], "left")):
+            ax.text(cfg["reduced_above"] * factor, 0.97, f"R = {count}", fontsize=5,
+                    color="0.4", va="top", ha=side, transform=ax.get_xaxis_transform())
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("sample size $n$")

@@ -122,7 +122,12 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "over-tanh (E3, L'=2, tanh experts, |theta|<=5), mechanism (E4: PDE residual, Fisher "
         "conditioning, flat manifold; no fitting), near (E5: two true prompts at separation t; "
         "Fisher exponents of every gate/split/expert/cluster size, fits at fixed t and on "
-        "shrinking schedules; noise sd 0.001, cap 2000; quick about 3 min on 2 loaded cores).",
+        "shrinking schedules; noise sd 0.001, cap 2000. Its presets: quick = 7 n in 1e2..1e4, "
+        "R = 8 (about 40 s of CPU); paper = 9 n in 1e2..1e5, R = 16 (about 7 CPU-minutes); "
+        "full = 13 n in 1e2..1e6, R = 16 up to n = 1e5 and R = 8 above (--replicates sets "
+        "the first, at most 8 the second), schedules on n <= 1e5 (measured 22.5 CPU-minutes, "
+        "about 12 min on 2 idle cores; --preset paper --n-max 1000000 --num-n 13 gives R = 16 "
+        "and schedules up to 1e6, projected 70 CPU-minutes)).",
         formatter_class=HelpFormatter,
     )
     p.add_argument(

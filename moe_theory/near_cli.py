@@ -68,6 +68,12 @@ def near_config_from_args(
         values["t_values"] = tuple(dict.fromkeys(args.near_t))
     if args.near_gamma is not None:
         values["gammas"] = tuple(dict.fromkeys(args.near_gamma))
+    replicates = args.replicates or preset["replicates"]
+    if preset.get("reduced_above") is not None:  # full: fewer replicates at the largest n
+        values["reduced_above"] = preset["reduced_above"]
+        values["reduced_replicates"] = min(replicates, preset["reduced_replicates"])
+    if preset.get("schedule_n_max") is not None:
+        values["schedule_n_max"] = preset["schedule_n_max"]
     try:
         config = NearConfig(
             gates=gates,
@@ -75,7 +81,7 @@ def near_config_from_args(
             expert=args.expert or "affine",
             split=args.near_split,
             n_values=n_grid(n_min, n_max, args.num_n or preset["num_n"]),
-            replicates=args.replicates or preset["replicates"],
+            replicates=replicates,
             restarts=args.restarts or preset["restarts"],
             seed=args.seed,
             max_iter=args.max_iter or NearConfig.max_iter,

@@ -63,10 +63,16 @@ NEAR_FIT_FIELDS: tuple[str, ...] = ("activation", "expert", "split", "t0", "sche
 _CACHE_COLUMNS = (*NEAR_FIT_COLUMNS, "seconds")
 
 # Sizes per preset of experiments/rates.py (the mechanism table is the same for every preset).
+# ``full`` reaches n = 1e6 (13 n, 3 per decade) with R = 16 up to 1e5 and R = 8 above, and runs
+# the schedules on n <= 1e5 only: one capped linear fit costs about 42 s of CPU at n = 1e6
+# (2000 evaluations, 21 ms each), so at R = 16 with schedules the preset would need about
+# 70 CPU-minutes; as defined it took 22.5 (measured, README section "Where linear gating is
+# slow").
 NEAR_PRESETS: dict[str, dict[str, object]] = {
     "quick": {"n_min": 100, "n_max": 10_000, "num_n": 7, "replicates": 8, "restarts": 1},
     "paper": {"n_min": 100, "n_max": 100_000, "num_n": 9, "replicates": 16, "restarts": 1},
-    "full": {"n_min": 100, "n_max": 100_000, "num_n": 9, "replicates": 16, "restarts": 1},
+    "full": {"n_min": 100, "n_max": 1_000_000, "num_n": 13, "replicates": 16, "restarts": 1,
+             "reduced_above": 100_000, "reduced_replicates": 8, "schedule_n_max": 100_000},
 }
 
 
@@ -84,10 +90,10 @@ class NearConfig:
     gammas, t0, schedule_n0:
         Schedules ``t_n = t0 (n / schedule_n0)^-gamma``, run at the ``n >= schedule_n0``.
     n_values, replicates, restarts, seed, max_iter, tol, init_scale:
-        Sample sizes, fits per n, starts per fit, the one seed, fitter cap and tolerance, and
-        the sd of the near-truth start noise. The cap is 2000 Jacobian evaluations (E1-E4: 400):
-        near-degenerate linear fits need 500-2500 and, stopped at 400, stay near their start,
-        which makes L_1 look smaller than it is.
+        Sample sizes, fits per n (see ``reduced_above``), starts per fit, the one seed, fitter
+        cap and tolerance, and the sd of the near-truth start noise. The cap is 2000 Jacobian
+        evaluations (E1-E4: 400): near-degenerate linear fits need 500-2500 and, stopped at
+        400, stay near their start, which makes L_1 look smaller than it is.
     noise_sd:
         Noise sd (default 0.001: at 0.1 the parametric regime of linear gating lies beyond
         n = 1e9 at t = 0.4, see near.json).
@@ -97,6 +103,12 @@ class NearConfig:
         Base atoms of the mechanism table.
     block:
         Replicates per task (load balancing only).
+    reduced_above, reduced_replicates:
+        At every ``n > reduced_above`` only replicates ``0 .. reduced_replicates - 1`` are
+        fitted (the first ones of the full count, so a larger run reuses them); None: all
+        ``replicates`` at every n.
+    schedule_n_max:
+        Largest n of the schedules (None: every ``n >= schedule_n0`` of the grid).
     """
 
     gates: tuple[str, ...] = ("norga", "linear")
@@ -119,6 +131,9 @@ class NearConfig:
     bases: tuple[str, ...] = tuple(near.BASE_ATOMS)
     block: int = 4
     preset: str | None = None
+    reduced_above: int | None = None
+    reduced_replicates: int | None = None
+    schedule_n_max: int | None = None
 
     def __post_init__(self) -> None:
         for g in self.gates:
@@ -141,14 +156,29 @@ class NearConfig:
             raise ValueError(f"seed must be >= 0; got {self.seed}")
         if not (self.noise_sd > 0 and self.eps > 0 and self.t0 > 0 and self.init_scale >= 0):
             raise ValueError("need noise_sd > 0, eps > 0, t0 > 0 and init_scale >= 0")
+        if (self.reduced_above is None) != (self.reduced_replicates is None):
+            raise ValueError("reduced_above and reduced_replicates go together; got "
+                             f"{self.reduced_above} and {self.reduced_replicates}")
+        if self.reduced_replicates is not None and not (
+                1 <= self.reduced_replicates <= self.replicates):
+            raise ValueError(f"reduced_replicates must be in 1..replicates={self.replicates}; "
+                             f"got {self.reduced_replicates}")
         if self.gammas and len(self.schedule_values()) < 3:
             raise ValueError(
-                f"the schedules need >= 3 values of n >= schedule_n0={self.schedule_n0}; "
-                f"got n values {list(self.n_values)}"
+                f"the schedules need >= 3 values of n in [schedule_n0={self.schedule_n0}, "
+                f"schedule_n_max={self.schedule_n_max}]; got n values {list(self.n_values)}"
             )
 
     def schedule_values(self) -> tuple[int, ...]:
-        return tuple(n for n in self.n_values if n >= self.schedule_n0)
+        top = self.schedule_n_max
+        return tuple(n for n in self.n_values
+                     if n >= self.schedule_n0 and (top is None or n <= top))
+
+    def replicates_at(self, n: int) -> int:
+        """Fits per (kind, value, gate) at sample size ``n``."""
+        if self.reduced_above is not None and n > self.reduced_above:
+            return self.reduced_replicates  # type: ignore[return-value]
+        return self.replicates
 
     def t_of(self, kind: str, value: float, n: int) -> float:
         """Separation of the truth of a (kind, value) group at sample size ``n``."""
@@ -243,12 +273,14 @@ def near_fit_task(
 
 def plan_near_tasks(config: NearConfig) -> list[tuple[str, float, str, int, tuple[int, ...]]]:
     """Every (kind, value, gate, n, replicate block), largest n first."""
-    reps = list(range(config.replicates))
-    blocks = [tuple(reps[i : i + config.block]) for i in range(0, len(reps), config.block)]
+    def blocks(n: int) -> list[tuple[int, ...]]:
+        reps = list(range(config.replicates_at(n)))
+        return [tuple(reps[i : i + config.block]) for i in range(0, len(reps), config.block)]
+
     tasks = []
     for kind, value in config.groups():
         ns = config.n_values if kind == "fixed" else config.schedule_values()
-        tasks += [(kind, value, g, n, b) for g in config.gates for n in ns for b in blocks]
+        tasks += [(kind, value, g, n, b) for g in config.gates for n in ns for b in blocks(n)]
     return sorted(tasks, key=lambda task: -task[3])
 
 
