@@ -53,7 +53,8 @@ def test_gate_and_activation_names():
     with pytest.raises(ValueError, match=r"^unknown gate activation 'relu'; allowed: tanh, "
                                          r"sigmoid, gelu$"):
         check_activation("relu")
-    with pytest.raises(ValueError, match="unknown gate activation 'relu'"):
+    with pytest.raises(ValueError, match=r"^unknown gate activation 'relu'; allowed: tanh, "
+                                         r"sigmoid, gelu$"):
         activation_fn("relu", torch.zeros(1))
 
 
@@ -80,9 +81,10 @@ def test_gate_defaults_and_linear_gate():
     torch.testing.assert_close(prefix_gate(s, "norga"), s + torch.tanh(s))
     assert prefix_gate(s, "linear", "gelu", 5.0, 5.0) is s
     assert prefix_gate_residual(s, "linear", "tanh", 1.0, 1.0) is None
-    with pytest.raises(ValueError, match="unknown gate 'x'"):
+    with pytest.raises(ValueError, match=r"^unknown gate 'x'; allowed: linear, norga$"):
         prefix_gate_residual(s, "x", "tanh", 1.0, 1.0)
-    with pytest.raises(ValueError, match="unknown gate activation"):
+    with pytest.raises(ValueError, match=r"^unknown gate activation 'x'; allowed: tanh, sigmoid, "
+                                         r"gelu$"):
         prefix_gate_residual(s, "norga", "x", 1.0, 1.0)
 
 
@@ -179,9 +181,12 @@ def test_masks_and_is_causal_cover_only_the_token_columns(fused):
             rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(mod(x, is_causal=True), slow_attention(attn, x, bias=causal),
                                rtol=1e-9, atol=1e-9)
-    with pytest.raises(ValueError, match=r"pass either attn_mask or is_causal=True, not both"):
+    with pytest.raises(ValueError, match=r"^pass either attn_mask or is_causal=True, not both \(as "
+                                         r"in SDPA\)$"):
         mod(x, attn_mask=keep, is_causal=True)
-    with pytest.raises(ValueError, match="is_causal=True is not defined for prefix attention"):
+    with pytest.raises(ValueError, match=r"^is_causal=True is not defined for prefix attention "
+                                         r"\(prefix columns have no "
+                                         r"position\); pass an explicit attn_mask instead$"):
         mod(x, is_causal=True, prefix=prefix)
 
 
@@ -202,8 +207,8 @@ def test_mask_bias_forms():
 def test_prefix_shape_is_checked():
     mod = PrefixAttention.from_timm(_attention(), gate="linear", activation="tanh", fused=True)
     x, prefix = _inputs()
-    with pytest.raises(ValueError, match=r"prefix has shape \(2, 2, 3, 4, 3\), expected "
-                                         r"\(2, 2, 3, 4, 4\)"):
+    with pytest.raises(ValueError, match=r"^prefix has shape \(2, 2, 3, 4, 3\), expected "
+                                         r"\(2, 2, 3, 4, 4\)$"):
         mod(x, prefix=prefix[..., :3])
     with pytest.raises(ValueError, match="expected"):
         mod(x, prefix=prefix[:1])
@@ -261,14 +266,15 @@ def test_timm_norms_and_output_norm_are_used():
 def test_from_timm_checks_and_rewrapping():
     attn = _attention()
     attn.gate = nn.Linear(C, C)
-    with pytest.raises(ValueError, match=r"gated timm attention \(attn.gate\) is not supported"):
+    with pytest.raises(ValueError, match=r"^gated timm attention \(attn.gate\) is not supported "
+                                         r"for prefixes$"):
         PrefixAttention.from_timm(attn, gate="linear", activation="tanh", fused=True)
 
     class NoQkv(nn.Module):
         proj = nn.Linear(C, C)
 
-    with pytest.raises(TypeError, match=r"NoQkv is not a timm Attention \(no qkv, num_heads\); "
-                                        r"prefixes need timm's fused qkv Linear"):
+    with pytest.raises(TypeError, match=r"^NoQkv is not a timm Attention \(no qkv, num_heads\); "
+                                        r"prefixes need timm's fused qkv Linear$"):
         PrefixAttention.from_timm(NoQkv(), gate="linear", activation="tanh", fused=True)
     block = nn.Module()
     block.attn = _attention()

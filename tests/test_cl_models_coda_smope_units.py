@@ -123,7 +123,8 @@ def test_project_out_skips_zero_rows_and_removes_each_direction():
 
 
 def test_coda_pool_parts_and_detaching():
-    with pytest.raises(ValueError, match="CODA prompt length must be even"):
+    with pytest.raises(ValueError, match=r"^CODA prompt length must be even \(keys \+ values\), "
+                                         r"got 3$"):
         CodaPromptPool(2, 4, 3, C)
     pool = CodaPromptPool(2, 6, 4, C)
     assert pool.n_layers == 2 and pool.length == 4
@@ -265,8 +266,8 @@ def test_expert_attention_sparse_and_dense_against_a_loop(fused):
     _, r = mod.forward_experts(x, keys, values, top_k=2, penalty_fn=penalty)
     assert len(seen) == 1 and torch.equal(seen[0], route.scores)
     assert chosen[0][0][0] not in r.selected[0, 0].tolist()
-    with pytest.raises(ValueError, match=r"expert keys/values have shapes \(2, 4, 8\)/\(2, 3, 8\)"
-                                         r", expected \(2, N_p, 8\)"):
+    with pytest.raises(ValueError, match=r"^expert keys/values have shapes \(2, 4, 8\)/\(2, 3, 8\)"
+                                         r", expected \(2, N_p, 8\)$"):
         mod.forward_experts(x, keys, values[:, :3], top_k=2)
     with pytest.raises(ValueError, match="expected"):
         mod.forward_experts(x, keys[:1], values[:1], top_k=2)

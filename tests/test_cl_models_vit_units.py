@@ -102,7 +102,8 @@ def test_pooled_for_average_pooling_and_old_timm():
     class OldMap:
         global_pool = "map"
 
-    with pytest.raises(ValueError, match=r"global_pool='map' needs timm >= 1.0"):
+    with pytest.raises(ValueError, match=r"^global_pool='map' needs timm >= 1.0 "
+                                         r"\(VisionTransformer.pool\)$"):
         pooled(OldMap(), t)
 
     class NoPoolAttr:
@@ -166,8 +167,8 @@ def test_head_initialisation():
 def test_prompted_vit_validation_freezing_and_wrapping():
     vit = tiny_vit()
     for bad in ([], [0, 0], [DEPTH], [-1]):
-        with pytest.raises(ValueError, match=r"prompt_layers .* must be distinct block indices in "
-                                             rf"\[0, {DEPTH}\)"):
+        with pytest.raises(ValueError, match=r"^prompt_layers .* must be distinct block indices in "
+                                             rf"\[0, {DEPTH}\)$"):
             PromptedViT(vit, 5, pool_size=2, prompt_length=3, prompt_layers=bad)
     m = PromptedViT(vit, 5, pool_size=2, prompt_length=3, prompt_layers=(1, 3), gate="norga",
                     activation="sigmoid", fused=False, generator=torch.Generator().manual_seed(0))
@@ -259,7 +260,8 @@ def test_freeze_and_wrap():
     assert not any(p.requires_grad for p in vit.parameters())
     vit = tiny_vit()
     for bad in ([], [1, 1], [4], [-1]):
-        with pytest.raises(ValueError, match=rf"must be distinct block indices in \[0, {DEPTH}\)"):
+        with pytest.raises(ValueError, match=rf"^prompt_layers .* must be distinct block indices "
+                                             rf"in \[0, {DEPTH}\)$"):
             freeze_and_wrap(vit, bad, PrefixAttention, True)
     assert all(p.requires_grad for p in vit.parameters())  # refused before freezing
     assert freeze_and_wrap(vit, (2, 0), PrefixAttention, False) == [2, 0]
@@ -303,9 +305,9 @@ def test_cosine_similarity_and_matching_against_hand_built_keys():
     torch.testing.assert_close(full, want)  # the similarity itself is not masked
     ids, _ = cosine_match(query, keys, 3, allowed)
     assert sorted(ids[2].tolist()) == [1, 2, 3] and ids[2, 2] == 3
-    with pytest.raises(ValueError, match=r"top_k=4 must be in \[1, 3\] \(selectable keys\)"):
+    with pytest.raises(ValueError, match=r"^top_k=4 must be in \[1, 3\] \(selectable keys\)$"):
         cosine_match(query, keys, 4, allowed)
-    with pytest.raises(ValueError, match=r"top_k=0 must be in \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"^top_k=0 must be in \[1, 4\] \(selectable keys\)$"):
         cosine_match(query, keys, 0)
     assert cosine_match(query, keys, 4)[0].shape == (3, 4)
 
@@ -393,7 +395,8 @@ def test_prompt_tuning_vit_prepends_the_chosen_prompts():
 
 
 def test_keyed_vit_needs_a_cls_token_and_token_pooling():
-    with pytest.raises(ValueError, match=r"need a ViT with a \[CLS\] token and token pooling"):
+    with pytest.raises(ValueError, match=r"^key-matched prompts need a ViT with a \[CLS\] token "
+                                         r"and token pooling$"):
         PromptTuningViT(tiny_vit(global_pool="avg"), 3, pool_size=2, length=1)
     with pytest.raises(ValueError, match="CLS"):
         PromptTuningViT(tiny_vit(class_token=False, global_pool="avg"), 3, pool_size=2, length=1)
@@ -457,11 +460,12 @@ def test_ge_prefix_vit_forward_and_checks():
     m.set_fused(False)
     assert not vit.blocks[0].attn.fused and not vit.blocks[2].attn.fused
     torch.testing.assert_close(m(x, e_ids), m.head(vit.norm(h)[:, 0]), rtol=1e-5, atol=1e-5)
-    for kw, msg in (({"g_layers": (0, 0)}, r"g_layers \[0, 0\] must be distinct"),
-                    ({"e_layers": (4,)}, r"e_layers \[4\] must be distinct block indices in "
-                                         r"\[0, 4\)"),
+    for kw, msg in (({"g_layers": (0, 0)}, r"^g_layers \[0, 0\] must be distinct block indices in "
+                                           r"\[0, 4\)$"),
+                    ({"e_layers": (4,)}, r"^e_layers \[4\] must be distinct block indices in "
+                                         r"\[0, 4\)$"),
                     ({"e_layers": (-1,)}, "e_layers"),
-                    ({"e_layers": ()}, "e_layers must name at least one block")):
+                    ({"e_layers": ()}, "^e_layers must name at least one block$")):
         with pytest.raises(ValueError, match=msg):
             GEPrefixViT(tiny_vit(), 5, pool_size=2, **kw)
     d = GEPrefixViT(tiny_vit(depth=5), 5, pool_size=2)  # defaults: G 0-1 (5), E 2-4 (20)
@@ -494,7 +498,8 @@ def test_mlp_adapter_structures_by_hand():
     torch.testing.assert_close(c(x), x + c.body(x))
     assert isinstance(MlpAdapter(4).norm, nn.LayerNorm) and len(MlpAdapter(4).body) == 3
     for bad in ([], [0], [2, -1]):
-        with pytest.raises(ValueError, match="mlp structure must be positive multipliers"):
+        with pytest.raises(ValueError, match=r"^mlp structure must be positive multipliers, got "
+                                             r"\[.*\]$"):
             MlpAdapter(4, bad)
 
 

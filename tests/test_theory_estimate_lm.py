@@ -355,5 +355,29 @@ def test_restarts_without_any_start_are_refused(monkeypatch):
     from moe_theory import estimate
 
     monkeypatch.setattr(estimate, "_make_problem", lambda *a, **k: Rosenbrock(CS))
-    with pytest.raises(ValueError, match="at least one starting point"):
+    with pytest.raises(ValueError, match="^starts must hold at least one starting point per "
+                                         "replicate$"):
         fit_restarts(None, None, np.zeros((4, 0, 2)), None)
+
+
+def test_restart_defaults_reach_the_problem_and_the_lm(monkeypatch):
+    from moe_theory import estimate
+
+    seen = {}
+
+    def make(X, Y, shape, structure, chunk, backend, threads):
+        seen.update(shape=shape, chunk=chunk, backend=backend, threads=threads)
+        return Rosenbrock(CS)
+
+    real_lm = estimate._levenberg_marquardt
+
+    def lm(problem, theta0, **kw):
+        seen.update(kw)
+        return real_lm(problem, theta0, **kw)
+
+    monkeypatch.setattr(estimate, "_make_problem", make)
+    monkeypatch.setattr(estimate, "_levenberg_marquardt", lm)
+    fit_restarts(None, None, STARTS[:, None].tolist(), None)
+    assert seen == {"shape": (4, 2), "chunk": estimate.SAMPLE_CHUNK, "backend": "auto",
+                    "threads": 1, "bound": None, "max_iter": 400, "ftol": 1e-12,
+                    "xtol": 1e-12, "gtol": 1e-12}

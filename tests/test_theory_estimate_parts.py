@@ -170,13 +170,16 @@ def test_backend_choice(monkeypatch):
 
     monkeypatch.setattr(kernels, "kernel_supports", lambda s: False)
     assert resolve_backend("auto", truth) == "numpy"
-    with pytest.raises(ValueError, match=r"do not implement gate 'NoRGa \(tanh\)' with "
-                                         r"'affine' experts; use backend='numpy' or 'auto'"):
+    with pytest.raises(ValueError, match=r"^the numba kernels do not implement gate 'NoRGa "
+                                         r"\(tanh\)' with 'affine' experts; use "
+                                         r"backend='numpy' or 'auto'$"):
         resolve_backend("numba", truth)
     monkeypatch.setattr(estimate, "_load_kernels", lambda: None)
     assert not estimate.compiled_backend_available()
     assert resolve_backend("auto", truth) == "numpy"
-    with pytest.raises(ImportError, match=r"needs the numba package \(pip install 'numba>=0.60'\)"):
+    with pytest.raises(ImportError, match=r"^backend='numba' needs the numba package \(pip "
+                                          r"install 'numba>=0.60'\); use backend='numpy' or "
+                                          r"'auto' to run without it$"):
         resolve_backend("numba", truth)
 
 
@@ -200,8 +203,8 @@ def test_load_kernels_without_numba(monkeypatch):
 
 def test_problem_shapes_and_threads_are_checked(batch):
     truth, X, Y, theta = batch
-    with pytest.raises(ValueError, match=r"shapes disagree: X \(3, 50, 1\), Y \(3, 50\), "
-                                         r"theta0 \(2, 8\)"):
+    with pytest.raises(ValueError, match=r"^shapes disagree: X \(3, 50, 1\), Y \(3, 50\), "
+                                         r"theta0 \(2, 8\)$"):
         fit_batched(X, Y, theta[:2], truth)
     with pytest.raises(ValueError, match="shapes disagree"):
         fit_batched(X, Y[:, :40], theta, truth)
@@ -209,7 +212,7 @@ def test_problem_shapes_and_threads_are_checked(batch):
         fit_batched(X, Y[:2], theta, truth)
     with pytest.raises(ValueError, match="shapes disagree"):
         _make_problem(X, Y, (3,), truth, 10, "numpy", 1)
-    with pytest.raises(ValueError, match="threads must be >= 1; got 0"):
+    with pytest.raises(ValueError, match="^threads must be >= 1; got 0$"):
         fit_batched(X, Y, theta, truth, threads=0)
     prob = _make_problem(X.tolist(), Y.tolist(), theta.shape, truth, 10, "auto", 3)
     assert (prob.backend, prob.threads, prob.R) == ("numba", 3, 3)
@@ -237,6 +240,25 @@ def test_near_truth_starts_give_each_true_atom_a_fitted_one_first():
     assert {o[-1] for o in owners} == {0, 1}  # the extra atoms go to random true atoms
 
 
+def test_near_truth_starts_are_the_owner_draws_then_the_noise_draws():
+    truth = two_prompt_truth()
+    atoms = truth.theta.reshape(2, 4)
+    got = near_truth_starts(truth, 3, 2, np.random.default_rng(6), scale=0.3)
+    rng = np.random.default_rng(6)
+    for start in got:
+        owner = np.concatenate([[0, 1], rng.integers(0, 2, size=1)])
+        counts = np.bincount(owner)
+        want = atoms[owner].copy()
+        want[:, 0] -= np.log(counts[owner])
+        want = want + rng.normal(0.0, 0.3, size=(3, 4))
+        np.testing.assert_array_equal(start, want.reshape(-1))
+    default = near_truth_starts(truth, 2, 1, np.random.default_rng(6))
+    rng = np.random.default_rng(6)
+    rng.integers(0, 2, size=0)
+    np.testing.assert_allclose(default[0], truth.theta + rng.normal(0.0, 0.1, size=8),
+                               rtol=1e-15)
+
+
 def test_near_truth_start_noise_has_the_given_scale_and_bound():
     truth = two_prompt_truth()
     starts = near_truth_starts(truth, 2, 4000, np.random.default_rng(2), scale=0.5)
@@ -246,7 +268,7 @@ def test_near_truth_start_noise_has_the_given_scale_and_bound():
     assert boxed.max() == 1.0 and boxed.min() == -1.0
     np.testing.assert_array_equal(boxed, np.clip(starts[:400], -1.0, 1.0))
     assert near_truth_starts(truth, 2, 1, np.random.default_rng(2)).std() > 0
-    with pytest.raises(ValueError, match=r"n_fitted=1 must be >= the number of true prompts L=2"):
+    with pytest.raises(ValueError, match=r"^n_fitted=1 must be >= the number of true prompts L=2$"):
         near_truth_starts(truth, 1, 1, np.random.default_rng(0))
 
 
@@ -261,6 +283,30 @@ def small():
     return truth, X, Y
 
 
+def test_estimator_defaults():
+    assert LeastSquaresMoE().get_params() == {
+        "gate": "norga", "activation": "tanh", "expert": "affine", "n_experts": 1,
+        "pretrained": None, "init": "near-truth", "truth": None, "n_init": 1, "max_iter": 400,
+        "tol": 1e-12, "bound": None, "alpha": 1.0, "tau": 1.0, "init_scale": 0.1,
+        "random_state": None, "backend": "auto", "threads": 1,
+    }
+
+
+def test_estimator_single_data_set_inputs(small):
+    truth, X, Y = small
+    est = LeastSquaresMoE(truth=truth, backend="numpy", random_state=0)
+    est.fit(X[0].tolist(), Y[0].tolist())  # a 2-D nested list is one data set
+    assert est.theta_.shape == (4,) and est.n_features_in_ == 1
+    with pytest.raises(ValueError, match="X has 2 features"):
+        est.predict(np.zeros((5, 2)))
+    assert est.n_features_in_ == 1
+    one = LeastSquaresMoE(truth=truth, backend="numpy", random_state=0, max_iter=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        one.fit(X[:, :1], Y[:, :1])  # a batch of one sample per data set is allowed
+    assert one.theta_.shape == (2, 4)
+
+
 def test_estimator_structure_comes_from_pretrained_or_truth(small):
     truth, X, Y = small
     a = LeastSquaresMoE("norga", truth=truth, random_state=0, backend="numpy").fit(X, Y)
@@ -272,9 +318,10 @@ def test_estimator_structure_comes_from_pretrained_or_truth(small):
     assert s.gate == Gate("linear", "sigmoid", 0.5, 2.0) and s.expert == "tanh"
     assert s.n_prompts == 3 and s.theta.shape == (12,) and not s.theta.any()
     assert s.pretrained is truth.pretrained
-    with pytest.raises(ValueError, match=r"pass pretrained= \(or truth=\)"):
+    with pytest.raises(ValueError, match=r"^pass pretrained= \(or truth=\) so the known experts "
+                                         r"are defined$"):
         LeastSquaresMoE()._structure(1)
-    with pytest.raises(ValueError, match="X has dimension 2 but the pretrained experts have 1"):
+    with pytest.raises(ValueError, match="^X has dimension 2 but the pretrained experts have 1$"):
         LeastSquaresMoE(truth=truth)._structure(2)
 
 
@@ -290,12 +337,12 @@ def test_estimator_start_arrays_and_their_checks(small):
     per_rep = np.stack([starts, starts[::-1]])
     assert est.set_params(init=per_rep)._starts(2, 4) is not None
     np.testing.assert_array_equal(est._starts(2, 4), per_rep)
-    with pytest.raises(ValueError, match=r"init array must have shape \(n_init, P\) or "
-                                         r"\(R, n_init, P\) = \(2, 2, 4\); got \(2, 3, 4\)"):
+    with pytest.raises(ValueError, match=r"^init array must have shape \(n_init, P\) or "
+                                         r"\(R, n_init, P\) = \(2, 2, 4\); got \(2, 3, 4\)$"):
         LeastSquaresMoE(truth=truth, n_init=2, init=np.zeros((2, 3, 4)))._starts(2, 4)
-    with pytest.raises(ValueError, match="init must be 'near-truth' or an array; got 'random'"):
+    with pytest.raises(ValueError, match="^init must be 'near-truth' or an array; got 'random'$"):
         LeastSquaresMoE(truth=truth, init="random")._starts(1, 4)
-    with pytest.raises(ValueError, match=r"init='near-truth' needs truth="):
+    with pytest.raises(ValueError, match=r"^init='near-truth' needs truth=$"):
         LeastSquaresMoE(pretrained=truth.pretrained)._starts(1, 4)
 
 
@@ -365,26 +412,28 @@ def test_estimator_passes_its_settings_to_the_restarts(small, monkeypatch):
 def test_estimator_input_checks(small):
     truth, X, Y = small
     est = LeastSquaresMoE(truth=truth, backend="numpy", random_state=0)
-    with pytest.raises(ValueError, match="requires y to be passed, but the target y is None"):
+    with pytest.raises(ValueError, match="^LeastSquaresMoE requires y to be passed, but the target "
+                                         "y is None$"):
         est.fit(X, None)
-    with pytest.raises(ValueError, match=r"a batch X \(2, 200, 1\) needs y of shape \(2, 200\); "
-                                         r"got \(2, 199\)"):
+    with pytest.raises(ValueError, match=r"^a batch X \(2, 200, 1\) needs y of shape \(2, 200\); "
+                                         r"got \(2, 199\)$"):
         est.fit(X, Y[:, 1:])
     bad_y = Y.copy()
     bad_y[0, 3] = np.nan
-    with pytest.raises(ValueError, match="y contains NaN or infinity"):
+    with pytest.raises(ValueError, match="^y contains NaN or infinity$"):
         est.fit(X, bad_y)
     bad_x = X.copy()
     bad_x[1, 0, 0] = np.inf
-    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+    with pytest.raises(ValueError, match="^X contains NaN or infinity$"):
         est.fit(bad_x, Y)
-    with pytest.raises(ValueError, match=r"X has no samples: shape \(2, 0, 1\)"):
+    with pytest.raises(ValueError, match=r"^X has no samples: shape \(2, 0, 1\)$"):
         est.fit(np.zeros((2, 0, 1)), np.zeros((2, 0)))
     est.fit(X.tolist(), Y.tolist())  # a nested list batch
     assert est.n_features_in_ == 1 and est.theta_.shape == (2, 4)
-    with pytest.raises(ValueError, match="X has 2 features, but LeastSquaresMoE is expecting 1"):
+    with pytest.raises(ValueError, match="^X has 2 features, but LeastSquaresMoE is expecting 1 "
+                                         "features as input$"):
         est.predict(np.zeros((2, 5, 2)))
-    with pytest.raises(ValueError, match="X contains NaN or infinity"):
+    with pytest.raises(ValueError, match="^X contains NaN or infinity$"):
         est.predict(bad_x)
     est2 = LeastSquaresMoE(truth=truth, backend="numpy")
     with pytest.raises(ValueError):
