@@ -340,3 +340,16 @@ def test_sdpa_backward_node_tells_the_fused_kernel_from_the_math_path():
     # the fused node found behind other nodes, and a graph with a shared node
     deeper = fused * 2 + fused
     assert sdpa_backward_node(deeper) == sdpa_backward_node(fused)
+
+
+def test_sdpa_backward_node_skips_missing_inputs():
+    q = torch.randn(1, 2, 4, 8, requires_grad=True)
+    kv = torch.randn(1, 2, 4, 8)
+    y = torch.nn.functional.scaled_dot_product_attention(q, kv, kv)
+    out = y + torch.ones_like(y)  # the constant's slot in next_functions is None
+    assert any(fn is None for fn, _ in out.grad_fn.next_functions)
+    assert sdpa_backward_node(out) == sdpa_backward_node(y) is not None
+    # a node reached twice before the fused one is found
+    a = q * 2
+    both = (a + a).sum() + y.sum()
+    assert sdpa_backward_node(both) is not None

@@ -341,3 +341,30 @@ def test_prompt_experts_init_and_smope_vit_by_hand():
                                             activation="tanh", fused=True)
     t = torch.randn(2, 5, C)
     torch.testing.assert_close(plain(t), tiny_vit().blocks[3].attn(t))
+
+
+def test_gram_schmidt_over_full_rows_are_the_generators_second_draw():
+    got = gram_schmidt_rows(torch.zeros(5, 3, dtype=torch.float64), 0, 5,
+                            torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    for row in range(5):
+        first = torch.randn(3, generator=g, dtype=torch.float64)
+        if row >= 3:  # no room left: the next draw, normalised
+            second = torch.randn(3, generator=g, dtype=torch.float64)
+            torch.testing.assert_close(got[row], second / second.norm(), rtol=0, atol=1e-15)
+        else:
+            assert first.norm() > 0
+
+
+def test_smope_vit_draws_experts_and_head_from_the_generator_and_default_top_k():
+    vit = tiny_vit()
+    m = SMoPEViT(vit, 4, num_experts=7, prompt_layers=(0, 2),
+                 generator=torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    ref = PromptExperts(2, HEADS, 7, D, generator=g)
+    assert torch.equal(m.experts.key, ref.key) and torch.equal(m.experts.value, ref.value)
+    assert torch.equal(m.head.weight, seeded_head(C, 4, g).weight)
+    x = images()
+    tokens, routing = m.forward_features(x, top_k=5)
+    assert routing[0].selected.shape[-1] == 5
+    torch.testing.assert_close(m(x), m.head(tokens[:, 0]))

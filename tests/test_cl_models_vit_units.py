@@ -521,3 +521,103 @@ def test_tii_head_composition_and_init():
 
 def test_vit_module_exports():
     assert vitmod.pooled is pooled and prompt_pools.pooled is pooled
+
+
+# ------------------------------------------------------------------------------ wiring details
+
+
+def test_prompted_vit_draws_prompt_and_head_from_the_generator_and_passes_settings():
+    from cl.models.prompts import PrefixPrompt
+
+    m = PromptedViT(tiny_vit(), 5, pool_size=2, prompt_length=3, prompt_layers=(1, 3),
+                    generator=torch.Generator().manual_seed(4), legacy_kv_reshape=True)
+    g = torch.Generator().manual_seed(4)
+    ref = PrefixPrompt(2, 2, 3, HEADS, C // HEADS, generator=g, legacy_kv_reshape=True)
+    assert torch.equal(m.prompt.prompt, ref.prompt) and m.prompt.legacy_kv_reshape
+    head = nn.Linear(C, 5)
+    seeded_trunc_normal_head(head, g)
+    assert torch.equal(m.head.weight, head.weight)
+    d = PromptedViT(tiny_vit(), 5, pool_size=2, prompt_length=3, prompt_layers=(1,))
+    assert d.vit.blocks[1].attn.fused is True and not d.prompt.legacy_kv_reshape
+
+
+def test_prompted_vit_passes_each_layers_alpha_and_tau():
+    vit = tiny_vit()
+    x = images()
+    m = PromptedViT(vit, 5, pool_size=2, prompt_length=2, prompt_layers=(0, 2), gate="norga",
+                    generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        m.prompt.prompt.normal_()
+        m.prompt.act_scale.copy_(torch.tensor([[0.3, 2.5], [1.7, 0.4]]))
+    ids = torch.tensor([1, 0, 1])
+    prefixes = m.prompt.gather(ids)
+    h = embed_tokens(vit, x)
+    for i, block in enumerate(vit.blocks):
+        if i in (0, 2):
+            j = [0, 2].index(i)
+            out = block.attn(block.norm1(h), prefix=prefixes[j], alpha=m.prompt.alpha(j),
+                             tau=m.prompt.tau(j))
+            h = finish_block(block, h, out)
+        else:
+            h = block(h)
+    torch.testing.assert_close(m.forward_features(x, ids), vit.norm(h))
+    assert m.prompt.alpha(0) != 1 and m.prompt.tau(1) != 1
+
+
+def test_prompted_vit_pools_like_its_backbone():
+    vit = tiny_vit(global_pool="avg", fc_norm=False)
+    m = PromptedViT(vit, 3, pool_size=1, prompt_length=1, prompt_layers=(0,))
+    t = torch.randn(2, 5, C)
+    torch.testing.assert_close(m.pre_logits(t), t[:, 1:].mean(dim=1))
+
+
+def test_key_matching_details():
+    query = torch.tensor([[1.0, 2.0, 0.5], [3.0, -1.0, 1.0]])
+    keys = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    ids, _ = cosine_match(query, keys, 1)
+    assert ids.tolist() == [[3], [0]]
+    m = PromptTuningViT(tiny_vit(), 3, pool_size=4, length=1)
+    with torch.no_grad():
+        m.key.copy_(torch.eye(C)[:4])
+    q = torch.zeros(2, C)
+    q[:, 0] = 1.0
+    q[1, 1] = 2.0
+    allowed = torch.tensor([False, True, True, True])
+    assert m.match(q, 1)[0].tolist() == [[0], [1]]
+    assert m.match(q, 1, allowed)[0].tolist()[1] == [1]
+    assert m.match(q, 1, allowed)[0].tolist()[0] != [0]
+    # the pull: B = 2 queries of C = 3, neither normalised along the batch
+    qk = torch.tensor([[1.0, 2.0, 2.0], [0.0, 3.0, 4.0]])
+    kk = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 1.0]], requires_grad=True)
+    got = key_pull(qk, kk, torch.tensor([[0, 1], [1, 0]]))
+    want = (1 / 3 + 2 / 3 + 4 / 5 + 0.0) / 2
+    assert got.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_keyed_vit_attribute_defaults():
+    vit = tiny_vit()
+    del vit.global_pool  # a ViT without the attribute pools its token
+    assert PromptTuningViT(vit, 3, pool_size=2, length=1).pool_size == 2
+    vit = tiny_vit()
+    del vit.cls_token
+    with pytest.raises(ValueError, match=r"\[CLS\] token"):
+        PromptTuningViT(vit, 3, pool_size=2, length=1)
+
+
+def test_ge_prefix_vit_draws_keys_prompts_and_head_from_the_generator():
+    m = GEPrefixViT(tiny_vit(), 5, pool_size=3, g_layers=(0,), g_length=2, e_layers=(1,),
+                    e_length=2, generator=torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    D = C // HEADS
+    assert torch.equal(m.key, prompt_pools._uniform((3, C), g))
+    assert torch.equal(m.head.weight, seeded_head(C, 5, g).weight)
+    assert torch.equal(m.g_prompt, prompt_pools._uniform((1, 2, 2, HEADS, D), g))
+    assert torch.equal(m.e_prompt, prompt_pools._uniform((1, 2, 3, 2, HEADS, D), g))
+    m.set_fused(False)
+    assert m.vit.blocks[0].attn.fused is False and m.vit.blocks[1].attn.fused is False
+
+
+def test_mlp_adapter_accepts_multiplier_one():
+    a = MlpAdapter(4, [1])
+    assert [(m.in_features, m.out_features) for m in a.body if isinstance(m, nn.Linear)] == [
+        (4, 4), (4, 4)]
