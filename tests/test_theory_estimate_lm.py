@@ -25,7 +25,7 @@ from moe_theory.estimate import (
 # problems
 
 
-def rosen_residual(theta: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]:
+def rosen_residual(theta: np.ndarray, c: float, s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Residuals ``r(theta)`` and their Jacobian ``dr/dtheta`` of a shifted Rosenbrock valley.
 
     ``r = [10 (t1 - t0^2), c - t0, 0.25 + 0.125 t0]``: minimum near ``(c, c^2)``, with RSS > 0
@@ -34,13 +34,14 @@ def rosen_residual(theta: np.ndarray, c: float) -> tuple[np.ndarray, np.ndarray]
     t0, t1 = theta
     r = np.array([10.0 * (t1 - t0**2), c - t0, 0.25 + 0.125 * t0])
     J = np.array([[-20.0 * t0, 10.0], [-1.0, 0.0], [0.125, 0.0]])
-    return r, J
+    return s * r, s * J
 
 
-def normal_equations(theta: np.ndarray, c: float) -> tuple[float, np.ndarray, np.ndarray]:
+def normal_equations(theta: np.ndarray, c: float, s: float = 1.0
+                     ) -> tuple[float, np.ndarray, np.ndarray]:
     """``(RSS, J^T J, J^T (Y - g))`` in the fitter's convention: residual ``Y - g = r``, so
     ``J_g = -dr/dtheta`` and the gradient term is ``-J_r^T r``."""
-    r, J = rosen_residual(theta, c)
+    r, J = rosen_residual(theta, c, s)
     return float(r @ r), J.T @ J, -J.T @ r
 
 
@@ -48,15 +49,16 @@ class Rosenbrock:
     """The batched problem interface of ``_levenberg_marquardt`` (``evaluate``), replicate
     ``i`` with offset ``cs[i]``; records every call."""
 
-    def __init__(self, cs: list[float]) -> None:
+    def __init__(self, cs: list[float], s: float = 1.0) -> None:
         self.cs = cs
+        self.s = s
         self.calls: list[tuple[list[int], bool]] = []
         self.points: list[np.ndarray] = []
 
     def evaluate(self, theta, rows, jacobian):
         self.calls.append((list(rows), jacobian))
         self.points.append(np.array(theta))
-        out = [normal_equations(th, self.cs[r]) for th, r in zip(theta, rows, strict=True)]
+        out = [normal_equations(th, self.cs[r], self.s) for th, r in zip(theta, rows, strict=True)]
         rss = np.array([o[0] for o in out])
         if not jacobian:
             return rss, None, None
@@ -67,13 +69,13 @@ class Rosenbrock:
 # the reference LM, one data set, loops written out
 
 
-def reference_lm(c, theta0, *, max_iter, ftol, xtol, gtol, bound=None):
+def reference_lm(c, theta0, *, max_iter, ftol, xtol, gtol, bound=None, s=1.0):
     """Scalar LM; returns theta, rss, n_iter, converged, stalled and a trace of the damping."""
     th = np.array(theta0, dtype=float)
     if bound is not None:
         th = np.clip(th, -bound, bound)
     P = th.size
-    rss, A, b = normal_equations(th, c)
+    rss, A, b = normal_equations(th, c, s)
     n_iter, lam, nu = 1, 1e-3, 2.0
     trace = {"lam": [], "accepted": []}
 
@@ -99,7 +101,7 @@ def reference_lm(c, theta0, *, max_iter, ftol, xtol, gtol, bound=None):
         if bound is not None:
             trial = np.clip(trial, -bound, bound)
             step = trial - th
-        new_rss, new_A, new_b = normal_equations(trial, c)
+        new_rss, new_A, new_b = normal_equations(trial, c, s)
         predicted = 2.0 * step @ bm - step @ Am @ step
         actual = rss - new_rss
         rho = actual / predicted if predicted > 0 else -1.0
@@ -134,8 +136,8 @@ CS = [1.0, 0.5, -0.7, 1.3]
 STARTS = np.array([[-1.2, 1.0], [0.0, 0.0], [2.0, -1.0], [-0.5, 2.5]])
 
 
-def run(cs, starts, **kw) -> tuple[FitResult, Rosenbrock]:
-    prob = Rosenbrock(cs)
+def run(cs, starts, s=1.0, **kw) -> tuple[FitResult, Rosenbrock]:
+    prob = Rosenbrock(cs, s)
     kw = {"bound": None, "max_iter": 400, "ftol": 1e-12, "xtol": 1e-12, "gtol": 1e-12} | kw
     return _levenberg_marquardt(prob, starts, **kw), prob
 
@@ -381,3 +383,36 @@ def test_restart_defaults_reach_the_problem_and_the_lm(monkeypatch):
     assert seen == {"shape": (4, 2), "chunk": estimate.SAMPLE_CHUNK, "backend": "auto",
                     "threads": 1, "bound": None, "max_iter": 400, "ftol": 1e-12,
                     "xtol": 1e-12, "gtol": 1e-12}
+
+
+@pytest.mark.parametrize("tols", [{}, {"ftol": 0.0, "xtol": 0.0, "gtol": 1e-4}])
+def test_a_problem_with_tiny_curvature_follows_the_reference(tols):
+    """Residuals scaled by 1e-3: diag(J^T J) far below 1, so no floor of the scaling or of
+    the gradient test may be of order one."""
+    res, _ = run(CS, STARTS, s=1e-3, **tols)
+    traces = assert_matches_reference(res, CS, STARTS, s=1e-3, **tols)
+    assert res.converged.all() and len(traces) == 4
+    assert res.n_iter.dtype.kind == "i" and res.converged.dtype == bool
+
+
+def test_fit_batched_defaults_reach_the_problem_and_the_lm(monkeypatch):
+    from moe_theory import estimate
+
+    seen = {}
+
+    def make(X, Y, shape, structure, chunk, backend, threads):
+        seen.update(shape=shape, chunk=chunk, backend=backend, threads=threads)
+        return Rosenbrock(CS)
+
+    real_lm = estimate._levenberg_marquardt
+
+    def lm(problem, theta0, **kw):
+        seen.update(kw, dtype=theta0.dtype)
+        return real_lm(problem, theta0, **kw)
+
+    monkeypatch.setattr(estimate, "_make_problem", make)
+    monkeypatch.setattr(estimate, "_levenberg_marquardt", lm)
+    estimate.fit_batched(None, None, STARTS.tolist(), None)
+    assert seen == {"shape": (4, 2), "chunk": estimate.SAMPLE_CHUNK, "backend": "auto",
+                    "threads": 1, "bound": None, "max_iter": 400, "ftol": 1e-12,
+                    "xtol": 1e-12, "gtol": 1e-12, "dtype": np.float64}
