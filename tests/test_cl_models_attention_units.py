@@ -353,3 +353,65 @@ def test_sdpa_backward_node_skips_missing_inputs():
     a = q * 2
     both = (a + a).sum() + y.sum()
     assert sdpa_backward_node(both) is not None
+
+
+def test_prefix_bias_attention_casts_everything_to_the_dtype_of_k():
+    g = torch.Generator().manual_seed(0)
+    q, pk, pv = (torch.randn(1, 2, 3, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(1, 2, 3, 3, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(1, 2, 3, 4, generator=g) for _ in range(2))  # float32
+    want = prefix_bias_attention(q.float(), k, v, pk.float(), pv.float(), bias.float(),
+                                 scale=0.5)
+    got = prefix_bias_attention(q, k, v, pk, pv, bias, scale=0.5)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
+    kb, vb = k.bfloat16(), v.bfloat16()
+    low = prefix_bias_attention(q.float(), kb, vb, pk.float(), pv.float(), bias.float(),
+                                scale=0.5)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), want, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_projection_dropout_and_output_norm_come_from_the_timm_module(fused):
+    attn = _attention(scale_norm=True, norm_layer=nn.LayerNorm)
+    with torch.no_grad():
+        attn.norm.weight.uniform_(0.5, 2.0)
+    x, prefix = _inputs()
+    mod = PrefixAttention.from_timm(attn, gate="linear", activation="tanh", fused=fused)
+    assert mod.norm is attn.norm
+    torch.testing.assert_close(mod(x), attn(x), rtol=1e-10, atol=1e-10)
+    attn.proj_drop = nn.Dropout(1.0)
+    mod = PrefixAttention.from_timm(attn, gate="linear", activation="tanh", fused=fused).train()
+    assert mod.proj_drop is attn.proj_drop
+    assert torch.count_nonzero(mod(x, prefix=prefix)) == 0
+    direct = PrefixAttention(attn.qkv, attn.proj, H, proj_drop=nn.Dropout(1.0)).train()
+    assert torch.count_nonzero(direct(x)) == 0
+
+
+def test_from_timm_accepts_a_module_with_only_qkv_proj_and_heads():
+    attn = _attention()
+
+    class Minimal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj, self.num_heads = attn.qkv, attn.proj, H
+
+    mod = PrefixAttention.from_timm(Minimal(), gate="linear", activation="tanh", fused=True)
+    for name in ("q_norm", "k_norm", "norm"):
+        assert isinstance(getattr(mod, name), nn.Identity)
+    assert mod.attn_drop.p == 0.0 and mod.proj_drop.p == 0.0
+    x, _ = _inputs()
+    torch.testing.assert_close(mod(x), attn(x), rtol=1e-10, atol=1e-10)
+    plain = PrefixAttention(attn.qkv, attn.proj, H)
+    assert isinstance(plain.k_norm, nn.Identity) and isinstance(plain.attn_drop, nn.Dropout)
+    torch.testing.assert_close(plain(x), attn(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_linear_gate_prefix_dropout_in_training(fused):
+    attn = _attention()
+    attn.attn_drop = nn.Dropout(1.0)
+    x, prefix = _inputs()
+    mod = PrefixAttention.from_timm(attn, gate="linear", activation="tanh", fused=fused).train()
+    torch.testing.assert_close(mod(x, prefix=prefix), attn.proj.bias.expand(B, N, C))

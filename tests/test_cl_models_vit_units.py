@@ -621,3 +621,46 @@ def test_mlp_adapter_accepts_multiplier_one():
     a = MlpAdapter(4, [1])
     assert [(m.in_features, m.out_features) for m in a.body if isinstance(m, nn.Linear)] == [
         (4, 4), (4, 4)]
+
+
+def test_pooled_other_timm_pools_and_the_default_prefix_count():
+    vit = tiny_vit(global_pool="max", fc_norm=False)
+    t = torch.randn(2, 5, C)
+    torch.testing.assert_close(pooled(vit, t), t[:, 1:].amax(dim=1))
+
+    class OldAvgDefault:  # timm 0.9 without num_prefix_tokens: one [CLS]
+        global_pool = "avg"
+
+    torch.testing.assert_close(pooled(OldAvgDefault(), t), t[:, 1:].mean(dim=1))
+
+
+def test_seeded_head_is_the_timm_init_under_the_seed_drawn_from_the_generator():
+    g = torch.Generator().manual_seed(11)
+    a = nn.Linear(6, 4)
+    seeded_trunc_normal_head(a, g)
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(11)))
+    b = nn.Linear(6, 4)
+    torch.manual_seed(seed)
+    trunc_normal_head(b)
+    assert torch.equal(a.weight, b.weight)
+    # no generator: the global RNG's current state, which is then restored
+    torch.manual_seed(21)
+    seeded_trunc_normal_head(a, None)
+    after = torch.rand(2)
+    torch.manual_seed(21)
+    trunc_normal_head(b)
+    assert torch.equal(a.weight, b.weight)
+    torch.manual_seed(21)
+    assert torch.equal(torch.rand(2), after)
+
+
+def test_frozen_prefix_vit_pools_like_its_backbone():
+    vit = tiny_vit(global_pool="avg", fc_norm=False)
+
+    class Model(FrozenPrefixViT, nn.Module):
+        def __init__(self):
+            nn.Module.__init__(self)
+            self.vit = vit
+
+    t = torch.randn(2, 5, C)
+    torch.testing.assert_close(Model().pre_logits(t), t[:, 1:].mean(dim=1))
