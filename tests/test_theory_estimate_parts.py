@@ -438,3 +438,20 @@ def test_estimator_input_checks(small):
     est2 = LeastSquaresMoE(truth=truth, backend="numpy")
     with pytest.raises(ValueError):
         est2.fit(X[0], None)
+
+
+def test_uneven_tiles_and_the_residual_row_of_the_work_buffer(monkeypatch):
+    """Three replicates in tiles of two (the last tile is short), and the work buffer's last
+    row holds the residual ``Y - g`` of the tile just evaluated."""
+    truth = two_prompt_truth("linear", "tanh")
+    X, Y = simulate(truth, 40, [0, 1, 2], seed=2, setting="test")
+    theta = np.tile(truth.theta, (3, 1)) + np.array([[0.1], [0.2], [-0.1]])
+    monkeypatch.setattr(estimate, "_TILE_ELEMENTS", 160)  # 2 prompts x 40 samples: step 2
+    prob = _Problem(X, Y, truth, 64, "numpy")
+    want = reference_normal_equations(X, Y, theta, truth)
+    got = prob.evaluate(theta, np.arange(3), jacobian=True)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11)
+    buf = prob._buffers[(2, 9, 40)]
+    g_last = regression_and_jacobian(X[2], theta[2], truth)[0]
+    np.testing.assert_allclose(buf[0, 8], Y[2] - g_last, rtol=1e-12, atol=1e-14)
