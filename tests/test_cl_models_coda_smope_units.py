@@ -368,3 +368,9 @@ def test_smope_vit_draws_experts_and_head_from_the_generator_and_default_top_k()
     tokens, routing = m.forward_features(x, top_k=5)
     assert routing[0].selected.shape[-1] == 5
     torch.testing.assert_close(m(x), m.head(tokens[:, 0]))
+
+
+def test_one_prompted_layer_is_enough():
+    coda = CodaViT(tiny_vit(), 3, pool_size=2, length=2, prompt_layers=(2,))
+    smope = SMoPEViT(tiny_vit(), 3, num_experts=3, prompt_layers=(1,))
+    assert coda.num_heads == HEADS and smope.num_heads == HEADS and smope.head_dim == D
