@@ -19,3 +19,33 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def quick_synthetic_cl_run(tmp_path_factory):
+    """``run(method) -> (RunResult, run directory)``: the quick synthetic run, once per session.
+
+    The golden-run pins (``test_golden_runs.py``) and the byte-identity check
+    (``test_cl_byte_identity.py``) read the same run, so the suite pays for it once. One torch
+    thread (as the pins were made); the caller must not write into the directory.
+    """
+    runs: dict[str, tuple] = {}
+
+    def run(method: str) -> tuple:
+        if method not in runs:
+            import torch
+
+            from cl.config import resolve_config
+            from cl.engine import run_experiment
+
+            out = tmp_path_factory.mktemp(f"quick_synthetic_{method}") / "run"
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                result = run_experiment(resolve_config("synthetic", method, quick=True), out)
+            finally:
+                torch.set_num_threads(before)
+            runs[method] = (result, out)
+        return runs[method]
+
+    return run

@@ -83,17 +83,13 @@ def _as_pins(matrix: np.ndarray) -> list[list[float | None]]:
     return [[None if math.isnan(v) else float(v) for v in row] for row in matrix]
 
 
-@pytest.mark.usefixtures("one_torch_thread")
 @pytest.mark.parametrize("method", sorted(CL))
-def test_quick_synthetic_run_is_pinned(method: str, tmp_path) -> None:
-    from cl.config import resolve_config
-    from cl.engine import run_experiment
-
-    result = run_experiment(resolve_config("synthetic", method, quick=True), tmp_path / "run")
+def test_quick_synthetic_run_is_pinned(method: str, quick_synthetic_cl_run) -> None:
+    result, run_dir = quick_synthetic_cl_run(method)  # one torch thread; shared with other tests
     pins = CL[method]
     got = {"accuracy": _as_pins(result.accuracy), "tii": _as_pins(result.tii)}
     assert got == {k: pins[k] for k in got}, f"{method}: got {got}"
-    records = [json.loads(line) for line in (tmp_path / "run/log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     for phase in ("wtp", "tap"):
         last = {r["task"]: r["loss"] for r in records if r.get("phase") == phase}
         losses = [last[t] for t in sorted(last)]
