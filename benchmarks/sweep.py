@@ -52,7 +52,7 @@ config = RateConfig(settings=p["settings"], gates=("norga", "linear"),
 t0 = time.perf_counter()
 res = run_rates(config, jobs=jobs, cache_dir=None)
 wall = time.perf_counter() - t0
-json.dump({"wall": wall, "records": res.records}, open(sys.argv[3], "w"))
+json.dump({"wall": wall, "records": [r.to_row() for r in res.records]}, open(sys.argv[3], "w"))
 """
 
 # Runs in a child process: one task at large n; peak RSS of the process.
@@ -67,8 +67,8 @@ rows = fit_task(config, "exact", "norga", n, tuple(range(reps)), "bench")
 wall = time.perf_counter() - t0
 peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 json.dump({"wall": wall, "peak_rss_bytes": peak_kib * 1024,
-           "n_iter": [r["n_iter"] for r in rows],
-           "converged": sum(r["converged"] for r in rows)}, open(sys.argv[3], "w"))
+           "n_iter": [r.n_iter for r in rows],
+           "converged": sum(r.converged for r in rows)}, open(sys.argv[3], "w"))
 """
 
 

@@ -17,9 +17,11 @@ import os
 import platform
 import shlex
 import subprocess
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+from moe_theory.fit_record import FitRecord
 from moe_theory.rates import FIT_COLUMNS, TIMING_COLUMNS, RateResult
 from norga.io import (
     WriteFailedError,
@@ -47,14 +49,14 @@ def _csv_text(records: list[dict[str, object]], columns: tuple[str, ...]) -> str
     return buffer.getvalue()
 
 
-def fits_csv_text(records: list[dict[str, object]]) -> str:
+def fits_csv_text(records: Sequence[FitRecord]) -> str:
     """``fits.csv`` content: header :data:`FIT_COLUMNS`, floats with full precision."""
-    return _csv_text(records, FIT_COLUMNS)
+    return _csv_text([r.to_row() for r in records], FIT_COLUMNS)
 
 
-def timing_csv_text(records: list[dict[str, object]]) -> str:
+def timing_csv_text(records: Sequence[FitRecord]) -> str:
     """``timing.csv`` content: :data:`TIMING_COLUMNS` (wall-clock seconds per fit)."""
-    return _csv_text(records, TIMING_COLUMNS)
+    return _csv_text([r.to_row() for r in records], TIMING_COLUMNS)
 
 
 def _git(*args: str) -> str | None:

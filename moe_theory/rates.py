@@ -37,6 +37,7 @@ from moe_theory.estimate import (
     fit_restarts,
     near_truth_starts,
 )
+from moe_theory.fit_record import FitRecord
 from moe_theory.gates import GATES, Gate
 from moe_theory.inference import RateFit
 from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_residual
@@ -76,6 +77,7 @@ __all__ = [
     "RECORD_KEYS",
     "TIMING_COLUMNS",
     "FisherCheck",
+    "FitRecord",
     "GroupAnalysis",
     "PerNStats",
     "RateConfig",
@@ -158,7 +160,7 @@ def fit_task(
     n: int,
     replicates: tuple[int, ...],
     fingerprint: str,
-) -> list[dict[str, object]]:
+) -> list[FitRecord]:
     """Fit one block of replicates at one n; returns one record per replicate.
 
     ``fingerprint`` only keys the cache. ``seconds`` (written to ``timing.csv``, not
@@ -199,17 +201,17 @@ def fit_task(
     seconds = (time.perf_counter() - start) / len(replicates)
     gate_obj = Gate(gate, config.activation)
     return [
-        {
-            "setting": setting,
-            "gate": gate,
-            "activation": gate_obj.activation_name,
-            "expert": truth.expert,
-            "n": int(n),
-            "replicate": int(rep),
-            **fit_outcome(best, losses, l2, i),
-            "seconds": float(seconds),
-            "restarts": config.restarts,
-        }
+        FitRecord(
+            setting=setting,
+            gate=gate,
+            activation=gate_obj.activation_name,
+            expert=truth.expert,
+            n=int(n),
+            replicate=int(rep),
+            **fit_outcome(best, losses, l2, i),  # type: ignore[arg-type]
+            seconds=float(seconds),
+            restarts=config.restarts,
+        )
         for i, rep in enumerate(replicates)
     ]
 
@@ -250,7 +252,7 @@ class RateResult:
     config:
         The sweep's :class:`RateConfig`.
     records:
-        One dict per fit, keys :data:`FIT_COLUMNS`.
+        One :class:`~moe_theory.fit_record.FitRecord` per fit.
     mechanism:
         E4 report (``None`` when ``mechanism`` was not requested).
 
@@ -259,18 +261,18 @@ class RateResult:
     """
 
     config: RateConfig
-    records: list[dict[str, object]]
+    records: list[FitRecord]
     mechanism: dict[str, object] | None = None
 
     def groups(self) -> list[tuple[str, str]]:
         """The (setting, gate) pairs present, in config order."""
-        present = {(r["setting"], r["gate"]) for r in self.records}
+        present = {(r.setting, r.gate) for r in self.records}
         return [
             (s, g) for s in self.config.fit_settings for g in self.config.gates if (s, g) in present
         ]
 
-    def rows(self, setting: str, gate: str) -> list[dict[str, object]]:
-        return [r for r in self.records if r["setting"] == setting and r["gate"] == gate]
+    def rows(self, setting: str, gate: str) -> list[FitRecord]:
+        return [r for r in self.records if r.setting == setting and r.gate == gate]
 
     @functools.cached_property
     def analysis(self) -> dict[tuple[str, str], GroupAnalysis]:
@@ -384,13 +386,13 @@ def run_rates(
     fingerprint = _source_fingerprint()
     tasks = plan_tasks(config)
     cache = FitCache(cache_dir, tuple(sorted(RECORD_KEYS))) if cache_dir is not None else None
-    blocks: list[list[dict[str, object]]] = []
+    blocks: list[list[FitRecord]] = []
     todo = []
     for s, g, n, b in tasks:
         inputs = cache.key_inputs(config, s, g, n, b, fingerprint) if cache else None
         cached = cache.load(inputs) if cache and inputs else None
         if cached is not None:
-            blocks.append(cached)
+            blocks.append([FitRecord.from_row(row) for row in cached])
         else:
             todo.append((inputs, delayed(fit_task)(config, s, g, n, b, fingerprint)))
     calls = [call for _, call in todo]
@@ -409,29 +411,22 @@ def run_rates(
         results = progress(results, total=len(calls))
     blocks += list(results)
     records = [row for block in blocks for row in block]
-    bad = next((r for r in records if set(r) != RECORD_KEYS), None)
-    if bad is not None:  # a cache entry written by another record schema: never misread it
-        raise ValueError(
-            f"a fit record has columns {sorted(bad)}, expected {sorted(RECORD_KEYS)}; clear the "
-            f"cache ({cache_dir}) or run without it"
-        )
     order = {s: i for i, s in enumerate(SETTINGS)}
     records.sort(
-        key=lambda r: (order[r["setting"]], GATES.index(r["gate"]), r["n"], r["replicate"])
+        key=lambda r: (order[r.setting], GATES.index(r.gate), r.n, r.replicate)
     )
     _warn_unconverged(records)
     mechanism = mechanism_report(config) if "mechanism" in config.settings else None
     return RateResult(config=config, records=records, mechanism=mechanism)
 
 
-def _warn_unconverged(records: list[dict[str, object]]) -> None:
+def _warn_unconverged(records: list[FitRecord]) -> None:
     """One :class:`ConvergenceWarning` naming every (setting, gate, n) with capped/stalled fits."""
-    groups: dict[tuple[object, object, object], dict[str, int]] = {}
+    groups: dict[tuple[str, str, int], dict[str, int]] = {}
     for r in records:
-        if r["status"] != "converged":
-            key = (r["setting"], r["gate"], r["n"])
-            counts = groups.setdefault(key, {})
-            counts[r["status"]] = counts.get(r["status"], 0) + 1  # type: ignore[index]
+        if r.status != "converged":
+            counts = groups.setdefault((r.setting, r.gate, r.n), {})
+            counts[r.status] = counts.get(r.status, 0) + 1
     if groups:
         named = "; ".join(
             f"{s}/{g}/n={n}: " + ", ".join(f"{c} {k}" for k, c in sorted(counts.items()))
@@ -449,8 +444,8 @@ def _stored(results: Iterable, cache: FitCache, inputs: list) -> Iterable:
     by_block = {(i["setting"], i["gate"], i["n"], tuple(i["replicates"])): i for i in inputs}
     for block in results:
         first = block[0]
-        key = (first["setting"], first["gate"], first["n"], tuple(r["replicate"] for r in block))
-        cache.save(by_block[key], block)
+        key = (first.setting, first.gate, first.n, tuple(r.replicate for r in block))
+        cache.save(by_block[key], [r.to_row() for r in block])
         yield block
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from statsmodels.regression.linear_model import RegressionResultsWrapper
 
 from moe_theory.estimate import FIT_STATUSES
+from moe_theory.fit_record import FitRecord
 from moe_theory.inference import (
     RateFit,
     SlopeFit,
@@ -185,10 +186,10 @@ class GroupAnalysis:
         return entry
 
 
-def analyse_group(config: RateConfig, rows: list[dict[str, object]]) -> GroupAnalysis:
+def analyse_group(config: RateConfig, rows: list[FitRecord]) -> GroupAnalysis:
     """Rate inference (spec 5.4) of the fits ``rows`` of one (setting, gate) of ``config``."""
-    setting, gate = str(rows[0]["setting"]), str(rows[0]["gate"])
-    n = np.array([r["n"] for r in rows])
+    setting, gate = rows[0].setting, rows[0].gate
+    n = np.array([r.n for r in rows])
     n_all = np.unique(n)
     n_used = n_all[n_all >= config.fit_n_min]
     note = None
@@ -200,7 +201,7 @@ def analyse_group(config: RateConfig, rows: list[dict[str, object]]) -> GroupAna
     used = np.isin(n, n_used)
 
     def col(name: str) -> np.ndarray:
-        return np.array([r[name] for r in rows], dtype=float)
+        return np.array([getattr(r, name) for r in rows], dtype=float)
 
     loss, l2 = col("voronoi_loss"), col("l2_error")
     per_n = [loss[(n == v)] for v in n_used]
@@ -218,7 +219,7 @@ def analyse_group(config: RateConfig, rows: list[dict[str, object]]) -> GroupAna
             if len(np.unique(n[used][pos])) >= 2
             else None
         )
-    status = [r["status"] for r in rows]
+    status = [r.status for r in rows]
     fisher = None
     if setting == "exact":
         pred = fisher_prediction(config.truth(setting, gate), config.noise_sd)
@@ -244,8 +245,8 @@ def analyse_group(config: RateConfig, rows: list[dict[str, object]]) -> GroupAna
     return GroupAnalysis(
         setting=setting,
         gate=gate,
-        activation=str(rows[0]["activation"]),
-        expert=str(rows[0]["expert"]),
+        activation=rows[0].activation,
+        expert=rows[0].expert,
         theorem=get_setting(setting).theorem,
         fit=main,
         l2_fit=l2_fit,
@@ -270,7 +271,7 @@ def analyse_group(config: RateConfig, rows: list[dict[str, object]]) -> GroupAna
         ),
         status_counts=tuple((s, status.count(s)) for s in FIT_STATUSES),
         n_fits=len(rows),
-        n_at_bound=int(np.array([r["at_bound"] for r in rows], dtype=bool).sum()),
+        n_at_bound=sum(bool(r.at_bound) for r in rows),
         fisher=fisher,
         verdict=rate_verdict(
             expected=EXPECTED_SLOPE[setting],

@@ -108,9 +108,9 @@ def test_small_theory_fit_is_pinned(setting: str, gate: str) -> None:
     pins = THEORY[(setting, gate)]
     config = RateConfig(settings=(setting,), restarts=2, seed=1)
     records = fit_task(config, setting, gate, THEORY_N, tuple(range(len(pins))), "")
-    got = [(r["voronoi_loss"], r["rss"], r["n_iter"]) for r in records]
+    got = [(r.voronoi_loss, r.rss, r.n_iter) for r in records]
     assert [g[2] for g in got] == [p[2] for p in pins], f"iteration counts: got {got}"
-    assert all(r["converged"] for r in records)
+    assert all(r.converged for r in records)
     for (loss, rss, _), (pin_loss, pin_rss, _) in zip(got, pins, strict=True):
         assert loss == pytest.approx(pin_loss, rel=1e-9), f"got {got}"
         assert rss == pytest.approx(pin_rss, rel=1e-9), f"got {got}"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from moe_theory.fit_record import FitRecord
 from moe_theory.io import dumps_json, fits_csv_text
 from moe_theory.rates import RateConfig, RateResult, mechanism_report
 
@@ -52,7 +53,7 @@ def reference_result(fit_n_min: int = 100) -> RateResult:
             for n in N_VALUES:
                 for rep in range(REPLICATES):
                     status = STATUSES[(rep + n // 100) % len(STATUSES)]
-                    records.append({
+                    records.append(FitRecord.from_row({
                         "setting": setting, "gate": gate, "activation": "tanh",
                         "expert": "tanh" if setting == "over-tanh" else "affine",
                         "n": n, "replicate": rep,
@@ -66,7 +67,7 @@ def reference_result(fit_n_min: int = 100) -> RateResult:
                         "status": status, "at_bound": rep in (3, 6) and setting != "exact",
                         "n_iter": 10 + rep, "restarts": 1, "cell_sizes": "1;2",
                         "seconds": 0.5,
-                    })
+                    }))
     return RateResult(config=config, records=records, mechanism=_mechanism())
 
 

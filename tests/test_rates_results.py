@@ -40,8 +40,8 @@ def by_hand_interval(n: np.ndarray, loss: np.ndarray, alpha: float) -> tuple[flo
 
 def test_rate_fit_is_the_fit_of_summary_json_and_gives_other_levels(result):
     rows = result.rows("exact", "norga")
-    n = np.array([r["n"] for r in rows], dtype=float)
-    loss = np.array([r["voronoi_loss"] for r in rows])
+    n = np.array([r.n for r in rows], dtype=float)
+    loss = np.array([r.voronoi_loss for r in rows])
     fit = result.rate_fit("exact", "norga")
     assert isinstance(fit, RateFit) and fit.method == "wls-means"
     entry = result.summary_dict()["settings"]["exact"]["norga"]

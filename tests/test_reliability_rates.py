@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import replace
 
 import pytest
 
 import moe_theory.estimate as estimate
+from moe_theory.fit_record import FitRecord
 from moe_theory.io import write_run
 from moe_theory.rates import RateConfig, plan_tasks, run_rates
 
@@ -16,8 +18,8 @@ CONFIG = RateConfig(settings=("exact",), gates=("norga", "linear"), n_values=(10
                     replicates=4, block=2, fit_n_min=100, max_iter=60)
 
 
-def _without_seconds(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+def _without_seconds(records: list[FitRecord]) -> list[FitRecord]:
+    return [replace(r, seconds=0.0) for r in records]
 
 
 @pytest.fixture
@@ -73,7 +75,7 @@ def test_capped_fits_are_kept_with_converged_false_and_counted():
                         replicates=3, block=3, fit_n_min=100, max_iter=1)
     result = run_rates(config, jobs=1)
     assert len(result.records) == 2 * 3, "no fit may be dropped"
-    assert not any(r["converged"] for r in result.records)
+    assert not any(r.converged for r in result.records)
     summary = result.summary_dict()["settings"]["exact"]["norga"]
     assert summary["n_fits"] == 6 and summary["n_capped"] == 6 and summary["n_converged"] == 0
     assert "capped 6" in result.summary()

@@ -15,7 +15,7 @@ def test_dask_local_cluster_matches_default_backend_bit_for_bit():
     dask = run_rates(config, jobs=2, backend="dask")
 
     def drop(rs):
-        return [{k: v for k, v in r.items() if k != "seconds"} for r in rs]
+        return [{k: v for k, v in r.to_row().items() if k != "seconds"} for r in rs]
 
     assert len(dask.records) == 2 * 2 * 4
     assert drop(dask.records) == drop(default.records)

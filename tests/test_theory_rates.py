@@ -1,11 +1,15 @@
 """The sweep: reproducibility, independence of parallelism and chunking, E4 targets."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from moe_theory.fit_record import FitRecord
 from moe_theory.io import dumps_json, fits_csv_text
 from moe_theory.rates import (
     FIT_COLUMNS,
+    RECORD_KEYS,
     RateConfig,
     RateResult,
     mechanism_report,
@@ -21,12 +25,12 @@ def test_same_seed_gives_identical_fits_and_chunking_does_not_matter():
     a = run_rates(RateConfig(**TINY, settings=("exact",), block=4))
     b = run_rates(RateConfig(**TINY, settings=("exact",), block=4))
     c = run_rates(RateConfig(**TINY, settings=("exact",), block=1))
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a.records]
+    strip = [replace(r, seconds=0.0) for r in a.records]
     assert fits_csv_text(a.records).count("\n") == 1 + 2 * 3 * 4
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.records]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in c.records]
+    assert strip == [replace(r, seconds=0.0) for r in b.records]
+    assert strip == [replace(r, seconds=0.0) for r in c.records]
     d = run_rates(RateConfig(**{**TINY, "seed": 12, "settings": ("exact",)}))
-    assert [r["voronoi_loss"] for r in d.records] != [r["voronoi_loss"] for r in a.records]
+    assert [r.voronoi_loss for r in d.records] != [r.voronoi_loss for r in a.records]
 
 
 @pytest.mark.slow
@@ -44,8 +48,8 @@ def test_fits_csv_and_summary_json_are_byte_identical_for_any_jobs_and_block():
 def test_both_gates_see_the_same_data():
     res = run_rates(RateConfig(**TINY, settings=("exact",)))
     # identical X and noise: the RSS at the optimum is close, not equal, for the two gates
-    lin = [r["rss"] for r in res.records if r["gate"] == "linear"]
-    nor = [r["rss"] for r in res.records if r["gate"] == "norga"]
+    lin = [r.rss for r in res.records if r.gate == "linear"]
+    nor = [r.rss for r in res.records if r.gate == "norga"]
     np.testing.assert_allclose(lin, nor, rtol=0.2)
 
 
@@ -76,11 +80,11 @@ def synthetic_result(loss_of_n, n_values=(1000, 3162, 10000, 31623, 100000, 3162
     config = RateConfig(settings=("exact",), gates=("norga",), n_values=n_values,
                         replicates=12, fit_n_min=1000)
     records = [
-        {"setting": "exact", "gate": "norga", "activation": "tanh", "expert": "affine",
-         "n": n, "replicate": r, "voronoi_loss": loss_of_n(n, r), "voronoi_loss_r": 1.0,
-         "loss_mass": 0.1, "loss_beta1": 0.1, "loss_eta": 0.1, "l2_error": n**-0.5,
-         "rss": 1.0, "converged": True, "status": "converged", "at_bound": False, "n_iter": 5,
-         "restarts": 1, "cell_sizes": "1", "seconds": 0.0}
+        FitRecord(setting="exact", gate="norga", activation="tanh", expert="affine",
+                  n=n, replicate=r, voronoi_loss=loss_of_n(n, r), voronoi_loss_r=1.0,
+                  loss_mass=0.1, loss_beta1=0.1, loss_eta=0.1, l2_error=n**-0.5,
+                  rss=1.0, converged=True, status="converged", at_bound=False, n_iter=5,
+                  restarts=1, cell_sizes="1", seconds=0.0)
         for n in n_values for r in range(12)
     ]
     return RateResult(config=config, records=records)
@@ -130,8 +134,11 @@ def test_n_grid_and_config_validation():
         RateConfig(settings=("bogus",))
 
 
-def test_records_of_another_schema_are_never_misread(monkeypatch, tmp_path):
-    """A cache entry from the old fits.csv schema (seconds, no status) cannot be used."""
+def test_records_of_another_schema_are_never_misread(monkeypatch, tmp_path, caplog):
+    """A cache entry from the old fits.csv schema (no status) is recomputed, never misread."""
+    import hashlib
+    import json
+
     import moe_theory.rates as rates
 
     before = rates._source_fingerprint()
@@ -139,13 +146,30 @@ def test_records_of_another_schema_are_never_misread(monkeypatch, tmp_path):
     assert rates._source_fingerprint() != before  # the schema keys the cache
     monkeypatch.undo()
 
-    new_schema_task = rates.fit_task
+    config = RateConfig(**{**TINY, "replicates": 1, "n_values": (100, 300)}, settings=("exact",))
+    cache = tmp_path / "cache"
+    fresh = run_rates(config, cache_dir=cache)
+    entry_path = sorted((cache / "fits-v1").glob("*.json"))[0]
+    entry = json.loads(entry_path.read_text())
+    for row in entry["records"]:  # an old-schema entry with a valid checksum
+        del row["status"]
+    canonical = json.dumps(entry["records"], sort_keys=True, separators=(",", ":"))
+    entry["sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    entry_path.write_text(json.dumps(entry))
+    caplog.clear()
+    again = run_rates(config, cache_dir=cache)
+    assert [r.status for r in again.records] == [r.status for r in fresh.records]
+    assert any("columns differ" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="a fit record has columns"):
+        FitRecord.from_row(entry["records"][0])
 
-    def old_schema_task(*args):
-        rows = new_schema_task(*args)
-        return [{k: v for k, v in r.items() if k != "status"} for r in rows]
 
-    monkeypatch.setattr(rates, "fit_task", old_schema_task)
-    with pytest.raises(ValueError, match="clear the cache"):
-        run_rates(RateConfig(**{**TINY, "replicates": 1, "n_values": (100, 300)},
-                             settings=("exact",)), cache_dir=tmp_path / "cache")
+def test_fit_record_round_trips_through_its_row():
+    record = synthetic_result(lambda n, r: 1.0 / n).records[0]
+    row = record.to_row()
+    assert set(row) == RECORD_KEYS and set(FIT_COLUMNS) <= set(row)
+    assert FitRecord.from_row(row) == record
+    with pytest.raises(ValueError, match="expected"):
+        FitRecord.from_row({**row, "extra": 1})
+    with pytest.raises(AttributeError):
+        record.n = 5  # type: ignore[misc]  # frozen

@@ -51,8 +51,8 @@ def test_capped_fits_are_counted_and_named_in_one_warning():
     for gate in ("norga", "linear"):
         for n in (100, 300, 1000):
             assert f"exact/{gate}/n={n}: 3 capped" in text
-    assert {r["status"] for r in res.records} == {"capped"}
-    assert all(not r["converged"] for r in res.records)
+    assert {r.status for r in res.records} == {"capped"}
+    assert all(not r.converged for r in res.records)
     csv_rows = fits_csv_text(res.records).splitlines()
     status_col = csv_rows[0].split(",").index("status")
     assert {row.split(",")[status_col] for row in csv_rows[1:]} == {"capped"}
@@ -67,7 +67,7 @@ def test_converged_run_gives_no_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         res = run_rates(config)
-    assert {r["status"] for r in res.records} == {"converged"}
+    assert {r.status for r in res.records} == {"converged"}
 
 
 def test_fit_n_min_above_the_grid_is_refused():
