@@ -11,7 +11,6 @@ and class statistics count every image exactly once, and only rank 0 writes; see
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import math
@@ -48,25 +47,25 @@ from cl.methods.base import Method, Task, get_method
 from cl.numerics import NonFiniteLossError
 from cl.precision import apply_precision
 from cl.rundir import (  # RunDirError, load_config, ...: re-exported, cl.engine's public API
-    BEFORE_ALIGNMENT_CSV,
     STAGING,
-    RunBusyError,
+    RunBusyError,  # noqa: F401
     RunDirError,  # noqa: F401
     RunResult,
     _as_array,
-    _check_same_config,
-    _check_usable,
+    _check_same_config,  # noqa: F401
     _JsonlLog,
     _latest_good_checkpoint,  # noqa: F401
     _prepare,
     _promote,
     _save_task,
     load_config,  # noqa: F401
+    locked_run_dir,
+    rewrite_matrices,
+    write_run_files,
 )
-from cl.runio import accuracy_matrix_csv, json_text, write_result_file
+from cl.runio import json_text, write_result_file
 from cl.seeding import derive_seed, torch_generator
 from norga.cli import gib, total_memory
-from norga.runlock import RunLockedError, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -435,16 +434,7 @@ def _run_in_group(cfg: CLConfig, out: Path, device: torch.device, ctx: DistConte
     jsonl = _JsonlLog(out / "log.jsonl", enabled=ctx.is_main)
     method = _build_method(cfg, backbone.model, bench, device, progress, jsonl)
 
-    if ctx.is_main:  # read-only checks first: a refused run must not even create the lock file
-        _check_usable(out)
-        if not overwrite and (out / "config.json").exists():
-            _check_same_config(out, cfg)
-    with contextlib.ExitStack() as stack:
-        if ctx.is_main:  # one writer per run directory
-            try:
-                stack.enter_context(run_lock(out))
-            except RunLockedError as exc:
-                raise RunBusyError(str(exc)) from None
+    with locked_run_dir(out, cfg, overwrite=overwrite, main=ctx.is_main):  # one writer
         return _run_locked(cfg, out, ctx, device, bench, backbone, method, jsonl, overwrite,
                            stop_after_task)
     raise AssertionError("unreachable")  # pragma: no cover - for type checkers
@@ -470,17 +460,7 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
         "world_size": ctx.world_size,
     }
 
-    def write_run_files() -> None:
-        work.mkdir(parents=True, exist_ok=True)
-        write_result_file(work, "config.json", json_text(cfg.to_dict()))
-        write_result_file(work, "env.json", json_text(env))
-        write_result_file(work, "class_order.json", json_text({
-            "seed": cfg.seed,
-            "class_order": [c for t in bench.task_classes for c in t],
-            "task_classes": bench.task_classes,
-        }))
-
-    _on_main(ctx, write_run_files)
+    _on_main(ctx, partial(write_run_files, work, cfg, env, bench.task_classes))
 
     # bf16 autocast / torch.compile of the ViT forward passes (fp32: untouched)
     apply_precision(method, device=device, precision=cfg.precision, compile=cfg.compile)
@@ -503,12 +483,7 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
                               for k in ("til_oracle", "acc_before"))
         start, resumed = t_done + 1, t_done
         _on_main(ctx, lambda: jsonl.truncate_after(t_done))
-        # A kill between the checkpoint and the matrix may have left the matrix behind.
-        _on_main(ctx, lambda: write_result_file(out, "accuracy_matrix.csv",
-                                                accuracy_matrix_csv(acc)))
-        if method.has_alignment:
-            _on_main(ctx, lambda: write_result_file(out, BEFORE_ALIGNMENT_CSV,
-                                                    accuracy_matrix_csv(before)))
+        _on_main(ctx, partial(rewrite_matrices, out, acc, before, method.has_alignment))
         jsonl({"event": "resume", "task": t_done, "checkpoint": decision["path"]})
         log.info("resuming after task %d from %s", t_done, decision["path"])
     else:

@@ -28,11 +28,13 @@ calls them through its ``_on_main``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ from cl.runio import (
 )
 from norga.cli import output_dir_problem
 from norga.io import verify_checksums
+from norga.runlock import RunLockedError, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +173,33 @@ def _check_same_config(out: Path, cfg: CLConfig) -> None:
         )
 
 
+@contextlib.contextmanager
+def locked_run_dir(out: Path, cfg: CLConfig, *, overwrite: bool, main: bool) -> Iterator[None]:
+    """Rank 0 (``main``): refuse an unusable ``out`` or, without ``overwrite``, one that holds a
+    different run, then hold ``out``'s run lock for the ``with`` block; other ranks: nothing.
+
+    The checks are read-only and come first, so a refused run does not even create the lock file.
+
+    Raises
+    ------
+    RunDirError
+        ``out`` is unusable or holds a different run; :class:`RunBusyError` when another process
+        holds the lock.
+    """
+    if not main:
+        yield
+        return
+    _check_usable(out)
+    if not overwrite and (out / "config.json").exists():
+        _check_same_config(out, cfg)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_lock(out))
+        except RunLockedError as exc:
+            raise RunBusyError(str(exc)) from None
+        yield
+
+
 def _has_run(out: Path) -> bool:
     """Whether ``out`` holds any file of a run (which --overwrite must not lose early)."""
     return any((out / name).exists() for name in RUN_FILES) or (out / "checkpoints").exists()
@@ -268,6 +298,27 @@ def _prepare(out: Path, cfg: CLConfig, overwrite: bool, num_tasks: int) -> dict[
     t, path, ckpt, problems = _latest_good_checkpoint(out, num_tasks)
     return {"status": "run", "task": t, "path": str(path) if path else None, "ckpt": ckpt,
             "skipped": problems, "staging": False}
+
+
+def write_run_files(work: Path, cfg: CLConfig, env: dict[str, Any],
+                    task_classes: list[list[int]]) -> None:
+    """Rank 0: ``config.json``, ``env.json`` and ``class_order.json`` of a starting run."""
+    work.mkdir(parents=True, exist_ok=True)
+    write_result_file(work, "config.json", json_text(cfg.to_dict()))
+    write_result_file(work, "env.json", json_text(env))
+    write_result_file(work, "class_order.json", json_text({
+        "seed": cfg.seed,
+        "class_order": [c for t in task_classes for c in t],
+        "task_classes": task_classes,
+    }))
+
+
+def rewrite_matrices(out: Path, acc: np.ndarray, before: np.ndarray, has_alignment: bool) -> None:
+    """Rank 0, on resume: the accuracy matrices of the restored checkpoint (a kill between the
+    checkpoint and the matrix may have left the matrix behind)."""
+    write_result_file(out, "accuracy_matrix.csv", accuracy_matrix_csv(acc))
+    if has_alignment:
+        write_result_file(out, BEFORE_ALIGNMENT_CSV, accuracy_matrix_csv(before))
 
 
 def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, np.ndarray],
