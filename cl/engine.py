@@ -473,14 +473,8 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     for problem in skipped:
         jsonl({"event": "checkpoint_rejected", "reason": problem})
     if decision["ckpt"] is not None:
-        t_done, ckpt = decision["task"], decision["ckpt"]
-        method.load_state_dict(ckpt["method"])
-        loader_gen.set_state(ckpt["loader_gen"])
-        torch.set_rng_state(ckpt["torch_rng"])
-        acc, tii, til = (_as_array(ckpt[k]) for k in ("acc", "tii", "til"))
-        # checkpoints written before these existed: not applicable (nan)
-        til_oracle, before = (_as_array(ckpt.get(k, np.full_like(acc, np.nan)))
-                              for k in ("til_oracle", "acc_before"))
+        t_done = decision["task"]
+        acc, tii, til, til_oracle, before = _restore(decision["ckpt"], method, loader_gen)
         start, resumed = t_done + 1, t_done
         _on_main(ctx, lambda: jsonl.truncate_after(t_done))
         _on_main(ctx, partial(rewrite_matrices, out, acc, before, method.has_alignment))
@@ -508,18 +502,8 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     method.before_alignment = evaluate_before_alignment
     for t in range(start, T):
         classes = bench.task_classes[t]
-        train_set = _task_subset(bench.train, classes)
-        if ctx.enabled:
-            train_loader = DataLoader(
-                train_set, batch_size=cfg.batch_size,
-                sampler=SharedShuffleSampler(train_set, ctx, loader_gen),
-                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                drop_last=cfg.legacy_drop_last)
-        else:  # the single-process path of every earlier run: keep its numbers unchanged
-            train_loader = DataLoader(
-                train_set, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
-                num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                drop_last=cfg.legacy_drop_last)  # CODA / SMoPE code: drop_last=True
+        train_loader = _train_loader(_task_subset(bench.train, classes), cfg, ctx, device,
+                                     loader_gen)
         stats_loader = _eval_loader(_task_subset(bench.train_eval, classes), cfg, ctx)
         task = Task(t, classes, bench.task_classes, stats_loader)
         t0 = time.time()
@@ -538,15 +522,8 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
                    "epoch": exc.epoch, "step": exc.step, "value": exc.value})
             raise
 
-        row, tii_row, til_row, oracle_row = (np.full(T, np.nan) for _ in range(4))
-        results = []
-        for i in range(t + 1):
-            loader = _eval_loader(_task_subset(bench.test, bench.task_classes[i]), cfg, ctx)
-            res = evaluate_task(method, loader, i, device, ctx,
-                                task_classes=bench.task_classes[i], num_tasks=T)
-            results.append(res)
-            row[i], tii_row[i], til_row[i], oracle_row[i] = (
-                res["acc"], res["tii"], res["til"], res["til_oracle"])
+        rows, results = _evaluate_seen(method, bench, t, cfg, ctx, device)
+        row, tii_row, til_row, oracle_row = (rows[k] for k in ("acc", "tii", "til", "til_oracle"))
         # no alignment happened (task 0, or a method without one): "before" equals "after"
         pre = pre_row.pop(t, row) if method.has_alignment else np.full(T, np.nan)
         acc, tii, til, til_oracle, before = (
@@ -559,7 +536,6 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
             "config": cfg.to_dict(), "has_alignment": method.has_alignment,
             "task_selection": task_selection(method, t, T, results),
         }
-        rows = {"acc": row, "tii": tii_row, "til": til_row, "til_oracle": oracle_row}
         _on_main(ctx, partial(_save_task, work, cfg, state, rows, jsonl, time.time() - t0))
         if work != out:  # the new run has its first result: now it replaces the old one
             _on_main(ctx, partial(_promote, work, out))
@@ -584,6 +560,53 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     return RunResult(out, acc, tii, til, result_metrics, True, resumed, env=env,
                      skipped_checkpoints=skipped, til_oracle=til_oracle,
                      accuracy_before_alignment=before)
+
+
+def _restore(ckpt: dict[str, Any], method: Method,
+             loader_gen: torch.Generator) -> tuple[np.ndarray, ...]:
+    """Load the state after a checkpointed task into ``method`` and the random streams; return
+    its ``(acc, tii, til, til_oracle, acc_before)`` matrices."""
+    method.load_state_dict(ckpt["method"])
+    loader_gen.set_state(ckpt["loader_gen"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    acc, tii, til = (_as_array(ckpt[k]) for k in ("acc", "tii", "til"))
+    # checkpoints written before these existed: not applicable (nan)
+    til_oracle, before = (_as_array(ckpt.get(k, np.full_like(acc, np.nan)))
+                          for k in ("til_oracle", "acc_before"))
+    return acc, tii, til, til_oracle, before
+
+
+def _train_loader(train_set: Dataset, cfg: CLConfig, ctx: DistContext, device: torch.device,
+                  loader_gen: torch.Generator) -> DataLoader:
+    """One task's shuffled training loader (sharded over the ranks under ``torchrun``)."""
+    if ctx.enabled:
+        return DataLoader(
+            train_set, batch_size=cfg.batch_size,
+            sampler=SharedShuffleSampler(train_set, ctx, loader_gen),
+            num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+            drop_last=cfg.legacy_drop_last)
+    # the single-process path of every earlier run: keep its numbers unchanged
+    return DataLoader(
+        train_set, batch_size=cfg.batch_size, shuffle=True, generator=loader_gen,
+        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+        drop_last=cfg.legacy_drop_last)  # CODA / SMoPE code: drop_last=True
+
+
+def _evaluate_seen(method: Method, bench: Benchmark, t: int, cfg: CLConfig, ctx: DistContext,
+                   device: torch.device) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Evaluate tasks ``0..t`` after training task ``t``: rows ``acc``, ``tii``, ``til``,
+    ``til_oracle`` (``nan`` for tasks not yet seen) and each task's :func:`evaluate_task`."""
+    T = bench.num_tasks
+    rows = {k: np.full(T, np.nan) for k in ("acc", "tii", "til", "til_oracle")}
+    results = []
+    for i in range(t + 1):
+        loader = _eval_loader(_task_subset(bench.test, bench.task_classes[i]), cfg, ctx)
+        res = evaluate_task(method, loader, i, device, ctx,
+                            task_classes=bench.task_classes[i], num_tasks=T)
+        results.append(res)
+        for k in rows:
+            rows[k][i] = res[k]
+    return rows, results
 
 
 def _eval_loader(dataset: Dataset, cfg: CLConfig, ctx: DistContext) -> DataLoader:
