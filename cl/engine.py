@@ -65,6 +65,7 @@ from cl.rundir import (  # RunDirError, load_config, ...: re-exported, cl.engine
 )
 from cl.runio import json_text, write_result_file
 from cl.seeding import derive_seed, torch_generator
+from norga.choices import ChoiceError
 from norga.cli import gib, total_memory
 
 log = logging.getLogger(__name__)
@@ -146,13 +147,17 @@ def _build_method(cfg: CLConfig, vit: torch.nn.Module, bench: Benchmark, device:
     try:
         return get_method(cfg.method)(cfg, vit, bench.num_classes, bench.task_classes,
                                       device=device, progress=progress, log=log_fn)
+    except ConfigError:
+        raise  # already names its field
+    except ChoiceError as exc:  # a choice checked inside a model: its name is the field if any
+        if exc.name in cfg.to_dict():
+            raise ConfigError(exc.name, exc.reason) from None
+        raise ConfigError("method", f"the {cfg.method} model cannot be built with this "
+                          f"configuration: {exc}") from None
     except (ValueError, TypeError, IndexError, RuntimeError) as exc:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             raise
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        field_name = text.split()[0].rstrip(":") if text else ""
-        if field_name in cfg.to_dict():
-            raise ConfigError(field_name, text.removeprefix(field_name).lstrip(": ")) from None
         raise ConfigError("method", f"the {cfg.method} model cannot be built with this "
                           f"configuration: {text}") from None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import types
 import typing
 from pathlib import Path
 
@@ -83,6 +84,36 @@ def test_engine_errors_name_their_field(tiny_run_config: CLConfig, tmp_path: Pat
         run_experiment(cfg, tmp_path / "run", stop_after_task=stop)
     assert info.value.field == field, str(info.value)
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("raised, field, reason", [
+    # a model's ConfigError keeps its field; a ChoiceError names a field only if it is one
+    (ConfigError("method_options.e_layers", "[9] is bad"), "method_options.e_layers",
+     "[9] is bad"),
+    (ChoiceError("precision", "fp8", ("fp32", "bf16")), "precision",
+     "must be one of fp32, bf16; got 'fp8'"),
+    (ChoiceError("head_kind", "x", ("a",)), "method",
+     "the hide model cannot be built with this configuration: head_kind must be one of a; "
+     "got 'x'"),
+    # plain errors go to "method" whatever their text says: no message is parsed
+    (ValueError("prompt_layers: looks like a field"), "method",
+     "the hide model cannot be built with this configuration: prompt_layers: looks like a "
+     "field"),
+    (IndexError(), "method", "the hide model cannot be built with this configuration: "
+                             "IndexError"),
+])
+def test_model_errors_map_to_fields_by_type_not_text(tiny_run_config: CLConfig, monkeypatch,
+                                                     raised, field, reason) -> None:
+    from cl import engine
+
+    def refuse(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(engine, "get_method", lambda name: refuse)
+    bench = types.SimpleNamespace(num_classes=4, task_classes=[[0, 1], [2, 3]])
+    with pytest.raises(ConfigError) as info:
+        engine._build_method(tiny_run_config, None, bench, None, None, None)
+    assert (info.value.field, info.value.reason) == (field, reason)
 
 
 def test_resolve_device_error_is_a_config_error() -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from cl.models.prefix_attention import PrefixAttention, rewrap_attention
-from cl.models.vit import pooled, seeded_trunc_normal_head
+from cl.models.vit import block_indices, pooled, seeded_trunc_normal_head
 
 
 def freeze(vit: nn.Module) -> None:
@@ -24,12 +24,10 @@ def freeze_and_wrap(
     """Freeze ``vit`` and replace the attention of ``prompt_layers`` by ``attention``.
 
     The new modules share the projections of the timm attention they replace. Returns the
-    validated layer list; ``ValueError`` if the indices are not distinct blocks of ``vit``.
+    validated layer list; :class:`cl.errors.ConfigError` (a ``ValueError``) if the indices
+    are not distinct blocks of ``vit``.
     """
-    depth = len(vit.blocks)
-    layers = [int(i) for i in prompt_layers]
-    if not layers or len(set(layers)) != len(layers) or not all(0 <= i < depth for i in layers):
-        raise ValueError(f"prompt_layers {layers} must be distinct block indices in [0, {depth})")
+    layers = block_indices("prompt_layers", prompt_layers, len(vit.blocks))
     freeze(vit)
     for i in layers:  # (re-)wrap: no setting of an earlier model on this ViT persists
         rewrap_attention(vit.blocks[i], attention, fused=fused)

@@ -22,9 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl.errors import ConfigError
 from cl.models.frozen_vit import freeze, seeded_head
 from cl.models.prefix_attention import PrefixAttention, rewrap_attention
-from cl.models.vit import embed_tokens, fresh_fc_norm, pooled, run_blocks, trunc_normal_head
+from cl.models.vit import (
+    block_indices,
+    embed_tokens,
+    fresh_fc_norm,
+    pooled,
+    run_blocks,
+    trunc_normal_head,
+)
 from norga.choices import check_choice
 
 
@@ -296,13 +304,10 @@ class GEPrefixViT(_KeyedViT):
     ) -> None:
         super().__init__(vit, num_classes, pool_size, generator)
         depth = len(vit.blocks)
-        self.g_layers = [int(i) for i in g_layers]
-        self.e_layers = [int(i) for i in e_layers]
-        for name, layers in (("g_layers", self.g_layers), ("e_layers", self.e_layers)):
-            if len(set(layers)) != len(layers) or not all(0 <= i < depth for i in layers):
-                raise ValueError(f"{name} {layers} must be distinct block indices in [0, {depth})")
-        if not self.e_layers:
-            raise ValueError("e_layers must name at least one block")
+        self.g_layers = block_indices("method_options.g_layers", g_layers, depth, allow_empty=True)
+        if not list(e_layers):
+            raise ConfigError("method_options.e_layers", "must name at least one block")
+        self.e_layers = block_indices("method_options.e_layers", e_layers, depth)
         for i in sorted(set(self.g_layers) | set(self.e_layers)):  # (re-)wrap: fresh settings
             rewrap_attention(vit.blocks[i], PrefixAttention, fused=fused)
         first = vit.blocks[self.e_layers[0]].attn

@@ -13,10 +13,25 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from cl.errors import ConfigError
 from cl.models.gating import Activation, Gate
 from cl.models.prefix_attention import PrefixAttention, rewrap_attention
 from cl.models.prompts import PrefixPrompt
 
+
+def block_indices(field: str, layers: Sequence[int], depth: int, *,
+                  allow_empty: bool = False) -> list[int]:
+    """``layers`` as ints, checked to be distinct blocks of a ViT of ``depth`` blocks.
+
+    Raises :class:`cl.errors.ConfigError` naming ``field`` (the config field or
+    ``method_options`` key that set them), e.g. ``prompt_layers: [99] must be distinct block
+    indices in [0, 12)``.
+    """
+    out = [int(i) for i in layers]
+    if (not out and not allow_empty) or len(set(out)) != len(out) \
+            or not all(0 <= i < depth for i in out):
+        raise ConfigError(field, f"{out} must be distinct block indices in [0, {depth})")
+    return out
 
 def trunc_normal_head(head: nn.Linear) -> None:
     """timm-style head init: truncated normal (std 0.02) weights, zero bias."""
@@ -145,13 +160,7 @@ class PromptedViT(nn.Module):
         legacy_kv_reshape: bool = False,
     ) -> None:
         super().__init__()
-        depth = len(vit.blocks)
-        layers = [int(i) for i in prompt_layers]
-        valid = all(0 <= i < depth for i in layers) and len(set(layers)) == len(layers)
-        if not layers or not valid:
-            raise ValueError(
-                f"prompt_layers {layers} must be distinct block indices in [0, {depth})"
-            )
+        layers = block_indices("prompt_layers", prompt_layers, len(vit.blocks))
         self.vit = vit
         for p in self.vit.parameters():
             p.requires_grad_(False)
