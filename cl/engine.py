@@ -727,6 +727,7 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     acc = np.full((0, T), np.nan)
     tii, til, til_oracle, before = acc.copy(), acc.copy(), acc.copy(), acc.copy()
     start, resumed = 0, None
+    restored_selection = None  # the checkpoint's task_selection.json content
     skipped: list[str] = decision["skipped"]
     for problem in skipped:
         jsonl({"event": "checkpoint_rejected", "reason": problem})
@@ -740,6 +741,7 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
         til_oracle, before = (_as_array(ckpt.get(k, np.full_like(acc, np.nan)))
                               for k in ("til_oracle", "acc_before"))
         start, resumed = t_done + 1, t_done
+        restored_selection = ckpt.get("task_selection")
         _on_main(ctx, lambda: jsonl.truncate_after(t_done))
         # A kill between the checkpoint and the matrix may have left the matrix behind.
         _on_main(ctx, lambda: write_result_file(out, "accuracy_matrix.csv",
@@ -841,6 +843,9 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     if start == T:  # resumed to recompute damaged results: the method's files are redone too
         for name, content in method.run_files().items():
             _on_main(ctx, partial(write_result_file, out, name, json_text(content)))
+        if restored_selection is not None:
+            _on_main(ctx, partial(write_result_file, out, "task_selection.json",
+                                  json_text(restored_selection)))
     result_metrics = final_metrics(cfg, acc, tii, til, backbone.info(), til_oracle,
                                    before if method.has_alignment else None)
     _on_main(ctx, lambda: write_result_file(out, "metrics.json", json_text(result_metrics)))
