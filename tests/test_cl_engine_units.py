@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cl_engine_helpers import T, checksums, log_records, run_files, tiny_bench, tiny_cfg
 
 from cl import metrics as M
 from cl.backbones import build_backbone
-from cl.config import CLConfig, resolve_config
-from cl.data.registry import build_benchmark
+from cl.config import CLConfig
 from cl.engine import (
     ConfigError,
     load_config,
@@ -41,38 +41,6 @@ from cl.runio import (
 from cl.seeding import derive_seed, torch_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-T = 3
-OPTIONS = {"num_classes": 6, "num_tasks": T, "train_per_class": 4, "test_per_class": 5}
-ZERO = {"epochs": 0, "tii_epochs": 0, "tii_ca_epochs": 0, "tap_epochs": 0}
-
-
-def _cfg(method: str = "hide", **extra) -> CLConfig:
-    overrides = {**ZERO, "batch_size": 8, "eval_batch_size": 64, "seed": 11, "device": "cpu",
-                 "dataset_options": dict(OPTIONS), **extra}
-    return resolve_config("synthetic", method, overrides=overrides, allow_unused=True)
-
-
-def _bench(cfg: CLConfig):
-    return build_benchmark("synthetic", seed=cfg.seed, **cfg.dataset_options)
-
-
-def _files(out: Path) -> dict[str, bytes]:
-    """Every file under ``out`` (relative name -> bytes), the lock file left out."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != ".lock"}
-
-
-def _sums(out: Path) -> dict[str, str]:
-    sums = {}
-    for line in (out / "SHA256SUMS").read_text().splitlines():
-        digest, name = line.split("  ")
-        sums[name] = digest
-    return sums
-
-
-def _records(out: Path) -> list[dict]:
-    return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
 
 
 def _fresh_method(cfg: CLConfig, bench, checkpoint: Path):
@@ -119,10 +87,10 @@ def _direct(cfg: CLConfig, bench, out: Path) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def hide_run(tmp_path_factory):
     """A finished 3-task HiDe-Prompt run (TII, oracle pass, alignment, task_selection.json)."""
-    cfg = _cfg("hide")
+    cfg = tiny_cfg("hide")
     out = tmp_path_factory.mktemp("hide") / "run"
     result = run_experiment(cfg, out)
-    return cfg, out, result, _direct(cfg, _bench(cfg), out)
+    return cfg, out, result, _direct(cfg, tiny_bench(cfg), out)
 
 
 def _close(a, b) -> None:
@@ -202,7 +170,7 @@ def test_task_selection_json_counts_the_chosen_prompts(hide_run):
 
 def test_log_records_hold_every_evaluation(hide_run):
     cfg, out, result, _ = hide_run
-    records = _records(out)
+    records = log_records(out)
     evals = [r for r in records if r.get("phase") == "eval"]
     assert [r["task"] for r in evals] == list(range(T))
     for t, r in enumerate(evals):
@@ -227,7 +195,7 @@ def test_before_alignment_equals_after_without_alignment_epochs(hide_run):
 
 def test_run_files_config_env_class_order_and_checksums(hide_run):
     cfg, out, result, _ = hide_run
-    bench = _bench(cfg)
+    bench = tiny_bench(cfg)
     assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
     assert load_config(out) == cfg
     assert json.loads((out / "class_order.json").read_text()) == {
@@ -242,7 +210,7 @@ def test_run_files_config_env_class_order_and_checksums(hide_run):
     backbone = build_backbone(cfg.backbone, img_size=32, seed=cfg.seed)
     assert env["backbone"] == json.loads(json.dumps(backbone.info()))
     assert "torch" in env["packages"]
-    sums = _sums(out)
+    sums = checksums(out)
     assert set(sums) == {"config.json", "env.json", "class_order.json", "accuracy_matrix.csv",
                          "accuracy_matrix_before_alignment.csv", "metrics.json", "log.jsonl",
                          "task_selection.json"}
@@ -260,7 +228,7 @@ def test_seeds_of_the_global_and_loader_generators():
     (epochs 0: the loader is never drawn from, so the checkpoint holds its initial state)."""
     import tempfile
 
-    cfg = _cfg("l2p", seed=23)
+    cfg = tiny_cfg("l2p", seed=23)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         run_experiment(cfg, out, stop_after_task=0)
@@ -273,7 +241,7 @@ def test_method_without_alignment_or_task_choice():
     """CODA-Prompt: no TII (null metrics), no before-alignment matrix, no task_selection."""
     import tempfile
 
-    cfg = _cfg("coda-prompt")
+    cfg = tiny_cfg("coda-prompt")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         result = run_experiment(cfg, out)
@@ -294,15 +262,15 @@ def test_method_without_alignment_or_task_choice():
 def test_smope_expert_counts_and_its_run_file():
     import tempfile
 
-    cfg = _cfg("smope")
-    bench = _bench(cfg)
+    cfg = tiny_cfg("smope")
+    bench = tiny_bench(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         run_experiment(cfg, out, benchmark=bench)
         data = json.loads((out / "task_selection.json").read_text())
         method = _fresh_method(cfg, bench, out / "checkpoints/task_2.pt")
         freq = json.loads((out / "expert_frequency.json").read_text())
-        assert "expert_frequency.json" in _sums(out)
+        assert "expert_frequency.json" in checksums(out)
     assert freq == json.loads(json.dumps(method.run_files()["expert_frequency.json"]))
     assert data["prompts"] is None and data["after_task"] == T - 1
     experts = []
@@ -317,10 +285,10 @@ def test_smope_expert_counts_and_its_run_file():
 
 def test_keep_last_checkpoint_only(tmp_path):
     out = tmp_path / "run"
-    run_experiment(_cfg("l2p", keep_checkpoints="last"), out)
+    run_experiment(tiny_cfg("l2p", keep_checkpoints="last"), out)
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["task_2.pt", "task_2.pt.sha256"]
-    run_experiment(_cfg("l2p"), tmp_path / "all", stop_after_task=1)
+    run_experiment(tiny_cfg("l2p"), tmp_path / "all", stop_after_task=1)
     names = sorted(p.name for p in (tmp_path / "all/checkpoints").iterdir())
     assert names == ["task_0.pt", "task_0.pt.sha256", "task_1.pt", "task_1.pt.sha256"]
 
@@ -329,11 +297,11 @@ def test_keep_last_checkpoint_only(tmp_path):
 def test_stop_after_task_bounds_are_refused_before_anything_is_written(tmp_path):
     for bad in (-1, T):
         with pytest.raises(ConfigError) as info:
-            run_experiment(_cfg("l2p"), tmp_path / "x", stop_after_task=bad)
+            run_experiment(tiny_cfg("l2p"), tmp_path / "x", stop_after_task=bad)
         assert str(info.value) == (f"stop_after_task: {bad} is not a task of this benchmark; "
                                    f"allowed: 0 to {T - 1}")
     assert not (tmp_path / "x").exists()
-    last = run_experiment(_cfg("l2p"), tmp_path / "last", stop_after_task=T - 1)
+    last = run_experiment(tiny_cfg("l2p"), tmp_path / "last", stop_after_task=T - 1)
     assert last.finished and last.metrics is not None
     assert (tmp_path / "last/metrics.json").exists()
 
@@ -359,16 +327,17 @@ def test_stop_then_resume_task_by_task_equals_one_run(tmp_path, hide_run):
         np.testing.assert_array_equal(a, b)
     assert third.metrics == full.metrics
     assert third.env == first.env and third.skipped_checkpoints == []
-    records = _records(out)
+    records = log_records(out)
     assert [r["task"] for r in records if r.get("phase") == "eval"] == [0, 1, 2]
     resumes = [r for r in records if r.get("event") == "resume"]
     assert [(r["task"], Path(r["checkpoint"]).name) for r in resumes] == [
         (0, "task_0.pt"), (1, "task_1.pt")]
-    assert _sums(out)["log.jsonl"] == hashlib.sha256((out / "log.jsonl").read_bytes()).hexdigest()
+    digest = hashlib.sha256((out / "log.jsonl").read_bytes()).hexdigest()
+    assert checksums(out)["log.jsonl"] == digest
 
 
 def test_resume_drops_log_records_of_unfinished_tasks_and_torn_lines(tmp_path):
-    cfg = _cfg("l2p")
+    cfg = tiny_cfg("l2p")
     out = tmp_path / "run"
     run_experiment(cfg, out, stop_after_task=0)
     kept = (out / "log.jsonl").read_text()
@@ -390,7 +359,7 @@ def test_resume_drops_log_records_of_unfinished_tasks_and_torn_lines(tmp_path):
 
 def test_a_killed_first_task_leaves_no_log_records(tmp_path):
     """No checkpoint at all: the run starts afresh and drops the records of the lost task 0."""
-    cfg = _cfg("l2p")
+    cfg = tiny_cfg("l2p")
     out = tmp_path / "run"
     run_experiment(cfg, out, stop_after_task=0)
     shutil.rmtree(out / "checkpoints")
@@ -398,13 +367,13 @@ def test_a_killed_first_task_leaves_no_log_records(tmp_path):
         fh.write(json.dumps({"event": "kept"}) + "\n")
     again = run_experiment(cfg, out, stop_after_task=0)
     assert again.resumed_after_task is None
-    records = _records(out)
+    records = log_records(out)
     assert [r.get("task") for r in records if r.get("phase") == "eval"] == [0]
     assert {"event": "kept"} in records
 
 
 def test_checkpoint_of_another_task_is_rejected_and_set_aside(tmp_path):
-    cfg = _cfg("l2p")
+    cfg = tiny_cfg("l2p")
     out = tmp_path / "run"
     run_experiment(cfg, out, stop_after_task=1)
     ck = out / "checkpoints"
@@ -417,12 +386,12 @@ def test_checkpoint_of_another_task_is_rejected_and_set_aside(tmp_path):
     assert (ck / "task_1.pt.corrupt").read_bytes() == wrong
     assert (ck / "task_1.pt.sha256.corrupt").exists()
     assert load_checkpoint(ck / "task_1.pt")["task"] == 1  # re-written
-    rejected = [r for r in _records(out) if r.get("event") == "checkpoint_rejected"]
+    rejected = [r for r in log_records(out) if r.get("event") == "checkpoint_rejected"]
     assert [r["reason"] for r in rejected] == resumed.skipped_checkpoints
 
 
 def test_checkpoint_without_a_checksum_is_rejected(tmp_path):
-    cfg = _cfg("l2p")
+    cfg = tiny_cfg("l2p")
     out = tmp_path / "run"
     run_experiment(cfg, out, stop_after_task=1)
     sidecar_path(out / "checkpoints/task_1.pt").unlink()
@@ -434,7 +403,7 @@ def test_checkpoint_without_a_checksum_is_rejected(tmp_path):
 
 
 def test_files_that_are_not_checkpoints_of_this_run_are_ignored(tmp_path):
-    cfg = _cfg("l2p")
+    cfg = tiny_cfg("l2p")
     out = tmp_path / "run"
     run_experiment(cfg, out, stop_after_task=0)
     ck = out / "checkpoints"
@@ -447,7 +416,7 @@ def test_files_that_are_not_checkpoints_of_this_run_are_ignored(tmp_path):
 
 
 def test_stale_temporaries_are_removed_on_resume(tmp_path):
-    cfg = _cfg("l2p")
+    cfg = tiny_cfg("l2p")
     out = tmp_path / "run"
     run_experiment(cfg, out, stop_after_task=0)
     for path in (out / ".metrics.json.abc.tmp", out / "checkpoints/.task_1.pt.xyz.tmp"):
@@ -485,10 +454,10 @@ def test_resume_from_a_checkpoint_without_the_newer_matrices(tmp_path, hide_run)
 
 # ---------------------------------------------------------------------------- finished runs
 def test_finished_run_is_loaded_not_recomputed(tmp_path):
-    cfg = _cfg("l2p")
+    cfg = tiny_cfg("l2p")
     out = tmp_path / "run"
     first = run_experiment(cfg, out)
-    before = _files(out)
+    before = run_files(out)
     again = run_experiment(cfg, out)
     assert again.already_finished and again.finished and again.resumed_after_task is None
     np.testing.assert_array_equal(again.accuracy, first.accuracy)
@@ -497,7 +466,7 @@ def test_finished_run_is_loaded_not_recomputed(tmp_path):
     assert again.metrics == first.metrics
     assert again.env == json.loads((out / "env.json").read_text())
     assert again.out_dir == out
-    assert _files(out) == before
+    assert run_files(out) == before
     (out / "env.json").unlink()  # a missing file is not a damaged one
     assert run_experiment(cfg, out).env == {}
 
@@ -509,7 +478,7 @@ def test_finished_run_is_loaded_not_recomputed(tmp_path):
     ("bad matrix", "metrics.json cannot be parsed (TypeError)"),
 ])
 def test_damaged_metrics_are_recomputed(tmp_path, damage, reason, caplog):
-    cfg = _cfg("l2p")
+    cfg = tiny_cfg("l2p")
     out = tmp_path / "run"
     first = run_experiment(cfg, out)
     good = (out / "metrics.json").read_bytes()
@@ -537,7 +506,7 @@ def test_damaged_metrics_are_recomputed(tmp_path, damage, reason, caplog):
     ("smope", "expert_frequency.json"),
 ])
 def test_a_damaged_result_file_is_rewritten_from_the_last_checkpoint(tmp_path, method, name):
-    cfg = _cfg(method)
+    cfg = tiny_cfg(method)
     out = tmp_path / "run"
     run_experiment(cfg, out)
     good = (out / name).read_bytes()
@@ -545,5 +514,5 @@ def test_a_damaged_result_file_is_rewritten_from_the_last_checkpoint(tmp_path, m
     again = run_experiment(cfg, out)
     assert again.resumed_after_task == T - 1 and again.finished
     assert (out / name).read_bytes() == good
-    assert _sums(out)[name] == hashlib.sha256(good).hexdigest()
+    assert checksums(out)[name] == hashlib.sha256(good).hexdigest()
     assert run_experiment(cfg, out).already_finished
