@@ -664,3 +664,90 @@ def test_log_of_other_ranks_writes_nothing(tmp_path):
     record_checksum(tmp_path, "log.jsonl")
     write.truncate_after(0)
     assert path.read_text() == '{"task": 0}\n'
+
+
+# ---------------------------------------------------------------------------- precision
+@pytest.mark.filterwarnings("ignore:precision bf16 on the CPU")
+@pytest.mark.parametrize("precision, compile", [("bf16", False), ("fp32", True)])
+def test_precision_and_compile_reach_the_models(tmp_path, monkeypatch, precision, compile):
+    import cl.precision
+
+    calls = []
+
+    def record(model, *, device, precision="fp32", compile=False):
+        calls.append((torch.device(device), precision, compile))
+        return ["forward"]
+
+    monkeypatch.setattr(cl.precision, "apply_to_model", record)
+    cfg = tiny_cfg("l2p", precision=precision, compile=compile)
+    run_experiment(cfg, tmp_path / "run", stop_after_task=0)
+    assert calls and set(calls) == {(torch.device("cpu"), precision, compile)}
+
+
+def test_another_image_size_builds_a_matching_backbone(tmp_path):
+    cfg = tiny_cfg("l2p", dataset_options={**tiny_cfg().dataset_options, "image_size": 16})
+    result = run_experiment(cfg, tmp_path / "run", stop_after_task=0)
+    assert result.accuracy.shape == (1, T)
+    assert json.loads((tmp_path / "run/env.json").read_text())["dataset"]["image_size"] == 16
+
+
+# ---------------------------------------------------------------------------- rank 0 of two
+@pytest.fixture
+def rank_0_of_two(tmp_path, monkeypatch):
+    """``run_experiment`` as rank 0 of a two-process run whose partner contributes nothing: a
+    real one-process gloo group (so collectives work) behind a context that says two ranks."""
+    import contextlib
+
+    import torch.distributed as dist
+
+    from cl.distributed import DistContext
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0,
+                            world_size=1)
+    ctx = DistContext(rank=0, world_size=2)
+
+    @contextlib.contextmanager
+    def group(device):
+        yield ctx
+
+    monkeypatch.setattr(sys.modules[run_experiment.__module__], "process_group", group)
+    try:
+        yield ctx
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_rank_0_trains_and_evaluates_its_share(tmp_path, rank_0_of_two, drop_last):
+    from cl.backbones import build_backbone
+    from cl.methods.base import get_method
+    from cl.runio import load_checkpoint
+
+    cfg = tiny_cfg("l2p", epochs=2, batch_size=3, legacy_drop_last=drop_last)
+    bench = _recording(tiny_bench(cfg))
+    result = run_experiment(cfg, tmp_path / "run", benchmark=bench)
+    assert result.finished and result.env["world_size"] == 2
+    # training: a shared permutation of the task's 8 images, every second one (4 per epoch)
+    seen = bench.train.dataset.seen
+    per_epoch = 3 if drop_last else 4
+    assert len(seen) == T * 2 * per_epoch
+    for t in range(T):
+        task_idx = set(bench.train.indices_of(bench.task_classes[t]).tolist())
+        for e in range(2):
+            chunk = seen[(2 * t + e) * per_epoch:(2 * t + e + 1) * per_epoch]
+            assert set(chunk) <= task_idx and len(set(chunk)) == per_epoch
+    # evaluation: the strided, unpadded share of every seen task's test images
+    shares = [bench.test.indices_of(c).tolist()[0::2] for c in bench.task_classes]
+    assert bench.test.dataset.seen == [i for t in range(T) for k in range(t + 1)
+                                       for i in shares[k]]
+    backbone = build_backbone(cfg.backbone, img_size=32, seed=cfg.seed)
+    method = get_method("l2p")(cfg, backbone.model, bench.num_classes, bench.task_classes,
+                               device=torch.device("cpu"))
+    method.load_state_dict(load_checkpoint(tmp_path / "run/checkpoints/task_2.pt")["method"])
+    for k in range(T):
+        items = [bench.test.dataset.base[i] for i in shares[k]]
+        x, y = torch.stack([a for a, _ in items]), torch.tensor([int(b) for _, b in items])
+        with torch.no_grad():
+            logits = method.predict(x)
+        assert result.accuracy[T - 1, k] == pytest.approx(
+            100.0 * float((logits.argmax(1) == y).double().mean()), abs=1e-9)

@@ -516,3 +516,38 @@ def test_a_damaged_result_file_is_rewritten_from_the_last_checkpoint(tmp_path, m
     assert (out / name).read_bytes() == good
     assert checksums(out)[name] == hashlib.sha256(good).hexdigest()
     assert run_experiment(cfg, out).already_finished
+
+
+def test_trained_resume_restores_the_method_and_the_generators(tmp_path, caplog):
+    """With training, a resumed run continues from the restored method, loader generator and
+    global generator: its last checkpoint equals the uninterrupted run's, tensor by tensor."""
+    cfg = tiny_cfg("l2p", epochs=1, batch_size=3)
+    full = run_experiment(cfg, tmp_path / "full")
+    run_experiment(cfg, tmp_path / "split", stop_after_task=0)
+    with caplog.at_level(logging.INFO):
+        resumed = run_experiment(cfg, tmp_path / "split")
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"resuming after task 0 from {tmp_path / 'split/checkpoints/task_0.pt'}" in messages
+    for t in (1, 2):
+        assert f"task {t}: avg acc {resumed.accuracy[t, : t + 1].mean():.2f}" in messages
+    np.testing.assert_array_equal(resumed.accuracy, full.accuracy)
+    a = load_checkpoint(tmp_path / "full/checkpoints/task_2.pt")
+    b = load_checkpoint(tmp_path / "split/checkpoints/task_2.pt")
+    assert torch.equal(a["loader_gen"], b["loader_gen"]) and torch.equal(a["torch_rng"],
+                                                                        b["torch_rng"])
+    # the loader drew its shuffles from the seeded generator
+    assert not torch.equal(a["loader_gen"], torch_generator(cfg.seed, "train-loader").get_state())
+
+    def flat(state, prefix=""):
+        for k, v in state.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            elif isinstance(v, torch.Tensor):
+                yield f"{prefix}{k}", v
+
+    ta, tb = dict(flat(a["method"])), dict(flat(b["method"]))
+    assert ta.keys() == tb.keys() and ta
+    for key in ta:
+        assert torch.equal(ta[key], tb[key]), key
+    c0 = dict(flat(load_checkpoint(tmp_path / "full/checkpoints/task_0.pt")["method"]))
+    assert any(not torch.equal(c0[k], ta[k]) for k in ta if k in c0)  # training changed it
