@@ -846,6 +846,8 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
         if restored_selection is not None:
             _on_main(ctx, partial(write_result_file, out, "task_selection.json",
                                   json_text(restored_selection)))
+        # the resume record came after the last task's refresh of the log's checksum
+        _on_main(ctx, partial(record_checksum, out, "log.jsonl"))
     result_metrics = final_metrics(cfg, acc, tii, til, backbone.info(), til_oracle,
                                    before if method.has_alignment else None)
     _on_main(ctx, lambda: write_result_file(out, "metrics.json", json_text(result_metrics)))
