@@ -178,7 +178,8 @@ def test_log_records_hold_every_evaluation(hide_run):
                          ("til_oracle", result.til_oracle)):
             _close(r[key], mat[t, : t + 1])
         _close(r["avg_acc"], result.accuracy[t, : t + 1].mean())
-        assert 0 <= r["seconds"] < 600 and r["time"] > 1e9
+        assert 0 <= r["seconds"] < 600 and r["seconds"] == round(r["seconds"], 2)
+        assert r["time"] > 1e9 and r["time"] == round(r["time"], 3)
     before = [r for r in records if r.get("phase") == "eval_before_alignment"]
     assert [r["task"] for r in before] == list(range(1, T))  # no alignment at task 0
     for t, r in enumerate(before, start=1):
@@ -345,7 +346,9 @@ def test_resume_drops_log_records_of_unfinished_tasks_and_torn_lines(tmp_path):
         fh.write(json.dumps({"task": 1, "phase": "train"}) + "\n")
         fh.write(json.dumps({"event": "no task"}) + "\n")
         fh.write(json.dumps({"task": 0, "phase": "late"}) + "\n")
-        fh.write('{"task": 1, "pha')
+        fh.write("5\n[1]\n")  # valid JSON, not records
+    with open(out / "log.jsonl", "ab") as fh:
+        fh.write(b'\xff{"task": 0}\n{"task": 1, "pha')  # a torn line, bytes that are not UTF-8
     run_experiment(cfg, out, stop_after_task=1)
     lines = (out / "log.jsonl").read_text().splitlines()
     n = len(kept.splitlines())
@@ -372,7 +375,7 @@ def test_a_killed_first_task_leaves_no_log_records(tmp_path):
     assert {"event": "kept"} in records
 
 
-def test_checkpoint_of_another_task_is_rejected_and_set_aside(tmp_path):
+def test_checkpoint_of_another_task_is_rejected_and_set_aside(tmp_path, caplog):
     cfg = tiny_cfg("l2p")
     out = tmp_path / "run"
     run_experiment(cfg, out, stop_after_task=1)
@@ -380,7 +383,11 @@ def test_checkpoint_of_another_task_is_rejected_and_set_aside(tmp_path):
     shutil.copy(ck / "task_0.pt", ck / "task_1.pt")
     shutil.copy(sidecar_path(ck / "task_0.pt"), sidecar_path(ck / "task_1.pt"))
     wrong = (ck / "task_1.pt").read_bytes()
-    resumed = run_experiment(cfg, out, stop_after_task=1)
+    with caplog.at_level(logging.WARNING):
+        resumed = run_experiment(cfg, out, stop_after_task=1)
+    assert any(r.getMessage() == f"checkpoint {ck / 'task_1.pt'} is unusable: task_1.pt: does "
+               "not hold the state after task 1; falling back to the previous one"
+               for r in caplog.records)
     assert resumed.resumed_after_task == 0
     assert resumed.skipped_checkpoints == ["task_1.pt: does not hold the state after task 1"]
     assert (ck / "task_1.pt.corrupt").read_bytes() == wrong
