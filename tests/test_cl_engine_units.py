@@ -84,13 +84,16 @@ def _direct(cfg: CLConfig, bench, out: Path) -> dict[str, np.ndarray]:
     return {**mats, "prompts": prompts}
 
 
-@pytest.fixture(scope="module")
-def hide_run(tmp_path_factory):
-    """A finished 3-task HiDe-Prompt run (TII, oracle pass, alignment, task_selection.json)."""
+@pytest.fixture
+def hide_run(tmp_path):
+    """A finished 3-task HiDe-Prompt run (TII, oracle pass, alignment, task_selection.json).
+
+    Function-scoped on purpose: mutmut runs, for a mutant, only the tests during which the
+    mutated function ran, and a module-scoped run would count for the first test alone.
+    """
     cfg = tiny_cfg("hide")
-    out = tmp_path_factory.mktemp("hide") / "run"
-    result = run_experiment(cfg, out)
-    return cfg, out, result, _direct(cfg, tiny_bench(cfg), out)
+    out = tmp_path / "hide"
+    return cfg, out, run_experiment(cfg, out)
 
 
 def _close(a, b) -> None:
@@ -100,7 +103,8 @@ def _close(a, b) -> None:
 
 # ---------------------------------------------------------------------------- results
 def test_matrices_equal_a_direct_evaluation_of_each_checkpoint(hide_run):
-    cfg, out, result, direct = hide_run
+    cfg, out, result = hide_run
+    direct = _direct(cfg, tiny_bench(cfg), out)
     assert result.finished and not result.already_finished and result.resumed_after_task is None
     _close(result.accuracy, direct["acc"])
     _close(result.tii, direct["tii"])
@@ -126,7 +130,8 @@ def test_matrices_equal_a_direct_evaluation_of_each_checkpoint(hide_run):
 
 
 def test_metrics_json_follows_cl_metrics_on_the_direct_matrices(hide_run):
-    cfg, out, result, direct = hide_run
+    cfg, out, result = hide_run
+    direct = _direct(cfg, tiny_bench(cfg), out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics == result.metrics
     for key, value in M.summarize(direct["acc"]).items():
@@ -157,7 +162,8 @@ def test_metrics_json_follows_cl_metrics_on_the_direct_matrices(hide_run):
 
 
 def test_task_selection_json_counts_the_chosen_prompts(hide_run):
-    cfg, out, result, direct = hide_run
+    cfg, out, result = hide_run
+    direct = _direct(cfg, tiny_bench(cfg), out)
     data = json.loads((out / "task_selection.json").read_text())
     layers = list(cfg.prompt_layers)
     assert data == {"kind": "task_selection", "version": 1, "method": "hide",
@@ -169,7 +175,7 @@ def test_task_selection_json_counts_the_chosen_prompts(hide_run):
 
 
 def test_log_records_hold_every_evaluation(hide_run):
-    cfg, out, result, _ = hide_run
+    cfg, out, result = hide_run
     records = log_records(out)
     evals = [r for r in records if r.get("phase") == "eval"]
     assert [r["task"] for r in evals] == list(range(T))
@@ -188,14 +194,14 @@ def test_log_records_hold_every_evaluation(hide_run):
 
 def test_before_alignment_equals_after_without_alignment_epochs(hide_run):
     """tap_epochs 0: the alignment changes nothing, so the two matrices agree."""
-    cfg, out, result, _ = hide_run
+    cfg, out, result = hide_run
     _close(result.accuracy_before_alignment, result.accuracy)
     _close(read_accuracy_matrix_csv(out / "accuracy_matrix_before_alignment.csv"),
            np.round(result.accuracy, 4))
 
 
 def test_run_files_config_env_class_order_and_checksums(hide_run):
-    cfg, out, result, _ = hide_run
+    cfg, out, result = hide_run
     bench = tiny_bench(cfg)
     assert json.loads((out / "config.json").read_text()) == cfg.to_dict()
     assert load_config(out) == cfg
@@ -308,7 +314,7 @@ def test_stop_after_task_bounds_are_refused_before_anything_is_written(tmp_path)
 
 
 def test_stop_then_resume_task_by_task_equals_one_run(tmp_path, hide_run):
-    cfg, _, full, _ = hide_run
+    cfg, _, full = hide_run
     out = tmp_path / "run"
     first = run_experiment(cfg, out, stop_after_task=0)
     assert not first.finished and first.metrics is None and first.resumed_after_task is None
@@ -438,7 +444,7 @@ def test_stale_temporaries_are_removed_on_resume(tmp_path):
 def test_resume_from_a_checkpoint_without_the_newer_matrices(tmp_path, hide_run):
     """A checkpoint written before the oracle and before-alignment matrices existed (numpy
     arrays, no such keys): those rows are not applicable (nan), the others are restored."""
-    cfg, _, full, _ = hide_run
+    cfg, _, full = hide_run
     out = tmp_path / "run"
     run_experiment(cfg, out, stop_after_task=0)
     path = out / "checkpoints/task_0.pt"
