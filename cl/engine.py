@@ -63,7 +63,7 @@ from cl.rundir import (  # RunDirError, load_config, ...: re-exported, cl.engine
     rewrite_matrices,
     write_run_files,
 )
-from cl.runio import json_text, write_result_file
+from cl.runio import json_text, record_checksum, write_result_file
 from cl.seeding import derive_seed, torch_generator
 from norga.choices import ChoiceError
 from norga.cli import gib, total_memory
@@ -474,6 +474,7 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     acc = np.full((0, T), np.nan)
     tii, til, til_oracle, before = acc.copy(), acc.copy(), acc.copy(), acc.copy()
     start, resumed = 0, None
+    restored_selection = None  # the checkpoint's task_selection.json content
     skipped: list[str] = decision["skipped"]
     for problem in skipped:
         jsonl({"event": "checkpoint_rejected", "reason": problem})
@@ -481,6 +482,7 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
         t_done = decision["task"]
         acc, tii, til, til_oracle, before = _restore(decision["ckpt"], method, loader_gen)
         start, resumed = t_done + 1, t_done
+        restored_selection = decision["ckpt"].get("task_selection")
         _on_main(ctx, lambda: jsonl.truncate_after(t_done))
         _on_main(ctx, partial(rewrite_matrices, out, acc, before, method.has_alignment))
         jsonl({"event": "resume", "task": t_done, "checkpoint": decision["path"]})
@@ -559,6 +561,11 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     if start == T:  # resumed to recompute damaged results: the method's files are redone too
         for name, content in method.run_files().items():
             _on_main(ctx, partial(write_result_file, out, name, json_text(content)))
+        if restored_selection is not None:
+            _on_main(ctx, partial(write_result_file, out, "task_selection.json",
+                                  json_text(restored_selection)))
+        # the resume record came after the last task's refresh of the log's checksum
+        _on_main(ctx, partial(record_checksum, out, "log.jsonl"))
     result_metrics = final_metrics(cfg, acc, tii, til, backbone.info(), til_oracle,
                                    before if method.has_alignment else None)
     _on_main(ctx, lambda: write_result_file(out, "metrics.json", json_text(result_metrics)))

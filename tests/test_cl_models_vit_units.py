@@ -167,8 +167,8 @@ def test_head_initialisation():
 def test_prompted_vit_validation_freezing_and_wrapping():
     vit = tiny_vit()
     for bad in ([], [0, 0], [DEPTH], [-1]):
-        with pytest.raises(ValueError, match=r"^prompt_layers: .* must be distinct block indices in "
-                                             rf"\[0, {DEPTH}\)$"):
+        with pytest.raises(ValueError, match=r"^prompt_layers: .* must be distinct block "
+                                             rf"indices in \[0, {DEPTH}\)$"):
             PromptedViT(vit, 5, pool_size=2, prompt_length=3, prompt_layers=bad)
     m = PromptedViT(vit, 5, pool_size=2, prompt_length=3, prompt_layers=(1, 3), gate="norga",
                     activation="sigmoid", fused=False, generator=torch.Generator().manual_seed(0))
@@ -460,10 +460,10 @@ def test_ge_prefix_vit_forward_and_checks():
     m.set_fused(False)
     assert not vit.blocks[0].attn.fused and not vit.blocks[2].attn.fused
     torch.testing.assert_close(m(x, e_ids), m.head(vit.norm(h)[:, 0]), rtol=1e-5, atol=1e-5)
-    for kw, msg in (({"g_layers": (0, 0)}, r"^method_options.g_layers: \[0, 0\] must be distinct block indices in "
-                                           r"\[0, 4\)$"),
-                    ({"e_layers": (4,)}, r"^method_options.e_layers: \[4\] must be distinct block indices in "
-                                         r"\[0, 4\)$"),
+    for kw, msg in (({"g_layers": (0, 0)}, r"^method_options.g_layers: \[0, 0\] must be "
+                                           r"distinct block indices in \[0, 4\)$"),
+                    ({"e_layers": (4,)}, r"^method_options.e_layers: \[4\] must be distinct "
+                                         r"block indices in \[0, 4\)$"),
                     ({"e_layers": (-1,)}, "e_layers"),
                     ({"e_layers": ()}, "^method_options.e_layers: must name at least one block$")):
         with pytest.raises(ValueError, match=msg):
