@@ -122,3 +122,44 @@ def saved_bytes(fn, exclude: list[torch.Tensor]) -> int:
         out = fn()
     out.sum().backward()  # the counted graph really is a training graph
     return sum(seen.values())
+
+
+class PoisonedLoader:
+    """Batches ``make_batch(0), ..., make_batch(step)`` on every pass over the loader, with a
+    NaN in the first image of batch ``step`` on pass ``epoch`` (0-based): a loader whose loss
+    turns non-finite at a known epoch and step."""
+
+    def __init__(self, make_batch, epoch: int, step: int) -> None:
+        self.make_batch, self.epoch, self.step, self.passes = make_batch, epoch, step, 0
+
+    def __len__(self) -> int:
+        return self.step + 1
+
+    def __iter__(self):
+        for i in range(self.step + 1):
+            x, y = self.make_batch(i)
+            if self.passes == self.epoch and i == self.step:
+                x = x.clone()
+                x[0] = float("nan")
+            yield x, y
+        self.passes += 1
+
+
+def tiny_timm_vit(seed: int = 0, depth: int = 4, *, embed_dim: int = 16, num_heads: int = 2,
+                  **kw):
+    """A 8x8-pixel timm ViT (4 patches + CLS) in eval mode, with non-trivial norms and biases."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(seed)
+    vit = VisionTransformer(img_size=8, patch_size=4, embed_dim=embed_dim, depth=depth,
+                            num_heads=num_heads, num_classes=0, **kw)
+    with torch.no_grad():
+        for name, p in vit.named_parameters():
+            if "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn(p.shape))
+    return vit.eval()
+
+
+def tiny_images(n: int = 3, seed: int = 1) -> torch.Tensor:
+    """``n`` random 8x8 RGB images from their own generator."""
+    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from cl_helpers import PoisonedLoader
 
 from cl.backbones import build_backbone
 from cl.config import resolve_config
@@ -214,26 +215,16 @@ def test_checkpoint_round_trip_continues_identically() -> None:
     assert untouched.optimizer is None and untouched.task_index == -1
 
 
-class PoisonedLoader:
-    """Clean batches, except a NaN image at ``step`` of epoch ``epoch``."""
-
-    def __init__(self, task: int, epoch: int, step: int) -> None:
-        self.task, self.epoch, self.step, self.passes = task, epoch, step, 0
-
-    def __iter__(self):
-        for i in range(self.step + 1):
-            x = _images(2, 10 + i)
-            if self.passes == self.epoch and i == self.step:
-                x[0] = math.nan
-            yield x, _labels(self.task, 2)
-        self.passes += 1
+def _poisoned(task: int, epoch: int, step: int) -> PoisonedLoader:
+    """Clean batches of ``task``, except a NaN image at ``step`` of epoch ``epoch``."""
+    return PoisonedLoader(lambda i: (_images(2, 10 + i), _labels(task, 2)), epoch, step)
 
 
 def test_a_non_finite_loss_names_phase_task_epoch_and_step() -> None:
     method = _method()
     _begin(method, 1)
     with pytest.raises(FloatingPointError) as info:
-        method.train_task(PoisonedLoader(task=1, epoch=1, step=1))
+        method.train_task(_poisoned(1, 1, 1))
     assert str(info.value) == "non-finite loss (nan) in coda training at task 1, epoch 1, step 1"
 
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from cl_helpers import tiny_images, tiny_timm_vit
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -43,18 +44,10 @@ C, HEADS, DEPTH = 16, 2, 4
 
 
 def tiny_vit(seed=0, depth=DEPTH, **kw) -> VisionTransformer:
-    torch.manual_seed(seed)
-    vit = VisionTransformer(img_size=8, patch_size=4, embed_dim=C, depth=depth, num_heads=HEADS,
-                            num_classes=0, **kw)
-    with torch.no_grad():  # non-trivial norms and biases
-        for name, p in vit.named_parameters():
-            if "norm" in name or name.endswith("bias"):
-                p.add_(0.1 * torch.randn(p.shape))
-    return vit.eval()
+    return tiny_timm_vit(seed, depth, embed_dim=C, num_heads=HEADS, **kw)
 
 
-def images(n=3, seed=1):
-    return torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+images = tiny_images
 
 
 # ------------------------------------------------------------------------------ vit helpers

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from cl_helpers import PoisonedLoader
 from torch.utils.data import DataLoader, TensorDataset
 
 from cl.backbones import build_backbone
@@ -689,22 +690,9 @@ def test_multi_centroid_statistics_get_the_seed_and_the_centroid_count() -> None
     assert (method.stats.n_centroids, method.stats.seed, method.stats.dim) == (3, 11, 128)
 
 
-class PoisonedLoader:
-    """Clean batches, except a NaN image at ``step`` of epoch ``epoch``."""
-
-    def __init__(self, task: int, epoch: int, step: int) -> None:
-        self.task, self.epoch, self.step, self.passes = task, epoch, step, 0
-
-    def __len__(self) -> int:
-        return self.step + 1
-
-    def __iter__(self):
-        for i in range(self.step + 1):
-            x = _images(2, 10 + i)
-            if self.passes == self.epoch and i == self.step:
-                x[0] = math.nan
-            yield x, _labels(self.task, 2)
-        self.passes += 1
+def _poisoned(task: int, epoch: int, step: int) -> PoisonedLoader:
+    """Clean batches of ``task``, except a NaN image at ``step`` of epoch ``epoch``."""
+    return PoisonedLoader(lambda i: (_images(2, 10 + i), _labels(task, 2)), epoch, step)
 
 
 @pytest.mark.parametrize(("task", "poisoned_pass", "phase"), [
@@ -717,7 +705,7 @@ def test_a_non_finite_loss_names_phase_task_epoch_and_step(task: int, poisoned_p
     for t in range(task + 1):
         method.begin_task(Task(t, SCHEDULE[t], SCHEDULE))
     with pytest.raises(FloatingPointError) as info:
-        method.train_task(PoisonedLoader(task, poisoned_pass, 1))
+        method.train_task(_poisoned(task, poisoned_pass, 1))
     assert str(info.value) == (f"non-finite loss (nan) in {phase} training at task {task}, "
                                "epoch 1, step 1")
 

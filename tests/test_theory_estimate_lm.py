@@ -362,40 +362,9 @@ def test_restarts_without_any_start_are_refused(monkeypatch):
         fit_restarts(None, None, np.zeros((4, 0, 2)), None)
 
 
-def test_restart_defaults_reach_the_problem_and_the_lm(monkeypatch):
-    from moe_theory import estimate
-
-    seen = {}
-
-    def make(X, Y, shape, structure, chunk, backend, threads):
-        seen.update(shape=shape, chunk=chunk, backend=backend, threads=threads)
-        return Rosenbrock(CS)
-
-    real_lm = estimate._levenberg_marquardt
-
-    def lm(problem, theta0, **kw):
-        seen.update(kw)
-        return real_lm(problem, theta0, **kw)
-
-    monkeypatch.setattr(estimate, "_make_problem", make)
-    monkeypatch.setattr(estimate, "_levenberg_marquardt", lm)
-    fit_restarts(None, None, STARTS[:, None].tolist(), None)
-    assert seen == {"shape": (4, 2), "chunk": estimate.SAMPLE_CHUNK, "backend": "auto",
-                    "threads": 1, "bound": None, "max_iter": 400, "ftol": 1e-12,
-                    "xtol": 1e-12, "gtol": 1e-12}
-
-
-@pytest.mark.parametrize("tols", [{}, {"ftol": 0.0, "xtol": 0.0, "gtol": 1e-4}])
-def test_a_problem_with_tiny_curvature_follows_the_reference(tols):
-    """Residuals scaled by 1e-3: diag(J^T J) far below 1, so no floor of the scaling or of
-    the gradient test may be of order one."""
-    res, _ = run(CS, STARTS, s=1e-3, **tols)
-    traces = assert_matches_reference(res, CS, STARTS, s=1e-3, **tols)
-    assert res.converged.all() and len(traces) == 4
-    assert res.n_iter.dtype.kind == "i" and res.converged.dtype == bool
-
-
-def test_fit_batched_defaults_reach_the_problem_and_the_lm(monkeypatch):
+def _spy_on_problem_and_lm(monkeypatch) -> dict:
+    """Record what the fitters hand to ``_make_problem`` and ``_levenberg_marquardt`` (which
+    still run, on the Rosenbrock problem)."""
     from moe_theory import estimate
 
     seen = {}
@@ -412,6 +381,33 @@ def test_fit_batched_defaults_reach_the_problem_and_the_lm(monkeypatch):
 
     monkeypatch.setattr(estimate, "_make_problem", make)
     monkeypatch.setattr(estimate, "_levenberg_marquardt", lm)
+    return seen
+
+
+def test_restart_defaults_reach_the_problem_and_the_lm(monkeypatch):
+    from moe_theory import estimate
+
+    seen = _spy_on_problem_and_lm(monkeypatch)
+    fit_restarts(None, None, STARTS[:, None].tolist(), None)
+    assert seen == {"shape": (4, 2), "chunk": estimate.SAMPLE_CHUNK, "backend": "auto",
+                    "threads": 1, "bound": None, "max_iter": 400, "ftol": 1e-12,
+                    "xtol": 1e-12, "gtol": 1e-12, "dtype": np.float64}
+
+
+@pytest.mark.parametrize("tols", [{}, {"ftol": 0.0, "xtol": 0.0, "gtol": 1e-4}])
+def test_a_problem_with_tiny_curvature_follows_the_reference(tols):
+    """Residuals scaled by 1e-3: diag(J^T J) far below 1, so no floor of the scaling or of
+    the gradient test may be of order one."""
+    res, _ = run(CS, STARTS, s=1e-3, **tols)
+    traces = assert_matches_reference(res, CS, STARTS, s=1e-3, **tols)
+    assert res.converged.all() and len(traces) == 4
+    assert res.n_iter.dtype.kind == "i" and res.converged.dtype == bool
+
+
+def test_fit_batched_defaults_reach_the_problem_and_the_lm(monkeypatch):
+    from moe_theory import estimate
+
+    seen = _spy_on_problem_and_lm(monkeypatch)
     estimate.fit_batched(None, None, STARTS.tolist(), None)
     assert seen == {"shape": (4, 2), "chunk": estimate.SAMPLE_CHUNK, "backend": "auto",
                     "threads": 1, "bound": None, "max_iter": 400, "ftol": 1e-12,
