@@ -159,6 +159,7 @@ def float_bit_files() -> tuple[str, ...]:
     return tuple(f for f in FILES if f.startswith("checkpoints/")) + ("log.jsonl",)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_run_writes_the_same_files(method, quick_synthetic_cl_run):
     _, run_dir = quick_synthetic_cl_run(method)
@@ -166,6 +167,7 @@ def test_run_writes_the_same_files(method, quick_synthetic_cl_run):
     assert got == sorted(FILES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_exact_files_are_byte_identical(method, quick_synthetic_cl_run):
     _, run_dir = quick_synthetic_cl_run(method)
@@ -174,6 +176,7 @@ def test_exact_files_are_byte_identical(method, quick_synthetic_cl_run):
     assert not differ, f"{method}: {differ} differ from the reference run; got {got}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_float_files_are_byte_identical_in_the_reference_environment(
         method, quick_synthetic_cl_run):

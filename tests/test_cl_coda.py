@@ -104,6 +104,7 @@ def test_new_components_orthonormal_and_old_ones_frozen() -> None:
 
 
 # ----------------------------------------------------------------------------- invariance
+@pytest.mark.slow
 def test_batch_size_and_composition_invariance() -> None:
     cfg = resolve_config("synthetic", "coda-prompt", overrides={"seed": 3})
     bench = build_benchmark("synthetic", seed=3, num_classes=8, num_tasks=4, test_per_class=10,
@@ -137,6 +138,7 @@ def _state(out: Path, t: int) -> dict[str, torch.Tensor]:
             **{f"head.{k}": v for k, v in s["head"].items()}}
 
 
+@pytest.mark.slow
 def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
     cfg = resolve_config("synthetic", "coda-prompt", overrides={
         "epochs": 2, "batch_size": 16, "seed": 7,

@@ -140,10 +140,12 @@ def test_cli_quick_run_writes_the_run_directory(tmp_path: Path) -> None:
     assert 0.0 <= metrics["TII_accuracy"] <= 100.0
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     check_resume("dualprompt", tmp_path)
 
 
+@pytest.mark.slow
 def test_batch_size_and_composition_invariance() -> None:
     check_batch_invariance("dualprompt")
 

@@ -421,6 +421,7 @@ def _recording(bench):
     return bench
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_training_reads_each_task_shuffled_and_evaluation_in_order(tmp_path, drop_last):
     cfg = tiny_cfg("l2p", epochs=2, batch_size=3, legacy_drop_last=drop_last)
@@ -727,6 +728,7 @@ def rank_0_of_two(tmp_path, monkeypatch):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_rank_0_trains_and_evaluates_its_share(tmp_path, rank_0_of_two, drop_last):
     from cl.backbones import build_backbone

@@ -102,6 +102,7 @@ def _close(a, b) -> None:
 
 
 # ---------------------------------------------------------------------------- results
+@pytest.mark.slow
 def test_matrices_equal_a_direct_evaluation_of_each_checkpoint(hide_run):
     cfg, out, result = hide_run
     direct = _direct(cfg, tiny_bench(cfg), out)
@@ -161,6 +162,7 @@ def test_metrics_json_follows_cl_metrics_on_the_direct_matrices(hide_run):
         "backbone_weights_sha256": backbone.info()["weights_sha256"]}
 
 
+@pytest.mark.slow
 def test_task_selection_json_counts_the_chosen_prompts(hide_run):
     cfg, out, result = hide_run
     direct = _direct(cfg, tiny_bench(cfg), out)
@@ -313,6 +315,7 @@ def test_stop_after_task_bounds_are_refused_before_anything_is_written(tmp_path)
     assert (tmp_path / "last/metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_stop_then_resume_task_by_task_equals_one_run(tmp_path, hide_run):
     cfg, _, full = hide_run
     out = tmp_path / "run"
@@ -441,6 +444,7 @@ def test_stale_temporaries_are_removed_on_resume(tmp_path):
     assert (out / "notes.tmp").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_resume_from_a_checkpoint_without_the_newer_matrices(tmp_path, hide_run):
     """A checkpoint written before the oracle and before-alignment matrices existed (numpy
     arrays, no such keys): those rows are not applicable (nan), the others are restored."""
@@ -514,6 +518,7 @@ def test_damaged_metrics_are_recomputed(tmp_path, damage, reason, caplog):
     assert run_experiment(cfg, out).already_finished
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, name", [
     ("hide", "accuracy_matrix.csv"),
     ("hide", "accuracy_matrix_before_alignment.csv"),
@@ -534,6 +539,7 @@ def test_a_damaged_result_file_is_rewritten_from_the_last_checkpoint(tmp_path, m
     assert run_experiment(cfg, out).already_finished
 
 
+@pytest.mark.slow
 def test_trained_resume_restores_the_method_and_the_generators(tmp_path, caplog):
     """With training, a resumed run continues from the restored method, loader generator and
     global generator: its last checkpoint equals the uninterrupted run's, tensor by tensor."""

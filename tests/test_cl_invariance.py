@@ -39,6 +39,7 @@ def _predict(method, images, batch_size):
     return torch.cat(logits), torch.cat(tasks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["norga", "hide"])
 def test_batch_size_and_composition_invariance(name: str) -> None:
     method, images = _method(name)
@@ -55,6 +56,7 @@ def test_batch_size_and_composition_invariance(name: str) -> None:
     torch.testing.assert_close(logits[torch.argsort(perm)], ref_logits, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_legacy_reshape_is_batch_dependent() -> None:
     """The published reshape bug makes predictions depend on the batch (why we fixed it)."""
     method, images = _method("norga", legacy=True)

@@ -146,10 +146,12 @@ def test_cli_quick_run_writes_the_run_directory(tmp_path: Path) -> None:
     assert metrics["TII_accuracy"] is None  # L2P has no task identity (JSON null)
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     check_resume("l2p", tmp_path, **LIGHT)
 
 
+@pytest.mark.slow
 def test_batch_size_and_composition_invariance() -> None:
     check_batch_invariance("l2p", **LIGHT)
 

@@ -212,6 +212,7 @@ def test_oracle_prompts_are_the_true_task_slice_under_the_mask() -> None:
 
 
 # ------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_original_port_runs_end_to_end_on_the_offline_data(tmp_path: Path) -> None:
     cfg = small_config("l2p", epochs=1, recipe="original-port", protocol="official")
     assert (cfg.method_options["head_type"], cfg.method_options["prompt_mask"]) == ("prompt", True)
@@ -221,6 +222,7 @@ def test_original_port_runs_end_to_end_on_the_offline_data(tmp_path: Path) -> No
     assert saved["recipe"] == "original-port" and saved["method_options"]["shared_prompt_pool"]
 
 
+@pytest.mark.slow
 def test_original_port_resume_equals_uninterrupted(tmp_path: Path) -> None:
     """Stopped after task 1 and resumed: the shared-pool copy happens once per task."""
     check_resume("l2p", tmp_path, epochs=1, recipe="original-port")

@@ -148,6 +148,7 @@ def _hide_run(tmp_path: Path, name: str, **extra):
     return run_experiment(cfg, tmp_path / name)
 
 
+@pytest.mark.slow
 def test_before_alignment_matrix_is_logged_and_written(tmp_path: Path) -> None:
     run = _hide_run(tmp_path, "tap", tap_epochs=3, ca_lr=0.5)
     out = tmp_path / "tap"
@@ -171,6 +172,7 @@ def test_before_alignment_matrix_is_logged_and_written(tmp_path: Path) -> None:
     np.testing.assert_array_equal(flat.accuracy_before_alignment, flat.accuracy)
 
 
+@pytest.mark.slow
 def test_multi_centroid_hide_run_resumes_exactly(tmp_path: Path) -> None:
     overrides = {"epochs": 1, "tii_epochs": 1, "tii_ca_epochs": 1, "tap_epochs": 1,
                  "batch_size": 16, "seed": 3, "stats_method": "multi-centroid", "n_centroids": 2,

@@ -70,6 +70,7 @@ def _params(out: Path, t: int) -> dict[str, torch.Tensor]:
     return flat
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     cfg = _small_config()
     check_stop_and_resume(cfg, tmp_path, run_experiment(cfg, tmp_path / "full"))
@@ -79,6 +80,7 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.slow
 def test_finished_run_is_kept_and_mismatch_refused(tmp_path: Path) -> None:
     cfg = _small_config("hide", dataset_options={"num_classes": 4, "num_tasks": 2,
                                                  "train_per_class": 6, "test_per_class": 4})

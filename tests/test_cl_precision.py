@@ -111,6 +111,7 @@ def _method(name: str, precision: str):
     return cfg, method, task_classes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", available_methods())
 def test_every_method_trains_and_predicts_in_bf16(name: str) -> None:
     """One task under bf16: train step, statistics, prediction (float32 logits)."""

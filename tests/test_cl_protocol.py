@@ -89,6 +89,7 @@ def test_hide_task_vote_uses_the_official_vote_when_asked(monkeypatch) -> None:
 
 
 # ------------------------------------------------------------------ drop_last
+@pytest.mark.slow
 @pytest.mark.parametrize("legacy", [False, True])
 def test_engine_drops_the_last_partial_batch_only_when_asked(legacy: bool, tmp_path: Path,
                                                              monkeypatch) -> None:
@@ -241,6 +242,7 @@ def test_readme_table_is_the_generated_one() -> None:
 
 
 # ------------------------------------------------------------------ every method, end to end
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(available_methods()))
 def test_every_method_runs_under_the_official_protocol(method: str, tmp_path: Path) -> None:
     cfg = small_config(method, epochs=1, protocol="official")
@@ -256,6 +258,7 @@ def test_every_method_runs_under_the_official_protocol(method: str, tmp_path: Pa
     assert saved["protocol"] == "official"
 
 
+@pytest.mark.slow
 def test_cli_protocol_flag_and_run_directory(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     code = load_cl_cli().main([

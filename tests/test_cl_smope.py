@@ -235,6 +235,7 @@ def _predict(method, images, batch_size):
                       for i in range(0, len(images), batch_size)])
 
 
+@pytest.mark.slow
 def test_batch_size_and_composition_invariance() -> None:
     method, images = _method()
     with torch.no_grad():
@@ -268,6 +269,7 @@ def _state(out: Path, t: int) -> dict[str, torch.Tensor]:
     return flat
 
 
+@pytest.mark.slow
 def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
     cfg = _small_config()
     full = run_experiment(cfg, tmp_path / "full")

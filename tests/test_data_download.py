@@ -195,12 +195,14 @@ def _serve_and_download(directory: Path, drop_first: bool) -> Path:
         server.server_close()
 
 
+@pytest.mark.slow
 def test_http_download_resumes_with_range_header(tmp_path: Path) -> None:
     path = _serve_and_download(tmp_path, drop_first=True)
     assert path.read_bytes() == PAYLOAD
     assert _RangeHandler.requests == [None, "bytes=4096-"]
 
 
+@pytest.mark.slow
 def test_http_complete_part_is_not_downloaded_again(tmp_path: Path) -> None:
     (tmp_path / "blob.bin.part").write_bytes(PAYLOAD)  # finished, but killed before the rename
     path = _serve_and_download(tmp_path, drop_first=False)

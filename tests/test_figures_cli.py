@@ -71,6 +71,7 @@ def test_cli_bad_input_exits_2_with_one_line(results, tmp_path, capsys):
         assert len(lines) == 1 and flag in lines[0]
 
 
+@pytest.mark.slow
 def test_cli_script_runs_as_a_program(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")],
                           capture_output=True, text=True, cwd=tmp_path, timeout=60)
@@ -85,6 +86,7 @@ def test_cli_empty_root_notes_everything_missing(tmp_path, capsys):
     assert "0 files written" in stdout
 
 
+@pytest.mark.slow
 def test_cli_does_not_read_its_own_output(results, tmp_path, capsys):
     # default --out is RESULTS_DIR/figures; its files must not be taken for runs
     out = tmp_path / "r"

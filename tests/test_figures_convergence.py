@@ -66,6 +66,7 @@ def figure_and_rows():
     return plot_convergence(rows, SUMMARY, "exact"), rows
 
 
+@pytest.mark.slow
 def test_median_band_and_points_equal_input(figure_and_rows):
     fig, rows = figure_and_rows
     ax = fig.axes[0]
@@ -153,6 +154,7 @@ def test_loss_parts_medians():
         np.testing.assert_allclose(median[:, 1], [exp[n][0] for n in N_VALUES])
 
 
+@pytest.mark.slow
 def test_save_figure_writes_pdf_and_png(tmp_path, figure_and_rows):
     fig, _ = figure_and_rows
     paths = save_figure(fig, tmp_path / "sub" / "conv")

@@ -83,6 +83,7 @@ def _as_pins(matrix: np.ndarray) -> list[list[float | None]]:
     return [[None if math.isnan(v) else float(v) for v in row] for row in matrix]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(CL))
 def test_quick_synthetic_run_is_pinned(method: str, quick_synthetic_cl_run) -> None:
     result, run_dir = quick_synthetic_cl_run(method)  # one torch thread; shared with other tests

@@ -46,6 +46,7 @@ def test_near_quick_end_to_end_and_same_seed_same_bytes(tmp_path):
     assert (first / "near.json").read_bytes() == (second / "near.json").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, flag", [
     (["--near-t", "0"], "--near-t"),
     (["--near-t", "1.5"], "--near-t"),
@@ -77,6 +78,7 @@ def tiny_result():
     return run_near(config)
 
 
+@pytest.mark.slow
 def test_analysis_levels_ratios_and_counts_from_the_records(tiny_result):
     e = analyse_near(tiny_result)["fixed"]["0.8"]["linear"]
     rows = [r for r in tiny_result.records if r["gate"] == "linear" and r["kind"] == "fixed"]
@@ -95,6 +97,7 @@ def test_analysis_levels_ratios_and_counts_from_the_records(tiny_result):
     assert s["predicted_slope_asymptotic"] == pytest.approx(0.1 * s["exponent_p1"] / 2 - 0.5)
 
 
+@pytest.mark.slow
 def test_figure_draws_spectrum_levels_and_schedules_from_near_json(tiny_result):
     import numpy as np
 

@@ -91,6 +91,7 @@ def reduced_result():
     return run_near(config)
 
 
+@pytest.mark.slow
 def test_analysis_counts_the_fits_each_n_really_has(reduced_result):
     result = reduced_result
     per_rep = Counter((r["kind"], r["gate"], r["n"]) for r in result.records)
@@ -102,6 +103,7 @@ def test_analysis_counts_the_fits_each_n_really_has(reduced_result):
     assert counts == [3, 3, 2, 2] and fixed["fits"] == 10
 
 
+@pytest.mark.slow
 def test_figure_marks_where_the_replicates_drop(reduced_result):
     import json
 

@@ -90,6 +90,7 @@ def test_result_files_are_listed_in_sha256sums(tmp_path):
 
 
 # ---------------------------------------------------------------------------- corrupted state
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, reference, damage, caplog):
     out = tmp_path / "run"
@@ -114,6 +115,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, reference,
     assert any(e.get("event") == "checkpoint_rejected" for e in events)
 
 
+@pytest.mark.slow
 def test_corrupted_metrics_json_is_recomputed_not_trusted(tmp_path, reference):
     out = tmp_path / "run"
     run_experiment(_cfg(), out)
@@ -204,6 +206,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, re
 
 
 # ---------------------------------------------------------------------------- disk full
+@pytest.mark.slow
 def test_disk_full_while_checkpointing_keeps_previous_state(tmp_path, reference, monkeypatch):
     out = tmp_path / "run"
     real_replace = os.replace
@@ -261,6 +264,7 @@ def test_nan_loss_stops_with_task_epoch_step_and_keeps_last_checkpoint(tmp_path)
     assert events[-1]["event"] == "nonfinite_loss" and events[-1]["task"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, phase", [
     ("l2p", "train"), ("dualprompt", "train"), ("sprompt", "train"), ("coda-prompt", "coda"),
     ("smope", "smope"),

@@ -80,6 +80,7 @@ INVALID = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", list(INVALID))
 def test_overwrite_with_an_invalid_config_keeps_the_old_run_byte_identical(clis, run, capsys,
                                                                           bad):
@@ -91,6 +92,7 @@ def test_overwrite_with_an_invalid_config_keeps_the_old_run_byte_identical(clis,
     assert not (run / ".overwrite").exists()
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_old_run_only_after_its_first_result(clis, run, tmp_path,
                                                                     capsys, monkeypatch):
     before = _tree(run)
@@ -166,6 +168,7 @@ def test_second_writer_exits_2_at_once_naming_the_holder(clis, run, capsys, cli)
     assert _tree(run) == before
 
 
+@pytest.mark.slow
 def test_two_concurrent_rates_runs_on_one_folder(tmp_path):
     """Seeds 1 and 2 into the same --out: the second exits 2 at once, the first completes."""
     out = tmp_path / "run"
@@ -198,6 +201,7 @@ def test_two_concurrent_rates_runs_on_one_folder(tmp_path):
     assert verify_checksums(out, read_checksums(out)) is None and read_checksums(out)
 
 
+@pytest.mark.slow
 def test_result_files_are_shared_as_the_umask_allows(clis, tmp_path, capsys):
     old = os.umask(0o022)
     try:

@@ -40,6 +40,7 @@ def uncached():
     return _outputs(run_near(SMALL))
 
 
+@pytest.mark.slow
 def test_cache_is_checksummed_json_and_reruns_reuse_it(tmp_path, count_fits, uncached):
     cache = tmp_path / "cache"
     first = run_near(SMALL, cache_dir=cache)
@@ -73,6 +74,7 @@ DAMAGES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_damaged_entry_is_recomputed_with_one_warning(tmp_path, count_fits, caplog, uncached,
                                                       damage):
@@ -93,6 +95,7 @@ def test_damaged_entry_is_recomputed_with_one_warning(tmp_path, count_fits, capl
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
+@pytest.mark.slow
 def test_larger_grid_computes_only_new_blocks(tmp_path, count_fits):
     cache = tmp_path / "cache"
     run_near(SMALL, cache_dir=cache)
@@ -104,6 +107,7 @@ def test_larger_grid_computes_only_new_blocks(tmp_path, count_fits):
     assert _outputs(result) == _outputs(run_near(larger))
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_finished_blocks(tmp_path, count_fits):
     cache = tmp_path / "cache"
 

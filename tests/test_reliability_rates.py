@@ -161,6 +161,7 @@ def test_cache_holds_no_pickles_and_one_checksum_per_entry(tmp_path):
     assert not [p for p in cache.rglob("*") if p.suffix in (".pkl", ".pickle")]
 
 
+@pytest.mark.slow
 def test_workers_exit_when_the_sweep_process_is_gone():
     """SIGKILL of rates.py gives it no chance to stop its loky workers; each worker watches the
     sweep's pid itself (``exit_with_parent``, the workers' initializer)."""

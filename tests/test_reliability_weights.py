@@ -55,6 +55,7 @@ def _cl_main(argv: list[str]) -> tuple[int, str]:
         return int(exc.code), ""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pickler", ["torch", "plain"])
 def test_malicious_weights_file_never_runs_and_exits_2(tmp_path, monkeypatch, capsys, pickler):
     marker = tmp_path / "PWNED"

@@ -25,6 +25,7 @@ def quick_e1():
     return run_rates(config, jobs=1)
 
 
+@pytest.mark.slow
 def test_e1_quick_preset_meets_the_spec_section_7_bands(quick_e1):
     summary = quick_e1.summary_dict()["settings"]["exact"]
     for gate in ("norga", "linear"):

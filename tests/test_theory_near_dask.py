@@ -8,6 +8,7 @@ from moe_theory.near_sweep import NearConfig, near_fits_csv, run_near
 pytest.importorskip("dask.distributed")
 
 
+@pytest.mark.slow
 def test_near_dask_matches_default_backend_bit_for_bit():
     config = NearConfig(t_values=(0.4,), gammas=(0.1,), n_values=(300, 1000, 2000, 4000),
                         schedule_n0=1000, replicates=3, block=2, bases=("default",), seed=4)

@@ -21,6 +21,7 @@ TINY = dict(gates=("norga", "linear"), n_values=(100, 300, 1000),
             replicates=4, seed=11, fit_n_min=100)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_fits_and_chunking_does_not_matter():
     a = run_rates(RateConfig(**TINY, settings=("exact",), block=4))
     b = run_rates(RateConfig(**TINY, settings=("exact",), block=4))
