@@ -189,7 +189,7 @@ def plot_near(near: Mapping[str, Any], out_stem: str | os.PathLike[str] | None =
     """The three-panel E5 figure from a loaded ``near.json``; saved as PDF and PNG if asked."""
     cfg = near["config"]
     with figure_style():
-        fig = Figure(figsize=figure_size("two", aspect=0.52))
+        fig = Figure(figsize=figure_size("two", aspect=0.64))
         axes = fig.subplots(1, 3)
         _panel_spectrum(axes[0], near)
         _panel_fixed(axes[1], near)
