@@ -379,8 +379,10 @@ def _make_problem(
     """The data of a batched fit, checked against starting points of shape ``theta_shape``."""
     X = np.asarray(X, dtype=float)
     Y = np.asarray(Y, dtype=float)
-    if len(theta_shape) != 2 or X.shape[0] != theta_shape[0] or Y.shape[:2] != X.shape[:2]:
-        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, theta0 {theta_shape}")
+    if (len(theta_shape) != 2 or Y.ndim != 2 or X.shape[0] != theta_shape[0]
+            or Y.shape != X.shape[:2]):
+        raise ValueError(f"shapes disagree: X {X.shape}, Y {Y.shape}, theta0 {theta_shape}; "
+                         f"expected X (R, n, d), Y (R, n), theta0 (R, P)")
     if threads < 1:
         raise ValueError(f"threads must be >= 1; got {threads}")
     return _Problem(X, Y, structure, chunk, resolve_backend(backend, structure), threads)

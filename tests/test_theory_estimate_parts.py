@@ -204,8 +204,12 @@ def test_load_kernels_without_numba(monkeypatch):
 def test_problem_shapes_and_threads_are_checked(batch):
     truth, X, Y, theta = batch
     with pytest.raises(ValueError, match=r"^shapes disagree: X \(3, 50, 1\), Y \(3, 50\), "
-                                         r"theta0 \(2, 8\)$"):
+                                         r"theta0 \(2, 8\); expected X \(R, n, d\), "
+                                         r"Y \(R, n\), theta0 \(R, P\)$"):
         fit_batched(X, Y, theta[:2], truth)
+    # a column of responses (R, n, 1) is refused here, not deep in numpy or numba
+    with pytest.raises(ValueError, match=r"^shapes disagree: X \(3, 50, 1\), Y \(3, 50, 1\)"):
+        fit_batched(X, Y[..., None], theta, truth)
     with pytest.raises(ValueError, match="shapes disagree"):
         fit_batched(X, Y[:, :40], theta, truth)
     with pytest.raises(ValueError, match="shapes disagree"):
