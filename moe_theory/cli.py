@@ -24,12 +24,15 @@ import time
 from functools import partial
 from pathlib import Path
 
-from tqdm import tqdm
-
 from moe_theory.gates import ACTIVATIONS
 from moe_theory.io import dumps_json, read_config, run_provenance, write_run
 from moe_theory.model import EXPERTS
-from moe_theory.near_cli import add_near_arguments, near_config_from_args, run_near_cli
+from moe_theory.near_cli import (
+    add_near_arguments,
+    near_config_from_args,
+    run_near_cli,
+    sweep_kwargs,
+)
 from moe_theory.rates import (
     BACKENDS,
     PRESETS,
@@ -388,14 +391,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         with run_lock(out):
             # re-checked under the lock: another run may have finished into --out meanwhile
             check_out_dir(out, config, args.overwrite, parser)
-            result = run_rates(
-                config,
-                jobs=args.jobs,
-                cache_dir=None if args.no_cache else args.cache_dir,
-                progress=lambda it, total: tqdm(it, total=total, desc="fits", unit="block"),
-                backend=args.backend,
-                scheduler=args.scheduler,
-            )
+            result = run_rates(config, **sweep_kwargs(args, "fits"))
             try:
                 written = write_run(result, out, run_provenance(
                     [sys.argv[0], *argv] if argv is not None else sys.argv))

@@ -100,18 +100,23 @@ def near_config_from_args(
     return config
 
 
-def run_near_cli(config: NearConfig, args: argparse.Namespace, out: Path) -> tuple[list[Path], str]:
-    """Run E5, write its files and figure; returns the files written and the report."""
+def sweep_kwargs(args: argparse.Namespace, desc: str) -> dict:
+    """The execution options that ``run_rates`` and ``run_near`` both take from the CLI flags
+    (jobs, cache, backend, scheduler) and a progress bar over blocks labelled ``desc``."""
     from tqdm import tqdm
 
-    result = run_near(
-        config,
-        jobs=args.jobs,
-        cache_dir=None if args.no_cache else args.cache_dir,
-        progress=lambda it, total: tqdm(it, total=total, desc="near fits", unit="block"),
-        backend=args.backend,
-        scheduler=args.scheduler,
-    )
+    return {
+        "jobs": args.jobs,
+        "cache_dir": None if args.no_cache else args.cache_dir,
+        "progress": lambda it, total: tqdm(it, total=total, desc=desc, unit="block"),
+        "backend": args.backend,
+        "scheduler": args.scheduler,
+    }
+
+
+def run_near_cli(config: NearConfig, args: argparse.Namespace, out: Path) -> tuple[list[Path], str]:
+    """Run E5, write its files and figure; returns the files written and the report."""
+    result = run_near(config, **sweep_kwargs(args, "near fits"))
     written = write_near(result, out)
     if not args.no_figure:
         from figures.convergence_near import near_figure_for_run
