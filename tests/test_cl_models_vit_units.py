@@ -50,6 +50,21 @@ def tiny_vit(seed=0, depth=DEPTH, **kw) -> VisionTransformer:
 images = tiny_images
 
 
+def _gated_by_hand(vit, x, prefixes, prompt, layers=(0, 2)) -> torch.Tensor:
+    """The prompted forward written out: block ``layers[j]`` attends with ``prefixes[j]`` and
+    the prompt's gate scalars of layer ``j``; the other blocks run as in timm."""
+    h = embed_tokens(vit, x)
+    for i, block in enumerate(vit.blocks):
+        if i in layers:
+            j = list(layers).index(i)
+            out = block.attn(block.norm1(h), prefix=prefixes[j], alpha=prompt.alpha(j),
+                             tau=prompt.tau(j))
+            h = finish_block(block, h, out)
+        else:
+            h = block(h)
+    return vit.norm(h)
+
+
 # ------------------------------------------------------------------------------ vit helpers
 
 
@@ -215,16 +230,7 @@ def test_prompted_vit_forward_against_explicit_prefixes_and_plain_vit():
     torch.testing.assert_close(m.forward_features(x, torch.tensor([1, 1, 1]), prefixes=prefixes),
                                by_ids)
     # by hand: blocks 0 and 2 attend with their layer's prefix and gate scalars
-    h = embed_tokens(vit, x)
-    for i, block in enumerate(vit.blocks):
-        if i in (0, 2):
-            j = [0, 2].index(i)
-            out = block.attn(block.norm1(h), prefix=prefixes[j], alpha=m.prompt.alpha(j),
-                             tau=m.prompt.tau(j))
-            h = finish_block(block, h, out)
-        else:
-            h = block(h)
-    torch.testing.assert_close(by_ids, vit.norm(h))
+    torch.testing.assert_close(by_ids, _gated_by_hand(vit, x, prefixes, m.prompt))
     logits = m(x, task_ids)
     torch.testing.assert_close(logits, m.head(by_ids[:, 0]))
     torch.testing.assert_close(m.forward_head(by_ids, pre_logits=True), by_ids[:, 0])
@@ -544,16 +550,8 @@ def test_prompted_vit_passes_each_layers_alpha_and_tau():
         m.prompt.act_scale.copy_(torch.tensor([[0.3, 2.5], [1.7, 0.4]]))
     ids = torch.tensor([1, 0, 1])
     prefixes = m.prompt.gather(ids)
-    h = embed_tokens(vit, x)
-    for i, block in enumerate(vit.blocks):
-        if i in (0, 2):
-            j = [0, 2].index(i)
-            out = block.attn(block.norm1(h), prefix=prefixes[j], alpha=m.prompt.alpha(j),
-                             tau=m.prompt.tau(j))
-            h = finish_block(block, h, out)
-        else:
-            h = block(h)
-    torch.testing.assert_close(m.forward_features(x, ids), vit.norm(h))
+    torch.testing.assert_close(m.forward_features(x, ids),
+                               _gated_by_hand(vit, x, prefixes, m.prompt))
     assert m.prompt.alpha(0) != 1 and m.prompt.tau(1) != 1
 
 
