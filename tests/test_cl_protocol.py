@@ -34,7 +34,7 @@ from cl.protocol import DEVIATIONS, deviation_table, official_layer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parent.parent / "docs" / "deviations.md"
 
 
 # ------------------------------------------------------------------ the vote
