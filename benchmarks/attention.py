@@ -62,10 +62,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.models.prefix_attention import PrefixAttention, sdpa_backward_node
 from cl.models.vit import PromptedViT
-from cl.runio import write_json_atomic
+from cl.run.files import write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -48,11 +48,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import method_uses, resolve_config
 from cl.methods import Task, available_methods, get_method
 from cl.models.vit import pooled
-from cl.runio import write_json_atomic, write_text_atomic
+from cl.run.files import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 """Batched LM fitter vs per-replicate scipy loops on the same data and starting points.
 
 For each (setting, gate, n) the script draws the R replicate data sets and near-truth starts of
-the rate sweep (same seeds and streams as ``moe_theory.rates.fit_task``, restart 0), then fits
+the rate sweep (same seeds and streams as ``moe_theory.rates.sweep.fit_task``, restart 0), then fits
 them three ways:
 
 * **batched**: ``moe_theory.estimate.fit_batched`` on all R replicates at once (compiled kernel

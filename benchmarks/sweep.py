@@ -5,7 +5,7 @@ Three measurements, each in a fresh subprocess (so one cannot warm or bloat anot
 * ``quick``: the default command ``experiments/rates.py --gate norga`` (quick preset: E1 with
   both gates + E4, 7 values of n in 1e2..1e5, R = 12), with ``--no-cache`` and a temporary
   ``--out``; wall time of the whole process, figures included.
-* ``paper`` and ``full``: the presets of ``moe_theory.rates.PRESETS`` (at the time of writing
+* ``paper`` and ``full``: the presets of ``moe_theory.rates.sweep.PRESETS`` (at the time of writing
   ``paper`` = E1 + E4 and ``full`` = E1-E4, both with 20 values of n in 1e2..1e5, R = 40,
   3 restarts, both gates), through ``run_rates`` with ``--jobs`` workers and no cache.
   ``--paper-replicates`` / ``--full-replicates`` below 40 run a documented fraction: every task
@@ -43,7 +43,7 @@ GIB = 2.0**30
 # Runs in a child process: a preset (or a fraction of it) through run_rates.
 PAPER_CHILD = """
 import json, sys, time
-from moe_theory.rates import PRESETS, RateConfig, n_grid, run_rates
+from moe_theory.rates.sweep import PRESETS, RateConfig, n_grid, run_rates
 p = PRESETS[sys.argv[4]]
 reps, jobs = int(sys.argv[1]), int(sys.argv[2])
 config = RateConfig(settings=p["settings"], gates=("norga", "linear"),
@@ -58,7 +58,7 @@ json.dump({"wall": wall, "records": [r.to_row() for r in res.records]}, open(sys
 # Runs in a child process: one task at large n; peak RSS of the process.
 MEMORY_CHILD = """
 import json, resource, sys, time
-from moe_theory.rates import RateConfig, fit_task
+from moe_theory.rates.sweep import RateConfig, fit_task
 n, reps = int(sys.argv[1]), int(sys.argv[2])
 config = RateConfig(settings=("exact",), gates=("norga",), n_values=(n,), replicates=reps,
                     block=reps)
@@ -119,7 +119,7 @@ def _group(records: list[dict], key) -> dict[str, dict[str, float]]:
 
 
 def run_preset(preset: str, jobs: int, replicates: int) -> dict[str, object]:
-    from moe_theory.rates import PRESETS
+    from moe_theory.rates.sweep import PRESETS
 
     spec = PRESETS[preset]
     with tempfile.TemporaryDirectory() as tmp:
@@ -166,8 +166,8 @@ def run_memory(n: int, replicates: int) -> dict[str, object]:
         data = json.loads(path.read_text())
     peak = data["peak_rss_bytes"]
     return {
-        "what_ran": f"moe_theory.rates.fit_task: E1 exact, NoRGa, n={n}, R={replicates} in one "
-        "block, 1 restart (simulation, fit, losses), one process, BLAS 1 thread",
+        "what_ran": f"moe_theory.rates.sweep.fit_task: E1 exact, NoRGa, n={n}, R={replicates} "
+        "in one block, 1 restart (simulation, fit, losses), one process, BLAS 1 thread",
         "wall_seconds": data["wall"],
         "peak_rss_bytes": peak,
         "peak_rss_gib": peak / GIB,

@@ -51,11 +51,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import method_uses, resolve_config
 from cl.methods import Task, available_methods, get_method
-from cl.precision import apply_precision, autocast
-from cl.runio import write_json_atomic
+from cl.run.files import write_json_atomic
+from cl.run.precision import apply_precision, autocast
 
 ROOT = Path(__file__).resolve().parent.parent
 

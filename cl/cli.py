@@ -21,7 +21,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from cl.backbones import (
+from cl.backbones.loading import (
     BACKBONES,
     WEIGHTS_ENV,
     BackboneWeightsError,
@@ -37,14 +37,14 @@ from cl.config import (
     resolve_config,
 )
 from cl.data.registry import DatasetError, available_datasets
-from cl.engine import RunDirError, resolve_device, run_experiment
 from cl.errors import ConfigError
 from cl.methods import available_methods
 from cl.models.gating import ACTIVATIONS
 from cl.numerics import NonFiniteLossError
-from cl.precision import PRECISIONS, CompileError
 from cl.report import summary
-from cl.runio import WriteFailedError
+from cl.run.engine import RunDirError, resolve_device, run_experiment
+from cl.run.files import WriteFailedError
+from cl.run.precision import PRECISIONS, CompileError
 from norga.cli import (
     PARALLEL_PER_CORE,
     OneLineParser,

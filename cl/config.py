@@ -29,14 +29,15 @@ from typing import Any, Literal, get_args
 
 from cl.errors import ConfigError
 from cl.models.gating import ACTIVATIONS, Activation
-from cl.precision import PRECISIONS, Precision
 from cl.presets import PAPER_BACKBONES, PresetTable
-from cl.stats import STATS_METHODS, StatsMethod
+from cl.run.precision import PRECISIONS, Precision
+from cl.stats.gaussian import STATS_METHODS, StatsMethod
 from norga.choices import ChoiceError, check_choice
 
 # The fields with a fixed set of values. DatasetName, MethodName and BackboneTag list what the
-# registries hold (cl.data.registry, cl.methods, cl.backbones; tests/test_config_errors.py keeps
-# them equal); a name outside them is refused with the registry's own message.
+# registries hold (cl.data.registry, cl.methods, cl.backbones.loading;
+# tests/test_config_errors.py keeps them equal); a name outside them is refused with the
+# registry's own message.
 DatasetName = Literal["synthetic", "digits", "cifar100", "imagenet-r", "cub200", "5datasets"]
 MethodName = Literal["coda-prompt", "dualprompt", "hide", "l2p", "norga", "smope", "sprompt"]
 BackboneTag = Literal["vit-tiny-random", "vit-b16-random", "sup21k", "ibot21k", "ibot1k",
@@ -69,12 +70,12 @@ class CLConfig:
     # method-specific hyperparameters (baselines keep theirs here, keyed by name)
     method_options: dict[str, Any] = field(default_factory=dict)
     # where / how
-    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps (checked by cl.engine.resolve_device)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps (checked by cl.run.engine.resolve_device)
     batch_size: int = 128
     eval_batch_size: int = 128
     num_workers: int = 0
     # fp32: exact (default, reproduces the published setup); bf16: autocast of the ViT forward
-    # passes only (heads, losses, statistics stay float32/float64), see cl/precision.py
+    # passes only (heads, losses, statistics stay float32/float64), see cl/run/precision.py
     precision: Precision = "fp32"
     compile: bool = False  # torch.compile of the models' ViT forward passes
     data_root: str | None = None

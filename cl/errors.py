@@ -21,7 +21,7 @@ class ConfigError(ValueError):
     field:
         The :class:`cl.config.CLConfig` field at fault, or ``field.KEY`` for one key of
         ``method_options`` / ``dataset_options`` (e.g. ``"method_options.schedule"``); also
-        ``"stop_after_task"`` (an argument of :func:`cl.engine.run_experiment`).
+        ``"stop_after_task"`` (an argument of :func:`cl.run.engine.run_experiment`).
     reason:
         What is wrong and what is allowed, without the field name.
     """

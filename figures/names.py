@@ -58,7 +58,7 @@ _BACKBONE_ALIASES = {
     "moco1k": "moco1k",
     "moco": "moco1k",
     "mocov3": "moco1k",
-    "mocov31k": "moco1k",  # cl.backbones tag "mocov3-1k"
+    "mocov31k": "moco1k",  # cl.backbones.loading tag "mocov3-1k"
     "vitbasepatch16224mocov3": "moco1k",
     "sup1k": "sup1k",
     "vitbasepatch16224augreg2in21kftin1k": "sup1k",

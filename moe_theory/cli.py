@@ -27,13 +27,13 @@ from pathlib import Path
 from moe_theory.gates import ACTIVATIONS
 from moe_theory.io import dumps_json, read_config, run_provenance, write_run
 from moe_theory.model import EXPERTS
-from moe_theory.near_cli import (
+from moe_theory.near.cli import (
     add_near_arguments,
     near_config_from_args,
     run_near_cli,
     sweep_kwargs,
 )
-from moe_theory.rates import (
+from moe_theory.rates.sweep import (
     BACKENDS,
     PRESETS,
     RateConfig,

@@ -1,9 +1,9 @@
 """One fit of a rate sweep as a typed, frozen record (a row of ``fits.csv`` plus its timing).
 
-:func:`moe_theory.rates.fit_task` makes one :class:`FitRecord` per replicate; ``fits.csv``,
+:func:`moe_theory.rates.sweep.fit_task` makes one :class:`FitRecord` per replicate; ``fits.csv``,
 ``timing.csv`` and the fit cache store its :meth:`~FitRecord.to_row` and the cache reads it
 back with :meth:`~FitRecord.from_row`. The fields are exactly
-:data:`~moe_theory.rates_config.RECORD_KEYS` (the ``fits.csv`` columns and ``seconds``).
+:data:`~moe_theory.rates.config.RECORD_KEYS` (the ``fits.csv`` columns and ``seconds``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from moe_theory.rates_config import RECORD_KEYS
+from moe_theory.rates.config import RECORD_KEYS
 
 __all__ = ["FitRecord"]
 
@@ -76,7 +76,7 @@ class FitRecord:
         Raises
         ------
         ValueError
-            ``row`` has other keys than :data:`~moe_theory.rates_config.RECORD_KEYS` (e.g. a
+            ``row`` has other keys than :data:`~moe_theory.rates.config.RECORD_KEYS` (e.g. a
             row of an older ``fits.csv`` schema); the message lists both.
         """
         if set(row) != RECORD_KEYS:
@@ -86,4 +86,4 @@ class FitRecord:
 
 
 if {f.name for f in fields(FitRecord)} != RECORD_KEYS:  # pragma: no cover - a schema edit
-    raise ImportError("FitRecord's fields differ from moe_theory.rates_config.RECORD_KEYS")
+    raise ImportError("FitRecord's fields differ from moe_theory.rates.config.RECORD_KEYS")

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 from moe_theory.fit_record import FitRecord
-from moe_theory.rates import FIT_COLUMNS, TIMING_COLUMNS, RateResult
+from moe_theory.rates.sweep import FIT_COLUMNS, TIMING_COLUMNS, RateResult
 from norga.io import (
     WriteFailedError,
     atomic_write_many,

@@ -12,7 +12,7 @@ import torch
 
 from cl import cli as cl_cli
 from cl.config import CLConfig
-from cl.engine import RunResult, run_experiment
+from cl.run.engine import RunResult, run_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 

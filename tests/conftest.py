@@ -36,7 +36,7 @@ def quick_synthetic_cl_run(tmp_path_factory):
             import torch
 
             from cl.config import resolve_config
-            from cl.engine import run_experiment
+            from cl.run.engine import run_experiment
 
             out = tmp_path_factory.mktemp(f"quick_synthetic_{method}") / "run"
             before = torch.get_num_threads()

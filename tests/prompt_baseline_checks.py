@@ -18,11 +18,11 @@ from cl_helpers import (
     load_cl_cli,
 )
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.data import build_benchmark
-from cl.engine import run_experiment
 from cl.methods import Task, get_method
+from cl.run.engine import run_experiment
 
 __all__ = ["learnable_on_vit_b16"]  # re-exported: the baseline tests import it from here
 

@@ -20,12 +20,17 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer import _load_weights as timm_load_npz
 
-from cl import backbones as bb
-from cl.backbones import BACKBONES, BackboneWeightsError, build_backbone, load_backbone_weights
+from cl.backbones import loading as bb
+from cl.backbones.loading import (
+    BACKBONES,
+    BackboneWeightsError,
+    build_backbone,
+    load_backbone_weights,
+)
 from cl.config import resolve_config
-from cl.engine import run_experiment
 from cl.models.tii import TIIHead
 from cl.models.vit import PromptedViT, uses_fc_norm
+from cl.run.engine import run_experiment
 
 TINY: dict[str, Any] = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
                             qkv_bias=True)

@@ -34,8 +34,13 @@ from test_cl_backbones import _tiny_spec, random_timm_state, tiny_vit, to_google
 from timm.models import get_pretrained_cfg
 from timm.models.vision_transformer import _load_weights as timm_load_npz
 
-from cl import backbones as bb
-from cl.backbones import BACKBONES, BackboneWeightsError, build_backbone, load_backbone_weights
+from cl.backbones import loading as bb
+from cl.backbones.loading import (
+    BACKBONES,
+    BackboneWeightsError,
+    build_backbone,
+    load_backbone_weights,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

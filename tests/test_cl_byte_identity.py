@@ -1,8 +1,8 @@
 """The files of the quick synthetic CL run, byte for byte (sha256), before and after refactors.
 
-The digests below were taken on ``main`` at ``bde7ffd``, before ``cl/engine.py`` and
-``cl/backbones.py`` were split into modules with one job (issue 17): moving code between modules
-must not move a single byte of what a run writes. The run is the one
+The digests below were taken on ``main`` at ``bde7ffd``, before ``cl/run/engine.py`` and
+``cl/backbones/loading.py`` were split into modules with one job (issue 17): moving code between
+modules must not move a single byte of what a run writes. The run is the one
 ``experiments/cl.py --dataset synthetic --quick`` makes (seed 42, one torch thread), shared with
 ``test_golden_runs.py`` through the ``quick_synthetic_cl_run`` fixture.
 
@@ -209,7 +209,7 @@ if __name__ == "__main__":  # print the digests of a fresh run, to paste above
     import torch
 
     from cl.config import resolve_config
-    from cl.engine import run_experiment
+    from cl.run.engine import run_experiment
 
     torch.set_num_threads(1)
     exact, bits = {}, {}

@@ -11,12 +11,12 @@ import pytest
 import torch
 from cl_helpers import check_stop_and_resume, learnable_on_vit_b16
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.data import build_benchmark
-from cl.engine import run_experiment
 from cl.methods import Task, get_method
 from cl.models.coda import CodaPromptPool
+from cl.run.engine import run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

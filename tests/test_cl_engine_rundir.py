@@ -26,7 +26,10 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from cl import metrics as M
 from cl.data.base import SplitDataset
-from cl.engine import (
+from cl.methods import base as methods_base
+from cl.methods.base import Method
+from cl.numerics import NonFiniteLossError
+from cl.run.engine import (
     ConfigError,
     RunBusyError,
     RunDirError,
@@ -39,10 +42,7 @@ from cl.engine import (
     run_experiment,
     task_selection,
 )
-from cl.methods import base as methods_base
-from cl.methods.base import Method
-from cl.numerics import NonFiniteLossError
-from cl.runio import record_checksum, write_result_file
+from cl.run.files import record_checksum, write_result_file
 from norga.choices import ChoiceError
 from norga.cli import gib
 from norga.runlock import run_lock
@@ -222,7 +222,7 @@ def test_memory_bound_refuses_exactly_above_the_machine(tmp_path, monkeypatch):
 
 
 def test_memory_bound_of_a_cuda_device_and_of_a_model_without_prompt_layers(monkeypatch):
-    from cl.backbones import build_backbone
+    from cl.backbones.loading import build_backbone
 
     cfg = tiny_cfg("hide")
     vit = build_backbone(cfg.backbone, img_size=32, seed=0).model
@@ -681,7 +681,7 @@ def test_log_of_other_ranks_writes_nothing(tmp_path):
 @pytest.mark.filterwarnings("ignore:precision bf16 on the CPU")
 @pytest.mark.parametrize("precision, compile", [("bf16", False), ("fp32", True)])
 def test_precision_and_compile_reach_the_models(tmp_path, monkeypatch, precision, compile):
-    import cl.precision
+    import cl.run.precision
 
     calls = []
 
@@ -689,7 +689,7 @@ def test_precision_and_compile_reach_the_models(tmp_path, monkeypatch, precision
         calls.append((torch.device(device), precision, compile))
         return ["forward"]
 
-    monkeypatch.setattr(cl.precision, "apply_to_model", record)
+    monkeypatch.setattr(cl.run.precision, "apply_to_model", record)
     cfg = tiny_cfg("l2p", precision=precision, compile=compile)
     run_experiment(cfg, tmp_path / "run", stop_after_task=0)
     assert calls and set(calls) == {(torch.device("cpu"), precision, compile)}
@@ -711,7 +711,7 @@ def rank_0_of_two(tmp_path, monkeypatch):
 
     import torch.distributed as dist
 
-    from cl.distributed import DistContext
+    from cl.run.distributed import DistContext
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0,
                             world_size=1)
@@ -731,9 +731,9 @@ def rank_0_of_two(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_rank_0_trains_and_evaluates_its_share(tmp_path, rank_0_of_two, drop_last):
-    from cl.backbones import build_backbone
+    from cl.backbones.loading import build_backbone
     from cl.methods.base import get_method
-    from cl.runio import load_checkpoint
+    from cl.run.files import load_checkpoint
 
     cfg = tiny_cfg("l2p", epochs=2, batch_size=3, legacy_drop_last=drop_last)
     bench = _recording(tiny_bench(cfg))

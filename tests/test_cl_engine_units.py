@@ -5,7 +5,7 @@ Most runs use epochs 0 (class statistics and evaluation only): the accuracy, TII
 matrices are recomputed here from each ``checkpoints/task_<t>.pt`` with the method's own
 ``predict*`` calls, ``metrics.json`` from :mod:`cl.metrics`, ``SHA256SUMS`` with hashlib. The
 run-directory lifecycle (resume guards, ``stop_after_task``, ``--overwrite`` staging, refused
-configurations) is checked through :func:`cl.engine.run_experiment`'s observable effects.
+configurations) is checked through :func:`cl.run.engine.run_experiment`'s observable effects.
 """
 
 from __future__ import annotations
@@ -23,22 +23,22 @@ import torch
 from cl_engine_helpers import T, checksums, log_records, run_files, tiny_bench, tiny_cfg
 
 from cl import metrics as M
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import CLConfig
-from cl.engine import (
+from cl.methods.base import get_method
+from cl.run.engine import (
     ConfigError,
     load_config,
     run_experiment,
 )
-from cl.methods.base import get_method
-from cl.runio import (
+from cl.run.files import (
     load_checkpoint,
     read_accuracy_matrix_csv,
     sidecar_path,
     torch_save_atomic,
     write_result_file,
 )
-from cl.seeding import derive_seed, torch_generator
+from cl.run.seeding import derive_seed, torch_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

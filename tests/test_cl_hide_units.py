@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import cl.methods.hide as hide_module
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.data.synthetic import make_synthetic
 from cl.methods import Task, get_method
@@ -25,9 +25,9 @@ from cl.methods.losses import contrastive_regulariser
 from cl.methods.schedules import MIN_LR
 from cl.models.tii import TIIHead
 from cl.models.vit import PromptedViT
-from cl.seeding import derive_seed, seeded_global_rng, torch_generator
-from cl.stats import GaussianClassStats
-from cl.stats_centroids import MultiCentroidClassStats
+from cl.run.seeding import derive_seed, seeded_global_rng, torch_generator
+from cl.stats.centroids import MultiCentroidClassStats
+from cl.stats.gaussian import GaussianClassStats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.data import build_benchmark
 from cl.methods import Task, get_method

@@ -18,7 +18,7 @@ from prompt_baseline_checks import (
     learned_method,
 )
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.methods import Task, get_method
 from cl.models.prompt_pools import cosine_match, key_pull, majority_vote

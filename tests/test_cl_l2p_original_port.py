@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from prompt_baseline_checks import check_resume, small_config
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
-from cl.engine import run_experiment
 from cl.methods import Task, get_method
 from cl.models.prompt_pools import PromptTuningViT
+from cl.run.engine import run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

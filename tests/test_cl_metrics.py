@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cl import metrics as M
-from cl.runio import accuracy_matrix_csv, read_accuracy_matrix_csv
+from cl.run.files import accuracy_matrix_csv, read_accuracy_matrix_csv
 
 nan = math.nan
 # acc[t, i]: accuracy on task i after training task t

@@ -16,13 +16,13 @@ import torch
 from cl_helpers import check_stop_and_resume, check_strict_run_dir, strict_json_loads
 from torch.utils.data import DataLoader, TensorDataset
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.data.registry import build_benchmark
-from cl.engine import evaluate_task, final_metrics, run_experiment
 from cl.methods import get_method
 from cl.methods.base import Method, Task
-from cl.runio import json_line, json_text, read_accuracy_matrix_csv
+from cl.run.engine import evaluate_task, final_metrics, run_experiment
+from cl.run.files import json_line, json_text, read_accuracy_matrix_csv
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from cl_helpers import check_stop_and_resume, run_cl_cli
 
-from cl.backbones import BackboneWeightsError
+from cl.backbones.loading import BackboneWeightsError
 from cl.config import resolve_config
-from cl.engine import RunDirError, run_experiment
+from cl.run.engine import RunDirError, run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,4 +1,4 @@
-"""``--precision {fp32,bf16}`` and ``--compile`` (cl/precision.py, issue 8 item 4).
+"""``--precision {fp32,bf16}`` and ``--compile`` (cl/run/precision.py, issue 8 item 4).
 
 bf16 runs here under CPU autocast (torch supports it; on a GPU the same code uses CUDA
 autocast). Stated tolerance of bf16 against fp32 on the tiny random ViT: logits within 2e-2
@@ -16,12 +16,12 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cl import cli as cl_cli
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import CLConfig, resolve_config
-from cl.engine import RunDirError, _check_same_config
 from cl.methods import Task, available_methods, get_method
 from cl.models.vit import PromptedViT
-from cl.precision import CompileError, apply_precision, apply_to_model, to_float32
+from cl.run.engine import RunDirError, _check_same_config
+from cl.run.precision import CompileError, apply_precision, apply_to_model, to_float32
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

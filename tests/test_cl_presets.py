@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from cl_helpers import load_cl_cli, run_cl_cli
 
-from cl import backbones as bb
-from cl.backbones import BackboneWeightsError
+from cl.backbones import loading as bb
+from cl.backbones.loading import BackboneWeightsError
 from cl.config import describe_presets, resolve_config
 from cl.methods import base as methods_base
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from cl_helpers import PoisonedLoader
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.methods import Task, get_method
 from cl.models.prompt_pools import GEPrefixViT, PromptTuningViT, majority_vote, official_vote
-from cl.seeding import torch_generator
+from cl.run.seeding import torch_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

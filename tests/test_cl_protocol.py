@@ -23,14 +23,14 @@ import torch
 from cl_helpers import load_cl_cli
 from prompt_baseline_checks import SMALL_DATA, small_config
 
-from cl import engine
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
-from cl.engine import run_experiment
 from cl.methods import Task, available_methods, get_method
 from cl.methods.smope import MIN_LR
 from cl.models.prompt_pools import majority_vote, official_vote
 from cl.protocol import DEVIATIONS, deviation_table, official_layer
+from cl.run import engine
+from cl.run.engine import run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,10 +13,9 @@ import torch
 from cl_helpers import check_stop_and_resume, head_qkv, learnable_on_vit_b16, saved_bytes
 from timm.models.vision_transformer import Attention  # timm 0.9 and 1.x
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.data import build_benchmark
-from cl.engine import run_experiment
 from cl.methods import Task, get_method
 from cl.methods.smope import frequent_experts, prototype_loss, router_loss
 from cl.models.smope_prefix import (
@@ -25,6 +24,7 @@ from cl.models.smope_prefix import (
     proxy_scores,
     select_experts,
 )
+from cl.run.engine import run_experiment
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

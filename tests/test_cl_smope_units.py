@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from cl_helpers import PoisonedLoader
 from torch.utils.data import DataLoader, TensorDataset
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.methods import Task, get_method
 from cl.methods.smope import (
@@ -28,7 +28,7 @@ from cl.methods.smope import (
     router_loss,
 )
 from cl.models.smope_prefix import SMoPEViT, adaptive_noise
-from cl.seeding import torch_generator
+from cl.run.seeding import torch_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -16,7 +16,7 @@ from prompt_baseline_checks import (
     learnable_on_vit_b16,
 )
 
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.methods import Task, get_method
 

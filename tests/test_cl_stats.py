@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cl.stats import GaussianClassStats
+from cl.stats.gaussian import GaussianClassStats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,7 +76,7 @@ def _sorted_rows(t: torch.Tensor) -> np.ndarray:
 
 
 def test_multi_centroid_matches_hand_computed_kmeans() -> None:
-    from cl.stats import build_class_stats
+    from cl.stats.gaussian import build_class_stats
 
     # class 0: three far-apart groups -> k-means with k = 3 finds exactly these clusters
     group_a = [[0.0, 0.0], [0.0, 2.0]]  # mean (0, 1), biased var (0, 1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cl.stats import GaussianClassStats
+from cl.stats.gaussian import GaussianClassStats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

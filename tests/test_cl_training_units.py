@@ -21,7 +21,7 @@ from cl.methods.base import Method, _no_log, _no_progress, available_methods, ge
 from cl.methods.base import register_method as register
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.numerics import NonFiniteLossError
-from cl.stats import GaussianClassStats
+from cl.stats.gaussian import GaussianClassStats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

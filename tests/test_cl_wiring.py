@@ -14,13 +14,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import cl.methods.hide as hide_module
 import cl.methods.training as training_module
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import resolve_config
 from cl.data.synthetic import make_synthetic
-from cl.engine import _latest_good_checkpoint
 from cl.methods import Task, get_method
 from cl.models.prompts import PrefixPrompt
-from cl.runio import torch_save_atomic, verify_result_file, write_result_file
+from cl.run.engine import _latest_good_checkpoint
+from cl.run.files import torch_save_atomic, verify_result_file, write_result_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

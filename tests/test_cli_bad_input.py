@@ -203,9 +203,10 @@ CASES = [
                          ids=[f"{c}:{' '.join(a)[-40:]}" for c, a, _, _ in CASES])
 def test_bad_input_exits_2_with_one_line(clis, workspace, capsys, monkeypatch, cli, argv, flag,
                                         allowed):
-    import moe_theory.rates
+    import moe_theory.rates.sweep
 
-    monkeypatch.setattr(moe_theory.rates, "DASK_CONNECT_TIMEOUT", 1.0)  # unreachable: fail fast
+    # unreachable: fail fast
+    monkeypatch.setattr(moe_theory.rates.sweep, "DASK_CONNECT_TIMEOUT", 1.0)
     before = _snapshot(workspace)
     try:
         code = clis[cli].main(list(argv))

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 
 from cl import cli
-from cl.backbones import BACKBONES
+from cl.backbones.loading import BACKBONES
 from cl.config import CLConfig, resolve_config
 from cl.data.registry import available_datasets
-from cl.engine import resolve_device, run_experiment
 from cl.errors import ConfigError
 from cl.methods import available_methods
+from cl.run.engine import resolve_device, run_experiment
 from norga.choices import ChoiceError, check_choice
 
 # (method, overrides) -> the field the error names; one case per kind of check
@@ -104,7 +104,7 @@ def test_engine_errors_name_their_field(tiny_run_config: CLConfig, tmp_path: Pat
 ])
 def test_model_errors_map_to_fields_by_type_not_text(tiny_run_config: CLConfig, monkeypatch,
                                                      raised, field, reason) -> None:
-    from cl import engine
+    from cl.run import engine
 
     def refuse(*args, **kwargs):
         raise raised
@@ -184,10 +184,10 @@ def test_check_choice_returns_the_value_or_names_what_is_allowed() -> None:
 
 @pytest.mark.parametrize("call, name", [
     ("moe_theory.gates.Gate('cubic')", "gate"),
-    ("moe_theory.rates_config.RateConfig(settings=('huge',))", "setting"),
+    ("moe_theory.rates.config.RateConfig(settings=('huge',))", "setting"),
     ("cl.models.gating.prefix_gate(torch.zeros(1), 'norga', 'relu')", "activation"),
-    ("cl.precision.autocast('cpu', 'fp16').__enter__()", "precision"),
-    ("cl.stats.GaussianClassStats(3, 'full')", "stats method"),
+    ("cl.run.precision.autocast('cpu', 'fp16').__enter__()", "precision"),
+    ("cl.stats.gaussian.GaussianClassStats(3, 'full')", "stats method"),
     ("cl.data.transforms.build_transforms('weird', image_size=8)", "kind"),
     ("cl.data.registry.build_benchmark('imagenet99')", "dataset"),
     ("cl.methods.get_method('magic')", "method"),
@@ -198,10 +198,10 @@ def test_each_package_checks_choices_with_the_one_checker(call: str, name: str) 
     import cl.data.registry  # noqa: F401 - the modules the calls name
     import cl.data.transforms  # noqa: F401
     import cl.models.gating  # noqa: F401
-    import cl.precision  # noqa: F401
-    import cl.stats  # noqa: F401
+    import cl.run.precision  # noqa: F401
+    import cl.stats.gaussian  # noqa: F401
     import moe_theory.gates  # noqa: F401
-    import moe_theory.rates_config  # noqa: F401
+    import moe_theory.rates.config  # noqa: F401
 
     with pytest.raises(ChoiceError) as info:
         eval(call)

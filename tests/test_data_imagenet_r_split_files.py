@@ -156,7 +156,7 @@ def test_dualprompt_original_port_runs_on_the_coda_split(spec, tree: Path) -> No
     import json
 
     from cl.config import resolve_config
-    from cl.engine import run_experiment
+    from cl.run.engine import run_experiment
 
     split_dir, train, test, perm = _lists(tree, tree)
     cfg = resolve_config("imagenet-r", "dualprompt", "vit-tiny-random", overrides={

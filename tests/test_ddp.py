@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from cl.config import resolve_config
-from cl.engine import run_experiment
-from cl.runio import load_checkpoint, read_accuracy_matrix_csv
+from cl.run.engine import run_experiment
+from cl.run.files import load_checkpoint, read_accuracy_matrix_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = {"num_classes": 9, "num_tasks": 3, "train_per_class": 12, "test_per_class": 7}

@@ -158,7 +158,7 @@ def test_table_specs_fill_only_rows_with_runs(runs):
 
 
 def test_every_cl_backbone_tag_maps_to_a_published_table_key():
-    """Run directories name backbones by cl.backbones tags; tables key the papers' names."""
+    """Run directories name backbones by cl.backbones.loading tags; tables key the papers' names."""
     from figures.names import canonical_backbone
 
     expected = {"sup21k": "sup21k", "ibot21k": "ibot21k", "ibot1k": "ibot1k",

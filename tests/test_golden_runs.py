@@ -15,7 +15,7 @@ To update: run this file, copy the ``got`` values of the failing assertion into 
   alignment (``tap``) per task, to ``1e-5`` relative. The losses see wiring changes that move
   no prediction of this easy benchmark (prompt momentum ignored during training, for example).
 * ``THEORY``: small E1 (exact-specified) and E2 (over-specified) fits through
-  :func:`moe_theory.rates.fit_task` (seed 1, 2 restarts, n = 1000): the Voronoi loss ``L_1``,
+  :func:`moe_theory.rates.sweep.fit_task` (seed 1, 2 restarts, n = 1000): the Voronoi loss ``L_1``,
   the RSS and the LM iteration count per replicate. Counts are compared exactly, losses to
   ``1e-9`` relative (BLAS summation order).
 """
@@ -104,7 +104,7 @@ def test_quick_synthetic_run_is_pinned(method: str, quick_synthetic_cl_run) -> N
 
 @pytest.mark.parametrize("setting, gate", sorted(THEORY))
 def test_small_theory_fit_is_pinned(setting: str, gate: str) -> None:
-    from moe_theory.rates import RateConfig, fit_task
+    from moe_theory.rates.sweep import RateConfig, fit_task
 
     pins = THEORY[(setting, gate)]
     config = RateConfig(settings=(setting,), restarts=2, seed=1)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_theory.near_sweep import NearConfig, analyse_near, parametric_from, run_near
+from moe_theory.near.sweep import NearConfig, analyse_near, parametric_from, run_near
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "rates.py"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from moe_theory.cli import build_parser
-from moe_theory.near_cli import near_config_from_args
-from moe_theory.near_sweep import NearConfig, analyse_near, plan_near_tasks, run_near
+from moe_theory.near.cli import near_config_from_args
+from moe_theory.near.sweep import NearConfig, analyse_near, plan_near_tasks, run_near
 
 
 def near_config(tmp_path: Path, *flags: str) -> NearConfig:

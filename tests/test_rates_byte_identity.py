@@ -22,7 +22,7 @@ import pytest
 
 from moe_theory.fit_record import FitRecord
 from moe_theory.io import dumps_json, fits_csv_text
-from moe_theory.rates import RateConfig, RateResult, mechanism_report
+from moe_theory.rates.sweep import RateConfig, RateResult, mechanism_report
 
 GOLDEN = Path(__file__).parent / "golden" / "rates_synthetic"
 N_VALUES = (100, 200, 400, 800, 1600)

@@ -10,9 +10,9 @@ import pytest
 from scipy import stats
 from test_rates_byte_identity import reference_result
 
-import moe_theory.rates as rates
+import moe_theory.rates.sweep as rates
 from moe_theory.inference import RateFit
-from moe_theory.rates import FisherCheck, GroupAnalysis, PerNStats, RateResult
+from moe_theory.rates.sweep import FisherCheck, GroupAnalysis, PerNStats, RateResult
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_group_of_a_missing_pair_names_the_pairs_present(result):
         result.group("over-tanh", "none")
 
 
-# Every public name moe_theory/rates.py defined before it was split (issue 17, point 5).
+# Every public name moe_theory/rates/sweep.py defined before it was split (issue 17, point 5).
 DEFINED_BEFORE_THE_SPLIT = (
     "BACKENDS", "DASK_CONNECT_TIMEOUT", "EXPECTED_SLOPE", "FISHER_BAND", "FIT_COLUMNS", "PRESETS",
     "RECORD_KEYS", "TIMING_COLUMNS", "RateConfig", "RateResult", "SchedulerUnreachableError",

@@ -21,9 +21,9 @@ import torch
 import norga.io as norga_io
 from cl.config import resolve_config
 from cl.data.registry import build_benchmark
-from cl.engine import run_experiment
 from cl.numerics import NonFiniteLossError
-from cl.runio import (
+from cl.run.engine import run_experiment
+from cl.run.files import (
     CheckpointError,
     WriteFailedError,
     load_checkpoint,
@@ -102,7 +102,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_previous(tmp_path, reference,
         latest.write_bytes(data[: len(data) // 3])
     else:
         latest.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
-    with caplog.at_level("WARNING", logger="cl.engine"):
+    with caplog.at_level("WARNING", logger="cl.run.engine"):
         resumed = run_experiment(_cfg(), out)
     assert resumed.resumed_after_task == 0, "must fall back to the task-0 checkpoint"
     assert len(resumed.skipped_checkpoints) == 1
@@ -133,7 +133,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)
 from cl.config import resolve_config
-from cl.engine import run_experiment
+from cl.run.engine import run_experiment
 
 mode, arg, out, overrides = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 

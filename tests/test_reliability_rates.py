@@ -12,7 +12,7 @@ import pytest
 import moe_theory.estimate as estimate
 from moe_theory.fit_record import FitRecord
 from moe_theory.io import write_run
-from moe_theory.rates import RateConfig, plan_tasks, run_rates
+from moe_theory.rates.sweep import RateConfig, plan_tasks, run_rates
 
 CONFIG = RateConfig(settings=("exact",), gates=("norga", "linear"), n_values=(100, 200, 400),
                     replicates=4, block=2, fit_n_min=100, max_iter=60)
@@ -168,7 +168,7 @@ def test_workers_exit_when_the_sweep_process_is_gone():
     import subprocess
     import sys
 
-    code = ("import os, time; from moe_theory.rates import exit_with_parent; "
+    code = ("import os, time; from moe_theory.rates.sweep import exit_with_parent; "
             "exit_with_parent({parent}, poll=0.05); time.sleep(60)")
     orphan = subprocess.run([sys.executable, "-c", code.format(parent=-1)], timeout=60)
     assert orphan.returncode == 1  # its parent is not the sweep: it ends at once

@@ -15,10 +15,10 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from cl import backbones as bb
 from cl import cli as cl_cli
-from cl.backbones import BACKBONES, BackboneWeightsError, build_backbone
-from cl.runio import CheckpointError, load_checkpoint, sha256_hex, torch_save_atomic
+from cl.backbones import loading as bb
+from cl.backbones.loading import BACKBONES, BackboneWeightsError, build_backbone
+from cl.run.files import CheckpointError, load_checkpoint, sha256_hex, torch_save_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0, qkv_bias=True)

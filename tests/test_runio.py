@@ -1,5 +1,5 @@
-"""Atomic writes, checksum files and checkpoints of cl.runio, unit by unit: where temporaries go,
-which errors are wrapped and how, how ``SHA256SUMS`` lines are parsed, and what a checkpoint may
+"""Atomic writes, checksum files and checkpoints of cl.run.files, unit by unit: where temporaries
+go, which errors are wrapped and how, how ``SHA256SUMS`` lines are parsed, and what a checkpoint may
 hold."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from cl.runio import (
+from cl.run.files import (
     CHECKSUMS_FILE,
     CheckpointError,
     WriteFailedError,

@@ -6,7 +6,7 @@ Runs the sweep exactly as ``python experiments/rates.py --gate both`` does (7 va
 
 import pytest
 
-from moe_theory.rates import PRESETS, RateConfig, n_grid, run_rates
+from moe_theory.rates.sweep import PRESETS, RateConfig, n_grid, run_rates
 
 
 @pytest.fixture(scope="module")

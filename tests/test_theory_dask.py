@@ -2,7 +2,7 @@
 
 import pytest
 
-from moe_theory.rates import RateConfig, run_rates
+from moe_theory.rates.sweep import RateConfig, run_rates
 
 pytest.importorskip("dask.distributed")
 

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from moe_theory.inference import WLS_MIN_REPLICATES, fit_rate, rate_slope_intervals
-from moe_theory.rates import n_grid
+from moe_theory.rates.sweep import n_grid
 
 TRUE_SLOPE = -0.5
 DRAWS = 2000

@@ -1,4 +1,5 @@
-"""E5 mechanism (moe_theory.near): Fisher spectra of near-coincident prompts and their exponents.
+"""E5 mechanism (moe_theory.near.mechanism): Fisher spectra of near-coincident prompts and their
+exponents.
 
 References are computed independently here: a two-exponential model whose degeneracy is known in
 closed form, finite differences of the textbook g(x), and mpmath at 50 digits.
@@ -8,9 +9,9 @@ import mpmath as mp
 import numpy as np
 import pytest
 
-from moe_theory import near
 from moe_theory.gates import Gate
 from moe_theory.model import textbook_regression
+from moe_theory.near import mechanism as near
 
 
 def _two_exponentials(t: float, nodes: int = 400) -> np.ndarray:

@@ -3,7 +3,7 @@
 import pytest
 
 from moe_theory.io import dumps_json
-from moe_theory.near_sweep import NearConfig, near_fits_csv, run_near
+from moe_theory.near.sweep import NearConfig, near_fits_csv, run_near
 
 pytest.importorskip("dask.distributed")
 

@@ -7,7 +7,7 @@ import pytest
 
 from moe_theory.fit_record import FitRecord
 from moe_theory.io import dumps_json, fits_csv_text
-from moe_theory.rates import (
+from moe_theory.rates.sweep import (
     FIT_COLUMNS,
     RECORD_KEYS,
     RateConfig,
@@ -140,7 +140,7 @@ def test_records_of_another_schema_are_never_misread(monkeypatch, tmp_path, capl
     import hashlib
     import json
 
-    import moe_theory.rates as rates
+    import moe_theory.rates.sweep as rates
 
     before = rates._source_fingerprint()
     monkeypatch.setattr(rates, "RECORD_KEYS", rates.RECORD_KEYS - {"status"})

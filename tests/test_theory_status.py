@@ -7,7 +7,7 @@ import pytest
 
 from moe_theory.estimate import LAMBDA_STALL, ConvergenceWarning, _levenberg_marquardt, fit_status
 from moe_theory.io import fits_csv_text
-from moe_theory.rates import RateConfig, run_rates
+from moe_theory.rates.sweep import RateConfig, run_rates
 
 
 class RejectEverything:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moe_theory.inference import AICC_DECISIVE, compare_rate_models
-from moe_theory.rates import l2_error, rate_verdict
+from moe_theory.rates.sweep import l2_error, rate_verdict
 from moe_theory.settings import get_setting
 
 N7 = np.logspace(2, 5, 7)

@@ -32,7 +32,7 @@ from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.coda import CodaViT
 from cl.presets import PresetTable
-from cl.seeding import torch_generator
+from cl.run.seeding import torch_generator
 
 #: ``method_options`` of CODA-Prompt and their defaults (CIFAR-100 values of the official code).
 DEFAULT_OPTIONS: dict[str, Any] = {

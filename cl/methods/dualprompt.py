@@ -23,7 +23,7 @@ from torch import nn
 
 from cl.errors import ConfigError
 from cl.methods.base import Task, register_method
-from cl.methods.prompt_pool import COMMON_OPTIONS, KeyedPromptMethod
+from cl.methods.key_matched import COMMON_OPTIONS, KeyedPromptMethod
 from cl.models.prompt_pools import GEPrefixViT
 from cl.presets import PresetTable
 

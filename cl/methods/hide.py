@@ -32,8 +32,8 @@ from cl.models.prompt_pools import official_vote
 from cl.models.tii import TIIHead
 from cl.models.vit import PromptedViT
 from cl.presets import SELF_SUPERVISED, PresetTable
-from cl.seeding import derive_seed, seeded_global_rng, torch_generator
-from cl.stats import GaussianClassStats, build_class_stats
+from cl.run.seeding import derive_seed, seeded_global_rng, torch_generator
+from cl.stats.gaussian import GaussianClassStats, build_class_stats
 
 # What the HiDe and NoRGa scripts of one (dataset, backbone) share where they differ from the
 # Sup-21K script of that dataset (cl-pipeline.md section 2.6, Run 1 and Run 2 tables).

@@ -58,8 +58,8 @@ from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.smope_prefix import Routing, SMoPEViT, adaptive_noise
 from cl.presets import PresetTable
-from cl.seeding import torch_generator
-from cl.stats import build_class_stats
+from cl.run.seeding import torch_generator
+from cl.stats.gaussian import build_class_stats
 
 MIN_LR = 1e-6
 

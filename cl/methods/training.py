@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from cl.methods.base import LogFn, Method, ProgressFn, Task
 from cl.methods.losses import class_mask, masked_logits
 from cl.numerics import check_finite_loss
-from cl.stats import GaussianClassStats
+from cl.stats.gaussian import GaussianClassStats
 
 if TYPE_CHECKING:  # annotations only: cl.config imports every method module
     from cl.config import CLConfig

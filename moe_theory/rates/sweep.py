@@ -1,7 +1,7 @@
 """The rate sweep: fits over n x replicates, and :class:`RateResult` (spec section 5).
 
-This module runs the sweep; the configuration lives in :mod:`moe_theory.rates_config`, the
-analysis in :mod:`moe_theory.rates_analysis` and the report in :mod:`moe_theory.rates_report`.
+This module runs the sweep; the configuration lives in :mod:`moe_theory.rates.config`, the
+analysis in :mod:`moe_theory.rates.analysis` and the report in :mod:`moe_theory.rates.report`.
 Every public name of those is importable from here.
 
 Work is split into tasks ``(setting, gate, n, block of replicates)``. Each replicate draws its
@@ -42,14 +42,14 @@ from moe_theory.gates import GATES, Gate
 from moe_theory.inference import RateFit
 from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_residual
 from moe_theory.model import EXPERTS, PrefixMoE, n_params, regression
-from moe_theory.rates_analysis import (
+from moe_theory.rates.analysis import (
     FisherCheck,
     GroupAnalysis,
     PerNStats,
     analyse_group,
     rate_verdict,
 )
-from moe_theory.rates_config import (
+from moe_theory.rates.config import (
     EXPECTED_SLOPE,
     FISHER_BAND,
     FIT_COLUMNS,
@@ -59,7 +59,7 @@ from moe_theory.rates_config import (
     RateConfig,
     n_grid,
 )
-from moe_theory.rates_report import summary_dict, summary_text
+from moe_theory.rates.report import summary_dict, summary_text
 from moe_theory.settings import SETTINGS, THETA_BOUND, get_setting
 from moe_theory.simulate import INIT_STREAM, integration_points, replicate_seed, simulate
 from moe_theory.voronoi import VoronoiLoss, voronoi_loss
@@ -108,7 +108,9 @@ def _source_fingerprint() -> str:
     """
     digest = hashlib.sha256()
     digest.update(repr(sorted(RECORD_KEYS)).encode())  # the record schema, explicitly
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    package = Path(__file__).resolve().parents[1]  # all of moe_theory, subpackages included
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     digest.update(b"numba" if compiled_backend_available() else b"numpy")
     return digest.hexdigest()[:16]

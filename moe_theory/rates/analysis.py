@@ -24,7 +24,7 @@ from moe_theory.inference import (
     mean_ratio_ci,
 )
 from moe_theory.mechanism import fisher_prediction
-from moe_theory.rates_config import EXPECTED_SLOPE, FISHER_BAND, RateConfig
+from moe_theory.rates.config import EXPECTED_SLOPE, FISHER_BAND, RateConfig
 from moe_theory.settings import get_setting
 
 

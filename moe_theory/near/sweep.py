@@ -1,8 +1,8 @@
 """E5 fits: near-coincident true prompts at fixed separation and on a shrinking schedule.
 
 Spec moe-theory.md section 5.7. Two kinds of truth, both ``L = L' = 2`` (a cluster of two real
-atoms around the base atom, :func:`moe_theory.near.near_truth`), fitted by bounded least squares
-(``|theta| <= 5``) from near-truth starts with restarts, under each gate:
+atoms around the base atom, :func:`moe_theory.near.mechanism.near_truth`), fitted by bounded least
+squares (``|theta| <= 5``) from near-truth starts with restarts, under each gate:
 
 * **fixed**: separation ``t`` in a grid (default 0.8, 0.4, 0.2); ``L_1`` and its parts against
   ``n`` next to the Fisher prediction ``C(t) / sqrt(n)``, and the smallest ``n`` from which the
@@ -33,12 +33,12 @@ from joblib import Parallel, delayed
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from moe_theory import near
 from moe_theory.cache import FitCache
 from moe_theory.estimate import compiled_backend_available, fit_restarts, near_truth_starts
 from moe_theory.gates import ACTIVATIONS, GATES, Gate
 from moe_theory.model import EXPERTS, n_params, regression_and_jacobian
-from moe_theory.rates import _run_on_dask, fit_outcome, l2_error
+from moe_theory.near import mechanism as near
+from moe_theory.rates.sweep import _run_on_dask, fit_outcome, l2_error
 from moe_theory.settings import THETA_BOUND
 from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate
 from moe_theory.voronoi import voronoi_loss
@@ -207,7 +207,9 @@ def _stream(kind: str, value: float) -> str:
 def _source_fingerprint() -> str:
     """Hash of this package's sources (and numpy/numba backend) for the fit cache."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
+    package = Path(__file__).resolve().parents[1]  # all of moe_theory, subpackages included
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode())
         digest.update(path.read_bytes())
     digest.update(b"numba" if compiled_backend_available() else b"numpy")
     return digest.hexdigest()[:16]
@@ -325,7 +327,7 @@ class NearResult:
                 "mechanism": self.mechanism, **self.analyse()}
 
     def summary(self) -> str:
-        from moe_theory.near_report import near_summary
+        from moe_theory.near.report import near_summary
 
         return near_summary(self)
 
@@ -341,8 +343,8 @@ def run_near(
 ) -> NearResult:
     """Run E5: the mechanism table and every fit of ``config``.
 
-    Parameters are those of :func:`moe_theory.rates.run_rates`. The result is identical, bit for
-    bit, for any backend, ``jobs`` or block size (wall times apart).
+    Parameters are those of :func:`moe_theory.rates.sweep.run_rates`. The result is identical,
+    bit for bit, for any backend, ``jobs`` or block size (wall times apart).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from moe_theory.gates import Gate
 
 if TYPE_CHECKING:
-    from moe_theory.near_sweep import NearResult
+    from moe_theory.near.sweep import NearResult
 
 
 def _p(e: dict[str, object] | None) -> str:

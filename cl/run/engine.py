@@ -1,12 +1,12 @@
 """The task loop: build data and model, train task by task, evaluate, checkpoint, resume.
 
 The run directory (its files, resume decisions, ``--overwrite`` staging, the run lock's checks
-and the result files) is handled by :mod:`cl.rundir`; this module builds the run and trains and
-evaluates task by task.
+and the result files) is handled by :mod:`cl.run.directory`; this module builds the run and trains
+and evaluates task by task.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) training data are sharded over the processes, evaluation
 and class statistics count every image exactly once, and only rank 0 writes; see
-:mod:`cl.distributed`.
+:mod:`cl.run.distributed`.
 """
 
 from __future__ import annotations
@@ -26,27 +26,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from cl import metrics as M
-from cl.backbones import build_backbone
+from cl.backbones.loading import build_backbone
 from cl.config import CLConfig
 from cl.data import registry
 from cl.data.base import Benchmark
 from cl.data.registry import build_benchmark
-from cl.distributed import (
-    DistContext,
-    SharedShuffleSampler,
-    broadcast_parameters,
-    eval_shard,
-    local_device,
-    modules_of,
-    process_group,
-    sync_gradients,
-)
-from cl.environment import environment
 from cl.errors import ConfigError
 from cl.methods.base import Method, Task, get_method
 from cl.numerics import NonFiniteLossError
-from cl.precision import apply_precision
-from cl.rundir import (  # RunDirError, load_config, ...: re-exported, cl.engine's public API
+
+# RunDirError, load_config, ...: re-exported, cl.run.engine's public API
+from cl.run.directory import (
     STAGING,
     RunBusyError,  # noqa: F401
     RunDirError,  # noqa: F401
@@ -63,8 +53,20 @@ from cl.rundir import (  # RunDirError, load_config, ...: re-exported, cl.engine
     rewrite_matrices,
     write_run_files,
 )
-from cl.runio import json_text, record_checksum, write_result_file
-from cl.seeding import derive_seed, torch_generator
+from cl.run.distributed import (
+    DistContext,
+    SharedShuffleSampler,
+    broadcast_parameters,
+    eval_shard,
+    local_device,
+    modules_of,
+    process_group,
+    sync_gradients,
+)
+from cl.run.environment import environment
+from cl.run.files import json_text, record_checksum, write_result_file
+from cl.run.precision import apply_precision
+from cl.run.seeding import derive_seed, torch_generator
 from norga.choices import ChoiceError
 from norga.cli import gib, total_memory
 
@@ -200,7 +202,7 @@ def evaluate_task(
     set (``None`` for methods without prompt experts).
 
     ``full=False`` computes ``acc`` only (the others are ``nan``). Under ``torch.distributed``
-    ``loader`` holds this rank's share of the test set (see :func:`cl.distributed.eval_shard`,
+    ``loader`` holds this rank's share of the test set (see :func:`cl.run.distributed.eval_shard`,
     no padding); the counts are summed over ranks, so every test image is counted exactly once.
     """
     n = correct = tii_correct = til_correct = oracle_correct = 0
@@ -398,7 +400,7 @@ def run_experiment(
 
     Raises
     ------
-    cl.data.registry.DatasetError, cl.backbones.BackboneWeightsError
+    cl.data.registry.DatasetError, cl.backbones.loading.BackboneWeightsError
         Data or weights missing; nothing is written in that case.
     ConfigError
         The configuration cannot run (bad device, ``dataset_options``, ``stop_after_task``,
@@ -408,7 +410,7 @@ def run_experiment(
         :class:`RunBusyError` when another process is writing into it.
     cl.numerics.NonFiniteLossError
         A training loss became NaN or inf; the checkpoints of finished tasks are kept.
-    cl.runio.WriteFailedError
+    cl.run.files.WriteFailedError
         A result file or checkpoint could not be written (disk full, permissions); the
         previous version of that file is intact.
     """

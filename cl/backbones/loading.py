@@ -1,7 +1,7 @@
 """Backbone tags -> frozen timm ``VisionTransformer``: find, read and strictly load the weights.
 
-The tags and their weights files are declared in :mod:`cl.backbone_tags`, the converters of the
-original checkpoint layouts live in :mod:`cl.backbone_converters`; both are re-exported here.
+The tags and their weights files are declared in :mod:`cl.backbones.tags`, the converters of the
+original checkpoint layouts live in :mod:`cl.backbones.converters`; both are re-exported here.
 
 Where the weights file comes from, in order: ``--weights PATH``; a file of the expected name in
 the weights folder (``$NORGA_WEIGHTS``, default ``~/.cache/norga/weights``); for ``sup21k`` a
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from timm.models.vision_transformer import VisionTransformer
 
-from cl.backbone_converters import (
+from cl.backbones.converters import (
     HEAD_PREFIXES,
     BackboneWeightsError,
     ConvertedWeights,
@@ -52,7 +52,7 @@ from cl.backbone_converters import (
     convert_sup21k,
     convert_timm_supervised,
 )
-from cl.backbone_tags import (
+from cl.backbones.tags import (
     BACKBONES,
     WEIGHTS_ENV,
     BackboneSpec,
@@ -61,8 +61,8 @@ from cl.backbone_tags import (
     pretrained_backbones,
     weights_dir,
 )
-from cl.runio import CheckpointError, safe_torch_load
-from cl.seeding import derive_seed, seeded_global_rng
+from cl.run.files import CheckpointError, safe_torch_load
+from cl.run.seeding import derive_seed, seeded_global_rng
 
 __all__ = [
     "BACKBONES", "CHECKPOINT_GLOBALS", "HEAD_PREFIXES", "RANDOM_INIT", "WEIGHTS_ENV", "Backbone",

@@ -22,7 +22,7 @@ the previous good one is used); a finished run (one with a valid ``metrics.json`
 unless ``overwrite=True``. Every file is written atomically, so a run killed at any point (even
 ``SIGKILL``) resumes on re-run and ends with the same accuracy matrix as an uninterrupted one.
 
-The functions that read or write files run on rank 0 only (the task loop in :mod:`cl.engine`
+The functions that read or write files run on rank 0 only (the task loop in :mod:`cl.run.engine`
 calls them through its ``_on_main``).
 """
 
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from cl.config import CLConfig, config_from_dict
-from cl.runio import (
+from cl.run.files import (
     CHECKSUMS_FILE,
     CheckpointError,
     accuracy_matrix_csv,

@@ -32,7 +32,7 @@ from cl.methods.losses import class_mask, masked_logits
 from cl.methods.schedules import build_epoch_scheduler
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.prompt_pools import key_pull, majority_vote, official_vote
-from cl.seeding import torch_generator
+from cl.run.seeding import torch_generator
 
 # method_options every key-matched method understands (subclasses add their own)
 COMMON_OPTIONS: dict[str, Any] = {

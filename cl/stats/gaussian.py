@@ -16,7 +16,7 @@ import torch
 from norga.choices import check_choice
 
 StatsMethod = Literal["covariance", "variance", "multi-centroid"]
-#: every ``stats_method`` of a run (``multi-centroid``: :mod:`cl.stats_centroids`)
+#: every ``stats_method`` of a run (``multi-centroid``: :mod:`cl.stats.centroids`)
 STATS_METHODS: tuple[StatsMethod, ...] = get_args(StatsMethod)
 #: the methods of :class:`GaussianClassStats` (one Gaussian per class)
 GAUSSIAN_METHODS: tuple[StatsMethod, ...] = ("covariance", "variance")
@@ -26,9 +26,9 @@ def build_class_stats(dim: int, method: StatsMethod, *, n_centroids: int = 10,
                       seed: int = 0):
     """Class statistics for ``stats_method``: :class:`GaussianClassStats` (``covariance``,
     ``variance``) or HiDe-Prompt's k-means
-    :class:`cl.stats_centroids.MultiCentroidClassStats` (``multi-centroid``)."""
+    :class:`cl.stats.centroids.MultiCentroidClassStats` (``multi-centroid``)."""
     if method == "multi-centroid":
-        from cl.stats_centroids import MultiCentroidClassStats
+        from cl.stats.centroids import MultiCentroidClassStats
 
         return MultiCentroidClassStats(dim, n_centroids=n_centroids, seed=seed)
     return GaussianClassStats(dim, method)

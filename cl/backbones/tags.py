@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cl.backbone_converters import (
+from cl.backbones.converters import (
     ConvertedWeights,
     convert_dino1k,
     convert_ibot1k,

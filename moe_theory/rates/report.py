@@ -1,6 +1,6 @@
 """Reporting of a rate sweep: ``summary.json`` content and the printed ``summary.txt``.
 
-Both are built from the typed :class:`~moe_theory.rates_analysis.GroupAnalysis` records; the
+Both are built from the typed :class:`~moe_theory.rates.analysis.GroupAnalysis` records; the
 JSON keeps the key order and numbers of ``summary.json`` version 2.
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 from moe_theory.gates import Gate
 from moe_theory.inference import AICC_DECISIVE
-from moe_theory.rates_analysis import GroupAnalysis
-from moe_theory.rates_config import FISHER_BAND, RateConfig
+from moe_theory.rates.analysis import GroupAnalysis
+from moe_theory.rates.config import FISHER_BAND, RateConfig
 
 __all__ = ["summary_dict", "summary_text"]
 

@@ -1,11 +1,11 @@
 """Checkpoint converters: an original checkpoint layout -> a timm-style ViT state dict.
 
-Each pretrained backbone tag (:mod:`cl.backbone_tags`) names one converter. A converter unwraps
+Each pretrained backbone tag (:mod:`cl.backbones.tags`) names one converter. A converter unwraps
 the checkpoint container (``ckpt['teacher']``, ``ckpt['state_dict']``, ``ckpt['model']``), renames
 the keys to timm's and sets aside, by reason, the keys that are known not to belong to the
 backbone (classification / projection heads, MoCo v3's momentum encoder, predictor and final
 norm, iBOT's mask token). Keys it does not know are left in the state dict under their own
-names, so that the strict loader (:func:`cl.backbones.load_backbone_weights`) reports them.
+names, so that the strict loader (:func:`cl.backbones.loading.load_backbone_weights`) reports them.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ _PACKAGES = ("torch", "timm", "numpy", "scikit-learn", "scipy", "tqdm")
 
 def git_state(repo: Path | None = None) -> dict[str, Any]:
     """Commit SHA and dirty flag of the repository holding this package (if any)."""
-    repo = repo or Path(__file__).resolve().parent.parent
+    repo = repo or Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                              text=True, timeout=10, check=True).stdout.strip()

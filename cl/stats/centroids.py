@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cl.seeding import derive_seed
+from cl.run.seeding import derive_seed
 
 
 class MultiCentroidClassStats:

@@ -7,7 +7,7 @@ reproduce bit for bit. ``--precision bf16`` runs the ViT forward passes of a met
 * heads, losses and gradients of the trainable parameters are computed in float32 (the head
   and the loss sit outside the autocast region);
 * class statistics keep their float64 sums and the Gaussian replay samples stay float32
-  (:mod:`cl.stats` never runs under autocast);
+  (:mod:`cl.stats.gaussian` never runs under autocast);
 * parameters stay float32 (autocast casts copies for the matmuls only).
 
 The switch works on the models a method holds (``method.model``), without changes to the
