@@ -167,6 +167,7 @@ def test_run_writes_the_same_files(method, quick_synthetic_cl_run):
     assert got == sorted(FILES)
 
 
+@pytest.mark.float_pin
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_exact_files_are_byte_identical(method, quick_synthetic_cl_run):
@@ -176,6 +177,7 @@ def test_exact_files_are_byte_identical(method, quick_synthetic_cl_run):
     assert not differ, f"{method}: {differ} differ from the reference run; got {got}"
 
 
+@pytest.mark.float_pin
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_float_files_are_byte_identical_in_the_reference_environment(

@@ -1,23 +1,33 @@
-"""Golden runs: small deterministic runs whose numbers are pinned (exactly where they are counts).
+"""Golden runs: small deterministic runs whose numbers are pinned, to a measured tolerance.
 
-A change that moves any number here must update the pin IN THE SAME COMMIT and say in the
-commit message why the numbers moved (a bug fix, a protocol change, a new default). A pin that
-moves for no stated reason is a wiring bug: the formula-level tests do not see, for example, a
-class mask that is off by one task, skipped prompt momentum or a changed LM damping schedule,
-but each of those moves these numbers.
+A change that moves any number here beyond its tolerance must update the pin IN THE SAME COMMIT
+and say in the commit message why the numbers moved (a bug fix, a protocol change, a new
+default). A pin that moves for no stated reason is a wiring bug: the formula-level tests do not
+see, for example, a class mask that is off by one task, skipped prompt momentum or a changed LM
+damping schedule, but each of those moves these numbers.
 
-To update: run this file, copy the ``got`` values of the failing assertion into the dict below.
+The pins hold on every CPU, not only on the one that made them: counts are compared exactly,
+floats to a relative tolerance set well above the spread measured between CPU paths (AVX-512,
+AVX2 and the SSE-only path that ``.ci/run_emulated_cpu`` forces; docs/development.md, "Golden
+runs") and well below what the wiring bugs above move.
+
+To re-pin (one place: the ``CL`` / ``THEORY`` dicts below), run
+``PYTHONPATH=. python tests/test_golden_runs.py`` (add ``--theory`` or ``--cl`` for one half):
+it prints both dicts with fresh values, ready to paste.
 
 * ``CL``: the quick synthetic runs (``experiments/cl.py --dataset synthetic --quick``) of NoRGa
   and HiDe-Prompt at the quick preset's seed, one torch thread: the accuracy matrix and the TII
   accuracy matrix (percent; ``None`` above the diagonal), row ``t`` = after task ``t``, exactly;
   and, from ``log.jsonl``, the last-epoch loss of the prompt training (``wtp``) and of the head
-  alignment (``tap``) per task, to ``1e-5`` relative. The losses see wiring changes that move
-  no prediction of this easy benchmark (prompt momentum ignored during training, for example).
+  alignment (``tap``) per task, to ``CL_LOSS_REL``. The losses see wiring changes that move no
+  prediction of this easy benchmark (prompt momentum ignored during training, for example).
 * ``THEORY``: small E1 (exact-specified) and E2 (over-specified) fits through
-  :func:`moe_theory.rates.sweep.fit_task` (seed 1, 2 restarts, n = 1000): the Voronoi loss ``L_1``,
-  the RSS and the LM iteration count per replicate. Counts are compared exactly, losses to
-  ``1e-9`` relative (BLAS summation order).
+  :func:`moe_theory.rates.sweep.fit_task` (seed 1, 2 restarts, n = 1000): per replicate the
+  Voronoi loss ``L_1``, the RSS, the regression error and the LM iteration count, all fits
+  converged. The over-specified fit ends somewhere on a flat manifold of equally good
+  parameters, where the path is chaotic under rounding: its iteration count is not pinned and
+  its ``L_1`` only loosely (``THEORY_REL["flat_voronoi_loss"]``); its RSS and regression error
+  are as stable as those of the exact fits.
 """
 
 from __future__ import annotations
@@ -65,53 +75,125 @@ CL: dict[str, dict[str, list]] = {
     },
 }
 
-# (setting, gate): per replicate (voronoi_loss, rss, n_iter)
-THEORY: dict[tuple[str, str], list[tuple[float, float, int]]] = {
-    ("exact", "norga"): [(0.16032723794947668, 10.760676901726267, 6),
-                         (0.5470941693292253, 9.888782127726925, 6),
-                         (1.1084259273529709, 10.16523968560085, 6)],
-    ("exact", "linear"): [(1.136133054889094, 10.746485934514462, 14),
-                          (0.45690538834692374, 9.908105140113161, 15),
-                          (3.4182556258535035, 10.147087763738915, 7)],
-    ("over", "norga"): [(1.271977179163081, 9.522498640832897, 82),
-                        (1.3157753255677207, 9.676765659071675, 91)],
+# (setting, gate): per replicate (voronoi_loss, rss, l2_error, n_iter)
+THEORY: dict[tuple[str, str], list[tuple[float, float, float, int]]] = {
+    ("exact", "norga"): [(0.16032723794947668, 10.760676901726267, 0.0046475018119730375, 6),
+                         (0.5470941693292253, 9.888782127726925, 0.005753146061508168, 6),
+                         (1.1084259273529709, 10.16523968560085, 0.008443451249206773, 6)],
+    ("exact", "linear"): [(1.136133054889094, 10.746485934514462, 0.005914447523523223, 14),
+                          (0.45690538834692374, 9.908105140113161, 0.003076973789230347, 15),
+                          (3.4182556258535035, 10.147087763738915, 0.00993580187883256, 7)],
+    ("over", "norga"): [(1.271977179163081, 9.522498640832897, 0.007129250874207195, 82),
+                        (1.3157753255677207, 9.676765659071675, 0.00523348316811729, 91)],
 }
 THEORY_N = 1000
+FLAT_SETTINGS = ("over",)  # fits that end on a flat manifold: n_iter free, L_1 loose
+
+# Relative tolerances. Each is a safe factor above the largest spread measured between the
+# AVX-512 path (where these pins were made), the AVX2 path and the SSE-only path of
+# ``.ci/run_emulated_cpu`` (spread in the comment), and far below what a wiring bug moves.
+CL_LOSS_REL = 2e-3  # spread 1.3e-4 (NoRGa wtp, task 4); momentum off: 1e-2 and more
+THEORY_REL = {
+    "voronoi_loss": 1e-8,  # exact fits: spread 1.2e-10 (exact-linear)
+    "rss": 1e-11,  # all fits: spread 7.5e-16
+    "l2_error": 1e-8,  # exact fits: spread 3.5e-15 (AVX2 vs SSE; AVX-512 not measured)
+    # over-specified fits, where the fit stops on the flat manifold depends on the rounding:
+    "flat_voronoi_loss": 1e-3,  # spread 3.7e-7 (AVX-512 vs AVX2)
+    "flat_l2_error": 1e-6,  # spread 7.6e-12 (AVX2 vs SSE), guessed <= 4e-8 vs AVX-512
+}
 
 
 def _as_pins(matrix: np.ndarray) -> list[list[float | None]]:
     return [[None if math.isnan(v) else float(v) for v in row] for row in matrix]
 
 
+def cl_values(result, run_dir) -> dict[str, list]:
+    """The pinned quantities of one quick synthetic CL run (same layout as ``CL[method]``)."""
+    got: dict[str, list] = {"accuracy": _as_pins(result.accuracy), "tii": _as_pins(result.tii)}
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    for phase in ("wtp", "tap"):
+        last = {r["task"]: r["loss"] for r in records if r.get("phase") == phase}
+        got[f"{phase}_loss"] = [last[t] for t in sorted(last)]
+    return got
+
+
+def theory_records(setting: str, gate: str, replicates: int) -> list:
+    """The fit records of one small pinned theory fit."""
+    from moe_theory.rates.sweep import RateConfig, fit_task
+
+    config = RateConfig(settings=(setting,), restarts=2, seed=1)
+    return fit_task(config, setting, gate, THEORY_N, tuple(range(replicates)), "")
+
+
+@pytest.mark.float_pin
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(CL))
 def test_quick_synthetic_run_is_pinned(method: str, quick_synthetic_cl_run) -> None:
     result, run_dir = quick_synthetic_cl_run(method)  # one torch thread; shared with other tests
     pins = CL[method]
-    got = {"accuracy": _as_pins(result.accuracy), "tii": _as_pins(result.tii)}
-    assert got == {k: pins[k] for k in got}, f"{method}: got {got}"
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    for phase in ("wtp", "tap"):
-        last = {r["task"]: r["loss"] for r in records if r.get("phase") == phase}
-        losses = [last[t] for t in sorted(last)]
-        assert losses == pytest.approx(pins[f"{phase}_loss"], rel=1e-5), f"{phase}: {losses}"
+    got = cl_values(result, run_dir)
+    for key in ("accuracy", "tii"):
+        assert got[key] == pins[key], f"{method} {key}: got {got[key]}"
+    for key in ("wtp_loss", "tap_loss"):
+        assert got[key] == pytest.approx(pins[key], rel=CL_LOSS_REL), f"{method} {key}: {got[key]}"
     # the summary numbers are those of the pinned matrices
-    final = [v for v in CL[method]["accuracy"][-1] if v is not None]
+    final = [v for v in pins["accuracy"][-1] if v is not None]
     assert result.metrics["FA"] == pytest.approx(float(np.mean(final)), abs=1e-12)
-    tii_final = [v for v in CL[method]["tii"][-1] if v is not None]
+    tii_final = [v for v in pins["tii"][-1] if v is not None]
     assert result.metrics["TII_accuracy"] == pytest.approx(float(np.mean(tii_final)), abs=1e-12)
 
 
+@pytest.mark.float_pin
 @pytest.mark.parametrize("setting, gate", sorted(THEORY))
 def test_small_theory_fit_is_pinned(setting: str, gate: str) -> None:
-    from moe_theory.rates.sweep import RateConfig, fit_task
-
     pins = THEORY[(setting, gate)]
-    config = RateConfig(settings=(setting,), restarts=2, seed=1)
-    records = fit_task(config, setting, gate, THEORY_N, tuple(range(len(pins))), "")
-    got = [(r.voronoi_loss, r.rss, r.n_iter) for r in records]
-    assert [g[2] for g in got] == [p[2] for p in pins], f"iteration counts: got {got}"
-    assert all(r.converged for r in records)
-    for (loss, rss, _), (pin_loss, pin_rss, _) in zip(got, pins, strict=True):
-        assert loss == pytest.approx(pin_loss, rel=1e-9), f"got {got}"
-        assert rss == pytest.approx(pin_rss, rel=1e-9), f"got {got}"
+    records = theory_records(setting, gate, len(pins))
+    got = [(r.voronoi_loss, r.rss, r.l2_error, r.n_iter) for r in records]
+    assert [r.status for r in records] == ["converged"] * len(pins), f"got {got}"
+    flat = setting in FLAT_SETTINGS
+    if not flat:
+        assert [g[3] for g in got] == [p[3] for p in pins], f"iteration counts: got {got}"
+    loss_rel = THEORY_REL["flat_voronoi_loss" if flat else "voronoi_loss"]
+    l2_rel = THEORY_REL["flat_l2_error" if flat else "l2_error"]
+    for (loss, rss, l2, _), (pin_loss, pin_rss, pin_l2, _) in zip(got, pins, strict=True):
+        assert loss == pytest.approx(pin_loss, rel=loss_rel), f"L_1: got {got}"
+        assert rss == pytest.approx(pin_rss, rel=THEORY_REL["rss"]), f"RSS: got {got}"
+        assert l2 == pytest.approx(pin_l2, rel=l2_rel), f"l2 error: got {got}"
+
+
+def _print_pins(which: set[str]) -> None:
+    """Print ``CL`` and/or ``THEORY`` with the values of this checkout, ready to paste."""
+    if "theory" in which:
+        print("THEORY = {")
+        for setting, gate in THEORY:
+            rows = [(r.voronoi_loss, r.rss, r.l2_error, r.n_iter)
+                    for r in theory_records(setting, gate, len(THEORY[(setting, gate)]))]
+            print(f"    {(setting, gate)!r}: {rows!r},")
+        print("}")
+    if "cl" in which:
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        from cl.config import resolve_config
+        from cl.run.engine import run_experiment
+
+        torch.set_num_threads(1)
+        print("CL = {")
+        with tempfile.TemporaryDirectory() as tmp:
+            for method in CL:
+                out = Path(tmp) / method
+                result = run_experiment(resolve_config("synthetic", method, quick=True), out)
+                print(f"    {method!r}: {cl_values(result, out)!r},")
+        print("}")
+
+
+if __name__ == "__main__":  # print fresh pins: python tests/test_golden_runs.py [--cl|--theory]
+    import sys
+
+    flags = {a.lstrip("-") for a in sys.argv[1:]}
+    unknown = flags - {"cl", "theory"}
+    if unknown:
+        sys.exit(f"usage: python tests/test_golden_runs.py [--cl] [--theory]; unknown {unknown}")
+    _print_pins(flags or {"cl", "theory"})

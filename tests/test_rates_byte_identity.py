@@ -1,12 +1,20 @@
-"""summary.json, summary.txt and fits.csv of a fixed synthetic rates result, byte for byte.
+"""summary.json, summary.txt and fits.csv of a fixed synthetic rates result, against references.
 
 The reference files in ``tests/golden/rates_synthetic/`` were written by the code before the
 rate results became typed records (issue 17, commit ``bbe714d``): a refactor of the analysis or
-of the report must not move a single byte of the published output. The records are made by
-hand (no fitting, so no BLAS or numba dependence) and cover every branch of the report: the
-exact setting (Fisher check, AICc comparison with 5 values of n), the over-specified settings
-(loss parts line, no guaranteed rate), capped/stalled/at-bound fits, an n grid with too few n
-above ``fit_n_min`` and the E4 mechanism block.
+of the report must not move the published output. The records are made by hand (no fitting, so
+no numba dependence) and cover every branch of the report: the exact setting (Fisher check,
+AICc comparison with 5 values of n), the over-specified settings (loss parts line, no
+guaranteed rate), capped/stalled/at-bound fits, an n grid with too few n above ``fit_n_min``
+and the E4 mechanism block.
+
+The summary's slopes, AICc values and Fisher constants come out of weighted least squares and
+eigenvalues, i.e. out of BLAS / LAPACK, whose kernels (and so the last bits) differ between
+CPUs. So the files are compared as structure: every key, string, count and integer exactly,
+every float to ``FLOAT_REL`` (spread measured between the AVX-512 path that wrote the
+references, AVX2 and the SSE-only path of ``.ci/run_emulated_cpu``: 1.6e-12; a moved n subset
+or weight moves these numbers by 1e-4 and more). On one machine the bytes are identical; that
+is checked by the rerun tests of the rates CLI, not here.
 
 To regenerate (only for a deliberate change of the output, stated in the commit message):
 ``PYTHONPATH=. python tests/test_rates_byte_identity.py``.
@@ -15,10 +23,12 @@ To regenerate (only for a deliberate change of the output, stated in the commit 
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 
 import pytest
+from numeric_text import json_mismatches, text_mismatches
 
 from moe_theory.fit_record import FitRecord
 from moe_theory.io import dumps_json, fits_csv_text
@@ -28,6 +38,7 @@ GOLDEN = Path(__file__).parent / "golden" / "rates_synthetic"
 N_VALUES = (100, 200, 400, 800, 1600)
 REPLICATES = 8  # >= WLS_MIN_REPLICATES: the weighted slope fit
 STATUSES = ("converged", "converged", "capped", "stalled")
+FLOAT_REL = 1e-9  # relative tolerance of every float in the files (see the module docstring)
 
 
 def _loss(setting: str, gate: str, n: int, rep: int, scale: float) -> float:
@@ -80,17 +91,28 @@ def outputs(result: RateResult) -> dict[str, str]:
             "summary.txt": result.summary() + "\n"}
 
 
-def test_fits_csv_is_byte_identical_to_the_reference():
-    got = fits_csv_text(reference_result().records).encode("utf-8")
-    assert got == (GOLDEN / "fits.csv").read_bytes()
+def mismatches(name: str, got: str, want: str) -> list[str]:
+    """How ``got`` differs from the reference ``want`` of file ``name`` (empty: they match)."""
+    if name.endswith(".json"):
+        return json_mismatches(json.loads(got), json.loads(want), rel=FLOAT_REL)
+    return text_mismatches(got, want, rel=FLOAT_REL)
 
 
+@pytest.mark.float_pin
+def test_fits_csv_matches_the_reference():
+    got = fits_csv_text(reference_result().records)
+    differ = mismatches("fits.csv", got, (GOLDEN / "fits.csv").read_text(encoding="utf-8"))
+    assert not differ, f"fits.csv differs from the reference: {differ[:10]}"
+
+
+@pytest.mark.float_pin
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_outputs_are_byte_identical_to_the_reference(case):
+def test_outputs_match_the_reference(case):
     got = outputs(reference_result(CASES[case]))
     for name, text in got.items():
-        want = (GOLDEN / f"{case}.{name}").read_bytes()
-        assert text.encode("utf-8") == want, f"{case}.{name} differs from the reference"
+        want = (GOLDEN / f"{case}.{name}").read_text(encoding="utf-8")
+        differ = mismatches(name, text, want)
+        assert not differ, f"{case}.{name} differs from the reference: {differ[:10]}"
 
 
 if __name__ == "__main__":  # regenerate the reference files
