@@ -199,7 +199,8 @@ OFFICIAL: dict[str, tuple[str, list[Check]]] = {
         [(m, "cifar100", OFF, "legacy_kv_reshape", True)
          for m in ("hide", "norga", "dualprompt", "sprompt")]),
     "batch-majority prompt vote": (
-        "MoE configs/*_l2p.py l.123 (five_datasets l.121) True; cifar100_sprompt_5e.py l.123 "
+        "MoE configs/cifar100_l2p.py l.123, imr_l2p.py l.102, five_datasets_l2p.py l.121 True; "
+        "cifar100_sprompt_5e.py l.123 "
         "True, imr_sprompt_5e.py l.123 False; five_datasets_{dualprompt,sprompt_5e}.py l.121 and "
         "five_datasets_norgaprompt.py l.123 True; cifar100_dualprompt.py l.101 False",
         [("l2p", "cifar100", OFF, "batchwise_prompt", True),
