@@ -58,8 +58,12 @@ def test_multi_centroid_samples_follow_each_methods_engine(method: str, per_clus
         feats, labels = stats.sample([0, 1], cfg.batch_size, torch.Generator().manual_seed(0))
         assert labels.tolist() == [0] * (10 * per_cluster) + [1] * (9 * per_cluster)
         assert float(feats.min()) > -500  # nothing drawn around the lone point
+    # thu-ml/HiDe-Prompt (recipe=hide-paper): scikit-learn 1.0.2's default KMeans, 10 restarts,
+    # reaches both statistics of the method
     paper = resolve_config("cifar100", "hide", "sup21k", overrides={"recipe": "hide-paper"})
-    assert paper.kmeans_n_init == 10  # thu-ml: scikit-learn 1.0.2's default KMeans
+    built = get_method("hide")(paper, vit, 4, [[0, 1], [2, 3]])
+    for stats in (built.tii_stats, built.prompt_stats):
+        assert (stats.method, stats.n_init, stats.split_budget) == ("multi-centroid", 10, False)
 
 
 # ---------------------------------------------------------------------------- epochs flags
