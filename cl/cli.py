@@ -33,7 +33,6 @@ from cl.config import (
     PROTOCOLS,
     default_backbone,
     describe_presets,
-    method_uses,
     resolve_config,
 )
 from cl.data.registry import DatasetError, available_datasets
@@ -56,7 +55,8 @@ from norga.signals import run_main
 
 # config field -> the flag that sets it (ConfigError.field -> the flag its message names)
 FLAG_OF = {
-    "epochs": "--epochs", "batch_size": "--batch-size", "num_workers": "--num-workers",
+    "epochs": "--epochs", "tii_epochs": "--tii-epochs", "batch_size": "--batch-size",
+    "num_workers": "--num-workers",
     "gate_act": "--gate-act", "attention": "--attention", "device": "--device",
     "precision": "--precision", "compile": "--compile", "seed": "--seed",
     "stop_after_task": "--stop-after-task", "weights": "--weights", "data_root": "--data-root",
@@ -127,7 +127,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                       "shuffling, Gaussian replay (default 42)")
     budget = p.add_argument_group("training budget")
     budget.add_argument("--epochs", type=int, metavar="N",
-                        help="epochs of prompt training and of TII training (default: preset)")
+                        help="epochs of the prompt / main training stage only (default: "
+                        "preset); the TII stage of hide/norga keeps its preset, see --tii-epochs")
+    budget.add_argument("--tii-epochs", type=int, metavar="N",
+                        help="epochs of the TII (task-identity) stage of hide/norga only "
+                        "(default: preset, 20 on the paper benchmarks)")
     budget.add_argument("--quick", action="store_true",
                         help="tiny budget for a smoke test (minutes on a CPU)")
     budget.add_argument("--batch-size", type=int, metavar="N", help="default: preset (128)")
@@ -181,10 +185,12 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
         "precision": args.precision, "compile": args.compile, "protocol": args.protocol,
     }
     overrides.update({k: v for k, v in direct.items() if v is not None})
+    # --epochs is the prompt stage only: the official scripts set the TII run's epochs apart
+    # (20 in every one, e.g. MoE_PromptCL scripts/cifar100_Sup21k_NoRGa.sh l.14 vs 50 at l.23)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-        if method_uses(args.method, "tii_epochs"):  # no TII model: nothing else to set
-            overrides["tii_epochs"] = args.epochs
+    if args.tii_epochs is not None:
+        overrides["tii_epochs"] = args.tii_epochs
     overrides.update(seed=args.seed, device=args.device, num_workers=args.num_workers,
                      download=args.download)
     return overrides

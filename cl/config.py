@@ -45,8 +45,9 @@ BackboneTag = Literal["vit-tiny-random", "vit-b16-random", "sup21k", "ibot21k", 
 Scheduler = Literal["constant", "step", "cosine"]
 AttentionImpl = Literal["fused", "reference"]
 # "default": the presets (MoE_PromptCL's re-run configs); "original-port": the configs of the
-# original PyTorch ports of L2P and DualPrompt (JH-LEE-KR), see cl/protocol.py
-Recipe = Literal["default", "original-port"]
+# original PyTorch ports of L2P and DualPrompt (JH-LEE-KR); "hide-paper": thu-ml/HiDe-Prompt's
+# own scripts and configs (HiDe-Prompt, S-Prompt++), see cl/protocol.py
+Recipe = Literal["default", "original-port", "hide-paper"]
 Protocol = Literal["default", "official"]
 KeepCheckpoints = Literal["all", "last"]
 SCHEDULERS: tuple[Scheduler, ...] = get_args(Scheduler)
@@ -125,6 +126,12 @@ class CLConfig:
     stats_method: StatsMethod = "covariance"
     # k-means clusters per class for stats_method="multi-centroid" (HiDe-Prompt: 10)
     n_centroids: int = 10
+    # k-means restarts of stats_method="multi-centroid": 1 = scikit-learn's n_init='auto' of
+    # MoE_PromptCL; thu-ml/HiDe-Prompt ran scikit-learn 1.0.2's default, 10 (cl/stats/centroids.py)
+    kmeans_n_init: int = 1
+    # before-alignment matrix: row 0 left at 0 as the official code does (it evaluates "before
+    # CA" only for tasks > 0); default: row 0 is the final row 0 (nothing is aligned at task 0)
+    legacy_before_alignment_row0: bool = False
     # bookkeeping
     keep_checkpoints: KeepCheckpoints = "all"
 
@@ -152,7 +159,7 @@ class CLConfig:
         if not isinstance(self.compile, bool):
             raise ConfigError("compile", f"expected true/false, got {self.compile!r}")
         positive = ("batch_size", "eval_batch_size", "prompt_length", "tap_samples_mult",
-                    "n_centroids")
+                    "n_centroids", "kmeans_n_init")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
@@ -219,7 +226,8 @@ METHOD_SPECIFIC_FIELDS: tuple[str, ...] = (
     "legacy_kv_reshape", "batchwise_prompt", "legacy_vote_ties", "scheduler", "larger_prompt_lr",
     "prompt_momentum", "reg", "contrastive_temperature", "tii_epochs", "tii_lr", "tii_scheduler",
     "tii_mlp", "tii_ca_epochs", "tii_ca_lr", "tii_clip_grad", "tap_epochs", "ca_lr",
-    "tap_samples_mult", "stats_method", "n_centroids",
+    "tap_samples_mult", "stats_method", "n_centroids", "kmeans_n_init",
+    "legacy_before_alignment_row0",
 )
 
 
@@ -563,7 +571,7 @@ def describe_presets(width: int = 100) -> str:
     names = {f.name for f in dataclasses.fields(CLConfig)} - {"backbone"}
     lines = [
         "presets (cl-pipeline.md 2.6; later wins: dataset < method < method x backbone < "
-        "--set recipe=original-port (lines +original-port) < --quick < flags; lr is scaled by "
+        "--set recipe=R (lines +R: original-port, hide-paper) < --quick < flags; lr is scaled by "
         "batch_size/256; backbones not listed use the sup21k values):",
     ]
     methods = available_methods()

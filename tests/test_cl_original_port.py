@@ -59,7 +59,7 @@ def test_dualprompt_original_port_values(dataset: str) -> None:
 
 def test_default_recipe_is_untouched_and_later_layers_still_win() -> None:
     default = resolve_config("cifar100", "l2p", "sup21k")
-    assert default.recipe == "default" and RECIPES == ("default", "original-port")
+    assert default.recipe == "default" and RECIPES == ("default", "original-port", "hide-paper")
     assert (default.epochs, default.lr, default.method_options["pool_size"]) == (10, 0.005, 30)
     assert default.batchwise_prompt is False and "class_order" not in default.dataset_options
     # --protocol official goes on top of the recipe; explicit overrides on top of both
@@ -90,7 +90,8 @@ def test_recipe_without_a_port_config_is_refused(dataset: str, method: str,
 
 def test_unknown_recipe_and_the_deviation_row_names_the_flag() -> None:
     with pytest.raises(ValueError,
-                       match="recipe: must be one of default, original-port; got 'paper'"):
+                       match="recipe: must be one of default, original-port, hide-paper; "
+                       "got 'paper'"):
         resolve_config("cifar100", "l2p", "sup21k", overrides={"recipe": "paper"})
     row = next(d for d in DEVIATIONS if d.what == "L2P / DualPrompt recipe")
     assert "`--set recipe=original-port`" in row.flag() and row.flag() in deviation_table()

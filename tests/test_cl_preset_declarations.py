@@ -61,11 +61,13 @@ def test_the_resolver_applies_each_declared_layer(method: str) -> None:
 
 
 def test_recipes_are_declared_by_the_class_and_not_inherited() -> None:
-    """DualPrompt declares the original-port recipe; S-Prompt++ (its subclass) does not, so it
-    has none, though it inherits the attribute."""
+    """DualPrompt declares the original-port recipe; S-Prompt++ (its subclass) declares only
+    its own (hide-paper) and does not inherit DualPrompt's; NoRGa does not inherit HiDe's."""
     assert set(method_recipes("dualprompt")) == {"original-port"}
-    assert get_method("sprompt").recipe_presets is DualPrompt.recipe_presets  # inherited...
-    assert method_recipes("sprompt") == {}  # ...but not resolved
+    assert set(method_recipes("sprompt")) == {"hide-paper"}
+    assert set(method_recipes("hide")) == {"hide-paper"}
+    assert get_method("norga").recipe_presets is get_method("hide").recipe_presets  # inherited..
+    assert method_recipes("norga") == {}  # ...but not resolved
     port = resolve_config("cifar100", "dualprompt", "sup21k", overrides={"recipe": "original-port"})
     layer = DualPrompt.recipe_presets["original-port"]["cifar100"]
     assert (port.epochs, port.lr, port.batch_size) == (layer["epochs"], layer["lr"], 24)

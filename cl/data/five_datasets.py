@@ -526,7 +526,7 @@ class FiveSources:
             # a fresh transform pair per dataset: nothing can leak from one dataset to the
             # next, unless the official code's leak is asked for (every dataset after CIFAR-10
             # keeps the CIFAR transform, MoE_PromptCL datasets.py lines 68-72)
-            kind = "cifar" if leak and task >= cifar_task else data.kind
+            kind = "cifar" if leak and task >= cifar_task else opts.kind(data.kind)
             pair = transforms[name] = build_transforms(kind, **opts.transform_args())
             parts["train"].append(ArrayImageDataset(data.train_images,
                                                     data.train_labels + offset, pair.train))
@@ -559,9 +559,9 @@ class FiveSources:
 
 def _read(request: Request) -> FiveSources:
     opts, root = request.opts, request.root
-    if opts.transforms != "hide":
+    if opts.transforms == "coda":
         raise ValueError(f"transforms={opts.transforms!r} is not defined for 5datasets (neither "
-                         "CODA-Prompt nor SMoPE has a 5-Datasets loader); use hide")
+                         "CODA-Prompt nor SMoPE has a 5-Datasets loader); use hide or port")
     if opts.num_tasks not in (None, len(DATASET_NAMES)):
         raise ValueError(f"5datasets has exactly {len(DATASET_NAMES)} tasks; got "
                          f"num_tasks={opts.num_tasks}")

@@ -28,7 +28,13 @@ from cl.data.splits import (  # noqa: F401 - class_order, split_into_tasks re-ex
     class_order,
     split_into_tasks,
 )
-from cl.data.transforms import Normalization, TransformFamily, TransformKind, TransformPair
+from cl.data.transforms import (
+    Normalization,
+    TransformFamily,
+    TransformKind,
+    TransformPair,
+    family_kind,
+)
 from norga.choices import check_choice
 
 DATA_ROOT_ENV = "NORGA_DATA"
@@ -63,7 +69,8 @@ class RealDataOptions:
         Show download progress bars.
     transforms:
         ``"hide"``: the HiDe-Prompt / NoRGa transforms (default); ``"coda"``: those of the
-        CODA-Prompt / SMoPE code (:mod:`cl.data.transforms`).
+        CODA-Prompt / SMoPE code; ``"port"``: the L2P / DualPrompt ports' one pair for every
+        dataset (:mod:`cl.data.transforms`).
     """
 
     image_size: int = 224
@@ -95,9 +102,7 @@ class RealDataOptions:
     def kind(self, hide_kind: TransformKind) -> TransformKind:
         """The transform kind of a dataset whose HiDe/NoRGa kind is ``hide_kind``, under the
         chosen family (``"coda"``: CODA/SMoPE's, Resize-only test transform for CIFAR)."""
-        if self.transforms == "hide":
-            return hide_kind
-        return "coda-cifar" if hide_kind == "cifar" else "coda"
+        return family_kind(self.transforms, hide_kind)
 
     def transform_args(self) -> dict[str, Any]:
         """Keyword arguments for :func:`cl.data.transforms.build_transforms`."""

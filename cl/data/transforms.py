@@ -19,6 +19,13 @@ with the option ``transforms="coda"`` (``--set dataset_options.transforms=coda``
 defaults (bilinear, scale (0.08, 1)) and flip, no normalisation; test ``Resize(256)`` +
 ``CenterCrop(224)`` (``"coda"``: ImageNet-R, CUB-200) or ``Resize(224)`` alone (``"coda-cifar"``).
 
+The original PyTorch ports of L2P and DualPrompt (JH-LEE-KR/l2p-pytorch @ f7bc994,
+dualprompt-pytorch @ 7eb457d, ``datasets.py``: one ``build_transform`` pair, built once at
+l.37-38 of the DualPrompt port and used for every dataset, l.195-216) apply the ``"default"`` kind
+to every dataset, CIFAR-100 and CIFAR-10 included: the family ``transforms="port"``
+(``--set dataset_options.transforms=port``, part of ``--set recipe=original-port`` for L2P and
+DualPrompt).
+
 Every call of :func:`build_transforms` returns new transform objects, so two datasets never share
 one by accident (the 5-Datasets leak of the original code, spec 9.2 item 12).
 """
@@ -34,8 +41,9 @@ from torchvision import transforms as T
 from norga.choices import check_choice
 
 TransformKind = Literal["cifar", "default", "coda", "coda-cifar"]
-# which code's transforms a benchmark uses (RealDataOptions.transforms)
-TransformFamily = Literal["hide", "coda"]
+# which code's transforms a benchmark uses (RealDataOptions.transforms): HiDe-Prompt / NoRGa's,
+# CODA-Prompt / SMoPE's, or the L2P / DualPrompt ports' single pair
+TransformFamily = Literal["hide", "coda", "port"]
 Normalization = Literal["paper", "none", "backbone"]
 
 CIFAR_MEAN = (0.5071, 0.4867, 0.4408)
@@ -59,6 +67,17 @@ class TransformPair:
         """JSON-serialisable summary for ``Benchmark.info``."""
         return {"kind": self.kind, "mean": self.mean, "std": self.std,
                 "train": repr(self.train), "test": repr(self.test)}
+
+
+def family_kind(family: TransformFamily, hide_kind: TransformKind) -> TransformKind:
+    """The transform kind of a dataset whose HiDe/NoRGa kind is ``hide_kind``, under the
+    transform ``family`` (see the module docstring)."""
+    check_choice("transforms", family, get_args(TransformFamily))
+    if family == "hide":
+        return hide_kind
+    if family == "port":
+        return "default"
+    return "coda-cifar" if hide_kind == "cifar" else "coda"
 
 
 def eval_resize_size(image_size: int) -> int:

@@ -70,11 +70,13 @@ class DualPrompt(KeyedPromptMethod):
     # 0.03 / 0.005 (l.25; x batch/256 by main.py l.125-129, as here), shuffle False = natural class
     # order (l.55), G-prompt length 5 at layers [0, 1] (l.79-80), E-prompt layers [2, 3, 4] (l.85),
     # E-prompt length 5 / 20 (l.91; pool size 10 = one per task, top_k 1, l.90/92), prompt mask
-    # (l.96), batch-wise prompt True / False (l.100), pull coefficient 1.0 (l.104). The port has no
+    # (l.96), batch-wise prompt True / False (l.100), pull coefficient 1.0 (l.104); one transform
+    # pair for every dataset (datasets.py l.37-38, build_transform l.195-216: crop scale
+    # (0.05, 1), flip, no normalisation, CIFAR-100 included: transforms="port"). The port has no
     # 5-Datasets or CUB config.
     recipe_presets: ClassVar[dict[str, PresetTable]] = {"original-port": {
         "*": dict(batch_size=24, eval_batch_size=24, scheduler="constant", clip_grad=1.0,
-                  dataset_options=dict(class_order="standard"),
+                  dataset_options=dict(class_order="standard", transforms="port"),
                   method_options=dict(g_layers=[0, 1], g_length=5, e_layers=[2, 3, 4],
                                       pull_coeff=1.0, prompt_mask=True)),
         "cifar100": dict(epochs=5, lr=0.03, batchwise_prompt=True,

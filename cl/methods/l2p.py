@@ -44,8 +44,10 @@ from cl.presets import PresetTable
 # l.184-206). The port has no ImageNet-R or CUB config. The offline benchmarks (5 tasks, like
 # 5-Datasets) get the 5-Datasets config's prompts and mechanics at their own budget (batch,
 # epochs, lr of the default presets), so that default vs original-port compares mechanics.
+# Both datasets: one transform pair for every dataset, CIFAR included (datasets.py l.37-38,
+# build_transform l.195-216: crop scale (0.05, 1), flip, no normalisation): transforms="port".
 _PORT_BUDGET = dict(batch_size=16, eval_batch_size=16, epochs=5, lr=0.03,
-                    dataset_options=dict(class_order="standard"))
+                    dataset_options=dict(class_order="standard", transforms="port"))
 _PORT_5DATASETS = dict(pool_size=20, length=10, top_k=4, pull_coeff=0.5, prompt_mask=True,
                        shared_prompt_pool=True)
 

@@ -41,6 +41,8 @@ class NoRGa(HiDePrompt):
     """
 
     gate: Gate = "norga"
+    # NoRGa's engines draw n // n_centroids per cluster (cl/stats/centroids.py)
+    centroid_split_budget: ClassVar[bool] = True
     config_fields: ClassVar[frozenset[str] | None] = HiDePrompt.config_fields | {
         "gate_act", "gate_trainable_after_first_task"}  # type: ignore[operator]
     # NoRGa vs HiDe-Prompt differences of section 2.6 (gate activation, TAP budget), and the

@@ -1,7 +1,14 @@
 """The task-identity (TII) model: residual MLP adapter + head on frozen prompt-free features.
 
 The frozen ViT is shared with the prompted model (see :meth:`PromptedViT.backbone_features`);
-this module holds only the trainable part ``head(fc_norm(mlp(f)))`` (cl-pipeline.md 1.1, 2.2).
+this module holds only the trainable part ``head(fc_norm(mlp(f)))``.
+
+Initialisation follows the official code: there the adapter and the head are submodules of the
+timm ViT, whose weight init (``init_weights_vit_timm``) gives every ``nn.Linear`` a truncated
+normal weight (std 0.02, cut at +-2) and a zero bias (MoE_PromptCL e418337
+``vits/norga_prompt_vision_transformer.py`` l.320-359 ``MlpMapping``, l.540-541 and 552
+``self.mlp`` built before ``init_weights``, l.555-561 ``named_apply``, l.758-763; thu-ml/HiDe-Prompt
+``vits/hide_prompt_vision_transformer.py`` l.320, 541, 679). LayerNorms keep weight 1, bias 0.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ class MlpAdapter(nn.Module):
     ``structure=[2]`` gives ``g = Linear(2C->C) o GELU o Linear(C->2C)``; ``[4, 4]`` gives
     ``g = Linear(4C->C) o LN o Linear(4C->4C) o GELU o Linear(C->4C)`` (no activation after the
     middle layer, as in the original code). ``final_norm=False`` drops the final LayerNorm
-    (MoCo v3 backbones, cl-pipeline.md 1.1).
+    (MoCo v3 backbones). Every Linear starts with timm's ViT init
+    (truncated normal, std 0.02; zero bias), as in the official code (module docstring).
     """
 
     def __init__(self, dim: int, structure: Sequence[int] = (2,), *, final_norm: bool = True
@@ -38,6 +46,9 @@ class MlpAdapter(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, dim))
         self.body = nn.Sequential(*layers)
+        for layer in self.body:  # timm's ViT init, as the official adapter gets it
+            if isinstance(layer, nn.Linear):
+                trunc_normal_head(layer)
         # with an fc_norm backbone (MoCo v3) the final LN is an Identity: fc_norm plays its role
         self.norm: nn.Module = nn.LayerNorm(dim) if final_norm else nn.Identity()
 

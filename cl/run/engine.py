@@ -533,8 +533,7 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
 
         rows, results = _evaluate_seen(method, bench, t, cfg, ctx, device)
         row, tii_row, til_row, oracle_row = (rows[k] for k in ("acc", "tii", "til", "til_oracle"))
-        # no alignment happened (task 0, or a method without one): "before" equals "after"
-        pre = pre_row.pop(t, row) if method.has_alignment else np.full(T, np.nan)
+        pre = _before_alignment_row(t, row, pre_row.pop(t, None), method.has_alignment, cfg)
         acc, tii, til, til_oracle, before = (
             np.vstack([m, r]) for m, r in ((acc, row), (tii, tii_row), (til, til_row),
                                            (til_oracle, oracle_row), (before, pre)))
@@ -574,6 +573,26 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     return RunResult(out, acc, tii, til, result_metrics, True, resumed, env=env,
                      skipped_checkpoints=skipped, til_oracle=til_oracle,
                      accuracy_before_alignment=before)
+
+
+def _before_alignment_row(t: int, row: np.ndarray, evaluated: np.ndarray | None,
+                          has_alignment: bool, cfg: CLConfig) -> np.ndarray:
+    """Row ``t`` of the before-alignment matrix.
+
+    The row the method evaluated just before its head alignment; where nothing was aligned
+    (task 0) the final row ``row``, or, with ``legacy_before_alignment_row0``, zeros as in the
+    official code, which evaluates "before CA" for tasks > 0 only and leaves the rest of its
+    ``np.zeros`` matrix (MoE_PromptCL e418337 ``engines/norga_prompt_engine.py`` l.211 and 391-398,
+    ``engines/hide_promtp_wtp_and_tap_engine.py`` l.204 and 331-338); NaN for a method without
+    alignment.
+    """
+    if not has_alignment:
+        return np.full(len(row), np.nan)
+    if evaluated is not None:
+        return evaluated
+    if cfg.legacy_before_alignment_row0:
+        return np.where(np.arange(len(row)) <= t, 0.0, np.nan)
+    return row
 
 
 def _restore(ckpt: dict[str, Any], method: Method,

@@ -1,17 +1,29 @@
-"""HiDe-Prompt's multi-centroid class statistics (``ca_storage_efficient_method='multi-centroid'``).
+"""Multi-centroid class statistics (``ca_storage_efficient_method='multi-centroid'``).
 
-The protocol of the original HiDe-Prompt scripts (thu-ml/HiDe-Prompt, cl-pipeline.md 2.2 step 3
-and 9.1 item 5), in place of one full-covariance Gaussian per class:
+In place of one full-covariance Gaussian per class (HiDe-Prompt's own scripts use it by
+default; MoE_PromptCL keeps it as an option):
 
 * the features of a class are clustered by k-means into ``n_centroids`` (10) clusters
-  (scikit-learn ``KMeans``, k-means++ init, Lloyd iterations; ``n_init=10``, the scikit-learn
-  default when the original code was written; here seeded, there unseeded);
+  (scikit-learn ``KMeans``, k-means++ init, Lloyd iterations, seeded here, unseeded there);
 * each cluster stores its mean and its per-dimension variance (biased, ``np.var``);
-* alignment draws ``n`` samples *per cluster* from ``N(mu_k, diag(var_k) + 1e-4 I)`` (both
-  engines of the original code draw ``num_sampled_pcls`` per cluster, so a class contributes
-  ``n_centroids * n`` samples); a cluster whose variance is all zero (a single point) is skipped,
-  as in the original;
+* alignment samples ``N(mu_k, diag(var_k) + 1e-4 I)`` per cluster; a cluster whose variance is
+  all zero (a single point) is skipped, as in the original;
 * the contrastive regulariser uses every centroid as an old-class mean.
+
+The two official engines differ, and the method being run chooses (``split_budget``):
+
+* HiDe-Prompt's engines draw the whole per-class budget ``n`` from *each* cluster, so a class
+  contributes ``n_centroids * n`` samples (MoE_PromptCL e418337 ``engines/hide_tii_engine.py``
+  l.334 and 353-364, ``engines/hide_promtp_wtp_and_tap_engine.py`` l.457 and 476-487;
+  thu-ml/HiDe-Prompt 0ed4333 the same files, l.305/324-335 and l.440/459-470);
+* NoRGa's engines split it, ``n // n_centroids`` per cluster (MoE_PromptCL
+  ``engines/norga_tii_engine.py`` l.341-353 and ``engines/norga_prompt_engine.py`` l.633-645,
+  ``norga_tii_engine.py`` l.402 keeps ``n`` as the iteration batch).
+
+k-means restarts (``n_init``): every MoE_PromptCL engine passes ``n_init='auto'``, one k-means++
+run (``norga_tii_engine.py`` l.199, ``hide_tii_engine.py`` l.199); thu-ml/HiDe-Prompt calls
+``KMeans(n_clusters)`` with scikit-learn 1.0.2 (``requirements.txt`` l.9), whose default was 10
+restarts (``hide_tii_engine.py`` l.189).
 
 A class with fewer distinct features than ``n_centroids`` gets one cluster per distinct feature
 (scikit-learn would refuse it). Features are buffered (float64, CPU) until the statistics are
@@ -41,20 +53,27 @@ class MultiCentroidClassStats:
     eps:
         Jitter added to every variance when sampling.
     n_init:
-        k-means restarts (the best inertia is kept).
+        k-means restarts (the best inertia is kept; 1 is scikit-learn's ``'auto'`` for
+        k-means++).
+    split_budget:
+        ``False`` (HiDe-Prompt's engines): :meth:`sample` draws ``n_per_class`` from every
+        cluster; ``True`` (NoRGa's): ``n_per_class // n_centroids`` from every cluster.
     """
 
     method = "multi-centroid"
 
     def __init__(self, dim: int, n_centroids: int = 10, seed: int = 0, eps: float = 1e-4,
-                 n_init: int = 10) -> None:
+                 n_init: int = 10, split_budget: bool = False) -> None:
         if n_centroids < 1:
             raise ValueError(f"n_centroids must be >= 1, got {n_centroids}")
         self.dim = dim
         self.n_centroids = n_centroids
         self.seed = seed
         self.eps = eps
+        if n_init < 1:
+            raise ValueError(f"n_init must be >= 1, got {n_init}")
         self.n_init = n_init
+        self.split_budget = split_budget
         self._pending: dict[int, list[np.ndarray]] = {}
         self.centroids: dict[int, torch.Tensor] = {}  # (k, dim) float64
         self.variances: dict[int, torch.Tensor] = {}  # (k, dim) float64
@@ -123,17 +142,19 @@ class MultiCentroidClassStats:
     def sample(
         self, classes: list[int], n_per_class: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n_per_class`` float32 samples *per usable cluster* of each class, grouped by class
-        (in the order of ``classes``) and, within a class, by cluster."""
+        """Float32 samples of every usable cluster of each class, grouped by class (in the order
+        of ``classes``) and, within a class, by cluster: ``n_per_class`` per cluster, or
+        ``n_per_class // n_centroids`` with ``split_budget``."""
         self._fit_pending()
+        n = n_per_class // self.n_centroids if self.split_budget else n_per_class
         xs, ys = [], []
         for c in classes:
             for mu, var in zip(self.centroids[c], self.variances[c], strict=True):
                 if float(var.mean()) == 0.0:  # a single-point cluster: skipped, as in HiDe
                     continue
-                z = torch.randn(n_per_class, self.dim, generator=generator, dtype=torch.float64)
+                z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
                 xs.append(mu + z * (var + self.eps).sqrt())
-                ys.append(torch.full((n_per_class,), c, dtype=torch.int64))
+                ys.append(torch.full((n,), c, dtype=torch.int64))
         if not xs:
             return torch.zeros(0, self.dim), torch.zeros(0, dtype=torch.int64)
         return torch.cat(xs).float(), torch.cat(ys)

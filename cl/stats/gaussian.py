@@ -23,14 +23,15 @@ GAUSSIAN_METHODS: tuple[StatsMethod, ...] = ("covariance", "variance")
 
 
 def build_class_stats(dim: int, method: StatsMethod, *, n_centroids: int = 10,
-                      seed: int = 0):
+                      seed: int = 0, n_init: int = 10, split_budget: bool = False):
     """Class statistics for ``stats_method``: :class:`GaussianClassStats` (``covariance``,
-    ``variance``) or HiDe-Prompt's k-means
-    :class:`cl.stats.centroids.MultiCentroidClassStats` (``multi-centroid``)."""
+    ``variance``) or the k-means :class:`cl.stats.centroids.MultiCentroidClassStats`
+    (``multi-centroid``; ``n_init`` and ``split_budget`` are its own)."""
     if method == "multi-centroid":
         from cl.stats.centroids import MultiCentroidClassStats
 
-        return MultiCentroidClassStats(dim, n_centroids=n_centroids, seed=seed)
+        return MultiCentroidClassStats(dim, n_centroids=n_centroids, seed=seed, n_init=n_init,
+                                       split_budget=split_budget)
     return GaussianClassStats(dim, method)
 
 
