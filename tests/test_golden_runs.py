@@ -169,11 +169,12 @@ def test_small_theory_fit_is_pinned(setting: str, gate: str) -> None:
 def _print_pins(which: set[str]) -> None:
     """Print ``CL`` and/or ``THEORY`` with the values of this checkout, ready to paste."""
     if "theory" in which:
-        print("THEORY = {")
+        print("THEORY: dict[tuple[str, str], list[tuple[float, float, float, int]]] = {")
         for setting, gate in THEORY:
-            rows = [(r.voronoi_loss, r.rss, r.l2_error, r.n_iter)
-                    for r in theory_records(setting, gate, len(THEORY[(setting, gate)]))]
-            print(f"    {(setting, gate)!r}: {rows!r},")
+            print(f"    {(setting, gate)!r}: [")
+            for r in theory_records(setting, gate, len(THEORY[(setting, gate)])):
+                print(f"        ({r.voronoi_loss!r}, {r.rss!r}, {r.l2_error!r}, {r.n_iter}),")
+            print("    ],")
         print("}")
     if "cl" in which:
         import tempfile
@@ -185,12 +186,21 @@ def _print_pins(which: set[str]) -> None:
         from cl.run.engine import run_experiment
 
         torch.set_num_threads(1)
-        print("CL = {")
+        print("CL: dict[str, dict[str, list]] = {")
         with tempfile.TemporaryDirectory() as tmp:
             for method in CL:
                 out = Path(tmp) / method
-                result = run_experiment(resolve_config("synthetic", method, quick=True), out)
-                print(f"    {method!r}: {cl_values(result, out)!r},")
+                got = cl_values(run_experiment(resolve_config("synthetic", method, quick=True),
+                                               out), out)
+                print(f"    {method!r}: {{")
+                for key, value in got.items():
+                    matrix = key in ("accuracy", "tii")
+                    print(f"        {key!r}: [")
+                    for row in value if matrix else [[v] for v in value]:
+                        text = ", ".join("N" if v is None else repr(v) for v in row)
+                        print(f"            [{text}]," if matrix else f"            {text},")
+                    print("        ],")
+                print("    },")
         print("}")
 
 
@@ -198,7 +208,8 @@ if __name__ == "__main__":  # print fresh pins: python tests/test_golden_runs.py
     import sys
 
     flags = {a.lstrip("-") for a in sys.argv[1:]}
-    unknown = flags - {"cl", "theory"}
-    if unknown:
-        sys.exit(f"usage: python tests/test_golden_runs.py [--cl] [--theory]; unknown {unknown}")
+    if flags - {"cl", "theory"}:
+        print(f"test_golden_runs.py: unknown option(s) {sorted(flags - {'cl', 'theory'})}; "
+              "allowed: --cl, --theory (none: both)", file=sys.stderr)
+        sys.exit(2)
     _print_pins(flags or {"cl", "theory"})
