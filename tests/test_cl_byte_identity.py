@@ -237,6 +237,18 @@ def test_canonical_bytes_drop_only_the_volatile_parts(tmp_path):
     assert digests(tmp_path, ("log.jsonl",)) != before
 
 
+@pytest.mark.slow  # imports torch and timm
+def test_fingerprint_names_the_cpu_and_every_kernel_knob(monkeypatch):
+    """A kernel-narrowing variable or another CPU model gives another fingerprint (so a skip)."""
+    for knob in KERNEL_KNOBS:
+        monkeypatch.delenv(knob, raising=False)
+    base = fingerprint()
+    assert _cpu_model() in base
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Sandybridge")
+    monkeypatch.setenv("MKL_CBWR", "COMPATIBLE")
+    assert fingerprint() == base + ", MKL_CBWR=COMPATIBLE, OPENBLAS_CORETYPE=Sandybridge"
+
+
 if __name__ == "__main__":  # print the digests of a fresh run, to paste above
     import tempfile
 
