@@ -11,7 +11,7 @@ Two kinds of files:
 * ``EXACT``: counts and the numbers made from them (accuracy matrices, metrics, class order,
   configuration, prompt selection counts, ``SHA256SUMS`` without its ``env.json`` and
   ``log.jsonl`` lines). Rounding moves no prediction of this easy benchmark (measured: the
-  same bytes on the AVX-512, AVX2 and SSE-only paths of ``.ci/run_emulated_cpu``), so they
+  same bytes on the AVX-512, AVX2 and the older-kernel path of ``.ci/run_emulated_cpu``), so they
   are checked everywhere.
 * ``FLOAT_BITS``: the checkpoints and ``log.jsonl`` (losses). Their bits depend on the torch /
   timm / NumPy build, on the CPU kernels torch, MKL and oneDNN pick, and on environment

@@ -6,10 +6,10 @@ default). A pin that moves for no stated reason is a wiring bug: the formula-lev
 see, for example, a class mask that is off by one task, skipped prompt momentum or a changed LM
 damping schedule, but each of those moves these numbers.
 
-The pins hold on every CPU, not only on the one that made them: counts are compared exactly,
-floats to a relative tolerance set well above the spread measured between CPU paths (AVX-512,
-AVX2 and the SSE-only path that ``.ci/run_emulated_cpu`` forces; docs/development.md, "Golden
-runs") and well below what the wiring bugs above move.
+The pins hold on other CPUs than the one that made them: counts are compared exactly (or within
+a stated slack), floats to a relative tolerance set well above the spread measured between CPU
+paths (AVX-512, AVX2, the older kernels ``.ci/run_emulated_cpu`` forces and other OpenBLAS
+kernel sets; docs/development.md, "Pins across CPUs") and below what the wiring bugs above move.
 
 To re-pin (one place: the ``CL`` / ``THEORY`` dicts below), run
 ``PYTHONPATH=. python tests/test_golden_runs.py`` (add ``--theory`` or ``--cl`` for one half):
