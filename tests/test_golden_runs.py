@@ -6,10 +6,10 @@ default). A pin that moves for no stated reason is a wiring bug: the formula-lev
 see, for example, a class mask that is off by one task, skipped prompt momentum or a changed LM
 damping schedule, but each of those moves these numbers.
 
-The pins hold on every CPU, not only on the one that made them: counts are compared exactly,
-floats to a relative tolerance set well above the spread measured between CPU paths (AVX-512,
-AVX2 and the SSE-only path that ``.ci/run_emulated_cpu`` forces; docs/development.md, "Golden
-runs") and well below what the wiring bugs above move.
+The pins hold on other CPUs than the one that made them: counts are compared exactly (or within
+a stated slack), floats to a relative tolerance set well above the spread measured between CPU
+paths (AVX-512, AVX2, the older kernels ``.ci/run_emulated_cpu`` forces and other OpenBLAS
+kernel sets; docs/development.md, "Pins across CPUs") and below what the wiring bugs above move.
 
 To re-pin (one place: the ``CL`` / ``THEORY`` dicts below), run
 ``PYTHONPATH=. python tests/test_golden_runs.py`` (add ``--theory`` or ``--cl`` for one half):
@@ -24,9 +24,10 @@ it prints both dicts with fresh values, ready to paste.
 * ``THEORY``: small E1 (exact-specified) and E2 (over-specified) fits through
   :func:`moe_theory.rates.sweep.fit_task` (seed 1, 2 restarts, n = 1000): per replicate the
   Voronoi loss ``L_1``, the RSS, the regression error and the LM iteration count, all fits
-  converged. The over-specified fit ends somewhere on a flat manifold of equally good
-  parameters, where the path is chaotic under rounding: its iteration count is not pinned and
-  its ``L_1`` only loosely (``THEORY_REL["flat_voronoi_loss"]``); its RSS and regression error
+  converged. The exact fits' iteration counts may differ by ``THEORY_ITER_SLACK`` (a stopping
+  test met one step later on another CPU). The over-specified fit ends somewhere on a flat
+  manifold of equally good parameters, where the path is chaotic under rounding: its
+  iteration count is not pinned and its ``L_1`` only loosely; its RSS and regression error
   are as stable as those of the exact fits.
 """
 
@@ -89,17 +90,20 @@ THEORY: dict[tuple[str, str], list[tuple[float, float, float, int]]] = {
 THEORY_N = 1000
 FLAT_SETTINGS = ("over",)  # fits that end on a flat manifold: n_iter free, L_1 loose
 
-# Relative tolerances. Each is a safe factor above the largest spread measured between the
-# AVX-512 path (where these pins were made), the AVX2 path and the SSE-only path of
-# ``.ci/run_emulated_cpu`` (spread in the comment), and far below what a wiring bug moves.
-CL_LOSS_REL = 2e-3  # spread 1.3e-4 (NoRGa wtp, task 4); momentum off: 1e-2 and more
+# Tolerances. Each is a safe factor above the largest spread measured between the AVX-512 path
+# (where most of these pins were made), the AVX2 path and the narrower paths of
+# ``.ci/run_emulated_cpu`` (spread in the comment), and below what a wiring bug moves. The fits
+# stop where an LM stopping test is first met; OpenBLAS's kernels for another CPU move the
+# iterates by ~1e-7 and can take one more step (7 -> 8 with Sandy Bridge kernels).
+CL_LOSS_REL = 2e-3  # spread 1.3e-4 (NoRGa wtp, task 4); momentum off moves 1e-2 .. 5e-2
+THEORY_ITER_SLACK = 2  # exact fits: iteration count within +-2 (spread 1; damping x10: 6)
 THEORY_REL = {
-    "voronoi_loss": 1e-8,  # exact fits: spread 1.2e-10 (exact-linear)
-    "rss": 1e-11,  # all fits: spread 7.5e-16
-    "l2_error": 1e-8,  # exact fits: spread 3.5e-15 (AVX2 vs SSE; AVX-512 not measured)
-    # over-specified fits, where the fit stops on the flat manifold depends on the rounding:
+    "voronoi_loss": 1e-5,  # exact fits: spread 9.4e-8 (exact-norga, Sandy Bridge kernels)
+    "rss": 1e-11,  # all fits: spread 7.5e-16 (the minimum is flat to first order)
+    "l2_error": 1e-5,  # exact fits: spread 6.5e-8 (exact-norga, Sandy Bridge kernels)
+    # over-specified fits: where the fit stops on the flat manifold depends on the rounding
     "flat_voronoi_loss": 1e-3,  # spread 3.7e-7 (AVX-512 vs AVX2)
-    "flat_l2_error": 1e-6,  # spread 7.6e-12 (AVX2 vs SSE), guessed <= 4e-8 vs AVX-512
+    "flat_l2_error": 1e-5,  # spread 9.2e-9 (Prescott kernels); never recorded on AVX-512
 }
 
 
@@ -152,7 +156,8 @@ def test_small_theory_fit_is_pinned(setting: str, gate: str) -> None:
     assert [r.status for r in records] == ["converged"] * len(pins), f"got {got}"
     flat = setting in FLAT_SETTINGS
     if not flat:
-        assert [g[3] for g in got] == [p[3] for p in pins], f"iteration counts: got {got}"
+        slack = [abs(g[3] - p[3]) for g, p in zip(got, pins, strict=True)]
+        assert max(slack) <= THEORY_ITER_SLACK, f"iteration counts: got {got}"
     loss_rel = THEORY_REL["flat_voronoi_loss" if flat else "voronoi_loss"]
     l2_rel = THEORY_REL["flat_l2_error" if flat else "l2_error"]
     for (loss, rss, l2, _), (pin_loss, pin_rss, pin_l2, _) in zip(got, pins, strict=True):
@@ -164,11 +169,12 @@ def test_small_theory_fit_is_pinned(setting: str, gate: str) -> None:
 def _print_pins(which: set[str]) -> None:
     """Print ``CL`` and/or ``THEORY`` with the values of this checkout, ready to paste."""
     if "theory" in which:
-        print("THEORY = {")
+        print("THEORY: dict[tuple[str, str], list[tuple[float, float, float, int]]] = {")
         for setting, gate in THEORY:
-            rows = [(r.voronoi_loss, r.rss, r.l2_error, r.n_iter)
-                    for r in theory_records(setting, gate, len(THEORY[(setting, gate)]))]
-            print(f"    {(setting, gate)!r}: {rows!r},")
+            print(f"    {(setting, gate)!r}: [")
+            for r in theory_records(setting, gate, len(THEORY[(setting, gate)])):
+                print(f"        ({r.voronoi_loss!r}, {r.rss!r}, {r.l2_error!r}, {r.n_iter}),")
+            print("    ],")
         print("}")
     if "cl" in which:
         import tempfile
@@ -180,12 +186,21 @@ def _print_pins(which: set[str]) -> None:
         from cl.run.engine import run_experiment
 
         torch.set_num_threads(1)
-        print("CL = {")
+        print("CL: dict[str, dict[str, list]] = {")
         with tempfile.TemporaryDirectory() as tmp:
             for method in CL:
                 out = Path(tmp) / method
-                result = run_experiment(resolve_config("synthetic", method, quick=True), out)
-                print(f"    {method!r}: {cl_values(result, out)!r},")
+                got = cl_values(run_experiment(resolve_config("synthetic", method, quick=True),
+                                               out), out)
+                print(f"    {method!r}: {{")
+                for key, value in got.items():
+                    matrix = key in ("accuracy", "tii")
+                    print(f"        {key!r}: [")
+                    for row in value if matrix else [[v] for v in value]:
+                        text = ", ".join("N" if v is None else repr(v) for v in row)
+                        print(f"            [{text}]," if matrix else f"            {text},")
+                    print("        ],")
+                print("    },")
         print("}")
 
 
@@ -193,7 +208,8 @@ if __name__ == "__main__":  # print fresh pins: python tests/test_golden_runs.py
     import sys
 
     flags = {a.lstrip("-") for a in sys.argv[1:]}
-    unknown = flags - {"cl", "theory"}
-    if unknown:
-        sys.exit(f"usage: python tests/test_golden_runs.py [--cl] [--theory]; unknown {unknown}")
+    if flags - {"cl", "theory"}:
+        print(f"test_golden_runs.py: unknown option(s) {sorted(flags - {'cl', 'theory'})}; "
+              "allowed: --cl, --theory (none: both)", file=sys.stderr)
+        sys.exit(2)
     _print_pins(flags or {"cl", "theory"})

@@ -12,8 +12,8 @@ The summary's slopes, AICc values and Fisher constants come out of weighted leas
 eigenvalues, i.e. out of BLAS / LAPACK, whose kernels (and so the last bits) differ between
 CPUs. So the files are compared as structure: every key, string, count and integer exactly,
 every float to ``FLOAT_REL`` (spread measured between the AVX-512 path that wrote the
-references, AVX2 and the SSE-only path of ``.ci/run_emulated_cpu``: 1.6e-12; a moved n subset
-or weight moves these numbers by 1e-4 and more). On one machine the bytes are identical; that
+references, AVX2 and the older kernels of ``.ci/run_emulated_cpu``: 1.6e-12; WLS weights
+without the variance move the slopes by 2e-4). On one machine the bytes are identical; that
 is checked by the rerun tests of the rates CLI, not here.
 
 To regenerate (only for a deliberate change of the output, stated in the commit message):
