@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from moe_theory.near.sweep import NearConfig, analyse_near, parametric_from, run_near
+from moe_theory.near.analysis import parametric_from
+from moe_theory.near.config import NearConfig
+from moe_theory.near.sweep import run_near
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "rates.py"
@@ -80,7 +82,7 @@ def tiny_result():
 
 @pytest.mark.slow
 def test_analysis_levels_ratios_and_counts_from_the_records(tiny_result):
-    e = analyse_near(tiny_result)["fixed"]["0.8"]["linear"]
+    e = tiny_result.analyse()["fixed"]["0.8"]["linear"]
     rows = [r for r in tiny_result.records if r["gate"] == "linear" and r["kind"] == "fixed"]
     for entry in e["per_n"]:
         losses = [r["voronoi_loss"] for r in rows if r["n"] == entry["n"]]
@@ -91,7 +93,7 @@ def test_analysis_levels_ratios_and_counts_from_the_records(tiny_result):
         assert entry["consistent"] == (lo <= 1.3 and hi >= 0.7)
     assert e["converged"] + e["capped"] + e["stalled"] == e["fits"] == 12
     assert {r["status"] for r in rows} <= {"converged", "capped", "stalled"}
-    s = analyse_near(tiny_result)["schedule"]["0.1"]["norga"]
+    s = tiny_result.analyse()["schedule"]["0.1"]["norga"]
     ts = [p["t"] for p in s["per_n"]]
     assert ts == pytest.approx([0.8 * (n / 1000) ** -0.1 for n in (1000, 2000, 4000)])
     assert s["predicted_slope_asymptotic"] == pytest.approx(0.1 * s["exponent_p1"] / 2 - 0.5)

@@ -1,7 +1,7 @@
 """Command-line glue of ``norga-rates --setting near`` (E5): flags, config, run.
 
 Kept apart from :mod:`moe_theory.cli` so that the E1-E4 code path stays as it is: that module
-adds these flags, builds a :class:`~moe_theory.near.sweep.NearConfig` when ``near`` is among
+adds these flags, builds a :class:`~moe_theory.near.config.NearConfig` when ``near`` is among
 the settings, and calls :func:`run_near_cli` after its own work.
 """
 
@@ -10,14 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moe_theory.near.config import NEAR_PRESETS, NearConfig
 from moe_theory.near.mechanism import SPLITS
-from moe_theory.near.sweep import (
-    NEAR_PRESETS,
-    NearConfig,
-    check_near_out,
-    run_near,
-    write_near,
-)
+from moe_theory.near.output import check_near_out, write_near
+from moe_theory.near.sweep import run_near
 from moe_theory.rates.sweep import n_grid
 
 NEAR_NOISE_SD = 0.001

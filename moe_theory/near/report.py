@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from moe_theory.gates import Gate
-
-if TYPE_CHECKING:
-    from moe_theory.near.sweep import NearResult
+from moe_theory.near.config import NearConfig
 
 
 def _p(e: dict[str, object] | None) -> str:
@@ -54,11 +50,9 @@ def exponent_table(mechanism: dict[str, object], base: str = "default") -> list[
     return lines
 
 
-def near_summary(result: NearResult) -> str:
-    """Readable E5 report."""
-    cfg = result.config
-    mech = result.mechanism
-    a = result.analyse()
+def near_summary(cfg: NearConfig, mech: dict[str, object], a: dict[str, object],
+                 records: list[dict[str, object]]) -> str:
+    """Readable E5 report of a run's configuration, mechanism table, analysis and fits."""
     lines = [
         "== near (E5): near-coincident prompts, L = L' = 2 (spec 5.7)",
         f"truth: two atoms, masses 1/2, beta_1 = beta* +/- t, experts split '{cfg.split}' by "
@@ -118,7 +112,7 @@ def near_summary(result: NearResult) -> str:
     counts = a["status_counts"]
     lines += [
         "",
-        f"Fits: {len(result.records)} (converged {counts['converged']}, capped at "
+        f"Fits: {len(records)} (converged {counts['converged']}, capped at "
         f"{cfg.max_iter} evaluations {counts['capped']}, stalled {counts['stalled']}: damping "
         "blew up before a test was met); near-truth starts, |theta| <= 5.",
         "Notes: the paper's O(1/log^kappa n) for linear gating is a worst case over truths; the "
