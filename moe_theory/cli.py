@@ -278,9 +278,10 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
     _check_memory(parser, tuple(dict.fromkeys(args.setting or preset["settings"])),
                   ("norga", "linear"), n_max, num_n, replicates, args.jobs)
     n_values = n_grid(n_min, n_max, num_n)
-    if len(n_values) < 2 and fitting:
-        parser.error(f"argument --num-n: the rate fit needs at least 2 distinct n; --n-min "
-                     f"{n_min}, --n-max {n_max}, --num-n {num_n} give {list(n_values)}")
+    if len(n_values) < 3 and fitting:
+        parser.error(f"argument --num-n: the rate fit needs at least 3 distinct n (two leave no "
+                     f"degrees of freedom for its CI); --n-min {n_min}, --n-max {n_max}, "
+                     f"--num-n {num_n} give {list(n_values)}")
     gates = {
         "linear": ("linear",),
         "both": ("norga", "linear"),
