@@ -33,6 +33,7 @@ from moe_theory.near.cli import (
     run_near_cli,
     sweep_kwargs,
 )
+from moe_theory.near.output import record_files
 from moe_theory.rates.sweep import (
     BACKENDS,
     PRESETS,
@@ -392,31 +393,40 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         with run_lock(out):
             # re-checked under the lock: another run may have finished into --out meanwhile
             check_out_dir(out, config, args.overwrite, parser)
-            result = run_rates(config, **sweep_kwargs(args, "fits"))
-            try:
-                written = write_run(result, out, run_provenance(
-                    [sys.argv[0], *argv] if argv is not None else sys.argv))
-            except OSError as err:  # disk full / permissions: the old files are in place
-                sys.stderr.write(f"{prog}: error: {err.strerror or err} (the fits are cached; "
-                                 "re-running after freeing space only writes the files)\n")
-                return 1
-            if not args.no_figure and result.records:
-                from figures.convergence import convergence_figures_for_run
-                from figures.runs import read_rates_run
+            provenance = run_provenance(
+                [sys.argv[0], *argv] if argv is not None else sys.argv)
+            # an E5-only run writes only E5 files (no config.json of an E1-E4 sweep never run)
+            rates_part = bool(config.fit_settings) or "mechanism" in config.settings
+            result = run_rates(config, **sweep_kwargs(args, "fits")) if rates_part else None
+            written = []
+            if result is not None:
+                try:
+                    written = write_run(result, out, provenance)
+                except OSError as err:  # disk full / permissions: the old files are in place
+                    sys.stderr.write(f"{prog}: error: {err.strerror or err} (the fits are "
+                                     "cached; re-running after freeing space only writes the "
+                                     "files)\n")
+                    return 1
+                if not args.no_figure and result.records:
+                    from figures.convergence import convergence_figures_for_run
+                    from figures.runs import read_rates_run
 
-                written += convergence_figures_for_run(read_rates_run(out), out)
+                    figures = convergence_figures_for_run(read_rates_run(out), out)
+                    record_files(out, figures)
+                    written += figures
             near_text = None
             if near_config is not None:
-                near_files, near_text = run_near_cli(near_config, args, out)
+                near_files, near_text = run_near_cli(near_config, args, out, provenance)
                 written += near_files
     except RunLockedError as err:
         parser.error(f"argument --out: {err}")
     except SchedulerUnreachableError as err:  # nothing was computed
         parser.error(f"argument --scheduler: {err}")
     elapsed = time.perf_counter() - start
-    print(result.summary())
+    if result is not None:
+        print(result.summary())
     if near_text:
-        print("\n" + near_text)
+        print(("\n" if result is not None else "") + near_text)
     print(
         f"\nwall time {elapsed:.1f} s with {args.jobs} job(s); wrote {len(written)} files to {out}:"
     )

@@ -48,7 +48,10 @@ class NearConfig:
     t_values:
         Separations of the fixed-``t`` truths.
     gammas, t0, schedule_n0:
-        Schedules ``t_n = t0 (n / schedule_n0)^-gamma``, run at the ``n >= schedule_n0``.
+        Schedules ``t_n = t0 (n / schedule_n0)^-gamma``, run at the ``n >= schedule_n0``. The
+        defaults include schedules inside the first-order expansion's range for each gate
+        (``gamma p_1 <= 0.8``: 0.05 for linear gating, p_1 ~ 8; 0.1 and 0.2 for NoRGa, p_1 ~ 4)
+        and two outside it for linear gating (0.1 at the edge, 0.25), reported as such.
     n_values, replicates, restarts, seed, max_iter, tol, init_scale:
         Sample sizes, fits per n (see ``reduced_above``), starts per fit, the one seed, fitter
         cap and tolerance, and the sd of the near-truth start noise. The cap is 2000 Jacobian
@@ -76,7 +79,7 @@ class NearConfig:
     expert: str = "affine"
     split: str = "both"
     t_values: tuple[float, ...] = (0.8, 0.4, 0.2)
-    gammas: tuple[float, ...] = (0.1, 0.25)
+    gammas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.25)
     t0: float = 0.8
     schedule_n0: int = 1000
     n_values: tuple[int, ...] = (100, 215, 464, 1000, 2154, 4642, 10000)

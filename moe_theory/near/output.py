@@ -51,21 +51,40 @@ def check_near_out(out: Path, config: NearConfig) -> str | None:
     return None
 
 
-def write_near(result: NearResult, out: str | Path) -> list[Path]:
-    """Write near_config.json, near_fits.csv, near.json, near_timing.csv and summary_near.txt.
+def write_near(result: NearResult, out: str | Path,
+               provenance: dict[str, object] | None = None) -> list[Path]:
+    """Write the files of an E5 run and record their SHA-256 in ``out/SHA256SUMS``.
 
-    Each file is written to a temporary sibling and renamed into place
-    (:func:`moe_theory.io.atomic_write_text`), so none is ever half-written.
+    ``near_config.json`` (the :class:`NearConfig`), ``near_provenance.json`` (that config with
+    ``provenance``: git commit, packages, command line, from
+    :func:`moe_theory.io.run_provenance`), ``near_fits.csv``, ``near.json``,
+    ``near_timing.csv`` and ``summary_near.txt``. Each file is written to a temporary sibling
+    and renamed into place (:func:`moe_theory.io.atomic_write_text`), so none is ever
+    half-written; the checksums are recorded last (:func:`record_files`).
     """
     from moe_theory.io import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    config = result.config.to_dict()
     texts = {
-        "near_config.json": _dumps(result.config.to_dict()),
+        "near_config.json": _dumps(config),
+        "near_provenance.json": _dumps({**config, "provenance": provenance}),
         "near_fits.csv": near_fits_csv(result.records),
         "near.json": _dumps(result.to_json()),
         "near_timing.csv": timing_csv(result.timing),
         "summary_near.txt": result.summary() + "\n",
     }
-    return [atomic_write_text(out / name, text) for name, text in texts.items()]
+    written = [atomic_write_text(out / name, text) for name, text in texts.items()]
+    record_files(out, written)
+    return written
+
+
+def record_files(out: str | Path, paths: list[Path]) -> None:
+    """Add the SHA-256 of ``paths`` (files inside ``out``) to ``out/SHA256SUMS``, in the
+    format ``sha256sum -c`` verifies."""
+    from norga.io import record_checksums
+
+    out = Path(out)
+    record_checksums(out, {Path(p).resolve().relative_to(out.resolve()).as_posix():
+                           Path(p).read_bytes() for p in paths})
