@@ -171,9 +171,12 @@ def _panel_schedule(ax: Any, near: Mapping[str, Any]) -> None:
             inside = e.get("expansion") == "inside"
             measured = ("--" if s is None else
                         f"{s['slope']:+.2f} [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}]")
-            label = (f"{gate_label(gate, act)}, $\\gamma={g_key}$: {measured}, "
-                     + (f"pred. {e['predicted_slope_fisher']:+.2f}" if inside
-                        else "outside the expansion")).replace("-", "\u2212")
+            status = e.get("expansion", "")
+            note = (f"pred. {e['predicted_slope_fisher']:+.2f}" if inside
+                    else "outside the expansion" if status.startswith("outside")
+                    else "weak direction unresolved")
+            label = (f"{gate_label(gate, act)}, $\\gamma={g_key}$: {measured}, {note}"
+                     ).replace("-", "\u2212")
             n = np.array([p["n"] for p in e["per_n"]], float)
             geo = np.array([p["geomean"] for p in e["per_n"]])
             (line,) = ax.plot(n, geo, color=color, marker=_MARKERS[i % 5], markersize=3,
@@ -190,8 +193,8 @@ def _panel_schedule(ax: Any, near: Mapping[str, Any]) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("sample size $n$")
     ax.set_ylabel(r"geometric mean $\mathcal{L}_1$")
-    ax.set_title(f"(c) $t_n = {cfg['t0']:g}(n/{cfg['schedule_n0']})^{{-\\gamma}}$: slopes "
-                 r"[CI]; dashed: Fisher, inside the expansion only", loc="left")
+    ax.set_title(f"(c) $t_n = {cfg['t0']:g}(n/{cfg['schedule_n0']})^{{-\\gamma}}$; dashed: "
+                 "Fisher (tested only)", loc="left")
     _legend_below(ax)
 
 

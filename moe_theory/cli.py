@@ -127,11 +127,13 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "conditioning, flat manifold; no fitting), near (E5: two true prompts at separation t; "
         "Fisher exponents of every gate/split/expert/cluster size, fits at fixed t and on "
         "shrinking schedules; noise sd 0.001, cap 2000. Its presets: quick = 7 n in 1e2..1e4, "
-        "R = 8 (about 40 s of CPU); paper = 9 n in 1e2..1e5, R = 16 (about 7 CPU-minutes); "
-        "full = 13 n in 1e2..1e6, R = 16 up to n = 1e5 and R = 8 above (--replicates sets "
-        "the first, at most 8 the second), schedules on n <= 1e5 (measured 22.5 CPU-minutes, "
-        "about 12 min on 2 idle cores; --preset paper --n-max 1000000 --num-n 13 gives R = 16 "
-        "and schedules up to 1e6, projected 70 CPU-minutes)).",
+        "R = 8 (66 s of CPU, measured on a clean run on the shared 2-core development "
+        "machine); paper = 9 n in 1e2..1e5, R = 16 (7 CPU-minutes with the former two "
+        "schedules; more with the default four, not re-measured); full = 13 n in 1e2..1e6, "
+        "R = 16 up to n = 1e5 and R = 8 above (--replicates sets the first, at most 8 the second), "
+        "schedules on n <= 1e5 (22.5 CPU-minutes with two schedules, measured in resumed "
+        "pieces; resumable with --cache-dir; --preset paper --n-max 1000000 --num-n 13 gives "
+        "R = 16 and schedules up to 1e6, projected 70 CPU-minutes)).",
         formatter_class=HelpFormatter,
     )
     p.add_argument(

@@ -46,7 +46,7 @@ def test_full_preset_reaches_1e6_with_the_schedule_its_help_states(tmp_path):
     schedule_n = {n for (kind, _, _, n) in cells if kind == "schedule"}
     assert fixed_n == set(config.n_values)
     assert schedule_n == {n for n in config.n_values if 1000 <= n <= 100_000}
-    assert len(cells) == 2 * (3 * 13 + 2 * 7)
+    assert len(config.gammas) == 4 and len(cells) == 2 * (3 * 13 + 4 * 7)
     # the reduced replicates are the first blocks of the full count: a larger run reuses them
     blocks_1e6 = {b for (k, _, _, n, b) in plan_near_tasks(config) if n == 1_000_000}
     blocks_1e5 = {b for (k, _, _, n, b) in plan_near_tasks(config) if n == 100_000}

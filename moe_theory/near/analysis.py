@@ -190,13 +190,19 @@ def regime_verdict(per_n: list[dict[str, object]], loss_by_n: dict[int, np.ndarr
             best = {"from": ns[i], "slope": fit, "level": level, "reason": None}
     if best is not None:
         return best
-    # why not: per-n problems at the largest n, else the widest window the per-n checks allow
-    reasons = _per_n_problems(per_n[-1]) if per_n else []
-    i = min(widest, max(len(ns) - 3, 0))
-    fit, level = window(i) if ns else (None, None)
-    if fit is None:
-        reasons.append("fewer than 3 values of n")
+    # why not: the per-n checks that fail (at the largest n, or at the n below the few that
+    # pass them), else the slope and level of the widest window those checks allow
+    if len(ns) < 3:
+        return {"from": None, "slope": None, "level": None, "reason": "fewer than 3 values of n"}
+    i = min(widest, len(ns) - 3)
+    fit, level = window(i)
+    if widest == len(ns):
+        reasons = [f"at n = {ns[-1]}: " + "; ".join(_per_n_problems(per_n[-1]))]
+    elif widest > len(ns) - 3:
+        reasons = [f"at n = {ns[widest - 1]}: " + "; ".join(_per_n_problems(per_n[widest - 1]))
+                   + f" (the per-n checks hold only from n = {ns[widest]}, fewer than 3 n)"]
     else:
+        reasons = []
         if not fit["ci"][0] <= -0.5 <= fit["ci"][1]:
             reasons.append(f"slope over n >= {ns[i]} {fit['slope']:+.2f} "
                            f"[{fit['ci'][0]:+.2f}, {fit['ci'][1]:+.2f}] excludes -1/2")
@@ -204,8 +210,9 @@ def regime_verdict(per_n: list[dict[str, object]], loss_by_n: dict[int, np.ndarr
             reasons.append(f"pooled ratio over n >= {ns[i]} {level['ratio']:.2f}, "
                            f"{EQUIVALENCE_LEVEL:.0%} CI [{level['ci'][0]:.2f}, "
                            f"{level['ci'][1]:.2f}] not inside [{RATIO_BAND[0]}, {RATIO_BAND[1]}]")
-    return {"from": None, "slope": fit, "level": level,
-            "reason": (f"at n = {ns[-1]}: " if ns else "") + "; ".join(reasons)}
+        if not reasons:  # a passing wide window whose narrower ones fail: say so
+            reasons.append(f"no window of n passes both tests from n = {ns[i]} on")
+    return {"from": None, "slope": fit, "level": level, "reason": "; ".join(reasons)}
 
 
 def expansion_label(gamma: float, p1: float | None, per_n: list[dict[str, object]]) -> str:
