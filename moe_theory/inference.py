@@ -1,4 +1,4 @@
-"""Rate inference on (n, loss) data (spec moe-theory.md section 5.4).
+"""Rate inference on (n, loss) data.
 
 * :func:`fit_rate`: the slope of log(loss) on log(n) with a calibrated CI (weighted least
   squares on the per-n means of log loss, t(G - 2) reference), returned as a :class:`RateFit`;
@@ -282,7 +282,7 @@ def mean_ratio_ci(
 ) -> tuple[float, float, float]:
     """``mean(values) / reference`` with a t(R - 1) confidence interval.
 
-    Used for the Fisher check of spec section 7: the mean ``L_1`` of the R fits at the largest n
+    Used for the Fisher check: the mean ``L_1`` of the R fits at the largest n
     divided by the predicted ``C / sqrt(n)``.
 
     Returns

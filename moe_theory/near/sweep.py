@@ -4,16 +4,17 @@ This module runs the fits and caches them; the configuration lives in
 :mod:`moe_theory.near.config`, the result in :mod:`moe_theory.near.result`, the analysis in
 :mod:`moe_theory.near.analysis` and the files in :mod:`moe_theory.near.output`.
 
-Spec moe-theory.md section 5.7. Two kinds of truth, both ``L = L' = 2`` (a cluster of two real
+Two kinds of truth, both ``L = L' = 2`` (a cluster of two real
 atoms around the base atom, :func:`moe_theory.near.mechanism.near_truth`), fitted by bounded least
 squares (``|theta| <= 5``) from near-truth starts with restarts, under each gate:
 
 * **fixed**: separation ``t`` in a grid (default 0.8, 0.4, 0.2); ``L_1`` and its parts against
-  ``n`` next to the Fisher prediction ``C(t) / sqrt(n)``, and the smallest ``n`` from which the
-  mean ``L_1`` stays consistent with it (95% CI of the ratio overlapping [0.7, 1.3]).
+  ``n`` next to the Fisher prediction ``C(t) / sqrt(n)``, with the regime diagnostics and the
+  verdict of :mod:`moe_theory.near.analysis`.
 * **schedule**: ``t_n = t_0 (n / n_0)^-gamma`` (a local-minimax sequence of truths); the slope of
   ``L_1`` against ``n`` predicted from the Fisher curve (and from the exponent ``p`` of the
-  mechanism table: ``gamma p / 2 - 1/2``) next to the measured slope with its CI.
+  mechanism table: ``gamma p / 2 - 1/2``) next to the measured slope with its CI, compared only
+  where the first-order expansion holds along the schedule.
 
 Every replicate draws data and starts from its own ``SeedSequence`` keyed by
 ``(seed, "near-<kind>-<value>", n, replicate)``; both gates see the same data. ``near_fits.csv``
