@@ -60,8 +60,9 @@ MEMORY_CHILD = """
 import json, resource, sys, time
 from moe_theory.rates.sweep import RateConfig, fit_task
 n, reps = int(sys.argv[1]), int(sys.argv[2])
-config = RateConfig(settings=("exact",), gates=("norga",), n_values=(n,), replicates=reps,
-                    block=reps)
+# a valid sweep needs 3 n for its slope fit; only the task at n runs here
+config = RateConfig(settings=("exact",), gates=("norga",), n_values=(n, n + 1, n + 2),
+                    replicates=reps, block=reps)
 t0 = time.perf_counter()
 rows = fit_task(config, "exact", "norga", n, tuple(range(reps)), "bench")
 wall = time.perf_counter() - t0

@@ -1,7 +1,7 @@
 """Cache of finished fit blocks: one strict-JSON file per block, each with its own checksum.
 
 A block is keyed by everything its fits depend on (the fit-relevant fields of the
-:class:`~moe_theory.rates.sweep.RateConfig` or :class:`~moe_theory.near.sweep.NearConfig`, setting,
+:class:`~moe_theory.rates.sweep.RateConfig` or :class:`~moe_theory.near.config.NearConfig`, setting,
 gate, n, the replicate ids and a fingerprint of the package's source), so a re-run with a
 larger grid or more replicates computes only the new blocks. Entries are plain JSON (nothing is
 unpickled) and carry the SHA-256 of their records: an entry that is truncated, edited or garbage

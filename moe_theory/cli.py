@@ -33,6 +33,7 @@ from moe_theory.near.cli import (
     run_near_cli,
     sweep_kwargs,
 )
+from moe_theory.near.output import record_files
 from moe_theory.rates.sweep import (
     BACKENDS,
     PRESETS,
@@ -126,11 +127,13 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "conditioning, flat manifold; no fitting), near (E5: two true prompts at separation t; "
         "Fisher exponents of every gate/split/expert/cluster size, fits at fixed t and on "
         "shrinking schedules; noise sd 0.001, cap 2000. Its presets: quick = 7 n in 1e2..1e4, "
-        "R = 8 (about 40 s of CPU); paper = 9 n in 1e2..1e5, R = 16 (about 7 CPU-minutes); "
-        "full = 13 n in 1e2..1e6, R = 16 up to n = 1e5 and R = 8 above (--replicates sets "
-        "the first, at most 8 the second), schedules on n <= 1e5 (measured 22.5 CPU-minutes, "
-        "about 12 min on 2 idle cores; --preset paper --n-max 1000000 --num-n 13 gives R = 16 "
-        "and schedules up to 1e6, projected 70 CPU-minutes)).",
+        "R = 8 (66 s of CPU, measured on a clean run on the shared 2-core development "
+        "machine); paper = 9 n in 1e2..1e5, R = 16 (7 CPU-minutes with the former two "
+        "schedules; more with the default four, not re-measured); full = 13 n in 1e2..1e6, "
+        "R = 16 up to n = 1e5 and R = 8 above (--replicates sets the first, at most 8 the second), "
+        "schedules on n <= 1e5 (22.5 CPU-minutes with two schedules, measured in resumed "
+        "pieces; resumable with --cache-dir; --preset paper --n-max 1000000 --num-n 13 gives "
+        "R = 16 and schedules up to 1e6, projected 70 CPU-minutes)).",
         formatter_class=HelpFormatter,
     )
     p.add_argument(
@@ -278,9 +281,10 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
     _check_memory(parser, tuple(dict.fromkeys(args.setting or preset["settings"])),
                   ("norga", "linear"), n_max, num_n, replicates, args.jobs)
     n_values = n_grid(n_min, n_max, num_n)
-    if len(n_values) < 2 and fitting:
-        parser.error(f"argument --num-n: the rate fit needs at least 2 distinct n; --n-min "
-                     f"{n_min}, --n-max {n_max}, --num-n {num_n} give {list(n_values)}")
+    if len(n_values) < 3 and fitting:
+        parser.error(f"argument --num-n: the rate fit needs at least 3 distinct n (two leave no "
+                     f"degrees of freedom for its CI); --n-min {n_min}, --n-max {n_max}, "
+                     f"--num-n {num_n} give {list(n_values)}")
     gates = {
         "linear": ("linear",),
         "both": ("norga", "linear"),
@@ -391,31 +395,40 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         with run_lock(out):
             # re-checked under the lock: another run may have finished into --out meanwhile
             check_out_dir(out, config, args.overwrite, parser)
-            result = run_rates(config, **sweep_kwargs(args, "fits"))
-            try:
-                written = write_run(result, out, run_provenance(
-                    [sys.argv[0], *argv] if argv is not None else sys.argv))
-            except OSError as err:  # disk full / permissions: the old files are in place
-                sys.stderr.write(f"{prog}: error: {err.strerror or err} (the fits are cached; "
-                                 "re-running after freeing space only writes the files)\n")
-                return 1
-            if not args.no_figure and result.records:
-                from figures.convergence import convergence_figures_for_run
-                from figures.runs import read_rates_run
+            provenance = run_provenance(
+                [sys.argv[0], *argv] if argv is not None else sys.argv)
+            # an E5-only run writes only E5 files (no config.json of an E1-E4 sweep never run)
+            rates_part = bool(config.fit_settings) or "mechanism" in config.settings
+            result = run_rates(config, **sweep_kwargs(args, "fits")) if rates_part else None
+            written = []
+            if result is not None:
+                try:
+                    written = write_run(result, out, provenance)
+                except OSError as err:  # disk full / permissions: the old files are in place
+                    sys.stderr.write(f"{prog}: error: {err.strerror or err} (the fits are "
+                                     "cached; re-running after freeing space only writes the "
+                                     "files)\n")
+                    return 1
+                if not args.no_figure and result.records:
+                    from figures.convergence import convergence_figures_for_run
+                    from figures.runs import read_rates_run
 
-                written += convergence_figures_for_run(read_rates_run(out), out)
+                    figures = convergence_figures_for_run(read_rates_run(out), out)
+                    record_files(out, figures)
+                    written += figures
             near_text = None
             if near_config is not None:
-                near_files, near_text = run_near_cli(near_config, args, out)
+                near_files, near_text = run_near_cli(near_config, args, out, provenance)
                 written += near_files
     except RunLockedError as err:
         parser.error(f"argument --out: {err}")
     except SchedulerUnreachableError as err:  # nothing was computed
         parser.error(f"argument --scheduler: {err}")
     elapsed = time.perf_counter() - start
-    print(result.summary())
+    if result is not None:
+        print(result.summary())
     if near_text:
-        print("\n" + near_text)
+        print(("\n" if result is not None else "") + near_text)
     print(
         f"\nwall time {elapsed:.1f} s with {args.jobs} job(s); wrote {len(written)} files to {out}:"
     )

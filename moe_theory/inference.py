@@ -1,4 +1,4 @@
-"""Rate inference on (n, loss) data (spec moe-theory.md section 5.4).
+"""Rate inference on (n, loss) data.
 
 * :func:`fit_rate`: the slope of log(loss) on log(n) with a calibrated CI (weighted least
   squares on the per-n means of log loss, t(G - 2) reference), returned as a :class:`RateFit`;
@@ -57,6 +57,13 @@ def _positive_log(values: np.ndarray, name: str) -> np.ndarray:
 # (R - 1 degrees of freedom) are too noisy and the weighted CI undercovers (simulated: 89% at
 # R = 3, 93% at R = 5, 94% at R = 8); the equal-weight fit on the means is used instead.
 WLS_MIN_REPLICATES = 8
+# Floor of the per-n variances of log loss in the weights, as a fraction of their median: an n
+# whose replicates happen to agree closely (or exactly: a zero variance) gets at most 1 /
+# VARIANCE_FLOOR times the weight of a typical n instead of dominating the fit (or, at zero,
+# silently switching to equal weights). In the coverage designs no variance comes near it.
+VARIANCE_FLOOR = 0.1
+# Fraction of capped fits (stopped at the evaluation cap) from which a rate fit is flagged.
+MOSTLY_CAPPED = 0.5
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,12 @@ class RateFit:
         The distinct n, ascending.
     replicates:
         Fits at each n.
+    capped_fraction:
+        Fraction of the fits that stopped at their evaluation cap (``None``: not given). A
+        capped fit may sit near its start, so its loss need not shrink with n.
+    variance_floor:
+        The floor applied to the per-n variances of ``log L`` in the weights (0 for equal
+        weights).
     results:
         The statsmodels results of the regression of the per-n means on ``log n``; its
         covariance uses the residual scale and its intervals a t(G - 2) reference.
@@ -87,6 +100,15 @@ class RateFit:
     n_values: tuple[float, ...]
     replicates: tuple[int, ...]
     results: RegressionResultsWrapper = field(repr=False, compare=False)
+    capped_fraction: float | None = None
+    variance_floor: float = 0.0
+
+    @property
+    def capped_flag(self) -> str | None:
+        """``"all capped"``, ``"mostly capped"`` (at least :data:`MOSTLY_CAPPED`) or None."""
+        if self.capped_fraction is None or self.capped_fraction < MOSTLY_CAPPED:
+            return None
+        return "all capped" if self.capped_fraction >= 1.0 else "mostly capped"
 
     @property
     def bse(self) -> float:
@@ -101,14 +123,11 @@ class RateFit:
     def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
         """Confidence interval ``(lo, hi)`` for the slope at level ``1 - alpha``.
 
-        ``alpha=None`` uses ``1 - level``. With two values of n there are no residual degrees
-        of freedom and the interval is ``(-inf, inf)``.
+        ``alpha=None`` uses ``1 - level``.
         """
         alpha = 1.0 - self.level if alpha is None else alpha
         if not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be in (0, 1); got {alpha}")
-        if self.results.df_resid < 1:
-            return (-np.inf, np.inf)
         lo, hi = self.results.conf_int(alpha)[1]
         return (float(lo), float(hi))
 
@@ -117,10 +136,11 @@ class RateFit:
         lo, hi = self.conf_int()
         reps = sorted(set(self.replicates))
         rep_text = str(reps[0]) if len(reps) == 1 else f"{reps[0]}..{reps[-1]}"
+        flag = f"; {self.capped_flag} ({self.capped_fraction:.0%})" if self.capped_flag else ""
         return (
             f"slope {self.slope:+.3f} [{lo:+.3f}, {hi:+.3f}] ({self.level:.0%} CI, {self.method}, "
             f"t({self.df_resid:g})); G = {len(self.n_values)} values of n in "
-            f"{min(self.n_values):g}..{max(self.n_values):g}, R = {rep_text} fits each"
+            f"{min(self.n_values):g}..{max(self.n_values):g}, R = {rep_text} fits each{flag}"
         )
 
 
@@ -141,17 +161,24 @@ def _group_moments(
     return n_values, means, var, counts
 
 
-def fit_rate(n: np.ndarray, loss: np.ndarray, *, level: float = 0.95) -> RateFit:
+def fit_rate(
+    n: np.ndarray, loss: np.ndarray, *, level: float = 0.95, capped: np.ndarray | None = None
+) -> RateFit:
     """Fit ``loss ~ n^slope`` to replicate-level data with a calibrated slope CI.
 
+    The slope is that of the **geometric mean** of the loss, ``exp(mean log L)``, per n (for a
+    power law with a fixed spread the arithmetic mean has the same slope, but not in general);
+    plots and predictions compared with it should use the geometric mean too.
+
     The per-n means of ``log loss`` are regressed on ``log n`` by weighted least squares with
-    weights ``R_i / s_i^2`` (the inverse estimated variance of each mean), the covariance scaled
-    by the residuals and a t(G - 2) reference (G distinct n). Scaling by the residuals keeps the
-    interval honest when the per-n means scatter more than their replicates suggest
-    (pre-asymptotic curvature). With fewer than :data:`WLS_MIN_REPLICATES` fits at some n, or a
-    zero spread, the means get equal weights. Simulated coverage of the 95% CI for a true power
-    law, with 5 or 13 values of n and 12 or 40 replicates, Gaussian, heteroscedastic (sd x3
-    across n) and Student-t(3) noise: 94.1-95.5% with 2000 draws per design
+    weights ``R_i / max(s_i^2, f)`` (the inverse estimated variance of each mean), where the
+    floor ``f`` is :data:`VARIANCE_FLOOR` times the median per-n variance, the covariance
+    scaled by the residuals and a t(G - 2) reference (G distinct n). Scaling by the residuals
+    keeps the interval honest when the per-n means scatter more than their replicates suggest
+    (pre-asymptotic curvature). With fewer than :data:`WLS_MIN_REPLICATES` fits at some n the
+    means get equal weights (``method`` says which). Simulated coverage of the 95% CI for a
+    true power law, with 5 or 13 values of n and 12 or 40 replicates, Gaussian,
+    heteroscedastic (sd x3 across n) and Student-t(3) noise: 94.1-95.5% with 2000 draws per design
     (``tests/test_theory_fit_rate.py``), 94.2-94.9% with 20 000; the former replicate-level OLS
     clustered by n covered 83-92%.
 
@@ -161,6 +188,10 @@ def fit_rate(n: np.ndarray, loss: np.ndarray, *, level: float = 0.95) -> RateFit
         1-D arrays, one entry per fit (several fits per n); both positive and finite.
     level:
         Confidence level of :meth:`RateFit.conf_int` when called without ``alpha``.
+    capped:
+        Optional booleans, one per fit: stopped at the evaluation cap. Sets
+        :attr:`RateFit.capped_fraction` and so :attr:`RateFit.capped_flag` (flat data from
+        fits that never moved would otherwise pass as a measured rate).
 
     Returns
     -------
@@ -169,17 +200,28 @@ def fit_rate(n: np.ndarray, loss: np.ndarray, *, level: float = 0.95) -> RateFit
     Raises
     ------
     ValueError
-        Fewer than two distinct n, non-positive values, or ``level`` outside (0, 1).
+        Fewer than three distinct n (two leave no degrees of freedom for the CI), non-positive
+        values, ``capped`` of another length, or ``level`` outside (0, 1).
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1); got {level}")
     n_values, means, var, counts = _group_moments(np.asarray(n), np.asarray(loss))
-    if n_values.size < 2:
-        raise ValueError("need at least two distinct n values to fit a slope")
+    if n_values.size < 3:
+        raise ValueError(f"need at least three distinct n values to fit a slope with a CI; got "
+                         f"{n_values.size} ({', '.join(f'{v:g}' for v in n_values)})")
+    capped_fraction = None
+    if capped is not None:
+        capped = np.asarray(capped, dtype=bool)
+        if capped.shape != np.shape(n):
+            raise ValueError(f"capped must have one entry per fit; got {capped.shape}, "
+                             f"{np.shape(n)}")
+        capped_fraction = float(capped.mean())
     design = sm.add_constant(np.log(n_values))
-    weighted = counts.min() >= WLS_MIN_REPLICATES and bool(np.all(var > 0))
+    weighted = counts.min() >= WLS_MIN_REPLICATES
+    floor = 0.0
     if weighted:
-        results = sm.WLS(means, design, weights=counts / var).fit()
+        floor = max(VARIANCE_FLOOR * float(np.median(var)), np.finfo(float).tiny)
+        results = sm.WLS(means, design, weights=counts / np.maximum(var, floor)).fit()
     else:
         results = sm.OLS(means, design).fit()
     return RateFit(
@@ -190,6 +232,8 @@ def fit_rate(n: np.ndarray, loss: np.ndarray, *, level: float = 0.95) -> RateFit
         n_values=tuple(float(v) for v in n_values),
         replicates=tuple(int(c) for c in counts),
         results=results,
+        capped_fraction=capped_fraction,
+        variance_floor=floor,
     )
 
 
@@ -219,8 +263,8 @@ def rate_slope_intervals(
         raise ValueError(f"need (B, G, R) with G = len(n_values) >= 3; got {log_loss.shape}")
     means = log_loss.mean(axis=2)
     var = log_loss.var(axis=2, ddof=1) if R > 1 else np.zeros((B, G))
-    use_w = (R >= WLS_MIN_REPLICATES) & np.all(var > 0, axis=1)
-    w = np.where(use_w[:, None], R / np.where(var > 0, var, 1.0), 1.0)
+    floor = np.maximum(VARIANCE_FLOOR * np.median(var, axis=1), np.finfo(float).tiny)
+    w = R / np.maximum(var, floor[:, None]) if R >= WLS_MIN_REPLICATES else np.ones((B, G))
     sw = w.sum(axis=1)
     xm = (w * x).sum(axis=1) / sw
     ym = (w * means).sum(axis=1) / sw
@@ -238,7 +282,7 @@ def mean_ratio_ci(
 ) -> tuple[float, float, float]:
     """``mean(values) / reference`` with a t(R - 1) confidence interval.
 
-    Used for the Fisher check of spec section 7: the mean ``L_1`` of the R fits at the largest n
+    Used for the Fisher check: the mean ``L_1`` of the R fits at the largest n
     divided by the predicted ``C / sqrt(n)``.
 
     Returns

@@ -1,5 +1,5 @@
 """The experiments E1-E4 and their default truths (spec moe-theory.md section 5); E5 (``near``)
-lives in :mod:`moe_theory.near.mechanism` and :mod:`moe_theory.near.sweep`.
+lives in the :mod:`moe_theory.near` package.
 
 A :class:`Setting` says which truth generates the data and what is fitted: how many prompt atoms
 (exact- or over-specified), which expert type, and whether the parameter space is bounded.
@@ -15,7 +15,7 @@ from moe_theory.gates import Activation, Gate, GateKind
 from moe_theory.model import ExpertKind, PrefixMoE, Pretrained
 from norga.choices import check_choice
 
-# "near" (E5) runs through moe_theory.near.sweep, not through the E1-E3 fitting path.
+# "near" (E5) runs through moe_theory.near, not through the E1-E3 fitting path.
 SETTINGS: tuple[str, ...] = ("exact", "over", "over-tanh", "mechanism", "near")
 FIT_SETTINGS: tuple[str, ...] = ("exact", "over", "over-tanh")
 

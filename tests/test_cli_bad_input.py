@@ -55,7 +55,7 @@ def _snapshot(root: Path) -> dict[str, bytes]:
             for p in root.rglob("*")}
 
 
-TINY_RATES = ["--n-min", "100", "--n-max", "200", "--num-n", "2", "--replicates", "2",
+TINY_RATES = ["--n-min", "100", "--n-max", "300", "--num-n", "3", "--replicates", "2",
               "--jobs", "1", "--no-figure", "--no-cache"]
 CL_BASE = ["--dataset", "synthetic", "--quick", "--no-progress"]
 
@@ -87,8 +87,8 @@ CASES = [
     # rates.py: found by issue 15 (tracebacks, memory blow-ups, silent acceptance before)
     ("rates", ["--n-max", "1e400"], "--n-max", "positive integer"),
     ("rates", ["--n-max", "2.5"], "--n-max", "positive integer"),
-    ("rates", [*TINY_RATES, "--num-n", "1"], "--num-n", "at least 2 distinct n"),
-    ("rates", [*TINY_RATES, "--n-min", "200"], "--n-max", "n-min < n-max"),
+    ("rates", [*TINY_RATES, "--num-n", "2"], "--num-n", "at least 3 distinct n"),
+    ("rates", [*TINY_RATES, "--n-min", "300"], "--n-max", "n-min < n-max"),
     ("rates", ["--n-max", "1e12"], "--n-max", "GiB of memory"),
     ("rates", ["--num-n", "1e9"], "--num-n", "allowed: 1 to 99901"),
     ("rates", ["--replicates", "1e9"], "--replicates", "GiB of memory"),

@@ -5,9 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from moe_theory.near.sweep import NearConfig, analyse_near, parametric_from, run_near
+from moe_theory.near.config import NearConfig
+from moe_theory.near.sweep import run_near
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "rates.py"
@@ -36,6 +38,18 @@ def test_near_quick_end_to_end_and_same_seed_same_bytes(tmp_path):
     rows = (first / "near_fits.csv").read_text().splitlines()
     assert len(rows) - 1 == 2 * 2 * (3 + 3)  # gates x replicates x (fixed n + schedule n)
     assert "parametric regime" in res.stdout and "Schedules" in res.stdout
+    # provenance: only E5 files, each listed in SHA256SUMS, which sha256sum -c verifies
+    assert not (first / "config.json").exists()  # no E1-E4 config of a sweep that never ran
+    prov = json.loads((first / "near_provenance.json").read_text())
+    assert prov["kind"] == "near" and prov["noise_sd"] == 0.001 and prov["max_iter"] == 2000
+    assert "--near-gamma" in prov["provenance"]["command"]
+    listed = {line.split("  ", 1)[1] for line in
+              (first / "SHA256SUMS").read_text().splitlines()}
+    present = {p.name for p in first.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert listed == present - {"SHA256SUMS"}, (listed, present)
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=first, capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(listed), check.stdout
     again = run(*TINY, "--out", str(second), "--no-figure")
     assert again.returncode == 0, again.stderr
     for name in ("near.json", "near_fits.csv", "summary_near.txt"):
@@ -63,14 +77,6 @@ def test_near_bad_values_exit_2_with_one_line(args, flag, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
-def test_parametric_from_needs_every_larger_n():
-    per_n = [{"n": n, "consistent": c} for n, c in
-             [(100, True), (200, False), (400, True), (800, True)]]
-    assert parametric_from(per_n) == 400
-    assert parametric_from(per_n[:2]) is None
-    assert parametric_from([{"n": 5, "consistent": True}]) == 5
-
-
 @pytest.fixture(scope="module")
 def tiny_result():
     config = NearConfig(t_values=(0.8,), gammas=(0.1,), n_values=(500, 1000, 2000, 4000),
@@ -80,18 +86,22 @@ def tiny_result():
 
 @pytest.mark.slow
 def test_analysis_levels_ratios_and_counts_from_the_records(tiny_result):
-    e = analyse_near(tiny_result)["fixed"]["0.8"]["linear"]
+    e = tiny_result.analyse()["fixed"]["0.8"]["linear"]
     rows = [r for r in tiny_result.records if r["gate"] == "linear" and r["kind"] == "fixed"]
     for entry in e["per_n"]:
         losses = [r["voronoi_loss"] for r in rows if r["n"] == entry["n"]]
         assert entry["mean"] == pytest.approx(sum(losses) / 3)
         assert entry["predicted"] == pytest.approx(e["C"] / entry["n"] ** 0.5)
         assert entry["ratio"] == pytest.approx(entry["mean"] / entry["predicted"])
-        lo, hi = entry["ratio_ci"]
-        assert entry["consistent"] == (lo <= 1.3 and hi >= 0.7)
+        lo, hi = entry["ratio_ci_equivalence"]  # 90%: inside the 95% interval
+        assert entry["ratio_ci"][0] < lo < hi < entry["ratio_ci"][1]
+        assert entry["level_equivalent"] == (0.7 <= lo and hi <= 1.3)
+        assert entry["geomean"] == pytest.approx(np.exp(np.mean(np.log(losses))))
+        assert entry["merged"] == sum("0" in r["cell_sizes"].split(";") for r in rows
+                                      if r["n"] == entry["n"])
     assert e["converged"] + e["capped"] + e["stalled"] == e["fits"] == 12
     assert {r["status"] for r in rows} <= {"converged", "capped", "stalled"}
-    s = analyse_near(tiny_result)["schedule"]["0.1"]["norga"]
+    s = tiny_result.analyse()["schedule"]["0.1"]["norga"]
     ts = [p["t"] for p in s["per_n"]]
     assert ts == pytest.approx([0.8 * (n / 1000) ** -0.1 for n in (1000, 2000, 4000)])
     assert s["predicted_slope_asymptotic"] == pytest.approx(0.1 * s["exponent_p1"] / 2 - 0.5)
@@ -108,8 +118,12 @@ def test_figure_draws_spectrum_levels_and_schedules_from_near_json(tiny_result):
     gids = {line.get_gid(): line for ax in fig.axes for line in ax.lines if line.get_gid()}
     for gate in ("linear", "norga"):
         for gid in (f"lambda:{gate}", f"fixed:{gate}:0.8", f"fisher:{gate}:0.8",
-                    f"schedule:{gate}:0.1", f"predicted:{gate}:0.1"):
+                    f"schedule:{gate}:0.1"):
             assert gid in gids, gid
+        sched = near["schedule"]["0.1"][gate]
+        assert (f"predicted:{gate}:0.1" in gids) == (sched["expansion"] == "inside")
+        _, geo = gids[f"schedule:{gate}:0.1"].get_data()  # the mean whose slope is fitted
+        np.testing.assert_allclose(geo, [p["geomean"] for p in sched["per_n"]])
         entry = near["fixed"]["0.8"][gate]
         x, y = gids[f"fisher:{gate}:0.8"].get_data()
         np.testing.assert_allclose(y, entry["C"] / np.sqrt(x))

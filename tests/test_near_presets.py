@@ -8,7 +8,8 @@ import pytest
 
 from moe_theory.cli import build_parser
 from moe_theory.near.cli import near_config_from_args
-from moe_theory.near.sweep import NearConfig, analyse_near, plan_near_tasks, run_near
+from moe_theory.near.config import NearConfig
+from moe_theory.near.sweep import plan_near_tasks, run_near
 
 
 def near_config(tmp_path: Path, *flags: str) -> NearConfig:
@@ -45,7 +46,7 @@ def test_full_preset_reaches_1e6_with_the_schedule_its_help_states(tmp_path):
     schedule_n = {n for (kind, _, _, n) in cells if kind == "schedule"}
     assert fixed_n == set(config.n_values)
     assert schedule_n == {n for n in config.n_values if 1000 <= n <= 100_000}
-    assert len(cells) == 2 * (3 * 13 + 2 * 7)
+    assert len(config.gammas) == 4 and len(cells) == 2 * (3 * 13 + 4 * 7)
     # the reduced replicates are the first blocks of the full count: a larger run reuses them
     blocks_1e6 = {b for (k, _, _, n, b) in plan_near_tasks(config) if n == 1_000_000}
     blocks_1e5 = {b for (k, _, _, n, b) in plan_near_tasks(config) if n == 100_000}
@@ -98,7 +99,7 @@ def test_analysis_counts_the_fits_each_n_really_has(reduced_result):
     assert {key: c for key, c in per_rep.items() if key[2] <= 1000} == {
         key: 3 for key in per_rep if key[2] <= 1000}
     assert {c for key, c in per_rep.items() if key[2] > 1000} == {2}
-    fixed = analyse_near(result)["fixed"]["0.8"]["linear"]
+    fixed = result.analyse()["fixed"]["0.8"]["linear"]
     counts = [e["converged"] + e["capped"] + e["stalled"] for e in fixed["per_n"]]
     assert counts == [3, 3, 2, 2] and fixed["fits"] == 10
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--dataset", "synthetic", "--no-progress", "--epochs", "1", "--set", "tii_ca_epochs=1",
         "--set", "tap_epochs=1", "--batch-size", "16", "--set",
         'dataset_options={"num_classes":4,"num_tasks":2,"train_per_class":8,"test_per_class":4}']
-TINY_RATES = ["--n-min", "100", "--n-max", "200", "--num-n", "2", "--replicates", "2",
+TINY_RATES = ["--n-min", "100", "--n-max", "300", "--num-n", "3", "--replicates", "2",
               "--jobs", "1", "--no-figure", "--no-cache"]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

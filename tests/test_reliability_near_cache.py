@@ -10,7 +10,9 @@ import os
 import pytest
 
 import moe_theory.estimate as estimate
-from moe_theory.near.sweep import NearConfig, near_fits_csv, plan_near_tasks, run_near
+from moe_theory.near.config import NearConfig
+from moe_theory.near.output import near_fits_csv
+from moe_theory.near.sweep import plan_near_tasks, run_near
 
 SMALL = NearConfig(gates=("norga",), t_values=(0.8,), gammas=(0.1,),
                    n_values=(1000, 1500, 2000), replicates=2, block=2, max_iter=200, seed=5)

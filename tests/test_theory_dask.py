@@ -9,7 +9,7 @@ pytest.importorskip("dask.distributed")
 
 @pytest.mark.slow
 def test_dask_local_cluster_matches_default_backend_bit_for_bit():
-    config = RateConfig(settings=("exact",), gates=("norga", "linear"), n_values=(100, 400),
+    config = RateConfig(settings=("exact",), gates=("norga", "linear"), n_values=(100, 200, 400),
                         replicates=4, block=2, seed=5, fit_n_min=100)
     default = run_rates(config, jobs=1)
     dask = run_rates(config, jobs=2, backend="dask")
@@ -17,7 +17,7 @@ def test_dask_local_cluster_matches_default_backend_bit_for_bit():
     def drop(rs):
         return [{k: v for k, v in r.to_row().items() if k != "seconds"} for r in rs]
 
-    assert len(dask.records) == 2 * 2 * 4
+    assert len(dask.records) == 2 * 3 * 4
     assert drop(dask.records) == drop(default.records)
 
 

@@ -5,6 +5,8 @@ Coverage is checked by simulation (2000 seeded data sets per design) through the
 independent weighted least-squares computation written here.
 """
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -123,7 +125,7 @@ def test_rate_fit_api():
 
 def test_fit_rate_rejects_bad_input():
     n = np.repeat(QUICK_N, 3)
-    with pytest.raises(ValueError, match="two distinct n"):
+    with pytest.raises(ValueError, match="three distinct n"):
         fit_rate(np.full(4, 100.0), np.ones(4))
     with pytest.raises(ValueError, match="finite and positive"):
         fit_rate(n, np.r_[0.0, np.ones(n.size - 1)])
@@ -131,5 +133,53 @@ def test_fit_rate_rejects_bad_input():
         fit_rate(n, np.ones(n.size - 1))
     with pytest.raises(ValueError, match="level must be in"):
         fit_rate(n, np.ones(n.size), level=95)
-    two = fit_rate(np.repeat([100.0, 1000.0], 3), np.exp(np.arange(6.0)))
-    assert two.conf_int() == (-np.inf, np.inf)  # no residual degrees of freedom
+
+
+def test_two_values_of_n_are_refused_with_the_values_named():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # G = 2 used to give an infinite CI and a 0-division
+        with pytest.raises(ValueError, match=r"three distinct n values .* got 2 \(100, 1000\)"):
+            fit_rate(np.repeat([100.0, 1000.0], 3), np.exp(np.arange(6.0)))
+
+
+def _weighted_by_hand(n_values, log_loss, floor_fraction):
+    """Slope of the per-n means with weights R / max(s^2, floor_fraction * median s^2)."""
+    x = np.log(n_values)
+    var = log_loss.var(axis=1, ddof=1)
+    w = log_loss.shape[1] / np.maximum(var, floor_fraction * np.median(var))
+    means = log_loss.mean(axis=1)
+    xm, ym = np.average(x, weights=w), np.average(means, weights=w)
+    return np.sum(w * (x - xm) * (means - ym)) / np.sum(w * (x - xm) ** 2)
+
+
+def test_a_zero_or_tiny_variance_at_one_n_neither_switches_nor_dominates_the_fit():
+    rng = np.random.default_rng(11)
+    log_loss = 0.7 - 0.5 * np.log(QUICK_N)[:, None] + rng.normal(0, 0.6, (len(QUICK_N), 12))
+    log_loss[-1] = log_loss[-1].mean() + 0.9  # the largest n: all replicates equal, off the line
+    n = np.repeat(QUICK_N, 12)
+    zero = fit_rate(n, np.exp(log_loss.ravel()))
+    jitter = log_loss.copy()
+    jitter[-1] += 1e-12 * np.arange(12)
+    tiny = fit_rate(n, np.exp(jitter.ravel()))
+    assert zero.method == tiny.method == "wls-means"  # no silent switch to equal weights
+    assert zero.slope == pytest.approx(tiny.slope, abs=1e-9)  # the floor binds for both
+    assert zero.slope == pytest.approx(_weighted_by_hand(QUICK_N, log_loss, 0.1), rel=1e-9)
+    assert zero.variance_floor == pytest.approx(0.1 * np.median(log_loss.var(axis=1, ddof=1)))
+    # the floored n weighs 10x a median n, not 1e20x: the slope stays between the fits
+    # without that n and the one the n alone would force
+    rest = fit_rate(n[:-12], np.exp(log_loss[:-1].ravel()))
+    assert rest.slope < zero.slope < rest.slope + 0.9 / np.log(QUICK_N[-1] / QUICK_N[0]) * 2
+
+
+def test_all_or_mostly_capped_input_is_flagged():
+    n = np.repeat(QUICK_N, 8)
+    flat = np.full(n.size, 0.3) * np.exp(np.tile(np.linspace(-0.01, 0.01, 8), len(QUICK_N)))
+    assert fit_rate(n, flat).capped_flag is None  # nothing said about the fits
+    every = fit_rate(n, flat, capped=np.ones(n.size, bool))
+    assert every.capped_flag == "all capped" and every.capped_fraction == 1.0
+    assert "all capped (100%)" in every.summary()
+    most = np.arange(n.size) % 4 != 0  # 75%
+    assert fit_rate(n, flat, capped=most).capped_flag == "mostly capped"
+    assert fit_rate(n, flat, capped=~most).capped_flag is None  # 25%
+    with pytest.raises(ValueError, match="one entry per fit"):
+        fit_rate(n, flat, capped=most[:-1])

@@ -3,7 +3,9 @@
 import pytest
 
 from moe_theory.io import dumps_json
-from moe_theory.near.sweep import NearConfig, near_fits_csv, run_near
+from moe_theory.near.config import NearConfig
+from moe_theory.near.output import near_fits_csv
+from moe_theory.near.sweep import run_near
 
 pytest.importorskip("dask.distributed")
 

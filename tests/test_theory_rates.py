@@ -147,7 +147,8 @@ def test_records_of_another_schema_are_never_misread(monkeypatch, tmp_path, capl
     assert rates._source_fingerprint() != before  # the schema keys the cache
     monkeypatch.undo()
 
-    config = RateConfig(**{**TINY, "replicates": 1, "n_values": (100, 300)}, settings=("exact",))
+    config = RateConfig(**{**TINY, "replicates": 1, "n_values": (100, 200, 300)},
+                        settings=("exact",))
     cache = tmp_path / "cache"
     fresh = run_rates(config, cache_dir=cache)
     entry_path = sorted((cache / "fits-v1").glob("*.json"))[0]

@@ -62,7 +62,7 @@ def test_capped_fits_are_counted_and_named_in_one_warning():
 
 
 def test_converged_run_gives_no_warning():
-    config = RateConfig(settings=("exact",), gates=("norga",), n_values=(1000, 3000),
+    config = RateConfig(settings=("exact",), gates=("norga",), n_values=(1000, 2000, 3000),
                         replicates=2, seed=5, fit_n_min=100)
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)

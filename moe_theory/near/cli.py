@@ -1,7 +1,7 @@
 """Command-line glue of ``norga-rates --setting near`` (E5): flags, config, run.
 
 Kept apart from :mod:`moe_theory.cli` so that the E1-E4 code path stays as it is: that module
-adds these flags, builds a :class:`~moe_theory.near.sweep.NearConfig` when ``near`` is among
+adds these flags, builds a :class:`~moe_theory.near.config.NearConfig` when ``near`` is among
 the settings, and calls :func:`run_near_cli` after its own work.
 """
 
@@ -10,14 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moe_theory.near.config import NEAR_PRESETS, NearConfig
 from moe_theory.near.mechanism import SPLITS
-from moe_theory.near.sweep import (
-    NEAR_PRESETS,
-    NearConfig,
-    check_near_out,
-    run_near,
-    write_near,
-)
+from moe_theory.near.output import check_near_out, record_files, write_near
+from moe_theory.near.sweep import run_near
 from moe_theory.rates.sweep import n_grid
 
 NEAR_NOISE_SD = 0.001
@@ -46,7 +42,8 @@ def add_near_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--near-gamma", type=_positive_float, nargs="+", default=None, metavar="GAMMA",
-        help="near: schedules t_n = 0.8 (n/1000)^-gamma, gamma in (0, 1) (default 0.1 0.25)",
+        help="near: schedules t_n = 0.8 (n/1000)^-gamma, gamma in (0, 1) (default 0.05 0.1 0.2 "
+        "0.25; a schedule tests the first-order expansion only if gamma p_1 <= 0.8)",
     )
     p.add_argument(
         "--near-split", choices=SPLITS, default="both",
@@ -114,12 +111,16 @@ def sweep_kwargs(args: argparse.Namespace, desc: str) -> dict:
     }
 
 
-def run_near_cli(config: NearConfig, args: argparse.Namespace, out: Path) -> tuple[list[Path], str]:
-    """Run E5, write its files and figure; returns the files written and the report."""
+def run_near_cli(config: NearConfig, args: argparse.Namespace, out: Path,
+                 provenance: dict[str, object] | None = None) -> tuple[list[Path], str]:
+    """Run E5, write its files and figure (each in ``SHA256SUMS``); returns the files written
+    and the report. ``provenance`` goes into ``near_provenance.json``."""
     result = run_near(config, **sweep_kwargs(args, "near fits"))
-    written = write_near(result, out)
+    written = write_near(result, out, provenance)
     if not args.no_figure:
         from figures.convergence_near import near_figure_for_run
 
-        written += near_figure_for_run(out)
+        figures = near_figure_for_run(out)
+        record_files(out, figures)
+        written += figures
     return written, result.summary()

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from moe_theory.gates import Gate
-
-if TYPE_CHECKING:
-    from moe_theory.near.sweep import NearResult
+from moe_theory.near.config import NearConfig
 
 
 def _p(e: dict[str, object] | None) -> str:
     if e is None:
         return "   --     "
     return f"{e['p']:5.2f}±{e['resid_sd']:.2f}"
+
+
+def _slope_text(fit: dict[str, object] | None) -> str:
+    if fit is None:
+        return "-- (fewer than 3 n)"
+    flag = f", {fit['capped_flag']}" if fit.get("capped_flag") else ""
+    return f"{fit['slope']:+.2f} [{fit['ci'][0]:+.2f}, {fit['ci'][1]:+.2f}]{flag}"
 
 
 def _gate_label(case: dict[str, object]) -> str:
@@ -54,13 +57,11 @@ def exponent_table(mechanism: dict[str, object], base: str = "default") -> list[
     return lines
 
 
-def near_summary(result: NearResult) -> str:
-    """Readable E5 report."""
-    cfg = result.config
-    mech = result.mechanism
-    a = result.analyse()
+def near_summary(cfg: NearConfig, mech: dict[str, object], a: dict[str, object],
+                 records: list[dict[str, object]]) -> str:
+    """Readable E5 report of a run's configuration, mechanism table, analysis and fits."""
     lines = [
-        "== near (E5): near-coincident prompts, L = L' = 2 (spec 5.7)",
+        "== near (E5): near-coincident prompts, L = L' = 2",
         f"truth: two atoms, masses 1/2, beta_1 = beta* +/- t, experts split '{cfg.split}' by "
         f"+/- {mech['split_size']}; base (beta*, a*, b*) = {mech['bases'].get('default')}; "
         f"{cfg.expert} experts; noise sd {cfg.noise_sd}; seed {cfg.seed}",
@@ -72,53 +73,61 @@ def near_summary(result: NearResult) -> str:
         f"n*(t) = nu / (lambda_min eps^2), eps = {mech['eps']}, nu = {cfg.noise_sd}^2.",
         *exponent_table(mech),
         "",
-        "Fixed separation: mean L_1 (95% CI) vs the Fisher prediction C(t)/sqrt(n); "
-        + str(a["criterion"]),
+        "Fixed separation: mean L_1 (95% CI) vs the Fisher prediction C(t)/sqrt(n); merged = "
+        "fits with two fitted atoms in one true cell; weak sd = sqrt(nu/(n lambda_1)) vs the "
+        "atoms' half-separation h; weak share = part of C from the weakest eigen-direction "
+        "alone. " + str(a["criterion"]) + ".",
     ]
     for t_key, by_gate in a["fixed"].items():
         for gate, e in by_gate.items():
             label = Gate(gate, cfg.activation).label
-            reg = e["parametric_from"]
-            n_max = e["per_n"][-1]["n"]
-            reg_text = (f"parametric regime from n ~ {reg}" if reg is not None
-                        else f"parametric regime not reached below n = {n_max}")
             last = e["per_n"][-1]
-            s = e["slope"]
+            n_max = last["n"]
+            reg = e["parametric_from"]
+            reg_text = (f"parametric regime from n ~ {reg}" if reg is not None
+                        else f"parametric regime not reached ({e['not_reached_because']})")
             lines.append(
-                f"  t={t_key:<5} {label:14} C={e['C']:.3g} lambda_min={e['lambda_min']:.2e}; "
-                f"mean L_1({n_max}) = {last['mean']:.3g} [{last['mean_ci'][0]:.3g}, "
-                f"{last['mean_ci'][1]:.3g}], predicted {last['predicted']:.3g} (ratio "
-                f"{last['ratio']:.2f}); slope {s['slope']:+.2f} [{s['ci'][0]:+.2f}, "
-                f"{s['ci'][1]:+.2f}]; {reg_text}; fits {e['fits']}: capped {e['capped']}, "
-                f"stalled {e['stalled']}"
+                f"  t={t_key:<5} {label:14} C={e['C']:.3g} (weak share {e['weak_share']:.2f}) "
+                f"lambda_min={e['lambda_min']:.2e}; n = {n_max}: mean L_1 {last['mean']:.3g} "
+                f"[{last['mean_ci'][0]:.3g}, {last['mean_ci'][1]:.3g}], predicted "
+                f"{last['predicted']:.3g} (ratio {last['ratio']:.2f}), merged {last['merged']}/"
+                f"{last['fits']}, weak sd {last['weak_sd']:.3g} vs h "
+                f"{last['half_separation']:.3g}; "
+                f"slope {_slope_text(e['slope'])}; {reg_text}; fits {e['fits']}: capped "
+                f"{e['capped']}, stalled {e['stalled']}, merged {e['merged']}"
             )
+            lines.append("      merged per n: " + ", ".join(
+                f"{x['n']}: {x['merged']}/{x['fits']}" for x in e["per_n"]))
     lines += [
         "",
-        f"Schedules t_n = {cfg.t0} (n/{cfg.schedule_n0})^-gamma (local-minimax sequence): "
-        "predicted slope of L_1 from the Fisher curve C(t_n)/sqrt(n), and gamma p_1/2 - 1/2 "
-        "from the asymptotic exponent, vs the measured slope (95% CI).",
+        f"Schedules t_n = {cfg.t0} (n/{cfg.schedule_n0})^-gamma (local-minimax sequence): the "
+        "weak direction's sd scales like n^((gamma p_1 - 1)/2), so a schedule tests the "
+        f"first-order expansion only if gamma p_1 <= {a['expansion_limit']} and the weak "
+        "direction is resolved at every n; only those ('inside') are compared with the slope "
+        "the Fisher curve predicts for the geometric mean, G(t_n)/sqrt(n).",
     ]
     for g_key, by_gate in a["schedule"].items():
         for gate, e in by_gate.items():
             label = Gate(gate, cfg.activation).label
-            s = e["slope"]
             asym = e["predicted_slope_asymptotic"]
+            verdict = ("--" if e["prediction_in_ci"] is None
+                       else "inside the CI" if e["prediction_in_ci"] else "outside the CI")
             lines.append(
                 f"  gamma={g_key:<5} {label:14} t {e['t_range'][0]:.3g}->{e['t_range'][1]:.3g}: "
-                f"measured {s['slope']:+.2f} [{s['ci'][0]:+.2f}, {s['ci'][1]:+.2f}], predicted "
-                f"(Fisher) {e['predicted_slope_fisher']:+.2f} "
-                f"({'inside' if e['prediction_in_ci'] else 'outside'} the CI), asymptotic "
+                f"{e['expansion']}; measured {_slope_text(e['slope'])}, predicted (Fisher) "
+                f"{e['predicted_slope_fisher']:+.2f} ({verdict}), asymptotic "
                 + (f"{asym:+.2f} (p_1={e['exponent_p1']:.2f})" if asym is not None else "--")
-                + f"; every n parametric: {'yes' if e['parametric_all_n'] else 'no'}; capped "
-                f"{e['capped']}, stalled {e['stalled']}"
+                + f"; merged {e['merged']}/{e['fits']}; capped {e['capped']}, stalled "
+                f"{e['stalled']}"
             )
-    if a["schedule"]:
-        first = next(iter(next(iter(a["schedule"].values())).values()))
-        lines.append(f"  slope CI method: {first['slope']['method']}")
+    slopes = [e["slope"] for by in (*a["fixed"].values(), *a["schedule"].values())
+              for e in by.values() if e["slope"] is not None]
+    if slopes:
+        lines.append(f"  slope CI method: {slopes[0]['method']}")
     counts = a["status_counts"]
     lines += [
         "",
-        f"Fits: {len(result.records)} (converged {counts['converged']}, capped at "
+        f"Fits: {len(records)} (converged {counts['converged']}, capped at "
         f"{cfg.max_iter} evaluations {counts['capped']}, stalled {counts['stalled']}: damping "
         "blew up before a test was met); near-truth starts, |theta| <= 5.",
         "Notes: the paper's O(1/log^kappa n) for linear gating is a worst case over truths; the "

@@ -216,7 +216,7 @@ def analyse_group(config: RateConfig, rows: list[FitRecord]) -> GroupAnalysis:
         pos = vals[used] > 0
         parts[part] = (
             fit_rate(n[used][pos], vals[used][pos]).slope
-            if len(np.unique(n[used][pos])) >= 2
+            if len(np.unique(n[used][pos])) >= 3
             else None
         )
     status = [r.status for r in rows]

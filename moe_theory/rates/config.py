@@ -151,6 +151,9 @@ class RateConfig:
                 f"fit_n_min={self.fit_n_min} is above every n of the grid (largest "
                 f"{max(self.n_values)}); no fit would enter the slopes"
             )
+        if self.fit_settings and len(set(self.n_values)) < 3:
+            raise ValueError(f"the rate fits need at least 3 distinct n (two leave no degrees of "
+                             f"freedom for the slope CI); got n_values {self.n_values}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0; got {self.seed}")
         if not (self.noise_sd > 0 and self.init_scale >= 0 and self.tol > 0 and self.r >= 1):

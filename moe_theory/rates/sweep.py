@@ -347,6 +347,39 @@ def plan_tasks(config: RateConfig) -> list[tuple[str, str, int, tuple[int, ...]]
 BACKENDS: tuple[str, ...] = ("loky", "dask")
 
 
+def execute_calls(calls: list, *, jobs: int = 1, backend: str = "loky",
+                  scheduler: str | None = None) -> Iterable:
+    """Run joblib ``delayed`` calls on an execution backend; the E1-E4 and E5 sweeps both use it.
+
+    Parameters
+    ----------
+    calls:
+        ``(function, args, kwargs)`` triples as :func:`joblib.delayed` makes them.
+    jobs:
+        Worker processes: loky workers for ``backend="loky"`` (one call runs in this process
+        when ``jobs == 1`` or there is at most one call), or the workers of the local Dask
+        cluster started when ``backend="dask"`` and no ``scheduler`` is given.
+    backend:
+        ``"loky"`` (local processes, each ended once this process is gone) or ``"dask"``.
+    scheduler:
+        Address of a running Dask scheduler; ``None`` starts a local cluster.
+
+    Returns
+    -------
+    Iterable
+        The results, in the order they finish (not the order of ``calls``). With Dask the
+        scheduler is reached before this returns, so an unreachable one fails before any work;
+        the client (and a local cluster) is closed once the results are consumed.
+    """
+    check_choice("backend", backend, BACKENDS)
+    if backend == "dask":
+        return _iter_on_dask(calls, *connect_dask(scheduler, jobs))
+    if jobs == 1 or len(calls) <= 1:
+        return (f(*a, **k) for f, a, k in calls)
+    with parallel_config(backend="loky", initializer=exit_with_parent, initargs=(os.getpid(),)):
+        return Parallel(n_jobs=min(jobs, len(calls)), return_as="generator_unordered")(calls)
+
+
 def run_rates(
     config: RateConfig,
     *,
@@ -398,15 +431,7 @@ def run_rates(
         else:
             todo.append((inputs, delayed(fit_task)(config, s, g, n, b, fingerprint)))
     calls = [call for _, call in todo]
-    if backend == "dask":  # connect first: an unreachable scheduler fails before any work
-        results: Iterable = _iter_on_dask(calls, *connect_dask(scheduler, jobs))
-    elif jobs == 1 or len(calls) <= 1:
-        results = (f(*a, **k) for f, a, k in calls)
-    else:
-        with parallel_config(backend="loky", initializer=exit_with_parent,
-                             initargs=(os.getpid(),)):
-            results = Parallel(n_jobs=min(jobs, len(calls)),
-                               return_as="generator_unordered")(calls)
+    results = execute_calls(calls, jobs=jobs, backend=backend, scheduler=scheduler)
     if cache is not None:
         results = _stored(results, cache, [inputs for inputs, _ in todo])
     if progress is not None:
@@ -487,16 +512,6 @@ def connect_dask(scheduler: str | None, jobs: int, timeout: float | None = None)
         raise SchedulerUnreachableError(
             f"cannot reach the Dask scheduler {scheduler} within {timeout:g} s "
             f"({type(err).__name__})") from None
-
-
-def _run_on_dask(
-    calls: list, jobs: int, scheduler: str | None, progress: Callable[..., Iterable] | None
-) -> list:
-    """Run joblib calls through joblib's Dask backend on a new or existing cluster."""
-    results = _iter_on_dask(calls, *connect_dask(scheduler, jobs))
-    if progress is not None:
-        results = progress(results, total=len(calls))
-    return list(results)
 
 
 def _iter_on_dask(calls: list, client, cluster) -> Iterable:
