@@ -100,13 +100,15 @@ def test_runtime_keys_may_change_and_new_keys_count_with_their_defaults(tmp_path
 def test_a_damaged_or_foreign_config_json_is_refused(tmp_path, finished):
     out = _copy(finished, tmp_path / "run")
     cfg = tiny_cfg("hide")
+    shutil.rmtree(out / "checkpoints")  # no checkpoint to check config.json against
     text = (out / "config.json").read_text()
     (out / "config.json").write_text(text.replace('"seed": 11', '"seed": 12'))
     _refused(out, cfg, f"--out {out}: config.json does not match its SHA-256 in SHA256SUMS")
-    _refused(out, cfg, "; restore it, use another --out or pass --overwrite")
+    _refused(out, cfg, "; restore config.json from a backup, or pass --overwrite (no "
+             "checkpoint holds a configuration")
     write_result_file(out, "config.json", "{not json")
-    _refused(out, cfg, f"--out {out} holds an unreadable config.json; use another --out or "
-             "pass --overwrite")
+    _refused(out, cfg, f"--out {out}: config.json is not readable JSON; "
+             "restore config.json")
     write_result_file(out, "config.json", json.dumps({"kind": "rates", "seed": 1}))
     _refused(out, cfg, f"--out {out} holds a rates run, not a CL run; use another --out")
     write_result_file(out, "config.json", json.dumps({"method": "hide"}))
