@@ -37,7 +37,7 @@ from moe_theory.estimate import (
     fit_restarts,
     near_truth_starts,
 )
-from moe_theory.fit_record import FitRecord
+from moe_theory.fit_record import FitRecord, check_row
 from moe_theory.gates import GATES, Gate
 from moe_theory.inference import RateFit
 from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_residual
@@ -411,7 +411,8 @@ def run_rates(
     check_choice("backend", backend, BACKENDS)
     fingerprint = _source_fingerprint()
     tasks = plan_tasks(config)
-    cache = FitCache(cache_dir, tuple(sorted(RECORD_KEYS))) if cache_dir is not None else None
+    cache = (FitCache(cache_dir, tuple(sorted(RECORD_KEYS)), check=check_row)
+             if cache_dir is not None else None)
     blocks: list[list[FitRecord]] = []
     todo = []
     for s, g, n, b in tasks:
