@@ -48,6 +48,7 @@ from cl.run.precision import PRECISIONS, CompileError
 from norga.cli import (
     PARALLEL_PER_CORE,
     OneLineParser,
+    ascii_int,
     max_parallel,
     output_dir_problem,
     usable_cores,
@@ -123,26 +124,26 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                       help="default: the project's protocol; official: every listed deviation "
                       "from the official code switched back at once (README 'Deviations from "
                       "the official code'; single items with --set, which still wins)")
-    what.add_argument("--seed", type=int, default=42, help="run seed: class order, init, "
+    what.add_argument("--seed", type=ascii_int, default=42, help="run seed: class order, init, "
                       "shuffling, Gaussian replay (default 42)")
     budget = p.add_argument_group("training budget")
-    budget.add_argument("--epochs", type=int, metavar="N",
+    budget.add_argument("--epochs", type=ascii_int, metavar="N",
                         help="epochs of prompt training and of TII training (default: preset)")
     budget.add_argument("--quick", action="store_true",
                         help="tiny budget for a smoke test (minutes on a CPU)")
-    budget.add_argument("--batch-size", type=int, metavar="N", help="default: preset (128)")
+    budget.add_argument("--batch-size", type=ascii_int, metavar="N", help="default: preset (128)")
     budget.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config field, e.g. --set tap_epochs=10 "
                         "(see config.json of a run for the names); repeatable")
     where = p.add_argument_group("where and how")
     where.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    where.add_argument("--threads", type=int, metavar="N",
+    where.add_argument("--threads", type=ascii_int, metavar="N",
                        help="CPU threads for torch (default: 1 for vit-tiny-random, which is "
                        "faster on small tensors, else torch's default)")
     where.add_argument("--data-root", metavar="DIR", help="where real datasets live")
     where.add_argument("--download", action="store_true",
                        help="download a missing dataset and missing backbone weights")
-    where.add_argument("--num-workers", type=int, default=0, metavar="N",
+    where.add_argument("--num-workers", type=ascii_int, default=0, metavar="N",
                        help="data-loader workers (default 0)")
     where.add_argument("--out", metavar="DIR", type=_nonempty,
                        help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>, "
@@ -157,7 +158,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     where.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the models' ViT forward passes (first step compiles; "
                        "a failure stops with a one-line error naming this flag)")
-    where.add_argument("--stop-after-task", type=int, metavar="T",
+    where.add_argument("--stop-after-task", type=ascii_int, metavar="T",
                        help="checkpoint after task T and stop (resume by re-running)")
     where.add_argument("--no-progress", action="store_true", help="hide progress bars")
     where.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -174,6 +175,13 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
         if key in OWN_FLAG:
             parser.error(f"argument --set: {key!r} has its own flag; use {OWN_FLAG[key]} "
                          "instead of --set")
+        if key in overrides:
+            parser.error(f"argument --set: {key} is given twice ({overrides[key]!r} and "
+                         f"{value!r}); give it once")
+        odd = next((ch for ch in value if ch.isdigit() and not ch.isascii()), None)
+        if odd is not None:  # Python's int() and float() would read fullwidth digits
+            parser.error(f"argument --set: {key}={value!r} has the non-ASCII digit {odd!r}; "
+                         "numbers are written with the ASCII digits 0-9")
         overrides[key] = value
     direct = {
         "weights": args.weights, "gate_act": args.gate_act, "batch_size": args.batch_size,

@@ -117,6 +117,17 @@ def _build_benchmark(cfg: CLConfig) -> Benchmark:
         raise ConfigError("dataset_options", str(exc)) from None
 
 
+def _check_test_sets(bench: Benchmark) -> None:
+    """Refuse a benchmark with a task whose test set is empty (its accuracy is undefined)."""
+    for t, classes in enumerate(bench.task_classes):
+        if len(bench.test.indices_of(classes)) == 0:
+            raise ConfigError(
+                "dataset_options", f"task {t} has no test images (classes "
+                f"{', '.join(map(str, classes[:6]))}{', ...' if len(classes) > 6 else ''}), so "
+                "its accuracy would be undefined; give every class test images (e.g. "
+                "test_per_class >= 1)")
+
+
 def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
                   device: torch.device) -> None:
     """Refuse a configuration whose memory would exceed the machine's (a lower bound: prompts
@@ -250,7 +261,8 @@ def evaluate_task(
             shape = expert_counts.shape
             expert_counts = torch.tensor(ctx.all_sum(expert_counts.flatten().tolist())).long()
             expert_counts = expert_counts.reshape(shape)
-    pct = 100.0 / max(n, 1)
+    # an accuracy over no images is undefined, never 0 % (_check_test_sets refuses such runs)
+    pct = 100.0 / n if n else math.nan
     return {
         "acc": correct * pct,
         "tii": tii_correct * pct if full and no_tii == 0 else math.nan,
@@ -435,6 +447,7 @@ def _run_in_group(cfg: CLConfig, out: Path, device: torch.device, ctx: DistConte
     if stop_after_task is not None and not 0 <= stop_after_task < T:
         raise ConfigError("stop_after_task", f"{stop_after_task} is not a task of this "
                           f"benchmark; allowed: 0 to {T - 1}")
+    _check_test_sets(bench)
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, img_size=bench.image_size,
                               seed=cfg.seed)
     _check_memory(cfg, T, backbone.model, device)
