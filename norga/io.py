@@ -88,9 +88,20 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], objec
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, WriteFailedError):
             raise _failed(path, exc) from exc
+        if isinstance(exc, Exception) and not isinstance(exc, OSError) and _disk_full(path):
+            # a writer (e.g. matplotlib's PNG encoder) that reports a full disk as its own error
+            raise _failed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path.parent)
+    except (OSError, AttributeError):  # AttributeError: a platform without statvfs
+        return False
+    return stats.f_bavail == 0
 
 
 def _failed(path: Path, exc: OSError) -> WriteFailedError:

@@ -163,6 +163,16 @@ def _check_usable(out: Path) -> None:
     problem = output_dir_problem(out)
     if problem:
         raise RunDirError(f"--out {problem}")
+    # a run file that is a folder, or a checkpoints "folder" that is a file, fails every resume
+    # the same way: refused here, naming it, instead of a write error mid-run
+    checkpoints = out / "checkpoints"
+    if checkpoints.exists() and not checkpoints.is_dir():
+        raise RunDirError(f"--out {out}: {checkpoints} is a file, not the checkpoints folder; "
+                          "move it away (nothing else there is changed)")
+    for name in RUN_FILES:
+        if (out / name).is_dir():
+            raise RunDirError(f"--out {out}: {out / name} is a folder, not the run's {name}; "
+                              "move it away (nothing else there is changed)")
 
 
 def _checkpoint_config(out: Path) -> tuple[dict[str, Any], str] | None:
