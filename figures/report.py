@@ -23,6 +23,7 @@ from figures.runs import CLRun, RatesRun, RunFormatError, find_runs, read_cl_run
 from figures.selection import plot_task_selection
 from figures.style import save_figure
 from figures.tables import load_published, write_tables
+from norga.io import CHECKSUMS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +216,11 @@ def render_results(root: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                 cl_runs.append(read_cl_run(item.path))
         except RunFormatError as err:
             report.notes.append(f"skip {item.kind} run: {err}")
+            continue
+        if not (item.path / CHECKSUMS_FILE).exists():
+            report.notes.append(f"unverified {item.kind} run: {item.path} has no "
+                                f"{CHECKSUMS_FILE}, so its files cannot be checked (drawn as "
+                                "they are; re-running its command rebuilds the checksums)")
     if not rates_runs:
         report.notes.append(f"skip convergence figures: no rates run under {root}")
     for run, slug in rates_runs:

@@ -169,7 +169,8 @@ def _verify(run: Path, names: tuple[str, ...]) -> None:
     """Refuse a run whose result files do not match its ``SHA256SUMS`` (edited or damaged)."""
     problem = verify_checksums(run, names)
     if problem:
-        raise RunFormatError(f"{run}: {problem}")
+        raise RunFormatError(f"{run}: {problem} (re-running the run's command recomputes "
+                             "its results from its checkpoints or cache)")
 
 
 def _first_line(err: BaseException) -> str:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from figures.examples import write_example_results
-from figures.names import safe_slug
 from figures.report import render_results
+from norga.io import CHECKSUMS_FILE, record_checksums
 
 HOSTILE = ["../../../victim/important", "/tmp/absolute/victim", "a/b", "nul\x00byte",
            "z" * 400, "..", "spaced name", "\u00e9t\u00e9"]
@@ -31,11 +31,19 @@ def _small_tree(example: Path, dest: Path) -> Path:
     return root
 
 
+def _reseal(run: Path) -> None:
+    """Checksums for the edited files too (a hostile writer can recompute them)."""
+    record_checksums(run, {p.name: p.read_bytes() for p in run.iterdir()
+                           if p.is_file() and p.name != CHECKSUMS_FILE})
+
+
 def _files(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file()}
 
 
 def test_safe_slug_keeps_safe_names_and_separates_changed_ones():
+    from figures.names import safe_slug
+
     for name in ("cifar100", "imagenet-r", "sup21k-augreg", "5datasets", "exact"):
         assert safe_slug(name) == name
     slugs = [safe_slug(n) for n in HOSTILE]
@@ -58,6 +66,7 @@ def test_names_from_run_files_never_leave_out(tmp_path, example):
         metrics = json.loads((run / "metrics.json").read_text())
         metrics.update(dataset=name, backbone=name)
         (run / "metrics.json").write_text(json.dumps(metrics))
+        _reseal(run)
     fits = root / "rates" / "example" / "fits.csv"
     rows = list(csv.DictReader(fits.open()))
     for row in rows:
@@ -67,6 +76,7 @@ def test_names_from_run_files_never_leave_out(tmp_path, example):
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    _reseal(fits.parent)
     before = _files(tmp_path)
     out = root / "figures"
     report = render_results(root, out)
@@ -111,6 +121,7 @@ def test_one_malformed_cl_value_skips_that_run_only(tmp_path, example, damage):
     bad = root / "cl" / "bad"
     shutil.copytree(root / "cl" / "good", bad)
     DAMAGES[damage](bad)
+    _reseal(bad)
     report = render_results(root, root / "figures")
     assert any("bad" in note for note in report.notes), report.notes
     names = {p.name for p in report.written}
@@ -131,6 +142,23 @@ def test_one_malformed_rates_value_skips_that_run_only(tmp_path, example, damage
         (run / "fits.csv").write_text("\n".join([text[0], ",".join(cells), *text[2:]]) + "\n")
     else:
         _edit_json(run / "summary.json", settings={"exact": "not an object"})
+    _reseal(run)
     report = render_results(root, root / "figures")
     assert any("rates" in note and "example" in note for note in report.notes), report.notes
     assert "matrix_cl_good.png" in {p.name for p in report.written}
+
+
+@pytest.mark.slow
+def test_unverified_and_edited_runs_are_named_in_notes(tmp_path, example):
+    root = _small_tree(example, tmp_path)
+    unsealed = root / "cl" / "unsealed"
+    shutil.copytree(root / "cl" / "good", unsealed)
+    (unsealed / CHECKSUMS_FILE).unlink()
+    edited = root / "cl" / "edited"
+    shutil.copytree(root / "cl" / "good", edited)
+    _edit_json(edited / "metrics.json", FA=99.99)
+    report = render_results(root, root / "figures")
+    assert any(n.startswith("unverified cl run") and "unsealed" in n for n in report.notes)
+    assert any(n.startswith("skip cl run") and "edited" in n and "SHA-256" in n
+               for n in report.notes), report.notes
+    assert not any("good" in n for n in report.notes)
