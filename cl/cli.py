@@ -290,8 +290,14 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     except CompileError as exc:  # --compile could not compile the model on this machine
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    except (NonFiniteLossError, WriteFailedError) as exc:  # a failed run, not a usage error
-        print(f"{prog}: error: {exc}; re-run the same command to resume", file=sys.stderr)
+    except NonFiniteLossError as exc:  # deterministic: the same command diverges again
+        print(f"{prog}: error: {exc}; the run is deterministic, so re-running the same command "
+              "diverges the same way: change the configuration (e.g. a lower --set lr) and use "
+              "another --out", file=sys.stderr)
+        return 1
+    except WriteFailedError as exc:  # a failed run, not a usage error
+        print(f"{prog}: error: {exc}; once the cause is fixed (space, permissions), re-run the "
+              "same command to resume", file=sys.stderr)
         return 1
     if result.already_finished:
         print(f"{out} already holds this finished run (pass --overwrite to re-run); saved results:")

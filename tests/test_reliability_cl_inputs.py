@@ -30,6 +30,8 @@ def _main(argv, capsys) -> tuple[int, list[str]]:
     (["--set", "tii_ca_epochs=1", "--set", "tii_ca_epochs=2"], ["tii_ca_epochs", "twice"]),
     (["--set", "tii_ca_epochs=\uff11"], ["non-ASCII digit"]),
     (["--batch-size", "\uff11\uff16"], ["--batch-size", "digits 0-9"]),
+    (["--method", "hide", "--set", "stats_method=multi-centroid", "--set", "n_centroids=200"],
+     ["n_centroids", "training images", "allowed: 1 to"]),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, argv, words):
     out = tmp_path / "run"

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from cl import metrics as M
 from cl.backbones.loading import build_backbone
-from cl.config import CLConfig
+from cl.config import CLConfig, method_uses
 from cl.data import registry
 from cl.data.base import Benchmark
 from cl.data.registry import build_benchmark
@@ -117,8 +117,18 @@ def _build_benchmark(cfg: CLConfig) -> Benchmark:
         raise ConfigError("dataset_options", str(exc)) from None
 
 
-def _check_test_sets(bench: Benchmark) -> None:
-    """Refuse a benchmark with a task whose test set is empty (its accuracy is undefined)."""
+def _check_data_sizes(cfg: CLConfig, bench: Benchmark) -> None:
+    """Refuse sizes the data cannot support, which would otherwise fail every resume the same
+    way: a task whose test set is empty (its accuracy is undefined), and more k-means clusters
+    per class (``n_centroids``) than a class has training images (the class statistics become
+    NaN after the first task)."""
+    if cfg.stats_method == "multi-centroid" and method_uses(cfg.method, "n_centroids"):
+        for c in range(bench.num_classes):
+            have = len(bench.train_eval.indices_of([c]))
+            if have < cfg.n_centroids:
+                raise ConfigError("n_centroids", f"{cfg.n_centroids} clusters per class, but "
+                                  f"class {c} has {have} training images; allowed: 1 to "
+                                  f"{have}")
     for t, classes in enumerate(bench.task_classes):
         if len(bench.test.indices_of(classes)) == 0:
             raise ConfigError(
@@ -278,7 +288,7 @@ def evaluate_task(
             shape = expert_counts.shape
             expert_counts = torch.tensor(ctx.all_sum(expert_counts.flatten().tolist())).long()
             expert_counts = expert_counts.reshape(shape)
-    # an accuracy over no images is undefined, never 0 % (_check_test_sets refuses such runs)
+    # an accuracy over no images is undefined, never 0 % (_check_data_sizes refuses such runs)
     pct = 100.0 / n if n else math.nan
     return {
         "acc": correct * pct,
@@ -464,7 +474,7 @@ def _run_in_group(cfg: CLConfig, out: Path, device: torch.device, ctx: DistConte
     if stop_after_task is not None and not 0 <= stop_after_task < T:
         raise ConfigError("stop_after_task", f"{stop_after_task} is not a task of this "
                           f"benchmark; allowed: 0 to {T - 1}")
-    _check_test_sets(bench)
+    _check_data_sizes(cfg, bench)
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, img_size=bench.image_size,
                               seed=cfg.seed)
     _check_memory(cfg, T, backbone.model, device, bench.num_classes)
