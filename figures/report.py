@@ -268,47 +268,54 @@ def write_readme_images(
             mark_synthetic(fig)
         report.written.extend(save_figure(fig, img_dir / name, formats=("png",), dpi=dpi))
 
-    if rates:
-        run = rates[0]
-        settings = run.settings
-        first = "exact" if "exact" in settings else settings[0]
-        save(plot_convergence(run.records_for(first), run.summary_for(first), first),
-             "convergence", _is_synthetic(run.config))
-        others = [s for s in settings if s != "exact"]
-        if others and all(k in run.records_for(others[0])[0] for k in LOSS_PARTS):
-            save(plot_loss_parts(run.records_for(others[0]), others[0]), "loss_parts",
-                 _is_synthetic(run.config))
-    if cl_runs:
-        synthetic = _is_synthetic(*(r.config for r in cl_runs))
-        groups = group_by_setting(cl_runs)
-        biggest = max(groups.values(), key=len)
-        save(accuracy.plot_accuracy_curves(biggest), "accuracy", synthetic)
-        save(accuracy.plot_accuracy_matrix(biggest[0]), "matrix", synthetic)
-        dataset = biggest[0].dataset
-        save(accuracy.plot_fa_bars([r for r in cl_runs if r.dataset == dataset]), "fa_bars",
-             synthetic)
-        ablation = [r for r in cl_runs
-                    if r.method == "hide" or (r.method == "norga" and r.gate_act)]
-        if any(r.method == "norga" for r in ablation):
-            save(accuracy.plot_activation_ablation(
-                ablation, published=_ablation_published(load_published())),
-                "activation_ablation", synthetic)
-        with_freq = [r for r in cl_runs if r.expert_frequency is not None]
-        if with_freq:
-            save(accuracy.plot_expert_frequency(with_freq[0].expert_frequency),
-                 "expert_frequency", _is_synthetic(with_freq[0].config))
-        aligned = [r for r in cl_runs if r.accuracy_before_alignment is not None
-                   and r.method == "norga"]
-        if aligned:
-            run = aligned[0]
-            save(accuracy.plot_accuracy_matrices(
-                {"before head alignment": run.accuracy_before_alignment,
-                 "after head alignment": run.accuracy_matrix},
-                title=f"{run.method}, {run.dataset}, seed {run.seed}"), "alignment",
-                _is_synthetic(run.config))
-        for method in ("norga", "smope"):
-            chosen = [r for r in cl_runs if r.method == method and r.task_selection]
-            if chosen:
-                save(plot_task_selection(chosen[0].task_selection), f"selection_{method}",
-                     _is_synthetic(chosen[0].config))
+    try:
+        if rates:
+            run = rates[0]
+            settings = run.settings
+            first = "exact" if "exact" in settings else settings[0]
+            save(plot_convergence(run.records_for(first), run.summary_for(first), first),
+                 "convergence", _is_synthetic(run.config))
+            others = [s for s in settings if s != "exact"]
+            if others and all(k in run.records_for(others[0])[0] for k in LOSS_PARTS):
+                save(plot_loss_parts(run.records_for(others[0]), others[0]), "loss_parts",
+                     _is_synthetic(run.config))
+    except BAD_VALUE_ERRORS as err:
+        report.notes.append(f"skip README convergence images: a malformed value ({_why(err)})")
+    try:
+        if cl_runs:
+            synthetic = _is_synthetic(*(r.config for r in cl_runs))
+            groups = group_by_setting(cl_runs)
+            biggest = max(groups.values(), key=len)
+            save(accuracy.plot_accuracy_curves(biggest), "accuracy", synthetic)
+            save(accuracy.plot_accuracy_matrix(biggest[0]), "matrix", synthetic)
+            dataset = biggest[0].dataset
+            save(accuracy.plot_fa_bars([r for r in cl_runs if r.dataset == dataset]), "fa_bars",
+                 synthetic)
+            ablation = [r for r in cl_runs
+                        if r.method == "hide" or (r.method == "norga" and r.gate_act)]
+            if any(r.method == "norga" for r in ablation):
+                save(accuracy.plot_activation_ablation(
+                    ablation, published=_ablation_published(load_published())),
+                    "activation_ablation", synthetic)
+            with_freq = [r for r in cl_runs if r.expert_frequency is not None]
+            if with_freq:
+                save(accuracy.plot_expert_frequency(with_freq[0].expert_frequency),
+                     "expert_frequency", _is_synthetic(with_freq[0].config))
+            aligned = [r for r in cl_runs if r.accuracy_before_alignment is not None
+                       and r.method == "norga"]
+            if aligned:
+                run = aligned[0]
+                save(accuracy.plot_accuracy_matrices(
+                    {"before head alignment": run.accuracy_before_alignment,
+                     "after head alignment": run.accuracy_matrix},
+                    title=f"{run.method}, {run.dataset}, seed {run.seed}"), "alignment",
+                    _is_synthetic(run.config))
+            for method in ("norga", "smope"):
+                chosen = [r for r in cl_runs if r.method == method and r.task_selection]
+                if chosen:
+                    save(plot_task_selection(chosen[0].task_selection), f"selection_{method}",
+                         _is_synthetic(chosen[0].config))
+    except BAD_VALUE_ERRORS as err:
+        report.notes.append(f"skip the remaining README CL images: a malformed value "
+                            f"({_why(err)})")
     return report
