@@ -63,3 +63,21 @@ def test_absurd_noise_sd_is_refused_with_exit_2(value, capsys, tmp_path):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--noise-sd" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_near_slope_leaves_out_bad_fits_and_never_raises():
+    from moe_theory.near.sweep import slope_fit
+
+    n = np.repeat([100.0, 200.0, 400.0], 3)
+    loss = 2.0 * n**-0.5 * np.tile([0.9, 1.0, 1.1], 3)
+    clean = slope_fit(n, loss)
+    assert "n_excluded" not in clean
+    spoiled = loss.copy()
+    spoiled[[0, 4]] = [np.nan, 0.0]
+    out = slope_fit(n, spoiled)
+    keep = np.ones(9, bool)
+    keep[[0, 4]] = False
+    assert out["n_excluded"] == 2
+    assert out["slope"] == pytest.approx(fit_rate(n[keep], loss[keep]).slope, rel=1e-12)
+    hopeless = slope_fit(n, np.full(9, np.nan))
+    assert math.isnan(hopeless["slope"]) and hopeless["n_excluded"] == 9

@@ -436,18 +436,29 @@ def slope_fit(n: np.ndarray, loss: np.ndarray) -> dict[str, object]:
 
     Uses ``moe_theory.inference.fit_rate`` (the calibrated interval of the rate-inference work)
     when it exists, otherwise the cluster-robust OLS of :func:`moe_theory.inference.ols_slope`.
+    Fits whose ``L_1`` is not finite and positive (diverged, or exact) are left out and counted
+    as ``n_excluded`` (present only when > 0); with fewer than two n left the slope and its CI
+    are ``nan`` (``null`` in JSON) instead of an error that would lose the sweep.
     """
     from moe_theory import inference
 
+    n, loss = np.asarray(n, float), np.asarray(loss, float)
+    usable = np.isfinite(loss) & (loss > 0)
+    excluded = {"n_excluded": int((~usable).sum())} if not usable.all() else {}
+    n, loss = n[usable], loss[usable]
+    if len(np.unique(n)) < 2:
+        return {"slope": float("nan"), "ci": [float("nan"), float("nan")],
+                "method": "none: fewer than two n with a finite, positive L_1", **excluded}
     fit_rate = getattr(inference, "fit_rate", None)
     if fit_rate is not None:
-        res = fit_rate(np.asarray(n, float), np.asarray(loss, float))
+        res = fit_rate(n, loss)
         lo, hi = res.conf_int(0.05)
         return {"slope": float(res.slope), "ci": [float(lo), float(hi)],
-                "method": "inference.fit_rate"}
-    res = inference.ols_slope(np.asarray(n, float), np.asarray(loss, float))
+                "method": "inference.fit_rate", **excluded}
+    res = inference.ols_slope(n, loss)
     return {"slope": res.slope, "ci": list(res.ci),
-            "method": "inference.ols_slope (cluster-robust by n; fit_rate not available)"}
+            "method": "inference.ols_slope (cluster-robust by n; fit_rate not available)",
+            **excluded}
 
 
 def _status_counts(rows: list[dict[str, object]]) -> dict[str, int]:
