@@ -119,6 +119,12 @@ def run_main(main: Callable[[Sequence[str] | None], int], prog: str,
         sys.stderr.write(f"\n{prog}: {MESSAGE}\n")
         sys.stderr.flush()
         return 128 + int(signum)
+    except BrokenPipeError:  # the reader of the output went away (e.g. `| head`): quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
     except OSError as exc:  # a fault no command caught itself (full disk, permissions): one line
         sys.stdout.flush()
         where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in \

@@ -84,3 +84,11 @@ def test_a_writer_failing_on_a_full_disk_becomes_write_failed(tmp_path, monkeypa
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("Linux file-system behaviour")
+
+
+def test_a_closed_output_pipe_is_quiet(capsys):
+    def main(argv):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    assert run_main(main, "norga-cl") == 1
+    assert capsys.readouterr().err == ""
