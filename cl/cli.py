@@ -47,6 +47,7 @@ from cl.run.precision import PRECISIONS, CompileError
 from norga.cli import (
     PARALLEL_PER_CORE,
     OneLineParser,
+    ascii_int,
     max_parallel,
     output_dir_problem,
     usable_cores,
@@ -123,30 +124,30 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                       help="default: the project's protocol; official: every listed deviation "
                       "from the official code switched back at once (README 'Deviations from "
                       "the official code'; single items with --set, which still wins)")
-    what.add_argument("--seed", type=int, default=42, help="run seed: class order, init, "
+    what.add_argument("--seed", type=ascii_int, default=42, help="run seed: class order, init, "
                       "shuffling, Gaussian replay (default 42)")
     budget = p.add_argument_group("training budget")
-    budget.add_argument("--epochs", type=int, metavar="N",
+    budget.add_argument("--epochs", type=ascii_int, metavar="N",
                         help="epochs of the prompt / main training stage only (default: "
                         "preset); the TII stage of hide/norga keeps its preset, see --tii-epochs")
-    budget.add_argument("--tii-epochs", type=int, metavar="N",
+    budget.add_argument("--tii-epochs", type=ascii_int, metavar="N",
                         help="epochs of the TII (task-identity) stage of hide/norga only "
                         "(default: preset, 20 on the paper benchmarks)")
     budget.add_argument("--quick", action="store_true",
                         help="tiny budget for a smoke test (minutes on a CPU)")
-    budget.add_argument("--batch-size", type=int, metavar="N", help="default: preset (128)")
+    budget.add_argument("--batch-size", type=ascii_int, metavar="N", help="default: preset (128)")
     budget.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override any config field, e.g. --set tap_epochs=10 "
                         "(see config.json of a run for the names); repeatable")
     where = p.add_argument_group("where and how")
     where.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    where.add_argument("--threads", type=int, metavar="N",
+    where.add_argument("--threads", type=ascii_int, metavar="N",
                        help="CPU threads for torch (default: 1 for vit-tiny-random, which is "
                        "faster on small tensors, else torch's default)")
     where.add_argument("--data-root", metavar="DIR", help="where real datasets live")
     where.add_argument("--download", action="store_true",
                        help="download a missing dataset and missing backbone weights")
-    where.add_argument("--num-workers", type=int, default=0, metavar="N",
+    where.add_argument("--num-workers", type=ascii_int, default=0, metavar="N",
                        help="data-loader workers (default 0)")
     where.add_argument("--out", metavar="DIR", type=_nonempty,
                        help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>, "
@@ -161,7 +162,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     where.add_argument("--compile", action="store_true", default=None,
                        help="torch.compile the models' ViT forward passes (first step compiles; "
                        "a failure stops with a one-line error naming this flag)")
-    where.add_argument("--stop-after-task", type=int, metavar="T",
+    where.add_argument("--stop-after-task", type=ascii_int, metavar="T",
                        help="checkpoint after task T and stop (resume by re-running)")
     where.add_argument("--no-progress", action="store_true", help="hide progress bars")
     where.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -178,6 +179,13 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
         if key in OWN_FLAG:
             parser.error(f"argument --set: {key!r} has its own flag; use {OWN_FLAG[key]} "
                          "instead of --set")
+        if key in overrides:
+            parser.error(f"argument --set: {key} is given twice ({overrides[key]!r} and "
+                         f"{value!r}); give it once")
+        odd = next((ch for ch in value if ch.isdigit() and not ch.isascii()), None)
+        if odd is not None:  # Python's int() and float() would read fullwidth digits
+            parser.error(f"argument --set: {key}={value!r} has the non-ASCII digit {odd!r}; "
+                         "numbers are written with the ASCII digits 0-9")
         overrides[key] = value
     direct = {
         "weights": args.weights, "gate_act": args.gate_act, "batch_size": args.batch_size,
@@ -288,8 +296,14 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     except CompileError as exc:  # --compile could not compile the model on this machine
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
-    except (NonFiniteLossError, WriteFailedError) as exc:  # a failed run, not a usage error
-        print(f"{prog}: error: {exc}; re-run the same command to resume", file=sys.stderr)
+    except NonFiniteLossError as exc:  # deterministic: the same command diverges again
+        print(f"{prog}: error: {exc}; the run is deterministic, so re-running the same command "
+              "diverges the same way: change the configuration (e.g. a lower --set lr) and use "
+              "another --out", file=sys.stderr)
+        return 1
+    except WriteFailedError as exc:  # a failed run, not a usage error
+        print(f"{prog}: error: {exc}; once the cause is fixed (space, permissions), re-run the "
+              "same command to resume", file=sys.stderr)
         return 1
     if result.already_finished:
         print(f"{out} already holds this finished run (pass --overwrite to re-run); saved results:")

@@ -52,28 +52,28 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     if args.write_example is not None:
         problem = output_dir_problem(args.write_example)
         if problem:
-            parser.exit(2, f"error: --write-example {problem}\n")
+            parser.error(f"--write-example {problem}")
         from figures.examples import write_example_results
 
         root = write_example_results(args.write_example)
         print(f"wrote synthetic example results to {root}")
         return 0
     if args.results is None:
-        parser.exit(2, "error: RESULTS_DIR is required (or use --write-example DIR)\n")
+        parser.error("RESULTS_DIR is required (or use --write-example DIR)")
     if not args.results.is_dir():
-        parser.exit(2, f"error: RESULTS_DIR {args.results} is not a directory\n")
+        parser.error(f"RESULTS_DIR {args.results} is not a directory")
     out = args.out if args.out is not None else args.results / "figures"
     for flag, folder in (("--out", out), ("--readme-images", args.readme_images)):
         if folder is None:
             continue
         problem = output_dir_problem(folder)
         if problem:
-            parser.exit(2, f"error: {flag} {problem}\n")
+            parser.error(f"{flag} {problem}")
         resolved, results = folder.resolve(), args.results.resolve()
         if resolved == results or resolved in results.parents:
-            parser.exit(2, f"error: {flag} {folder} contains RESULTS_DIR {args.results}, whose "
-                        "runs would then be skipped as output; use a folder inside it or "
-                        "elsewhere (default: RESULTS_DIR/figures)\n")
+            parser.error(f"{flag} {folder} contains RESULTS_DIR {args.results}, whose "
+                         "runs would then be skipped as output; use a folder inside it or "
+                         "elsewhere (default: RESULTS_DIR/figures)")
     # Imported after the argument checks so that bad input fails fast (matplotlib is slow).
     from figures.report import render_results, write_readme_images
 

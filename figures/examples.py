@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from norga.io import CHECKSUMS_FILE, record_checksums
+
 N_GRID = (100, 316, 1000, 3162, 10000, 31622, 100000)
 
 FIT_COLUMNS = (
@@ -213,4 +215,8 @@ def write_example_results(root: str | os.PathLike[str], seeds: tuple[int, ...] =
                                  "cifar100", "sup21k", seed, final=fa, forgetting=1.5, gate_act=act)
     write_example_cl_run(root / "cl" / "imagenet-r_sup1k_smope_s0", "smope", "imagenet-r",
                          "sup1k", 0, final=79.3, forgetting=3.0, expert_frequency=True)
+    for run in [root / "rates" / "example", *sorted((root / "cl").iterdir())]:
+        # checksums, as the real commands write them (a run without them is noted unverified)
+        record_checksums(run, {p.name: p.read_bytes() for p in sorted(run.iterdir())
+                               if p.is_file() and p.name != CHECKSUMS_FILE})
     return root

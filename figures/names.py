@@ -8,6 +8,7 @@ thing for tables and figures.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 DATASET_LABELS: dict[str, str] = {
@@ -115,3 +116,34 @@ def dataset_label(name: str) -> str:
 def backbone_label(name: str) -> str:
     """Display name of a backbone."""
     return BACKBONE_LABELS.get(canonical_backbone(name), name)
+
+
+#: Longest file-name part :func:`safe_slug` returns (file systems allow 255 bytes per name;
+#: figure names add a kind prefix and a suffix).
+SLUG_MAX = 80
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_slug(name: object, max_len: int = SLUG_MAX) -> str:
+    """``name`` as one safe part of a file name (for names read from result files).
+
+    ASCII letters, digits, ``.``, ``_`` and ``-`` are kept; every other run of characters
+    (``/``, ``\\``, NUL, spaces, non-ASCII) becomes ``-``; leading dots and dashes are dropped,
+    so the result is never ``..``, hidden, absolute or a path. A name that had to be changed or
+    shortened gets an 8-hex-digit hash of the original, so two different names never share a
+    slug (``"a/b"`` and ``"a-b"`` stay apart); a name that is already safe is returned as is.
+
+    Examples
+    --------
+    >>> safe_slug("imagenet-r")
+    'imagenet-r'
+    >>> safe_slug("../../victim/important").startswith("victim-important-")
+    True
+    """
+    text = str(name)
+    slug = _UNSAFE.sub("-", text).lstrip(".-")
+    if slug == text and 0 < len(slug) <= max_len:
+        return slug
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    stem = slug[: max(max_len - 9, 1)].rstrip(".-")
+    return f"{stem}-{digest}" if stem else f"x-{digest}"

@@ -18,10 +18,12 @@ from matplotlib.figure import Figure
 from figures import accuracy
 from figures.convergence import LOSS_PARTS, plot_convergence, plot_loss_parts
 from figures.grouping import group_by_setting
+from figures.names import safe_slug
 from figures.runs import CLRun, RatesRun, RunFormatError, find_runs, read_cl_run, read_rates_run
 from figures.selection import plot_task_selection
 from figures.style import save_figure
 from figures.tables import load_published, write_tables
+from norga.io import CHECKSUMS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +48,38 @@ def mark_synthetic(fig: Figure) -> None:
              alpha=0.25, rotation=18, zorder=100, gid="synthetic-mark")
 
 
-def _save(fig: Figure, stem: Path, synthetic: bool) -> list[Path]:
+class UnsafeOutputPathError(ValueError):
+    """A figure's file name would leave its output folder (never written)."""
+
+
+def _save(fig: Figure, stem: Path, synthetic: bool, out_dir: Path | None = None) -> list[Path]:
+    # Names in ``stem`` come from result files and are slugs (:func:`safe_slug`); this check
+    # makes sure no figure is written outside ``out_dir`` whatever a future caller passes.
+    if out_dir is not None:
+        base = out_dir.resolve()
+        target = stem.resolve()
+        if base not in target.parents:
+            raise UnsafeOutputPathError(f"refusing to write {stem}: outside {out_dir}")
     if synthetic:
         mark_synthetic(fig)
     return save_figure(fig, stem)
 
 
 def _slug(path: Path, root: Path) -> str:
+    """File-name part naming the run at ``path`` (its folders below ``root``, made safe)."""
     rel = path.relative_to(root) if path != root else Path(path.name)
-    return "_".join(rel.parts) or path.name
+    return safe_slug("_".join(rel.parts) or path.name)
+
+
+#: Errors a malformed value in a run's files can raise while its figures are drawn; the run
+#: is then skipped with a one-line note and the others are drawn.
+BAD_VALUE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError,
+                    ZeroDivisionError)
+
+
+def _why(err: BaseException) -> str:
+    text = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def rates_figures(run: RatesRun, out_dir: Path, slug: str) -> list[Path]:
@@ -63,57 +88,91 @@ def rates_figures(run: RatesRun, out_dir: Path, slug: str) -> list[Path]:
     written: list[Path] = []
     for setting in run.settings:
         rows = run.records_for(setting)
+        name = f"{slug}_{safe_slug(setting)}"
         fig = plot_convergence(rows, run.summary_for(setting), setting)
-        written += _save(fig, out_dir / f"convergence_{slug}_{setting}", synthetic)
+        written += _save(fig, out_dir / f"convergence_{name}", synthetic, out_dir)
         if setting != "exact" and all(k in rows[0] for k in LOSS_PARTS):
             fig = plot_loss_parts(rows, setting)
-            written += _save(fig, out_dir / f"loss_parts_{slug}_{setting}", synthetic)
+            written += _save(fig, out_dir / f"loss_parts_{name}", synthetic, out_dir)
+    return written
+
+
+def _run_figures(run: CLRun, root: Path, out_dir: Path) -> list[Path]:
+    """The figures of one CL run (matrix, expert frequency, alignment, task selection)."""
+    synthetic = _is_synthetic(run.config)
+    slug = _slug(run.path, root)
+    written: list[Path] = []
+    fig = accuracy.plot_accuracy_matrix(run)
+    written += _save(fig, out_dir / "matrices" / f"matrix_{slug}", synthetic, out_dir)
+    if run.expert_frequency is not None:
+        fig = accuracy.plot_expert_frequency(run.expert_frequency)
+        written += _save(fig, out_dir / f"expert_frequency_{slug}", synthetic, out_dir)
+    if run.accuracy_before_alignment is not None:
+        fig = accuracy.plot_accuracy_matrices(
+            {"before head alignment": run.accuracy_before_alignment,
+             "after head alignment": run.accuracy_matrix},
+            title=f"{run.method}, {run.dataset}, {run.backbone}, seed {run.seed}")
+        written += _save(fig, out_dir / "matrices" / f"alignment_{slug}", synthetic, out_dir)
+    if run.task_selection is not None and run.method in ("norga", "hide", "smope"):
+        fig = plot_task_selection(run.task_selection)
+        written += _save(fig, out_dir / "selection" / f"selection_{slug}", synthetic, out_dir)
     return written
 
 
 def cl_figures(runs: Sequence[CLRun], root: Path, out_dir: Path, report: Report) -> None:
-    """Accuracy figures, heatmaps, bar charts, expert frequencies, ablation and tables."""
+    """Accuracy figures, heatmaps, bar charts, expert frequencies, ablation and tables.
+
+    A run whose own figures fail on a malformed value is skipped with a note (and left out of
+    the figures over several runs); file names made from run values are :func:`safe_slug`-s.
+    """
+    good: list[CLRun] = []
     for run in runs:
-        synthetic = _is_synthetic(run.config)
-        fig = accuracy.plot_accuracy_matrix(run)
-        report.written += _save(fig, out_dir / "matrices" / f"matrix_{_slug(run.path, root)}",
-                                synthetic)
-        if run.expert_frequency is not None:
-            fig = accuracy.plot_expert_frequency(run.expert_frequency)
-            report.written += _save(
-                fig, out_dir / f"expert_frequency_{_slug(run.path, root)}", synthetic)
-        if run.accuracy_before_alignment is not None:
-            fig = accuracy.plot_accuracy_matrices(
-                {"before head alignment": run.accuracy_before_alignment,
-                 "after head alignment": run.accuracy_matrix},
-                title=f"{run.method}, {run.dataset}, {run.backbone}, seed {run.seed}")
-            report.written += _save(
-                fig, out_dir / "matrices" / f"alignment_{_slug(run.path, root)}", synthetic)
-        if run.task_selection is not None and run.method in ("norga", "hide", "smope"):
-            fig = plot_task_selection(run.task_selection)
-            report.written += _save(
-                fig, out_dir / "selection" / f"selection_{_slug(run.path, root)}", synthetic)
+        try:
+            report.written += _run_figures(run, root, out_dir)
+        except BAD_VALUE_ERRORS as err:
+            report.notes.append(f"skip cl run: {run.path}: a malformed value ({_why(err)})")
+            continue
+        good.append(run)
+    runs = good
     if runs and not any(r.expert_frequency is not None for r in runs):
         report.notes.append("skip expert-frequency figure: no run has expert_frequency.json")
+
+    def guarded(what: str, draw) -> None:  # noqa: ANN001 - a figure over several runs
+        try:
+            draw()
+        except BAD_VALUE_ERRORS as err:
+            report.notes.append(f"skip {what}: a malformed value ({_why(err)})")
+
     for (dataset, backbone), sruns in group_by_setting(runs).items():
-        synthetic = _is_synthetic(*(r.config for r in sruns))
-        fig = accuracy.plot_accuracy_curves(sruns)
-        report.written += _save(fig, out_dir / f"accuracy_{dataset}_{backbone}", synthetic)
-    datasets = sorted({r.dataset for r in runs})
-    for dataset in datasets:
+        def curves(sruns=sruns, dataset=dataset, backbone=backbone) -> None:
+            fig = accuracy.plot_accuracy_curves(sruns)
+            report.written.extend(_save(
+                fig, out_dir / f"accuracy_{safe_slug(dataset)}_{safe_slug(backbone)}",
+                _is_synthetic(*(r.config for r in sruns)), out_dir))
+        guarded(f"accuracy figure of {dataset}/{backbone}", curves)
+    for dataset in sorted({r.dataset for r in runs}):
         druns = [r for r in runs if r.dataset == dataset]
-        fig = accuracy.plot_fa_bars(druns)
-        report.written += _save(fig, out_dir / f"fa_bars_{dataset}", _is_synthetic(
-            *(r.config for r in druns)))
+
+        def bars(druns=druns, dataset=dataset) -> None:
+            fig = accuracy.plot_fa_bars(druns)
+            report.written.extend(_save(fig, out_dir / f"fa_bars_{safe_slug(dataset)}",
+                                        _is_synthetic(*(r.config for r in druns)), out_dir))
+        guarded(f"FA bars of {dataset}", bars)
     ablation = [r for r in runs if r.method == "hide" or (r.method == "norga" and r.gate_act)]
     if any(r.method == "norga" for r in ablation):
-        published = _ablation_published(load_published())
-        fig = accuracy.plot_activation_ablation(ablation, published=published)
-        report.written += _save(fig, out_dir / "activation_ablation",
-                                _is_synthetic(*(r.config for r in ablation)))
+        def ablation_figure() -> None:
+            published = _ablation_published(load_published())
+            fig = accuracy.plot_activation_ablation(ablation, published=published)
+            report.written.extend(_save(fig, out_dir / "activation_ablation",
+                                        _is_synthetic(*(r.config for r in ablation)), out_dir))
+        guarded("activation ablation", ablation_figure)
     elif runs:
         report.notes.append("skip activation ablation: no NoRGa run records gate_act")
-    tables = write_tables(runs, out_dir / "tables")
+    try:
+        tables = write_tables(runs, out_dir / "tables")
+    except BAD_VALUE_ERRORS as err:
+        report.notes.append(f"skip tables: a malformed value ({_why(err)})")
+        return
     if runs and not tables:
         report.notes.append("skip tables: no run matches a paper table setting")
     report.written += tables
@@ -157,10 +216,18 @@ def render_results(root: str | os.PathLike[str], out_dir: str | os.PathLike[str]
                 cl_runs.append(read_cl_run(item.path))
         except RunFormatError as err:
             report.notes.append(f"skip {item.kind} run: {err}")
+            continue
+        if not (item.path / CHECKSUMS_FILE).exists():
+            report.notes.append(f"unverified {item.kind} run: {item.path} has no "
+                                f"{CHECKSUMS_FILE}, so its files cannot be checked (drawn as "
+                                "they are; re-running its command rebuilds the checksums)")
     if not rates_runs:
         report.notes.append(f"skip convergence figures: no rates run under {root}")
     for run, slug in rates_runs:
-        report.written += rates_figures(run, out_dir, slug)
+        try:
+            report.written += rates_figures(run, out_dir, slug)
+        except BAD_VALUE_ERRORS as err:
+            report.notes.append(f"skip rates run: {run.path}: a malformed value ({_why(err)})")
     if not cl_runs:
         report.notes.append(f"skip accuracy figures and tables: no CL run under {root}")
     else:
@@ -201,47 +268,54 @@ def write_readme_images(
             mark_synthetic(fig)
         report.written.extend(save_figure(fig, img_dir / name, formats=("png",), dpi=dpi))
 
-    if rates:
-        run = rates[0]
-        settings = run.settings
-        first = "exact" if "exact" in settings else settings[0]
-        save(plot_convergence(run.records_for(first), run.summary_for(first), first),
-             "convergence", _is_synthetic(run.config))
-        others = [s for s in settings if s != "exact"]
-        if others and all(k in run.records_for(others[0])[0] for k in LOSS_PARTS):
-            save(plot_loss_parts(run.records_for(others[0]), others[0]), "loss_parts",
-                 _is_synthetic(run.config))
-    if cl_runs:
-        synthetic = _is_synthetic(*(r.config for r in cl_runs))
-        groups = group_by_setting(cl_runs)
-        biggest = max(groups.values(), key=len)
-        save(accuracy.plot_accuracy_curves(biggest), "accuracy", synthetic)
-        save(accuracy.plot_accuracy_matrix(biggest[0]), "matrix", synthetic)
-        dataset = biggest[0].dataset
-        save(accuracy.plot_fa_bars([r for r in cl_runs if r.dataset == dataset]), "fa_bars",
-             synthetic)
-        ablation = [r for r in cl_runs
-                    if r.method == "hide" or (r.method == "norga" and r.gate_act)]
-        if any(r.method == "norga" for r in ablation):
-            save(accuracy.plot_activation_ablation(
-                ablation, published=_ablation_published(load_published())),
-                "activation_ablation", synthetic)
-        with_freq = [r for r in cl_runs if r.expert_frequency is not None]
-        if with_freq:
-            save(accuracy.plot_expert_frequency(with_freq[0].expert_frequency),
-                 "expert_frequency", _is_synthetic(with_freq[0].config))
-        aligned = [r for r in cl_runs if r.accuracy_before_alignment is not None
-                   and r.method == "norga"]
-        if aligned:
-            run = aligned[0]
-            save(accuracy.plot_accuracy_matrices(
-                {"before head alignment": run.accuracy_before_alignment,
-                 "after head alignment": run.accuracy_matrix},
-                title=f"{run.method}, {run.dataset}, seed {run.seed}"), "alignment",
-                _is_synthetic(run.config))
-        for method in ("norga", "smope"):
-            chosen = [r for r in cl_runs if r.method == method and r.task_selection]
-            if chosen:
-                save(plot_task_selection(chosen[0].task_selection), f"selection_{method}",
-                     _is_synthetic(chosen[0].config))
+    try:
+        if rates:
+            run = rates[0]
+            settings = run.settings
+            first = "exact" if "exact" in settings else settings[0]
+            save(plot_convergence(run.records_for(first), run.summary_for(first), first),
+                 "convergence", _is_synthetic(run.config))
+            others = [s for s in settings if s != "exact"]
+            if others and all(k in run.records_for(others[0])[0] for k in LOSS_PARTS):
+                save(plot_loss_parts(run.records_for(others[0]), others[0]), "loss_parts",
+                     _is_synthetic(run.config))
+    except BAD_VALUE_ERRORS as err:
+        report.notes.append(f"skip README convergence images: a malformed value ({_why(err)})")
+    try:
+        if cl_runs:
+            synthetic = _is_synthetic(*(r.config for r in cl_runs))
+            groups = group_by_setting(cl_runs)
+            biggest = max(groups.values(), key=len)
+            save(accuracy.plot_accuracy_curves(biggest), "accuracy", synthetic)
+            save(accuracy.plot_accuracy_matrix(biggest[0]), "matrix", synthetic)
+            dataset = biggest[0].dataset
+            save(accuracy.plot_fa_bars([r for r in cl_runs if r.dataset == dataset]), "fa_bars",
+                 synthetic)
+            ablation = [r for r in cl_runs
+                        if r.method == "hide" or (r.method == "norga" and r.gate_act)]
+            if any(r.method == "norga" for r in ablation):
+                save(accuracy.plot_activation_ablation(
+                    ablation, published=_ablation_published(load_published())),
+                    "activation_ablation", synthetic)
+            with_freq = [r for r in cl_runs if r.expert_frequency is not None]
+            if with_freq:
+                save(accuracy.plot_expert_frequency(with_freq[0].expert_frequency),
+                     "expert_frequency", _is_synthetic(with_freq[0].config))
+            aligned = [r for r in cl_runs if r.accuracy_before_alignment is not None
+                       and r.method == "norga"]
+            if aligned:
+                run = aligned[0]
+                save(accuracy.plot_accuracy_matrices(
+                    {"before head alignment": run.accuracy_before_alignment,
+                     "after head alignment": run.accuracy_matrix},
+                    title=f"{run.method}, {run.dataset}, seed {run.seed}"), "alignment",
+                    _is_synthetic(run.config))
+            for method in ("norga", "smope"):
+                chosen = [r for r in cl_runs if r.method == method and r.task_selection]
+                if chosen:
+                    save(plot_task_selection(chosen[0].task_selection), f"selection_{method}",
+                         _is_synthetic(chosen[0].config))
+    except BAD_VALUE_ERRORS as err:
+        report.notes.append(f"skip the remaining README CL images: a malformed value "
+                            f"({_why(err)})")
     return report

@@ -169,7 +169,8 @@ def _verify(run: Path, names: tuple[str, ...]) -> None:
     """Refuse a run whose result files do not match its ``SHA256SUMS`` (edited or damaged)."""
     problem = verify_checksums(run, names)
     if problem:
-        raise RunFormatError(f"{run}: {problem}")
+        raise RunFormatError(f"{run}: {problem} (re-running the run's command recomputes "
+                             "its results from its checkpoints or cache)")
 
 
 def _first_line(err: BaseException) -> str:
@@ -231,7 +232,7 @@ def read_fits_csv(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
             for lineno, raw in enumerate(reader, start=2):
                 try:
                     rows.append({k: _parse_cell(k, v or "") for k, v in raw.items() if k})
-                except (ValueError, TypeError) as err:
+                except (ValueError, TypeError, OverflowError) as err:
                     raise RunFormatError(
                         f"{run}: {path.name} line {lineno}: {_first_line(err)}"
                     ) from err
@@ -362,7 +363,9 @@ def read_cl_run(path: str | os.PathLike[str]) -> CLRun:
         if key not in metrics and key not in config:
             raise RunFormatError(f"{run}: neither metrics.json nor config.json names the {key}")
     _verify(run, ("config.json", "metrics.json", "accuracy_matrix.csv", "env.json",
-                  "expert_frequency.json"))
+                  "expert_frequency.json", "accuracy_matrix_before_alignment.csv",
+                  "task_selection.json"))
+    _check_metrics(metrics, config, run)
     matrix = read_accuracy_matrix(run / "accuracy_matrix.csv")
     env = _read_json(run / "env.json", run) if (run / "env.json").exists() else {}
     freq = None
@@ -378,9 +381,47 @@ def read_cl_run(path: str | os.PathLike[str]) -> CLRun:
         if selection.get("kind") != "task_selection" or selection.get("version") != 1:
             raise RunFormatError(f"{run}: task_selection.json is not kind task_selection, "
                                  "version 1")
+        _check_task_selection(selection, run)
     return CLRun(path=run, config=config, accuracy_matrix=matrix, metrics=metrics,
                  expert_frequency=freq, env=env, accuracy_before_alignment=before,
                  task_selection=selection)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_metrics(metrics: dict[str, Any], config: dict[str, Any], run: Path) -> None:
+    """Refuse values the figures cannot use (a hand-edited ``FA = "abc"``, ``seed = "abc"``)."""
+    for key in ("FA", "CA", "FM"):
+        value = metrics[key]
+        if value is not None and not (_is_number(value) and -1000.0 <= value <= 1000.0):
+            raise RunFormatError(f"{run}: metrics.json {key} is {value!r}; expected a finite "
+                                 "percentage or null")
+    for source, data in (("metrics.json", metrics), ("config.json", config)):
+        for key in ("method", "dataset", "backbone", "gate_act"):
+            if key in data and data[key] is not None and not isinstance(data[key], str):
+                raise RunFormatError(f"{run}: {source} {key} is {data[key]!r}; expected a name")
+        seed = data.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise RunFormatError(f"{run}: {source} seed is {seed!r}; expected an integer")
+
+
+def _rectangular(value: Any, depth: int) -> bool:
+    """Whether ``value`` is a non-ragged ``depth``-deep nest of non-negative finite numbers."""
+    try:
+        array = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):  # ragged or not numbers
+        return False
+    return array.ndim == depth and bool(np.all(np.isfinite(array))) and bool(np.all(array >= 0))
+
+
+def _check_task_selection(selection: dict[str, Any], run: Path) -> None:
+    for key, depth in (("prompts", 2), ("experts", 4)):
+        value = selection.get(key)
+        if value is not None and not _rectangular(value, depth):
+            raise RunFormatError(f"{run}: task_selection.json {key!r} must be a {depth}-level "
+                                 "table of non-negative counts, or null")
 
 
 def _check_expert_frequency(freq: dict[str, Any], run: Path) -> None:

@@ -411,9 +411,16 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
                     return 1
                 if not args.no_figure and result.records:
                     from figures.convergence import convergence_figures_for_run
-                    from figures.runs import read_rates_run
+                    from figures.runs import RunFormatError, read_rates_run
 
-                    figures = convergence_figures_for_run(read_rates_run(out), out)
+                    try:
+                        figures = convergence_figures_for_run(read_rates_run(out), out)
+                    except (OSError, RunFormatError) as err:  # the result files are written
+                        sys.stderr.write(f"{prog}: error: could not draw the figures: "
+                                         f"{getattr(err, 'strerror', None) or err}; the result "
+                                         f"files in {out} are complete (norga-figures {out} "
+                                         "draws the figures later)\n")
+                        return 1
                     record_files(out, figures)
                     written += figures
             near_text = None

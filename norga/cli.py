@@ -34,6 +34,17 @@ def nonempty_path(text: str) -> Path:
     return Path(text)
 
 
+def ascii_int(text: str) -> int:
+    """An integer written with the ASCII digits 0-9 (``int()`` alone also reads fullwidth and
+    other Unicode digits, and ``1_000``)."""
+    stripped = text.strip()
+    body = stripped[1:] if stripped[:1] in "+-" else stripped
+    if not body or not body.isascii() or not body.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer written with the digits 0-9, "
+                                         f"got {text!r}")
+    return int(stripped)
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on."""
     try:

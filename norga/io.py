@@ -23,8 +23,9 @@ CHECKSUMS_FILE = "SHA256SUMS"
 
 __all__ = [
     "CHECKSUMS_FILE", "WriteFailedError", "atomic_write_bytes", "atomic_write_text",
-    "atomic_write_many", "atomic_write_with", "dumps_json", "file_mode", "json_safe",
-    "loads_json", "read_checksums", "record_checksums", "sha256_hex", "verify_checksums",
+    "atomic_write_many", "atomic_write_with", "checksum_problems", "dumps_json", "file_mode",
+    "json_safe", "loads_json", "read_checksums", "record_checksums", "sha256_hex",
+    "verify_checksums",
 ]
 
 
@@ -87,9 +88,20 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[str], objec
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, WriteFailedError):
             raise _failed(path, exc) from exc
+        if isinstance(exc, Exception) and not isinstance(exc, OSError) and _disk_full(path):
+            # a writer (e.g. matplotlib's PNG encoder) that reports a full disk as its own error
+            raise _failed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path.parent)
+    except (OSError, AttributeError):  # AttributeError: a platform without statvfs
+        return False
+    return stats.f_bavail == 0
 
 
 def _failed(path: Path, exc: OSError) -> WriteFailedError:
@@ -196,6 +208,42 @@ def record_checksums(folder: str | os.PathLike[str], files: dict[str, bytes]) ->
                       "".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
 
 
+def checksum_problems(folder: str | os.PathLike[str], names: Iterable[str], *,
+                      require_sums: bool = False) -> list[str]:
+    """Every reason a file of ``names`` in ``folder`` does not match ``SHA256SUMS`` (one line
+    each; empty when all match).
+
+    A file that exists but has no entry, or whose SHA-256 differs, is reported; so is a file
+    that ``SHA256SUMS`` lists but that no longer exists. Files that neither exist nor are
+    listed are skipped (callers check for required files themselves). Without ``SHA256SUMS``
+    nothing can be verified: that is reported when ``require_sums``, else the folder is trusted
+    (one written before checksums existed).
+    """
+    folder = Path(folder)
+    if not (folder / CHECKSUMS_FILE).exists():
+        return [f"{CHECKSUMS_FILE} is missing, so its files cannot be verified"] \
+            if require_sums else []
+    sums = read_checksums(folder)
+    problems: list[str] = []
+    for name in names:
+        path = folder / name
+        if not path.exists():
+            if name in sums:
+                problems.append(f"{name} is listed in {CHECKSUMS_FILE} but missing")
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            problems.append(f"{name} is unreadable ({exc.strerror})")
+            continue
+        if name not in sums:
+            problems.append(f"{name} has no entry in {CHECKSUMS_FILE}")
+        elif sha256_hex(data) != sums[name]:
+            problems.append(f"{name} does not match its SHA-256 in {CHECKSUMS_FILE} (edited, "
+                            "corrupted or truncated)")
+    return problems
+
+
 def verify_checksums(folder: str | os.PathLike[str], names: Iterable[str]) -> str | None:
     """``None`` if every existing file of ``names`` matches ``SHA256SUMS``, else why not.
 
@@ -204,20 +252,5 @@ def verify_checksums(folder: str | os.PathLike[str], names: Iterable[str]) -> st
     Files that do not exist are skipped (callers check for required files themselves).
     """
     folder = Path(folder)
-    if not (folder / CHECKSUMS_FILE).exists():
-        return None
-    sums = read_checksums(folder)
-    for name in names:
-        path = folder / name
-        if not path.exists():
-            continue
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            return f"{name} is unreadable ({exc.strerror})"
-        if name not in sums:
-            return f"{name} has no entry in {CHECKSUMS_FILE}"
-        if sha256_hex(data) != sums[name]:
-            return (f"{name} does not match its SHA-256 in {CHECKSUMS_FILE} (edited, corrupted "
-                    "or truncated)")
-    return None
+    problems = checksum_problems(folder, [n for n in names if (folder / n).exists()])
+    return problems[0] if problems else None

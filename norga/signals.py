@@ -102,7 +102,8 @@ def stop_workers(grace: float = 3.0) -> None:
 
 def run_main(main: Callable[[Sequence[str] | None], int], prog: str,
              argv: Sequence[str] | None = None) -> int:
-    """``main(argv)`` with clean handling of Ctrl-C and SIGTERM (see the module docstring)."""
+    """``main(argv)`` with clean handling of Ctrl-C and SIGTERM (see the module docstring);
+    an ``OSError`` that reaches it (a write that failed) is one line on stderr and exit 1."""
     previous = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return main(argv)
@@ -118,6 +119,18 @@ def run_main(main: Callable[[Sequence[str] | None], int], prog: str,
         sys.stderr.write(f"\n{prog}: {MESSAGE}\n")
         sys.stderr.flush()
         return 128 + int(signum)
+    except BrokenPipeError:  # the reader of the output went away (e.g. `| head`): quietly
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 1
+    except OSError as exc:  # a fault no command caught itself (full disk, permissions): one line
+        sys.stdout.flush()
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in \
+            str(exc.strerror) else ""
+        sys.stderr.write(f"{prog}: error: {exc.strerror or exc}{where}\n")
+        return 1
     finally:
         signal.signal(signal.SIGINT, previous[0])
         signal.signal(signal.SIGTERM, previous[1])

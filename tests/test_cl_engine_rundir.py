@@ -100,13 +100,15 @@ def test_runtime_keys_may_change_and_new_keys_count_with_their_defaults(tmp_path
 def test_a_damaged_or_foreign_config_json_is_refused(tmp_path, finished):
     out = _copy(finished, tmp_path / "run")
     cfg = tiny_cfg("hide")
+    shutil.rmtree(out / "checkpoints")  # no checkpoint to check config.json against
     text = (out / "config.json").read_text()
     (out / "config.json").write_text(text.replace('"seed": 11', '"seed": 12'))
     _refused(out, cfg, f"--out {out}: config.json does not match its SHA-256 in SHA256SUMS")
-    _refused(out, cfg, "; restore it, use another --out or pass --overwrite")
+    _refused(out, cfg, "; restore config.json from a backup, or pass --overwrite (no "
+             "checkpoint holds a configuration")
     write_result_file(out, "config.json", "{not json")
-    _refused(out, cfg, f"--out {out} holds an unreadable config.json; use another --out or "
-             "pass --overwrite")
+    _refused(out, cfg, f"--out {out}: config.json is not readable JSON; "
+             "restore config.json")
     write_result_file(out, "config.json", json.dumps({"kind": "rates", "seed": 1}))
     _refused(out, cfg, f"--out {out} holds a rates run, not a CL run; use another --out")
     write_result_file(out, "config.json", json.dumps({"method": "hide"}))
@@ -195,30 +197,60 @@ def test_resolve_device_on_this_machine_and_with_two_gpus(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- memory
-def _need(cfg, num_tasks: int) -> int:
-    """The documented lower bound for the tiny ViT (dim 128, depth 6, 16 patches + CLS)."""
+def _parts(cfg, num_tasks: int, num_classes: int) -> dict[str, int]:
+    """The documented lower bound for the tiny ViT (dim 128, depth 6, 16 patches + CLS), by
+    the field that scales each part."""
     dim, depth, tokens = 128, 6, cfg.prompt_length + 16 + 1
-    prompts = num_tasks * len(cfg.prompt_layers) * 2 * cfg.prompt_length * dim * 4 * 4
+    prompts = num_tasks * max(len(cfg.prompt_layers), 1) * 2 * cfg.prompt_length * dim * 4 * 4
     activations = cfg.batch_size * tokens * dim * depth * 4 * 2
-    return prompts + activations + 4 * tokens * (cfg.prompt_length + 8)
+    widths = [dim, *(dim * m for m in cfg.tii_mlp), dim]
+    tii = sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1)) * 16 \
+        + cfg.batch_size * max(widths) * 8
+    return {"prompt_length": prompts + activations + 4 * tokens * (cfg.prompt_length + 8),
+            "tii_mlp": tii,
+            "tap_samples_mult": cfg.tap_samples_mult * cfg.batch_size * num_classes * dim * 4}
+
+
+def _need(cfg, num_tasks: int, num_classes: int = 0) -> int:
+    return sum(_parts(cfg, num_tasks, num_classes).values())
 
 
 def test_memory_bound_refuses_exactly_above_the_machine(tmp_path, monkeypatch):
     cfg = tiny_cfg("hide")
-    need = _need(cfg, T)
+    classes = tiny_bench(cfg).num_classes
+    parts = _parts(cfg, T, classes)
+    need = sum(parts.values())
     engine = sys.modules[_check_memory.__module__]
     monkeypatch.setattr(engine, "total_memory", lambda: need - 1)
     with pytest.raises(ConfigError) as info:
         run_experiment(cfg, tmp_path / "x")
-    assert str(info.value) == (
-        f"prompt_length: {cfg.prompt_length} (with {len(cfg.prompt_layers)} prompt layers, "
-        f"{T} tasks, batch_size 8) needs at least {gib(need)} of memory; this CPU has "
+    culprit = max(parts, key=parts.__getitem__)
+    assert str(info.value).startswith(f"{culprit}: ")
+    assert str(info.value).endswith(
+        f" needs at least {gib(parts[culprit])} of memory ({gib(need)} in all); this CPU has "
         f"{gib(need - 1)}")
     assert not (tmp_path / "x").exists()
     monkeypatch.setattr(engine, "total_memory", lambda: need)
     assert run_experiment(cfg, tmp_path / "y", stop_after_task=0).accuracy.shape == (1, T)
     monkeypatch.setattr(engine, "total_memory", lambda: None)  # unknown: not checked
     assert run_experiment(cfg, tmp_path / "z", stop_after_task=0).accuracy.shape == (1, T)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("prompt_length", 10**6, "prompt layers"),
+    ("tii_mlp", [200000], "hidden widths"),
+    ("tap_samples_mult", 10**9, "replayed features"),
+])
+def test_memory_bound_blames_the_size_that_needs_it(field, value, words, monkeypatch):
+    from cl.backbones.loading import build_backbone
+
+    cfg = dataclasses.replace(tiny_cfg("hide"), **{field: value})
+    vit = build_backbone(cfg.backbone, img_size=32, seed=0).model
+    engine = sys.modules[_check_memory.__module__]
+    monkeypatch.setattr(engine, "total_memory", lambda: 2**33)  # 8 GiB
+    with pytest.raises(ConfigError) as info:
+        _check_memory(cfg, 4, vit, torch.device("cpu"), 10)
+    assert info.value.field == field and words in str(info.value)
 
 
 def test_memory_bound_of_a_cuda_device_and_of_a_model_without_prompt_layers(monkeypatch):
@@ -229,15 +261,16 @@ def test_memory_bound_of_a_cuda_device_and_of_a_model_without_prompt_layers(monk
     need = _need(cfg, 4)
     props = SimpleNamespace(total_memory=need - 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
-    with pytest.raises(ConfigError, match=r"memory; this CUDA has"):
+    with pytest.raises(ConfigError, match=r"memory \(.* in all\); this CUDA has"):
         _check_memory(cfg, 4, vit, torch.device("cuda"))
     props.total_memory = need
     _check_memory(cfg, 4, vit, torch.device("cuda"))
     # no prompt layers still counts one layer of prompts
     none = dataclasses.replace(cfg, prompt_layers=[])
-    props.total_memory = need - (len(cfg.prompt_layers) - 1) * 4 * 2 * cfg.prompt_length * \
-        128 * 16 - 1
-    with pytest.raises(ConfigError, match="with 0 prompt layers"):
+    props.total_memory = _need(none, 4) - 1
+    assert _need(none, 4) == need - (len(cfg.prompt_layers) - 1) * 4 * 2 * cfg.prompt_length \
+        * 128 * 16
+    with pytest.raises(ConfigError, match="memory"):
         _check_memory(none, 4, vit, torch.device("cuda"))
     props.total_memory += 1
     _check_memory(none, 4, vit, torch.device("cuda"))

@@ -146,12 +146,14 @@ def test_edited_accuracy_matrix_is_detected_skipped_by_figures_and_recomputed(
     read_cl_run(run)  # trusted again
 
 
-def test_edited_config_json_is_refused(clis, run, capsys):
+def test_edited_config_json_without_checkpoints_is_refused(clis, run, capsys):
     text = (run / "config.json").read_text().replace('"reg": 0.1', '"reg": 0.2')
     (run / "config.json").write_text(text)
+    shutil.rmtree(run / "checkpoints")  # with them, config.json is checked against them
     before = _tree(run)
     code, err, _ = _main(clis["cl"], [*TINY, "--seed", "3", "--out", str(run)], capsys)
     assert code == 2 and len(err) == 1 and "config.json does not match its SHA-256" in err[0]
+    assert "--overwrite" in err[0] and "no finished task is lost" in err[0]
     assert _tree(run) == before
 
 

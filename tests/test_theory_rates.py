@@ -137,10 +137,10 @@ def test_n_grid_and_config_validation():
 
 def test_records_of_another_schema_are_never_misread(monkeypatch, tmp_path, caplog):
     """A cache entry from the old fits.csv schema (no status) is recomputed, never misread."""
-    import hashlib
     import json
 
     import moe_theory.rates.sweep as rates
+    from moe_theory.cache import entry_digest
 
     before = rates._source_fingerprint()
     monkeypatch.setattr(rates, "RECORD_KEYS", rates.RECORD_KEYS - {"status"})
@@ -155,8 +155,7 @@ def test_records_of_another_schema_are_never_misread(monkeypatch, tmp_path, capl
     entry = json.loads(entry_path.read_text())
     for row in entry["records"]:  # an old-schema entry with a valid checksum
         del row["status"]
-    canonical = json.dumps(entry["records"], sort_keys=True, separators=(",", ":"))
-    entry["sha256"] = hashlib.sha256(canonical.encode()).hexdigest()
+    entry["sha256"] = entry_digest(entry["inputs"], entry["records"])
     entry_path.write_text(json.dumps(entry))
     caplog.clear()
     again = run_rates(config, cache_dir=cache)

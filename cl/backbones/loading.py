@@ -120,8 +120,11 @@ def resolve_weights(name: str, weights: str | Path | None = None) -> Path | None
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
+            what = ("is a folder, not a weights file" if path.is_dir() else
+                    "is not a regular file (a device or pipe)" if path.exists() else
+                    "not found")
             raise BackboneWeightsError(
-                f"backbone {name!r}: weights file {str(path)!r} not found; {spec.how_to_get()}"
+                f"backbone {name!r}: weights file {str(path)!r} {what}; {spec.how_to_get()}"
             )
         return path
     local = weights_dir() / str(spec.filename)

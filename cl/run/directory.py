@@ -46,18 +46,21 @@ from cl.config import CLConfig, config_from_dict
 from cl.run.files import (
     CHECKSUMS_FILE,
     CheckpointError,
+    WriteFailedError,
     accuracy_matrix_csv,
     json_line,
     json_text,
     load_checkpoint,
+    read_checksums,
     record_checksum,
+    sha256_hex,
     sidecar_path,
     torch_save_atomic,
     write_result_file,
     write_text_atomic,
 )
 from norga.cli import output_dir_problem
-from norga.io import verify_checksums
+from norga.io import checksum_problems
 from norga.runlock import RunLockedError, run_lock
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,9 @@ RUN_FILES = ("config.json", "env.json", "class_order.json", "accuracy_matrix.csv
 # Result files verified against SHA256SUMS before a finished or resumed run is trusted. log.jsonl
 # grows during a run (its sum is refreshed after every task), so it is not among them.
 CHECKED_FILES = tuple(n for n in RUN_FILES if n not in ("log.jsonl", CHECKSUMS_FILE))
+# Files every finished run has (the rest depend on the method).
+REQUIRED_FILES = ("config.json", "env.json", "class_order.json", "accuracy_matrix.csv",
+                  "metrics.json")
 # --overwrite builds the new run here and moves it into the run directory once its first task
 # is checkpointed; until then the old run stays untouched.
 STAGING = ".overwrite"
@@ -128,7 +134,11 @@ class _JsonlLog:
                 record = json.loads(line)
             except ValueError:  # a line half-written when the process was killed
                 continue
-            if isinstance(record, dict) and record.get("task", -1) <= last_task:
+            if not isinstance(record, dict):
+                continue
+            task = record.get("task", -1)
+            # a hand-added or foreign line ({"task": null}) belongs to no task: it is kept
+            if not isinstance(task, int | float) or isinstance(task, bool) or task <= last_task:
                 kept.append(line)
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         record_checksum(self.path.parent, self.path.name)
@@ -136,8 +146,15 @@ class _JsonlLog:
     def __call__(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json_line({"time": round(time.time(), 3), **record}) + "\n")
+        line = json_line({"time": round(time.time(), 3), **record}) + "\n"
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)
+        except OSError as exc:  # full disk, run directory deleted, log.jsonl not a file
+            reason = exc.strerror or type(exc).__name__
+            raise WriteFailedError(exc.errno, f"could not append to {self.path}: {reason}; the "
+                                   "checkpoints and result files written so far are intact"
+                                   ) from None
 
 
 # ---------------------------------------------------------------------------- run directory
@@ -146,18 +163,97 @@ def _check_usable(out: Path) -> None:
     problem = output_dir_problem(out)
     if problem:
         raise RunDirError(f"--out {problem}")
+    # a run file that is a folder, or a checkpoints "folder" that is a file, fails every resume
+    # the same way: refused here, naming it, instead of a write error mid-run
+    checkpoints = out / "checkpoints"
+    if checkpoints.exists() and not checkpoints.is_dir():
+        raise RunDirError(f"--out {out}: {checkpoints} is a file, not the checkpoints folder; "
+                          "move it away (nothing else there is changed)")
+    for name in RUN_FILES:
+        if (out / name).is_dir():
+            raise RunDirError(f"--out {out}: {out / name} is a folder, not the run's {name}; "
+                              "move it away (nothing else there is changed)")
+
+
+def _checkpoint_config(out: Path) -> tuple[dict[str, Any], str] | None:
+    """The configuration saved in the newest checkpoint that passes its checksum (and its
+    file name), or ``None``. Read-only: nothing is set aside here."""
+    found = []
+    for path in (out / "checkpoints").glob("task_*.pt"):
+        try:
+            found.append((int(path.stem.split("_")[1]), path))
+        except (IndexError, ValueError):
+            continue
+    for _, path in sorted(found, reverse=True):
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError:
+            continue
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("config"), dict):
+            return ckpt["config"], path.name
+    return None
+
+
+def _read_config_json(path: Path) -> Any:
+    """The JSON value in ``path`` (``None`` when it is not JSON; any other value is reported
+    by :func:`_check_same_config` as a non-CL run)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _saved_config(out: Path) -> Any:
+    """The configuration of the run in ``out``: ``config.json`` when it verifies, else the one
+    its newest good checkpoint holds (``config.json`` is then rewritten by the resumed run);
+    ``None`` when ``out`` holds neither.
+
+    Raises
+    ------
+    RunDirError
+        ``config.json`` was edited or damaged (its SHA-256 differs, or it cannot be read) and
+        no checkpoint holds a configuration to fall back to.
+    """
+    path = out / "config.json"
+    problem = edited = None
+    saved = _read_config_json(path) if path.exists() else None
+    if path.exists():
+        sums = read_checksums(out)
+        try:
+            digest = sha256_hex(path.read_bytes())
+        except OSError as exc:
+            digest, edited = "", f"config.json is unreadable ({exc.strerror})"
+        if edited is None and "config.json" in sums and digest != sums["config.json"]:
+            edited = (f"config.json does not match its SHA-256 in {CHECKSUMS_FILE} (edited, "
+                      "corrupted or truncated)")
+        elif edited is None and saved is None:
+            edited = "config.json is not readable JSON"
+        elif edited is None and "config.json" not in sums:
+            problem = (f"{CHECKSUMS_FILE} is missing" if not (out / CHECKSUMS_FILE).exists()
+                       else f"config.json has no entry in {CHECKSUMS_FILE}")
+        if edited is None and problem is None:
+            return saved
+    fallback = _checkpoint_config(out)
+    if fallback is not None:
+        if edited or problem:
+            log.warning("%s: %s; using the configuration in checkpoint %s instead (config.json "
+                        "is rewritten from it)", out, edited or problem, fallback[1])
+        return fallback[0]
+    if edited:
+        raise RunDirError(
+            f"--out {out}: {edited}; restore config.json from a backup, or pass --overwrite "
+            "(no checkpoint holds a configuration to check it against, so no finished task "
+            "is lost)")
+    if problem:  # only the checksum was lost and no checkpoint exists: the run restarts
+        log.warning("%s: %s and no checkpoint can confirm config.json; the run starts from "
+                    "task 0", out, problem)
+    return saved
 
 
 def _check_same_config(out: Path, cfg: CLConfig) -> None:
-    problem = verify_checksums(out, ["config.json"])
-    if problem:
-        raise RunDirError(f"--out {out}: {problem}; restore it, use another --out or pass "
-                          "--overwrite")
-    try:
-        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise RunDirError(f"--out {out} holds an unreadable config.json; use another --out or "
-                          "pass --overwrite") from None
+    saved = _saved_config(out)
+    if saved is None:
+        return
     if not isinstance(saved, dict) or "method" not in saved or "dataset" not in saved:
         kind = saved.get("kind", "non-CL") if isinstance(saved, dict) else "non-CL"
         raise RunDirError(f"--out {out} holds a {kind} run, not a CL run; use another --out")
@@ -190,7 +286,7 @@ def locked_run_dir(out: Path, cfg: CLConfig, *, overwrite: bool, main: bool) -> 
         yield
         return
     _check_usable(out)
-    if not overwrite and (out / "config.json").exists():
+    if not overwrite and _has_run(out):
         _check_same_config(out, cfg)
     with contextlib.ExitStack() as stack:
         try:
@@ -283,21 +379,31 @@ def _prepare(out: Path, cfg: CLConfig, overwrite: bool, num_tasks: int) -> dict[
                     "staging": True}
     elif (out / "metrics.json").exists():
         _check_same_config(out, cfg)
-        problem = verify_checksums(out, CHECKED_FILES)
-        if problem is None:
+        problems = _finished_run_problems(out)
+        if not problems:
             try:
                 return {"status": "finished", "result": _load_finished(out)}
-            except (ValueError, KeyError, TypeError) as exc:
-                problem = f"metrics.json cannot be parsed ({type(exc).__name__})"
-        log.warning("%s: %s; recomputing the results from the last good checkpoint", out,
-                    problem)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                problems = [f"metrics.json cannot be parsed ({type(exc).__name__})"]
+        log.warning("%s: %s; recomputing the results from the last good checkpoint (they "
+                    "derive from it; nothing is retrained when it is the final one)", out,
+                    "; ".join(problems))
         (out / "metrics.json").replace(out / "metrics.json.corrupt")
-    elif (out / "config.json").exists():
+    elif _has_run(out):
         _check_same_config(out, cfg)
     _remove_stale_temporaries(out)
     t, path, ckpt, problems = _latest_good_checkpoint(out, num_tasks)
     return {"status": "run", "task": t, "path": str(path) if path else None, "ckpt": ckpt,
             "skipped": problems, "staging": False}
+
+
+def _finished_run_problems(out: Path) -> list[str]:
+    """Why the results of a finished run in ``out`` cannot be trusted as they are (empty when
+    they can): ``SHA256SUMS`` missing, a result file missing, or one that does not verify."""
+    missing = [name for name in REQUIRED_FILES if not (out / name).exists()]
+    present = [name for name in CHECKED_FILES if name not in missing]
+    return ([f"{name} is missing" for name in missing]
+            + checksum_problems(out, present, require_sums=True))
 
 
 def write_run_files(work: Path, cfg: CLConfig, env: dict[str, Any],

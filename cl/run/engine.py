@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from cl import metrics as M
 from cl.backbones.loading import build_backbone
-from cl.config import CLConfig
+from cl.config import CLConfig, method_uses
 from cl.data import registry
 from cl.data.base import Benchmark
 from cl.data.registry import build_benchmark
@@ -117,11 +117,34 @@ def _build_benchmark(cfg: CLConfig) -> Benchmark:
         raise ConfigError("dataset_options", str(exc)) from None
 
 
+def _check_data_sizes(cfg: CLConfig, bench: Benchmark) -> None:
+    """Refuse sizes the data cannot support, which would otherwise fail every resume the same
+    way: a task whose test set is empty (its accuracy is undefined), and more k-means clusters
+    per class (``n_centroids``) than a class has training images (the class statistics become
+    NaN after the first task)."""
+    if cfg.stats_method == "multi-centroid" and method_uses(cfg.method, "n_centroids"):
+        for c in range(bench.num_classes):
+            have = len(bench.train_eval.indices_of([c]))
+            if have < cfg.n_centroids:
+                raise ConfigError("n_centroids", f"{cfg.n_centroids} clusters per class, but "
+                                  f"class {c} has {have} training images; allowed: 1 to "
+                                  f"{have}")
+    for t, classes in enumerate(bench.task_classes):
+        if len(bench.test.indices_of(classes)) == 0:
+            raise ConfigError(
+                "dataset_options", f"task {t} has no test images (classes "
+                f"{', '.join(map(str, classes[:6]))}{', ...' if len(classes) > 6 else ''}), so "
+                "its accuracy would be undefined; give every class test images (e.g. "
+                "test_per_class >= 1)")
+
+
 def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
-                  device: torch.device) -> None:
-    """Refuse a configuration whose memory would exceed the machine's (a lower bound: prompts
-    of every task with gradients and two optimizer moments, the token activations and the
-    fused attention's helper matrix, which grows with the square of ``prompt_length``)."""
+                  device: torch.device, num_classes: int = 0) -> None:
+    """Refuse a configuration whose memory would exceed the machine's (a lower bound of every
+    size that scales an allocation: prompts of every task with gradients and two optimizer
+    moments, the token activations at the backbone's image size, the fused attention's helper
+    matrix, which grows with the square of ``prompt_length``, the TII MLP of ``tii_mlp`` with its
+    optimizer state, and the ``tap_samples_mult * batch_size`` replayed features per class)."""
     dim = int(getattr(vit, "embed_dim", 0) or 0)
     depth = len(getattr(vit, "blocks", ()))
     patches = getattr(getattr(vit, "patch_embed", None), "num_patches", 0) or 0
@@ -130,16 +153,31 @@ def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
     activations = cfg.batch_size * tokens * dim * depth * 4 * 2
     # the fused prefix attention builds a (prompt + tokens) x (prompt + width) helper matrix
     helper = 4 * tokens * (cfg.prompt_length + 8)
-    need = prompts + activations + helper
+    widths = [dim, *(dim * int(m) for m in cfg.tii_mlp), dim]
+    tii = (sum(a * b for a, b in zip(widths, widths[1:], strict=False)) * 4 * 4
+           + cfg.batch_size * max(widths) * 4 * 2)
+    replay = cfg.tap_samples_mult * cfg.batch_size * num_classes * dim * 4
+    parts = {"prompt_length": prompts + activations + helper, "tii_mlp": tii,
+             "tap_samples_mult": replay}
+    need = sum(parts.values())
     if device.type == "cuda":
         have: int | None = torch.cuda.get_device_properties(device).total_memory
     else:
         have = total_memory()
     if have is not None and need > have:
+        culprit = max(parts, key=parts.__getitem__)
+        detail = {
+            "prompt_length": f"{cfg.prompt_length} (with {len(cfg.prompt_layers)} prompt "
+                             f"layers, {num_tasks} tasks, batch_size {cfg.batch_size}, "
+                             f"{tokens} tokens)",
+            "tii_mlp": f"{list(cfg.tii_mlp)} (hidden widths {widths[1:-1]} of a {dim}-wide "
+                       "feature)",
+            "tap_samples_mult": f"{cfg.tap_samples_mult} (x batch_size {cfg.batch_size} "
+                                f"replayed features for each of {num_classes} classes)",
+        }[culprit]
         raise ConfigError(
-            "prompt_length", f"{cfg.prompt_length} (with {len(cfg.prompt_layers)} prompt layers, "
-            f"{num_tasks} tasks, batch_size {cfg.batch_size}) needs at least {gib(need)} of "
-            f"memory; this {device.type.upper()} has {gib(have)}")
+            culprit, f"{detail} needs at least {gib(parts[culprit])} of memory ({gib(need)} in "
+            f"all); this {device.type.upper()} has {gib(have)}")
 
 
 def _build_method(cfg: CLConfig, vit: torch.nn.Module, bench: Benchmark, device: torch.device,
@@ -250,7 +288,8 @@ def evaluate_task(
             shape = expert_counts.shape
             expert_counts = torch.tensor(ctx.all_sum(expert_counts.flatten().tolist())).long()
             expert_counts = expert_counts.reshape(shape)
-    pct = 100.0 / max(n, 1)
+    # an accuracy over no images is undefined, never 0 % (_check_data_sizes refuses such runs)
+    pct = 100.0 / n if n else math.nan
     return {
         "acc": correct * pct,
         "tii": tii_correct * pct if full and no_tii == 0 else math.nan,
@@ -435,9 +474,10 @@ def _run_in_group(cfg: CLConfig, out: Path, device: torch.device, ctx: DistConte
     if stop_after_task is not None and not 0 <= stop_after_task < T:
         raise ConfigError("stop_after_task", f"{stop_after_task} is not a task of this "
                           f"benchmark; allowed: 0 to {T - 1}")
+    _check_data_sizes(cfg, bench)
     backbone = build_backbone(cfg.backbone, weights=cfg.weights, img_size=bench.image_size,
                               seed=cfg.seed)
-    _check_memory(cfg, T, backbone.model, device)
+    _check_memory(cfg, T, backbone.model, device, bench.num_classes)
     jsonl = _JsonlLog(out / "log.jsonl", enabled=ctx.is_main)
     method = _build_method(cfg, backbone.model, bench, device, progress, jsonl)
 

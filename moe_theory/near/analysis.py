@@ -58,15 +58,24 @@ def _mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, flo
 def slope_fit(n: np.ndarray, loss: np.ndarray,
               capped: np.ndarray | None = None) -> dict[str, object]:
     """Slope of the geometric mean of ``L_1`` against n (:func:`moe_theory.inference.fit_rate`),
-    its 95% CI, intercept and the capped-fits flag; ``None`` with fewer than three n."""
-    n = np.asarray(n, float)
+    its 95% CI, intercept and the capped-fits flag; ``None`` with fewer than three n.
+
+    Fits whose ``L_1`` is not finite and positive (diverged, or exact) are left out and counted
+    as ``n_excluded`` (present only when > 0), so one bad fit never loses the sweep.
+    """
+    n, loss = np.asarray(n, float), np.asarray(loss, float)
+    usable = np.isfinite(loss) & (loss > 0)
+    excluded = {} if usable.all() else {"n_excluded": int((~usable).sum())}
+    n, loss = n[usable], loss[usable]
+    if capped is not None:
+        capped = np.asarray(capped)[usable]
     if len(np.unique(n)) < 3:
         return None
-    res = fit_rate(n, np.asarray(loss, float), capped=capped)
+    res = fit_rate(n, loss, capped=capped)
     lo, hi = res.conf_int(0.05)
     return {"slope": float(res.slope), "ci": [float(lo), float(hi)],
             "intercept": float(res.intercept), "capped_flag": res.capped_flag,
-            "method": "inference.fit_rate (slope of the geometric mean)"}
+            "method": "inference.fit_rate (slope of the geometric mean)", **excluded}
 
 
 def merged(row: dict[str, object]) -> bool:

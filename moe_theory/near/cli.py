@@ -21,6 +21,8 @@ NEAR_NOISE_SD = 0.001
 
 def _positive_float(text: str) -> float:
     try:
+        if not text.isascii():  # float() would read fullwidth digits
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
@@ -29,10 +31,24 @@ def _positive_float(text: str) -> float:
     return value
 
 
+#: The noise sd ``--noise-sd`` accepts. Responses are O(1): below the lower end the fits are
+#: exact to rounding (zero losses, no rate to measure); above the upper end the noise swamps the
+#: signal by orders of magnitude (fits diverge, and squares of the noise overflow near 1e154).
+NOISE_SD_RANGE = (1e-8, 100.0)
+
+
+def _noise_sd(text: str) -> float:
+    value = _positive_float(text)
+    lo, hi = NOISE_SD_RANGE
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; allowed: {lo:g} to {hi:g}")
+    return value
+
+
 def add_near_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of E5 (and ``--noise-sd``, shared with E1-E3)."""
     p.add_argument(
-        "--noise-sd", type=_positive_float, default=None,
+        "--noise-sd", type=_noise_sd, default=None,
         help=f"noise sd of the data (default 0.1 for E1-E3, {NEAR_NOISE_SD} for near: at 0.1 "
         "the parametric regime of linear gating at t = 0.4 lies beyond n = 1e9)",
     )

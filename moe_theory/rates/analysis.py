@@ -7,6 +7,7 @@ section 7; :func:`rate_verdict` words the outcome.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -107,6 +108,9 @@ class GroupAnalysis:
         Fits per status of :data:`~moe_theory.estimate.FIT_STATUSES`, in that order.
     n_fits, n_at_bound:
         Fits, and fits that ended at the parameter bound.
+    n_excluded:
+        Fits left out of the slopes and statistics: non-finite or zero ``L_1`` or L2 error
+        (:func:`usable_fit`).
     fisher:
         :class:`FisherCheck` (exact setting) or ``None``.
     verdict:
@@ -134,6 +138,7 @@ class GroupAnalysis:
     n_at_bound: int
     fisher: FisherCheck | None
     verdict: str
+    n_excluded: int = 0
 
     def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
         """CI of the ``L_1`` slope at level ``1 - alpha`` (default 95%)."""
@@ -175,6 +180,8 @@ class GroupAnalysis:
             **{f"n_{status}": count for status, count in self.status_counts},
             "n_at_bound": self.n_at_bound,
         }
+        if self.n_excluded:  # (absent when 0: the summary.json of every clean sweep is unchanged)
+            entry["n_excluded"] = self.n_excluded
         if self.fisher is None:
             entry.update({"fisher_C": None, "fisher_C_sum": None})
         else:
@@ -186,9 +193,38 @@ class GroupAnalysis:
         return entry
 
 
+class NoRateError(ValueError):
+    """Too few usable fits of one (setting, gate) to fit a slope; the fits themselves are kept."""
+
+
+def usable_fit(record: FitRecord) -> bool:
+    """Whether a fit enters the slopes: its ``L_1`` and L2 error are finite and positive.
+
+    A diverged fit (``nan``/``inf``) or an exact one (zero loss, e.g. at a vanishing noise
+    level) has no logarithm; it stays in ``fits.csv`` and is counted as ``n_excluded``.
+    """
+    values = (record.voronoi_loss, record.l2_error)
+    return all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in values)
+
+
 def analyse_group(config: RateConfig, rows: list[FitRecord]) -> GroupAnalysis:
-    """Rate inference (spec 5.4) of the fits ``rows`` of one (setting, gate) of ``config``."""
+    """Rate inference (spec 5.4) of the fits ``rows`` of one (setting, gate) of ``config``.
+
+    Fits that are not :func:`usable_fit` are left out of every slope and statistic and counted
+    (``n_excluded``); ``n_fits`` and the status counts cover all fits.
+
+    Raises
+    ------
+    NoRateError
+        Fewer than two values of n keep a usable fit.
+    """
     setting, gate = rows[0].setting, rows[0].gate
+    all_rows, rows = rows, [r for r in rows if usable_fit(r)]
+    if len({r.n for r in rows}) < 2:
+        raise NoRateError(
+            f"{setting}/{gate}: only {len(rows)} of {len(all_rows)} fits have a finite, "
+            f"positive L_1 and L2 error, at {len({r.n for r in rows})} value(s) of n; a slope "
+            "needs two")
     n = np.array([r.n for r in rows])
     n_all = np.unique(n)
     n_used = n_all[n_all >= config.fit_n_min]
@@ -219,7 +255,7 @@ def analyse_group(config: RateConfig, rows: list[FitRecord]) -> GroupAnalysis:
             if len(np.unique(n[used][pos])) >= 3
             else None
         )
-    status = [r.status for r in rows]
+    status = [r.status for r in all_rows]
     fisher = None
     if setting == "exact":
         pred = fisher_prediction(config.truth(setting, gate), config.noise_sd)
@@ -270,8 +306,9 @@ def analyse_group(config: RateConfig, rows: list[FitRecord]) -> GroupAnalysis:
             for v in n_all
         ),
         status_counts=tuple((s, status.count(s)) for s in FIT_STATUSES),
-        n_fits=len(rows),
-        n_at_bound=sum(bool(r.at_bound) for r in rows),
+        n_fits=len(all_rows),
+        n_at_bound=sum(bool(r.at_bound) for r in all_rows),
+        n_excluded=len(all_rows) - len(rows),
         fisher=fisher,
         verdict=rate_verdict(
             expected=EXPECTED_SLOPE[setting],

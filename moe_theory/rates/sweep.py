@@ -37,7 +37,7 @@ from moe_theory.estimate import (
     fit_restarts,
     near_truth_starts,
 )
-from moe_theory.fit_record import FitRecord
+from moe_theory.fit_record import FitRecord, check_row
 from moe_theory.gates import GATES, Gate
 from moe_theory.inference import RateFit
 from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_residual
@@ -45,6 +45,7 @@ from moe_theory.model import EXPERTS, PrefixMoE, n_params, regression
 from moe_theory.rates.analysis import (
     FisherCheck,
     GroupAnalysis,
+    NoRateError,
     PerNStats,
     analyse_group,
     rate_verdict,
@@ -277,9 +278,26 @@ class RateResult:
         return [r for r in self.records if r.setting == setting and r.gate == gate]
 
     @functools.cached_property
+    def _analysed(self) -> tuple[dict[tuple[str, str], GroupAnalysis], dict[str, str]]:
+        done: dict[tuple[str, str], GroupAnalysis] = {}
+        no_rate: dict[str, str] = {}
+        for s, g in self.groups():
+            try:
+                done[(s, g)] = analyse_group(self.config, self.rows(s, g))
+            except NoRateError as exc:  # the fits stay in fits.csv; the others are analysed
+                no_rate[f"{s}/{g}"] = str(exc)
+        return done, no_rate
+
+    @property
     def analysis(self) -> dict[tuple[str, str], GroupAnalysis]:
-        """:class:`GroupAnalysis` per (setting, gate) of :meth:`groups` (computed once)."""
-        return {(s, g): analyse_group(self.config, self.rows(s, g)) for s, g in self.groups()}
+        """:class:`GroupAnalysis` per (setting, gate) of :meth:`groups` (computed once); a pair
+        with too few usable fits for a slope is left out and named in :attr:`no_rate`."""
+        return self._analysed[0]
+
+    @property
+    def no_rate(self) -> dict[str, str]:
+        """``"setting/gate"`` -> why no slope could be fitted (too few usable fits)."""
+        return self._analysed[1]
 
     def group(self, setting: str, gate: str) -> GroupAnalysis:
         """The analysis of one (setting, gate); ``KeyError`` naming the pairs present."""
@@ -307,11 +325,17 @@ class RateResult:
 
     def summary_dict(self) -> dict[str, object]:
         """The content of ``summary.json``."""
-        return summary_dict(self.analysis.values())
+        summary = summary_dict(self.analysis.values())
+        if self.no_rate:  # (absent when empty: clean sweeps keep their summary.json)
+            summary["no_rate"] = dict(self.no_rate)
+        return summary
 
     def summary(self) -> str:
         """Readable report: per setting the theorem, the slopes with CIs, the verdict."""
-        return summary_text(self.config, self.analysis.values(), self.mechanism)
+        text = summary_text(self.config, self.analysis.values(), self.mechanism)
+        for why in self.no_rate.values():
+            text += f"\nno slope for {why} (its fits are in fits.csv)"
+        return text
 
 
 def exit_with_parent(parent: int, poll: float = 1.0) -> None:
@@ -420,7 +444,8 @@ def run_rates(
     check_choice("backend", backend, BACKENDS)
     fingerprint = _source_fingerprint()
     tasks = plan_tasks(config)
-    cache = FitCache(cache_dir, tuple(sorted(RECORD_KEYS))) if cache_dir is not None else None
+    cache = (FitCache(cache_dir, tuple(sorted(RECORD_KEYS)), check=check_row)
+             if cache_dir is not None else None)
     blocks: list[list[FitRecord]] = []
     todo = []
     for s, g, n, b in tasks:
