@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +22,8 @@ from torch.utils.data import DataLoader
 from cl.methods.base import LogFn, Method, ProgressFn, Task
 from cl.methods.losses import class_mask, masked_logits
 from cl.numerics import check_finite_loss
+from cl.options import CLConfig
 from cl.stats.gaussian import GaussianClassStats
-
-if TYPE_CHECKING:  # annotations only: cl.config imports every method module
-    from cl.config import CLConfig
 
 
 def optimizer_step(
