@@ -2,9 +2,9 @@
 Gaussian head alignment, masks for inference and checkpoint restore.
 
 :class:`FrozenViTMethod` is the base of HiDe-Prompt / NoRGa, the key-matched prompt baselines,
-CODA-Prompt and SMoPE. Its constructor takes the engine's arguments, resolves
-``config.method_options`` with :meth:`FrozenViTMethod.resolve_options` (the same check that
-:meth:`cl.config.CLConfig.validate` runs before a run directory is written) and then calls the
+CODA-Prompt and SMoPE. Its constructor takes the engine's arguments, takes the method's typed
+options from ``config.method_options`` (:meth:`cl.methods.base.Method.resolve_options`: checked
+again, and a plain mapping turned into the method's ``options_type``) and then calls the
 subclass's :meth:`FrozenViTMethod._build`.
 """
 
@@ -81,8 +81,9 @@ class FrozenViTMethod(Method):
     Parameters
     ----------
     config:
-        Resolved run configuration; method hyperparameters are read from
-        ``config.method_options`` (names and defaults: :attr:`option_defaults`).
+        Resolved run configuration; the method's hyperparameters are its typed options,
+        ``config.method_options`` (an instance of :attr:`options_type`, kept as
+        ``self.options``).
     vit:
         Frozen timm ``VisionTransformer`` (``num_classes=0``).
     num_classes:

@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from cl import metrics as M
 from cl.backbones.loading import build_backbone
-from cl.config import CLConfig
 from cl.data import registry
 from cl.data.base import Benchmark
 from cl.data.registry import build_benchmark
 from cl.errors import ConfigError
 from cl.methods.base import Method, Task, get_method
 from cl.numerics import NonFiniteLossError
+from cl.options import CLConfig, MethodOptions
 
 # RunDirError, load_config, ...: re-exported, cl.run.engine's public API
 from cl.run.directory import (
@@ -125,11 +125,15 @@ def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
     dim = int(getattr(vit, "embed_dim", 0) or 0)
     depth = len(getattr(vit, "blocks", ()))
     patches = getattr(getattr(vit, "patch_embed", None), "num_patches", 0) or 0
-    tokens = cfg.prompt_length + int(patches) + 1
-    prompts = num_tasks * max(len(cfg.prompt_layers), 1) * 2 * cfg.prompt_length * dim * 4 * 4
+    # HiDe-Prompt-style options name their prefix length and layers; other methods count as
+    # prompt-free here (a lower bound)
+    length = int(getattr(cfg.method_options, "prompt_length", 0))
+    layers = list(getattr(cfg.method_options, "prompt_layers", []))
+    tokens = length + int(patches) + 1
+    prompts = num_tasks * max(len(layers), 1) * 2 * length * dim * 4 * 4
     activations = cfg.batch_size * tokens * dim * depth * 4 * 2
     # the fused prefix attention builds a (prompt + tokens) x (prompt + width) helper matrix
-    helper = 4 * tokens * (cfg.prompt_length + 8)
+    helper = 4 * tokens * (length + 8)
     need = prompts + activations + helper
     if device.type == "cuda":
         have: int | None = torch.cuda.get_device_properties(device).total_memory
@@ -137,9 +141,14 @@ def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
         have = total_memory()
     if have is not None and need > have:
         raise ConfigError(
-            "prompt_length", f"{cfg.prompt_length} (with {len(cfg.prompt_layers)} prompt layers, "
+            "method_options.prompt_length", f"{length} (with {len(layers)} prompt layers, "
             f"{num_tasks} tasks, batch_size {cfg.batch_size}) needs at least {gib(need)} of "
             f"memory; this {device.type.upper()} has {gib(have)}")
+
+
+def _option_names(cfg: CLConfig) -> set[str]:
+    options = cfg.method_options
+    return set(options.field_names() if isinstance(options, MethodOptions) else options)
 
 
 def _build_method(cfg: CLConfig, vit: torch.nn.Module, bench: Benchmark, device: torch.device,
@@ -149,9 +158,13 @@ def _build_method(cfg: CLConfig, vit: torch.nn.Module, bench: Benchmark, device:
     try:
         return get_method(cfg.method)(cfg, vit, bench.num_classes, bench.task_classes,
                                       device=device, progress=progress, log=log_fn)
-    except ConfigError:
-        raise  # already names its field
+    except ConfigError as exc:  # names its field; a model names an option by its plain name
+        if exc.field in _option_names(cfg):
+            raise ConfigError(f"method_options.{exc.field}", exc.reason) from None
+        raise
     except ChoiceError as exc:  # a choice checked inside a model: its name is the field if any
+        if exc.name in _option_names(cfg):
+            raise ConfigError(f"method_options.{exc.name}", exc.reason) from None
         if exc.name in cfg.to_dict():
             raise ConfigError(exc.name, exc.reason) from None
         raise ConfigError("method", f"the {cfg.method} model cannot be built with this "
@@ -338,7 +351,7 @@ def final_metrics(
         "seed": cfg.seed,
         "num_tasks": int(acc.shape[1]),
         "test_batch_size": cfg.eval_batch_size,
-        "per_sample_prompts": not cfg.batchwise_prompt,
+        "per_sample_prompts": not getattr(cfg.method_options, "batchwise_prompt", False),
     }
 
 
