@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
@@ -215,12 +216,14 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
 
 
 def _config_error(exc: ConfigError, file_keys: frozenset[str] = frozenset(),
-                  config: str | None = None) -> str:
+                  config: str | None = None, given: Iterable[str] = ()) -> str:
     """``argument FLAG: reason``: the flag that sets ``exc.field`` (``--set FIELD`` for a field
-    without a flag of its own, ``--set method.NAME`` for an option of the method, ``--config
-    FILE`` for a value only the config file gives, named as ``file_keys``). A key of
-    ``dataset_options`` is set with ``--set dataset_options=JSON`` (or ``.KEY=``): the flag names
-    the field and the text keeps the key (``argument --set dataset_options: dataset_options.x:
+    without a flag of its own, ``--config FILE`` for a value only the config file gives, named
+    as ``file_keys``). An option of the method is named as ``--set`` was given it (``given``:
+    the keys of the flags; ``NAME``, ``method.NAME`` or ``method_options.NAME``), else as
+    ``--set method.NAME``. A key of ``dataset_options`` (or one option given in a whole
+    ``method_options`` object) is set with ``--set dataset_options=JSON``: the flag names the
+    field and the text keeps the key (``argument --set dataset_options: dataset_options.x:
     ...``)."""
     head, _, name = exc.field.partition(".")
     if exc.field in file_keys:
@@ -228,7 +231,9 @@ def _config_error(exc: ConfigError, file_keys: frozenset[str] = frozenset(),
     if exc.field in FLAG_OF:
         return f"argument {FLAG_OF[exc.field]}: {exc.reason}"
     if head == "method_options" and name:
-        return f"argument --set method.{name}: {exc.reason}"
+        spelled = [k for k in (name, f"method.{name}", exc.field) if k in given]
+        if spelled or "method_options" not in given:
+            return f"argument --set {(spelled or [f'method.{name}'])[0]}: {exc.reason}"
     flag = FLAG_OF.get(exc.top_field, f"--set {exc.top_field}")
     text = exc.reason if exc.field == exc.top_field else str(exc)
     return f"argument {flag}: {text}"
@@ -274,9 +279,11 @@ def _named(layer: dict) -> frozenset[str]:
     return frozenset(names)
 
 
-def configure(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[CLConfig, str]:
-    """The run's configuration from ``--config FILE`` and the flags (flags win), and its
-    ``--print-config`` text; every error is one ``parser.error`` line (exit 2)."""
+def configure(args: argparse.Namespace,
+              parser: argparse.ArgumentParser) -> tuple[CLConfig, str, dict]:
+    """The run's configuration from ``--config FILE`` and the flags (flags win), its
+    ``--print-config`` text and the values the flags gave; every error is one ``parser.error``
+    line (exit 2)."""
     file_values: dict = {}
     if args.config is not None:
         try:
@@ -307,8 +314,9 @@ def configure(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tupl
         resolved = resolve_layers(chosen["dataset"], chosen["method"], chosen["backbone"],
                                   explicit=[("file", file_layer), ("flag", flags)])
     except ConfigError as exc:
-        parser.error(_config_error(exc, _named(file_layer) - _named(flags), args.config))
-    return resolved.config, format_resolved(resolved, sources)
+        parser.error(_config_error(exc, _named(file_layer) - _named(flags), args.config,
+                                   flags))
+    return resolved.config, format_resolved(resolved, sources), flags
 
 
 def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
@@ -321,7 +329,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    cfg, text = configure(args, parser)
+    cfg, text, flags = configure(args, parser)
     if args.print_config:
         print(text, end="")
         return 0
@@ -362,7 +370,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         result = run_experiment(cfg, out, overwrite=args.overwrite,
                                 stop_after_task=args.stop_after_task, progress=progress)
     except ConfigError as exc:  # found before anything was written
-        parser.error(_config_error(exc))
+        parser.error(_config_error(exc, given=flags))
     except (DatasetError, BackboneWeightsError, RunDirError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -266,7 +266,7 @@ class _Draft:
         mine = ", ".join(sorted(self.option_names)) or "none"
         if users:
             raise ConfigError(key, f"{_fmt(value)} is not used by method {self.method} (not one "
-                              f"of its options: {mine}); allowed: a method that has it: "
+                              f"of its options: {mine}); allowed: a method that uses it: "
                               f"{', '.join(users)}")
         raise ConfigError(key, f"unknown config key {key!r}; allowed: a run field "
                           f"({', '.join(n for n in RUN_FIELDS if n not in _CHOSEN)}) or an "

@@ -80,10 +80,10 @@ def test_a_different_configuration_is_refused_naming_the_fields(tmp_path, finish
     out = _copy(finished, tmp_path / "run")
     other = tiny_cfg("hide", reg=0.5, lr=0.5)
     _refused(out, other, f"{out} holds a run with a different configuration (differs in: lr, "
-             "reg); use another --out or pass --overwrite")
+             "method_options.reg); use another --out or pass --overwrite")
     # the same refusal while the run is unfinished (no metrics.json yet)
     (out / "metrics.json").unlink()
-    _refused(out, other, "(differs in: lr, reg)")
+    _refused(out, other, "(differs in: lr, method_options.reg)")
 
 
 def test_runtime_keys_may_change_and_new_keys_count_with_their_defaults(tmp_path, finished):
@@ -142,8 +142,9 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
          "dataset_options: {'bogus': 1} does not fit the synthetic benchmark ("),
         (dataclasses.replace(cfg, dataset_options={"num_classes": 6, "num_tasks": 7}),
          "dataset_options: num_tasks must be in [1, 6], got 7"),
-        (dataclasses.replace(cfg, prompt_layers=[0, 9]),
-         "prompt_layers: [0, 9] must be distinct block indices in [0, 6)"),
+        (dataclasses.replace(cfg, method_options=dataclasses.replace(cfg.method_options,
+                                                                     prompt_layers=[0, 9])),
+         "method_options.prompt_layers: [0, 9] must be distinct block indices in [0, 6)"),
     ]
     for bad, start in cases:
         with pytest.raises(ConfigError) as info:
@@ -197,10 +198,11 @@ def test_resolve_device_on_this_machine_and_with_two_gpus(monkeypatch):
 # ---------------------------------------------------------------------------- memory
 def _need(cfg, num_tasks: int) -> int:
     """The documented lower bound for the tiny ViT (dim 128, depth 6, 16 patches + CLS)."""
-    dim, depth, tokens = 128, 6, cfg.prompt_length + 16 + 1
-    prompts = num_tasks * len(cfg.prompt_layers) * 2 * cfg.prompt_length * dim * 4 * 4
+    length, layers = cfg.method_options.prompt_length, cfg.method_options.prompt_layers
+    dim, depth, tokens = 128, 6, length + 16 + 1
+    prompts = num_tasks * len(layers) * 2 * length * dim * 4 * 4
     activations = cfg.batch_size * tokens * dim * depth * 4 * 2
-    return prompts + activations + 4 * tokens * (cfg.prompt_length + 8)
+    return prompts + activations + 4 * tokens * (length + 8)
 
 
 def test_memory_bound_refuses_exactly_above_the_machine(tmp_path, monkeypatch):
@@ -211,7 +213,8 @@ def test_memory_bound_refuses_exactly_above_the_machine(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as info:
         run_experiment(cfg, tmp_path / "x")
     assert str(info.value) == (
-        f"prompt_length: {cfg.prompt_length} (with {len(cfg.prompt_layers)} prompt layers, "
+        f"method_options.prompt_length: {cfg.method_options.prompt_length} (with "
+        f"{len(cfg.method_options.prompt_layers)} prompt layers, "
         f"{T} tasks, batch_size 8) needs at least {gib(need)} of memory; this CPU has "
         f"{gib(need - 1)}")
     assert not (tmp_path / "x").exists()
@@ -234,8 +237,10 @@ def test_memory_bound_of_a_cuda_device_and_of_a_model_without_prompt_layers(monk
     props.total_memory = need
     _check_memory(cfg, 4, vit, torch.device("cuda"))
     # no prompt layers still counts one layer of prompts
-    none = dataclasses.replace(cfg, prompt_layers=[])
-    props.total_memory = need - (len(cfg.prompt_layers) - 1) * 4 * 2 * cfg.prompt_length * \
+    none = dataclasses.replace(cfg, method_options=dataclasses.replace(cfg.method_options,
+                                                                      prompt_layers=[]))
+    opts = cfg.method_options
+    props.total_memory = need - (len(opts.prompt_layers) - 1) * 4 * 2 * opts.prompt_length * \
         128 * 16 - 1
     with pytest.raises(ConfigError, match="with 0 prompt layers"):
         _check_memory(none, 4, vit, torch.device("cuda"))
@@ -607,7 +612,8 @@ def test_final_metrics_by_hand():
         "backbone_weights_sha256": "abc", "seed": 11, "num_tasks": 2, "test_batch_size": 64,
         "per_sample_prompts": True}
     oracle = np.array([[70.0, nan], [65.0, 85.0]])
-    m = final_metrics(dataclasses.replace(cfg, batchwise_prompt=True), acc, tii, til,
+    m = final_metrics(dataclasses.replace(cfg, method_options=dataclasses.replace(
+        cfg.method_options, batchwise_prompt=True)), acc, tii, til,
                       {"weights_sha256": "abc"}, oracle, before[:1])
     assert m["TIL_oracle_prompt_accuracy"] == pytest.approx(75.0)
     assert m["til_oracle_prompt_per_task"] == [65.0, 85.0]

@@ -167,7 +167,7 @@ def test_task_selection_json_counts_the_chosen_prompts(hide_run):
     cfg, out, result = hide_run
     direct = _direct(cfg, tiny_bench(cfg), out)
     data = json.loads((out / "task_selection.json").read_text())
-    layers = list(cfg.prompt_layers)
+    layers = list(cfg.method_options.prompt_layers)
     assert data == {"kind": "task_selection", "version": 1, "method": "hide",
                     "after_task": T - 1, "num_tasks": T, "test_samples": [10] * T,
                     "prompts": direct["prompts"][T - 1], "experts": None, "layer_ids": layers}

@@ -163,8 +163,11 @@ def test_cli_line_for_a_bad_choice(capsys) -> None:
         cli.main(["--dataset", "synthetic", "--quick", "--set", "scheduler=linear"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
-    assert err == ("cl.py: error: argument --set method.scheduler: must be one of constant, "
-                   "step, cosine; got 'linear'\n")
+    assert err == ("cl.py: error: argument --set scheduler: must be one of constant, step, "
+                   "cosine; got 'linear'\n")  # named as it was given
+    with pytest.raises(SystemExit):
+        cli.main(["--dataset", "synthetic", "--quick", "--set", "method.scheduler=linear"])
+    assert capsys.readouterr().err.startswith("cl.py: error: argument --set method.scheduler: ")
 
 
 def test_errors_survive_pickling() -> None:

@@ -12,6 +12,7 @@ and class statistics count every image exactly once, and only rank 0 writes; see
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import pickle
@@ -555,7 +556,9 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
         state = {
             "task": t, "method": method, "loader_gen": loader_gen,
             "acc": acc, "tii": tii, "til": til, "til_oracle": til_oracle, "acc_before": before,
-            "config": cfg.to_dict(), "has_alignment": method.has_alignment,
+            # through JSON: the pickle then does not depend on which values share one object
+            # (a run from a config file holds the same values, made by the JSON parser)
+            "config": json.loads(json_text(cfg.to_dict())), "has_alignment": method.has_alignment,
             "task_selection": task_selection(method, t, T, results),
         }
         _on_main(ctx, partial(_save_task, work, cfg, state, rows, jsonl, time.time() - t0))
