@@ -528,14 +528,13 @@ def describe_presets(width: int = 100) -> str:
                               4, method))
             if dataset in OFFLINE_DATASETS:
                 continue
-            everything = set(base) - {"backbone"}
             for backbone in PAPER_BACKBONES[1:]:
                 try:
                     other = _listing_values(resolve_config(dataset, method, backbone))
                 except ValueError as exc:
                     lines.extend(wrap(f"INVALID PRESET: {exc}", 6, "+" + backbone))
                     continue
-                text = diff(_flat(base, everything), _flat(other, everything))
+                text = diff(_flat(base, base), _flat(other, set(other) - {"backbone"}))
                 if text:
                     lines.extend(wrap(text, 6, "+" + backbone))
             for recipe in RECIPES[1:]:  # --set recipe=...: what it changes, where it exists
@@ -543,6 +542,6 @@ def describe_presets(width: int = 100) -> str:
                     continue
                 other = _listing_values(resolve_config(dataset, method, "sup21k",
                                                        overrides={"recipe": recipe}))
-                lines.extend(wrap(diff(_flat(base, everything),
-                                       _flat(other, everything - {"recipe"})), 6, "+" + recipe))
+                lines.extend(wrap(diff(_flat(base, base), _flat(other, set(other) - {"recipe"})),
+                                  6, "+" + recipe))
     return "\n".join(lines)

@@ -299,3 +299,17 @@ def test_a_config_json_from_before_options_were_typed_is_read(tmp_path: Path) ->
     path.write_text(json.dumps(legacy), encoding="utf-8")
     assert read_config_file(path)["method_options"]["tii_mlp"] == [2]
     assert os.path.getsize(path) > 0
+
+
+def test_figures_read_the_gate_activation_of_either_config_shape(tmp_path: Path) -> None:
+    import numpy as np
+
+    from figures.runs import CLRun
+
+    def run(config: dict) -> CLRun:
+        return CLRun(tmp_path, config, np.zeros((1, 1)), {})
+
+    now = resolve_config("cifar100", "norga", "mocov3-1k").to_dict()
+    assert run(now).gate_act == "gelu"  # method_options.gate_act
+    assert run({"method": "norga", "gate_act": "sigmoid"}).gate_act == "sigmoid"  # old shape
+    assert run(resolve_config("cifar100", "hide", "sup21k").to_dict()).gate_act is None
