@@ -313,3 +313,20 @@ def test_figures_read_the_gate_activation_of_either_config_shape(tmp_path: Path)
     assert run(now).gate_act == "gelu"  # method_options.gate_act
     assert run({"method": "norga", "gate_act": "sigmoid"}).gate_act == "sigmoid"  # old shape
     assert run(resolve_config("cifar100", "hide", "sup21k").to_dict()).gate_act is None
+
+
+def test_a_run_directory_from_before_options_were_typed_is_recognised(tmp_path: Path) -> None:
+    """Resuming a run started before this change: its flat config.json is the same run, and a
+    different option is named as method_options.NAME."""
+    from cl.run.directory import RunDirError, _check_same_config
+    from cl.run.files import write_result_file
+
+    hide = resolve_config("synthetic", "hide", quick=True)
+    legacy = {k: v for k, v in hide.to_dict().items() if k != "method_options"}
+    legacy.update(hide.method_options.to_dict(), gate_act="tanh",
+                  gate_trainable_after_first_task=False, method_options={})
+    write_result_file(tmp_path, "config.json", json.dumps(legacy, indent=2, sort_keys=True))
+    _check_same_config(tmp_path, hide)  # the same run: no error
+    other = resolve_config("synthetic", "hide", quick=True, overrides={"method.reg": 0.5})
+    with pytest.raises(RunDirError, match=r"differs in: method_options\.reg\)"):
+        _check_same_config(tmp_path, other)
