@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from cl.errors import ConfigError
-from cl.run.precision import PRECISIONS, Precision
+from cl.run.precision import Precision
 from norga.choices import ChoiceError, check_choice
 
 # The fields with a fixed set of values. DatasetName and BackboneTag list what the registries
@@ -278,7 +278,6 @@ class CLConfig:
         for name in ("precision", "protocol", "recipe", "keep_checkpoints", "compile",
                      "download", "quick", "legacy_drop_last"):
             check_value(name, getattr(self, name), field_types(CLConfig)[name])
-        _check_field_choice("precision", self.precision, PRECISIONS)
         for name in ("batch_size", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, f"must be positive, got {getattr(self, name)}")
