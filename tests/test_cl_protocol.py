@@ -252,10 +252,13 @@ def test_every_method_runs_under_the_official_protocol(method: str, tmp_path: Pa
     cfg = small_config(method, epochs=1, protocol="official")
     assert cfg.protocol == "official"
     for key, value in official_layer("synthetic", method).items():
-        if isinstance(value, dict):
+        if key == "method_options":
+            assert {k: getattr(cfg.method_options, k) for k in value} == value
+        elif isinstance(value, dict):
             assert {k: getattr(cfg, key)[k] for k in value} == value
-        else:
-            assert getattr(cfg, key) == value, key
+        else:  # a run field, or an option by its plain name
+            got = getattr(cfg, key) if hasattr(cfg, key) else getattr(cfg.method_options, key)
+            assert got == value, key
     result = run_experiment(cfg, tmp_path / "run")
     assert result.finished and 0.0 <= result.metrics["FA"] <= 100.0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -273,4 +276,5 @@ def test_cli_protocol_flag_and_run_directory(tmp_path: Path, monkeypatch) -> Non
     assert code == 0
     out = tmp_path / "runs" / "synthetic-l2p-vit-tiny-random-s42-official"
     config = json.loads((out / "config.json").read_text())
-    assert config["protocol"] == "official" and config["batchwise_prompt"] is True
+    assert config["protocol"] == "official"
+    assert config["method_options"]["batchwise_prompt"] is True
