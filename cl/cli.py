@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 
@@ -31,10 +32,12 @@ from cl.backbones.loading import (
 from cl.config import (
     ATTENTION_IMPLS,
     PROTOCOLS,
+    CLConfig,
     default_backbone,
     describe_presets,
-    resolve_config,
+    resolve_layers,
 )
+from cl.config_files import ConfigFileError, format_resolved, read_config_file
 from cl.data.registry import DatasetError, available_datasets
 from cl.errors import ConfigError
 from cl.methods import available_methods
@@ -61,6 +64,7 @@ FLAG_OF = {
     "gate_act": "--gate-act", "attention": "--attention", "device": "--device",
     "precision": "--precision", "compile": "--compile", "seed": "--seed",
     "stop_after_task": "--stop-after-task", "weights": "--weights", "data_root": "--data-root",
+    "method_options.gate_act": "--gate-act", "method_options.attention": "--attention",
 }
 # config fields with a flag of their own: --set refuses them (two ways to say one thing)
 OWN_FLAG = {
@@ -105,9 +109,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = p.add_argument_group("what to run")
-    what.add_argument("--dataset", required=True, choices=available_datasets(),
-                      help="benchmark; synthetic and digits work offline")
-    what.add_argument("--method", default="norga", choices=available_methods(),
+    what.add_argument("--dataset", choices=available_datasets(),
+                      help="benchmark; synthetic and digits work offline (required unless "
+                      "--config names it)")
+    what.add_argument("--method", choices=available_methods(),
                       help="registered methods: " + ", ".join(available_methods())
                       + " (norga: HiDe-Prompt with the non-linear residual gate; hide: "
                       "HiDe-Prompt, linear gate; the others are the baselines); default norga")
@@ -124,7 +129,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                       help="default: the project's protocol; official: every listed deviation "
                       "from the official code switched back at once (README 'Deviations from "
                       "the official code'; single items with --set, which still wins)")
-    what.add_argument("--seed", type=ascii_int, default=42, help="run seed: class order, init, "
+    what.add_argument("--seed", type=ascii_int, help="run seed: class order, init, "
                       "shuffling, Gaussian replay (default 42)")
     budget = p.add_argument_group("training budget")
     budget.add_argument("--epochs", type=ascii_int, metavar="N",
@@ -137,17 +142,31 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="tiny budget for a smoke test (minutes on a CPU)")
     budget.add_argument("--batch-size", type=ascii_int, metavar="N", help="default: preset (128)")
     budget.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override any config field, e.g. --set tap_epochs=10 "
-                        "(see config.json of a run for the names); repeatable")
+                        help="override any config field, e.g. --set lr=0.01, or an option of "
+                        "the method as --set method.NAME=VALUE (also NAME=VALUE or "
+                        "method_options.NAME=VALUE), e.g. --set method.tap_epochs=10 (names: "
+                        "--print-config); repeatable")
+    files = p.add_argument_group("config files")
+    files.add_argument("--config", metavar="FILE",
+                       help="read the configuration from FILE (.yaml, .yml or .json; a run's "
+                       "config.json reproduces that run); flags given as well win")
+    files.add_argument("--print-config", action="store_true",
+                       help="print the resolved configuration as YAML, each value with where "
+                       "it comes from (default, preset, recipe, protocol, quick, file, flag), "
+                       "and exit without running")
+    files.add_argument("--dry-run", action="store_true",
+                       help="check the configuration and the run's resources (device, --out, "
+                       "threads), print the configuration and what would run, and exit; "
+                       "nothing is written")
     where = p.add_argument_group("where and how")
-    where.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    where.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     where.add_argument("--threads", type=ascii_int, metavar="N",
                        help="CPU threads for torch (default: 1 for vit-tiny-random, which is "
                        "faster on small tensors, else torch's default)")
     where.add_argument("--data-root", metavar="DIR", help="where real datasets live")
     where.add_argument("--download", action="store_true",
                        help="download a missing dataset and missing backbone weights")
-    where.add_argument("--num-workers", type=ascii_int, default=0, metavar="N",
+    where.add_argument("--num-workers", type=ascii_int, metavar="N",
                        help="data-loader workers (default 0)")
     where.add_argument("--out", metavar="DIR", type=_nonempty,
                        help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>, "
@@ -170,6 +189,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
 
 
 def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict:
+    """The config values the flags give (only the flags given)."""
     overrides: dict = {}
     for item in args.set:
         if "=" not in item:
@@ -191,24 +211,41 @@ def overrides_from_args(args: argparse.Namespace, parser: argparse.ArgumentParse
         "weights": args.weights, "gate_act": args.gate_act, "batch_size": args.batch_size,
         "data_root": args.data_root, "attention": args.attention,
         "precision": args.precision, "compile": args.compile, "protocol": args.protocol,
+        "seed": args.seed, "device": args.device, "num_workers": args.num_workers,
     }
     overrides.update({k: v for k, v in direct.items() if v is not None})
+    if args.download:
+        overrides["download"] = True
+    if args.quick:
+        overrides["quick"] = True
     # --epochs is the prompt stage only: the official scripts set the TII run's epochs apart
     # (20 in every one, e.g. MoE_PromptCL scripts/cifar100_Sup21k_NoRGa.sh l.14 vs 50 at l.23)
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.tii_epochs is not None:
         overrides["tii_epochs"] = args.tii_epochs
-    overrides.update(seed=args.seed, device=args.device, num_workers=args.num_workers,
-                     download=args.download)
     return overrides
 
 
-def _config_error(exc: ConfigError) -> str:
+def _config_error(exc: ConfigError, file_keys: frozenset[str] = frozenset(),
+                  config: str | None = None, given: Iterable[str] = ()) -> str:
     """``argument FLAG: reason``: the flag that sets ``exc.field`` (``--set FIELD`` for a field
-    without a flag of its own). A key of ``method_options`` / ``dataset_options`` is set with
-    ``--set method_options=JSON`` (or ``.KEY=``): the flag names the field and the text keeps
-    the key (``argument --set method_options: method_options.schedule: ...``)."""
+    without a flag of its own, ``--config FILE`` for a value only the config file gives, named
+    as ``file_keys``). An option of the method is named as ``--set`` was given it (``given``:
+    the keys of the flags; ``NAME``, ``method.NAME`` or ``method_options.NAME``), else as
+    ``--set method.NAME``. A key of ``dataset_options`` (or one option given in a whole
+    ``method_options`` object) is set with ``--set dataset_options=JSON``: the flag names the
+    field and the text keeps the key (``argument --set dataset_options: dataset_options.x:
+    ...``)."""
+    head, _, name = exc.field.partition(".")
+    if exc.field in file_keys:
+        return f"argument --config {config}: {exc}"
+    if exc.field in FLAG_OF:
+        return f"argument {FLAG_OF[exc.field]}: {exc.reason}"
+    if head == "method_options" and name:
+        spelled = [k for k in (name, f"method.{name}", exc.field) if k in given]
+        if spelled or "method_options" not in given:
+            return f"argument --set {(spelled or [f'method.{name}'])[0]}: {exc.reason}"
     flag = FLAG_OF.get(exc.top_field, f"--set {exc.top_field}")
     text = exc.reason if exc.field == exc.top_field else str(exc)
     return f"argument {flag}: {text}"
@@ -219,23 +256,79 @@ def check_resources(args: argparse.Namespace, cfg, parser: argparse.ArgumentPars
     cap = f"allowed: 1 to {max_parallel()} ({PARALLEL_PER_CORE} x the {usable_cores()} cores)"
     if args.threads is not None and not 1 <= args.threads <= max_parallel():
         parser.error(f"argument --threads: {args.threads} is out of range; {cap}")
-    if args.num_workers > max_parallel():
-        parser.error(f"argument --num-workers: {args.num_workers} is out of range; "
+    if cfg.num_workers > max_parallel():
+        parser.error(f"argument --num-workers: {cfg.num_workers} is out of range; "
                      f"allowed: 0 to {max_parallel()} ({PARALLEL_PER_CORE} x the "
                      f"{usable_cores()} cores)")
     if args.stop_after_task is not None and args.stop_after_task < 0:
         parser.error(f"argument --stop-after-task: must be >= 0, got {args.stop_after_task}")
     try:
-        resolve_device(args.device)
+        resolve_device(cfg.device)
     except ConfigError as exc:
         parser.error(f"argument --device: {exc.reason}")
-    if cfg.dataset in OFFLINE_DATASETS and args.data_root is not None:
+    if cfg.dataset in OFFLINE_DATASETS and cfg.data_root is not None:
         parser.error(f"argument --data-root: not used by --dataset {cfg.dataset} (generated or "
-                     f"bundled, nothing is read from {args.data_root!r}); drop the flag")
+                     f"bundled, nothing is read from {cfg.data_root!r}); drop the flag")
     if args.out is not None:
         problem = output_dir_problem(Path(args.out))
         if problem:
             parser.error(f"argument --out: {problem}")
+
+
+def _named(layer: dict) -> frozenset[str]:
+    """The fields a layer sets, as errors name them: the key, and for a method option also
+    ``method_options.NAME`` (however it was spelled); ``dataset_options.KEY`` for its keys."""
+    names: set[str] = set()
+    for key, value in layer.items():
+        head, dot, name = key.partition(".")
+        names.add(key)
+        if key in ("method_options", "dataset_options") and isinstance(value, dict):
+            names |= {f"{key}.{n}" for n in value} | {key}
+        elif dot and head in ("method", "method_options"):
+            names.add(f"method_options.{name}")
+        elif not dot:
+            names.add(f"method_options.{key}")
+    return frozenset(names)
+
+
+def configure(args: argparse.Namespace,
+              parser: argparse.ArgumentParser) -> tuple[CLConfig, str, dict]:
+    """The run's configuration from ``--config FILE`` and the flags (flags win), its
+    ``--print-config`` text and the values the flags gave; every error is one ``parser.error``
+    line (exit 2)."""
+    file_values: dict = {}
+    if args.config is not None:
+        try:
+            file_values = read_config_file(args.config)
+        except ConfigFileError as exc:
+            parser.error(f"argument --config: {exc}")
+    chosen: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    allowed = {"dataset": available_datasets(), "method": available_methods(),
+               "backbone": list(BACKBONES)}
+    for key in ("dataset", "method", "backbone"):
+        if getattr(args, key) is not None:
+            chosen[key], sources[key] = getattr(args, key), "flag"
+        elif key in file_values:
+            value = file_values[key]
+            if value not in allowed[key]:
+                parser.error(f"argument --config {args.config}: {key} {value!r} is not "
+                             f"available; allowed: {', '.join(allowed[key])}")
+            chosen[key], sources[key] = value, "file"
+    if "dataset" not in chosen:
+        parser.error("the following arguments are required: --dataset (or a --config FILE "
+                     "that names the dataset)")
+    chosen.setdefault("method", CLConfig.method)
+    chosen.setdefault("backbone", default_backbone(chosen["dataset"]))
+    file_layer = {k: v for k, v in file_values.items() if k not in chosen}
+    flags = overrides_from_args(args, parser)
+    try:
+        resolved = resolve_layers(chosen["dataset"], chosen["method"], chosen["backbone"],
+                                  explicit=[("file", file_layer), ("flag", flags)])
+    except ConfigError as exc:
+        parser.error(_config_error(exc, _named(file_layer) - _named(flags), args.config,
+                                   flags))
+    return resolved.config, format_resolved(resolved, sources), flags
 
 
 def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
@@ -248,16 +341,20 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        backbone = args.backbone or default_backbone(args.dataset)
-        cfg = resolve_config(args.dataset, args.method, backbone, quick=args.quick,
-                             overrides=overrides_from_args(args, parser))
-    except ConfigError as exc:
-        parser.error(_config_error(exc))
+    cfg, text, flags = configure(args, parser)
+    if args.print_config:
+        print(text, end="")
+        return 0
+    check_resources(args, cfg, parser)
+    official = "-official" if cfg.protocol == "official" else ""
+    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.backbone}-s{cfg.seed}{official}")
+    if args.dry_run:
+        print(text, end="")
+        print(f"# dry run: the configuration is valid; it would run in {out} (nothing written)")
+        return 0
     import torch
     from tqdm import tqdm
 
-    check_resources(args, cfg, parser)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     elif cfg.backbone == "vit-tiny-random":
@@ -265,8 +362,6 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 talks and writes
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
         args.no_progress = True
-    official = "-official" if cfg.protocol == "official" else ""
-    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.backbone}-s{cfg.seed}{official}")
     print(f"backbone: {cfg.backbone}"
           + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper numbers]"
              if BACKBONES[cfg.backbone].pretrained is False
@@ -274,7 +369,8 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     print(f"data: {cfg.dataset}" + ("  [generated offline]" if cfg.dataset == "synthetic" else
                                     "  [scikit-learn bundled digits]" if cfg.dataset == "digits"
                                     else f"  from {cfg.data_root}"))
-    gate = f" (gate act {cfg.gate_act})" if cfg.method == "norga" else ""  # only NoRGa has one
+    act = getattr(cfg.method_options, "gate_act", None)  # only NoRGa's gate has one
+    gate = f" (gate act {act})" if act is not None else ""
     print(f"method: {cfg.method}{gate}, seed {cfg.seed}, out {out}")
 
     def progress(iterable, desc):
@@ -286,7 +382,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         result = run_experiment(cfg, out, overwrite=args.overwrite,
                                 stop_after_task=args.stop_after_task, progress=progress)
     except ConfigError as exc:  # found before anything was written
-        parser.error(_config_error(exc))
+        parser.error(_config_error(exc, given=flags))
     except (DatasetError, BackboneWeightsError, RunDirError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -135,8 +135,12 @@ class CLRun:
 
     @property
     def gate_act(self) -> str | None:
-        """NoRGa activation (``tanh``/``sigmoid``/``gelu``) when recorded, else ``None``."""
-        act = self.metrics.get("gate_act", self.config.get("gate_act"))
+        """NoRGa activation (``tanh``/``sigmoid``/``gelu``) when recorded, else ``None`` (in
+        ``config.json`` an option of the method, ``method_options.gate_act``; a run from before
+        options were typed has it at the top level)."""
+        options = self.config.get("method_options")
+        nested = options.get("gate_act") if isinstance(options, dict) else None
+        act = self.metrics.get("gate_act", self.config.get("gate_act", nested))
         return None if act in (None, "", "none") else str(act).lower()
 
     @property

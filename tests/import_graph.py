@@ -2,8 +2,9 @@
 
 Nodes are the modules of the packages (``pkg/a/b.py`` is ``pkg.a.b``, ``pkg/a/__init__.py`` is
 ``pkg.a``). There is an edge ``A -> B`` for every import statement in ``A`` that loads ``B``,
-wherever it stands (module level, class body, function body), except under
-``if TYPE_CHECKING:`` (never executed). ``from P import x`` loads ``P.x`` when that is a module,
+wherever it stands: module level, class body, function body (a lazy import, kind
+``"function"``) and under ``if TYPE_CHECKING:`` (never executed, but a dependency of the design
+all the same, kind ``"type-only"``). ``from P import x`` loads ``P.x`` when that is a module,
 else ``P``; relative imports are resolved. The parent packages that Python initialises first
 are not edges: a package ``__init__`` that re-exports its submodules is not a cycle, but a
 submodule that takes names from its own package's ``__init__`` is.
@@ -35,7 +36,7 @@ class Edge:
     source: str
     target: str
     line: int
-    kind: str  # "module", "function" (inside a def/class), or "dynamic"
+    kind: str  # "module", "function" (inside a def/class), "type-only" or "dynamic"
 
 
 def find_modules(root: Path, packages: Iterable[str]) -> dict[str, Path]:
@@ -56,23 +57,26 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _statements(tree: ast.Module) -> Iterator[tuple[ast.stmt | ast.expr, bool]]:
-    """Every import statement and call, with whether it sits inside a def or class; the body
-    of ``if TYPE_CHECKING:`` is left out (its ``else`` is kept)."""
+def _statements(tree: ast.Module) -> Iterator[tuple[ast.stmt | ast.expr, str]]:
+    """Every import statement and call, with where it sits: ``"module"``, ``"function"``
+    (inside a def or class) or ``"type-only"`` (the body of ``if TYPE_CHECKING:``; its ``else``
+    is where it would be without the ``if``)."""
 
-    def walk(node: ast.AST, nested: bool) -> Iterator[tuple[ast.stmt | ast.expr, bool]]:
+    def walk(node: ast.AST, where: str) -> Iterator[tuple[ast.stmt | ast.expr, str]]:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.body:
+                yield from walk(child, "type-only")
             for child in node.orelse:
-                yield from walk(child, nested)
+                yield from walk(child, where)
             return
         if isinstance(node, ast.Import | ast.ImportFrom | ast.Call):
-            yield node, nested
-        inner = nested or isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
-                                     | ast.Lambda)
+            yield node, where
+        inner = "function" if where == "module" and isinstance(
+            node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda) else where
         for child in ast.iter_child_nodes(node):
             yield from walk(child, inner)
 
-    yield from walk(tree, False)
+    yield from walk(tree, "module")
 
 
 def _is_dynamic_import(call: ast.Call) -> bool:
@@ -104,10 +108,10 @@ def import_graph(
         is_package = path.name == "__init__.py"
         edges: list[Edge] = []
 
-        loads: list[tuple[str, int, bool]] = []  # (imported name, line, nested)
-        for node, nested in _statements(tree):
+        loads: list[tuple[str, int, str]] = []  # (imported name, line, where)
+        for node, where in _statements(tree):
             if isinstance(node, ast.Import):
-                loads.extend((alias.name, node.lineno, nested) for alias in node.names)
+                loads.extend((alias.name, node.lineno, where) for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = name.split(".") if is_package else name.split(".")[:-1]
@@ -117,19 +121,19 @@ def import_graph(
                     package = node.module or ""
                 for alias in node.names:
                     sub = f"{package}.{alias.name}"
-                    loads.append((sub if sub in modules else package, node.lineno, nested))
+                    loads.append((sub if sub in modules else package, node.lineno, where))
             elif isinstance(node, ast.Call) and _is_dynamic_import(node):
                 if name not in dynamic:
                     raise UnmodelledDynamicImport(
                         f"{path}:{node.lineno}: {name} imports modules by name at run time; "
                         "say which in the dynamic= table of the import-graph test"
                     )
-        for target, line, nested in loads:
+        for target, line, where in loads:
             module = _project_module(target, modules)
             if module is None:
                 external.append(f"{name} -> {target}")
             else:
-                edges.append(Edge(name, module, line, "function" if nested else "module"))
+                edges.append(Edge(name, module, line, where))
         for target in dynamic.get(name, lambda _: ())(names):
             if target not in modules:
                 raise UnmodelledDynamicImport(f"{name} is said to load {target}, not a module")

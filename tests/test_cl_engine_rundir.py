@@ -80,10 +80,10 @@ def test_a_different_configuration_is_refused_naming_the_fields(tmp_path, finish
     out = _copy(finished, tmp_path / "run")
     other = tiny_cfg("hide", reg=0.5, lr=0.5)
     _refused(out, other, f"{out} holds a run with a different configuration (differs in: lr, "
-             "reg); use another --out or pass --overwrite")
+             "method_options.reg); use another --out or pass --overwrite")
     # the same refusal while the run is unfinished (no metrics.json yet)
     (out / "metrics.json").unlink()
-    _refused(out, other, "(differs in: lr, reg)")
+    _refused(out, other, "(differs in: lr, method_options.reg)")
 
 
 def test_runtime_keys_may_change_and_new_keys_count_with_their_defaults(tmp_path, finished):
@@ -144,8 +144,9 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
          "dataset_options: {'bogus': 1} does not fit the synthetic benchmark ("),
         (dataclasses.replace(cfg, dataset_options={"num_classes": 6, "num_tasks": 7}),
          "dataset_options: num_tasks must be in [1, 6], got 7"),
-        (dataclasses.replace(cfg, prompt_layers=[0, 9]),
-         "prompt_layers: [0, 9] must be distinct block indices in [0, 6)"),
+        (dataclasses.replace(cfg, method_options=dataclasses.replace(cfg.method_options,
+                                                                     prompt_layers=[0, 9])),
+         "method_options.prompt_layers: [0, 9] must be distinct block indices in [0, 6)"),
     ]
     for bad, start in cases:
         with pytest.raises(ConfigError) as info:
@@ -199,16 +200,17 @@ def test_resolve_device_on_this_machine_and_with_two_gpus(monkeypatch):
 # ---------------------------------------------------------------------------- memory
 def _parts(cfg, num_tasks: int, num_classes: int) -> dict[str, int]:
     """The documented lower bound for the tiny ViT (dim 128, depth 6, 16 patches + CLS), by
-    the field that scales each part."""
-    dim, depth, tokens = 128, 6, cfg.prompt_length + 16 + 1
-    prompts = num_tasks * max(len(cfg.prompt_layers), 1) * 2 * cfg.prompt_length * dim * 4 * 4
+    the option that scales each part."""
+    opts = cfg.method_options
+    dim, depth, tokens = 128, 6, opts.prompt_length + 16 + 1
+    prompts = num_tasks * max(len(opts.prompt_layers), 1) * 2 * opts.prompt_length * dim * 4 * 4
     activations = cfg.batch_size * tokens * dim * depth * 4 * 2
-    widths = [dim, *(dim * m for m in cfg.tii_mlp), dim]
+    widths = [dim, *(dim * m for m in opts.tii_mlp), dim]
     tii = sum(widths[i] * widths[i + 1] for i in range(len(widths) - 1)) * 16 \
         + cfg.batch_size * max(widths) * 8
-    return {"prompt_length": prompts + activations + 4 * tokens * (cfg.prompt_length + 8),
+    return {"prompt_length": prompts + activations + 4 * tokens * (opts.prompt_length + 8),
             "tii_mlp": tii,
-            "tap_samples_mult": cfg.tap_samples_mult * cfg.batch_size * num_classes * dim * 4}
+            "tap_samples_mult": opts.tap_samples_mult * cfg.batch_size * num_classes * dim * 4}
 
 
 def _need(cfg, num_tasks: int, num_classes: int = 0) -> int:
@@ -225,7 +227,7 @@ def test_memory_bound_refuses_exactly_above_the_machine(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as info:
         run_experiment(cfg, tmp_path / "x")
     culprit = max(parts, key=parts.__getitem__)
-    assert str(info.value).startswith(f"{culprit}: ")
+    assert str(info.value).startswith(f"method_options.{culprit}: ")
     assert str(info.value).endswith(
         f" needs at least {gib(parts[culprit])} of memory ({gib(need)} in all); this CPU has "
         f"{gib(need - 1)}")
@@ -244,13 +246,15 @@ def test_memory_bound_refuses_exactly_above_the_machine(tmp_path, monkeypatch):
 def test_memory_bound_blames_the_size_that_needs_it(field, value, words, monkeypatch):
     from cl.backbones.loading import build_backbone
 
-    cfg = dataclasses.replace(tiny_cfg("hide"), **{field: value})
+    cfg = tiny_cfg("hide")
+    cfg = dataclasses.replace(cfg, method_options=dataclasses.replace(cfg.method_options,
+                                                                      **{field: value}))
     vit = build_backbone(cfg.backbone, img_size=32, seed=0).model
     engine = sys.modules[_check_memory.__module__]
     monkeypatch.setattr(engine, "total_memory", lambda: 2**33)  # 8 GiB
     with pytest.raises(ConfigError) as info:
         _check_memory(cfg, 4, vit, torch.device("cpu"), 10)
-    assert info.value.field == field and words in str(info.value)
+    assert info.value.field == f"method_options.{field}" and words in str(info.value)
 
 
 def test_memory_bound_of_a_cuda_device_and_of_a_model_without_prompt_layers(monkeypatch):
@@ -266,9 +270,10 @@ def test_memory_bound_of_a_cuda_device_and_of_a_model_without_prompt_layers(monk
     props.total_memory = need
     _check_memory(cfg, 4, vit, torch.device("cuda"))
     # no prompt layers still counts one layer of prompts
-    none = dataclasses.replace(cfg, prompt_layers=[])
+    opts = cfg.method_options
+    none = dataclasses.replace(cfg, method_options=dataclasses.replace(opts, prompt_layers=[]))
     props.total_memory = _need(none, 4) - 1
-    assert _need(none, 4) == need - (len(cfg.prompt_layers) - 1) * 4 * 2 * cfg.prompt_length \
+    assert _need(none, 4) == need - (len(opts.prompt_layers) - 1) * 4 * 2 * opts.prompt_length \
         * 128 * 16
     with pytest.raises(ConfigError, match="memory"):
         _check_memory(none, 4, vit, torch.device("cuda"))
@@ -640,7 +645,8 @@ def test_final_metrics_by_hand():
         "backbone_weights_sha256": "abc", "seed": 11, "num_tasks": 2, "test_batch_size": 64,
         "per_sample_prompts": True}
     oracle = np.array([[70.0, nan], [65.0, 85.0]])
-    m = final_metrics(dataclasses.replace(cfg, batchwise_prompt=True), acc, tii, til,
+    m = final_metrics(dataclasses.replace(cfg, method_options=dataclasses.replace(
+        cfg.method_options, batchwise_prompt=True)), acc, tii, til,
                       {"weights_sha256": "abc"}, oracle, before[:1])
     assert m["TIL_oracle_prompt_accuracy"] == pytest.approx(75.0)
     assert m["til_oracle_prompt_per_task"] == [65.0, 85.0]

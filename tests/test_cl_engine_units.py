@@ -167,7 +167,7 @@ def test_task_selection_json_counts_the_chosen_prompts(hide_run):
     cfg, out, result = hide_run
     direct = _direct(cfg, tiny_bench(cfg), out)
     data = json.loads((out / "task_selection.json").read_text())
-    layers = list(cfg.prompt_layers)
+    layers = list(cfg.method_options.prompt_layers)
     assert data == {"kind": "task_selection", "version": 1, "method": "hide",
                     "after_task": T - 1, "num_tasks": T, "test_samples": [10] * T,
                     "prompts": direct["prompts"][T - 1], "experts": None, "layer_ids": layers}
@@ -484,8 +484,11 @@ def test_finished_run_is_loaded_not_recomputed(tmp_path):
     assert again.env == json.loads((out / "env.json").read_text())
     assert again.out_dir == out
     assert run_files(out) == before
-    (out / "env.json").unlink()  # a missing file is not a damaged one
-    assert run_experiment(cfg, out).env == {}
+    (out / "env.json").unlink()  # a missing file is derived again, not refused
+    healed = run_experiment(cfg, out)  # results re-derived from the last checkpoint
+    assert healed.finished and healed.env
+    np.testing.assert_array_equal(healed.accuracy, first.accuracy)
+    assert healed.env == json.loads((out / "env.json").read_text())
 
 
 @pytest.mark.parametrize("damage, reason", [

@@ -102,10 +102,13 @@ def test_build_draws_prompts_head_tii_and_replay_from_their_own_seed_streams():
 
 @pytest.mark.parametrize("attention, act", [("fused", "sigmoid"), ("reference", "gelu")])
 def test_build_passes_the_attention_path_and_gate_to_the_prompted_blocks(attention, act):
+    # HiDe-Prompt has no gate activation (the linear gate ignores the one it is given)
     method = _method(attention=attention, gate_act=act)
+    assert not hasattr(method.options, "gate_act")
     for i in method.model.prompt_layers:
         attn = method.model.vit.blocks[i].attn
-        assert (attn.fused, attn.gate, attn.activation) == (attention == "fused", "linear", act)
+        assert (attn.fused, attn.gate, attn.activation) == (attention == "fused", "linear",
+                                                            "tanh")
 
 
 def test_build_seeds_the_multi_centroid_statistics_per_model():
@@ -254,7 +257,7 @@ def test_logged_losses_and_accuracies_are_the_hand_computed_ones(monkeypatch):
     # a high temperature keeps the contrastive term far from 0 (at 0.8 it underflows here)
     method = _method(log=records.append, reg=0.3, contrastive_temperature=100.0)
     _run_task(method, 0)
-    t, m = 1, method.config.prompt_momentum
+    t, m = 1, method.options.prompt_momentum
     data = _task_data(t)
     method.begin_task(Task(t, SCHEDULE[t], SCHEDULE))
     _frozen_lrs(method)

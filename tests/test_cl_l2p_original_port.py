@@ -45,9 +45,9 @@ def test_original_port_switches_equal_the_official_configs(dataset: str) -> None
     want = OFFICIAL[dataset]
     resolve = get_method("l2p").resolve_options  # option defaults + the config's options
     cfg = resolve_config(dataset, "l2p", "sup21k", overrides=PORT)
-    assert {k: resolve(cfg.method_options)[k] for k in want} == want
+    assert {k: getattr(resolve(cfg.method_options), k) for k in want} == want
     default = resolve_config(dataset, "l2p", "sup21k")  # MoE_PromptCL: token head, no mask
-    assert {k: resolve(default.method_options)[k] for k in want} == dict(
+    assert {k: getattr(resolve(default.method_options), k) for k in want} == dict(
         head_type="token", prompt_pos_embed=False, prompt_mask=False, shared_prompt_pool=False)
 
 
@@ -55,9 +55,10 @@ def test_offline_benchmarks_get_the_5datasets_prompts_at_their_own_budget() -> N
     for dataset in ("synthetic", "digits"):
         default = resolve_config(dataset, "l2p")
         cfg = resolve_config(dataset, "l2p", overrides=PORT)
-        assert {k: cfg.method_options[k] for k in OFFICIAL["5datasets"]} == OFFICIAL["5datasets"]
-        assert (cfg.method_options["pool_size"], cfg.method_options["top_k"]) == (20, 4)
-        assert cfg.batchwise_prompt is True
+        assert {k: getattr(cfg.method_options, k) for k in OFFICIAL["5datasets"]} == \
+            OFFICIAL["5datasets"]
+        assert (cfg.method_options.pool_size, cfg.method_options.top_k) == (20, 4)
+        assert cfg.method_options.batchwise_prompt is True
         assert (cfg.epochs, cfg.lr, cfg.batch_size) == (default.epochs, default.lr,
                                                         default.batch_size)
 
@@ -65,13 +66,16 @@ def test_offline_benchmarks_get_the_5datasets_prompts_at_their_own_budget() -> N
 def test_single_switches_and_bad_values() -> None:
     cfg = resolve_config("synthetic", "l2p", overrides={
         "method_options.head_type": "prompt", "method_options.prompt_mask": "true"})
-    assert cfg.method_options["head_type"] == "prompt" and cfg.method_options["prompt_mask"]
+    assert cfg.method_options.head_type == "prompt" and cfg.method_options.prompt_mask
     with pytest.raises(ValueError, match="method_options.head_type: must be one of "
                                          "token, prompt; got 'gap'"):
         resolve_config("synthetic", "l2p", overrides={"method_options.head_type": "gap"})
-    with pytest.raises(ValueError, match="method_options.prompt_mask: must be true or false, "
-                                         "got 'yes'"):
-        resolve_config("synthetic", "l2p", overrides={"method_options.prompt_mask": "yes"})
+    with pytest.raises(ValueError, match="method_options.prompt_mask: expected true/false, "
+                                         "got 'maybe'"):
+        resolve_config("synthetic", "l2p", overrides={"method_options.prompt_mask": "maybe"})
+    with pytest.raises(ValueError, match="method_options.prompt_mask: expected true/false, "
+                                         "got 1"):
+        resolve_config("synthetic", "l2p", overrides={"method_options": {"prompt_mask": 1}})
 
 
 # ------------------------------------------------------------------ the head's input
@@ -215,7 +219,7 @@ def test_oracle_prompts_are_the_true_task_slice_under_the_mask() -> None:
 @pytest.mark.slow
 def test_original_port_runs_end_to_end_on_the_offline_data(tmp_path: Path) -> None:
     cfg = small_config("l2p", epochs=1, recipe="original-port", protocol="official")
-    assert (cfg.method_options["head_type"], cfg.method_options["prompt_mask"]) == ("prompt", True)
+    assert (cfg.method_options.head_type, cfg.method_options.prompt_mask) == ("prompt", True)
     result = run_experiment(cfg, tmp_path / "run")
     assert result.finished and 0.0 <= result.metrics["FA"] <= 100.0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

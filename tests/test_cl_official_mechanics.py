@@ -79,12 +79,16 @@ def test_epochs_sets_the_prompt_stage_only_and_tii_epochs_the_tii_stage() -> Non
     """The official scripts set the TII run's epochs apart (MoE_PromptCL
     scripts/cifar100_Sup21k_NoRGa.sh l.14: 20; l.23: prompt stage 50)."""
     base = _cfg(["--method", "norga"])
-    assert (base.epochs, base.tii_epochs) == (50, 20)
+    assert (base.epochs, base.method_options.tii_epochs) == (50, 20)
     more = _cfg(["--method", "norga", "--epochs", "7"])
-    assert (more.epochs, more.tii_epochs) == (7, 20)
-    assert more.tii_ca_epochs == base.tii_ca_epochs and more.tap_epochs == base.tap_epochs
-    tii = _cfg(["--method", "hide", "--tii-epochs", "3"])
-    assert tii.to_dict() == {**_cfg(["--method", "hide"]).to_dict(), "tii_epochs": 3}
+    assert (more.epochs, more.method_options.tii_epochs) == (7, 20)
+    assert more.method_options.tii_ca_epochs == base.method_options.tii_ca_epochs
+    assert more.method_options.tap_epochs == base.method_options.tap_epochs
+    tii = _cfg(["--method", "hide", "--tii-epochs", "3"]).to_dict()
+    plain = _cfg(["--method", "hide"]).to_dict()
+    assert tii["method_options"] == {**plain["method_options"], "tii_epochs": 3}
+    assert {k: v for k, v in tii.items() if k != "method_options"} \
+        == {k: v for k, v in plain.items() if k != "method_options"}
     help_text = build_parser().format_help()
     assert "--tii-epochs" in help_text and "prompt / main training stage only" in help_text
 
@@ -105,7 +109,8 @@ def test_before_alignment_row0_default_and_official() -> None:
     before1 = np.array([60.0, 50.0])
     default = resolve_config("synthetic", "norga")
     official = resolve_config("synthetic", "norga", overrides={"protocol": "official"})
-    assert official.legacy_before_alignment_row0 and not default.legacy_before_alignment_row0
+    assert official.method_options.legacy_before_alignment_row0
+    assert not default.method_options.legacy_before_alignment_row0
     rows = {}
     for name, cfg in (("default", default), ("official", official)):
         row0 = _before_alignment_row(0, final[0], None, True, cfg)

@@ -39,7 +39,7 @@ def test_coda_cifar100_ortho_mu_is_the_official_zero() -> None:
     """CODA-Prompt ``experiments/cifar-100.sh`` l.29: ``--prompt_param 100 8 0.0`` (was 0.1)."""
     for backbone in ("sup21k", "ibot21k", "sup21k-ft1k"):
         cfg = resolve_config("cifar100", "coda-prompt", backbone)
-        assert cfg.method_options["ortho_mu"] == 0.0
+        assert cfg.method_options.ortho_mu == 0.0
         assert (cfg.epochs, cfg.lr, cfg.batch_size) == (20, 1e-3, 128)
 
 
@@ -54,9 +54,9 @@ def test_5datasets_epochs_are_20_with_ibot21k_and_40_with_sup21k(method: str) ->
 def test_sprompt_5datasets_pull_coeff_is_half() -> None:
     """MoE_PromptCL ``configs/five_datasets_sprompt_5e.py`` l.125: ``pull_constraint_coeff``
     0.5 (was 1.0); the other datasets keep 1.0 (``configs/*_sprompt_5e.py``)."""
-    assert resolve_config("5datasets", "sprompt", "sup21k").method_options["pull_coeff"] == 0.5
-    assert resolve_config("5datasets", "sprompt", "ibot21k").method_options["pull_coeff"] == 0.5
-    assert resolve_config("cifar100", "sprompt", "sup21k").method_options["pull_coeff"] == 1.0
+    assert resolve_config("5datasets", "sprompt", "sup21k").method_options.pull_coeff == 0.5
+    assert resolve_config("5datasets", "sprompt", "ibot21k").method_options.pull_coeff == 0.5
+    assert resolve_config("cifar100", "sprompt", "sup21k").method_options.pull_coeff == 1.0
 
 
 def _tiny_vit(fc_norm: bool) -> VisionTransformer:
@@ -336,9 +336,11 @@ def _value(method: str, dataset: str, overrides: dict[str, Any], name: str) -> A
         return getattr(get_method(method), name.removeprefix("class:"))
     cfg = resolve_config(dataset, method, "sup21k", overrides=overrides)
     head, _, key = name.partition(".")
+    if head == "method_options":  # the method's typed options, its defaults filled in
+        return getattr(cfg.method_options, key)
+    if not hasattr(cfg, head):  # an option given by its plain name
+        return getattr(cfg.method_options, head)
     value = getattr(cfg, head)
-    if head == "method_options":  # the method's defaults filled in
-        value = get_method(method).resolve_options(value)
     return value[key] if key else value
 
 

@@ -37,9 +37,10 @@ def test_l2p_original_port_values(dataset: str) -> None:
     cfg = resolve_config(dataset, "l2p", "sup21k", overrides=PORT)
     assert cfg.recipe == "original-port"
     assert (cfg.batch_size, cfg.eval_batch_size, cfg.epochs, cfg.lr) == (16, 16, 5, 0.03)
-    assert (cfg.scheduler, cfg.clip_grad, cfg.batchwise_prompt) == ("constant", 1.0, True)
+    o = cfg.method_options
+    assert (o.scheduler, cfg.clip_grad, o.batchwise_prompt) == ("constant", 1.0, True)
     assert cfg.dataset_options["class_order"] == "standard"
-    assert {k: cfg.method_options[k] for k in L2P[dataset]} == L2P[dataset]
+    assert {k: getattr(o, k) for k in L2P[dataset]} == L2P[dataset]
 
 
 @pytest.mark.parametrize("dataset", sorted(DUALPROMPT))
@@ -47,26 +48,27 @@ def test_dualprompt_original_port_values(dataset: str) -> None:
     cfg = resolve_config(dataset, "dualprompt", "sup21k", overrides=PORT)
     want = DUALPROMPT[dataset]
     assert (cfg.batch_size, cfg.eval_batch_size) == (24, 24)
-    assert (cfg.epochs, cfg.lr, cfg.batchwise_prompt) == (want["epochs"], want["lr"],
+    assert (cfg.epochs, cfg.lr, cfg.method_options.batchwise_prompt) == (want["epochs"], want["lr"],
                                                           want["batchwise_prompt"])
-    assert (cfg.scheduler, cfg.clip_grad) == ("constant", 1.0)
+    assert (cfg.method_options.scheduler, cfg.clip_grad) == ("constant", 1.0)
     assert cfg.dataset_options["class_order"] == "standard"
     opts = cfg.method_options
-    assert (opts["g_layers"], opts["g_length"], opts["e_layers"]) == ([0, 1], 5, [2, 3, 4])
-    assert (opts["e_length"], opts["pull_coeff"], opts["prompt_mask"]) == (
+    assert (opts.g_layers, opts.g_length, opts.e_layers) == ([0, 1], 5, [2, 3, 4])
+    assert (opts.e_length, opts.pull_coeff, opts.prompt_mask) == (
         want["e_length"], 1.0, True)
 
 
 def test_default_recipe_is_untouched_and_later_layers_still_win() -> None:
     default = resolve_config("cifar100", "l2p", "sup21k")
     assert default.recipe == "default" and RECIPES == ("default", "original-port", "hide-paper")
-    assert (default.epochs, default.lr, default.method_options["pool_size"]) == (10, 0.005, 30)
-    assert default.batchwise_prompt is False and "class_order" not in default.dataset_options
+    assert (default.epochs, default.lr, default.method_options.pool_size) == (10, 0.005, 30)
+    assert default.method_options.batchwise_prompt is False
+    assert "class_order" not in default.dataset_options
     # --protocol official goes on top of the recipe; explicit overrides on top of both
     cfg = resolve_config("cifar100", "l2p", "sup21k", overrides={
         **PORT, "protocol": "official", "method_options.length": "7", "epochs": "2"})
-    assert cfg.legacy_vote_ties and cfg.batchwise_prompt
-    assert (cfg.method_options["length"], cfg.method_options["pool_size"], cfg.epochs) == (
+    assert cfg.method_options.legacy_vote_ties and cfg.method_options.batchwise_prompt
+    assert (cfg.method_options.length, cfg.method_options.pool_size, cfg.epochs) == (
         7, 10, 2)
     dp = resolve_config("imagenet-r", "dualprompt", "sup21k")
     assert (dp.epochs, dp.lr, dp.batch_size) == (50, 0.005, 128)
@@ -110,4 +112,4 @@ def test_help_lists_what_the_recipe_changes_where_it_exists() -> None:
               else lines[i - 2].split()[0] for i in port]
     assert sorted(owners) == ["dualprompt", "dualprompt", "l2p", "l2p"]
     l2p_cifar = next(lines[i] for i, o in zip(port, owners, strict=True) if o == "l2p")
-    assert "method_options.pool_size=10" in l2p_cifar and "epochs=5" in l2p_cifar
+    assert " pool_size=10" in l2p_cifar and "epochs=5" in l2p_cifar  # options: plain names

@@ -4,6 +4,7 @@ only place that layers them, and importing the method modules changes no shared 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from cl.config import DATASET_PRESETS, method_presets, method_recipes, resolve_config
+from cl.config import DATASET_PRESETS, RUN_FIELDS, method_presets, method_recipes, resolve_config
 from cl.methods import available_methods, base, get_method
 from cl.methods.dualprompt import DualPrompt
+from cl.options import MethodOptions
 from cl.presets import PAPER_BACKBONES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +25,11 @@ METHOD_FILES = sorted((ROOT / "cl" / "methods").glob("*.py"))
 def _expected(layer: dict) -> dict:
     """The plain fields a preset layer sets (``*_options`` are merged, checked key by key)."""
     return {k: v for k, v in layer.items() if not k.endswith("_options")}
+
+
+def _value(cfg, name: str):
+    """A run field, or else an option of the method (a preset may set either by name)."""
+    return getattr(cfg, name) if name in RUN_FIELDS else getattr(cfg.method_options, name)
 
 
 @pytest.mark.parametrize("method", available_methods())
@@ -54,10 +61,10 @@ def test_the_resolver_applies_each_declared_layer(method: str) -> None:
             cfg = resolve_config(dataset, method, backbone)
             for name, value in _expected(layer).items():
                 if not any(name in other for other in later):
-                    assert getattr(cfg, name) == value, (method, key, dataset, name)
+                    assert _value(cfg, name) == value, (method, key, dataset, name)
             for name, value in layer.get("method_options", {}).items():
                 if not any(name in other.get("method_options", {}) for other in later):
-                    assert cfg.method_options[name] == value, (method, key, name)
+                    assert getattr(cfg.method_options, name) == value, (method, key, name)
 
 
 def test_recipes_are_declared_by_the_class_and_not_inherited() -> None:
@@ -74,15 +81,19 @@ def test_recipes_are_declared_by_the_class_and_not_inherited() -> None:
 
 
 def test_a_new_class_brings_its_presets(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclasses.dataclass
+    class ProbeOptions(MethodOptions):
+        width: int = 1
+
     class Probe(base.Method):
-        option_defaults = {"width": 1}
+        options_type = ProbeOptions
         presets = {"*": dict(epochs=3, method_options=dict(width=2)),
                    "cifar100": dict(epochs=4),
                    ("cifar100", "dino1k"): dict(lr=0.125)}
 
     monkeypatch.setitem(base._METHODS, "zz-probe", Probe)
     digits = resolve_config("digits", "zz-probe")
-    assert (digits.epochs, digits.method_options) == (3, {"width": 2})
+    assert (digits.epochs, digits.method_options) == (3, ProbeOptions(width=2))
     assert resolve_config("cifar100", "zz-probe", "sup21k").epochs == 4
     dino = resolve_config("cifar100", "zz-probe", "dino1k")
     assert (dino.epochs, dino.lr) == (4, 0.125)
@@ -115,21 +126,22 @@ def test_method_modules_declare_and_do_not_register() -> None:
 
 @pytest.mark.slow  # starts a Python process
 def test_importing_the_methods_changes_no_table_of_the_resolver() -> None:
-    """In a fresh interpreter: the module-level containers of cl.config and cl.presets are the
-    same before and after every method module is imported."""
+    """In a fresh interpreter: the module-level containers of the modules below the methods
+    (cl.presets, cl.options) are the same before and after every method module is imported
+    (cl.config imports the methods; its own tables are literals in its source)."""
     script = (
         "import json, sys\n"
-        "import cl.config, cl.presets\n"
-        "assert 'cl.methods' not in sys.modules, 'cl.config imported the methods eagerly'\n"
+        "import cl.options, cl.presets\n"
+        "assert 'cl.methods' not in sys.modules, 'the config records import the methods'\n"
         "def tables():\n"
-        "    return {f'{m.__name__}.{k}': repr(v) for m in (cl.config, cl.presets)\n"
+        "    return {f'{m.__name__}.{k}': repr(v) for m in (cl.options, cl.presets)\n"
         "            for k, v in vars(m).items() if isinstance(v, (dict, list, set, tuple))}\n"
         "before = tables()\n"
-        "import cl.methods\n"
+        "import cl.methods, cl.config\n"
         "print(json.dumps([before, tables()]))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=ROOT, check=True)
     before, after = json.loads(done.stdout)
     assert before == after
-    assert "cl.config.DATASET_PRESETS" in before
+    assert "cl.options.RUN_FIELDS" in before and "cl.presets.PAPER_BACKBONES" in before

@@ -3,6 +3,7 @@ CLI's exit code 2 for missing data and missing weights (nothing written)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from cl.backbones import loading as bb
 from cl.backbones.loading import BackboneWeightsError
 from cl.config import describe_presets, resolve_config
 from cl.methods import base as methods_base
+from cl.options import MethodOptions
 
 SSL = ("ibot21k", "ibot1k", "dino1k", "mocov3-1k")
 
@@ -55,8 +57,13 @@ def run1(dataset: str, backbone: str) -> tuple[tuple, tuple]:
     return (20, 1e-3, "constant", [4, 4], 0.005), (20, 1e-3, "constant", [4, 4], 0.005)
 
 
+def _get(cfg: Any, name: str) -> Any:
+    """A run field, or else an option of the method."""
+    return getattr(cfg, name) if hasattr(cfg, name) else getattr(cfg.method_options, name)
+
+
 def _values(cfg: Any, names: tuple[str, ...]) -> tuple:
-    return tuple(getattr(cfg, n) for n in names)
+    return tuple(_get(cfg, n) for n in names)
 
 
 @pytest.mark.parametrize("dataset,backbone", sorted(NORGA_RUN2))
@@ -68,14 +75,14 @@ def test_paper_rows_have_the_script_values(dataset: str, backbone: str) -> None:
     # HiDe-Prompt: same scripts without the gate; TAP 30 epochs at ca_lr 0.005 everywhere
     hide_expected = dict(zip(_RUN2, expected, strict=True), tap_epochs=30, ca_lr=0.005)
     hide_expected.pop("gate_act")
-    assert {k: getattr(hide, k) for k in hide_expected} == hide_expected
+    assert {k: _get(hide, k) for k in hide_expected} == hide_expected
     tii_norga, tii_hide = run1(dataset, backbone)
     assert _values(norga, _RUN1) == tii_norga
     assert _values(hide, _RUN1) == tii_hide
     for cfg in (norga, hide):  # shared by every script
-        assert (cfg.lr, cfg.batch_size, cfg.tii_ca_epochs, cfg.prompt_layers) == (
+        assert _values(cfg, ("lr", "batch_size", "tii_ca_epochs", "prompt_layers")) == (
             0.03, 128, 30, [0, 1, 2, 3, 4])
-        assert cfg.stats_method == "covariance"
+        assert cfg.method_options.stats_method == "covariance"
 
 
 def test_backbones_outside_the_tables_fall_back_to_sup21k() -> None:
@@ -97,8 +104,12 @@ def test_help_lists_presets_and_weights() -> None:
 
 
 def test_listing_is_generated_from_registered_presets(monkeypatch: pytest.MonkeyPatch) -> None:
+    @dataclasses.dataclass
+    class BaselineOptions(MethodOptions):
+        pool_size: int = 3
+
     class Baseline(methods_base.Method):  # the presets a new method class declares
-        option_defaults = {"pool_size": 3}
+        options_type = BaselineOptions
         presets = {
             "*": dict(lr=0.0042, method_options=dict(pool_size=17)),
             ("cifar100", "ibot1k"): dict(epochs=7),
@@ -108,7 +119,7 @@ def test_listing_is_generated_from_registered_presets(monkeypatch: pytest.Monkey
     lines = describe_presets().splitlines()
     mine = [line for line in lines if "zz-baseline" in line]
     assert len(mine) == 6  # one per dataset
-    assert all("lr=0.0042" in line and "method_options.pool_size=17" in line for line in mine)
+    assert all("lr=0.0042" in line and "pool_size=17" in line for line in mine)
     start = lines.index(next(x for x in lines if x.startswith("  cifar100")))
     block = lines[start:lines.index(next(x for x in lines if x.startswith("  imagenet-r")))]
     after = block[block.index(next(x for x in block if "zz-baseline" in x)) + 1:]

@@ -115,7 +115,7 @@ def test_dualprompt_model_follows_the_options(attention: str) -> None:
 def test_sprompt_has_no_g_prompt_and_e_prompts_in_blocks_0_to_4() -> None:
     method = _method("sprompt")
     assert method.model.g_prompt is None and method.model.e_layers == [0, 1, 2, 3, 4]
-    assert method.options["pull_coeff"] == 1.0 and method.model.e_length == 5
+    assert method.options.pull_coeff == 1.0 and method.model.e_length == 5
 
 
 # ---------------------------------------------------------------------------- options
@@ -124,13 +124,13 @@ def test_sprompt_has_no_g_prompt_and_e_prompts_in_blocks_0_to_4() -> None:
 def test_l2p_option_bounds() -> None:
     good = get_method("l2p").resolve_options({"pool_size": 4, "top_k": 4, "length": 1,
                                               "pull_coeff": 0})
-    assert good["top_k"] == 4 and good["length"] == 1 and good["pull_coeff"] == 0
-    assert get_method("l2p").resolve_options({"pool_size": 4, "top_k": 1})["top_k"] == 1
+    assert good.top_k == 4 and good.length == 1 and good.pull_coeff == 0
+    assert get_method("l2p").resolve_options({"pool_size": 4, "top_k": 1}).top_k == 1
     for bad in ({"pool_size": 4, "top_k": 5}, {"pool_size": 4, "top_k": 0}):
         with pytest.raises(ValueError) as info:
             get_method("l2p").resolve_options(bad)
-        assert str(info.value) == (f"method_options: top_k={bad['top_k']} must be in "
-                                   "[1, pool_size=4]")
+        assert str(info.value) == ("method_options.top_k: must be in [1, pool_size=4], got "
+                                   f"{bad['top_k']}")
     with pytest.raises(ValueError) as info:
         get_method("l2p").resolve_options({"length": 0})
     assert str(info.value) == "method_options.length: must be positive, got 0"
@@ -142,7 +142,7 @@ def test_l2p_option_bounds() -> None:
 @pytest.mark.parametrize("name", ["dualprompt", "sprompt"])
 def test_prefix_lengths_must_be_positive(name: str) -> None:
     cls = get_method(name)
-    assert cls.resolve_options({"g_length": 1, "e_length": 1})["e_length"] == 1
+    assert cls.resolve_options({"g_length": 1, "e_length": 1}).e_length == 1
     for field in ("g_length", "e_length"):
         with pytest.raises(ValueError) as info:
             cls.resolve_options({field: 0})
@@ -413,7 +413,8 @@ def test_checkpoint_round_trip_continues_identically(name: str) -> None:
     # as if through torch.save / torch.load: the optimizer's state dict holds live tensors
     state = copy.deepcopy(raw)
     assert state["method"] == name and state["task_index"] == 0
-    assert state["options"] == method.options and raw["options"] is not method.options
+    assert state["options"] == method.options.to_dict()
+    assert raw["options"] is not method.options
     assert not any(k.startswith("vit.") for k in state["model"])
     assert "key" in state["model"] and "head.weight" in state["model"]
     assert state["optimizer"]["state"] and state["scheduler"]["last_epoch"] == 2

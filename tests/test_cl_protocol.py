@@ -62,7 +62,7 @@ def test_keyed_selection_uses_the_official_vote_when_asked() -> None:
     query = torch.randn(5, 128, generator=torch.Generator().manual_seed(0))
     ids, _ = method.model.match(query, 3)
     torch.testing.assert_close(method.select_from_query(query), official_vote(ids, 3, 6))
-    method.config.legacy_vote_ties = False
+    method.options.legacy_vote_ties = False
     torch.testing.assert_close(method.select_from_query(query), majority_vote(ids, 3))
 
 
@@ -158,7 +158,7 @@ def test_smope_first_alignment_step_at_ten_times_ca_lr(monkeypatch) -> None:
     for quirks, first in ((False, 1.0), (True, 10.0)):
         method = _smope(legacy_scheduler_quirks=quirks)
         method._align_head(Task(1, [2, 3], [[0, 1], [2, 3]]))
-        ca_lr = method.config.ca_lr
+        ca_lr = method.options.ca_lr
         assert captured["lrs"][0] == pytest.approx(first * ca_lr)
         assert captured["lrs"][1] < ca_lr  # then the cosine from ca_lr down
 
@@ -200,26 +200,30 @@ def test_official_protocol_layer_per_method_and_dataset() -> None:
     assert official_layer("synthetic", "l2p") == {"batchwise_prompt": True,
                                                   "legacy_vote_ties": True}
     cfg = resolve_config("cifar100", "sprompt", "sup21k", overrides={"protocol": "official"})
-    assert (cfg.legacy_kv_reshape, cfg.batchwise_prompt, cfg.legacy_vote_ties) == (
-        True, True, True)
-    assert cfg.method_options["match_all_keys"] is True
-    assert cfg.method_options["pull_coeff"] == 1.0  # presets untouched
+    o = cfg.method_options
+    assert (o.legacy_kv_reshape, o.batchwise_prompt, o.legacy_vote_ties) == (True, True, True)
+    assert cfg.method_options.match_all_keys is True
+    assert cfg.method_options.pull_coeff == 1.0  # presets untouched
     assert resolve_config("imagenet-r", "sprompt", "sup21k",
-                          overrides={"protocol": "official"}).batchwise_prompt is False
+                          overrides={"protocol": "official"}).method_options \
+        .batchwise_prompt is False
     cfg = resolve_config("5datasets", "norga", "sup21k", overrides={"protocol": "official"})
-    assert cfg.batchwise_prompt and cfg.dataset_options["legacy_transform_leak"] is True
+    assert cfg.method_options.batchwise_prompt
+    assert cfg.dataset_options["legacy_transform_leak"] is True
     cfg = resolve_config("cifar100", "smope", "sup1k", overrides={"protocol": "official"})
-    assert cfg.legacy_drop_last and cfg.method_options["freeze_iters"] == 80
-    assert cfg.method_options["iter_step"] == 40
+    assert cfg.legacy_drop_last and cfg.method_options.freeze_iters == 80
+    assert cfg.method_options.iter_step == 40
     cfg = resolve_config("cifar100", "coda-prompt", "sup21k", overrides={"protocol": "official"})
-    assert cfg.legacy_drop_last and not cfg.legacy_kv_reshape
+    assert cfg.legacy_drop_last and not hasattr(cfg.method_options, "legacy_kv_reshape")
     # explicit overrides still win over the protocol, with the dotted method_options syntax
     cfg = resolve_config("cifar100", "sprompt", "sup21k", overrides={
         "protocol": "official", "legacy_kv_reshape": "false",
         "method_options.match_all_keys": "false"})
-    assert cfg.legacy_kv_reshape is False and cfg.method_options["match_all_keys"] is False
+    assert cfg.method_options.legacy_kv_reshape is False
+    assert cfg.method_options.match_all_keys is False
     default = resolve_config("cifar100", "sprompt", "sup21k")
-    assert (default.protocol, default.legacy_kv_reshape, default.batchwise_prompt) == (
+    o = default.method_options
+    assert (default.protocol, o.legacy_kv_reshape, o.batchwise_prompt) == (
         "default", False, False)
     with pytest.raises(ValueError, match="protocol: must be one of default, official; got 'paper'"):
         resolve_config("synthetic", "norga", overrides={"protocol": "paper"})
@@ -248,10 +252,13 @@ def test_every_method_runs_under_the_official_protocol(method: str, tmp_path: Pa
     cfg = small_config(method, epochs=1, protocol="official")
     assert cfg.protocol == "official"
     for key, value in official_layer("synthetic", method).items():
-        if isinstance(value, dict):
+        if key == "method_options":
+            assert {k: getattr(cfg.method_options, k) for k in value} == value
+        elif isinstance(value, dict):
             assert {k: getattr(cfg, key)[k] for k in value} == value
-        else:
-            assert getattr(cfg, key) == value, key
+        else:  # a run field, or an option by its plain name
+            got = getattr(cfg, key) if hasattr(cfg, key) else getattr(cfg.method_options, key)
+            assert got == value, key
     result = run_experiment(cfg, tmp_path / "run")
     assert result.finished and 0.0 <= result.metrics["FA"] <= 100.0
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -269,4 +276,5 @@ def test_cli_protocol_flag_and_run_directory(tmp_path: Path, monkeypatch) -> Non
     assert code == 0
     out = tmp_path / "runs" / "synthetic-l2p-vit-tiny-random-s42-official"
     config = json.loads((out / "config.json").read_text())
-    assert config["protocol"] == "official" and config["batchwise_prompt"] is True
+    assert config["protocol"] == "official"
+    assert config["method_options"]["batchwise_prompt"] is True

@@ -165,8 +165,8 @@ def test_coswm_factor_closed_form() -> None:
 def test_option_checks() -> None:
     cls = get_method("smope")
     assert cls.resolve_options({"top_k": 4, "num_experts": 4, "iter_step": 0,
-                                "freeze_iters": 0})["top_k"] == 4
-    assert cls.resolve_options({"top_k": 1})["top_k"] == 1
+                                "freeze_iters": 0}).top_k == 4
+    assert cls.resolve_options({"top_k": 1}).top_k == 1
     for k in (0, 5):
         with pytest.raises(ValueError) as info:
             cls.resolve_options({"top_k": k, "num_experts": 4})

@@ -93,12 +93,13 @@ def test_batchwise_vote_is_batch_dependent() -> None:
 
 def test_presets() -> None:
     cfg = resolve_config("cifar100", "sprompt", "sup21k")
-    assert (cfg.epochs, cfg.lr, cfg.scheduler, cfg.batchwise_prompt) == (20, 0.005, "constant",
-                                                                        False)
-    assert cfg.method_options == {"g_layers": [], "e_layers": [0, 1, 2, 3, 4], "e_length": 20,
-                                  "pull_coeff": 1.0}
+    o = cfg.method_options
+    assert (cfg.epochs, cfg.lr, o.scheduler, o.batchwise_prompt) == (20, 0.005, "constant", False)
+    assert cfg.method_options.to_dict().items() >= {
+        "g_layers": [], "e_layers": [0, 1, 2, 3, 4], "e_length": 20,
+                                  "pull_coeff": 1.0}.items()
     cfg = resolve_config("cub200", "sprompt", "sup21k")
-    assert (cfg.epochs, cfg.scheduler) == (50, "step")
+    assert (cfg.epochs, cfg.method_options.scheduler) == (50, "step")
 
 
 def test_parameter_count_on_vit_b16() -> None:

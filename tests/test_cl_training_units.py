@@ -7,6 +7,8 @@ registry. Everything runs on tiny hand-built tensors, without a ViT.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +23,7 @@ from cl.methods.base import Method, _no_log, _no_progress, available_methods, ge
 from cl.methods.base import register_method as register
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.numerics import NonFiniteLossError
+from cl.options import MethodOptions
 from cl.stats.gaussian import GaussianClassStats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -139,29 +142,34 @@ class _Probe(FrozenViTMethod):
         self._restore_task(state)
 
 
+def _probe_config():
+    """A run config with the probe's own (empty) options."""
+    return dataclasses.replace(resolve_config("synthetic", "hide"),
+                               method_options=MethodOptions())
+
+
 def _probe(**kwargs) -> _Probe:
-    cfg = resolve_config("synthetic", "hide")
-    return _Probe(cfg, "vit", NUM_CLASSES, SCHEDULE, **kwargs)
+    return _Probe(_probe_config(), "vit", NUM_CLASSES, SCHEDULE, **kwargs)
 
 
 def test_frozen_vit_method_construction():
     records: list[dict] = []
     method = _probe(log=records.append)
-    assert method.built_with == "vit" and method.options == {}
+    assert method.built_with == "vit" and method.options == MethodOptions()
     assert method.device == torch.device("cpu") and method.num_classes == NUM_CLASSES
     assert method.task_classes == SCHEDULE and method.task_classes is not SCHEDULE
     assert method.class_to_task.tolist() == [1, 0, 1, 2, 0, 1, -1]
     assert method.task is None and method.task_index == -1
     method.log({"a": 1})
     assert records == [{"a": 1}]
-    tensor_ids = _Probe(resolve_config("synthetic", "hide"), None, NUM_CLASSES,
+    tensor_ids = _Probe(_probe_config(), None, NUM_CLASSES,
                         [torch.tensor(c) for c in SCHEDULE])
     assert tensor_ids.task_classes == SCHEDULE
     assert all(type(c) is int for cs in tensor_ids.task_classes for c in cs)
 
 
 def test_frozen_vit_method_refuses_unknown_method_options():
-    cfg = resolve_config("synthetic", "hide")
+    cfg = _probe_config()
     object.__setattr__(cfg, "method_options", {"bogus": 1})
     with pytest.raises(ValueError, match="unknown key"):
         _Probe(cfg, None, NUM_CLASSES, SCHEDULE)
@@ -401,16 +409,21 @@ def test_method_defaults():
     assert method.expert_selection() is None and method.run_files() == {}
 
 
+@dataclasses.dataclass
+class _ProbeOptions(MethodOptions):
+    alpha: int = 1
+    mode: typing.Literal["a", "b"] = "a"
+
+
 class _Options(Method):
-    option_defaults = {"alpha": 1, "mode": "a"}
-    option_choices = {"mode": ("a", "b")}
+    options_type = _ProbeOptions
 
 
 def test_resolve_options_merges_defaults_and_refuses_unknown_keys_and_values():
     _Options.name = "opt-probe"
-    assert _Options.resolve_options({}) == {"alpha": 1, "mode": "a"}
-    assert _Options.resolve_options({"mode": "b"}) == {"alpha": 1, "mode": "b"}
-    assert _Options.option_defaults == {"alpha": 1, "mode": "a"}  # not modified
+    assert _Options.resolve_options({}) == _ProbeOptions(alpha=1, mode="a")
+    assert _Options.resolve_options({"mode": "b"}) == _ProbeOptions(alpha=1, mode="b")
+    assert _ProbeOptions() == _ProbeOptions(alpha=1, mode="a")  # not modified
     with pytest.raises(ValueError) as info:
         _Options.resolve_options({"zeta": 1, "beta": 2})
     assert str(info.value) == ("method_options: unknown key(s) beta, zeta for opt-probe; "
@@ -418,6 +431,12 @@ def test_resolve_options_merges_defaults_and_refuses_unknown_keys_and_values():
     with pytest.raises(ValueError) as info:
         _Options.resolve_options({"mode": "c"})
     assert str(info.value) == "method_options.mode: must be one of a, b; got 'c'"
+    with pytest.raises(ValueError) as info:
+        _Options.resolve_options({"alpha": "1"})
+    assert str(info.value) == "method_options.alpha: expected an integer, got '1'"
+    with pytest.raises(ValueError) as info:
+        _Options.resolve_options(MethodOptions())  # another method's (here: the base) options
+    assert "are not the options of opt-probe" in str(info.value)
     with pytest.raises(ValueError) as info:
         _Probe.resolve_options({"x": 1})
     assert str(info.value) == ("method_options: unknown key(s) x for probe; allowed: "

@@ -152,7 +152,7 @@ def test_training_masks_and_alignment_samples_follow_the_schedule(monkeypatch) -
         assert rec["align_masks"] == [_seen(t)] * 2
         assert rec["samples"] == [
             ("tii_stats", _seen(t), cfg.batch_size),
-            ("prompt_stats", _seen(t), cfg.tap_samples_mult * cfg.batch_size),
+            ("prompt_stats", _seen(t), cfg.method_options.tap_samples_mult * cfg.batch_size),
         ]
 
 
@@ -210,7 +210,7 @@ def test_prompt_ensemble_and_copy_are_the_hand_computed_pools():
 
 def test_hide_trains_with_momentum_and_ensembles_at_the_end_of_each_task(monkeypatch):
     method = _method("hide")
-    m = method.config.prompt_momentum
+    m = method.options.prompt_momentum
     calls: list[tuple] = []
     pool = method.model.prompt
     blended, apply_momentum = pool.blended, pool.apply_momentum

@@ -18,7 +18,7 @@ from cl.backbones.loading import BACKBONES
 from cl.config import CLConfig, resolve_config
 from cl.data.registry import available_datasets
 from cl.errors import ConfigError
-from cl.methods import available_methods
+from cl.methods import available_methods, get_method
 from cl.run.engine import resolve_device, run_experiment
 from norga.choices import ChoiceError, check_choice
 
@@ -26,11 +26,11 @@ from norga.choices import ChoiceError, check_choice
 RESOLVE_CASES = [
     ("norga", {"no_such_key": "1"}, "no_such_key"),  # unknown key
     ("norga", {"lr": "fast"}, "lr"),  # not a number
-    ("norga", {"larger_prompt_lr": "maybe"}, "larger_prompt_lr"),  # not a boolean
-    ("norga", {"tii_mlp": "[2,"}, "tii_mlp"),  # bad JSON list
+    ("norga", {"larger_prompt_lr": "maybe"}, "method_options.larger_prompt_lr"),  # not a bool
+    ("norga", {"tii_mlp": "[2,"}, "method_options.tii_mlp"),  # bad JSON list
     ("norga", {"dataset_options": "[1]"}, "dataset_options"),  # not a JSON object
     ("norga", {"method_options.": "1"}, "method_options."),  # dotted key without a name
-    ("norga", {"scheduler": "linear"}, "scheduler"),  # choice
+    ("norga", {"scheduler": "linear"}, "method_options.scheduler"),  # choice
     ("norga", {"keep_checkpoints": "none"}, "keep_checkpoints"),
     ("norga", {"protocol": "paper"}, "protocol"),
     ("norga", {"recipe": "paper"}, "recipe"),
@@ -39,18 +39,22 @@ RESOLVE_CASES = [
     ("norga", {"batch_size": "0"}, "batch_size"),  # ranges
     ("norga", {"clip_grad": "-1"}, "clip_grad"),
     ("norga", {"seed": -1}, "seed"),
-    ("norga", {"reg": "nan"}, "reg"),
-    ("norga", {"prompt_momentum": "1"}, "prompt_momentum"),
-    ("norga", {"prompt_layers": "[0,0]"}, "prompt_layers"),
+    ("norga", {"reg": "nan"}, "method_options.reg"),
+    ("norga", {"prompt_momentum": "1"}, "method_options.prompt_momentum"),
+    ("norga", {"method.prompt_layers": "[0,0]"}, "method_options.prompt_layers"),
+    ("norga", {"method.tii_epochs": "-1"}, "method_options.tii_epochs"),
+    ("norga", {"method.no_such": "1"}, "method_options"),  # not an option of the method
     ("norga", {"compile": "maybe"}, "compile"),
     ("norga", {"method_options": '{"top_k": 3}'}, "method_options"),  # unknown option
     ("smope", {"method_options.schedule": "step"}, "method_options.schedule"),  # option choice
-    ("l2p", {"method_options.top_k": "99"}, "method_options"),  # option range (class check)
+    ("l2p", {"method_options.top_k": "99"}, "method_options.top_k"),  # range (class check)
+    ("l2p", {"method_options.head_type": "gap"}, "method_options.head_type"),  # Literal option
     ("l2p", {"method_options.length": "0"}, "method_options.length"),
     ("dualprompt", {"method_options.e_length": "0"}, "method_options.e_length"),
     ("sprompt", {"method_options.pull_coeff": "-1"}, "method_options.pull_coeff"),
     ("l2p", {"prompt_layers": "[1]"}, "prompt_layers"),  # a field the method does not use
     ("hide", {"gate_act": "gelu"}, "gate_act"),
+    ("coda-prompt", {"tii_epochs": "3"}, "tii_epochs"),
 ]
 
 
@@ -68,18 +72,20 @@ def tiny_run_config() -> CLConfig:
     return resolve_config("synthetic", "hide", quick=True)
 
 
-@pytest.mark.parametrize("changes, stop, field", [
-    ({"device": "tpu"}, None, "device"),
-    ({"dataset_options": {"bogus": 1}}, None, "dataset_options"),
-    ({"dataset_options": {"num_tasks": 0}}, None, "dataset_options"),
-    ({}, 99, "stop_after_task"),
-    ({"prompt_layers": [99]}, None, "prompt_layers"),  # the model refuses it
-    ({"prompt_length": 100_000}, None, "prompt_length"),  # more memory than the machine has
-    ({"method": "zz-unknown"}, None, "method"),
+@pytest.mark.parametrize("changes, options, stop, field", [
+    ({"device": "tpu"}, {}, None, "device"),
+    ({"dataset_options": {"bogus": 1}}, {}, None, "dataset_options"),
+    ({"dataset_options": {"num_tasks": 0}}, {}, None, "dataset_options"),
+    ({}, {}, 99, "stop_after_task"),
+    ({}, {"prompt_layers": [99]}, None, "method_options.prompt_layers"),  # the model refuses it
+    # more memory than the machine has
+    ({}, {"prompt_length": 100_000}, None, "method_options.prompt_length"),
+    ({"method": "zz-unknown"}, {}, None, "method"),
 ])
 def test_engine_errors_name_their_field(tiny_run_config: CLConfig, tmp_path: Path, changes,
-                                        stop, field) -> None:
-    cfg = dataclasses.replace(tiny_run_config, **changes)
+                                        options, stop, field) -> None:
+    cfg = dataclasses.replace(tiny_run_config, **changes, method_options=dataclasses.replace(
+        tiny_run_config.method_options, **options))
     with pytest.raises(ConfigError) as info:
         run_experiment(cfg, tmp_path / "run", stop_after_task=stop)
     assert info.value.field == field, str(info.value)
@@ -131,9 +137,13 @@ def test_resolve_device_error_is_a_config_error() -> None:
     (ConfigError("gate_act", "x"), "argument --gate-act: x"),
     (ConfigError("stop_after_task", "7 is not a task"),
      "argument --stop-after-task: 7 is not a task"),
-    # a key of method_options: the flag sets the whole field, the text keeps the key
+    # an option of the method: --set method.NAME, or the flag of its own
     (ConfigError("method_options.schedule", "must be one of a, b; got 'c'"),
-     "argument --set method_options: method_options.schedule: must be one of a, b; got 'c'"),
+     "argument --set method.schedule: must be one of a, b; got 'c'"),
+    (ConfigError("method_options.gate_act", "x"), "argument --gate-act: x"),
+    # a key of dataset_options: the flag sets the whole field, the text keeps the key
+    (ConfigError("dataset_options.split", "x"),
+     "argument --set dataset_options: dataset_options.split: x"),
     (ConfigError("method_options", "top_k=9 must be in [1, 3]"),
      "argument --set method_options: top_k=9 must be in [1, 3]"),
 ])
@@ -154,7 +164,10 @@ def test_cli_line_for_a_bad_choice(capsys) -> None:
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.count("\n") == 1
     assert err == ("cl.py: error: argument --set scheduler: must be one of constant, step, "
-                   "cosine; got 'linear'\n")
+                   "cosine; got 'linear'\n")  # named as it was given
+    with pytest.raises(SystemExit):
+        cli.main(["--dataset", "synthetic", "--quick", "--set", "method.scheduler=linear"])
+    assert capsys.readouterr().err.startswith("cl.py: error: argument --set method.scheduler: ")
 
 
 def test_errors_survive_pickling() -> None:
@@ -219,31 +232,58 @@ def test_no_other_choice_helper_is_left() -> None:
 
 
 # ---------------------------------------------------------------- Literal field types
-def _literal_fields() -> dict[str, tuple]:
-    hints = typing.get_type_hints(CLConfig)
+def _literal_fields(cls: type) -> dict[str, tuple]:
+    hints = typing.get_type_hints(cls)
     return {name: typing.get_args(hint) for name, hint in hints.items()
             if typing.get_origin(hint) is typing.Literal}
 
 
 def test_literal_types_list_what_the_registries_hold() -> None:
-    fields = _literal_fields()
+    fields = _literal_fields(CLConfig)
     assert set(fields["dataset"]) == set(available_datasets())
-    assert set(fields["method"]) == set(available_methods())
     assert set(fields["backbone"]) == set(BACKBONES)
+    # the method names are the registry's own: no list in the config to keep up to date
+    assert "method" not in fields
+    method_flag = next(a for a in cli.build_parser()._actions if a.dest == "method")
+    assert list(method_flag.choices) == available_methods()
+
+
+def _options_classes() -> list[type]:
+    return [CLConfig] + [get_method(m).options_type for m in available_methods()]
 
 
 def test_every_other_literal_field_is_checked_against_its_values() -> None:
-    """Each value of the Literal passes validate(); anything else is refused, naming the field.
-    (dataset, method and backbone are checked by their registries when the run is built.)"""
-    fields = {k: v for k, v in _literal_fields().items()
-              if k not in ("dataset", "method", "backbone")}
+    """Each value of a Literal field (of the run or of a method's options) passes validate();
+    anything else is refused, naming the field. (dataset and backbone are checked by their
+    registries when the run is built.)"""
+    seen: set[str] = set()
+    for cls in _options_classes():
+        fields = {k: v for k, v in _literal_fields(cls).items() if k not in ("dataset", "backbone")}
+        seen |= set(fields)
+        prefix = "" if cls is CLConfig else "method_options."
+        for name, values in fields.items():
+            for value in values:
+                dataclasses.replace(cls(), **{name: value}).validate()
+            with pytest.raises(ConfigError) as info:
+                dataclasses.replace(cls(), **{name: "zz-not-a-value"}).validate()
+            assert info.value.field == prefix + name
+            assert info.value.reason == (f"must be one of {', '.join(values)}; "
+                                         "got 'zz-not-a-value'")
     assert {"gate_act", "attention", "precision", "protocol", "recipe", "scheduler",
-            "tii_scheduler", "stats_method", "keep_checkpoints"} <= set(fields)
-    for name, values in fields.items():
-        for value in values:
-            dataclasses.replace(CLConfig(), **{name: value}).validate()
-        with pytest.raises(ConfigError) as info:
-            dataclasses.replace(CLConfig(), **{name: "zz-not-a-value"}).validate()
-        assert info.value.field == name
-        assert info.value.reason == (f"must be one of {', '.join(values)}; "
-                                     "got 'zz-not-a-value'")
+            "tii_scheduler", "stats_method", "keep_checkpoints", "head_type",
+            "schedule"} <= seen
+
+
+def test_literal_option_types_match_the_models_values() -> None:
+    from cl.methods.coda_prompt import SCHEDULES as CODA
+    from cl.methods.l2p import L2POptions
+    from cl.methods.smope import SCHEDULES as SMOPE
+    from cl.models.gating import ACTIVATIONS
+    from cl.models.prompt_pools import HEAD_TYPES
+    from cl.stats.gaussian import STATS_METHODS
+
+    hints = {**_literal_fields(get_method("norga").options_type), **_literal_fields(L2POptions)}
+    assert hints["head_type"] == HEAD_TYPES and hints["gate_act"] == ACTIVATIONS
+    assert hints["stats_method"] == STATS_METHODS
+    assert _literal_fields(get_method("coda-prompt").options_type)["schedule"] == CODA
+    assert _literal_fields(get_method("smope").options_type)["schedule"] == SMOPE

@@ -163,7 +163,7 @@ def test_dualprompt_original_port_runs_on_the_coda_split(spec, tree: Path) -> No
         "recipe": "original-port", "epochs": 1, "data_root": str(tree), "seed": 3,
         "dataset_options": {"image_size": 16, "num_tasks": 2, "split_dir": str(split_dir)},
         "method_options.e_length": 2})
-    assert (cfg.batch_size, cfg.lr, cfg.batchwise_prompt) == (24, 0.005, False)
+    assert (cfg.batch_size, cfg.lr, cfg.method_options.batchwise_prompt) == (24, 0.005, False)
     result = run_experiment(cfg, tree / "run")
     assert result.finished and 0.0 <= result.metrics["FA"] <= 100.0
     saved = json.loads((tree / "run" / "config.json").read_text())

@@ -1,6 +1,6 @@
-"""No import cycles in ``moe_theory``, ``cl`` or ``figures`` (function-level imports included),
-and the packages keep apart: ``moe_theory`` and ``cl`` never import each other, ``figures``
-imports neither (it reads their result files)."""
+"""No import cycles in ``moe_theory``, ``cl`` or ``figures`` (function-level and
+``TYPE_CHECKING`` imports included), and the packages keep apart: ``moe_theory`` and ``cl``
+never import each other, ``figures`` imports neither (it reads their result files)."""
 
 from __future__ import annotations
 
@@ -46,13 +46,35 @@ def _report(graph, found) -> str:
     return "\n".join(describe_cycle(graph, c) for c in found)
 
 
+# Cycles known to remain, each to be removed from this list when it is broken (the test fails
+# on an entry that is no longer a cycle, so the list only shrinks). None remain.
+KNOWN_CYCLES: list[list[str]] = []
+
+
 def test_no_import_cycles():
     # the lazy dataset loader is modelled with its plugin edges (registry -> dataset modules):
     # registration (cl.data.catalog) and the errors (cl.data.errors) are leaves it shares with
     # the dataset modules, so the lookup can import them without closing a cycle
     graph, _ = import_graph(ROOT, PACKAGES, {**EAGER, **LAZY})
     found = cycles(graph)
-    assert not found, _report(graph, found)
+    new = [c for c in found if c not in KNOWN_CYCLES]
+    assert not new, _report(graph, new)
+    gone = [c for c in KNOWN_CYCLES if c not in found]
+    assert not gone, f"no longer cycles, remove them from KNOWN_CYCLES: {gone}"
+    kinds = {e.kind for edges in graph.values() for e in edges}
+    assert {"module", "function", "type-only", "dynamic"} <= kinds  # every kind is modelled
+
+
+def test_the_config_and_the_methods_do_not_import_each_other_in_any_way():
+    """cl.config resolves through the method registry; the methods take the run's config
+    record from cl.options, below both (lazy and type-only imports counted)."""
+    graph, _ = import_graph(ROOT, PACKAGES, {**EAGER, **LAZY})
+    methods = [m for m in graph if m == "cl.methods" or m.startswith("cl.methods.")]
+    back = [f"{e.source}:{e.line} -> {e.target} ({e.kind})" for m in methods for e in graph[m]
+            if e.target in ("cl.config", "cl.config_files", "cl.cli")]
+    assert not back, back
+    below = {e.target for e in graph["cl.options"]}
+    assert not {t for t in below if t.startswith(("cl.methods", "cl.config"))}, below
     assert {"cl.data.cifar100", "cl.data.five_datasets"} <= {
         e.target for e in graph["cl.data.registry"]}, "the lazy plugin edges are not modelled"
 
@@ -103,7 +125,7 @@ def test_relative_and_package_imports_resolve(tmp_path):
     assert cycles(graph) == [["p.sub", "p.sub.x", "p.y"]]
 
 
-def test_type_checking_imports_are_not_edges_and_dynamic_ones_must_be_modelled(tmp_path):
+def test_type_checking_imports_are_edges_and_dynamic_ones_must_be_modelled(tmp_path):
     root = _package(tmp_path, {
         "p/__init__.py": "",
         "p/a.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from p.b import B\n"
@@ -113,5 +135,19 @@ def test_type_checking_imports_are_not_edges_and_dynamic_ones_must_be_modelled(t
     with pytest.raises(UnmodelledDynamicImport, match=r"b\.py:3"):
         import_graph(root, ["p"])
     graph, external = import_graph(root, ["p"], {"p.b": lambda names: ["p.a"]})
-    assert graph["p.a"] == [] and [e.target for e in graph["p.b"]] == ["p.a"]
-    assert cycles(graph) == [] and "p.a -> json" in external
+    assert [(e.target, e.line, e.kind) for e in graph["p.a"]] == [("p.b", 3, "type-only")]
+    assert [(e.target, e.kind) for e in graph["p.b"]] == [("p.a", "dynamic")]
+    assert cycles(graph) == [["p.a", "p.b"]] and "p.a -> json" in external
+    assert "p.a:3 -> p.b (type-only)" in describe_cycle(graph, ["p.a", "p.b"])
+
+
+def test_a_type_checking_import_inside_a_function_is_type_only(tmp_path):
+    root = _package(tmp_path, {
+        "p/__init__.py": "",
+        "p/a.py": ("import typing\ndef f():\n    if typing.TYPE_CHECKING:\n"
+                   "        from p import b\n    from p import c\n"),
+        "p/b.py": "", "p/c.py": "",
+    })
+    graph, _ = import_graph(root, ["p"])
+    assert sorted((e.target, e.kind) for e in graph["p.a"]) == [("p.b", "type-only"),
+                                                                ("p.c", "function")]

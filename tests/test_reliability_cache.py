@@ -14,7 +14,7 @@ import moe_theory.cache as cache_module
 import moe_theory.estimate as estimate
 from moe_theory.rates.sweep import RateConfig, run_rates
 
-SMALL = RateConfig(settings=("exact",), gates=("norga",), n_values=(100, 200), replicates=2,
+SMALL = RateConfig(settings=("exact",), gates=("norga",), n_values=(100, 150, 200), replicates=2,
                    block=2, fit_n_min=100, max_iter=40)
 
 

@@ -1,9 +1,11 @@
 """Continual-learning methods, registered by name (``get_method("norga")``).
 
 Every module of this package is imported here, so a new method only needs its own module with a
-``@register_method("name")`` class (and, optionally, its presets declared on the class as
-``presets`` / ``recipe_presets``, which :func:`cl.config.resolve_config` layers); nothing else
-has to be edited.
+``@register_method("name")`` class: its typed options as ``options_type`` (a dataclass derived
+from :class:`cl.options.MethodOptions`) and, optionally, its presets declared on the class as
+``presets`` / ``recipe_presets``, which :func:`cl.config.resolve_config` layers. Nothing else
+has to be edited: ``--method`` lists the registry, ``--set method.NAME`` and config files reach
+the options. (A class registered from anywhere else, e.g. a test module, works the same.)
 """
 
 import importlib

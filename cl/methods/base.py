@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from cl.errors import ConfigError
+from cl.options import RUN_FIELDS, MethodOptions
 from cl.presets import PresetTable
-from norga.choices import ChoiceError, check_choice
+from norga.choices import check_choice
 
 ProgressFn = Callable[[Iterable, str], Iterable]
 LogFn = Callable[[dict[str, Any]], None]
@@ -66,15 +67,9 @@ class Method(abc.ABC):
     """
 
     name: ClassVar[str] = ""
-    #: ``config.method_options`` this method understands and their defaults (none by default)
-    option_defaults: ClassVar[dict[str, Any]] = {}
-    # string options with a fixed set of values, checked by resolve_options
-    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
-
-    #: the fields of :data:`cl.config.METHOD_SPECIFIC_FIELDS` this method reads (``None``: all
-    #: of them, for a method that does not say). ``resolve_config`` refuses an explicit,
-    #: non-preset value of any other one, which the method would silently ignore.
-    config_fields: ClassVar[frozenset[str] | None] = None
+    #: this method's typed options (a dataclass derived from :class:`cl.options.MethodOptions`,
+    #: held by the run as ``config.method_options``); the base has none
+    options_type: ClassVar[type[MethodOptions]] = MethodOptions
 
     #: this method's presets (:data:`cl.presets.PresetTable`: ``"*"``, dataset or
     #: ``(dataset, backbone)`` keys -> config overrides), layered by
@@ -103,28 +98,22 @@ class Method(abc.ABC):
             self.before_alignment(task)
 
     @classmethod
-    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
-        """:attr:`option_defaults` updated by ``given``.
+    def resolve_options(cls, given: MethodOptions | Mapping[str, Any]) -> MethodOptions:
+        """``given`` as this method's validated :attr:`options_type` (a mapping: its fields,
+        defaults for the others).
 
-        :class:`cl.errors.ConfigError` (a ``ValueError``; ``field`` ``"method_options"``, one
-        line) for a name not in :attr:`option_defaults`, naming the allowed ones, or
-        (``field`` ``"method_options.KEY"``) a value outside :attr:`option_choices`; subclasses
-        extend this with checks of the values, raising ``ConfigError`` the same way.
-        :meth:`cl.config.CLConfig.validate` calls it, so a bad option is refused before anything
-        is written.
+        Raises
+        ------
+        ConfigError
+            (``field`` ``"method_options"``) options of another method's type or an unknown
+            name (the allowed ones named); ``"method_options.NAME"`` for a bad value.
         """
-        unknown = sorted(set(given) - set(cls.option_defaults))
-        if unknown:
-            allowed = ", ".join(sorted(cls.option_defaults)) or f"none ({cls.name} has no options)"
-            raise ConfigError("method_options", f"unknown key(s) {', '.join(unknown)} for "
-                              f"{cls.name}; allowed: {allowed}")
-        options = {**cls.option_defaults, **given}
-        for key, allowed_values in cls.option_choices.items():
-            try:
-                check_choice(key, options[key], allowed_values)
-            except ChoiceError as exc:
-                raise ConfigError(f"method_options.{key}", exc.reason) from None
-        return options
+        if type(given) is cls.options_type:
+            return given.validate()
+        if isinstance(given, MethodOptions):
+            raise ConfigError("method_options", f"{type(given).__name__} are not the options of "
+                              f"{cls.name} ({cls.options_type.__name__})")
+        return cls.options_type.from_dict(given, cls.name)
 
     @abc.abstractmethod
     def begin_task(self, task: Task) -> None:
@@ -181,6 +170,10 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     def decorate(cls: type[Method]) -> type[Method]:
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method {name!r} is already registered")
+        shadowed = sorted(set(cls.options_type.field_names()) & set(RUN_FIELDS))
+        if shadowed:  # one name, one meaning: --set NAME must address one field
+            raise ValueError(f"{cls.__name__}.options_type fields {', '.join(shadowed)} are "
+                             "run fields of CLConfig; rename them")
         cls.name = name
         _METHODS[name] = cls
         return cls

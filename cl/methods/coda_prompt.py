@@ -11,15 +11,16 @@ cl-pipeline.md section 6.2. Per task ``t`` (``pool_per_task`` = 10 components pe
 3. Inference: query pass + prompted pass with all learned components, logits of the classes
    seen so far. No task identity is needed or predicted.
 
-Hyperparameters live in ``config.method_options`` (keys of :data:`DEFAULT_OPTIONS`, checked by
-:meth:`CodaPrompt.resolve_options` when the config is resolved); ``epochs``,
+Hyperparameters live in ``config.method_options`` (:class:`CodaOptions`, checked when the config is
+resolved); ``epochs``,
 ``lr``, ``batch_size`` and ``clip_grad`` are the shared config fields.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -31,18 +32,29 @@ from cl.methods.base import Task, register_method
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.coda import CodaViT
+from cl.options import AttentionImpl, MethodOptions
 from cl.presets import PresetTable
 from cl.run.seeding import torch_generator
 
-#: ``method_options`` of CODA-Prompt and their defaults (CIFAR-100 values of the official code).
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "pool_per_task": 10,  # M = pool_per_task * num_tasks components per layer
-    "length": 8,  # prompt tokens per component: L/2 key + L/2 value prefix tokens
-    "layers": [0, 1, 2, 3, 4],
-    "ortho_mu": 0.0,  # orthogonality penalty weight
-    "schedule": "cosine",  # "cosine" (CODA epoch cosine) or "constant"
-}
-SCHEDULES = ("cosine", "constant")
+# the CODA epoch cosine, or a constant rate
+CodaSchedule = Literal["cosine", "constant"]
+SCHEDULES: tuple[CodaSchedule, ...] = get_args(CodaSchedule)
+
+
+@dataclass
+class CodaOptions(MethodOptions):
+    """CODA-Prompt's options (defaults: the CIFAR-100 values of the official code)."""
+
+    pool_per_task: int = 10  # M = pool_per_task * num_tasks components per layer
+    length: int = 8  # prompt tokens per component: L/2 key + L/2 value prefix tokens
+    layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    ortho_mu: float = 0.0  # orthogonality penalty weight
+    schedule: CodaSchedule = "cosine"
+    attention: AttentionImpl = "fused"  # prefix-attention implementation
+
+    def check(self) -> None:
+        self._positive("pool_per_task", "length")
+        self._non_negative("ortho_mu")
 
 
 def coda_cosine(epochs: int):
@@ -56,11 +68,11 @@ class CodaPrompt(FrozenViTMethod):
     """CODA-Prompt on a frozen ViT (prefix tuning in blocks 0-4).
 
     Constructor arguments: :class:`cl.methods.training.FrozenViTMethod`; CODA settings in
-    ``config.method_options`` (:data:`DEFAULT_OPTIONS`).
+    ``config.method_options`` (:class:`CodaOptions`).
     """
 
-    option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
-    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
+    options_type = CodaOptions
+    options: CodaOptions
 
     presets: ClassVar[PresetTable] = {
         # Adam at lr 1e-3, batch 128, no gradient clipping (official code).
@@ -77,19 +89,17 @@ class CodaPrompt(FrozenViTMethod):
         "synthetic": dict(epochs=6, lr=0.01, batch_size=64, method_options=dict(ortho_mu=0.1)),
         "digits": dict(epochs=10, lr=0.01, batch_size=64, method_options=dict(ortho_mu=0.1)),
     }
-    # its schedule is method_options.schedule; prompts: method_options (pool, length, layers)
-    config_fields: ClassVar[frozenset[str] | None] = frozenset({"attention"})
 
     def _build(self, vit: nn.Module) -> None:
         config = self.config
-        self.per_task = int(self.options["pool_per_task"])
+        self.per_task = self.options.pool_per_task
         self.model = CodaViT(
             vit,
             self.num_classes,
             pool_size=self.per_task * len(self.task_classes),
-            length=int(self.options["length"]),
-            prompt_layers=self.options["layers"],
-            fused=config.attention == "fused",
+            length=self.options.length,
+            prompt_layers=self.options.layers,
+            fused=self.options.attention == "fused",
             generator=torch_generator(config.seed, "coda-head-init"),
         ).to(self.device)
         self.model.eval()  # frozen ViT: no dropout / drop-path in play
@@ -122,9 +132,9 @@ class CodaPrompt(FrozenViTMethod):
         cfg, t = self.config, self.task.index
         frozen, stop = self._components(t)
         mask = class_mask(self.num_classes, self.task.classes, self.device)
-        mu = float(self.options["ortho_mu"])
+        mu = float(self.options.ortho_mu)
         scheduler = None
-        if self.options["schedule"] == "cosine":
+        if self.options.schedule == "cosine":
             scheduler = LambdaLR(self.optimizer, coda_cosine(cfg.epochs))
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         for epoch in range(cfg.epochs):

@@ -16,16 +16,38 @@ Per-sample selection and the correct key/value pairing by default; ``batchwise_p
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from cl.errors import ConfigError
 from cl.methods.base import Task, register_method
-from cl.methods.key_matched import COMMON_OPTIONS, KeyedPromptMethod
+from cl.methods.key_matched import KeyedOptions, KeyedPromptMethod
 from cl.models.prompt_pools import GEPrefixViT
+from cl.options import AttentionImpl, MethodOptions
 from cl.presets import PresetTable
+
+
+@dataclass
+class DualPromptOptions(KeyedOptions):
+    """DualPrompt's G- and E-prompts (see :class:`DualPrompt`)."""
+
+    g_layers: list[int] = field(default_factory=lambda: [0, 1])
+    g_length: int = 5
+    e_layers: list[int] = field(default_factory=lambda: [2, 3, 4])
+    e_length: int = 20
+    pull_coeff: float = 1.0
+    shared_prompt_pool: bool = True
+    prompt_mask: bool = True
+    match_all_keys: bool = False
+    attention: AttentionImpl = "fused"  # prefix-attention implementation
+    # the official code's key/value prefix pairing (cl/protocol.py)
+    legacy_kv_reshape: bool = False
+
+    def check(self) -> None:
+        super().check()
+        self._positive("g_length", "e_length")
 
 
 @register_method("dualprompt")
@@ -40,9 +62,8 @@ class DualPrompt(KeyedPromptMethod):
     The E-pool has one prompt per task and selection is top-1.
     """
 
-    # prefix prompts in method_options.g_layers / e_layers (prompt_layers is HiDe's and NoRGa's)
-    config_fields: ClassVar[frozenset[str] | None] = KeyedPromptMethod.config_fields | {
-        "attention", "legacy_kv_reshape"}  # type: ignore[operator]
+    options_type: ClassVar[type[MethodOptions]] = DualPromptOptions
+    options: DualPromptOptions
 
     # Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
     # CUB), clip 1.0, pull_coeff 1.0 (0.5 on 5-Datasets). The original votes batch-wise on
@@ -84,27 +105,6 @@ class DualPrompt(KeyedPromptMethod):
         "imagenet-r": dict(epochs=50, lr=0.005, batchwise_prompt=False,
                            method_options=dict(e_length=20)),
     }}
-    option_defaults: ClassVar[dict[str, Any]] = {
-        **COMMON_OPTIONS,
-        "g_layers": [0, 1],
-        "g_length": 5,
-        "e_layers": [2, 3, 4],
-        "e_length": 20,
-        "pull_coeff": 1.0,
-        "shared_prompt_pool": True,
-        "prompt_mask": True,
-        "match_all_keys": False,
-    }
-
-    @classmethod
-    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
-        options = super().resolve_options(given)
-        for name in ("g_length", "e_length"):
-            if int(options[name]) <= 0:
-                raise ConfigError(f"method_options.{name}",
-                                  f"must be positive, got {options[name]}")
-        return options
-
     @property
     def top_k(self) -> int:
         return 1
@@ -113,27 +113,27 @@ class DualPrompt(KeyedPromptMethod):
         o = self.options
         return GEPrefixViT(
             vit, self.num_classes, pool_size=len(self.task_classes),
-            g_layers=o["g_layers"], g_length=int(o["g_length"]),
-            e_layers=o["e_layers"], e_length=int(o["e_length"]),
-            fused=self.config.attention == "fused", generator=generator,
-            legacy_kv_reshape=self.config.legacy_kv_reshape,
+            g_layers=o.g_layers, g_length=o.g_length,
+            e_layers=o.e_layers, e_length=o.e_length,
+            fused=o.attention == "fused", generator=generator,
+            legacy_kv_reshape=o.legacy_kv_reshape,
         )
 
     def begin_task(self, task: Task) -> None:
         t = task.index
-        if t > 0 and self.options["shared_prompt_pool"]:
+        if t > 0 and self.options.shared_prompt_pool:
             with torch.no_grad():  # E-prompt t starts where E-prompt t - 1 ended
                 self.model.e_prompt[:, :, t] = self.model.e_prompt[:, :, t - 1]
         super().begin_task(task)
 
     def _train_ids(self, query: torch.Tensor, task: int) -> torch.Tensor:
-        if self.options["prompt_mask"]:
+        if self.options.prompt_mask:
             return torch.full((query.shape[0], 1), task, dtype=torch.long, device=query.device)
         # without the mask, training selects like testing (batch vote only if asked for)
         return self.select_from_query(query)
 
     def _allowed_keys(self) -> torch.Tensor | None:
-        if self.options["match_all_keys"]:
+        if self.options.match_all_keys:
             return None
         allowed = torch.zeros(self.model.pool_size, dtype=torch.bool, device=self.device)
         allowed[: self.task_index + 1] = True

@@ -16,6 +16,7 @@ head scores all classes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -27,13 +28,14 @@ from cl.methods.base import Task, register_method
 from cl.methods.losses import class_mask, contrastive_regulariser, masked_logits
 from cl.methods.schedules import build_epoch_scheduler
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
-from cl.models.gating import Gate
+from cl.models.gating import Activation, Gate
 from cl.models.prompt_pools import official_vote
 from cl.models.tii import TIIHead
 from cl.models.vit import PromptedViT
+from cl.options import AttentionImpl, MethodOptions, Scheduler
 from cl.presets import SELF_SUPERVISED, PresetTable
 from cl.run.seeding import derive_seed, seeded_global_rng, torch_generator
-from cl.stats.gaussian import GaussianClassStats, build_class_stats
+from cl.stats.gaussian import GaussianClassStats, StatsMethod, build_class_stats
 
 # What the HiDe and NoRGa scripts of one (dataset, backbone) share where they differ from the
 # Sup-21K script of that dataset (cl-pipeline.md section 2.6, Run 1 and Run 2 tables).
@@ -68,22 +70,75 @@ HIDE_PAPER = dict(batch_size=24, eval_batch_size=24, stats_method="multi-centroi
                   dataset_options=dict(class_order="standard"))
 
 
+@dataclass
+class HiDeOptions(MethodOptions):
+    """HiDe-Prompt's options: the prompts, within-task prompt training (WTP), the task-identity
+    model (TII) and the task-adaptive prediction (TAP) head alignment."""
+
+    # prompted model
+    prompt_length: int = 5
+    prompt_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    attention: AttentionImpl = "fused"  # prefix-attention implementation
+    # the official code's key/value prefix pairing (cl/protocol.py)
+    legacy_kv_reshape: bool = False
+    # the official code's batch-majority task vote at test time, and its tie order
+    batchwise_prompt: bool = False
+    legacy_vote_ties: bool = False
+    # within-task prompt training (WTP)
+    scheduler: Scheduler = "step"
+    larger_prompt_lr: bool = True
+    prompt_momentum: float = 0.1
+    reg: float = 0.1
+    contrastive_temperature: float = 0.8
+    # task-identity model (TII)
+    tii_epochs: int = 20
+    tii_lr: float = 5e-4
+    tii_scheduler: Scheduler = "constant"
+    tii_mlp: list[int] = field(default_factory=lambda: [2])
+    tii_ca_epochs: int = 30
+    tii_ca_lr: float = 0.005
+    # gradient-norm clipping of every TII optimiser step (official: clip_grad = 1.0 in every
+    # config; the TII run never receives the 5-Datasets WTP value 2.0); 0 turns it off
+    tii_clip_grad: float = 1.0
+    # task-adaptive prediction (TAP) head alignment
+    tap_epochs: int = 30
+    ca_lr: float = 0.005
+    tap_samples_mult: int = 5
+    stats_method: StatsMethod = "covariance"
+    # k-means clusters per class for stats_method="multi-centroid" (HiDe-Prompt: 10)
+    n_centroids: int = 10
+    # k-means restarts of stats_method="multi-centroid": 1 = scikit-learn's n_init='auto' of
+    # MoE_PromptCL; thu-ml/HiDe-Prompt ran scikit-learn 1.0.2's default, 10 (cl/stats/centroids.py)
+    kmeans_n_init: int = 1
+    # before-alignment matrix: row 0 left at 0 as the official code does (it evaluates "before
+    # CA" only for tasks > 0); default: row 0 is the final row 0 (nothing is aligned at task 0)
+    legacy_before_alignment_row0: bool = False
+
+    def check(self) -> None:
+        self._positive("prompt_length", "tap_samples_mult", "n_centroids", "kmeans_n_init",
+                       "tii_lr", "tii_ca_lr",
+                       "ca_lr", "contrastive_temperature")
+        self._non_negative("tii_epochs", "tii_ca_epochs", "tap_epochs", "tii_clip_grad", "reg")
+        if not self.tii_mlp or min(self.tii_mlp) < 1:
+            self._refuse("tii_mlp", "must be a non-empty list of positive integers (hidden "
+                         "layer widths)")
+        if min(self.prompt_layers, default=0) < 0 \
+                or len(set(self.prompt_layers)) != len(self.prompt_layers):
+            self._refuse("prompt_layers", "must be distinct block indices >= 0")
+        if not 0.0 <= self.prompt_momentum < 1.0:
+            self._refuse("prompt_momentum", "must be in [0, 1)")
+
+
 @register_method("hide")
 class HiDePrompt(FrozenViTMethod):
     """HiDe-Prompt (linear prefix gate); the frozen ViT is shared by the prompted and the TII
-    model. Constructor arguments: :class:`cl.methods.training.FrozenViTMethod` (no
-    ``method_options``)."""
+    model. Constructor arguments: :class:`cl.methods.training.FrozenViTMethod`; options:
+    :class:`HiDeOptions`."""
 
     gate: Gate = "linear"
     has_alignment = True
-    # the linear gate has no activation and nothing to train: gate_act and
-    # gate_trainable_after_first_task are NoRGa's
-    config_fields: ClassVar[frozenset[str] | None] = frozenset({
-        "prompt_length", "prompt_layers", "attention", "legacy_kv_reshape", "batchwise_prompt",
-        "legacy_vote_ties", "scheduler", "larger_prompt_lr", "prompt_momentum", "reg",
-        "contrastive_temperature", "tii_epochs", "tii_lr", "tii_scheduler", "tii_mlp",
-        "tii_ca_epochs", "tii_ca_lr", "tii_clip_grad", "tap_epochs", "ca_lr", "tap_samples_mult",
-        "stats_method", "n_centroids", "kmeans_n_init", "legacy_before_alignment_row0"})
+    options_type = HiDeOptions
+    options: HiDeOptions
     # multi-centroid statistics: HiDe-Prompt's engines draw the per-class budget from every
     # cluster, NoRGa's split it over the clusters (cl/stats/centroids.py)
     centroid_split_budget: ClassVar[bool] = False
@@ -102,61 +157,66 @@ class HiDePrompt(FrozenViTMethod):
         "5datasets": dict(batch_size=32, eval_batch_size=32),
     }}
 
+    def _gate_activation(self) -> Activation:
+        """The gate's activation: none for the linear gate (the model ignores the value)."""
+        return "tanh"
+
+    def _gate_trainable(self, t: int) -> bool:
+        """Whether the gate's parameters train in task ``t`` (the linear gate has none)."""
+        return False
+
     def _build(self, vit: nn.Module) -> None:
-        config = self.config
-        seed = config.seed
+        opts = self.options
+        seed = self.config.seed
         self.model = PromptedViT(
             vit,
             self.num_classes,
             pool_size=len(self.task_classes),
-            prompt_length=config.prompt_length,
-            prompt_layers=config.prompt_layers,
+            prompt_length=opts.prompt_length,
+            prompt_layers=opts.prompt_layers,
             gate=self.gate,
-            activation=config.gate_act,
-            fused=config.attention == "fused",
+            activation=self._gate_activation(),
+            fused=opts.attention == "fused",
             generator=torch_generator(seed, "prompt-init"),
-            legacy_kv_reshape=config.legacy_kv_reshape,
+            legacy_kv_reshape=opts.legacy_kv_reshape,
         ).to(self.device)
         self.model.eval()  # the frozen ViT has no dropout; eval mode keeps LayerNorm/drop fixed
         with seeded_global_rng(derive_seed(seed, "tii-init")):
-            self.tii = TIIHead(self.model.embed_dim, self.num_classes, config.tii_mlp,
+            self.tii = TIIHead(self.model.embed_dim, self.num_classes, opts.tii_mlp,
                                fc_norm=self.model.uses_fc_norm).to(self.device)
         dim = self.model.embed_dim
-        centroids = dict(n_centroids=config.n_centroids, n_init=config.kmeans_n_init,
+        centroids = dict(n_centroids=opts.n_centroids, n_init=opts.kmeans_n_init,
                          split_budget=self.centroid_split_budget)
-        self.tii_stats = build_class_stats(dim, config.stats_method, seed=derive_seed(seed, "tii"),
+        self.tii_stats = build_class_stats(dim, opts.stats_method, seed=derive_seed(seed, "tii"),
                                            **centroids)
-        self.prompt_stats = build_class_stats(dim, config.stats_method, seed=seed, **centroids)
+        self.prompt_stats = build_class_stats(dim, opts.stats_method, seed=seed, **centroids)
         self.sample_gen = torch_generator(seed, "gaussian-replay")
         self.wtp_optimizer: torch.optim.Optimizer | None = None
         self.tii_optimizer: torch.optim.Optimizer | None = None
         # lr scaling of the original code: lr * batch / 256 (ca_lr of the TAP stage is not scaled)
-        self.scale = config.batch_size / 256.0
+        self.scale = self.config.batch_size / 256.0
 
     # ------------------------------------------------------------------ task setup
-    def _gate_trainable(self, t: int) -> bool:
-        return self.gate == "norga" and (t == 0 or self.config.gate_trainable_after_first_task)
-
     def _build_optimizers(self, t: int) -> None:
-        cfg = self.config
+        cfg, opts = self.config, self.options
         prompt = self.model.prompt
         prompt.act_scale.requires_grad_(self._gate_trainable(t))
         prompt_params = [prompt.prompt] + ([prompt.act_scale] if self._gate_trainable(t) else [])
         head_params = [p for p in (*self.model.head.parameters(), *self.model.fc_norm.parameters())]
         lr = cfg.lr * self.scale
-        head_lr = 0.1 * lr if cfg.larger_prompt_lr else lr
+        head_lr = 0.1 * lr if opts.larger_prompt_lr else lr
         self.wtp_optimizer = torch.optim.Adam(
             [{"params": prompt_params, "lr": lr}, {"params": head_params, "lr": head_lr}],
             betas=(0.9, 0.999),
             eps=1e-8,
             weight_decay=0.0,
         )
-        self.wtp_scheduler = build_epoch_scheduler(self.wtp_optimizer, cfg.scheduler, cfg.epochs)
+        self.wtp_scheduler = build_epoch_scheduler(self.wtp_optimizer, opts.scheduler, cfg.epochs)
         self.tii_optimizer = torch.optim.Adam(
-            self.tii.parameters(), lr=cfg.tii_lr * self.scale, weight_decay=0.0
+            self.tii.parameters(), lr=opts.tii_lr * self.scale, weight_decay=0.0
         )
         self.tii_scheduler = build_epoch_scheduler(
-            self.tii_optimizer, cfg.tii_scheduler, cfg.tii_epochs
+            self.tii_optimizer, opts.tii_scheduler, opts.tii_epochs
         )
 
     def begin_task(self, task: Task) -> None:
@@ -178,7 +238,7 @@ class HiDePrompt(FrozenViTMethod):
         mask = class_mask(self.num_classes, self.task.classes, self.device)
         self.tii.train()
         params = list(self.tii.parameters())
-        for epoch in range(self.config.tii_epochs):
+        for epoch in range(self.options.tii_epochs):
             meter = EpochMeter()
             for step, x, y in self._batches(loader, f"task {t} TII epoch {epoch}"):
                 feats = self.model.backbone_features(x)  # frozen: no graph
@@ -186,7 +246,7 @@ class HiDePrompt(FrozenViTMethod):
                 loss = F.cross_entropy(logits, y)
                 # official TII engine: clip_grad_norm_(model.parameters(), clip_grad) every step
                 optimizer_step(self.tii_optimizer, loss, phase="tii", task=t, epoch=epoch,
-                               step=step, clip_grad=self.config.tii_clip_grad, params=params)
+                               step=step, clip_grad=self.options.tii_clip_grad, params=params)
                 meter.update(logits, y, loss=loss)
             if self.tii_scheduler is not None:
                 self.tii_scheduler.step()
@@ -194,11 +254,11 @@ class HiDePrompt(FrozenViTMethod):
         self.tii.eval()
 
     def _train_prompt(self, loader: DataLoader) -> None:
-        cfg = self.config
+        cfg, opts = self.config, self.options
         t = self.task.index
         mask = class_mask(self.num_classes, self.task.classes, self.device)
         old_means = self.prompt_stats.means(self.task.old_classes).float().to(self.device)
-        momentum = cfg.prompt_momentum if t > 0 else 0.0
+        momentum = opts.prompt_momentum if t > 0 else 0.0
         params = [p for g in self.wtp_optimizer.param_groups for p in g["params"]]
         for epoch in range(cfg.epochs):
             meter = EpochMeter()
@@ -207,9 +267,9 @@ class HiDePrompt(FrozenViTMethod):
                 feats = self.model.pre_logits(self.model.forward_features(x, prefixes=prefixes))
                 logits = masked_logits(self.model.head(self.model.fc_norm(feats)), mask)
                 loss = F.cross_entropy(logits, y)
-                if cfg.reg > 0:
-                    loss = loss + cfg.reg * contrastive_regulariser(
-                        feats, old_means, cfg.contrastive_temperature
+                if opts.reg > 0:
+                    loss = loss + opts.reg * contrastive_regulariser(
+                        feats, old_means, opts.contrastive_temperature
                     )
                 optimizer_step(self.wtp_optimizer, loss, phase="wtp", task=t, epoch=epoch,
                                step=step, clip_grad=cfg.clip_grad, params=params)
@@ -221,7 +281,7 @@ class HiDePrompt(FrozenViTMethod):
     # ------------------------------------------------------------------ consolidation
     def end_task(self, task: Task) -> None:
         t = task.index
-        self.model.prompt.apply_momentum(t, self.config.prompt_momentum)  # prompt ensemble
+        self.model.prompt.apply_momentum(t, self.options.prompt_momentum)  # prompt ensemble
         if task.stats_loader is None:
             raise ValueError("end_task needs task.stats_loader for the class statistics")
         self._collect_statistics(task)
@@ -246,7 +306,7 @@ class HiDePrompt(FrozenViTMethod):
     def _align_tii(self, task: Task) -> None:
         self.tii.train()
         self._align_sgd(self.tii, list(self.tii.parameters()), self.tii_stats, task,
-                        lr=self.config.tii_ca_lr * self.scale, epochs=self.config.tii_ca_epochs,
+                        lr=self.options.tii_ca_lr * self.scale, epochs=self.options.tii_ca_epochs,
                         n_per_class=self.config.batch_size, phase="tii_ca")
         self.tii.eval()
 
@@ -254,8 +314,8 @@ class HiDePrompt(FrozenViTMethod):
         head = self.model
         params = [*head.head.parameters(), *head.fc_norm.parameters()]
         self._align_sgd(lambda f: head.head(head.fc_norm(f)), params, self.prompt_stats, task,
-                        lr=self.config.ca_lr, epochs=self.config.tap_epochs,
-                        n_per_class=self.config.tap_samples_mult * self.config.batch_size,
+                        lr=self.options.ca_lr, epochs=self.options.tap_epochs,
+                        n_per_class=self.options.tap_samples_mult * self.config.batch_size,
                         phase="tap")
 
     def _align_sgd(self, forward, params: list[nn.Parameter], stats: GaussianClassStats,
@@ -275,8 +335,8 @@ class HiDePrompt(FrozenViTMethod):
         logits = masked_logits(self.tii(self.model.backbone_features(x.to(self.device))),
                                self._seen_mask())
         tasks = self.class_to_task[logits.argmax(dim=1)]
-        if self.config.batchwise_prompt:  # legacy batch-majority vote (test-time leakage)
-            if self.config.legacy_vote_ties:  # the official unique + pad + topk order
+        if self.options.batchwise_prompt:  # legacy batch-majority vote (test-time leakage)
+            if self.options.legacy_vote_ties:  # the official unique + pad + topk order
                 tasks = official_vote(tasks.unsqueeze(1), 1, len(self.task_classes))[:, 0]
             else:
                 tasks = torch.full_like(tasks, int(torch.mode(tasks).values))

@@ -11,7 +11,7 @@ and no task-identity model or head alignment. The learning-rate schedule is buil
 only (the original code never re-creates it, so later tasks run at the base rate);
 ``schedule_first_task_only=False`` rebuilds it per task.
 
-Selection is per sample. ``CLConfig.batchwise_prompt`` reproduces the original batch-majority
+Selection is per sample. ``KeyedOptions.batchwise_prompt`` reproduces the original batch-majority
 vote for comparison only (ties to the smaller id; ``legacy_vote_ties``: the official
 ``torch.topk`` order, :func:`cl.models.prompt_pools.official_vote`).
 """
@@ -19,6 +19,7 @@ vote for comparison only (ties to the smaller id; ``legacy_vote_ties``: the offi
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -26,19 +27,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from cl.errors import ConfigError
 from cl.methods.base import Task
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.schedules import build_epoch_scheduler
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.prompt_pools import key_pull, majority_vote, official_vote
+from cl.options import MethodOptions, Scheduler
 from cl.run.seeding import torch_generator
 
-# method_options every key-matched method understands (subclasses add their own)
-COMMON_OPTIONS: dict[str, Any] = {
-    "pull_coeff": 1.0,
-    "schedule_first_task_only": True,
-}
+
+@dataclass
+class KeyedOptions(MethodOptions):
+    """What every key-matched method has (subclasses add their prompts)."""
+
+    pull_coeff: float = 1.0
+    # the learning-rate schedule of task 0 only (the original code never re-creates it)
+    schedule_first_task_only: bool = True
+    scheduler: Scheduler = "step"
+    # the official code's batch-majority prompt vote, and its tie order (cl/protocol.py)
+    batchwise_prompt: bool = False
+    legacy_vote_ties: bool = False
+
+    def check(self) -> None:
+        self._non_negative("pull_coeff")
 
 
 class KeyedPromptMethod(FrozenViTMethod):
@@ -47,13 +58,11 @@ class KeyedPromptMethod(FrozenViTMethod):
     Subclasses build the prompted model (:meth:`_build_model`), say which prompts a training
     batch uses (:meth:`_train_ids`) and which keys may be matched at test time
     (:meth:`_allowed_keys`). Constructor arguments: :class:`cl.methods.training.FrozenViTMethod`
-    (``method_options``: :attr:`option_defaults`).
+    (options: :class:`KeyedOptions` and the subclass's own).
     """
 
-    option_defaults: ClassVar[dict[str, Any]] = COMMON_OPTIONS
-    # prompts are set by method_options (L2P: prompt tuning before block 0; DualPrompt: g/e_layers)
-    config_fields: ClassVar[frozenset[str] | None] = frozenset({
-        "scheduler", "batchwise_prompt", "legacy_vote_ties"})
+    options_type: ClassVar[type[MethodOptions]] = KeyedOptions
+    options: KeyedOptions
 
     def _build(self, vit: nn.Module) -> None:
         config = self.config
@@ -63,17 +72,6 @@ class KeyedPromptMethod(FrozenViTMethod):
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         # lr scaling of the original code: lr * batch / 256
         self.scale = config.batch_size / 256.0
-
-    # ------------------------------------------------------------------ options
-    @classmethod
-    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
-        """``option_defaults`` updated by ``given``; unknown names or bad values raise
-        ``ValueError``."""
-        options = super().resolve_options(given)
-        if float(options["pull_coeff"]) < 0:
-            raise ConfigError("method_options.pull_coeff",
-                              f"must be >= 0, got {options['pull_coeff']}")
-        return options
 
     # ------------------------------------------------------------------ subclass hooks
     @abc.abstractmethod
@@ -115,9 +113,9 @@ class KeyedPromptMethod(FrozenViTMethod):
             self._trainable(), lr=cfg.lr * self.scale, betas=(0.9, 0.999), eps=1e-8,
             weight_decay=0.0,
         )
-        stale = self.options["schedule_first_task_only"] and t > 0
+        stale = self.options.schedule_first_task_only and t > 0
         self.scheduler = None if stale else build_epoch_scheduler(
-            self.optimizer, cfg.scheduler, cfg.epochs
+            self.optimizer, self.options.scheduler, cfg.epochs
         )
 
     def begin_task(self, task: Task) -> None:
@@ -131,7 +129,7 @@ class KeyedPromptMethod(FrozenViTMethod):
         cfg = self.config
         t = self.task.index
         mask = class_mask(self.num_classes, self.task.classes, self.device)
-        pull_coeff = float(self.options["pull_coeff"])
+        pull_coeff = self.options.pull_coeff
         params = self._trainable()
         for epoch in range(cfg.epochs):
             meter = EpochMeter("loss", "key_similarity")
@@ -155,9 +153,9 @@ class KeyedPromptMethod(FrozenViTMethod):
     def select_from_query(self, query: torch.Tensor) -> torch.Tensor:
         """Prompt ids ``(B, k)`` chosen by each sample's own query (or the legacy batch vote)."""
         ids, _ = self.model.match(query, self.top_k, self._allowed_keys())
-        if self.config.batchwise_prompt:
+        if self.options.batchwise_prompt:
             ids = (official_vote(ids, self.top_k, self.model.pool_size)
-                   if self.config.legacy_vote_ties else majority_vote(ids, self.top_k))
+                   if self.options.legacy_vote_ties else majority_vote(ids, self.top_k))
         return ids
 
     @torch.no_grad()
@@ -194,7 +192,7 @@ class KeyedPromptMethod(FrozenViTMethod):
         return {
             "method": self.name,
             "task_index": self.task_index,
-            "options": dict(self.options),
+            "options": self.options.to_dict(),
             "model": self._learned_state(),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,

@@ -20,15 +20,15 @@ batch-majority vote (in training and test) for comparison only.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
 
-from cl.errors import ConfigError
 from cl.methods.base import Task, register_method
-from cl.methods.key_matched import COMMON_OPTIONS, KeyedPromptMethod
-from cl.models.prompt_pools import HEAD_TYPES, PromptTuningViT
+from cl.methods.key_matched import KeyedOptions, KeyedPromptMethod
+from cl.models.prompt_pools import PromptTuningViT
 from cl.presets import PresetTable
 
 # --set recipe=original-port: the configs of the original PyTorch port, JH-LEE-KR/l2p-pytorch @
@@ -48,8 +48,31 @@ from cl.presets import PresetTable
 # build_transform l.195-216: crop scale (0.05, 1), flip, no normalisation): transforms="port".
 _PORT_BUDGET = dict(batch_size=16, eval_batch_size=16, epochs=5, lr=0.03,
                     dataset_options=dict(class_order="standard", transforms="port"))
+# the head's input: "token" (the [CLS] output) or "prompt" (the mean of the prompt outputs), the
+# values of cl.models.prompt_pools.HEAD_TYPES (a test keeps them equal)
+HeadType = Literal["token", "prompt"]
 _PORT_5DATASETS = dict(pool_size=20, length=10, top_k=4, pull_coeff=0.5, prompt_mask=True,
                        shared_prompt_pool=True)
+
+
+@dataclass
+class L2POptions(KeyedOptions):
+    """L2P's prompt pool and the original port's switches (see :class:`L2P`)."""
+
+    pool_size: int = 30
+    length: int = 5
+    top_k: int = 5
+    pull_coeff: float = 0.1
+    head_type: HeadType = "token"
+    prompt_pos_embed: bool = False
+    prompt_mask: bool = False
+    shared_prompt_pool: bool = False
+
+    def check(self) -> None:
+        super().check()
+        self._positive("length")
+        if not 1 <= self.top_k <= self.pool_size:
+            self._refuse("top_k", f"must be in [1, pool_size={self.pool_size}]")
 
 
 @register_method("l2p")
@@ -65,18 +88,8 @@ class L2P(KeyedPromptMethod):
     previous task's, while it fits).
     """
 
-    option_defaults: ClassVar[dict[str, Any]] = {
-        **COMMON_OPTIONS,
-        "pool_size": 30,
-        "length": 5,
-        "top_k": 5,
-        "pull_coeff": 0.1,
-        "head_type": "token",
-        "prompt_pos_embed": False,
-        "prompt_mask": False,
-        "shared_prompt_pool": False,
-    }
-    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"head_type": HEAD_TYPES}
+    options_type = L2POptions
+    options: L2POptions
 
     # Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
     # CUB), clip 1.0. The original votes batch-wise; per-sample selection is our default.
@@ -107,31 +120,16 @@ class L2P(KeyedPromptMethod):
         "digits": dict(method_options=dict(_PORT_5DATASETS)),
     }}
 
-    @classmethod
-    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
-        options = super().resolve_options(given)
-        if not 1 <= int(options["top_k"]) <= int(options["pool_size"]):
-            raise ConfigError("method_options", f"top_k={options['top_k']} must be in "
-                              f"[1, pool_size={options['pool_size']}]")
-        if int(options["length"]) <= 0:
-            raise ConfigError("method_options.length",
-                              f"must be positive, got {options['length']}")
-        for name in ("prompt_pos_embed", "prompt_mask", "shared_prompt_pool"):
-            if not isinstance(options[name], bool):
-                raise ConfigError(f"method_options.{name}",
-                                  f"must be true or false, got {options[name]!r}")
-        return options
-
     @property
     def top_k(self) -> int:
-        return int(self.options["top_k"])
+        return self.options.top_k
 
     def _build_model(self, vit: nn.Module, generator: torch.Generator) -> PromptTuningViT:
         return PromptTuningViT(
-            vit, self.num_classes, pool_size=int(self.options["pool_size"]),
-            length=int(self.options["length"]), generator=generator,
-            head_type=self.options["head_type"],
-            prompt_pos_embed=self.options["prompt_pos_embed"],
+            vit, self.num_classes, pool_size=self.options.pool_size,
+            length=self.options.length, generator=generator,
+            head_type=self.options.head_type,
+            prompt_pos_embed=self.options.prompt_pos_embed,
         )
 
     def task_prompts(self, task: int) -> range | None:
@@ -144,7 +142,7 @@ class L2P(KeyedPromptMethod):
 
     def begin_task(self, task: Task) -> None:
         t = task.index
-        if t > 0 and self.options["shared_prompt_pool"]:
+        if t > 0 and self.options.shared_prompt_pool:
             previous, current = self.task_prompts(t - 1), self.task_prompts(t)
             if previous is not None and current is not None:
                 with torch.no_grad():  # the task's slice starts where the previous one ended
@@ -153,7 +151,7 @@ class L2P(KeyedPromptMethod):
         super().begin_task(task)
 
     def _train_ids(self, query: torch.Tensor, task: int) -> torch.Tensor:
-        ids = self.task_prompts(task) if self.options["prompt_mask"] else None
+        ids = self.task_prompts(task) if self.options.prompt_mask else None
         if ids is None:  # no (fitting) prompt mask: training selects exactly like testing
             return self.select_from_query(query)
         row = torch.arange(ids.start, ids.stop, device=query.device)
@@ -162,7 +160,7 @@ class L2P(KeyedPromptMethod):
     def _oracle_ids(self, x: torch.Tensor, task_ids: torch.Tensor) -> torch.Tensor:
         """With the prompt mask, the true task's slice where it fits; else the usual choice."""
         ids = self.select(x)
-        if not self.options["prompt_mask"]:
+        if not self.options.prompt_mask:
             return ids
         k = self.top_k
         own = task_ids.unsqueeze(1) * k + torch.arange(k, device=ids.device)

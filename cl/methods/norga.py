@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from cl.methods.base import register_method
-from cl.methods.hide import SCRIPT_BACKBONE, HiDePrompt
-from cl.models.gating import Gate
+from cl.methods.hide import SCRIPT_BACKBONE, HiDeOptions, HiDePrompt
+from cl.models.gating import Activation, Gate
 from cl.presets import SELF_SUPERVISED, PresetTable
 
 # NoRGa's gate activation per (dataset, pretrained weights) where it differs from Sup-21K
@@ -32,6 +33,15 @@ _NORGA_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 
+@dataclass
+class NoRGaOptions(HiDeOptions):
+    """HiDe-Prompt's options and the gate's: its activation sigma, and whether ``alpha`` and
+    ``tau`` keep training after the first task."""
+
+    gate_act: Activation = "tanh"
+    gate_trainable_after_first_task: bool = False
+
+
 @register_method("norga")
 class NoRGa(HiDePrompt):
     """NoRGa (cl-pipeline.md section 1.4): only the prefix gate differs from HiDe-Prompt.
@@ -43,8 +53,8 @@ class NoRGa(HiDePrompt):
     gate: Gate = "norga"
     # NoRGa's engines draw n // n_centroids per cluster (cl/stats/centroids.py)
     centroid_split_budget: ClassVar[bool] = True
-    config_fields: ClassVar[frozenset[str] | None] = HiDePrompt.config_fields | {
-        "gate_act", "gate_trainable_after_first_task"}  # type: ignore[operator]
+    options_type = NoRGaOptions
+    options: NoRGaOptions
     # NoRGa vs HiDe-Prompt differences of section 2.6 (gate activation, TAP budget), and the
     # scripts' (dataset, backbone) values with the gate activation of that backbone
     presets: ClassVar[PresetTable] = {
@@ -56,3 +66,9 @@ class NoRGa(HiDePrompt):
                  "gate_act": act}
            for key, act in BACKBONE_GATE_ACT.items()},
     }
+
+    def _gate_activation(self) -> Activation:
+        return self.options.gate_act
+
+    def _gate_trainable(self, t: int) -> bool:
+        return t == 0 or self.options.gate_trainable_after_first_task

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.distributed as dist
@@ -51,39 +52,58 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 
-from cl.errors import ConfigError
 from cl.methods.base import Task, register_method
 from cl.methods.coda_prompt import coda_cosine
 from cl.methods.losses import class_mask, masked_logits
 from cl.methods.training import EpochMeter, FrozenViTMethod, optimizer_step
 from cl.models.smope_prefix import Routing, SMoPEViT, adaptive_noise
+from cl.options import AttentionImpl, MethodOptions
 from cl.presets import PresetTable
 from cl.run.seeding import torch_generator
-from cl.stats.gaussian import build_class_stats
+from cl.stats.gaussian import StatsMethod, build_class_stats
 
 MIN_LR = 1e-6
 
-#: ``method_options`` of SMoPE and their defaults (CIFAR-100 script values).
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "layers": [0, 1, 2, 3, 4, 5],
-    "num_experts": 25,  # N_p per head and layer (script "prompt length" 50 = 2 * N_p)
-    "top_k": 5,
-    "router_coef": 1e-5,
-    "proto_coef": 1e-5,
-    "noise_eps": 0.4,
-    "prompt_lr_mult": 5.0,  # experts train at 5 x lr, the head at lr
-    "warmup_fraction": 0.5,  # task 0: dense warm-up of round(0.5 * epochs) epochs
-    "schedule": "coswm",  # "coswm" (per-iteration cosine), "cosine" (CODA epoch), "constant"
-    "freeze_iters": 0,  # coswm iterations at 1e-6 first (original scripts: 80 / 40 / 20)
-    "tap_weight_decay": 5e-4,
-    "eval_unused_penalty": 0.0,  # > 0: at test, never-used experts lose this x score range
-    "legacy_frequency_flags": False,
-    "legacy_unscaled_router": False,
-    "iter_step": 0,  # > 0: coswm spans iter_step x epochs (original: nominal 40); 0: true count
-    "legacy_scheduler_quirks": False,  # first iteration at the base lr, first TAP step at 10x
-    "legacy_stats_train_transform": False,  # counts + statistics with the train augmentation
-}
-SCHEDULES = ("coswm", "cosine", "constant")
+# "coswm" (per-iteration cosine), "cosine" (CODA epoch cosine), "constant"
+SMoPESchedule = Literal["coswm", "cosine", "constant"]
+SCHEDULES: tuple[SMoPESchedule, ...] = get_args(SMoPESchedule)
+
+
+@dataclass
+class SMoPEOptions(MethodOptions):
+    """SMoPE's options (defaults: the CIFAR-100 script values), its head alignment (TAP) and
+    class statistics."""
+
+    layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5])
+    num_experts: int = 25  # N_p per head and layer (script "prompt length" 50 = 2 * N_p)
+    top_k: int = 5
+    router_coef: float = 1e-5
+    proto_coef: float = 1e-5
+    noise_eps: float = 0.4
+    prompt_lr_mult: float = 5.0  # experts train at 5 x lr, the head at lr
+    warmup_fraction: float = 0.5  # task 0: dense warm-up of round(0.5 * epochs) epochs
+    schedule: SMoPESchedule = "coswm"
+    freeze_iters: int = 0  # coswm iterations at 1e-6 first (original scripts: 80 / 40 / 20)
+    tap_weight_decay: float = 5e-4
+    eval_unused_penalty: float = 0.0  # > 0: at test, never-used experts lose this x score range
+    legacy_frequency_flags: bool = False
+    legacy_unscaled_router: bool = False
+    iter_step: int = 0  # > 0: coswm spans iter_step x epochs (original: nominal 40); 0: true count
+    legacy_scheduler_quirks: bool = False  # first iteration at the base lr, first TAP step at 10x
+    legacy_stats_train_transform: bool = False  # counts + statistics with the train augmentation
+    attention: AttentionImpl = "fused"  # prefix-attention implementation
+    # head alignment (TAP) on Gaussian samples and the class statistics behind them
+    tap_epochs: int = 30
+    ca_lr: float = 0.005
+    tap_samples_mult: int = 5
+    stats_method: StatsMethod = "covariance"
+    n_centroids: int = 10  # k-means clusters per class for stats_method="multi-centroid"
+
+    def check(self) -> None:
+        if not 0 < self.top_k <= self.num_experts:
+            self._refuse("top_k", "must be in [1, num_experts]")
+        self._non_negative("iter_step", "freeze_iters", "tap_epochs")
+        self._positive("num_experts", "ca_lr", "tap_samples_mult", "n_centroids")
 
 
 # ---------------------------------------------------------------------------- losses
@@ -179,11 +199,11 @@ class SMoPE(FrozenViTMethod):
     """SMoPE on a frozen ViT: shared prompt experts in blocks 0-5, one forward pass.
 
     Constructor arguments: :class:`cl.methods.training.FrozenViTMethod`; SMoPE settings in
-    ``config.method_options`` (:data:`DEFAULT_OPTIONS`).
+    ``config.method_options`` (:class:`SMoPEOptions`).
     """
 
-    option_defaults: ClassVar[dict[str, Any]] = DEFAULT_OPTIONS
-    option_choices: ClassVar[dict[str, tuple[str, ...]]] = {"schedule": SCHEDULES}
+    options_type = SMoPEOptions
+    options: SMoPEOptions
 
     presets: ClassVar[PresetTable] = {
         # Shared recipe (section 7.5): AdamW wd 0, lr 0.005 head / 0.025 experts, batch 128, no
@@ -206,31 +226,17 @@ class SMoPE(FrozenViTMethod):
         "digits": dict(lr=0.01, batch_size=64, epochs=10, tap_epochs=10, ca_lr=1e-3,
                        method_options=dict(router_coef=1e-3, proto_coef=1e-3)),
     }
-    # its schedule is method_options.schedule, its prompts method_options (layers, length)
-    config_fields: ClassVar[frozenset[str] | None] = frozenset({
-        "attention", "ca_lr", "n_centroids", "stats_method", "tap_epochs", "tap_samples_mult"})
     has_alignment = True
-
-    @classmethod
-    def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
-        opts = super().resolve_options(given)
-        if not 0 < int(opts["top_k"]) <= int(opts["num_experts"]):
-            raise ConfigError("method_options.top_k",
-                              f"must be in [1, num_experts], got {opts['top_k']}")
-        for name in ("iter_step", "freeze_iters"):
-            if int(opts[name]) < 0:
-                raise ConfigError(f"method_options.{name}", f"must be >= 0, got {opts[name]}")
-        return opts
 
     def _build(self, vit: nn.Module) -> None:
         config, opts = self.config, self.options
-        self.top_k = int(opts["top_k"])
+        self.top_k = int(opts.top_k)
         self.model = SMoPEViT(
             vit,
             self.num_classes,
-            num_experts=int(opts["num_experts"]),
-            prompt_layers=opts["layers"],
-            fused=config.attention == "fused",
+            num_experts=int(opts.num_experts),
+            prompt_layers=opts.layers,
+            fused=opts.attention == "fused",
             generator=torch_generator(config.seed, "smope-init"),
         ).to(self.device)
         self.model.eval()  # frozen ViT: no dropout / drop-path in play
@@ -238,8 +244,8 @@ class SMoPE(FrozenViTMethod):
         self.counts = torch.zeros(shape, dtype=torch.long)  # accumulated selections
         self.frequent = torch.zeros(shape, dtype=torch.bool)
         self.old_keys: torch.Tensor | None = None
-        self.stats = build_class_stats(self.model.embed_dim, config.stats_method, seed=config.seed,
-                                       n_centroids=config.n_centroids)
+        self.stats = build_class_stats(self.model.embed_dim, opts.stats_method, seed=config.seed,
+                                       n_centroids=opts.n_centroids)
         self.sample_gen = torch_generator(config.seed, "gaussian-replay")
         self.optimizer: torch.optim.Optimizer | None = None
         self._train_loader: DataLoader | None = None
@@ -249,7 +255,7 @@ class SMoPE(FrozenViTMethod):
         lr = self.config.lr
         self.optimizer = torch.optim.AdamW(
             [{"params": list(self.model.experts.parameters()),
-              "lr": lr * float(self.options["prompt_lr_mult"])},
+              "lr": lr * float(self.options.prompt_lr_mult)},
              {"params": list(self.model.head.parameters()), "lr": lr}],
             weight_decay=0.0,
         )
@@ -259,31 +265,31 @@ class SMoPE(FrozenViTMethod):
         t = task.index
         self.task, self.task_index = task, t
         if t > 0:
-            flags = frequent_experts(self.counts, self.options["legacy_frequency_flags"])
+            flags = frequent_experts(self.counts, self.options.legacy_frequency_flags)
             # the original code never clears a flag; the paper recomputes them
-            self.frequent = (self.frequent | flags) if self.options["legacy_frequency_flags"] \
+            self.frequent = (self.frequent | flags) if self.options.legacy_frequency_flags \
                 else flags
             self.old_keys = self.model.experts.key.detach().clone()
         self._build_optimizer()
 
     # ------------------------------------------------------------------ training
     def _penalties(self) -> list[Callable[[torch.Tensor], torch.Tensor | None]]:
-        eps = float(self.options["noise_eps"])
+        eps = float(self.options.noise_eps)
         flags = self.frequent.to(self.device)
         return [lambda s, f=flags[j]: adaptive_noise(s, f, eps) for j in range(flags.shape[0])]
 
     def _scheduler(self, epochs: int, iters_per_epoch: int) -> tuple[LambdaLR | None, bool]:
         """The phase's scheduler and whether it steps per iteration (else per epoch)."""
-        kind = self.options["schedule"]
+        kind = self.options.schedule
         if kind == "constant":
             return None, False
         if kind == "cosine":
             return LambdaLR(self.optimizer, coda_cosine(epochs)), False
-        nominal = int(self.options["iter_step"])
+        nominal = int(self.options.iter_step)
         total = epochs * (nominal if nominal > 0 else iters_per_epoch)
-        freeze = int(self.options["freeze_iters"])
+        freeze = int(self.options.freeze_iters)
         lambdas = [coswm_factor(g["lr"], total, freeze) for g in self.optimizer.param_groups]
-        if self.options["legacy_scheduler_quirks"]:  # iteration 0 runs at the base lr
+        if self.options.legacy_scheduler_quirks:  # iteration 0 runs at the base lr
             lambdas = [first_at(1.0, f) for f in lambdas]
         return LambdaLR(self.optimizer, lambdas), True
 
@@ -292,7 +298,7 @@ class SMoPE(FrozenViTMethod):
         self._train_loader = loader  # legacy_stats_train_transform: statistics on it
         epochs = self.config.epochs
         if self.task.index == 0:
-            warmup = int(round(float(self.options["warmup_fraction"]) * epochs))
+            warmup = int(round(float(self.options.warmup_fraction) * epochs))
             if warmup > 0:
                 self._train_phase(loader, warmup, dense=True)
                 self._build_optimizer()
@@ -302,11 +308,11 @@ class SMoPE(FrozenViTMethod):
         t, opts = self.task.index, self.options
         mask = class_mask(self.num_classes, self.task.classes, self.device)
         top_k = -1 if dense else self.top_k
-        eps = float(opts["noise_eps"])
-        router_coef = 0.0 if dense else float(opts["router_coef"])
-        proto_coef = float(opts["proto_coef"]) if t > 0 and self.old_keys is not None else 0.0
+        eps = float(opts.noise_eps)
+        router_coef = 0.0 if dense else float(opts.router_coef)
+        proto_coef = float(opts.proto_coef) if t > 0 and self.old_keys is not None else 0.0
         head_dim = self.model.head_dim
-        router_scale = math.sqrt(head_dim) if opts["legacy_unscaled_router"] else 1.0
+        router_scale = math.sqrt(head_dim) if opts.legacy_unscaled_router else 1.0
         old_keys = self.old_keys.to(self.device) if proto_coef > 0 else None
         flags = self.frequent.to(self.device)
         penalties = None if dense else self._penalties()
@@ -349,7 +355,7 @@ class SMoPE(FrozenViTMethod):
     def end_task(self, task: Task) -> None:
         if task.stats_loader is None:
             raise ValueError("end_task needs task.stats_loader for counts and statistics")
-        if self.options["legacy_stats_train_transform"]:
+        if self.options.legacy_stats_train_transform:
             if self._train_loader is None:
                 raise ValueError("legacy_stats_train_transform needs train_task to run first")
             # the original: expert counts over the training loader (train augmentation,
@@ -390,24 +396,24 @@ class SMoPE(FrozenViTMethod):
 
     def _align_head(self, task: Task) -> None:
         """Head-only alignment on Gaussian samples of all seen classes (section 7.5 step 3)."""
-        cfg = self.config
+        cfg, opts = self.config, self.options
         head = self.model.head
-        optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.ca_lr,
-                                      weight_decay=float(self.options["tap_weight_decay"]))
-        total = max(cfg.tap_epochs * len(task.old_classes), 1)
-        factor = coswm_factor(cfg.ca_lr, total, 0)
-        if self.options["legacy_scheduler_quirks"]:  # the original's first step at 10 x ca_lr
+        optimizer = torch.optim.AdamW(head.parameters(), lr=opts.ca_lr,
+                                      weight_decay=float(self.options.tap_weight_decay))
+        total = max(opts.tap_epochs * len(task.old_classes), 1)
+        factor = coswm_factor(opts.ca_lr, total, 0)
+        if self.options.legacy_scheduler_quirks:  # the original's first step at 10 x ca_lr
             factor = first_at(10.0, factor)
         scheduler = LambdaLR(optimizer, factor)
         self._align_on_gaussians(
             lambda f: head(self.model.fc_norm(f)), optimizer, scheduler, stats=self.stats,
-            task=task, epochs=cfg.tap_epochs,
-            n_per_class=cfg.batch_size * cfg.tap_samples_mult,  # per class and per iteration
+            task=task, epochs=opts.tap_epochs,
+            n_per_class=cfg.batch_size * opts.tap_samples_mult,  # per class and per iteration
             phase="tap", step_per_iteration=True)
 
     # ------------------------------------------------------------------ inference
     def _eval_penalties(self) -> list | None:
-        level = float(self.options["eval_unused_penalty"])
+        level = float(self.options.eval_unused_penalty)
         if level <= 0:
             return None
         unused = (self.counts == 0).to(self.device)

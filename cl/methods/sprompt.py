@@ -12,11 +12,22 @@ Per-sample task choice by default; the original code's batch-majority vote (CIFA
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from cl.methods.base import register_method
-from cl.methods.dualprompt import DualPrompt
+from cl.methods.dualprompt import DualPrompt, DualPromptOptions
 from cl.presets import PresetTable
+
+
+@dataclass
+class SPromptOptions(DualPromptOptions):
+    """DualPrompt's options without the G-prompt, E-prompts in blocks 0-4."""
+
+    g_layers: list[int] = field(default_factory=list)
+    e_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    e_length: int = 20
+    pull_coeff: float = 1.0
 
 
 @register_method("sprompt")
@@ -27,13 +38,8 @@ class SPrompt(DualPrompt):
     ``e_layers=[0, 1, 2, 3, 4]``, ``e_length=20``, ``pull_coeff=1.0``.
     """
 
-    option_defaults: ClassVar[dict[str, Any]] = {
-        **DualPrompt.option_defaults,
-        "g_layers": [],
-        "e_layers": [0, 1, 2, 3, 4],
-        "e_length": 20,
-        "pull_coeff": 1.0,
-    }
+    options_type = SPromptOptions
+    options: SPromptOptions
 
     # Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
     # CUB), clip 1.0. The original votes batch-wise on CIFAR-100 and 5-Datasets; per-sample

@@ -2,9 +2,9 @@
 Gaussian head alignment, masks for inference and checkpoint restore.
 
 :class:`FrozenViTMethod` is the base of HiDe-Prompt / NoRGa, the key-matched prompt baselines,
-CODA-Prompt and SMoPE. Its constructor takes the engine's arguments, resolves
-``config.method_options`` with :meth:`FrozenViTMethod.resolve_options` (the same check that
-:meth:`cl.config.CLConfig.validate` runs before a run directory is written) and then calls the
+CODA-Prompt and SMoPE. Its constructor takes the engine's arguments, takes the method's typed
+options from ``config.method_options`` (:meth:`cl.methods.base.Method.resolve_options`: checked
+again, and a plain mapping turned into the method's ``options_type``) and then calls the
 subclass's :meth:`FrozenViTMethod._build`.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,10 +22,8 @@ from torch.utils.data import DataLoader
 from cl.methods.base import LogFn, Method, ProgressFn, Task
 from cl.methods.losses import class_mask, masked_logits
 from cl.numerics import check_finite_loss
+from cl.options import CLConfig
 from cl.stats.gaussian import GaussianClassStats
-
-if TYPE_CHECKING:  # annotations only: cl.config imports every method module
-    from cl.config import CLConfig
 
 
 def optimizer_step(
@@ -83,8 +81,9 @@ class FrozenViTMethod(Method):
     Parameters
     ----------
     config:
-        Resolved run configuration; method hyperparameters are read from
-        ``config.method_options`` (names and defaults: :attr:`option_defaults`).
+        Resolved run configuration; the method's hyperparameters are its typed options,
+        ``config.method_options`` (an instance of :attr:`options_type`, kept as
+        ``self.options``).
     vit:
         Frozen timm ``VisionTransformer`` (``num_classes=0``).
     num_classes:

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from cl.config import CLConfig, config_from_dict
+from cl.config import CLConfig, config_from_dict, flat_dict
+from cl.errors import ConfigError
 from cl.run.files import (
     CHECKSUMS_FILE,
     CheckpointError,
@@ -257,11 +258,17 @@ def _check_same_config(out: Path, cfg: CLConfig) -> None:
     if not isinstance(saved, dict) or "method" not in saved or "dataset" not in saved:
         kind = saved.get("kind", "non-CL") if isinstance(saved, dict) else "non-CL"
         raise RunDirError(f"--out {out} holds a {kind} run, not a CL run; use another --out")
-    now = cfg.to_dict()
-    # a key added after the run was started (e.g. precision) counts with its default value
-    defaults = CLConfig().to_dict()
+    now = flat_dict(cfg)
+    # a key added after the run was started (e.g. precision) counts with its default value; a
+    # config.json from before options were typed is read in the current shape
+    try:
+        saved = flat_dict(config_from_dict(saved))
+    except (ConfigError, TypeError):
+        saved = {k: v for k, v in saved.items() if not isinstance(v, dict)}
+    defaults = flat_dict(CLConfig())
     diff = sorted(k for k in set(saved) | set(now)
-                  if k not in RUNTIME_KEYS and saved.get(k, defaults.get(k)) != now.get(k))
+                  if k.split(".")[0] not in RUNTIME_KEYS
+                  and saved.get(k, defaults.get(k)) != now.get(k))
     if diff:
         raise RunDirError(
             f"{out} holds a run with a different configuration (differs in: {', '.join(diff)}); "

@@ -12,6 +12,7 @@ and class statistics count every image exactly once, and only rank 0 writes; see
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import pickle
@@ -27,13 +28,13 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from cl import metrics as M
 from cl.backbones.loading import build_backbone
-from cl.config import CLConfig, method_uses
 from cl.data import registry
 from cl.data.base import Benchmark
 from cl.data.registry import build_benchmark
 from cl.errors import ConfigError
 from cl.methods.base import Method, Task, get_method
 from cl.numerics import NonFiniteLossError
+from cl.options import CLConfig, MethodOptions
 
 # RunDirError, load_config, ...: re-exported, cl.run.engine's public API
 from cl.run.directory import (
@@ -122,13 +123,14 @@ def _check_data_sizes(cfg: CLConfig, bench: Benchmark) -> None:
     way: a task whose test set is empty (its accuracy is undefined), and more k-means clusters
     per class (``n_centroids``) than a class has training images (the class statistics become
     NaN after the first task)."""
-    if cfg.stats_method == "multi-centroid" and method_uses(cfg.method, "n_centroids"):
+    opts = cfg.method_options
+    if getattr(opts, "stats_method", None) == "multi-centroid" and hasattr(opts, "n_centroids"):
         for c in range(bench.num_classes):
             have = len(bench.train_eval.indices_of([c]))
-            if have < cfg.n_centroids:
-                raise ConfigError("n_centroids", f"{cfg.n_centroids} clusters per class, but "
-                                  f"class {c} has {have} training images; allowed: 1 to "
-                                  f"{have}")
+            if have < opts.n_centroids:
+                raise ConfigError("method_options.n_centroids", f"{opts.n_centroids} clusters "
+                                  f"per class, but class {c} has {have} training images; "
+                                  f"allowed: 1 to {have}")
     for t, classes in enumerate(bench.task_classes):
         if len(bench.test.indices_of(classes)) == 0:
             raise ConfigError(
@@ -148,15 +150,21 @@ def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
     dim = int(getattr(vit, "embed_dim", 0) or 0)
     depth = len(getattr(vit, "blocks", ()))
     patches = getattr(getattr(vit, "patch_embed", None), "num_patches", 0) or 0
-    tokens = cfg.prompt_length + int(patches) + 1
-    prompts = num_tasks * max(len(cfg.prompt_layers), 1) * 2 * cfg.prompt_length * dim * 4 * 4
+    # HiDe-Prompt-style options name their prefix length and layers; other methods count as
+    # prompt-free here (a lower bound)
+    length = int(getattr(cfg.method_options, "prompt_length", 0))
+    layers = list(getattr(cfg.method_options, "prompt_layers", []))
+    tokens = length + int(patches) + 1
+    prompts = num_tasks * max(len(layers), 1) * 2 * length * dim * 4 * 4
     activations = cfg.batch_size * tokens * dim * depth * 4 * 2
     # the fused prefix attention builds a (prompt + tokens) x (prompt + width) helper matrix
-    helper = 4 * tokens * (cfg.prompt_length + 8)
-    widths = [dim, *(dim * int(m) for m in cfg.tii_mlp), dim]
+    helper = 4 * tokens * (length + 8)
+    mlp = [int(m) for m in getattr(cfg.method_options, "tii_mlp", [])]
+    widths = [dim, *(dim * m for m in mlp), dim]
     tii = (sum(a * b for a, b in zip(widths, widths[1:], strict=False)) * 4 * 4
-           + cfg.batch_size * max(widths) * 4 * 2)
-    replay = cfg.tap_samples_mult * cfg.batch_size * num_classes * dim * 4
+           + cfg.batch_size * max(widths) * 4 * 2) if mlp else 0
+    mult = int(getattr(cfg.method_options, "tap_samples_mult", 0))
+    replay = mult * cfg.batch_size * num_classes * dim * 4
     parts = {"prompt_length": prompts + activations + helper, "tii_mlp": tii,
              "tap_samples_mult": replay}
     need = sum(parts.values())
@@ -167,17 +175,22 @@ def _check_memory(cfg: CLConfig, num_tasks: int, vit: torch.nn.Module,
     if have is not None and need > have:
         culprit = max(parts, key=parts.__getitem__)
         detail = {
-            "prompt_length": f"{cfg.prompt_length} (with {len(cfg.prompt_layers)} prompt "
+            "prompt_length": f"{length} (with {len(layers)} prompt "
                              f"layers, {num_tasks} tasks, batch_size {cfg.batch_size}, "
                              f"{tokens} tokens)",
-            "tii_mlp": f"{list(cfg.tii_mlp)} (hidden widths {widths[1:-1]} of a {dim}-wide "
+            "tii_mlp": f"{mlp} (hidden widths {widths[1:-1]} of a {dim}-wide "
                        "feature)",
-            "tap_samples_mult": f"{cfg.tap_samples_mult} (x batch_size {cfg.batch_size} "
+            "tap_samples_mult": f"{mult} (x batch_size {cfg.batch_size} "
                                 f"replayed features for each of {num_classes} classes)",
         }[culprit]
         raise ConfigError(
-            culprit, f"{detail} needs at least {gib(parts[culprit])} of memory ({gib(need)} in "
-            f"all); this {device.type.upper()} has {gib(have)}")
+            f"method_options.{culprit}", f"{detail} needs at least {gib(parts[culprit])} of "
+            f"memory ({gib(need)} in all); this {device.type.upper()} has {gib(have)}")
+
+
+def _option_names(cfg: CLConfig) -> set[str]:
+    options = cfg.method_options
+    return set(options.field_names() if isinstance(options, MethodOptions) else options)
 
 
 def _build_method(cfg: CLConfig, vit: torch.nn.Module, bench: Benchmark, device: torch.device,
@@ -187,9 +200,13 @@ def _build_method(cfg: CLConfig, vit: torch.nn.Module, bench: Benchmark, device:
     try:
         return get_method(cfg.method)(cfg, vit, bench.num_classes, bench.task_classes,
                                       device=device, progress=progress, log=log_fn)
-    except ConfigError:
-        raise  # already names its field
+    except ConfigError as exc:  # names its field; a model names an option by its plain name
+        if exc.field in _option_names(cfg):
+            raise ConfigError(f"method_options.{exc.field}", exc.reason) from None
+        raise
     except ChoiceError as exc:  # a choice checked inside a model: its name is the field if any
+        if exc.name in _option_names(cfg):
+            raise ConfigError(f"method_options.{exc.name}", exc.reason) from None
         if exc.name in cfg.to_dict():
             raise ConfigError(exc.name, exc.reason) from None
         raise ConfigError("method", f"the {cfg.method} model cannot be built with this "
@@ -377,7 +394,7 @@ def final_metrics(
         "seed": cfg.seed,
         "num_tasks": int(acc.shape[1]),
         "test_batch_size": cfg.eval_batch_size,
-        "per_sample_prompts": not cfg.batchwise_prompt,
+        "per_sample_prompts": not getattr(cfg.method_options, "batchwise_prompt", False),
     }
 
 
@@ -581,7 +598,9 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
         state = {
             "task": t, "method": method, "loader_gen": loader_gen,
             "acc": acc, "tii": tii, "til": til, "til_oracle": til_oracle, "acc_before": before,
-            "config": cfg.to_dict(), "has_alignment": method.has_alignment,
+            # through JSON: the pickle then does not depend on which values share one object
+            # (a run from a config file holds the same values, made by the JSON parser)
+            "config": json.loads(json_text(cfg.to_dict())), "has_alignment": method.has_alignment,
             "task_selection": task_selection(method, t, T, results),
         }
         _on_main(ctx, partial(_save_task, work, cfg, state, rows, jsonl, time.time() - t0))
@@ -630,7 +649,7 @@ def _before_alignment_row(t: int, row: np.ndarray, evaluated: np.ndarray | None,
         return np.full(len(row), np.nan)
     if evaluated is not None:
         return evaluated
-    if cfg.legacy_before_alignment_row0:
+    if getattr(cfg.method_options, "legacy_before_alignment_row0", False):
         return np.where(np.arange(len(row)) <= t, 0.0, np.nan)
     return row
 
