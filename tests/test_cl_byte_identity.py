@@ -53,8 +53,8 @@ EXACT_FILES = ("SHA256SUMS", "accuracy_matrix.csv", "accuracy_matrix_before_alig
 
 EXACT: dict[str, dict[str, str]] = {
     "SHA256SUMS": {
-        "hide": "0c653e4bb76662960eaaa4a251148c754610fb3d0fcc1dc7a3337e7c57010975",
-        "norga": "998156624659b5f873ba833a6cf760898ce030ac346836db47f7daaefcfa8321"
+        "hide": "1fe020e73278128b86c0b27c2536ad23e4d8523d82a3f84cf55730d70bd6ccbc",
+        "norga": "7371b01adb78d6b8b84f1eda558b38337729cba4a9ea520885e43ae6418cc8ba"
     },
     "accuracy_matrix.csv": {
         "hide": "afeb7db984d5cfb242e8961f63c5a16c32d901e60ace75ab0cfb9c91b39823d0",
@@ -69,8 +69,8 @@ EXACT: dict[str, dict[str, str]] = {
         "norga": "6cc28386658ec69dffea7f7b23828edde6eb18d9021d0fe8f3c1001928cd1612"
     },
     "config.json": {
-        "hide": "bd84825feeeef8bbac0a47f0bf73df30b304c21adb30b919e9d14cd9916ac8a1",
-        "norga": "f8f212701bb4945c8bf475e70250baa940ae210a95976494f55c54867a2c4360"
+        "hide": "aa09186ea7d9c7dd8d1d3ba96938282c58ed5339a6762294133c1fc6173ed138",
+        "norga": "0597457cffb8b06289d2c08c53a093d4641063f7d70cde3abfe29a6a1bdcae86"
     },
     "metrics.json": {
         "hide": "c218d6a163743377ad25f1167daf89355fea07e4bc6fca90b27f8b74ca531c82",
@@ -85,44 +85,44 @@ EXACT: dict[str, dict[str, str]] = {
 FLOAT_BITS: dict[str, dict[str, dict[str, str]]] = {
     "torch 2.14.1+cu130, timm 1.0.31, numpy 2.4.6, x86_64 AVX2, AuthenticAMD AMD EPYC": {
         "checkpoints/task_0.pt": {
-            "hide": "490bf56ced1a4b20f7c6dbd6c607fb3fe647304cd95b8f57543ee32b27a33842",
-            "norga": "de332c8882199c66684491c62c6162b1e1990917b5251600bf7369b006d438c6"
+            "hide": "b9769448ab3daf2d24fd8e5ee3988d4c01085e86b7aa0e566d27ac584796ad93",
+            "norga": "c123a38260c0091dca51072e8615d220833cecc664590687fc0d50dd831144a2"
         },
         "checkpoints/task_0.pt.sha256": {
-            "hide": "3dc3aa742af41d9605668f46335c9fd59b3b31f03e42f5d5cffee78a29fedfec",
-            "norga": "fcb596b43fd404f6877308abbfe3a01f0a28cd6773ad8da7307946d8f2bed5ed"
+            "hide": "b802e1285330995fe13a8328da068caffa14a9f9237d80bfafc82769592a9bef",
+            "norga": "0bd0a53b948c7f51ffd5f1b6468e458e2333b47a12dc041b590a01cbaa8ccb30"
         },
         "checkpoints/task_1.pt": {
-            "hide": "ca00591bb97f876dc9348ac374485e02e5ea9cdc4667caa0f4b98200ec043128",
-            "norga": "5ed5b4b57406cbb6df9cf3156944614ca9e559951e55c4d923f6d0fc9cba5728"
+            "hide": "676699a1e4f5218184163c9d0e07701b96bfb78d648854d7b4c1678283392429",
+            "norga": "c227954b051dc0c30d750f2991d954c482660448055f1c1a939abbf5e88fc65d"
         },
         "checkpoints/task_1.pt.sha256": {
-            "hide": "b4e1308db72abdbe6bda58d1361a8d6560876545c4294fe2d70a7b80097d2f88",
-            "norga": "bd3652b69a061f17a88238f8357e62f2290758e091672314838e38b4c711d254"
+            "hide": "c2a9a4e44e0f7b86f8921b96906576d76b2d5fa742741de70e7dc5522a4edd97",
+            "norga": "5b440256a71887a015ba629cec663881ae5bf26b8ccdea7bdfc2d640c7c396ce"
         },
         "checkpoints/task_2.pt": {
-            "hide": "90af0496f3c15f36f6269cdeed280dfc8d3e4bcbe0730d60e948ce39e5103e7a",
-            "norga": "0441a8ebe5f70fd5b4d6d5fad6101dcb14a7e1b5efb350d6cd038cc7c40710ca"
+            "hide": "f04ac3139fad7fe976533188be9c9590c2e7dafe982500e46200ea09ad1c9201",
+            "norga": "650ee0930880c8cf74e978ede94e822ba78698e10e0d1297174668ffa9465c24"
         },
         "checkpoints/task_2.pt.sha256": {
-            "hide": "3687a4f2af82c2a4912f6c3ed4731bff49ec9ab6fdb04d8b3464b964ab284189",
-            "norga": "0f25579f5aff58120a19588f70e00dfb5d1cecbe38d2cafeff43eaaf2abb17b4"
+            "hide": "a210a7e109a33a9c9f2310aa0555acaf3a346e4499d73c28850ab9ccafbd42d6",
+            "norga": "e5374a95cab213739eeebd51be3f696ef6aeeda70601f0224418f290e3bbfd7b"
         },
         "checkpoints/task_3.pt": {
-            "hide": "12068edf08bda589e9531cdfbe308171d7faa34b0039e830d5a16f560b551f8a",
-            "norga": "bb89794cd14cc767554d5d8382b66629f262e88d3c9ef0a74fd09ec31d0b5bed"
+            "hide": "154bc7c0bdbe931499acff4a6ac026f315749ca583adc76e206077e2f8643afe",
+            "norga": "06186ae1b0b1055d397a60b251aa533ef5405ffc30ba143f34f80ef938348cde"
         },
         "checkpoints/task_3.pt.sha256": {
-            "hide": "b2dd51f63fb609c9e387829b7d60ffdf4807f93c04ed6df5ec6fb3dfb7cdc0cb",
-            "norga": "3689b381939ad61c5a2438a82b5d950e2848822ff88078e8d2afa479ae8cbf9b"
+            "hide": "973500091c71e3c265085ba9ae3bc197c3ce41416528e372aa4c0657f79df43e",
+            "norga": "15daf476ad2fdaae11c69a60ebadefcae0713a627d447ada7e52250ede87f076"
         },
         "checkpoints/task_4.pt": {
-            "hide": "c0ed6e51f6e6cee8f230ed3afc455d2dee4a620d325f4843055dbdce1d01955e",
-            "norga": "e8a877e106f5a4437735495e96004cc125dfdc7b8a13b6ebb0299d66a8fc6fde"
+            "hide": "ca5a6551e344810998271c5b015effcc673836fe4324bc7d863efa6a77916cd7",
+            "norga": "2b5afdcf558ada3ac743a097e857e652fd157a5d9ecf06c646aae8b185dfe66a"
         },
         "checkpoints/task_4.pt.sha256": {
-            "hide": "8c0a1695563026d34cf118ad65547646ef847f3891171d43c7400f795d39bced",
-            "norga": "0c82f1b73adc286094b9274dd3dedc40f5e6cf780d1a4ebfe2f6640b5928a5d9"
+            "hide": "3071674a271d0bdb0dbecb63f4e64026dec3037388a4134a8b53c96c2fb9ae43",
+            "norga": "ca091d548931b55c87ee9792f020077223df98739495ec05c5f8168e3347c3c5"
         },
         "log.jsonl": {
             "hide": "30c0e32bb6bb77affa322dbc2e83775dee2cc8a083f91f456bd8091f3ee074af",
