@@ -58,9 +58,9 @@ def _task_data(t: int) -> TensorDataset:
     return TensorDataset(x[keep], y[keep])  # 6 (or 4) images: batches of 4 and 2
 
 
-def _run_task(method, t: int) -> Task:
+def _run_task(method, t: int, before_alignment=None) -> Task:
     data = _task_data(t)
-    task = Task(t, SCHEDULE[t], SCHEDULE, DataLoader(data, batch_size=4))
+    task = Task(t, SCHEDULE[t], SCHEDULE, DataLoader(data, batch_size=4), before_alignment)
     method.begin_task(task)
     method.train_task(DataLoader(data, batch_size=4))
     method.end_task(task)
@@ -323,9 +323,8 @@ def test_end_task_order_ensemble_statistics_tii_alignment_hook_head_alignment(mo
     apply = method.model.prompt.apply_momentum
     monkeypatch.setattr(method.model.prompt, "apply_momentum",
                         lambda t, m: (calls.append(("ensemble", t, m)), apply(t, m)))
-    method.before_alignment = lambda task: calls.append(("hook", task.index))
     for t in range(2):
-        _run_task(method, t)
+        _run_task(method, t, before_alignment=lambda task: calls.append(("hook", task.index)))
     assert calls == [("ensemble", 0, 0.25), ("_collect_statistics", 0),
                      ("ensemble", 1, 0.25), ("_collect_statistics", 1), ("_align_tii", 1),
                      ("hook", 1), ("_align_head", 1)]

@@ -446,13 +446,16 @@ def test_end_task_counts_experts_and_collects_statistics_from_the_stats_loader(
     method = _method()
     calls: list[tuple] = []
     monkeypatch.setattr(method, "_align_head", lambda task: calls.append(("align", task.index)))
-    method.before_alignment = lambda task: calls.append(("before", task.index))
+
+    def hook(task):
+        calls.append(("before", task.index))
+
     with pytest.raises(ValueError) as info:
         method.end_task(Task(0, SCHEDULE[0], SCHEDULE))
     assert str(info.value) == "end_task needs task.stats_loader for counts and statistics"
     method.begin_task(Task(0, SCHEDULE[0], SCHEDULE))
     stats0 = _loader(0, seed=4)
-    method.end_task(Task(0, SCHEDULE[0], SCHEDULE, stats0))
+    method.end_task(Task(0, SCHEDULE[0], SCHEDULE, stats0, hook))
     counts0, means0 = _hand_counts_and_means(method.model, stats0)
     assert torch.equal(method.counts, counts0) and calls == []  # task 0: no alignment
     assert int(method.counts.sum()) == 8 * 2 * 4 * 2  # samples x layers x heads x K
@@ -460,7 +463,7 @@ def test_end_task_counts_experts_and_collects_statistics_from_the_stats_loader(
         torch.testing.assert_close(method.stats.mean(c), mean, rtol=1e-6, atol=1e-6)
     method.begin_task(Task(1, SCHEDULE[1], SCHEDULE))
     stats1 = _loader(1, seed=5)
-    method.end_task(Task(1, SCHEDULE[1], SCHEDULE, stats1))
+    method.end_task(Task(1, SCHEDULE[1], SCHEDULE, stats1, hook))
     counts1, _ = _hand_counts_and_means(method.model, stats1)
     assert torch.equal(method.counts, counts0 + counts1)  # accumulated over tasks
     assert calls == [("before", 1), ("align", 1)]

@@ -398,13 +398,13 @@ def test_method_defaults():
     assert list(_no_progress([1, 2], "x")) == [1, 2] and _no_log({"a": 1}) is None
     method = _probe()
     assert method.progress is _no_progress and method.log is _no_log
-    assert method.before_alignment is None
+    assert not hasattr(method, "before_alignment")  # the hook comes with the task
     method._notify_before_alignment(Task(0, [1], [[1]]))  # nothing to call: no error
     seen: list[Task] = []
-    method.before_alignment = seen.append
-    task = Task(1, SCHEDULE[1], SCHEDULE)
+    task = Task(1, SCHEDULE[1], SCHEDULE, before_alignment=seen.append)
     method._notify_before_alignment(task)
-    assert seen == [task]
+    assert seen == [task] and seen[0] is task
+    assert task == Task(1, SCHEDULE[1], SCHEDULE)  # the hook is not part of the task's identity
     assert Method.predict_oracle(method, torch.zeros(1, 1), torch.zeros(1)) is None
     assert method.expert_selection() is None and method.run_files() == {}
 

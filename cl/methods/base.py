@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -41,12 +41,17 @@ class Task:
         Class ids of every task of the benchmark (``task_classes[t] == classes``).
     stats_loader:
         Training images of task ``t`` with the *test* transform, for class statistics.
+    before_alignment:
+        Called by :meth:`Method.end_task` with this task right before the head alignment (the
+        engine passes one that evaluates the before-alignment accuracies); ``None``: nothing.
+        Not part of the task's identity (left out of ``==``).
     """
 
     index: int
     classes: list[int]
     task_classes: list[list[int]]
     stats_loader: DataLoader | None = None
+    before_alignment: Callable[[Task], None] | None = field(default=None, compare=False)
 
     @property
     def seen_classes(self) -> list[int]:
@@ -88,14 +93,12 @@ class Method(abc.ABC):
     def __init__(self, progress: ProgressFn | None = None, log: LogFn | None = None) -> None:
         self.progress: ProgressFn = progress or _no_progress
         self.log: LogFn = log or _no_log
-        #: called by :meth:`end_task` with the task right before the head alignment (the
-        #: engine sets it to log the before-alignment accuracy matrix); default: nothing
-        self.before_alignment: Callable[[Task], None] | None = None
 
     def _notify_before_alignment(self, task: Task) -> None:
-        """Subclasses call this in :meth:`end_task` just before their head alignment."""
-        if self.before_alignment is not None:
-            self.before_alignment(task)
+        """Subclasses call this in :meth:`end_task` just before their head alignment: runs the
+        task's :attr:`Task.before_alignment` hook, if it has one."""
+        if task.before_alignment is not None:
+            task.before_alignment(task)
 
     @classmethod
     def resolve_options(cls, given: MethodOptions | Mapping[str, Any]) -> MethodOptions:

@@ -37,13 +37,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from cl.config import CLConfig, config_from_dict, flat_dict
 from cl.errors import ConfigError
+from cl.run.accuracy_log import AccuracyLog
 from cl.run.files import (
     CHECKSUMS_FILE,
     CheckpointError,
@@ -372,24 +373,64 @@ def _remove_stale_temporaries(out: Path) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _prepare(out: Path, cfg: CLConfig, overwrite: bool, num_tasks: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ResumeDecision:
+    """What :func:`_prepare` decided to do with a run directory.
+
+    Attributes
+    ----------
+    finished:
+        The finished run ``out`` holds (nothing to do; the other fields are unused), else
+        ``None``.
+    staging:
+        ``--overwrite`` of an existing run: the new run is built in ``out/.overwrite`` until its
+        first task is checkpointed.
+    task:
+        The last task of the checkpoint to resume from; ``None`` for a fresh start.
+    checkpoint_path, checkpoint:
+        That checkpoint's path and content (method state, random streams, accuracy matrices).
+    task_selection:
+        The checkpoint's ``task_selection.json`` content (rewritten if the run was finished).
+    skipped:
+        Why newer checkpoints were rejected (set aside as ``*.corrupt``).
+    """
+
+    finished: RunResult | None = None
+    staging: bool = False
+    task: int | None = None
+    checkpoint_path: Path | None = None
+    checkpoint: dict[str, Any] | None = None
+    task_selection: dict[str, Any] | None = None
+    skipped: tuple[str, ...] = ()
+
+    @property
+    def start_task(self) -> int:
+        """The first task to train (``num_tasks`` when only the results must be redone)."""
+        return 0 if self.task is None else self.task + 1
+
+    @property
+    def resumes(self) -> bool:
+        """Whether a checkpoint is restored (and the result files it covers rewritten)."""
+        return self.task is not None
+
+
+def _prepare(out: Path, cfg: CLConfig, overwrite: bool, num_tasks: int) -> ResumeDecision:
     """Rank 0: decide what to do with ``out`` (finished / fresh / resume from a checkpoint).
 
     With ``overwrite`` and an existing run, the new run is started in ``out/.overwrite``
-    (``"staging"``); nothing of the old run is touched here.
+    (``staging``); nothing of the old run is touched here.
     """
     _check_usable(out)
     shutil.rmtree(out / STAGING, ignore_errors=True)  # an --overwrite killed before its result
     if overwrite:
         if _has_run(out):
-            return {"status": "run", "task": None, "path": None, "ckpt": None, "skipped": [],
-                    "staging": True}
+            return ResumeDecision(staging=True)
     elif (out / "metrics.json").exists():
         _check_same_config(out, cfg)
         problems = _finished_run_problems(out)
         if not problems:
             try:
-                return {"status": "finished", "result": _load_finished(out)}
+                return ResumeDecision(finished=_load_finished(out))
             except (ValueError, KeyError, TypeError, IndexError) as exc:
                 problems = [f"metrics.json cannot be parsed ({type(exc).__name__})"]
         log.warning("%s: %s; recomputing the results from the last good checkpoint (they "
@@ -400,8 +441,9 @@ def _prepare(out: Path, cfg: CLConfig, overwrite: bool, num_tasks: int) -> dict[
         _check_same_config(out, cfg)
     _remove_stale_temporaries(out)
     t, path, ckpt, problems = _latest_good_checkpoint(out, num_tasks)
-    return {"status": "run", "task": t, "path": str(path) if path else None, "ckpt": ckpt,
-            "skipped": problems, "staging": False}
+    return ResumeDecision(task=t, checkpoint_path=path, checkpoint=ckpt,
+                          task_selection=None if ckpt is None else ckpt.get("task_selection"),
+                          skipped=tuple(problems))
 
 
 def _finished_run_problems(out: Path) -> list[str]:
@@ -426,56 +468,68 @@ def write_run_files(work: Path, cfg: CLConfig, env: dict[str, Any],
     }))
 
 
-def rewrite_matrices(out: Path, acc: np.ndarray, before: np.ndarray, has_alignment: bool) -> None:
-    """Rank 0, on resume: the accuracy matrices of the restored checkpoint (a kill between the
-    checkpoint and the matrix may have left the matrix behind)."""
-    write_result_file(out, "accuracy_matrix.csv", accuracy_matrix_csv(acc))
+def write_matrices(out: Path, accuracy: AccuracyLog, has_alignment: bool) -> None:
+    """Rank 0: ``accuracy_matrix.csv`` and, for a method with a head alignment,
+    ``accuracy_matrix_before_alignment.csv`` (also on resume: a kill between the checkpoint and
+    the matrix may have left the matrix behind)."""
+    write_result_file(out, "accuracy_matrix.csv", accuracy_matrix_csv(accuracy.acc))
     if has_alignment:
-        write_result_file(out, BEFORE_ALIGNMENT_CSV, accuracy_matrix_csv(before))
+        write_result_file(out, BEFORE_ALIGNMENT_CSV, accuracy_matrix_csv(accuracy.acc_before))
 
 
-def _save_task(out: Path, cfg: CLConfig, state: dict[str, Any], rows: dict[str, np.ndarray],
+class _TrainedMethod(Protocol):
+    """What a checkpoint needs of a method."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def run_files(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """The state after a finished task, which its checkpoint stores."""
+
+    task: int
+    method: _TrainedMethod
+    loader_gen: torch.Generator
+    accuracy: AccuracyLog
+    config: dict[str, Any]
+    has_alignment: bool
+    task_selection: dict[str, Any] | None
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's plain data (its key order is part of the file's bytes: kept)."""
+        return {"task": self.task, "method": self.method.state_dict(),
+                "loader_gen": self.loader_gen.get_state(), **self.accuracy.to_state(),
+                "config": self.config, "has_alignment": self.has_alignment,
+                "task_selection": self.task_selection, "torch_rng": torch.get_rng_state()}
+
+
+def _save_task(out: Path, cfg: CLConfig, state: TaskState, rows: dict[str, np.ndarray],
                jsonl: _JsonlLog, seconds: float) -> None:
-    """Rank 0: the eval record, the checkpoint after task ``state["task"]``, then the matrix.
+    """Rank 0: the eval record, the checkpoint after task ``state.task``, then the matrix.
 
     The checkpoint precedes ``accuracy_matrix.csv``, so the matrix never runs ahead of what a
     resume restores.
     """
-    t = state["task"]
+    t = state.task
     ckpt_dir = out / "checkpoints"
     # The log record goes first: if the process dies before the checkpoint exists, the resume
     # drops records of unfinished tasks; the other way round a finished task would lack one.
     jsonl({"phase": "eval", "task": t,
            **{k: v[: t + 1].tolist() for k, v in rows.items()},
            "avg_acc": float(np.mean(rows["acc"][: t + 1])), "seconds": round(seconds, 2)})
-    torch_save_atomic(ckpt_dir / f"task_{t}.pt", {
-        **state,
-        # tensors, not numpy arrays: a checkpoint holds plain data only (weights_only loading)
-        **{k: torch.tensor(state[k], dtype=torch.float64)
-           for k in ("acc", "tii", "til", "til_oracle", "acc_before")},
-        "method": state["method"].state_dict(),
-        "loader_gen": state["loader_gen"].get_state(),
-        "torch_rng": torch.get_rng_state(),
-    })
-    write_result_file(out, "accuracy_matrix.csv", accuracy_matrix_csv(state["acc"]))
-    if state["has_alignment"]:
-        write_result_file(out, BEFORE_ALIGNMENT_CSV, accuracy_matrix_csv(state["acc_before"]))
-    for name, content in state["method"].run_files().items():  # e.g. expert_frequency.json
+    torch_save_atomic(ckpt_dir / f"task_{t}.pt", state.checkpoint())
+    write_matrices(out, state.accuracy, state.has_alignment)
+    for name, content in state.method.run_files().items():  # e.g. expert_frequency.json
         write_result_file(out, name, json_text(content))
-    if state["task_selection"] is not None:
-        write_result_file(out, "task_selection.json", json_text(state["task_selection"]))
+    if state.task_selection is not None:
+        write_result_file(out, "task_selection.json", json_text(state.task_selection))
     if cfg.keep_checkpoints == "last" and t > 0:
         previous = ckpt_dir / f"task_{t - 1}.pt"
         for p in (previous, sidecar_path(previous)):
             p.unlink(missing_ok=True)
     record_checksum(out, "log.jsonl")  # every record of tasks 0..t is in the log by now
-
-
-def _as_array(value: Any) -> np.ndarray:
-    """A float64 matrix from a checkpoint (a tensor; a numpy array in older checkpoints)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().to(torch.float64).numpy().copy()
-    return np.asarray(value, dtype=float)
 
 
 def _load_finished(out: Path) -> RunResult:

@@ -11,6 +11,7 @@ and class statistics count every image exactly once, and only rank 0 writes; see
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -35,14 +36,16 @@ from cl.errors import ConfigError
 from cl.methods.base import Method, Task, get_method
 from cl.numerics import NonFiniteLossError
 from cl.options import CLConfig, MethodOptions
+from cl.run.accuracy_log import AccuracyLog
 
 # RunDirError, load_config, ...: re-exported, cl.run.engine's public API
 from cl.run.directory import (
     STAGING,
+    ResumeDecision,
     RunBusyError,  # noqa: F401
     RunDirError,  # noqa: F401
     RunResult,
-    _as_array,
+    TaskState,
     _check_same_config,  # noqa: F401
     _JsonlLog,
     _latest_good_checkpoint,  # noqa: F401
@@ -51,7 +54,7 @@ from cl.run.directory import (
     _save_task,
     load_config,  # noqa: F401
     locked_run_dir,
-    rewrite_matrices,
+    write_matrices,
     write_run_files,
 )
 from cl.run.distributed import (
@@ -510,99 +513,39 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
     """The part of :func:`run_experiment` that runs under the run directory's lock."""
     T = bench.num_tasks
     decision = _on_main(ctx, lambda: _prepare(out, cfg, overwrite, T))
-    if decision["status"] == "finished":
-        return decision["result"]
-    staging = decision["staging"]
-    work = out / STAGING if staging else out  # where this run writes until it is promoted
+    if decision.finished is not None:
+        return decision.finished
+    work = out / STAGING if decision.staging else out  # where this run writes until it is promoted
     jsonl.path = work / "log.jsonl"
-
-    env = {
-        **environment(device),
-        "backbone": backbone.info(),
-        "dataset": {"name": bench.name, "num_classes": bench.num_classes, "num_tasks": T,
-                    "image_size": bench.image_size, **bench.info},
-        "world_size": ctx.world_size,
-    }
-
+    env = _run_env(device, backbone, bench, ctx)
     _on_main(ctx, partial(write_run_files, work, cfg, env, bench.task_classes))
 
     # bf16 autocast / torch.compile of the ViT forward passes (fp32: untouched)
     apply_precision(method, device=device, precision=cfg.precision, compile=cfg.compile)
     loader_gen = torch_generator(cfg.seed, "train-loader")
     torch.manual_seed(derive_seed(cfg.seed, "global"))
-    acc = np.full((0, T), np.nan)
-    tii, til, til_oracle, before = acc.copy(), acc.copy(), acc.copy(), acc.copy()
-    start, resumed = 0, None
-    restored_selection = None  # the checkpoint's task_selection.json content
-    skipped: list[str] = decision["skipped"]
-    for problem in skipped:
-        jsonl({"event": "checkpoint_rejected", "reason": problem})
-    if decision["ckpt"] is not None:
-        t_done = decision["task"]
-        acc, tii, til, til_oracle, before = _restore(decision["ckpt"], method, loader_gen)
-        start, resumed = t_done + 1, t_done
-        restored_selection = decision["ckpt"].get("task_selection")
-        _on_main(ctx, lambda: jsonl.truncate_after(t_done))
-        _on_main(ctx, partial(rewrite_matrices, out, acc, before, method.has_alignment))
-        jsonl({"event": "resume", "task": t_done, "checkpoint": decision["path"]})
-        log.info("resuming after task %d from %s", t_done, decision["path"])
-    else:
-        _on_main(ctx, lambda: jsonl.truncate_after(-1))  # records of a killed first task
-    del decision
+    accuracy = _resume(decision, out, ctx, method, loader_gen, jsonl, T)
+    decision = dataclasses.replace(decision, checkpoint=None)  # its memory is not needed now
     broadcast_parameters(modules_of(method), ctx)
-    last_good = None if resumed is None else out / "checkpoints" / f"task_{resumed}.pt"
-
+    last_good = decision.checkpoint_path
+    before_alignment = _BeforeAlignmentProbe(method, bench, cfg, ctx, device, jsonl)
     hooks: list[Any] = []
-    pre_row: dict[int, np.ndarray] = {}
-
-    def evaluate_before_alignment(task: Task) -> None:
-        """Class-incremental accuracies on tasks ``0..t`` just before the head alignment."""
-        row = np.full(T, np.nan)
-        for i in range(task.index + 1):
-            loader = _eval_loader(_task_subset(bench.test, bench.task_classes[i]), cfg, ctx)
-            row[i] = evaluate_task(method, loader, i, device, ctx, full=False)["acc"]
-        jsonl({"phase": "eval_before_alignment", "task": task.index,
-               "acc": row[: task.index + 1].tolist()})
-        pre_row[task.index] = row
-
-    method.before_alignment = evaluate_before_alignment
-    for t in range(start, T):
+    for t in range(decision.start_task, T):
         classes = bench.task_classes[t]
         train_loader = _train_loader(_task_subset(bench.train, classes), cfg, ctx, device,
                                      loader_gen)
         stats_loader = _eval_loader(_task_subset(bench.train_eval, classes), cfg, ctx)
-        task = Task(t, classes, bench.task_classes, stats_loader)
+        task = Task(t, classes, bench.task_classes, stats_loader, before_alignment)
         t0 = time.time()
-        try:
-            method.begin_task(task)
-            for handle in hooks:
-                handle.remove()
-            hooks = sync_gradients(modules_of(method), ctx)  # what is trained changes per task
-            method.train_task(train_loader)
-            method.end_task(task)
-        except NonFiniteLossError as exc:
-            kept = f"the last good checkpoint {last_good} is kept" if last_good else \
-                "no task had finished, so there is no checkpoint"
-            exc.args = (f"{exc}; training stopped, {kept}",)
-            jsonl({"event": "nonfinite_loss", "task": exc.task, "phase": exc.phase,
-                   "epoch": exc.epoch, "step": exc.step, "value": exc.value})
-            raise
-
+        hooks = _train_task(method, task, train_loader, hooks, ctx, jsonl, last_good)
         rows, results = _evaluate_seen(method, bench, t, cfg, ctx, device)
-        row, tii_row, til_row, oracle_row = (rows[k] for k in ("acc", "tii", "til", "til_oracle"))
-        pre = _before_alignment_row(t, row, pre_row.pop(t, None), method.has_alignment, cfg)
-        acc, tii, til, til_oracle, before = (
-            np.vstack([m, r]) for m, r in ((acc, row), (tii, tii_row), (til, til_row),
-                                           (til_oracle, oracle_row), (before, pre)))
-        log.info("task %d: avg acc %.2f", t, float(np.mean(row[: t + 1])))
-        state = {
-            "task": t, "method": method, "loader_gen": loader_gen,
-            "acc": acc, "tii": tii, "til": til, "til_oracle": til_oracle, "acc_before": before,
-            # through JSON: the pickle then does not depend on which values share one object
-            # (a run from a config file holds the same values, made by the JSON parser)
-            "config": json.loads(json_text(cfg.to_dict())), "has_alignment": method.has_alignment,
-            "task_selection": task_selection(method, t, T, results),
-        }
+        accuracy.record_task(rows, _before_alignment_row(
+            t, rows["acc"], before_alignment.rows.pop(t, None), method.has_alignment, cfg))
+        log.info("task %d: avg acc %.2f", t, float(np.mean(rows["acc"][: t + 1])))
+        # the config through JSON: the pickle then does not depend on which values share one
+        # object (a run from a config file holds the same values, made by the JSON parser)
+        state = TaskState(t, method, loader_gen, accuracy, json.loads(json_text(cfg.to_dict())),
+                          method.has_alignment, task_selection(method, t, T, results))
         _on_main(ctx, partial(_save_task, work, cfg, state, rows, jsonl, time.time() - t0))
         if work != out:  # the new run has its first result: now it replaces the old one
             _on_main(ctx, partial(_promote, work, out))
@@ -610,28 +553,117 @@ def _run_locked(cfg: CLConfig, out: Path, ctx: DistContext, device: torch.device
             jsonl.path = out / "log.jsonl"
         last_good = out / "checkpoints" / f"task_{t}.pt"
         if stop_after_task is not None and t >= stop_after_task and t < T - 1:
-            for handle in hooks:
-                handle.remove()
-            return RunResult(out, acc, tii, til, None, False, resumed, env=env,
-                             skipped_checkpoints=skipped, til_oracle=til_oracle,
-                             accuracy_before_alignment=before)
+            _remove_hooks(hooks)
+            return _run_result(out, accuracy, None, decision, env)
+    _remove_hooks(hooks)
+    if decision.start_task == T:  # resumed to recompute damaged results
+        _rewrite_method_files(out, ctx, method, decision.task_selection)
+    result_metrics = final_metrics(cfg, accuracy.acc, accuracy.tii, accuracy.til, backbone.info(),
+                                   accuracy.til_oracle,
+                                   accuracy.acc_before if method.has_alignment else None)
+    _on_main(ctx, lambda: write_result_file(out, "metrics.json", json_text(result_metrics)))
+    return _run_result(out, accuracy, result_metrics, decision, env)
+
+
+def _run_env(device: torch.device, backbone: Any, bench: Benchmark,
+             ctx: DistContext) -> dict[str, Any]:
+    """The ``env.json`` content: software and device, backbone, dataset, world size."""
+    return {
+        **environment(device),
+        "backbone": backbone.info(),
+        "dataset": {"name": bench.name, "num_classes": bench.num_classes,
+                    "num_tasks": bench.num_tasks, "image_size": bench.image_size, **bench.info},
+        "world_size": ctx.world_size,
+    }
+
+
+def _resume(decision: ResumeDecision, out: Path, ctx: DistContext, method: Method,
+            loader_gen: torch.Generator, jsonl: _JsonlLog, num_tasks: int) -> AccuracyLog:
+    """Restore the checkpoint ``decision`` names into ``method`` and the random streams, rewrite
+    the matrices it covers and log the resume; return its accuracy log (empty if none)."""
+    for problem in decision.skipped:
+        jsonl({"event": "checkpoint_rejected", "reason": problem})
+    if decision.checkpoint is None:
+        _on_main(ctx, lambda: jsonl.truncate_after(-1))  # records of a killed first task
+        return AccuracyLog.empty(num_tasks)
+    t_done = decision.task
+    accuracy = _restore(decision.checkpoint, method, loader_gen)
+    _on_main(ctx, lambda: jsonl.truncate_after(t_done))
+    _on_main(ctx, partial(write_matrices, out, accuracy, method.has_alignment))
+    jsonl({"event": "resume", "task": t_done, "checkpoint": str(decision.checkpoint_path)})
+    log.info("resuming after task %d from %s", t_done, decision.checkpoint_path)
+    return accuracy
+
+
+class _BeforeAlignmentProbe:
+    """The hook a method calls just before its head alignment (:attr:`Task.before_alignment`):
+    class-incremental accuracies on tasks ``0..t``, logged and kept in :attr:`rows` by task."""
+
+    def __init__(self, method: Method, bench: Benchmark, cfg: CLConfig, ctx: DistContext,
+                 device: torch.device, jsonl: _JsonlLog) -> None:
+        self.method, self.bench, self.cfg, self.ctx = method, bench, cfg, ctx
+        self.device, self.jsonl = device, jsonl
+        self.rows: dict[int, np.ndarray] = {}
+
+    def __call__(self, task: Task) -> None:
+        bench = self.bench
+        row = np.full(bench.num_tasks, np.nan)
+        for i in range(task.index + 1):
+            loader = _eval_loader(_task_subset(bench.test, bench.task_classes[i]), self.cfg,
+                                  self.ctx)
+            row[i] = evaluate_task(self.method, loader, i, self.device, self.ctx,
+                                   full=False)["acc"]
+        self.jsonl({"phase": "eval_before_alignment", "task": task.index,
+                    "acc": row[: task.index + 1].tolist()})
+        self.rows[task.index] = row
+
+
+def _train_task(method: Method, task: Task, train_loader: DataLoader, hooks: list[Any],
+                ctx: DistContext, jsonl: _JsonlLog, last_good: Path | None) -> list[Any]:
+    """Train ``task`` (begin, train, end); return the gradient-sync hooks now in place.
+
+    A non-finite loss is logged and re-raised, its message naming the checkpoint that is kept.
+    """
+    try:
+        method.begin_task(task)
+        _remove_hooks(hooks)
+        hooks = sync_gradients(modules_of(method), ctx)  # what is trained changes per task
+        method.train_task(train_loader)
+        method.end_task(task)
+    except NonFiniteLossError as exc:
+        kept = f"the last good checkpoint {last_good} is kept" if last_good else \
+            "no task had finished, so there is no checkpoint"
+        exc.args = (f"{exc}; training stopped, {kept}",)
+        jsonl({"event": "nonfinite_loss", "task": exc.task, "phase": exc.phase,
+               "epoch": exc.epoch, "step": exc.step, "value": exc.value})
+        raise
+    return hooks
+
+
+def _remove_hooks(hooks: list[Any]) -> None:
     for handle in hooks:
         handle.remove()
 
-    if start == T:  # resumed to recompute damaged results: the method's files are redone too
-        for name, content in method.run_files().items():
-            _on_main(ctx, partial(write_result_file, out, name, json_text(content)))
-        if restored_selection is not None:
-            _on_main(ctx, partial(write_result_file, out, "task_selection.json",
-                                  json_text(restored_selection)))
-        # the resume record came after the last task's refresh of the log's checksum
-        _on_main(ctx, partial(record_checksum, out, "log.jsonl"))
-    result_metrics = final_metrics(cfg, acc, tii, til, backbone.info(), til_oracle,
-                                   before if method.has_alignment else None)
-    _on_main(ctx, lambda: write_result_file(out, "metrics.json", json_text(result_metrics)))
-    return RunResult(out, acc, tii, til, result_metrics, True, resumed, env=env,
-                     skipped_checkpoints=skipped, til_oracle=til_oracle,
-                     accuracy_before_alignment=before)
+
+def _rewrite_method_files(out: Path, ctx: DistContext, method: Method,
+                          selection: dict[str, Any] | None) -> None:
+    """A finished run resumed to recompute damaged results: the method's files are redone too."""
+    for name, content in method.run_files().items():
+        _on_main(ctx, partial(write_result_file, out, name, json_text(content)))
+    if selection is not None:
+        _on_main(ctx, partial(write_result_file, out, "task_selection.json",
+                              json_text(selection)))
+    # the resume record came after the last task's refresh of the log's checksum
+    _on_main(ctx, partial(record_checksum, out, "log.jsonl"))
+
+
+def _run_result(out: Path, accuracy: AccuracyLog, metrics: dict[str, Any] | None,
+                decision: ResumeDecision, env: dict[str, Any]) -> RunResult:
+    """The :class:`RunResult` of a run that trained (finished when ``metrics`` is given)."""
+    return RunResult(out, accuracy.acc, accuracy.tii, accuracy.til, metrics, metrics is not None,
+                     decision.task, env=env, skipped_checkpoints=list(decision.skipped),
+                     til_oracle=accuracy.til_oracle,
+                     accuracy_before_alignment=accuracy.acc_before)
 
 
 def _before_alignment_row(t: int, row: np.ndarray, evaluated: np.ndarray | None,
@@ -654,18 +686,13 @@ def _before_alignment_row(t: int, row: np.ndarray, evaluated: np.ndarray | None,
     return row
 
 
-def _restore(ckpt: dict[str, Any], method: Method,
-             loader_gen: torch.Generator) -> tuple[np.ndarray, ...]:
+def _restore(ckpt: dict[str, Any], method: Method, loader_gen: torch.Generator) -> AccuracyLog:
     """Load the state after a checkpointed task into ``method`` and the random streams; return
-    its ``(acc, tii, til, til_oracle, acc_before)`` matrices."""
+    its accuracy matrices."""
     method.load_state_dict(ckpt["method"])
     loader_gen.set_state(ckpt["loader_gen"])
     torch.set_rng_state(ckpt["torch_rng"])
-    acc, tii, til = (_as_array(ckpt[k]) for k in ("acc", "tii", "til"))
-    # checkpoints written before these existed: not applicable (nan)
-    til_oracle, before = (_as_array(ckpt.get(k, np.full_like(acc, np.nan)))
-                          for k in ("til_oracle", "acc_before"))
-    return acc, tii, til, til_oracle, before
+    return AccuracyLog.from_state(ckpt)
 
 
 def _train_loader(train_set: Dataset, cfg: CLConfig, ctx: DistContext, device: torch.device,
