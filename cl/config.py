@@ -394,6 +394,8 @@ LEGACY_FLAT_FIELDS: tuple[str, ...] = (
     "tii_mlp", "tii_ca_epochs", "tii_ca_lr", "tii_clip_grad", "tap_epochs", "ca_lr",
     "tap_samples_mult", "stats_method", "n_centroids",
 )
+# flat option fields that only some of those files hold (added while options were still flat)
+LEGACY_FLAT_OPTIONAL: tuple[str, ...] = ("kmeans_n_init", "legacy_before_alignment_row0")
 
 
 def upgrade_saved(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -406,7 +408,7 @@ def upgrade_saved(data: Mapping[str, Any]) -> dict[str, Any]:
         return data
     names = set(options_type(str(data.get("method", CLConfig.method))).field_names())
     options = dict(data.get(OPTIONS_FIELD) or {})
-    for name in LEGACY_FLAT_FIELDS:
+    for name in (*LEGACY_FLAT_FIELDS, *(f for f in LEGACY_FLAT_OPTIONAL if f in data)):
         value = data.pop(name)
         if name in names:
             options.setdefault(name, value)

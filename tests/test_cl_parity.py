@@ -68,9 +68,11 @@ def test_tii_optimiser_step_is_clipped_at_clip_grad() -> None:
     assert len(raw) == 2 * 2 and max(raw) > 5.0, raw  # 2 epochs x 2 batches, big gradients
     clipped = _tii_grad_norms(clip=1.0)
     assert len(clipped) == len(raw)
-    # clip_grad_norm_ rescales by max_norm / (norm + 1e-6): the norm is 1 up to that epsilon
-    for n in clipped:
-        assert n == pytest.approx(1.0, abs=1e-5), clipped
+    # clip_grad_norm_ rescales by max_norm / (norm + 1e-6): a norm above 1 becomes 1 up to that
+    # epsilon; smaller ones (a saturated softmax late in training) are left as they are
+    assert raw[0] > 5.0 and clipped[0] == pytest.approx(1.0, abs=1e-5), (raw, clipped)
+    assert all(n <= 1.0 + 1e-5 for n in clipped), clipped
+    assert sum(n == pytest.approx(1.0, abs=1e-5) for n in clipped) >= 2, clipped
     official = 1.0
     assert resolve_config("synthetic", "hide").method_options.tii_clip_grad == official
 
