@@ -269,7 +269,8 @@ def _grouped_bars(
 
 def _hatch(variant: str) -> str | None:
     # Activation variants of NoRGa share its hue; hatching keeps them apart in print.
-    return {"norga-tanh": "////", "norga-sigmoid": "....", "norga-gelu": "xxxx"}.get(variant)
+    base = variant.split("[", 1)[0]
+    return {"norga-tanh": "////", "norga-sigmoid": "....", "norga-gelu": "xxxx"}.get(base)
 
 
 def _first_group(groups: Mapping[str, Mapping[str, Sequence[float]]], variant: str) -> str:
@@ -432,19 +433,17 @@ def plot_activation_ablation(
     labels: dict[str, str] = {}
     for (dataset, backbone), sruns in group_by_setting(runs).items():
         key = f"{dataset}/{backbone}"
-        for run in sruns:
-            if run.method == "hide":
-                variant = "hide"
-            elif run.method == "norga" and run.gate_act:
-                variant = f"norga-{run.gate_act}"
-            else:
-                continue
-            groups.setdefault(key, {}).setdefault(variant, []).append(float(run.metrics[metric]))
+        chosen = [r for r in sruns
+                  if r.method == "hide" or (r.method == "norga" and r.gate_act)]
+        for variant, vruns in group_by_variant(chosen).items():
+            if variant.split("[", 1)[0] == "norga":  # one activation: name it anyway
+                variant = f"norga-{vruns[0].gate_act}{variant[len('norga'):]}"
+            groups.setdefault(key, {})[variant] = [float(r.metrics[metric]) for r in vruns]
         if key in groups:
             short = dataset_label(dataset).replace("Split ", "")
             labels[key] = f"{short}\n{backbone_label(backbone)}"
-    variants = [v for v in ("hide", "norga-tanh", "norga-sigmoid", "norga-gelu")
-                if any(v in g for g in groups.values())]
+    # configurations that differ in more than the activation keep their own bars
+    variants = sorted({v for g in groups.values() for v in g}, key=variant_sort_key)
     with figure_style():
         fig = Figure(figsize=figure_size("one" if len(groups) <= 2 else "two", aspect=0.7
                                          if len(groups) <= 2 else 0.35))
