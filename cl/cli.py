@@ -15,8 +15,8 @@ touched unless --overwrite is given. Exit code 2 means bad arguments or missing 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+import re
 import sys
 from functools import partial
 from pathlib import Path
@@ -44,14 +44,19 @@ from cl.numerics import NonFiniteLossError
 from cl.report import summary
 from cl.run.engine import RunDirError, resolve_device, run_experiment
 from cl.run.files import WriteFailedError
+from cl.run.loggers import CSVLogger, TaskSummary, TensorBoardLogger, WandbLogger
 from cl.run.precision import PRECISIONS, CompileError
 from norga.cli import (
     PARALLEL_PER_CORE,
     OneLineParser,
+    add_verbosity_flags,
+    configure_logging,
     max_parallel,
     output_dir_problem,
+    progress_enabled,
     usable_cores,
 )
+from norga.digest import config_digest
 from norga.signals import run_main
 
 # config field -> the flag that sets it (ConfigError.field -> the flag its message names)
@@ -60,6 +65,7 @@ FLAG_OF = {
     "gate_act": "--gate-act", "attention": "--attention", "device": "--device",
     "precision": "--precision", "compile": "--compile", "seed": "--seed",
     "stop_after_task": "--stop-after-task", "weights": "--weights", "data_root": "--data-root",
+    "loggers": "--tensorboard/--wandb",
 }
 # config fields with a flag of their own: --set refuses them (two ways to say one thing)
 OWN_FLAG = {
@@ -145,8 +151,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     where.add_argument("--num-workers", type=int, default=0, metavar="N",
                        help="data-loader workers (default 0)")
     where.add_argument("--out", metavar="DIR", type=_nonempty,
-                       help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>, "
-                       "with -official appended under --protocol official)")
+                       help="run directory (default runs/<dataset>-<method>-<backbone>-<digest>-"
+                       "s<seed>, -official appended under --protocol official; <digest>: 8 hex "
+                       "digits of every config field but the seed and the runtime ones, so "
+                       "different configurations never share a folder)")
     where.add_argument("--overwrite", action="store_true", help="replace an existing run")
     where.add_argument("--attention", choices=ATTENTION_IMPLS,
                        help="prefix-attention implementation (default fused)")
@@ -159,8 +167,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                        "a failure stops with a one-line error naming this flag)")
     where.add_argument("--stop-after-task", type=int, metavar="T",
                        help="checkpoint after task T and stop (resume by re-running)")
-    where.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    where.add_argument("-v", "--verbose", action="store_true", help="log more")
+    logs = p.add_argument_group("logging")
+    logs.add_argument("--tensorboard", action="store_true",
+                      help="also write TensorBoard scalars to <run>/tensorboard (needs the "
+                      "tensorboard package); epochs.csv and tasks.csv are always written")
+    logs.add_argument("--wandb", metavar="PROJECT",
+                      help="also log to Weights & Biases project PROJECT (needs wandb)")
+    add_verbosity_flags(logs)
     return p
 
 
@@ -224,6 +237,29 @@ def check_resources(args: argparse.Namespace, cfg, parser: argparse.ArgumentPars
             parser.error(f"argument --out: {problem}")
 
 
+def default_run_dir(config: dict) -> str:
+    """``runs/<dataset>-<method>-<backbone>-<digest>-s<seed>[-official]``: the digest
+    (:func:`norga.digest.config_digest`) keeps every configuration in its own folder, so seeds
+    of one configuration sit side by side and a changed flag never resumes another run."""
+    backbone = re.sub(r"[^A-Za-z0-9._-]+", "_", str(config["backbone"]))  # hf_hub:org/name
+    official = "-official" if config.get("protocol") == "official" else ""
+    return (f"runs/{config['dataset']}-{config['method']}-{backbone}-"
+            f"{config_digest(config)}-s{config['seed']}{official}")
+
+
+def run_loggers(args: argparse.Namespace, cfg) -> list:
+    """CSV files always, a one-line summary per task on stderr unless ``--quiet``, TensorBoard
+    and W&B on request (a missing package is a :class:`ConfigError` naming it)."""
+    loggers: list = [CSVLogger()]
+    if not args.quiet:
+        loggers.append(TaskSummary(sys.stderr))
+    if args.tensorboard:
+        loggers.append(TensorBoardLogger())
+    if args.wandb:
+        loggers.append(WandbLogger(args.wandb, cfg.to_dict()))
+    return loggers
+
+
 def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     """Run ``norga-cl`` with the arguments ``argv`` (default ``sys.argv[1:]``).
 
@@ -232,8 +268,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args, "cl")
     try:
         backbone = args.backbone or default_backbone(args.dataset)
         cfg = resolve_config(args.dataset, args.method, backbone, quick=args.quick,
@@ -251,8 +286,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 talks and writes
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
         args.no_progress = True
-    official = "-official" if cfg.protocol == "official" else ""
-    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.backbone}-s{cfg.seed}{official}")
+    out = Path(args.out or default_run_dir(cfg.to_dict()))
     print(f"backbone: {cfg.backbone}"
           + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper numbers]"
              if BACKBONES[cfg.backbone].pretrained is False
@@ -263,14 +297,18 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     gate = f" (gate act {cfg.gate_act})" if cfg.method == "norga" else ""  # only NoRGa has one
     print(f"method: {cfg.method}{gate}, seed {cfg.seed}, out {out}")
 
+    bars = progress_enabled(args)  # only on a terminal: no carriage returns in log files
+
     def progress(iterable, desc):
-        return tqdm(iterable, desc=desc, leave=False, disable=args.no_progress, file=sys.stderr)
+        return tqdm(iterable, desc=desc, leave=False, disable=not bars, file=sys.stderr)
 
     try:
+        loggers = run_loggers(args, cfg)
         if cfg.download:  # opt-in: fetch missing weights into the weights folder first
             ensure_weights(cfg.backbone, cfg.weights)
         result = run_experiment(cfg, out, overwrite=args.overwrite,
-                                stop_after_task=args.stop_after_task, progress=progress)
+                                stop_after_task=args.stop_after_task, progress=progress,
+                                loggers=loggers)
     except ConfigError as exc:  # found before anything was written
         parser.error(_config_error(exc))
     except (DatasetError, BackboneWeightsError, RunDirError) as exc:
