@@ -125,8 +125,10 @@ class CLConfig:
     stats_method: StatsMethod = "covariance"
     # k-means clusters per class for stats_method="multi-centroid" (HiDe-Prompt: 10)
     n_centroids: int = 10
-    # bookkeeping
-    keep_checkpoints: KeepCheckpoints = "all"
+    # bookkeeping: "last" keeps only the checkpoint a resume needs (each holds the class
+    # statistics, two float64 d x d matrices per class: about 0.9 GB for ViT-B/16 at 100 classes);
+    # "all" keeps one per task
+    keep_checkpoints: KeepCheckpoints = "last"
 
     def validate(self) -> CLConfig:
         """Check the fields with a fixed set of values and the ranges.
