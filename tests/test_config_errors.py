@@ -16,7 +16,7 @@ import pytest
 from cl import cli
 from cl.backbones.loading import BACKBONES
 from cl.config import CLConfig, resolve_config
-from cl.data.registry import available_datasets
+from cl.data.registry import builtin_datasets
 from cl.errors import ConfigError
 from cl.methods import available_methods
 from cl.run.engine import resolve_device, run_experiment
@@ -227,7 +227,7 @@ def _literal_fields() -> dict[str, tuple]:
 
 def test_literal_types_list_what_the_registries_hold() -> None:
     fields = _literal_fields()
-    assert set(fields["dataset"]) == set(available_datasets())
+    assert set(fields["dataset"]) == set(builtin_datasets())
     assert set(fields["method"]) == set(available_methods())
     assert set(fields["backbone"]) == set(BACKBONES)
 
