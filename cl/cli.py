@@ -28,6 +28,7 @@ from cl.backbones.loading import (
     ensure_weights,
     pretrained_backbones,
 )
+from cl.backbones.timm_names import is_timm_name
 from cl.config import (
     ATTENTION_IMPLS,
     PROTOCOLS,
@@ -36,7 +37,7 @@ from cl.config import (
     method_uses,
     resolve_config,
 )
-from cl.data.registry import DatasetError, available_datasets
+from cl.data.registry import DatasetError, available_datasets, builtin_datasets
 from cl.errors import ConfigError
 from cl.methods import available_methods
 from cl.models.gating import ACTIVATIONS
@@ -86,6 +87,15 @@ def _nonempty(text: str) -> str:
     return text
 
 
+def _backbone_name(text: str) -> str:
+    """A backbone tag or a timm-style name (checked for existence; weights are found later)."""
+    if text in BACKBONES or is_timm_name(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a tag nor a timm model name; allowed: {', '.join(BACKBONES)}, a "
+        "timm model name (timm:NAME or NAME, see timm.list_models()) or hf_hub:ORG/NAME")
+
+
 def backbone_listing() -> str:
     """Pretrained tags, their paper names and where the weights come from (for --help)."""
     lines = [f"pretrained backbones (--weights PATH, a file of that name in ${WEIGHTS_ENV} "
@@ -116,10 +126,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                       help="registered methods: " + ", ".join(available_methods())
                       + " (norga: HiDe-Prompt with the non-linear residual gate; hide: "
                       "HiDe-Prompt, linear gate; the others are the baselines); default norga")
-    what.add_argument("--backbone", choices=list(BACKBONES),
-                      help="ViT weights tag; *-random are randomly initialised (offline smoke "
-                      "tests), the others need a weights file (see below); default "
-                      "vit-tiny-random for synthetic/digits, sup21k otherwise")
+    what.add_argument("--backbone", type=_backbone_name, metavar="NAME",
+                      help="a tag (" + ", ".join(BACKBONES) + "; *-random are randomly "
+                      "initialised, for offline smoke tests, the others need a weights file, "
+                      "see below), a timm model name (timm:NAME or NAME, e.g. "
+                      "vit_base_patch16_224.augreg_in21k) or hf_hub:ORG/NAME; timm names take "
+                      "their weights from the Hugging Face cache, --download or --weights; "
+                      "default vit-tiny-random for synthetic/digits, sup21k otherwise")
     what.add_argument("--weights", metavar="PATH",
                       help="local pretrained weights file in the original format (.npz, "
                       ".safetensors, .pth); converted and loaded strictly")
@@ -289,11 +302,13 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     out = Path(args.out or default_run_dir(cfg.to_dict()))
     print(f"backbone: {cfg.backbone}"
           + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper numbers]"
-             if BACKBONES[cfg.backbone].pretrained is False
+             if cfg.backbone in BACKBONES and BACKBONES[cfg.backbone].pretrained is False
              else f"  weights {cfg.weights or f'from ${WEIGHTS_ENV} or the download cache'}"))
     print(f"data: {cfg.dataset}" + ("  [generated offline]" if cfg.dataset == "synthetic" else
                                     "  [scikit-learn bundled digits]" if cfg.dataset == "digits"
-                                    else f"  from {cfg.data_root}"))
+                                    else f"  from {cfg.data_root}" if cfg.data_root else
+                                    "  [registered builder]" if cfg.dataset not in
+                                    builtin_datasets() else ""))
     gate = f" (gate act {cfg.gate_act})" if cfg.method == "norga" else ""  # only NoRGa has one
     print(f"method: {cfg.method}{gate}, seed {cfg.seed}, out {out}")
 
