@@ -300,17 +300,21 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
         args.no_progress = True
     out = Path(args.out or default_run_dir(cfg.to_dict()))
-    print(f"backbone: {cfg.backbone}"
-          + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper numbers]"
-             if cfg.backbone in BACKBONES and BACKBONES[cfg.backbone].pretrained is False
-             else f"  weights {cfg.weights or f'from ${WEIGHTS_ENV} or the download cache'}"))
-    print(f"data: {cfg.dataset}" + ("  [generated offline]" if cfg.dataset == "synthetic" else
-                                    "  [scikit-learn bundled digits]" if cfg.dataset == "digits"
-                                    else f"  from {cfg.data_root}" if cfg.data_root else
-                                    "  [registered builder]" if cfg.dataset not in
-                                    builtin_datasets() else ""))
-    gate = f" (gate act {cfg.gate_act})" if cfg.method == "norga" else ""  # only NoRGa has one
-    print(f"method: {cfg.method}{gate}, seed {cfg.seed}, out {out}")
+    random_init = cfg.backbone in BACKBONES and BACKBONES[cfg.backbone].pretrained is False
+    where_weights = (f"from ${WEIGHTS_ENV} or the download cache" if cfg.backbone in BACKBONES
+                     else "from the Hugging Face cache")
+    if random_init or not args.quiet:  # -q: only the random-init warning of the header
+        print(f"backbone: {cfg.backbone}"
+              + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper "
+                 "numbers]" if random_init else f"  weights {cfg.weights or where_weights}"))
+    if not args.quiet:
+        print(f"data: {cfg.dataset}" + (
+            "  [generated offline]" if cfg.dataset == "synthetic" else
+            "  [scikit-learn bundled digits]" if cfg.dataset == "digits" else
+            f"  from {cfg.data_root}" if cfg.data_root else
+            "  [registered builder]" if cfg.dataset not in builtin_datasets() else ""))
+        gate = f" (gate act {cfg.gate_act})" if cfg.method == "norga" else ""  # only NoRGa's
+        print(f"method: {cfg.method}{gate}, seed {cfg.seed}, out {out}")
 
     bars = progress_enabled(args)  # only on a terminal: no carriage returns in log files
 
