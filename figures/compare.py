@@ -3,7 +3,8 @@
 Runs are grouped exactly as the figures and paper tables group them
 (:func:`figures.grouping.group_by_variant`): seeds of one configuration are averaged, runs of
 different configurations never are. Each row is one configuration: its setting, method, the
-configuration digest (the suffix of the default run directory name), the number of seeds, the
+configuration digest (of ``config.json``: the one in the default run directory name; runs
+with different backbone weights files are told apart by a column), the number of seeds, the
 mean and sample standard deviation of each metric, the published number where
 ``figures/data/published.json`` has one for the setting, and one column per config field that
 differs between configurations of one method in one setting (fields that differ only between
@@ -21,11 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from figures.aggregate import MeanStd, mean_std
-from figures.grouping import group_by_setting, group_by_variant, method_of, run_config, run_digest
+from figures.grouping import group_by_setting, group_by_variant, method_of, run_config
 from figures.names import backbone_label, dataset_label
 from figures.runs import CLRun
 from figures.tables import load_published, published_value, to_markdown
-from norga.digest import differing_fields, flatten
+from norga.digest import config_digest, differing_fields, flatten
 
 METRICS = ("FA", "CA", "FM")
 #: The published table searched first for each setting (the activation ablation is only a
@@ -84,7 +85,9 @@ def compare_runs(runs: Sequence[CLRun],
             stats = {m: mean_std(float(r.metrics[m]) for r in vruns
                                  if isinstance(r.metrics.get(m), (int, float)))
                      for m in METRICS}
-            rows.append(ComparisonRow(dataset, backbone, method, variant, run_digest(vruns[0]),
+            # the digest in the default run directory name (cl.cli.default_run_dir)
+            rows.append(ComparisonRow(dataset, backbone, method, variant,
+                                      config_digest(vruns[0].config),
                                       list(vruns), stats, paper, table,
                                       flatten(run_config(vruns[0]))))
     buckets: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
