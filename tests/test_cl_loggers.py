@@ -167,3 +167,38 @@ def test_cli_writes_no_carriage_returns_when_stderr_is_not_a_terminal(tmp_path):
     lines = [x for x in stderr.splitlines() if x.startswith("task ")]
     assert [x.split(":")[0] for x in lines] == ["task 1/3", "task 2/3", "task 3/3"]
     assert (tmp_path / "run/epochs.csv").exists() and (tmp_path / "run/tasks.csv").exists()
+
+
+def test_wandb_logger_sends_the_scalars(monkeypatch, tmp_path):
+    """With a stand-in ``wandb`` module: one init with the config, the epoch and task scalars."""
+    import types
+
+    calls = []
+
+    class FakeRun:
+        def log(self, data):
+            calls.append(("log", data))
+
+        def finish(self):
+            calls.append(("finish",))
+
+    fake = types.SimpleNamespace(
+        init=lambda **kw: calls.append(("init", kw)) or FakeRun())
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    from cl.run.loggers import WandbLogger
+
+    logger = WandbLogger("proj", {"lr": 0.1})
+    logger.record({"time": 1.0, "phase": "wtp", "task": 0, "epoch": 0, "loss": 0.5,
+                   "flag": True}, tmp_path)
+    logger.record({"phase": "eval", "task": 0, "acc": [80.0], "avg_acc": 80.0, "tii": [90.0],
+                   "til": [95.0], "seconds": 2.0}, tmp_path)
+    logger.close()
+    assert calls == [
+        ("init", {"project": "proj", "config": {"lr": 0.1}, "dir": str(tmp_path)}),
+        ("log", {"wtp/loss": 0.5}),
+        ("log", {"eval/avg_acc": 80.0, "eval/last_acc": 80.0, "eval/tii_avg": 90.0,
+                 "eval/til_avg": 95.0, "eval/seconds": 2.0}),
+        ("finish",)]
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ConfigError, match="pip install wandb"):
+        WandbLogger("proj")
