@@ -89,6 +89,35 @@ def variant_color(variant: str) -> str:
     return method_color(method_of(variant))
 
 
+def variant_colors(variants: Sequence[str]) -> dict[str, str]:
+    """Colour of each variant; several configurations of one method (keys with the same part
+    before ``[``) get shades of its colour, from darker to lighter, so that they stay apart."""
+    from matplotlib.colors import to_hex, to_rgb
+
+    by_base: dict[str, list[str]] = {}
+    for variant in variants:
+        by_base.setdefault(variant.split("[", 1)[0], []).append(variant)
+    colors: dict[str, str] = {}
+    for same in by_base.values():
+        for k, variant in enumerate(same):
+            base = to_rgb(variant_color(variant))
+            if len(same) == 1:
+                colors[variant] = to_hex(base)
+                continue
+            mix = -0.5 + k / (len(same) - 1)  # -0.5 (darker) .. +0.5 (lighter)
+            target = (1.0, 1.0, 1.0) if mix > 0 else (0.0, 0.0, 0.0)
+            colors[variant] = to_hex(tuple(c + abs(mix) * (t - c)
+                                           for c, t in zip(base, target, strict=True)))
+    return colors
+
+
+def legend_label(variant: str, width: int = 52) -> str:
+    """:func:`variant_label` wrapped onto lines of at most ``width`` characters."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(variant_label(variant), width, subsequent_indent="  "))
+
+
 def group_by_setting(runs: Sequence[CLRun]) -> dict[tuple[str, str], list[CLRun]]:
     """Runs keyed by (dataset, backbone), sorted by key."""
     groups: dict[tuple[str, str], list[CLRun]] = {}

@@ -85,6 +85,8 @@ def test_one_field_apart_is_never_averaged_and_the_label_names_it(two_configs):
     labels = {line.get_label() for line in ax.lines}
     assert any("epochs=50" in lab and "2 seeds" in lab for lab in labels), labels
     assert any("epochs=20" in lab and "3 seeds" in lab for lab in labels), labels
+    colors = {line.get_gid(): line.get_color() for line in ax.lines if line.get_gid()}
+    assert colors["mean:hide[epochs=20]"] != colors["mean:hide[epochs=50]"]  # told apart
     ax = plot_fa_bars(runs).axes[0]
     for epochs, values in fas.items():
         bar = next(p for p in ax.patches if p.get_gid() == f"bar:sup21k:hide[epochs={epochs}]")
