@@ -15,8 +15,8 @@ touched unless --overwrite is given. Exit code 2 means bad arguments or missing 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
+import re
 import sys
 from collections.abc import Iterable
 from functools import partial
@@ -29,6 +29,7 @@ from cl.backbones.loading import (
     ensure_weights,
     pretrained_backbones,
 )
+from cl.backbones.timm_names import is_timm_name
 from cl.config import (
     ATTENTION_IMPLS,
     PROTOCOLS,
@@ -38,7 +39,7 @@ from cl.config import (
     resolve_layers,
 )
 from cl.config_files import ConfigFileError, format_resolved, read_config_file
-from cl.data.registry import DatasetError, available_datasets
+from cl.data.registry import DatasetError, available_datasets, builtin_datasets
 from cl.errors import ConfigError
 from cl.methods import available_methods
 from cl.models.gating import ACTIVATIONS
@@ -46,15 +47,20 @@ from cl.numerics import NonFiniteLossError
 from cl.report import summary
 from cl.run.engine import RunDirError, resolve_device, run_experiment
 from cl.run.files import WriteFailedError
+from cl.run.loggers import CSVLogger, TaskSummary, TensorBoardLogger, WandbLogger
 from cl.run.precision import PRECISIONS, CompileError
 from norga.cli import (
     PARALLEL_PER_CORE,
     OneLineParser,
+    add_verbosity_flags,
     ascii_int,
+    configure_logging,
     max_parallel,
     output_dir_problem,
+    progress_enabled,
     usable_cores,
 )
+from norga.digest import config_digest
 from norga.signals import run_main
 
 # config field -> the flag that sets it (ConfigError.field -> the flag its message names)
@@ -65,6 +71,7 @@ FLAG_OF = {
     "precision": "--precision", "compile": "--compile", "seed": "--seed",
     "stop_after_task": "--stop-after-task", "weights": "--weights", "data_root": "--data-root",
     "method_options.gate_act": "--gate-act", "method_options.attention": "--attention",
+    "loggers": "--tensorboard/--wandb",
 }
 # config fields with a flag of their own: --set refuses them (two ways to say one thing)
 OWN_FLAG = {
@@ -83,6 +90,15 @@ def _nonempty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path is not a folder; give a folder name")
     return text
+
+
+def _backbone_name(text: str) -> str:
+    """A backbone tag or a timm-style name (checked for existence; weights are found later)."""
+    if text in BACKBONES or is_timm_name(text):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is neither a tag nor a timm model name; allowed: {', '.join(BACKBONES)}, a "
+        "timm model name (timm:NAME or NAME, see timm.list_models()) or hf_hub:ORG/NAME")
 
 
 def backbone_listing() -> str:
@@ -116,10 +132,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                       help="registered methods: " + ", ".join(available_methods())
                       + " (norga: HiDe-Prompt with the non-linear residual gate; hide: "
                       "HiDe-Prompt, linear gate; the others are the baselines); default norga")
-    what.add_argument("--backbone", choices=list(BACKBONES),
-                      help="ViT weights tag; *-random are randomly initialised (offline smoke "
-                      "tests), the others need a weights file (see below); default "
-                      "vit-tiny-random for synthetic/digits, sup21k otherwise")
+    what.add_argument("--backbone", type=_backbone_name, metavar="NAME",
+                      help="a tag (" + ", ".join(BACKBONES) + "; *-random are randomly "
+                      "initialised, for offline smoke tests, the others need a weights file, "
+                      "see below), a timm model name (timm:NAME or NAME, e.g. "
+                      "vit_base_patch16_224.augreg_in21k) or hf_hub:ORG/NAME; timm names take "
+                      "their weights from the Hugging Face cache, --download or --weights; "
+                      "default vit-tiny-random for synthetic/digits, sup21k otherwise")
     what.add_argument("--weights", metavar="PATH",
                       help="local pretrained weights file in the original format (.npz, "
                       ".safetensors, .pth); converted and loaded strictly")
@@ -169,8 +188,10 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     where.add_argument("--num-workers", type=ascii_int, metavar="N",
                        help="data-loader workers (default 0)")
     where.add_argument("--out", metavar="DIR", type=_nonempty,
-                       help="run directory (default runs/<dataset>-<method>-<backbone>-s<seed>, "
-                       "with -official appended under --protocol official)")
+                       help="run directory (default runs/<dataset>-<method>-<backbone>-<digest>-"
+                       "s<seed>, -official appended under --protocol official; <digest>: 8 hex "
+                       "digits of every config field but the seed and the runtime ones, so "
+                       "different configurations never share a folder)")
     where.add_argument("--overwrite", action="store_true", help="replace an existing run")
     where.add_argument("--attention", choices=ATTENTION_IMPLS,
                        help="prefix-attention implementation (default fused)")
@@ -183,8 +204,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                        "a failure stops with a one-line error naming this flag)")
     where.add_argument("--stop-after-task", type=ascii_int, metavar="T",
                        help="checkpoint after task T and stop (resume by re-running)")
-    where.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    where.add_argument("-v", "--verbose", action="store_true", help="log more")
+    logs = p.add_argument_group("logging")
+    logs.add_argument("--tensorboard", action="store_true",
+                      help="also write TensorBoard scalars to <run>/tensorboard (needs the "
+                      "tensorboard package); epochs.csv and tasks.csv are always written")
+    logs.add_argument("--wandb", metavar="PROJECT",
+                      help="also log to Weights & Biases project PROJECT (needs wandb)")
+    add_verbosity_flags(logs)
     return p
 
 
@@ -331,6 +357,29 @@ def configure(args: argparse.Namespace,
     return resolved.config, format_resolved(resolved, sources), flags
 
 
+def default_run_dir(config: dict) -> str:
+    """``runs/<dataset>-<method>-<backbone>-<digest>-s<seed>[-official]``: the digest
+    (:func:`norga.digest.config_digest`) keeps every configuration in its own folder, so seeds
+    of one configuration sit side by side and a changed flag never resumes another run."""
+    backbone = re.sub(r"[^A-Za-z0-9._-]+", "_", str(config["backbone"]))  # hf_hub:org/name
+    official = "-official" if config.get("protocol") == "official" else ""
+    return (f"runs/{config['dataset']}-{config['method']}-{backbone}-"
+            f"{config_digest(config)}-s{config['seed']}{official}")
+
+
+def run_loggers(args: argparse.Namespace, cfg) -> list:
+    """CSV files always, a one-line summary per task on stderr unless ``--quiet``, TensorBoard
+    and W&B on request (a missing package is a :class:`ConfigError` naming it)."""
+    loggers: list = [CSVLogger()]
+    if not args.quiet:
+        loggers.append(TaskSummary(sys.stderr))
+    if args.tensorboard:
+        loggers.append(TensorBoardLogger())
+    if args.wandb:
+        loggers.append(WandbLogger(args.wandb, cfg.to_dict()))
+    return loggers
+
+
 def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     """Run ``norga-cl`` with the arguments ``argv`` (default ``sys.argv[1:]``).
 
@@ -339,15 +388,13 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args, "cl")
     cfg, text, flags = configure(args, parser)
     if args.print_config:
         print(text, end="")
         return 0
     check_resources(args, cfg, parser)
-    official = "-official" if cfg.protocol == "official" else ""
-    out = Path(args.out or f"runs/{cfg.dataset}-{cfg.method}-{cfg.backbone}-s{cfg.seed}{official}")
+    out = Path(args.out or default_run_dir(cfg.to_dict()))
     if args.dry_run:
         print(text, end="")
         print(f"# dry run: the configuration is valid; it would run in {out} (nothing written)")
@@ -362,25 +409,35 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: only rank 0 talks and writes
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
         args.no_progress = True
-    print(f"backbone: {cfg.backbone}"
-          + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper numbers]"
-             if BACKBONES[cfg.backbone].pretrained is False
-             else f"  weights {cfg.weights or f'from ${WEIGHTS_ENV} or the download cache'}"))
-    print(f"data: {cfg.dataset}" + ("  [generated offline]" if cfg.dataset == "synthetic" else
-                                    "  [scikit-learn bundled digits]" if cfg.dataset == "digits"
-                                    else f"  from {cfg.data_root}"))
-    act = getattr(cfg.method_options, "gate_act", None)  # only NoRGa's gate has one
-    gate = f" (gate act {act})" if act is not None else ""
-    print(f"method: {cfg.method}{gate}, seed {cfg.seed}, out {out}")
+    random_init = cfg.backbone in BACKBONES and BACKBONES[cfg.backbone].pretrained is False
+    where_weights = (f"from ${WEIGHTS_ENV} or the download cache" if cfg.backbone in BACKBONES
+                     else "from the Hugging Face cache")
+    if random_init or not args.quiet:  # -q: only the random-init warning of the header
+        print(f"backbone: {cfg.backbone}"
+              + ("  [RANDOM INIT - no pretrained weights; numbers are a smoke test, not paper "
+                 "numbers]" if random_init else f"  weights {cfg.weights or where_weights}"))
+    if not args.quiet:
+        print(f"data: {cfg.dataset}" + (
+            "  [generated offline]" if cfg.dataset == "synthetic" else
+            "  [scikit-learn bundled digits]" if cfg.dataset == "digits" else
+            f"  from {cfg.data_root}" if cfg.data_root else
+            "  [registered builder]" if cfg.dataset not in builtin_datasets() else ""))
+        act = getattr(cfg.method_options, "gate_act", None)  # only NoRGa's gate has one
+        gate = f" (gate act {act})" if act is not None else ""
+        print(f"method: {cfg.method}{gate}, seed {cfg.seed}, out {out}")
+
+    bars = progress_enabled(args)  # only on a terminal: no carriage returns in log files
 
     def progress(iterable, desc):
-        return tqdm(iterable, desc=desc, leave=False, disable=args.no_progress, file=sys.stderr)
+        return tqdm(iterable, desc=desc, leave=False, disable=not bars, file=sys.stderr)
 
     try:
+        loggers = run_loggers(args, cfg)
         if cfg.download:  # opt-in: fetch missing weights into the weights folder first
             ensure_weights(cfg.backbone, cfg.weights)
         result = run_experiment(cfg, out, overwrite=args.overwrite,
-                                stop_after_task=args.stop_after_task, progress=progress)
+                                stop_after_task=args.stop_after_task, progress=progress,
+                                loggers=loggers)
     except ConfigError as exc:  # found before anything was written
         parser.error(_config_error(exc, given=flags))
     except (DatasetError, BackboneWeightsError, RunDirError) as exc:

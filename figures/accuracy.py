@@ -37,7 +37,8 @@ from figures.aggregate import mean_std, seen_task_average
 from figures.grouping import (
     group_by_setting,
     group_by_variant,
-    variant_color,
+    legend_label,
+    variant_colors,
     variant_label,
     variant_sort_key,
 )
@@ -94,19 +95,24 @@ def plot_accuracy_curves(
         ax = fig.subplots()
         banded = False
         lows = [100.0]
-        for variant, vruns in group_by_variant(runs).items():
+        groups = group_by_variant(runs)
+        colors = variant_colors(list(groups))
+        split = any("[" in v for v in groups)
+        markers = iter("osD^vP" * len(groups))
+        for variant, vruns in groups.items():
             x, mean, std = accuracy_curve(vruns)
-            color = variant_color(variant)
+            color = colors[variant]
             single = len(vruns) == 1
             if not single:  # +/- 1 std over seeds, never beyond what an accuracy can be
                 band = ax.fill_between(x, np.clip(mean - std, 0, 100), np.clip(mean + std, 0, 100),
                                        color=color, alpha=0.18, linewidth=0)
                 band.set_gid(f"std:{variant}")
                 banded = True
-            (line,) = ax.plot(x, mean, marker="o", markersize=2.8, color=color,
+            (line,) = ax.plot(x, mean, marker=next(markers) if "[" in variant else "o",
+                              markersize=2.8, color=color,
                               markerfacecolor="white" if single else color,
                               linestyle="--" if single else "-",
-                              label=f"{variant_label(variant)} ({len(vruns)} seed"
+                              label=f"{legend_label(variant)} ({len(vruns)} seed"
                                     f"{'s' if not single else ', no band'})")
             line.set_gid(f"mean:{variant}")
             lows.append(float(np.min(np.clip(mean - std, 0, 100))))
@@ -125,7 +131,9 @@ def plot_accuracy_curves(
             labels.append("band: mean \u00b1 1 std over seeds")
         # Below the axes: curves of strong methods sit near the top, weak ones near the bottom,
         # so no corner inside the axes is reliably free.
-        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2,
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.27 if split
+                                                                        else -0.2),
+                  ncol=1 if split else 2,
                   frameon=False)
         return _finish(fig, out_stem)
 
@@ -237,6 +245,7 @@ def _grouped_bars(
 ) -> None:
     """Bars of mean +/- std per (group, variant); optional published values as markers."""
     width = 0.8 / max(len(variants), 1)
+    colors = variant_colors(variants)
     for j, variant in enumerate(variants):
         for g, group in enumerate(groups):
             values = groups[group].get(variant)
@@ -244,9 +253,9 @@ def _grouped_bars(
                 continue
             stats = mean_std(values)
             x = g - 0.4 + width * (j + 0.5)
-            (bar,) = ax.bar(x, stats.mean, width=width * 0.92, color=variant_color(variant),
+            (bar,) = ax.bar(x, stats.mean, width=width * 0.92, color=colors[variant],
                             hatch=_hatch(variant), edgecolor="white", linewidth=0.3,
-                            label=variant_label(variant) if group == _first_group(groups, variant)
+                            label=legend_label(variant) if group == _first_group(groups, variant)
                             else None)
             bar.set_gid(f"bar:{group}:{variant}")
             if len(values) > 1:
@@ -269,7 +278,8 @@ def _grouped_bars(
 
 def _hatch(variant: str) -> str | None:
     # Activation variants of NoRGa share its hue; hatching keeps them apart in print.
-    return {"norga-tanh": "////", "norga-sigmoid": "....", "norga-gelu": "xxxx"}.get(variant)
+    base = variant.split("[", 1)[0]
+    return {"norga-tanh": "////", "norga-sigmoid": "....", "norga-gelu": "xxxx"}.get(base)
 
 
 def _first_group(groups: Mapping[str, Mapping[str, Sequence[float]]], variant: str) -> str:
@@ -337,7 +347,8 @@ def plot_fa_bars(
         ax.set_ylabel(f"{metric} (%), mean \u00b1 1 std over seeds")
         if runs:
             ax.set_title(title or dataset_label(runs[0].dataset), loc="left")
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12),
+                  ncol=1 if any("[" in v for v in variants) else 3, frameon=False)
         return _finish(fig, out_stem)
 
 
@@ -432,19 +443,17 @@ def plot_activation_ablation(
     labels: dict[str, str] = {}
     for (dataset, backbone), sruns in group_by_setting(runs).items():
         key = f"{dataset}/{backbone}"
-        for run in sruns:
-            if run.method == "hide":
-                variant = "hide"
-            elif run.method == "norga" and run.gate_act:
-                variant = f"norga-{run.gate_act}"
-            else:
-                continue
-            groups.setdefault(key, {}).setdefault(variant, []).append(float(run.metrics[metric]))
+        chosen = [r for r in sruns
+                  if r.method == "hide" or (r.method == "norga" and r.gate_act)]
+        for variant, vruns in group_by_variant(chosen).items():
+            if variant.split("[", 1)[0] == "norga":  # one activation: name it anyway
+                variant = f"norga-{vruns[0].gate_act}{variant[len('norga'):]}"
+            groups.setdefault(key, {})[variant] = [float(r.metrics[metric]) for r in vruns]
         if key in groups:
             short = dataset_label(dataset).replace("Split ", "")
             labels[key] = f"{short}\n{backbone_label(backbone)}"
-    variants = [v for v in ("hide", "norga-tanh", "norga-sigmoid", "norga-gelu")
-                if any(v in g for g in groups.values())]
+    # configurations that differ in more than the activation keep their own bars
+    variants = sorted({v for g in groups.values() for v in g}, key=variant_sort_key)
     with figure_style():
         fig = Figure(figsize=figure_size("one" if len(groups) <= 2 else "two", aspect=0.7
                                          if len(groups) <= 2 else 0.35))

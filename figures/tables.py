@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from figures.aggregate import MeanStd, mean_std
-from figures.grouping import group_by_setting, group_by_variant, variant_label, variant_sort_key
+from figures.grouping import (
+    group_by_setting,
+    group_by_variant,
+    method_of,
+    variant_label,
+    variant_sort_key,
+)
 from figures.names import BACKBONE_LABELS, DATASET_LABELS
 from figures.runs import CLRun
 from norga.io import atomic_write_text
@@ -155,7 +161,7 @@ def fill_table(
             for variant, vruns in group_by_variant(sruns).items():
                 acts = {r.gate_act for r in vruns}
                 act = acts.pop() if len(acts) == 1 else None
-                method = "norga" if variant.startswith("norga") else variant
+                method = method_of(variant)
                 pub = published_value(published, spec.published_table, col.dataset,
                                       backbone or "", method, col.metric, act)
                 values = [float(r.metrics[col.metric]) for r in vruns if col.metric in r.metrics]

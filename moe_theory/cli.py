@@ -46,6 +46,8 @@ from moe_theory.settings import FIT_SETTINGS, SETTINGS
 from norga.cli import (
     PARALLEL_PER_CORE,
     OneLineParser,
+    add_verbosity_flags,
+    configure_logging,
     gib,
     max_parallel,
     nonempty_path,
@@ -252,6 +254,7 @@ def build_parser(prog: str = PROG) -> OneLineParser:
     )
     p.add_argument("--no-figure", action="store_true", help="skip the convergence figures")
     add_near_arguments(p)
+    add_verbosity_flags(p)
     return p
 
 
@@ -379,6 +382,7 @@ def main(argv: list[str] | None = None, *, prog: str = PROG) -> int:
     """
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    configure_logging(args, "moe_theory")
     config = config_from_args(args, parser)
     check_backend(args, parser)
     out = args.out if args.out is not None else (

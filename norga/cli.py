@@ -100,3 +100,44 @@ def output_dir_problem(path: Path, *, what: str = "directory") -> str | None:
     if not os.access(target, os.W_OK | os.X_OK):
         return f"{target} is not writable; choose a writable {what}"
     return None
+
+
+# ----------------------------------------------------------------------------- verbosity
+def add_verbosity_flags(parser: argparse._ActionsContainer) -> None:
+    """``-v/--verbose``, ``-q/--quiet`` and ``--no-progress``: the same on every command.
+
+    ``-v`` logs progress messages (INFO), ``-q`` prints only warnings, errors and the result
+    files; progress bars are drawn only when stderr is a terminal, and never with
+    ``--no-progress``.
+    """
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="log more (INFO messages)")
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="print only warnings, errors and the essential result lines")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (they are drawn only when stderr is a terminal)")
+
+
+def configure_logging(args: argparse.Namespace, *packages: str) -> None:
+    """Root logging at WARNING; ``packages`` at INFO under ``--verbose``."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if getattr(args, "verbose", False) else logging.WARNING
+    for name in packages:
+        logging.getLogger(name).setLevel(level)
+
+
+def progress_enabled(args: argparse.Namespace, stream: object = None) -> bool:
+    """Whether to draw progress bars: not ``--no-progress``/``--quiet`` and ``stream`` (default
+    ``sys.stderr``) is a terminal. A log file or a pipe never gets carriage-return updates."""
+    import sys
+
+    if getattr(args, "no_progress", False) or getattr(args, "quiet", False):
+        return False
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):  # a closed stream
+        return False

@@ -15,9 +15,10 @@ ZERO = {"epochs": 0, "tii_epochs": 0, "tii_ca_epochs": 0, "tap_epochs": 0}
 
 
 def tiny_cfg(method: str = "hide", **extra) -> CLConfig:
-    """The tiny run's configuration (seed 11, CPU); ``extra`` overrides any field."""
+    """The tiny run's configuration (seed 11, CPU, every checkpoint kept: the tests read and
+    damage earlier ones); ``extra`` overrides any field."""
     overrides = {**ZERO, "batch_size": 8, "eval_batch_size": 64, "seed": 11, "device": "cpu",
-                 "dataset_options": dict(OPTIONS), **extra}
+                 "dataset_options": dict(OPTIONS), "keep_checkpoints": "all", **extra}
     return resolve_config("synthetic", method, overrides=overrides, allow_unused=True)
 
 

@@ -42,7 +42,11 @@ def quick_synthetic_cl_run(tmp_path_factory):
             before = torch.get_num_threads()
             torch.set_num_threads(1)
             try:
-                result = run_experiment(resolve_config("synthetic", method, quick=True), out)
+                # every checkpoint kept, as when the byte-identity pins were taken (the default
+                # keeps the last one only)
+                cfg = resolve_config("synthetic", method, quick=True,
+                                     overrides={"keep_checkpoints": "all"})
+                result = run_experiment(cfg, out)
             finally:
                 torch.set_num_threads(before)
             runs[method] = (result, out)

@@ -3,8 +3,9 @@
 The ``EXACT`` digests were taken on ``main`` at ``bde7ffd``, before ``cl/run/engine.py`` and
 ``cl/backbones/loading.py`` were split into modules with one job (issue 17): moving code between
 modules must not move a single byte of what a run writes (``FLOAT_BITS``: at ``d62da4d``). The
-run is the one ``experiments/cl.py --dataset synthetic --quick`` makes (seed 42, one torch
-thread), shared with ``test_golden_runs.py`` through the ``quick_synthetic_cl_run`` fixture.
+run is the one ``experiments/cl.py --dataset synthetic --quick --set keep_checkpoints=all`` makes
+(seed 42, one torch thread; every checkpoint kept, as when the pins were taken), shared with
+``test_golden_runs.py`` through the ``quick_synthetic_cl_run`` fixture.
 
 Two kinds of files:
 
@@ -43,7 +44,7 @@ METHODS = ("hide", "norga")
 # files a run writes; any other file (or a missing one) fails the test
 FILES = (".lock", "SHA256SUMS", "accuracy_matrix.csv", "accuracy_matrix_before_alignment.csv",
          "class_order.json", "config.json", "env.json", "log.jsonl", "metrics.json",
-         "task_selection.json") + tuple(
+         "task_selection.json", "epochs.csv", "tasks.csv") + tuple(
              f"checkpoints/task_{t}.pt{ext}" for t in range(5) for ext in ("", ".sha256"))
 VOLATILE_FILES = ("env.json", "log.jsonl")  # their SHA256SUMS lines are dropped
 VOLATILE_LOG_KEYS = ("time", "seconds")
@@ -262,7 +263,8 @@ if __name__ == "__main__":  # print the digests of a fresh run, to paste above
     with tempfile.TemporaryDirectory() as tmp:
         for method in METHODS:
             out = Path(tmp) / method
-            run_experiment(resolve_config("synthetic", method, quick=True), out)
+            run_experiment(resolve_config("synthetic", method, quick=True,
+                                          overrides={"keep_checkpoints": "all"}), out)
             exact[method] = digests(out, EXACT_FILES)
             bits[method] = digests(out, float_bit_files())
     def by_file(pins: dict[str, dict[str, str]]) -> str:

@@ -345,8 +345,8 @@ def test_overwrite_replaces_every_file_of_the_old_run(tmp_path, finished):
     assert result.finished and not result.already_finished and result.resumed_after_task is None
     names = sorted(p.name for p in out.iterdir())
     assert names == [".lock", "SHA256SUMS", "accuracy_matrix.csv", "checkpoints",
-                     "class_order.json", "config.json", "env.json", "log.jsonl", "metrics.json",
-                     "notes.txt"]
+                     "class_order.json", "config.json", "env.json", "epochs.csv", "log.jsonl",
+                     "metrics.json", "notes.txt", "tasks.csv"]
     assert (out / "notes.txt").read_text() == "mine"
     assert json.loads((out / "config.json").read_text())["method"] == "coda-prompt"
     assert set(checksums(out)) == {"config.json", "env.json", "class_order.json",

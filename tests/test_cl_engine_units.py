@@ -300,6 +300,8 @@ def test_keep_last_checkpoint_only(tmp_path):
     run_experiment(tiny_cfg("l2p"), tmp_path / "all", stop_after_task=1)
     names = sorted(p.name for p in (tmp_path / "all/checkpoints").iterdir())
     assert names == ["task_0.pt", "task_0.pt.sha256", "task_1.pt", "task_1.pt.sha256"]
+    # the default keeps only what a resume needs
+    assert CLConfig().keep_checkpoints == "last"
 
 
 # ---------------------------------------------------------------------------- stop and resume

@@ -32,7 +32,8 @@ def _small_config(method: str = "norga", **extra):
 
 @pytest.mark.slow
 def test_synthetic_quick_run_learns(tmp_path: Path) -> None:
-    cfg = resolve_config("synthetic", "norga", quick=True)
+    # every checkpoint kept: the test compares task 0's with task 4's
+    cfg = resolve_config("synthetic", "norga", quick=True, overrides={"keep_checkpoints": "all"})
     result = run_experiment(cfg, tmp_path / "run")
     m = result.metrics
     T = 5

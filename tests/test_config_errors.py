@@ -16,7 +16,7 @@ import pytest
 from cl import cli
 from cl.backbones.loading import BACKBONES
 from cl.config import CLConfig, resolve_config
-from cl.data.registry import available_datasets
+from cl.data.registry import builtin_datasets
 from cl.errors import ConfigError
 from cl.methods import available_methods, get_method
 from cl.run.engine import resolve_device, run_experiment
@@ -240,7 +240,7 @@ def _literal_fields(cls: type) -> dict[str, tuple]:
 
 def test_literal_types_list_what_the_registries_hold() -> None:
     fields = _literal_fields(CLConfig)
-    assert set(fields["dataset"]) == set(available_datasets())
+    assert set(fields["dataset"]) == set(builtin_datasets())
     assert set(fields["backbone"]) == set(BACKBONES)
     # the method names are the registry's own: no list in the config to keep up to date
     assert "method" not in fields

@@ -181,7 +181,7 @@ def test_every_column_of_every_table_shows_its_own_runs_and_published_value(name
                    "dataset": e["dataset"], "backbone": e["backbone"], "seed": 0}
         if e.get("activation"):
             metrics["gate_act"] = e["activation"]
-        runs.append(CLRun(Path(f"run{i}"), {"kind": "cl", **metrics}, np.zeros((1, 1)), metrics))
+        runs.append(CLRun(Path(f"run{i}"), _config_of(metrics), np.zeros((1, 1)), metrics))
     cells = fill_table(spec, runs, pub)
     expected = {}
     for i, e in enumerate(entries):
@@ -236,8 +236,13 @@ def _run(method, backbone, dataset, fa, gate_act=None):
                "backbone": backbone, "seed": 0}
     if gate_act:
         metrics["gate_act"] = gate_act
-    return CLRun(Path(f"{method}-{gate_act}-{fa}"), {"kind": "cl", **metrics}, np.zeros((1, 1)),
+    return CLRun(Path(f"{method}-{gate_act}-{fa}"), _config_of(metrics), np.zeros((1, 1)),
                  metrics)
+
+
+def _config_of(metrics):
+    """The config.json of a run with these metrics (a config holds no results)."""
+    return {"kind": "cl", **{k: v for k, v in metrics.items() if k not in ("FA", "CA", "FM")}}
 
 
 def test_norga_cell_uses_the_number_of_its_activation():
@@ -319,11 +324,15 @@ def test_a_given_published_file_is_used_everywhere(tmp_path):
     assert "Paper: source of smope_table." in md and "12.34 ± 0.56" in md
 
 
-def test_variant_with_mixed_activations_has_no_single_activation():
+def test_runs_with_different_activations_are_never_one_row():
+    """Two configurations (here: the recorded activation) are two rows, each naming its value,
+    never one row averaged over both."""
     runs = [_run("hide", "sup21k", "cifar100", 90.0, "sigmoid"),
             _run("hide", "sup21k", "cifar100", 91.0, "tanh")]
-    (row,) = fill_table(TABLES["table1"], runs).values()
-    assert {cell.gate_act for cell in row.values()} == {None}
+    cells = fill_table(TABLES["table1"], runs)
+    assert [variant for _, variant in cells] == ["hide[gate_act=sigmoid]", "hide[gate_act=tanh]"]
+    for row in cells.values():
+        assert {cell.ours.count for cell in row.values()} == {1}
 
 
 def test_labels_fall_back_to_the_raw_names_and_pm_is_passed_on():

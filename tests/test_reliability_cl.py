@@ -35,7 +35,8 @@ from cl.run.files import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERRIDES = {
+OVERRIDES = {  # every checkpoint kept: the fallback and kill tests need the earlier ones
+    "keep_checkpoints": "all",
     "epochs": 2, "tii_epochs": 2, "tii_ca_epochs": 2, "tap_epochs": 2, "batch_size": 16,
     "dataset_options": {"num_classes": 6, "num_tasks": 3, "train_per_class": 12,
                         "test_per_class": 8},

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from timm.models.vision_transformer import VisionTransformer
 
+from cl.backbones import timm_names
 from cl.backbones.converters import (
     HEAD_PREFIXES,
     BackboneWeightsError,
@@ -61,6 +62,7 @@ from cl.backbones.tags import (
     pretrained_backbones,
     weights_dir,
 )
+from cl.backbones.timm_names import is_timm_name
 from cl.run.files import CheckpointError, safe_torch_load
 from cl.run.seeding import derive_seed, seeded_global_rng
 
@@ -293,7 +295,9 @@ def build_backbone(
     Parameters
     ----------
     name:
-        A tag of :func:`available_backbones`.
+        A tag of :func:`available_backbones`, or a timm model name / ``timm:<name>`` /
+        ``hf_hub:<org>/<name>`` (:mod:`cl.backbones.timm_names`; weights from ``weights`` or
+        the Hugging Face cache).
     weights:
         Local weights file for pretrained tags (an error for random-init tags).
     img_size:
@@ -308,6 +312,8 @@ def build_backbone(
     BackboneWeightsError
         Pretrained weights missing, unreadable or not matching the architecture.
     """
+    if is_timm_name(name):
+        return _build_timm_backbone(name, weights, img_size, seed)
     spec = _spec(name)
     size = int(img_size or spec.default_img_size)
     path = resolve_weights(name, weights)  # fails before any work when the file is missing
@@ -340,11 +346,30 @@ def build_backbone(
     return Backbone(model, name, size, str(path) if path else None, sha, source, ignored)
 
 
+def _build_timm_backbone(name: str, weights: str | Path | None, img_size: int | None,
+                         seed: int) -> Backbone:
+    """A ``timm:``/``hf_hub:``/timm-model-name backbone (:mod:`cl.backbones.timm_names`)."""
+    parsed = timm_names.parse(name)
+    path = timm_names.resolve_files(parsed, weights, download=False)
+    sha = file_sha256(path)
+    with seeded_global_rng(derive_seed(seed, f"backbone/{name}")):
+        model = timm_names.create(parsed, path, img_size)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    size = int(model.patch_embed.img_size[0])
+    log.info("backbone %s (%s), img_size %d", name, sha, size)
+    return Backbone(model, name, size, str(path), sha, f"timm {parsed.model}")
+
+
 def ensure_weights(name: str, weights: str | Path | None = None) -> Path | None:
-    """:func:`resolve_weights`, downloading the file into :func:`weights_dir` when it is missing.
+    """:func:`resolve_weights`, downloading the file into :func:`weights_dir` when it is missing
+    (for a timm-style name: into the Hugging Face cache).
 
     An explicit ``weights`` path is never replaced by a download (a wrong path stays an error).
     """
+    if is_timm_name(name):
+        return timm_names.resolve_files(timm_names.parse(name), weights, download=True)
     spec = _spec(name)
     if not spec.pretrained or weights is not None:
         return resolve_weights(name, weights)

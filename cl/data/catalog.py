@@ -20,14 +20,30 @@ def register_dataset(name: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder
     """Decorator registering ``builder`` under ``name``.
 
     A builder is called as ``builder(data_root=..., seed=..., download=..., **options)`` and
-    returns a :class:`cl.data.base.Benchmark`.
+    returns a :class:`cl.data.base.Benchmark`. A name registered from Python (before the run is
+    configured) is accepted by :func:`cl.data.registry.build_benchmark`, ``run_experiment`` and
+    ``norga-cl --dataset``; for the installed command, see the ``norga.datasets`` entry-point
+    group (:mod:`cl.data.registry`).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is empty or not a plain name (letters, digits, ``-``, ``_``, ``.``), which a
+        run directory name could not hold.
     """
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"dataset name {name!r}: use letters, digits, '-', '_' or '.'")
 
     def decorate(builder: BenchmarkBuilder) -> BenchmarkBuilder:
         _BUILDERS[name] = builder
         return builder
 
     return decorate
+
+
+def registered_names() -> list[str]:
+    """Names registered so far, in registration order."""
+    return list(_BUILDERS)
 
 
 def registered_builder(name: str) -> BenchmarkBuilder | None:

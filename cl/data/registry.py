@@ -5,6 +5,16 @@ called as ``builder(data_root=..., seed=..., download=..., **options)``; it retu
 :class:`cl.data.base.Benchmark`. Modules that define builders are imported lazily by
 :func:`build_benchmark`, so importing ``cl.data`` never imports torchvision datasets.
 
+Besides the built-in names, a name is available when it was registered from Python (any
+module that ran ``@register_dataset("name")`` before the run is configured) or when an installed
+package declares it in the ``norga.datasets`` entry-point group, e.g. in its ``pyproject.toml``::
+
+    [project.entry-points."norga.datasets"]
+    mydata = "mypackage.data:build_mydata"
+
+(the object is loaded on first use; a callable is registered under the entry point's name, a
+module is expected to register it itself). Such names appear in ``norga-cl --dataset``.
+
 Registration and lookup live apart: the dataset modules import :mod:`cl.data.catalog` and
 :mod:`cl.data.errors` (leaves), only this module imports the dataset modules, so there is no
 import cycle. ``register_dataset`` and the errors stay importable from here.
@@ -17,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from cl.data.base import Benchmark
-from cl.data.catalog import BenchmarkBuilder, register_dataset, registered_builder
+from cl.data.catalog import (
+    BenchmarkBuilder,
+    register_dataset,
+    registered_builder,
+    registered_names,
+)
 from cl.data.errors import ChecksumError, DatasetError, DatasetNotFoundError
 from norga.choices import check_choice
 
@@ -28,6 +43,7 @@ __all__ = [
     "DatasetNotFoundError",
     "available_datasets",
     "build_benchmark",
+    "builtin_datasets",
     "register_dataset",
 ]
 
@@ -42,9 +58,47 @@ _DATASET_MODULES: dict[str, str] = {
 }
 
 
-def available_datasets() -> list[str]:
-    """Names accepted by :func:`build_benchmark`, in a stable order."""
+ENTRY_POINT_GROUP = "norga.datasets"
+
+
+def builtin_datasets() -> list[str]:
+    """The datasets this package ships, in a stable order."""
     return list(_DATASET_MODULES)
+
+
+def _entry_points() -> dict[str, Any]:
+    """``name -> entry point`` of the ``norga.datasets`` group (nothing is loaded)."""
+    from importlib.metadata import entry_points
+
+    try:
+        return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    except Exception:  # noqa: BLE001 - broken package metadata must not break the built-ins
+        return {}
+
+
+def available_datasets() -> list[str]:
+    """Names accepted by :func:`build_benchmark`: the built-in ones, then those registered from
+    Python, then those declared by installed packages (``norga.datasets`` entry points)."""
+    names = builtin_datasets()
+    for name in [*registered_names(), *_entry_points()]:
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _load_entry_point(name: str) -> None:
+    """Load the entry point of ``name``; a callable it names is registered under ``name``."""
+    ep = _entry_points().get(name)
+    if ep is None:
+        return
+    try:
+        obj = ep.load()
+    except Exception as exc:  # noqa: BLE001 - a broken plug-in: say which one, in one line
+        raise DatasetError(f"dataset {name!r}: its entry point {ep.value!r} cannot be loaded "
+                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                           ) from exc
+    if registered_builder(name) is None and callable(obj):
+        register_dataset(name)(obj)
 
 
 def build_benchmark(
@@ -79,9 +133,13 @@ def build_benchmark(
     """
     check_choice("dataset", name, available_datasets())
     builder = registered_builder(name)
-    if builder is None:
+    if builder is None and name in _DATASET_MODULES:
         importlib.import_module(_DATASET_MODULES[name])
         builder = registered_builder(name)
+    elif builder is None:
+        _load_entry_point(name)
+        builder = registered_builder(name)
     if builder is None:
-        raise RuntimeError(f"{_DATASET_MODULES[name]} did not register the dataset {name!r}")
+        where = _DATASET_MODULES.get(name, f"the {ENTRY_POINT_GROUP} entry point {name!r}")
+        raise DatasetError(f"{where} did not register the dataset {name!r}")
     return builder(data_root=data_root, seed=seed, download=download, **options)

@@ -69,14 +69,20 @@ log = logging.getLogger(__name__)
 
 # Config keys that may change between an interrupted run and its resumption.
 # (compile changes how, not what, is computed.)
-RUNTIME_KEYS = frozenset({"device", "num_workers", "data_root", "download", "compile"})
+# (keep_checkpoints only decides which checkpoints stay on disk.)
+RUNTIME_KEYS = frozenset({"device", "num_workers", "data_root", "download", "compile",
+                          "keep_checkpoints"})
 BEFORE_ALIGNMENT_CSV = "accuracy_matrix_before_alignment.csv"
+# the CSV views of log.jsonl (cl.run.loggers.CSVLogger), rebuilt from it when a run starts
+LOG_VIEWS = ("epochs.csv", "tasks.csv")
 RUN_FILES = ("config.json", "env.json", "class_order.json", "accuracy_matrix.csv",
              BEFORE_ALIGNMENT_CSV, "metrics.json", "log.jsonl", "expert_frequency.json",
-             "task_selection.json", CHECKSUMS_FILE)
+             "task_selection.json", CHECKSUMS_FILE, *LOG_VIEWS)
 # Result files verified against SHA256SUMS before a finished or resumed run is trusted. log.jsonl
-# grows during a run (its sum is refreshed after every task), so it is not among them.
-CHECKED_FILES = tuple(n for n in RUN_FILES if n not in ("log.jsonl", CHECKSUMS_FILE))
+# grows during a run (its sum is refreshed after every task), so it is not among them, nor are
+# its CSV views.
+CHECKED_FILES = tuple(n for n in RUN_FILES
+                      if n not in ("log.jsonl", CHECKSUMS_FILE, *LOG_VIEWS))
 # Files every finished run has (the rest depend on the method).
 REQUIRED_FILES = ("config.json", "env.json", "class_order.json", "accuracy_matrix.csv",
                   "metrics.json")
@@ -125,6 +131,8 @@ class _JsonlLog:
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path = path
         self.enabled = enabled
+        # run loggers (cl.run.loggers): each record goes to them after the line is written
+        self.listeners: list[Any] = []
 
     def truncate_after(self, last_task: int) -> None:
         """Drop records of tasks after ``last_task`` and any line cut short by a crash."""
@@ -148,7 +156,8 @@ class _JsonlLog:
     def __call__(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        line = json_line({"time": round(time.time(), 3), **record}) + "\n"
+        full = {"time": round(time.time(), 3), **record}
+        line = json_line(full) + "\n"
         try:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(line)
@@ -157,6 +166,8 @@ class _JsonlLog:
             raise WriteFailedError(exc.errno, f"could not append to {self.path}: {reason}; the "
                                    "checkpoints and result files written so far are intact"
                                    ) from None
+        for listener in self.listeners:
+            listener.record(full, self.path.parent)
 
 
 # ---------------------------------------------------------------------------- run directory
@@ -315,7 +326,7 @@ def _promote(staging: Path, out: Path) -> None:
     old = out / ".replaced"
     shutil.rmtree(old, ignore_errors=True)
     old.mkdir()
-    for name in (*RUN_FILES, "checkpoints", "metrics.json.corrupt"):
+    for name in (*RUN_FILES, "checkpoints", "metrics.json.corrupt", "tensorboard"):
         if (out / name).exists():
             (out / name).replace(old / name)
     for item in staging.iterdir():

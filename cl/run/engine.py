@@ -18,7 +18,7 @@ import logging
 import math
 import pickle
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -69,6 +69,7 @@ from cl.run.distributed import (
 )
 from cl.run.environment import environment
 from cl.run.files import json_text, record_checksum, write_result_file
+from cl.run.loggers import CSVLogger, RunLogger
 from cl.run.precision import apply_precision
 from cl.run.seeding import derive_seed, torch_generator
 from norga.choices import ChoiceError
@@ -436,6 +437,7 @@ def run_experiment(
     stop_after_task: int | None = None,
     progress: Callable[[Iterable, str], Iterable] | None = None,
     benchmark: Benchmark | None = None,
+    loggers: Sequence[RunLogger] | None = None,
 ) -> RunResult:
     """Run (or resume) a continual-learning experiment.
 
@@ -455,7 +457,12 @@ def run_experiment(
     progress:
         Wraps iterables to show progress (the CLI passes ``tqdm``); default silent.
     benchmark:
-        A pre-built benchmark (skips the registry; for tests).
+        A pre-built benchmark (skips the registry); a dataset registered with
+        :func:`cl.data.registry.register_dataset` needs none.
+    loggers:
+        Where the run's records go besides ``log.jsonl`` (:mod:`cl.run.loggers`); default a
+        :class:`~cl.run.loggers.CSVLogger` (``epochs.csv`` and ``tasks.csv``). The CLI adds a
+        one-line summary per task on stderr and, on request, TensorBoard or W&B.
 
     Raises
     ------
@@ -476,17 +483,22 @@ def run_experiment(
     cfg.validate()
     out = Path(out_dir)
     device = resolve_device(cfg.device)
-    with process_group(device) as ctx:
-        return _run_in_group(cfg, out, local_device(device, ctx), ctx, overwrite=overwrite,
-                             stop_after_task=stop_after_task, progress=progress,
-                             benchmark=benchmark)
+    run_loggers = list(loggers) if loggers is not None else [CSVLogger()]
+    try:
+        with process_group(device) as ctx:
+            return _run_in_group(cfg, out, local_device(device, ctx), ctx, overwrite=overwrite,
+                                 stop_after_task=stop_after_task, progress=progress,
+                                 benchmark=benchmark, loggers=run_loggers)
+    finally:
+        for run_logger in run_loggers:
+            run_logger.close()
     raise AssertionError("unreachable")  # pragma: no cover - for type checkers
 
 
 def _run_in_group(cfg: CLConfig, out: Path, device: torch.device, ctx: DistContext, *,
                   overwrite: bool, stop_after_task: int | None,
                   progress: Callable[[Iterable, str], Iterable] | None,
-                  benchmark: Benchmark | None) -> RunResult:
+                  benchmark: Benchmark | None, loggers: list[RunLogger]) -> RunResult:
     # Everything that may fail for missing or bad inputs happens before anything is written:
     # data, weights, the method's models and the memory they need.
     bench = benchmark or _build_benchmark(cfg)
@@ -499,6 +511,9 @@ def _run_in_group(cfg: CLConfig, out: Path, device: torch.device, ctx: DistConte
                               seed=cfg.seed)
     _check_memory(cfg, T, backbone.model, device, bench.num_classes)
     jsonl = _JsonlLog(out / "log.jsonl", enabled=ctx.is_main)
+    for run_logger in loggers:
+        run_logger.start(T)
+    jsonl.listeners = loggers
     method = _build_method(cfg, backbone.model, bench, device, progress, jsonl)
 
     with locked_run_dir(out, cfg, overwrite=overwrite, main=ctx.is_main):  # one writer

@@ -115,13 +115,19 @@ def near_config_from_args(
 
 def sweep_kwargs(args: argparse.Namespace, desc: str) -> dict:
     """The execution options that ``run_rates`` and ``run_near`` both take from the CLI flags
-    (jobs, cache, backend, scheduler) and a progress bar over blocks labelled ``desc``."""
+    (jobs, cache, backend, scheduler) and a progress bar over blocks labelled ``desc`` (only on
+    a terminal and without ``--no-progress``, :func:`norga.cli.progress_enabled`)."""
     from tqdm import tqdm
+
+    from norga.cli import progress_enabled
+
+    def bar(it, total):
+        return tqdm(it, total=total, desc=desc, unit="block")
 
     return {
         "jobs": args.jobs,
         "cache_dir": None if args.no_cache else args.cache_dir,
-        "progress": lambda it, total: tqdm(it, total=total, desc=desc, unit="block"),
+        "progress": bar if progress_enabled(args) else None,
         "backend": args.backend,
         "scheduler": args.scheduler,
     }
