@@ -99,7 +99,7 @@ def test_every_imported_package_is_declared(package: str) -> None:
 
 def test_the_dev_extra_installs_every_half() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert "norga[theory,cl,figures]" in extras["all"] and "norga[all]" in extras["dev"]
+    assert "norga[theory,cl,figures]" in extras["all"] and "norga[all,docs]" in extras["dev"]
     assert {"pytest", "mpmath", "dask"} <= {_requirement_name(r) for r in extras["dev"]}
 
 
