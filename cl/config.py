@@ -11,9 +11,9 @@ method module changes no table.
 Every error of a configuration is a :class:`cl.errors.ConfigError` naming the field at fault in
 its ``field`` attribute.
 
-Values are the effective ones of cl-pipeline.md section 2.6 for Sup-21K unless noted; learning
-rates are the raw script values and are multiplied by ``batch_size / 256`` where the original
-code does so.
+Values are the effective ones of docs/cl-background.md#hyperparameters for Sup-21K unless noted;
+learning rates are the raw script values and are multiplied by ``batch_size / 256`` where the
+original code does so.
 """
 
 from __future__ import annotations
@@ -562,7 +562,8 @@ def describe_presets(width: int = 100) -> str:
 
     names = {f.name for f in dataclasses.fields(CLConfig)} - {"backbone"}
     lines = [
-        "presets (cl-pipeline.md 2.6; later wins: dataset < method < method x backbone < "
+        "presets (docs/cl-background.md#hyperparameters; later wins: dataset < method < method x "
+        "backbone < "
         "--set recipe=original-port (lines +original-port) < --quick < flags; lr is scaled by "
         "batch_size/256; backbones not listed use the sup21k values):",
     ]

@@ -8,7 +8,7 @@ single item can still be switched back with ``--set``.
 
 Official sources: Minhchuyentoancbn/MoE_PromptCL @ e418337 (HiDe-Prompt, NoRGa, L2P, DualPrompt,
 S-Prompt++ as run for the NoRGa tables), GT-RIPL/CODA-Prompt @ 6417d4f, Minhchuyentoancbn/SMoPE
-@ 27b982c (cl-pipeline.md section 10); for ``recipe=original-port``, JH-LEE-KR/l2p-pytorch @
+@ 27b982c (docs/cl-background.md#sources); for ``recipe=original-port``, JH-LEE-KR/l2p-pytorch @
 f7bc994 and JH-LEE-KR/dualprompt-pytorch @ 7eb457d (cl/methods/l2p.py, dualprompt.py).
 """
 

@@ -1,4 +1,4 @@
-"""Accuracy figures of the continual-learning runs (cl-pipeline spec section 4).
+"""Accuracy figures of the continual-learning runs (docs/cl-background.md#metrics).
 
 - :func:`plot_accuracy_curves`: average accuracy over the tasks seen so far vs the number of
   tasks seen, mean +/- std over seeds, one line per method (one dataset and backbone).

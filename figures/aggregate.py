@@ -86,7 +86,7 @@ def seen_task_average(matrix: np.ndarray) -> np.ndarray:
     """Average accuracy over the tasks seen so far, one value per finished task.
 
     ``out[t] = mean_{i <= t} A[t, i]``: the accuracy plotted against the number of tasks seen
-    (its mean over t is the CA of cl-pipeline section 4).
+    (its mean over t is the CA of docs/cl-background.md#metrics).
     """
     matrix = np.asarray(matrix, dtype=float)
     return np.asarray([np.nanmean(matrix[t, : t + 1]) for t in range(matrix.shape[0])])

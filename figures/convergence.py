@@ -8,8 +8,9 @@ and the Fisher prediction C/sqrt(n) where the run computed it. A second panel sh
 error of the regression function, which converges at about n^-1/2 for both gates (Thm 4.1).
 For over-specified settings a loss-parts figure splits L_1 into mass, beta_1 and eta parts.
 
-Medians rather than means: over-specified fits have heavy-tailed losses (spec section 5.6), and
-the band is the IQR so one wild replicate cannot stretch it.
+Medians rather than means: over-specified fits have heavy-tailed losses
+(docs/theory-background.md#reference-numbers), and the band is the IQR so one wild replicate cannot
+stretch it.
 
 Artists carry gids (``median:<curve>``, ``iqr:<curve>``, ``points:<curve>``,
 ``fisher:<curve>``, ``ref:<name>``) so tests and users can find them again.

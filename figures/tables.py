@@ -1,10 +1,12 @@
 """The papers' result tables filled with our runs, as Markdown and LaTeX.
 
-- Table 1 (NoRGa Table 1, cl-pipeline spec 8.1): FA / CA / FM on Split CIFAR-100 and Split
+- Table 1 (NoRGa Table 1, docs/cl-background.md#table-1): FA / CA / FM on Split CIFAR-100 and Split
   ImageNet-R, one row per (backbone, method).
-- Table 2 (NoRGa Table 2, spec 8.3): FA on Split CUB-200 and 5-Datasets with Sup-21K and
+- Table 2 (NoRGa Table 2, docs/cl-background.md#table-2): FA on Split CUB-200 and 5-Datasets with
+Sup-21K and
   iBOT-21K, one row per method.
-- Table 3 (SMoPE table, spec 7.6): FA on ImageNet-R, CIFAR-100 (Sup-1K) and CUB-200 (Sup-21K
+- Table 3 (SMoPE table, docs/cl-background.md#smope-results): FA on ImageNet-R, CIFAR-100 (Sup-1K)
+and CUB-200 (Sup-21K
   AugReg), CODA-style protocol, one row per method.
 
 Each table is written twice: in the paper's layout with our mean +/- std (sample std over

@@ -63,7 +63,8 @@ BYTES_PER_FIT_RECORD = 2048
 SCHEDULER_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9a-fA-F:]+\]|[\w.-]+)"
                                r":(\d{1,5})/?$")
 
-# Default smallest n of the slope fits (the linear curve is pre-asymptotic below 1e3, spec 5.6).
+# Default smallest n of the slope fits (the linear curve is pre-asymptotic below 1e3,
+# docs/theory-background.md#reference-numbers).
 DEFAULT_FIT_N_MIN = 1000
 
 

@@ -1,4 +1,4 @@
-"""Rate inference on (n, loss) data (spec moe-theory.md section 5.4).
+"""Rate inference on (n, loss) data (docs/theory-background.md#rate-inference).
 
 * :func:`fit_rate`: the slope of log(loss) on log(n) with a calibrated CI (weighted least
   squares on the per-n means of log loss, t(G - 2) reference), returned as a :class:`RateFit`;
@@ -238,8 +238,8 @@ def mean_ratio_ci(
 ) -> tuple[float, float, float]:
     """``mean(values) / reference`` with a t(R - 1) confidence interval.
 
-    Used for the Fisher check of spec section 7: the mean ``L_1`` of the R fits at the largest n
-    divided by the predicted ``C / sqrt(n)``.
+    Used for the Fisher check of docs/theory-background.md#fisher-check: the mean ``L_1`` of the R
+    fits at the largest n divided by the predicted ``C / sqrt(n)``.
 
     Returns
     -------
@@ -332,12 +332,12 @@ def range_note(n_values: np.ndarray) -> str:
 def compare_rate_models(n_values: np.ndarray, level: np.ndarray) -> dict[str, object]:
     """Power law vs log rate vs curvature vs flat on per-n levels (medians), by AICc.
 
-    Models (spec 5.4): ``M_pow: log L = c + s log n``, ``M_loglog: log L = c - kappa log log n``,
-    ``M_curv: log L = c + s log n + q (log n)^2``, ``M_flat: log L = c``. A label names one
-    model only when its AICc is lower than every other model's (those with enough points) by at
-    least :data:`AICC_DECISIVE`; otherwise the models are indistinguishable over this range and
-    the label is ``"inconclusive"``. A ``"plateau"`` (flat model decisive) also needs the power
-    slope CI to exclude :data:`PLATEAU_MIN_SLOPE`.
+    Models (docs/theory-background.md#rate-inference): ``M_pow: log L = c + s log n``, ``M_loglog:
+    log L = c - kappa log log n``, ``M_curv: log L = c + s log n + q (log n)^2``, ``M_flat: log L =
+    c``. A label names one model only when its AICc is lower than every other model's (those with
+    enough points) by at least :data:`AICC_DECISIVE`; otherwise the models are indistinguishable
+    over this range and the label is ``"inconclusive"``. A ``"plateau"`` (flat model decisive) also
+    needs the power slope CI to exclude :data:`PLATEAU_MIN_SLOPE`.
 
     Returns
     -------

@@ -1,7 +1,8 @@
 """The task-identity (TII) model: residual MLP adapter + head on frozen prompt-free features.
 
 The frozen ViT is shared with the prompted model (see :meth:`PromptedViT.backbone_features`);
-this module holds only the trainable part ``head(fc_norm(mlp(f)))`` (cl-pipeline.md 1.1, 2.2).
+this module holds only the trainable part ``head(fc_norm(mlp(f)))`` (docs/cl-background.md#backbone
+and #tii-model).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class MlpAdapter(nn.Module):
     ``structure=[2]`` gives ``g = Linear(2C->C) o GELU o Linear(C->2C)``; ``[4, 4]`` gives
     ``g = Linear(4C->C) o LN o Linear(4C->4C) o GELU o Linear(C->4C)`` (no activation after the
     middle layer, as in the original code). ``final_norm=False`` drops the final LayerNorm
-    (MoCo v3 backbones, cl-pipeline.md 1.1).
+    (MoCo v3 backbones, docs/cl-background.md#backbone).
     """
 
     def __init__(self, dim: int, structure: Sequence[int] = (2,), *, final_norm: bool = True

@@ -1,7 +1,8 @@
 """HiDe-Prompt's multi-centroid class statistics (``ca_storage_efficient_method='multi-centroid'``).
 
-The protocol of the original HiDe-Prompt scripts (thu-ml/HiDe-Prompt, cl-pipeline.md 2.2 step 3
-and 9.1 item 5), in place of one full-covariance Gaussian per class:
+The protocol of the original HiDe-Prompt scripts (thu-ml/HiDe-Prompt,
+docs/cl-background.md#tii-model and #lr-scaling), in place of one full-covariance Gaussian per
+class:
 
 * the features of a class are clustered by k-means into ``n_centroids`` (10) clusters
   (scikit-learn ``KMeans``, k-means++ init, Lloyd iterations; ``n_init=10``, the scikit-learn

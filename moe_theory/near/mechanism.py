@@ -1,6 +1,6 @@
 """E5 mechanism: how fast the Fisher information degenerates as true prompts coincide.
 
-Spec moe-theory.md section 5.7. A cluster of ``k`` true prompt atoms (``k`` = 2 or 3, masses
+docs/theory-background.md#e5. A cluster of ``k`` true prompt atoms (``k`` = 2 or 3, masses
 ``exp(beta_0) = 1/k`` each) sits around a base atom ``(beta*, a*, b*)``: gate slopes
 ``beta* + o t`` and experts ``(a* + o r_a, b* + o r_b)`` with offsets ``o`` in ``{-1, +1}``
 (``k = 2``) or ``{-1, 0, +1}`` (``k = 3``). The split says which expert coordinates differ
@@ -33,7 +33,8 @@ from norga.choices import check_choice
 SPLITS: tuple[str, ...] = ("b", "a", "both", "none")
 CLUSTER_SIZES: tuple[int, ...] = (2, 3)
 # Base atoms (beta*, a*, b*): the E1 default first, then two others with |beta* - 0.8| >= 0.7,
-# so every atom of a cluster keeps |beta_1| well away from 0 (spec 3.4).
+# so every atom of a cluster keeps |beta_1| well away from 0
+# (docs/theory-background.md#identifiability).
 BASE_ATOMS: dict[str, tuple[float, float, float]] = {
     "default": (2.0, -2.0, 1.0),
     "B2": (1.5, 1.0, -0.5),

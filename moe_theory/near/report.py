@@ -60,7 +60,7 @@ def near_summary(result: NearResult) -> str:
     mech = result.mechanism
     a = result.analyse()
     lines = [
-        "== near (E5): near-coincident prompts, L = L' = 2 (spec 5.7)",
+        "== near (E5): near-coincident prompts, L = L' = 2 (docs/theory-background.md#e5)",
         f"truth: two atoms, masses 1/2, beta_1 = beta* +/- t, experts split '{cfg.split}' by "
         f"+/- {mech['split_size']}; base (beta*, a*, b*) = {mech['bases'].get('default')}; "
         f"{cfg.expert} experts; noise sd {cfg.noise_sd}; seed {cfg.seed}",

@@ -1,6 +1,6 @@
 """E5 fits: near-coincident true prompts at fixed separation and on a shrinking schedule.
 
-Spec moe-theory.md section 5.7. Two kinds of truth, both ``L = L' = 2`` (a cluster of two real
+docs/theory-background.md#e5. Two kinds of truth, both ``L = L' = 2`` (a cluster of two real
 atoms around the base atom, :func:`moe_theory.near.mechanism.near_truth`), fitted by bounded least
 squares (``|theta| <= 5``) from near-truth starts with restarts, under each gate:
 
@@ -45,7 +45,7 @@ from moe_theory.voronoi import voronoi_loss
 from norga.choices import check_choice
 
 KINDS: tuple[str, ...] = ("fixed", "schedule")
-# Fisher criterion (spec 7 / the rate-inference issue): the 95% CI of mean L_1 / (C/sqrt(n))
+# Fisher criterion (docs/theory-background.md#fisher-check): the 95% CI of mean L_1 / (C/sqrt(n))
 # overlaps [0.7, 1.3].
 RATIO_BAND = (0.7, 1.3)
 
