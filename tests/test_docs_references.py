@@ -114,3 +114,17 @@ def test_slugs_and_anchors_by_hand() -> None:
     assert slugify("What the quick and paper presets show (seed 1)") == \
         "what-the-quick-and-paper-presets-show-seed-1"
     assert {"splits", "prefix-reshape", "table-1"} <= anchors(DOCS / "cl-background.md")
+
+
+@pytest.mark.slow
+def test_docs_site_builds_without_warnings(tmp_path: Path) -> None:
+    """``mkdocs build --strict`` (what .ci/docs runs): a warning of any kind fails the build."""
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir",
+                           str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "site" / "api" / "cl" / "index.html").exists()
