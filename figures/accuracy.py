@@ -43,7 +43,7 @@ from figures.grouping import (
 )
 from figures.names import BACKBONE_LABELS, backbone_label, dataset_label
 from figures.runs import CLRun
-from figures.style import figure_size, figure_style, save_figure
+from figures.style import figure_size, figure_style, method_marker, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -94,16 +94,24 @@ def plot_accuracy_curves(
         ax = fig.subplots()
         banded = False
         lows = [100.0]
-        for variant, vruns in group_by_variant(runs).items():
+        variants = group_by_variant(runs)
+        for k, (variant, vruns) in enumerate(variants.items()):
             x, mean, std = accuracy_curve(vruns)
             color = variant_color(variant)
             single = len(vruns) == 1
+            # Methods with equal accuracies would hide each other: each curve is shifted by a
+            # small, fixed fraction of a task (the x values stay integers in the data).
+            shift = DODGE * (k - (len(variants) - 1) / 2)
             if not single:  # +/- 1 std over seeds, never beyond what an accuracy can be
-                band = ax.fill_between(x, np.clip(mean - std, 0, 100), np.clip(mean + std, 0, 100),
-                                       color=color, alpha=0.18, linewidth=0)
+                band = ax.fill_between(x + shift, np.clip(mean - std, 0, 100),
+                                       np.clip(mean + std, 0, 100), color=color, alpha=0.12,
+                                       linewidth=0)
                 band.set_gid(f"std:{variant}")
                 banded = True
-            (line,) = ax.plot(x, mean, marker="o", markersize=2.8, color=color,
+            (line,) = ax.plot(x + shift, mean, marker=method_marker(variant.split("-")[0]
+                                                                    if variant.startswith("norga-")
+                                                                    else variant),
+                              markersize=3.2, color=color,
                               markerfacecolor="white" if single else color,
                               linestyle="--" if single else "-",
                               label=f"{variant_label(variant)} ({len(vruns)} seed"
@@ -136,6 +144,9 @@ def _integer_locator() -> Any:
     return MaxNLocator(integer=True)
 
 
+#: Horizontal shift between neighbouring curves of an accuracy-vs-tasks plot (in tasks).
+DODGE = 0.07
+
 #: Colour scale of every accuracy heatmap (percent): fixed, so matrices compare across figures.
 ACCURACY_RANGE = (0.0, 100.0)
 
@@ -151,8 +162,9 @@ def _draw_matrix(ax: Axes, matrix: np.ndarray, vmin: float, vmax: float) -> Any:
             for i in range(n_tasks):
                 if np.isfinite(matrix[t, i]):
                     light = (matrix[t, i] - vmin) / max(vmax - vmin, 1e-9) > 0.6
-                    ax.text(i, t, f"{matrix[t, i]:.1f}", ha="center", va="center",
-                            fontsize=5, color="black" if light else "white")
+                    ax.text(i, t, f"{matrix[t, i]:.0f}" if n_tasks > 6 else f"{matrix[t, i]:.1f}",
+                            ha="center", va="center", fontsize=6.5,
+                            color="black" if light else "white")
     ax.set_xticks(range(n_tasks), [str(i) for i in range(n_tasks)])
     ax.set_yticks(range(n_rows), [str(t) for t in range(n_rows)])
     ax.set_xlabel("evaluated task $i$")
