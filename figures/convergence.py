@@ -198,8 +198,8 @@ def _draw_references(
     ax: Axes, n_min: float, n_max: float, y0: float, names: Sequence[str]
 ) -> list[float]:
     """Grey reference rates, all through (n_min, y0), over the sampled range of n only. They are
-    named in a legend of their own in the upper right corner (where falling curves leave the
-    axes empty), never by labels on the lines, which bands and points could cover."""
+    named in a legend of their own in the lower right corner (in the strip kept free of data
+    for the legends), never by labels on the lines, which bands and points could cover."""
     grid = np.geomspace(n_min, n_max, 60)
     ends = []
     handles = []
@@ -212,8 +212,9 @@ def _draw_references(
         handles.append(Line2D([], [], color=REFERENCE_GREY, linestyle=style, linewidth=0.8,
                               label=f"rate {text}"))
         ends.extend([ys[0], ys[-1]])
-    refs = ax.legend(handles=handles, loc="upper right", handlelength=2.6, borderaxespad=0.4,
-                     title="reference", title_fontsize=6)
+    # lower right: inside the strip that _set_ylim_with_legend_room keeps free of data, beside
+    # the gates' legend in the lower left
+    refs = ax.legend(handles=handles, loc="lower right", handlelength=2.6, borderaxespad=0.4)
     refs.set_gid("legend:references")
     ax.add_artist(refs)  # the gate legend drawn later does not replace it
     return ends
@@ -338,7 +339,8 @@ def draw_rate_panel(
         handles.append(Line2D([], [], linestyle="none", marker="o", markersize=3.2,
                               markerfacecolor="white", markeredgecolor="0.2"))
         labels.append("open marker: not in slope fit")
-    _set_ylim_with_legend_room(ax, min(positive), max(positive), len(labels))
+    _set_ylim_with_legend_room(ax, min(positive), max(positive),
+                               max(len(labels), len(references)))
     ax.legend(handles, labels, loc="lower left", handlelength=2.0, borderaxespad=0.4)
     return curves
 

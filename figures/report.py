@@ -7,6 +7,7 @@ reported as one line and skipped; nothing that is missing stops the rest.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 
 from figures import accuracy
 from figures.convergence import LOSS_PARTS, plot_convergence, plot_loss_parts
@@ -22,6 +24,7 @@ from figures.runs import CLRun, RatesRun, RunFormatError, find_runs, read_cl_run
 from figures.selection import plot_task_selection
 from figures.style import save_figure
 from figures.tables import load_published, write_tables
+from norga.io import atomic_write_text, sha256_hex
 
 logger = logging.getLogger(__name__)
 
@@ -199,10 +202,15 @@ def write_readme_images(
         except RunFormatError as err:
             report.notes.append(f"skip {item.kind} run: {err}")
 
+    legends: dict[str, dict] = {}
+
     def save(fig: Figure, name: str, synthetic: bool) -> None:
         if synthetic:
             mark_synthetic(fig)
-        report.written.extend(save_figure(fig, img_dir / name, formats=("png",), dpi=dpi))
+        paths = save_figure(fig, img_dir / name, formats=("png",), dpi=dpi)
+        report.written.extend(paths)
+        legends[name] = {"png_sha256": sha256_hex(paths[0].read_bytes()), "dpi": dpi,
+                         "synthetic": synthetic, "legends": legend_texts(fig)}
 
     if rates:
         run = rates[0]
@@ -247,4 +255,29 @@ def write_readme_images(
             if chosen:
                 save(plot_task_selection(chosen[0].task_selection), f"selection_{method}",
                      _is_synthetic(chosen[0].config))
+    if legends:
+        report.written.append(_update_legend_record(img_dir / LEGEND_RECORD, legends))
     return report
+
+
+#: The record, next to the images, of what each image's legends say (and which bytes it has).
+LEGEND_RECORD = "legends.json"
+
+
+def legend_texts(fig: Figure) -> list[list[str]]:
+    """The texts of every legend of ``fig``, axes by axes (a test compares the numbers with the
+    documentation's tables without reading pixels)."""
+    out = []
+    for ax in fig.axes:
+        found = [a for a in ax.get_children() if isinstance(a, Legend)]
+        out += [[t.get_text() for t in leg.get_texts()] for leg in found]
+    return out
+
+
+def _update_legend_record(path: Path, entries: dict[str, dict]) -> Path:
+    """Merge ``entries`` into the legend record at ``path`` (other images keep theirs)."""
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.update(entries)
+    atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1,
+                                       ensure_ascii=False) + "\n")
+    return path
