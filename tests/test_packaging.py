@@ -35,13 +35,33 @@ def _requirement_name(req: str) -> str:
 
 
 def _declared(extra: str | None) -> set[str]:
-    names = {_requirement_name(r) for r in PYPROJECT["project"]["dependencies"]}
-    if extra is not None:
-        extras = PYPROJECT["project"]["optional-dependencies"]
-        names |= {_requirement_name(r) for r in extras[extra]}
-        if extra == "dev":  # dev pulls the three halves through norga[all]
-            names |= set().union(*(_declared(half) for half in ("theory", "cl", "figures")))
-    return names
+    """Distributions the base dependencies plus ``extra`` install (``norga[...]`` expanded)."""
+    reqs = list(PYPROJECT["project"]["dependencies"])
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    todo, seen = [extra] if extra else [], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for req in extras[name]:
+            inner = re.fullmatch(r"norga\[([\w,-]+)\]", req)
+            if inner:
+                todo += inner.group(1).split(",")
+            else:
+                reqs.append(req)
+    return {_requirement_name(r) for r in reqs}
+
+
+def _halves_imported(package: str) -> set[str]:
+    """The other halves (moe_theory, cl, figures) that ``package`` imports anywhere."""
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            found |= {n.split(".")[0] for n in names} & {"moe_theory", "cl", "figures"}
+    return found - {package}
 
 
 def _third_party_imports(package: str) -> set[str]:
@@ -95,6 +115,13 @@ def test_every_imported_package_is_declared(package: str) -> None:
         if not names & declared:
             undeclared[module] = sorted(names)
     assert not undeclared, f"{package} imports undeclared packages: {undeclared}"
+
+
+@pytest.mark.parametrize("package", ["moe_theory", "cl", "figures"])
+def test_a_half_that_imports_another_installs_it(package: str) -> None:
+    """norga-rates draws figures: the theory extra must bring the figures half's needs."""
+    for other in _halves_imported(package):
+        assert _declared(HALVES[other]) <= _declared(HALVES[package]), (package, other)
 
 
 def test_the_dev_extra_installs_every_half() -> None:
