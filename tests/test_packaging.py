@@ -167,3 +167,26 @@ def test_importing_figures_keeps_the_users_backend(tmp_path: Path) -> None:
                          check=True, cwd=ROOT).stdout.split()
     assert out == ["svg", "svg"]
     assert (tmp_path / "f.pdf").exists() and (tmp_path / "f.png").exists()
+
+
+def test_a_script_runs_when_another_half_lacks_its_extra(tmp_path, monkeypatch) -> None:
+    """experiments/rates.py in a theory-only install: the shadowed ``cl`` package cannot be
+    imported (no torch), which must not stop the theory command; a needed package still must."""
+    from norga.script import import_past
+
+    site, scripts = tmp_path / "site", tmp_path / "experiments"
+    for name, body in (("half_ok", "VALUE = 1\n"),
+                       ("half_bad", "raise ModuleNotFoundError('no dep', name='absent_dep')\n")):
+        (site / name).mkdir(parents=True)
+        (site / name / "__init__.py").write_text(body)
+    scripts.mkdir()
+    for name in ("half_ok", "half_bad"):
+        (scripts / f"{name}.py").write_text("raise SystemExit('the shadowing script ran')\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.syspath_prepend(str(scripts))
+    names = ("half_ok", "half_bad")
+    import_past(scripts, names, needed={"half_ok"})
+    assert sys.modules.pop("half_ok").VALUE == 1 and "half_bad" not in sys.modules
+    with pytest.raises(ModuleNotFoundError, match="no dep"):
+        import_past(scripts, names, needed={"half_ok", "half_bad"})
+    sys.modules.pop("half_ok", None)
