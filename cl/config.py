@@ -90,7 +90,7 @@ class CLConfig:
     legacy_kv_reshape: bool = False
     batchwise_prompt: bool = False
     # "official": switch every listed deviation to the official code's behaviour
-    # (cl/protocol.py, README "Deviations from the official code")
+    # (cl/protocol.py, docs/deviations.md)
     protocol: Protocol = "default"
     # which recipe the method presets follow (RECIPES; "original-port": L2P / DualPrompt as
     # configured by the original PyTorch ports, cl/protocol.py)

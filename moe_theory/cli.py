@@ -56,7 +56,7 @@ from norga.runlock import RunLockedError, run_lock
 from norga.signals import run_main
 
 # Memory model of a sweep (measured: one task at n = 1e6 with 40 replicates peaks at 1.51 GiB,
-# about 40 bytes per sample and replicate; README "Performance"), with a margin.
+# about 40 bytes per sample and replicate; docs/performance.md), with a margin.
 BYTES_PER_SAMPLE = 64
 BYTES_PER_WORKER = 300 * 2**20
 BYTES_PER_FIT_RECORD = 2048
