@@ -67,7 +67,7 @@ DATASET, NUM_CLASSES, NUM_TASKS = "imagenet-r", 200, 10
 EXTRA_OVERRIDES: dict[str, dict[str, Any]] = {
     "smope": {"method_options": {"warmup_fraction": 0.0}},
 }
-#: SMoPE poster (cl-pipeline.md section 7.6): params (M), train GFLOPs, test GFLOPs.
+#: SMoPE poster (docs/cl-background.md#smope-results): params (M), train GFLOPs, test GFLOPs.
 POSTER: dict[str, tuple[float, float, float]] = {
     "l2p": (4.78, 67.44, 67.44),  # "Deep L2P++" on the poster
     "dualprompt": (1.10, 33.72, 67.44),
@@ -250,7 +250,8 @@ def markdown(payload: dict[str, Any]) -> str:
         "head; the frozen backbone is excluded.",
         "- End-of-task work (class statistics, Gaussian head alignment) is not included.",
         "- The poster's L2P row is *Deep L2P++* of the CODA codebase (prefixes in several "
-        "layers, pool 30 x length 20); `l2p` here is the L2P of cl-pipeline.md 6.1 (prompt "
+        "layers, pool 30 x length 20); `l2p` here is the L2P of "
+        "docs/cl-background.md#key-matched-baselines (prompt "
         "tuning at layer 0, pool 30, length 5), hence far fewer parameters and a longer token "
         "sequence (25 prompt tokens in all 12 blocks).",
         "- DualPrompt's training step here runs the query pass for the pull loss (2 passes); "

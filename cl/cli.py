@@ -146,8 +146,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                       help="NoRGa activation sigma (default: the dataset/backbone preset)")
     what.add_argument("--protocol", choices=PROTOCOLS,
                       help="default: the project's protocol; official: every listed deviation "
-                      "from the official code switched back at once (README 'Deviations from "
-                      "the official code'; single items with --set, which still wins)")
+                      "from the official code switched back at once (docs/deviations.md; single "
+                      "items with --set, which still wins)")
     what.add_argument("--seed", type=ascii_int, help="run seed: class order, init, "
                       "shuffling, Gaussian replay (default 42)")
     budget = p.add_argument_group("training budget")

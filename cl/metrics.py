@@ -1,8 +1,8 @@
-"""Continual-learning metrics from an accuracy matrix (cl-pipeline.md section 4).
+"""Continual-learning metrics from an accuracy matrix (docs/cl-background.md#metrics).
 
 Orientation used throughout: ``acc[t, i]`` is the accuracy (percent) on task ``i``'s test set
 after training task ``t`` -- one row per finished task, like ``accuracy_matrix.csv``. Entries with
-``i > t`` are ``nan``. (The spec writes the same quantity as ``A[i, t]``.)
+``i > t`` are ``nan``. (docs/cl-background.md#metrics writes the same quantity as ``A[i, t]``.)
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 #: overrides, a ``method_options`` / ``dataset_options`` entry merged key by key.
 PresetTable = dict[str | tuple[str, str], dict[str, Any]]
 
-#: The backbones of the papers' tables (cl-pipeline.md section 5); Sup-21K's values are the
+#: The backbones of the papers' tables (docs/cl-background.md#backbones); Sup-21K's values are the
 #: dataset/method presets, the others differ only where the original scripts differ.
 PAPER_BACKBONES: tuple[str, ...] = ("sup21k", "ibot21k", "ibot1k", "dino1k", "mocov3-1k")
 #: The self-supervised ones among them.

@@ -1,6 +1,6 @@
 """Every deliberate difference from the official code, with the setting that restores it.
 
-:data:`DEVIATIONS` is the one list: the README table "Deviations from the official code" is
+:data:`DEVIATIONS` is the one list: the table of docs/deviations.md is
 generated from it (:func:`deviation_table`, a test keeps the two equal), and ``--protocol
 official`` (``--set protocol=official``) applies all of its settings at once
 (:func:`official_layer`), after the presets and before ``--quick`` and explicit overrides, so a
@@ -63,7 +63,8 @@ class Deviation:
         return _merge(dict(table.get("*", {})), table.get(dataset, {}))
 
     def flag(self) -> str:
-        """The ``--set`` text restoring the official behaviour (for the README table)."""
+        """The ``--set`` text restoring the official behaviour (for the table of
+        docs/deviations.md)."""
         if not self.settings:
             return self.flag_note
         where: dict[str, dict[str, list[str]]] = {}  # --set text -> scope -> methods
@@ -384,7 +385,7 @@ def official_layer(dataset: str, method: str) -> dict[str, Any]:
 
 
 def deviation_table() -> str:
-    """The README table (markdown), generated from :data:`DEVIATIONS`."""
+    """The table of docs/deviations.md (markdown), generated from :data:`DEVIATIONS`."""
     head = ("| method | behaviour | project default | official code | why | restore with "
             "(`--protocol official` sets all) | published numbers it can move |")
     lines = [head, "|---|---|---|---|---|---|---|"]

@@ -10,20 +10,24 @@ under a results root; used by ``experiments/figures.py``) and :mod:`figures.exam
 (synthetic example runs, stamped as such).
 """
 
-from figures.accuracy import (
+from norga.extras import require_extra
+
+require_extra("figures", "figures", ("matplotlib",))
+
+from figures.accuracy import (  # noqa: E402
     plot_accuracy_curves,
     plot_accuracy_matrix,
     plot_activation_ablation,
     plot_expert_frequency,
     plot_fa_bars,
 )
-from figures.convergence import (
+from figures.convergence import (  # noqa: E402
     convergence_figures_for_run,
     plot_convergence,
     plot_loss_parts,
 )
-from figures.report import render_results, write_readme_images
-from figures.runs import (
+from figures.report import render_results, write_readme_images  # noqa: E402
+from figures.runs import (  # noqa: E402
     CLRun,
     RatesRun,
     RunFormatError,
@@ -31,8 +35,8 @@ from figures.runs import (
     read_cl_run,
     read_rates_run,
 )
-from figures.style import figure_style, save_figure
-from figures.tables import write_tables
+from figures.style import figure_style, save_figure  # noqa: E402
+from figures.tables import write_tables  # noqa: E402
 
 __all__ = [
     "CLRun",

@@ -1,4 +1,4 @@
-"""Accuracy figures of the continual-learning runs (cl-pipeline spec section 4).
+"""Accuracy figures of the continual-learning runs (docs/cl-background.md#metrics).
 
 - :func:`plot_accuracy_curves`: average accuracy over the tasks seen so far vs the number of
   tasks seen, mean +/- std over seeds, one line per method (one dataset and backbone).
@@ -44,7 +44,7 @@ from figures.grouping import (
 )
 from figures.names import BACKBONE_LABELS, backbone_label, dataset_label
 from figures.runs import CLRun
-from figures.style import figure_size, figure_style, save_figure
+from figures.style import figure_size, figure_style, method_marker, save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -95,21 +95,24 @@ def plot_accuracy_curves(
         ax = fig.subplots()
         banded = False
         lows = [100.0]
-        groups = group_by_variant(runs)
-        colors = variant_colors(list(groups))
-        split = any("[" in v for v in groups)
-        markers = iter("osD^vP" * len(groups))
-        for variant, vruns in groups.items():
+        variants = group_by_variant(runs)
+        colors = variant_colors(list(variants))
+        markers = iter("osD^vP" * len(variants))  # configurations of one method, told apart
+        for k, (variant, vruns) in enumerate(variants.items()):
             x, mean, std = accuracy_curve(vruns)
             color = colors[variant]
             single = len(vruns) == 1
+            # Methods with equal accuracies would hide each other: each curve is shifted by a
+            # small, fixed fraction of a task (the x values stay integers in the data).
+            shift = DODGE * (k - (len(variants) - 1) / 2)
             if not single:  # +/- 1 std over seeds, never beyond what an accuracy can be
-                band = ax.fill_between(x, np.clip(mean - std, 0, 100), np.clip(mean + std, 0, 100),
-                                       color=color, alpha=0.18, linewidth=0)
+                band = ax.fill_between(x + shift, np.clip(mean - std, 0, 100),
+                                       np.clip(mean + std, 0, 100), color=color, alpha=0.12,
+                                       linewidth=0)
                 band.set_gid(f"std:{variant}")
                 banded = True
-            (line,) = ax.plot(x, mean, marker=next(markers) if "[" in variant else "o",
-                              markersize=2.8, color=color,
+            marker = next(markers) if "[" in variant else method_marker(method_of(variant))
+            (line,) = ax.plot(x + shift, mean, marker=marker, markersize=3.2, color=color,
                               markerfacecolor="white" if single else color,
                               linestyle="--" if single else "-",
                               label=f"{legend_label(variant)} ({len(vruns)} seed"
@@ -144,6 +147,9 @@ def _integer_locator() -> Any:
     return MaxNLocator(integer=True)
 
 
+#: Horizontal shift between neighbouring curves of an accuracy-vs-tasks plot (in tasks).
+DODGE = 0.07
+
 #: Colour scale of every accuracy heatmap (percent): fixed, so matrices compare across figures.
 ACCURACY_RANGE = (0.0, 100.0)
 
@@ -159,8 +165,9 @@ def _draw_matrix(ax: Axes, matrix: np.ndarray, vmin: float, vmax: float) -> Any:
             for i in range(n_tasks):
                 if np.isfinite(matrix[t, i]):
                     light = (matrix[t, i] - vmin) / max(vmax - vmin, 1e-9) > 0.6
-                    ax.text(i, t, f"{matrix[t, i]:.1f}", ha="center", va="center",
-                            fontsize=5, color="black" if light else "white")
+                    ax.text(i, t, f"{matrix[t, i]:.0f}" if n_tasks > 6 else f"{matrix[t, i]:.1f}",
+                            ha="center", va="center", fontsize=6.5,
+                            color="black" if light else "white")
     ax.set_xticks(range(n_tasks), [str(i) for i in range(n_tasks)])
     ax.set_yticks(range(n_rows), [str(t) for t in range(n_rows)])
     ax.set_xlabel("evaluated task $i$")

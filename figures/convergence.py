@@ -1,18 +1,22 @@
 """Convergence figures of the rates experiments (moe-theory spec, sections 5.2-5.6).
 
 What they show: the Voronoi loss L_1 of the least-squares estimator against the sample size n
-on log-log axes, one curve per gate (median over replicates with the inter-quartile band and
-faint replicate points), the fitted slope with its confidence interval in the legend (read
-from ``summary.json``, never refitted here), grey reference rates n^-1/2, n^-1/4 and 1/log n,
-and the Fisher prediction C/sqrt(n) where the run computed it. A second panel shows the L2
+on log-log axes, one curve per gate (the mean with its 95 % confidence band for the
+exact-specified setting, the median with the inter-quartile band for the over-specified ones,
+always with faint replicate points), the fitted slope with its confidence interval in the
+legend (read from ``summary.json``, never refitted here; of the per-n means or medians, as
+plotted), grey reference rates n^-1/2, n^-1/4 and 1/log n named in their own legend, and the
+Fisher prediction C/sqrt(n) where the run computed it. A second panel shows the L2
 error of the regression function, which converges at about n^-1/2 for both gates (Thm 4.1).
 For over-specified settings a loss-parts figure splits L_1 into mass, beta_1 and eta parts.
 
-Medians rather than means: over-specified fits have heavy-tailed losses (spec section 5.6), and
-the band is the IQR so one wild replicate cannot stretch it.
+Medians for the over-specified settings: their fits have heavy-tailed losses
+(docs/theory-background.md#reference-numbers), and the band is the IQR so one wild replicate
+cannot stretch it.
 
-Artists carry gids (``median:<curve>``, ``iqr:<curve>``, ``points:<curve>``,
-``fisher:<curve>``, ``ref:<name>``) so tests and users can find them again.
+Artists carry gids (``mean:<curve>`` and ``ci:<curve>`` or ``median:<curve>`` and
+``iqr:<curve>``, ``points:<curve>``, ``fisher:<curve>``, ``ref:<name>``) so tests and users can
+find them again.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from figures.aggregate import QuantileCurve, quantile_curve
+from figures.aggregate import MeanCurve, QuantileCurve, mean_curve, quantile_curve
 from figures.style import (
     GATE_MARKERS,
     REFERENCE_GREY,
@@ -150,10 +154,19 @@ def _draw_curve(
     label: str,
     n_used: Sequence[float] | None,
     points: bool,
-) -> QuantileCurve:
+    statistic: str = "median",
+) -> QuantileCurve | MeanCurve:
+    """One gate's curve: the median with its IQR band (gids ``median:``/``iqr:``) or the mean
+    with its 95 % CI band (gids ``mean:``/``ci:``), plus the replicates as faint points."""
     color = gate_color(gate)
     marker = GATE_MARKERS.get(gate, "D")
-    curve = quantile_curve(recs, key)
+    curve: QuantileCurve | MeanCurve
+    if statistic == "mean":
+        curve = mean_curve(recs, key)
+        center, lo, hi, names = curve.mean, curve.lo, curve.hi, ("mean", "ci")
+    else:
+        curve = quantile_curve(recs, key)
+        center, lo, hi, names = curve.median, curve.q25, curve.q75, ("median", "iqr")
     if curve.n.size == 0:
         logger.warning("curve %s has no positive finite %s values; skipped", curve_id, key)
         return curve
@@ -164,18 +177,17 @@ def _draw_curve(
         sc = ax.scatter(xs[ok], ys[ok], s=4, color=color, alpha=0.22, linewidths=0,
                         zorder=2, rasterized=False)
         sc.set_gid(f"points:{curve_id}")
-    band = ax.fill_between(curve.n, curve.q25, curve.q75, color=color, alpha=0.18,
-                           linewidth=0, zorder=1)
-    band.set_gid(f"iqr:{curve_id}")
-    (line,) = ax.plot(curve.n, curve.median, color=color, marker=marker, markersize=3.2,
+    band = ax.fill_between(curve.n, lo, hi, color=color, alpha=0.18, linewidth=0, zorder=1)
+    band.set_gid(f"{names[1]}:{curve_id}")
+    (line,) = ax.plot(curve.n, center, color=color, marker=marker, markersize=3.2,
                       label=label, zorder=4)
-    line.set_gid(f"median:{curve_id}")
+    line.set_gid(f"{names[0]}:{curve_id}")
     if n_used:
         # Open markers flag the n values that did not enter the slope fit (pre-asymptotic).
         used = {float(v) for v in n_used}
         out = np.asarray([n not in used for n in curve.n])
         if out.any():
-            (hollow,) = ax.plot(curve.n[out], curve.median[out], linestyle="none", marker=marker,
+            (hollow,) = ax.plot(curve.n[out], center[out], linestyle="none", marker=marker,
                                 markersize=3.2, markerfacecolor="white", markeredgecolor=color,
                                 zorder=5)
             hollow.set_gid(f"excluded:{curve_id}")
@@ -185,21 +197,26 @@ def _draw_curve(
 def _draw_references(
     ax: Axes, n_min: float, n_max: float, y0: float, names: Sequence[str]
 ) -> list[float]:
-    """Grey reference rates, all through (n_min, y0), over the sampled range of n only, each
-    labelled just above its right end *inside* the axes, so the x axis can end at the data."""
+    """Grey reference rates, all through (n_min, y0), over the sampled range of n only. They are
+    named in a legend of their own in the lower right corner (in the strip kept free of data
+    for the legends), never by labels on the lines, which bands and points could cover."""
     grid = np.geomspace(n_min, n_max, 60)
     ends = []
+    handles = []
     for name in names:
         text, style, fn = REFERENCE_RATES[name]
         ys = y0 * fn(grid) / fn(n_min)
         (line,) = ax.plot(grid, ys, color=REFERENCE_GREY, linestyle=style, linewidth=0.8,
-                          zorder=0.5)
+                          zorder=0.5, label="_nolegend_")
         line.set_gid(f"ref:{name}")
-        ax.annotate(text, (grid[-1], ys[-1]), xytext=(-2, 2), textcoords="offset points",
-                    ha="right", va="bottom", fontsize=6.5, color=REFERENCE_GREY, zorder=6,
-                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75,
-                          "pad": 0.6})  # legible over the replicate points
+        handles.append(Line2D([], [], color=REFERENCE_GREY, linestyle=style, linewidth=0.8,
+                              label=f"rate {text}"))
         ends.extend([ys[0], ys[-1]])
+    # lower right: inside the strip that _set_ylim_with_legend_room keeps free of data, beside
+    # the gates' legend in the lower left
+    refs = ax.legend(handles=handles, loc="lower right", handlelength=2.6, borderaxespad=0.4)
+    refs.set_gid("legend:references")
+    ax.add_artist(refs)  # the gate legend drawn later does not replace it
     return ends
 
 
@@ -216,7 +233,8 @@ def draw_rate_panel(
     points: bool = True,
     converged_only: bool = False,
     ylabel: str | None = None,
-) -> dict[str, QuantileCurve]:
+    statistic: str = "median",
+) -> dict[str, QuantileCurve | MeanCurve]:
     """Draw one log-log panel: ``record[key]`` vs n for every gate of one setting.
 
     Parameters
@@ -241,17 +259,24 @@ def draw_rate_panel(
         Drop fits with ``converged == False`` (all fits are drawn by default).
     ylabel:
         y-axis label.
+    statistic:
+        ``"median"`` (median and inter-quartile band) or ``"mean"`` (mean and 95 % t CI of the
+        mean): the statistic of the curve, which should be the one the legend's slope was
+        fitted to.
 
     Returns
     -------
     dict
-        The plotted :class:`~figures.aggregate.QuantileCurve` per curve id.
+        The plotted :class:`~figures.aggregate.QuantileCurve` or
+        :class:`~figures.aggregate.MeanCurve` per curve id.
     """
+    if statistic not in ("median", "mean"):
+        raise ValueError(f"statistic must be 'median' or 'mean', got {statistic!r}")
     groups = _group_curves(_filter(records, converged_only))
     acts_per_gate: dict[str, int] = {}
     for gate, _ in groups:
         acts_per_gate[gate] = acts_per_gate.get(gate, 0) + 1
-    curves: dict[str, QuantileCurve] = {}
+    curves: dict[str, QuantileCurve | MeanCurve] = {}
     y_values: list[float] = []
     fisher_drawn = False
     for (gate, act), recs in groups.items():
@@ -262,11 +287,14 @@ def draw_rate_panel(
             logger.warning("no summary entry for gate %s (%s); legend shows no slope", gate, act)
         label = slope_label(gate_label(gate, act), entry, slope_key, ci_key)
         curve = _draw_curve(ax, recs, key, cid, gate, label,
-                            (entry or {}).get("n_used"), points)
+                            (entry or {}).get("n_used"), points, statistic)
         if curve.n.size == 0:
             continue
         curves[cid] = curve
-        y_values.extend([*curve.q25, *curve.q75, *curve.median])
+        if isinstance(curve, MeanCurve):
+            y_values.extend([*curve.lo, *curve.hi, *curve.mean])
+        else:
+            y_values.extend([*curve.q25, *curve.q75, *curve.median])
         if points:
             # Keep most replicate points in view; only the extreme 5% per side may be clipped.
             vals = [float(r[key]) for r in recs]
@@ -294,7 +322,7 @@ def draw_rate_panel(
         return curves
     n_min = min(c.n.min() for c in curves.values())
     n_max = max(c.n.max() for c in curves.values())
-    start = max(c.median[0] for c in curves.values())
+    start = max((c.mean if isinstance(c, MeanCurve) else c.median)[0] for c in curves.values())
     positive = [v for v in y_values if v > 0 and math.isfinite(v)]
     if references:
         # Anchor the references above the highest curve at the smallest n, so they show slopes
@@ -311,7 +339,8 @@ def draw_rate_panel(
         handles.append(Line2D([], [], linestyle="none", marker="o", markersize=3.2,
                               markerfacecolor="white", markeredgecolor="0.2"))
         labels.append("open marker: not in slope fit")
-    _set_ylim_with_legend_room(ax, min(positive), max(positive), len(labels))
+    _set_ylim_with_legend_room(ax, min(positive), max(positive),
+                               max(len(labels), len(references)))
     ax.legend(handles, labels, loc="lower left", handlelength=2.0, borderaxespad=0.4)
     return curves
 
@@ -335,10 +364,17 @@ def plot_convergence(
     setting: str,
     out_stem: str | os.PathLike[str] | None = None,
     *,
-    slope_key: str = "slope",
+    slope_key: str | None = None,
     converged_only: bool = False,
+    statistic: str | None = None,
 ) -> Figure:
     """Convergence figure of one setting: (a) Voronoi loss L_1 vs n, (b) L2 error vs n.
+
+    One statistic per panel, named on its y axis: for the exact-specified setting the **mean**
+    over replicates with its 95 % t confidence band (the statistic of the Fisher check and of
+    the fitted slopes, which regress the per-n means of ``log L``); for the over-specified
+    settings, whose losses are heavy-tailed, the **median** with the inter-quartile band and
+    the slope fitted to the per-n medians.
 
     Parameters
     ----------
@@ -346,34 +382,41 @@ def plot_convergence(
         Typed ``fits.csv`` rows; rows of other settings are ignored.
     summary_setting:
         ``summary["settings"][setting]`` (``{gate: entry}``); the slopes and CIs shown in the
-        legends are taken from it unchanged (``slope``/``slope_ci`` for L_1,
-        ``l2_slope``/``l2_slope_ci`` for L2).
+        legends are taken from it unchanged (``slope``/``slope_ci`` or
+        ``slope_median``/``slope_median_ci`` for L_1, ``l2_slope``/``l2_slope_ci`` for L2).
     setting:
         ``exact``, ``over`` or ``over-tanh`` (any name is accepted).
     out_stem:
         When given, the figure is saved as ``<out_stem>.pdf`` and ``<out_stem>.png``.
     slope_key:
-        ``"slope"`` (replicate-level OLS, default) or ``"slope_median"``.
+        The summary slope of panel (a); by default ``"slope"`` with means and
+        ``"slope_median"`` with medians.
     converged_only:
         Drop non-converged fits before plotting.
+    statistic:
+        ``"mean"`` or ``"median"``; by default ``"mean"`` for ``exact`` and ``"median"``
+        otherwise.
 
     Returns
     -------
     Figure
         Two axes: ``fig.axes[0]`` the Voronoi loss, ``fig.axes[1]`` the L2 error.
     """
+    statistic = statistic or ("mean" if setting == "exact" else "median")
+    slope_key = slope_key or ("slope" if statistic == "mean" else "slope_median")
+    spread = "mean, 95% CI" if statistic == "mean" else "median, IQR"
     rows = [r for r in records if r.get("setting", setting) == setting]
     with figure_style():
-        fig = Figure(figsize=figure_size("two", aspect=0.42))
+        fig = Figure(figsize=figure_size("two", aspect=0.46))
         ax_loss, ax_l2 = fig.subplots(1, 2)
         draw_rate_panel(ax_loss, rows, summary_setting, key="voronoi_loss", slope_key=slope_key,
                         ci_key=f"{slope_key}_ci", converged_only=converged_only,
-                        ylabel=r"Voronoi loss $\mathcal{L}_1$ (median, IQR)")
+                        ylabel=rf"Voronoi loss $\mathcal{{L}}_1$ ({spread})", statistic=statistic)
         ax_loss.set_title(r"(a) parameters: Voronoi loss $\mathcal{L}_1$", loc="left")
         draw_rate_panel(ax_l2, rows, summary_setting, key="l2_error", slope_key="l2_slope",
                         ci_key="l2_slope_ci", references=("n^-1/2",), fisher=False,
-                        converged_only=converged_only,
-                        ylabel=r"$\Vert g_{\widehat{G}_n} - g_{G_*}\Vert_{L^2}$ (median, IQR)")
+                        converged_only=converged_only, statistic=statistic,
+                        ylabel=r"$\Vert g_{\widehat{G}_n} - g_{G_*}\Vert_{L^2}$" + f" ({spread})")
         ax_l2.set_title(r"(b) regression function: $L^2$ error", loc="left")
         fig.suptitle(SETTING_TITLES.get(setting, f"setting {setting}"), fontsize=8.5, y=0.995)
         fig.tight_layout(pad=0.4, w_pad=1.2)

@@ -3,8 +3,8 @@
 These are **not results**. They exist to exercise the figure code (tests, the README example
 images before real runs exist) and every run they write has ``"synthetic": true`` in its
 ``config.json``; figures drawn from such runs carry a visible "synthetic example data" mark.
-The loss levels imitate the prototype numbers of moe-theory spec section 5.6 (Fisher constants
-38.6 and 10.9 for E1) so that the example figures look like the real ones.
+The loss levels imitate the prototype numbers of docs/theory-background.md#reference-numbers (Fisher
+constants 38.6 and 10.9 for E1) so that the example figures look like the real ones.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def example_accuracy_matrix(
 
 
 def cl_metrics(matrix: np.ndarray) -> dict[str, Any]:
-    """FA, CA and FM of a finished accuracy matrix (cl-pipeline spec section 4)."""
+    """FA, CA and FM of a finished accuracy matrix (docs/cl-background.md#metrics)."""
     n_tasks = matrix.shape[1]
     last = matrix[-1]
     fa = float(np.mean(last))

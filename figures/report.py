@@ -7,6 +7,7 @@ reported as one line and skipped; nothing that is missing stops the rest.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.legend import Legend
 
 from figures import accuracy
 from figures.convergence import LOSS_PARTS, plot_convergence, plot_loss_parts
@@ -23,7 +25,7 @@ from figures.runs import CLRun, RatesRun, RunFormatError, find_runs, read_cl_run
 from figures.selection import plot_task_selection
 from figures.style import save_figure
 from figures.tables import load_published, write_tables
-from norga.io import CHECKSUMS_FILE
+from norga.io import CHECKSUMS_FILE, atomic_write_text, sha256_hex
 
 logger = logging.getLogger(__name__)
 
@@ -242,9 +244,12 @@ README_IMAGES = ("convergence", "loss_parts", "accuracy", "matrix", "fa_bars",
 
 
 def write_readme_images(
-    root: str | os.PathLike[str], img_dir: str | os.PathLike[str], dpi: int = 110
+    root: str | os.PathLike[str], img_dir: str | os.PathLike[str], dpi: int = 160
 ) -> Report:
-    """One small PNG of each figure kind for the README, from the runs under ``root``.
+    """One PNG of each figure kind for the README and docs, from the runs under ``root``.
+
+    At 160 dpi by default (the house minimum for raster thumbnails is 150; PDFs are vector,
+    with 300 dpi for any rasterised part).
 
     Uses the first readable rates run (setting ``exact`` for the convergence figure, the first
     other setting for the loss parts) and the CL runs found. Figures from synthetic example
@@ -263,10 +268,15 @@ def write_readme_images(
         except RunFormatError as err:
             report.notes.append(f"skip {item.kind} run: {err}")
 
+    legends: dict[str, dict] = {}
+
     def save(fig: Figure, name: str, synthetic: bool) -> None:
         if synthetic:
             mark_synthetic(fig)
-        report.written.extend(save_figure(fig, img_dir / name, formats=("png",), dpi=dpi))
+        paths = save_figure(fig, img_dir / name, formats=("png",), dpi=dpi)
+        report.written.extend(paths)
+        legends[name] = {"png_sha256": sha256_hex(paths[0].read_bytes()), "dpi": dpi,
+                         "synthetic": synthetic, "legends": legend_texts(fig)}
 
     try:
         if rates:
@@ -318,4 +328,29 @@ def write_readme_images(
     except BAD_VALUE_ERRORS as err:
         report.notes.append(f"skip the remaining README CL images: a malformed value "
                             f"({_why(err)})")
+    if legends:
+        report.written.append(_update_legend_record(img_dir / LEGEND_RECORD, legends))
     return report
+
+
+#: The record, next to the images, of what each image's legends say (and which bytes it has).
+LEGEND_RECORD = "legends.json"
+
+
+def legend_texts(fig: Figure) -> list[list[str]]:
+    """The texts of every legend of ``fig``, axes by axes (a test compares the numbers with the
+    documentation's tables without reading pixels)."""
+    out = []
+    for ax in fig.axes:
+        found = [a for a in ax.get_children() if isinstance(a, Legend)]
+        out += [[t.get_text() for t in leg.get_texts()] for leg in found]
+    return out
+
+
+def _update_legend_record(path: Path, entries: dict[str, dict]) -> Path:
+    """Merge ``entries`` into the legend record at ``path`` (other images keep theirs)."""
+    record = json.loads(path.read_text()) if path.exists() else {}
+    record.update(entries)
+    atomic_write_text(path, json.dumps(dict(sorted(record.items())), indent=1,
+                                       ensure_ascii=False) + "\n")
+    return path

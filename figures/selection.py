@@ -76,7 +76,8 @@ def plot_task_selection(
         layer_ids = list(selection.get("layer_ids") or range(experts.shape[0]))
         for k, layer in enumerate(layer_ids):
             panels.append((f"experts:layer{layer}", f"layer {layer}", experts[k], "expert"))
-    vmax = max(float(p[2].max()) for p in panels) or 1.0
+    # percent everywhere: the colour bar and the cell numbers show the same values
+    vmax = 100 * max(float(p[2].max()) for p in panels) or 100.0
     ncols = min(len(panels), 3)
     nrows = -(-len(panels) // ncols)
     with figure_style():
@@ -90,16 +91,16 @@ def plot_task_selection(
                 ax.set_visible(False)
                 continue
             gid, name, share, xlabel = panels[k]
-            img = ax.imshow(share, cmap="magma_r", vmin=0, vmax=vmax, aspect="auto",
+            img = ax.imshow(100 * share, cmap="magma_r", vmin=0, vmax=vmax, aspect="auto",
                             interpolation="nearest")
             img.set_gid(gid)
             n_tasks, n_cols = share.shape
             if gid == "prompts" and n_cols <= 10:
                 for i in range(n_tasks):
                     for j in range(n_cols):
-                        light = share[i, j] / vmax < 0.55
+                        light = 100 * share[i, j] / vmax < 0.55
                         ax.text(j, i, f"{100 * share[i, j]:.0f}", ha="center", va="center",
-                                fontsize=5, color="black" if light else "white")
+                                fontsize=6.5, color="black" if light else "white")
                 ax.set_xticks(range(n_cols), [str(j) for j in range(n_cols)])
             ax.set_yticks(range(n_tasks), [str(i) for i in range(n_tasks)])
             ax.set_title(name, loc="left", fontsize=7)
@@ -109,8 +110,8 @@ def plot_task_selection(
             ax.tick_params(labelsize=5.5)
         if img is not None:
             cbar = fig.colorbar(img, ax=list(axes[:len(panels)]), fraction=0.03, pad=0.01)
-            cbar.set_label("share of the task's test selections" if experts is not None
-                           else "share of the task's test samples (cells: %)")
+            cbar.set_label("share of the task's test selections (%)" if experts is not None
+                           else "share of the task's test samples (%)")
         after = selection.get("after_task")
         method = str(selection.get("method", "")).replace("norga", "NoRGa").replace(
             "smope", "SMoPE").replace("hide", "HiDe-Prompt")

@@ -1,10 +1,13 @@
 """One consistent look for every figure of the project.
 
-The look is applied through :func:`figure_style`, a context manager around
-``matplotlib.rc_context``, so importing this module changes no global state. Colours are
-fixed per gate and per method (Okabe-Ito, colour-blind safe) so that NoRGa is the same
-vermillion in a convergence plot and in an accuracy plot, and linear gating and its CL
-counterpart HiDe-Prompt share the same blue.
+The look lives in ``figures/norga.mplstyle`` (a plain matplotlib style file) and is applied
+through :func:`figure_style`, a context manager around ``matplotlib.rc_context``, so importing
+this module changes no global state: not the rc parameters, not the backend (``MPLBACKEND`` is
+respected; every figure is a bare :class:`~matplotlib.figure.Figure` written to a file, so no
+window opens whatever the backend). Colours are fixed per gate and per method (Okabe-Ito,
+colour-blind safe), each method also has its own marker so curves stay apart in greyscale, and
+NoRGa is the same vermillion in a convergence plot and in an accuracy plot, while linear gating
+and its CL counterpart HiDe-Prompt share the same blue.
 """
 
 from __future__ import annotations
@@ -17,14 +20,9 @@ from pathlib import Path
 from typing import Literal
 
 import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # figures are written to files only; never open a window
-
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from norga.io import atomic_write_with  # noqa: E402
+from norga.io import atomic_write_with
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +38,31 @@ GATE_LABELS: dict[str, str] = {"linear": "Linear", "norga": "NoRGa"}
 #: Marker per gate, so that figures stay readable in greyscale.
 GATE_MARKERS: dict[str, str] = {"linear": "o", "norga": "s"}
 
-#: Colour per CL method (canonical names, see :mod:`figures.names`).
+#: Colour per CL method (canonical names, see :mod:`figures.names`): the Okabe-Ito palette, one
+#: hue family per method (a single blue, a single sky blue), so no two methods differ only in the
+#: shade of one hue.
 METHOD_COLORS: dict[str, str] = {
-    "norga": "#D55E00",
-    "hide": "#0072B2",
-    "l2p": "#009E73",
-    "dualprompt": "#CC79A7",
-    "sprompt": "#E69F00",
-    "coda-prompt": "#56B4E9",
-    "smope": "#332288",
-    "ovor": "#888888",
-    "vq-prompt": "#44AA99",
+    "norga": "#D55E00",  # vermillion
+    "hide": "#0072B2",  # blue
+    "l2p": "#009E73",  # bluish green
+    "dualprompt": "#CC79A7",  # reddish purple
+    "sprompt": "#E69F00",  # orange
+    "coda-prompt": "#000000",  # black
+    "smope": "#56B4E9",  # sky blue
+    "ovor": "#888888",  # grey
+    "vq-prompt": "#B8A200",  # dark yellow (Okabe-Ito yellow, darkened to show on white)
+}
+#: Marker per CL method: curves stay apart in greyscale and for every colour vision.
+METHOD_MARKERS: dict[str, str] = {
+    "norga": "s",
+    "hide": "o",
+    "l2p": "^",
+    "dualprompt": "v",
+    "sprompt": "D",
+    "coda-prompt": "P",
+    "smope": "X",
+    "ovor": "<",
+    "vq-prompt": ">",
 }
 METHOD_LABELS: dict[str, str] = {
     "norga": "NoRGa",
@@ -88,6 +100,11 @@ def method_color(method: str) -> str:
     return METHOD_COLORS.get(method, _spare_color(method))
 
 
+def method_marker(method: str) -> str:
+    """Marker of a CL method by canonical name (``"o"`` when unknown)."""
+    return METHOD_MARKERS.get(method, "o")
+
+
 def method_label(method: str) -> str:
     """Display name of a CL method (the canonical name itself when unknown)."""
     return METHOD_LABELS.get(method, method)
@@ -101,63 +118,25 @@ def gate_label(gate: str, activation: str | None = None) -> str:
     return base
 
 
+#: The style file of the house look (shipped with the package).
+STYLE_FILE = Path(__file__).with_name("norga.mplstyle")
+
+
 def style_rc() -> dict[str, object]:
-    """The rc parameters of the house style (seaborn ``whitegrid`` + ``paper`` context, serif).
+    """The rc parameters of the house style, read from :data:`STYLE_FILE`.
 
     Returns
     -------
     dict
         Parameters suitable for :func:`matplotlib.rc_context`.
     """
-    rc: dict[str, object] = {}
-    rc.update(sns.axes_style("whitegrid"))
-    rc.update(sns.plotting_context("paper", font_scale=1.0))
-    rc.update(
-        {
-            # No LaTeX on the machines: STIX gives a Times-like text face and matching mathtext.
-            "font.family": "serif",
-            "font.serif": ["STIXGeneral", "DejaVu Serif", "serif"],
-            "mathtext.fontset": "stix",
-            "font.size": 8,
-            "axes.labelsize": 8,
-            "axes.titlesize": 8.5,
-            "legend.fontsize": 6.5,
-            "legend.title_fontsize": 7,
-            "xtick.labelsize": 7,
-            "ytick.labelsize": 7,
-            "axes.edgecolor": "0.3",
-            "axes.linewidth": 0.6,
-            "grid.linewidth": 0.4,
-            "grid.color": "0.88",
-            "lines.linewidth": 1.3,
-            "lines.markersize": 3.5,
-            "xtick.bottom": True,
-            "ytick.left": True,
-            "xtick.major.size": 2.5,
-            "ytick.major.size": 2.5,
-            "xtick.minor.size": 1.5,
-            "ytick.minor.size": 1.5,
-            "legend.frameon": True,
-            "legend.framealpha": 0.9,
-            "legend.edgecolor": "0.8",
-            "figure.dpi": 100,
-            "savefig.dpi": 300,
-            "savefig.bbox": "tight",
-            "savefig.pad_inches": 0.02,
-            # Embed TrueType fonts in the PDF (journals reject Type 3 fonts).
-            "pdf.fonttype": 42,
-            "ps.fonttype": 42,
-            "axes.unicode_minus": True,
-            "image.cmap": "viridis",
-        }
-    )
-    return rc
+    return dict(matplotlib.rc_params_from_file(STYLE_FILE, use_default_template=False))
 
 
 @contextmanager
 def figure_style() -> Iterator[None]:
     """Context manager applying the house style to figures created inside it."""
-    with plt.rc_context(style_rc()):
+    with matplotlib.rc_context(style_rc()):
         yield
 
 
@@ -210,7 +189,7 @@ def save_figure(
     for fmt in formats:
         target = stem.with_name(f"{stem.name}.{fmt}")
         def render(tmp: str, fmt: str = fmt) -> None:
-            with plt.rc_context(style_rc()):
+            with matplotlib.rc_context(style_rc()):
                 fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_metadata(fmt))
 
         atomic_write_with(target, render)  # mode as the umask allows, like every result file

@@ -1,10 +1,12 @@
 """The papers' result tables filled with our runs, as Markdown and LaTeX.
 
-- Table 1 (NoRGa Table 1, cl-pipeline spec 8.1): FA / CA / FM on Split CIFAR-100 and Split
+- Table 1 (NoRGa Table 1, docs/cl-background.md#table-1): FA / CA / FM on Split CIFAR-100 and Split
   ImageNet-R, one row per (backbone, method).
-- Table 2 (NoRGa Table 2, spec 8.3): FA on Split CUB-200 and 5-Datasets with Sup-21K and
+- Table 2 (NoRGa Table 2, docs/cl-background.md#table-2): FA on Split CUB-200 and 5-Datasets with
+Sup-21K and
   iBOT-21K, one row per method.
-- Table 3 (SMoPE table, spec 7.6): FA on ImageNet-R, CIFAR-100 (Sup-1K) and CUB-200 (Sup-21K
+- Table 3 (SMoPE table, docs/cl-background.md#smope-results): FA on ImageNet-R, CIFAR-100 (Sup-1K)
+and CUB-200 (Sup-21K
   AugReg), CODA-style protocol, one row per method.
 
 Each table is written twice: in the paper's layout with our mean +/- std (sample std over
@@ -245,6 +247,9 @@ def to_markdown(header: Sequence[str], body: Sequence[Sequence[str]], n_label_co
     return "\n".join(lines)
 
 
+#: First line of a table made from synthetic example runs.
+SYNTHETIC_TABLE_MARK = "SYNTHETIC EXAMPLE DATA (not results)"
+
 _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "$": r"\$",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
@@ -273,6 +278,10 @@ def write_tables(
 ) -> list[Path]:
     """Write every table that has at least one of our runs as ``<name>.md`` and ``<name>.tex``.
 
+    Tables built from synthetic example runs (``config.json`` with ``"synthetic": true``, as
+    ``norga-figures --write-example`` writes them) say so in their first line and in every
+    LaTeX caption, like the figures' stamp.
+
     Returns
     -------
     list of Path
@@ -282,6 +291,7 @@ def write_tables(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+    synthetic = any(bool(run.config.get("synthetic")) for run in runs)
     for spec in TABLES.values():
         cells = fill_table(spec, runs, published)
         if not cells:
@@ -296,6 +306,10 @@ def write_tables(
         if cb:
             md += ["### Ours vs paper", "", f"Paper: {source}.", "", to_markdown(ch, cb, 4), ""]
             tex += ["", to_latex(ch, cb, f"{spec.title}: ours vs paper", 4)]
+        if synthetic:  # example data must never pass for results, in a table as in a figure
+            md[:0] = [f"**{SYNTHETIC_TABLE_MARK}**", ""]
+            tex[:0] = [f"% {SYNTHETIC_TABLE_MARK}"]
+            tex = [t.replace(r"\caption{", rf"\caption{{{SYNTHETIC_TABLE_MARK}: ", 1) for t in tex]
         for suffix, text in ((".md", "\n".join(md)), (".tex", "\n".join(tex) + "\n")):
             path = out_dir / f"{spec.name}{suffix}"
             atomic_write_text(path, text)

@@ -59,14 +59,15 @@ from norga.runlock import RunLockedError, run_lock
 from norga.signals import run_main
 
 # Memory model of a sweep (measured: one task at n = 1e6 with 40 replicates peaks at 1.51 GiB,
-# about 40 bytes per sample and replicate; README "Performance"), with a margin.
+# about 40 bytes per sample and replicate; docs/performance.md), with a margin.
 BYTES_PER_SAMPLE = 64
 BYTES_PER_WORKER = 300 * 2**20
 BYTES_PER_FIT_RECORD = 2048
 SCHEDULER_ADDRESS = re.compile(r"^(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9a-fA-F:]+\]|[\w.-]+)"
                                r":(\d{1,5})/?$")
 
-# Default smallest n of the slope fits (the linear curve is pre-asymptotic below 1e3, spec 5.6).
+# Default smallest n of the slope fits (the linear curve is pre-asymptotic below 1e3,
+# docs/theory-background.md#reference-numbers).
 DEFAULT_FIT_N_MIN = 1000
 
 

@@ -1,4 +1,5 @@
-"""Least-squares estimation of the prompt atoms, batched over replicates (spec section 2).
+"""Least-squares estimation of the prompt atoms, batched over replicates
+(docs/theory-background.md#estimator).
 
 The core, :func:`fit_batched`, runs Levenberg-Marquardt with the analytic Jacobian on all
 replicates of one sample size at once: float64 tensors of shape ``(R, ...)``, one damping factor
@@ -530,7 +531,7 @@ def near_truth_starts(
     scale: float = 0.1,
     bound: float | None = None,
 ) -> np.ndarray:
-    """Oracle starting points near the truth (spec section 2.2).
+    """Oracle starting points near the truth (docs/theory-background.md#practical-recipe).
 
     The first ``L`` fitted atoms go one to each true atom, the rest to random true atoms; an atom
     in a cell of ``k`` fitted atoms starts at ``beta_0* - log k`` so the masses add up; every

@@ -1,4 +1,5 @@
-"""Gating score functions of the prefix mixture of experts (spec moe-theory.md section 1.2).
+"""Gating score functions of the prefix mixture of experts
+(docs/theory-background.md#regression-function).
 
 Pretrained experts have quadratic scores ``x^T B x + c``. Prompt experts have a score
 ``phi(beta_1^T x)`` with

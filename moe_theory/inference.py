@@ -376,12 +376,12 @@ def range_note(n_values: np.ndarray) -> str:
 def compare_rate_models(n_values: np.ndarray, level: np.ndarray) -> dict[str, object]:
     """Power law vs log rate vs curvature vs flat on per-n levels (medians), by AICc.
 
-    Models (spec 5.4): ``M_pow: log L = c + s log n``, ``M_loglog: log L = c - kappa log log n``,
-    ``M_curv: log L = c + s log n + q (log n)^2``, ``M_flat: log L = c``. A label names one
-    model only when its AICc is lower than every other model's (those with enough points) by at
-    least :data:`AICC_DECISIVE`; otherwise the models are indistinguishable over this range and
-    the label is ``"inconclusive"``. A ``"plateau"`` (flat model decisive) also needs the power
-    slope CI to exclude :data:`PLATEAU_MIN_SLOPE`.
+    Models (docs/theory-background.md#rate-inference): ``M_pow: log L = c + s log n``, ``M_loglog:
+    log L = c - kappa log log n``, ``M_curv: log L = c + s log n + q (log n)^2``, ``M_flat: log L =
+    c``. A label names one model only when its AICc is lower than every other model's (those with
+    enough points) by at least :data:`AICC_DECISIVE`; otherwise the models are indistinguishable
+    over this range and the label is ``"inconclusive"``. A ``"plateau"`` (flat model decisive) also
+    needs the power slope CI to exclude :data:`PLATEAU_MIN_SLOPE`.
 
     Returns
     -------

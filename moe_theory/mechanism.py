@@ -1,4 +1,5 @@
-"""Deterministic checks behind the rates (experiment E4, spec moe-theory.md sections 3.4, 5.2).
+"""Deterministic checks behind the rates (experiment E4, docs/theory-background.md#identifiability
+and #experiments).
 
 * :func:`pde_residual`: the second-order PDE ``d2F/dbeta_1 db = dF/da`` that merges Taylor terms
   under linear gating, and that NoRGa breaks.
@@ -33,7 +34,8 @@ def pde_residual(
     x: np.ndarray | None = None,
     step: float = 1e-4,
 ) -> dict[str, float]:
-    """Largest ``|d2F/(dbeta_1 db) - dF/da|`` over ``x`` (spec section 3.4), d = 1.
+    """Largest ``|d2F/(dbeta_1 db) - dF/da|`` over ``x``
+    (docs/theory-background.md#identifiability), d = 1.
 
     The derivatives are taken by central finite differences, independently of the analytic
     formula, which is returned alongside: ``x exp(phi) (phi' - 1)``, zero for linear gating.
@@ -79,7 +81,7 @@ def fisher_prediction(
 
     Asymptotically ``sqrt(n) (theta_hat - theta*) ~ N(0, nu I^{-1})``; to first order
     ``L_1 = sum_j exp(beta_0j*) (|d beta_0j| + ||d beta_1j|| + ||d eta_j||)``. ``C`` is its
-    expectation under that Gaussian (Monte Carlo, fixed seed). ``C_sum`` is the spec's simpler
+    expectation under that Gaussian (Monte Carlo, fixed seed). ``C_sum`` is the simpler
     bound ``sqrt(2/pi) sqrt(nu) sum_j exp(beta_0j*) sum_k sqrt((I^{-1})_kk)``, which replaces each
     norm by a sum of absolute values.
 
@@ -112,7 +114,8 @@ def fisher_prediction(
 def flat_manifold_example(
     truth: PrefixMoE, split: float = 0.3, shift: float = 0.5
 ) -> dict[str, float]:
-    """Two over-specified affine atoms that reproduce ``g_{G*}`` exactly (spec section 3.4).
+    """Two over-specified affine atoms that reproduce ``g_{G*}`` exactly
+    (docs/theory-background.md#identifiability).
 
     Both atoms keep ``beta_1 = beta_1*``; masses ``w_1 = split * w*``, ``w_2 = (1-split) * w*``;
     experts ``eta_1 = eta* + shift`` and ``eta_2 = eta* - (w_1/w_2) shift``, so that

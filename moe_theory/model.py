@@ -1,4 +1,4 @@
-"""The prefix mixture-of-experts regression function (spec moe-theory.md section 1).
+"""The prefix mixture-of-experts regression function (docs/theory-background.md#model).
 
 ``g_G(x)`` is a softmax over ``N`` pretrained logits (quadratic, known) and ``L'`` prompt logits
 ``phi(beta_1^T x) + beta_0``, weighting the pretrained affine experts and the prompt experts
@@ -444,7 +444,8 @@ def regression_and_jacobian(
     jacobian: bool = True,
     pretrained_terms: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """``g`` and its analytic Jacobian with respect to ``theta`` (spec section 2.2).
+    """``g`` and its analytic Jacobian with respect to ``theta``
+    (docs/theory-background.md#practical-recipe).
 
     Parameters
     ----------

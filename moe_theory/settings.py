@@ -1,5 +1,5 @@
-"""The experiments E1-E4 and their default truths (spec moe-theory.md section 5); E5 (``near``)
-lives in the :mod:`moe_theory.near` package.
+"""The experiments E1-E4 and their default truths (docs/theory-background.md#simulation-design); E5
+(``near``) lives in the :mod:`moe_theory.near` package.
 
 A :class:`Setting` says which truth generates the data and what is fitted: how many prompt atoms
 (exact- or over-specified), which expert type, and whether the parameter space is bounded.
@@ -19,12 +19,13 @@ from norga.choices import check_choice
 SETTINGS: tuple[str, ...] = ("exact", "over", "over-tanh", "mechanism", "near")
 FIT_SETTINGS: tuple[str, ...] = ("exact", "over", "over-tanh")
 
-# Bound of the compact parameter space Theta for over-specified runs (spec section 2.2).
+# Bound of the compact parameter space Theta for over-specified runs
+# (docs/theory-background.md#practical-recipe).
 THETA_BOUND = 5.0
 
 
 def default_pretrained() -> Pretrained:
-    """N = 2 pretrained experts of spec section 5.1 (d = 1)."""
+    """N = 2 pretrained experts of docs/theory-background.md#default-truth (d = 1)."""
     return Pretrained(
         B=np.array([[[1.0]], [[-1.0]]]),
         c=np.zeros(2),
@@ -51,8 +52,8 @@ def default_truth(gate: Gate, expert: ExpertKind = "affine") -> PrefixMoE:
 def check_identifiable_gate(truth: PrefixMoE, min_norm: float = 0.1) -> None:
     """Reject a NoRGa truth with ``|beta_1*| < min_norm``.
 
-    With ``beta_1* = 0`` the NoRGa score is locally linear (spec section 3.4), so the setting
-    would silently test linear gating.
+    With ``beta_1* = 0`` the NoRGa score is locally linear
+    (docs/theory-background.md#identifiability), so the setting would silently test linear gating.
     """
     if truth.gate.kind != "norga":
         return
@@ -109,7 +110,8 @@ _SETTINGS = {
         "affine",
         True,
         "E2 over-specified (L=1, L'=2, affine experts, |theta|<=5): Thm 4.1 only; the expert part "
-        "of L_1 lies on an exact flat manifold under BOTH gates (spec 3.4), so no parameter rate "
+        "of L_1 lies on an exact flat manifold under BOTH gates "
+        "(docs/theory-background.md#identifiability), so no parameter rate "
         "is guaranteed; any gate difference is heuristic",
     ),
     "over-tanh": Setting(

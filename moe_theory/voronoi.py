@@ -1,4 +1,4 @@
-"""Voronoi cells and the Voronoi losses of spec moe-theory.md section 3.
+"""Voronoi cells and the Voronoi losses of docs/theory-background.md#voronoi.
 
 Fitted atoms are assigned to the nearest true atom in ``omega = (beta_1, a, b)`` (ties go to the
 smaller true index), which makes every loss invariant to relabelling the fitted atoms.
@@ -20,11 +20,13 @@ class VoronoiLoss:
     Attributes
     ----------
     total:
-        ``L_1`` (NoRGa loss, spec 3.2): mass + exponent 1 in exact cells, 2 in over cells.
+        ``L_1`` (NoRGa loss, docs/theory-background.md#loss-l1): mass + exponent 1 in exact cells, 2
+        in over cells.
     mass, beta1, eta:
         The three parts of ``L_1``; ``total = mass + beta1 + eta``.
     loss_r:
-        ``L_{1,r}`` (linear-gating family, spec 3.3) with one exponent ``r`` everywhere.
+        ``L_{1,r}`` (linear-gating family, docs/theory-background.md#loss-l1r) with one exponent
+        ``r`` everywhere.
     cell_sizes:
         ``(R, L)`` number of fitted atoms in each true atom's cell.
     """

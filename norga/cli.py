@@ -7,6 +7,8 @@ import argparse
 import os
 from pathlib import Path
 
+from norga import __version__
+
 # --jobs / --threads above this multiple of the usable cores only add memory and contention
 PARALLEL_PER_CORE = 4
 
@@ -16,12 +18,14 @@ class OneLineParser(argparse.ArgumentParser):
 
     The line is ``PROG: error: MESSAGE`` followed by ``hint`` (default ``" (see --help)"``),
     instead of argparse's usage block. The base of ``norga-rates``, ``norga-cl`` and
-    ``norga-figures``.
+    ``norga-figures``; each gets ``--version`` (``PROG VERSION``, exit 0).
     """
 
     def __init__(self, *args, hint: str = " (see --help)", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.hint = hint
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
+                          help="print the version of the norga package and exit")
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}{self.hint}\n")

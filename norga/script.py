@@ -40,7 +40,8 @@ def _find_spec(name: str, folder: Path) -> ModuleSpec | None:
     return None
 
 
-def import_past(folder: Path, names: Iterable[str] = PACKAGES) -> None:
+def import_past(folder: Path, names: Iterable[str] = PACKAGES,
+                needed: Iterable[str] | None = None) -> None:
     """Import each package of ``names`` that a module in ``folder`` would shadow.
 
     Parameters
@@ -50,12 +51,18 @@ def import_past(folder: Path, names: Iterable[str] = PACKAGES) -> None:
     names
         Top-level package names; those without a same-named ``.py`` file or folder in
         ``folder``, or already imported, are left to the ordinary import.
+    needed
+        The packages the command itself uses (default: all of ``names``). A package outside
+        it whose own dependencies are not installed (its extra is missing, e.g. ``cl`` in a
+        theory-only install) is skipped instead of stopping the command.
 
     Raises
     ------
     ModuleNotFoundError
-        If a shadowed package is not installed anywhere else.
+        If a shadowed package is not installed anywhere else, or a needed one lacks a
+        dependency.
     """
+    needed = set(names if needed is None else needed)
     folder = folder.resolve()
     for name in names:
         if name in sys.modules or not any(
@@ -69,6 +76,11 @@ def import_past(folder: Path, names: Iterable[str] = PACKAGES) -> None:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
+        except ModuleNotFoundError as err:
+            del sys.modules[name]
+            own = err.name is not None and (err.name == name or err.name.startswith(name + "."))
+            if name in needed or own:
+                raise
         except BaseException:
             del sys.modules[name]
             raise
@@ -90,5 +102,6 @@ def run_package_cli(module: str, script: str) -> int:
         The command's exit status.
     """
     path = Path(script)
-    import_past(path.resolve().parent)
+    # the command's package and the shared helpers must import; another half only if it can
+    import_past(path.resolve().parent, needed={module.split(".")[0], "norga"})
     return importlib.import_module(module).run(prog=path.name)

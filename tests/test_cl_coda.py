@@ -167,8 +167,8 @@ def test_learnable_parameters_on_vit_b16_by_hand() -> None:
     """ImageNet-R preset (200 classes, 10 tasks) on ViT-B/16, built on the meta device."""
     count = sum(learnable_on_vit_b16("coda-prompt", "imagenet-r", 200, 10,
                                      "vit-b16-random").values())
-    # spec 6.2: 5 layers x 100 components x (prompt 8 x 768 + key 768 + attention 768),
-    # head 768 -> 200
+    # docs/cl-background.md#coda-prompt: 5 layers x 100 components x (prompt 8 x 768 + key 768 +
+    # attention 768), head 768 -> 200
     expected = 5 * 100 * (8 * 768 + 768 + 768) + (768 * 200 + 200)
     assert expected == 3_993_800  # the poster's "3.99M"
     assert count == expected

@@ -1,8 +1,8 @@
 """Unit tests of ``cl/methods/coda_prompt.py`` on a tiny ViT: the CODA epoch cosine in closed form
-(spec 6.2), the seeded model and component draws, which components each task re-draws, the
-training step against a hand-made Adam run on a twin model (CE over the task's classes plus the
-orthogonality penalty, per-epoch schedule), inference over the seen classes and a checkpoint
-round trip that draws the same components afterwards."""
+(docs/cl-background.md#coda-prompt), the seeded model and component draws, which components each
+task re-draws, the training step against a hand-made Adam run on a twin model (CE over the task's
+classes plus the orthogonality penalty, per-epoch schedule), inference over the seen classes and a
+checkpoint round trip that draws the same components afterwards."""
 
 from __future__ import annotations
 

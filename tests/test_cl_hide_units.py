@@ -1,9 +1,9 @@
 """Unit tests of HiDe-Prompt's wiring (``cl/methods/hide.py``) on a tiny random ViT: what
-``_build`` seeds from which stream, the optimizers' hyper-parameters and schedules (spec 2.1-2.4),
-the training steps and log records of the TII and WTP stages, the end-of-task order (prompt
-ensemble, statistics, TII alignment, before-alignment hook, head alignment) and the alignment
-stages' optimizers, the task prediction modes, and the checkpoint round trip (a method resumed
-from ``state_dict`` continues exactly like the uninterrupted one).
+``_build`` seeds from which stream, the optimizers' hyper-parameters and schedules
+(docs/cl-background.md#training-conventions), the training steps and log records of the TII and WTP
+stages, the end-of-task order (prompt ensemble, statistics, TII alignment, before-alignment hook,
+head alignment) and the alignment stages' optimizers, the task prediction modes, and the checkpoint
+round trip (a method resumed from ``state_dict`` continues exactly like the uninterrupted one).
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def test_optimizers_have_the_spec_hyper_parameters_and_groups(larger: bool):
 
 
 def _cosine(base: float, k: int, epochs: int) -> float:
-    """The lagged cosine of spec 2.1: epoch k runs at f(k - 1), epoch 0 at the base rate."""
+    """The lagged cosine of docs/cl-background.md#training-conventions: epoch k runs at f(k - 1),
+    epoch 0 at the base rate."""
     if k == 0:
         return base
     return MIN_LR + 0.5 * (base - MIN_LR) * (1 + math.cos(math.pi * (k - 1) / epochs))

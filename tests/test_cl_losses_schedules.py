@@ -1,6 +1,7 @@
 """Unit tests of ``cl/methods/losses.py`` and ``cl/methods/schedules.py`` against hand-computed
-values: the class masks, the ``-inf`` masking, the WTP contrastive regulariser (spec 2.3,
-temperature 0.8) and the epoch schedules with the original code's one-epoch lag (spec 2.1)."""
+values: the class masks, the ``-inf`` masking, the WTP contrastive regulariser
+(docs/cl-background.md#wtp, temperature 0.8) and the epoch schedules with the original code's
+one-epoch lag (docs/cl-background.md#training-conventions)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def test_contrastive_regulariser_against_a_hand_computed_cross_entropy() -> None
     value = contrastive_regulariser(features, old_means)
     assert value.dtype == torch.float32 and value.shape == ()
     want = _contrastive_by_hand(features.double().numpy(), old_means.float().double().numpy(),
-                                0.8)  # spec 2.3: S = M M^T / 0.8
+                                0.8)  # docs/cl-background.md#wtp: S = M M^T / 0.8
     assert float(value) == pytest.approx(want, rel=1e-5)
     other = contrastive_regulariser(features, old_means, temperature=2.0)
     assert float(other) == pytest.approx(

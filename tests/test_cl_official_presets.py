@@ -1,6 +1,6 @@
 """Baseline presets equal the official values (issue 19, point 1), each with its source.
 
-Sources (read in the official repositories at the commits of cl-pipeline.md section 10):
+Sources (read in the official repositories at the commits of docs/cl-background.md#sources):
 
 * GT-RIPL/CODA-Prompt @ 6417d4f, ``experiments/cifar-100.sh`` line 29:
   ``--prompt_param 100 8 0.0`` (the comment above it: "arg 3 = ortho penalty loss weight - with

@@ -1,5 +1,5 @@
-"""Paper presets (cl-pipeline.md 2.6) for every table row, the generated --help listing, and the
-CLI's exit code 2 for missing data and missing weights (nothing written)."""
+"""Paper presets (docs/cl-background.md#hyperparameters) for every table row, the generated --help
+listing, and the CLI's exit code 2 for missing data and missing weights (nothing written)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from cl.options import MethodOptions
 
 SSL = ("ibot21k", "ibot1k", "dino1k", "mocov3-1k")
 
-# ---------------------------------------------------------------- spec 2.6, transcribed here
-# Run 2 (NoRGa scripts): epochs, scheduler, prompt length, momentum, reg, sigma, TAP epochs,
-# TAP ca_lr, larger prompt lr, clip.
+# ----------------------------------------------------------------
+# docs/cl-background.md#hyperparameters, transcribed here Run 2 (NoRGa scripts): epochs, scheduler,
+# prompt length, momentum, reg, sigma, TAP epochs, TAP ca_lr, larger prompt lr, clip.
 _RUN2 = ("epochs", "scheduler", "prompt_length", "prompt_momentum", "reg", "gate_act",
          "tap_epochs", "ca_lr", "larger_prompt_lr", "clip_grad")
 NORGA_RUN2: dict[tuple[str, str], tuple] = {

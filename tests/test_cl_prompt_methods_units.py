@@ -156,8 +156,8 @@ def test_prefix_lengths_must_be_positive(name: str) -> None:
 
 def _hand_made_training(twin, name: str, task: int, batches, *, lr: float, clip: float,
                         pull_coeff: float, k: int, prompt_mask: bool = True) -> list[float]:
-    """Train ``twin`` (a copy of the method's model) as the spec says, step by step; returns
-    the batch losses."""
+    """Train ``twin`` (a copy of the method's model) as docs/cl-background.md describes, step by
+    step; returns the batch losses."""
     params = [p for p in twin.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr * BATCH / 256.0, betas=(0.9, 0.999), eps=1e-8,
                            weight_decay=0.0)
@@ -268,7 +268,8 @@ def test_first_task_schedule_with_the_lag_and_later_tasks_at_the_base_rate() -> 
     assert method.scheduler is not None
     method.train_task(batch)
 
-    def cosine(k: int) -> float:  # spec 2.1 with the lag: epoch k runs at f(k - 1)
+    # docs/cl-background.md#training-conventions with the lag: epoch k runs at f(k - 1)
+    def cosine(k: int) -> float:
         return 1e-5 + 0.5 * (base - 1e-5) * (1 + math.cos(math.pi * (k - 1) / 3))
 
     # the record of epoch e gives the rate the next epoch runs at

@@ -303,7 +303,8 @@ def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
 def test_learnable_parameters_on_vit_b16_by_hand() -> None:
     """ImageNet-R preset (200 classes, 10 tasks) on ViT-B/16, built on the meta device."""
     count = sum(learnable_on_vit_b16("smope", "imagenet-r", 200, 10, "vit-b16-random").values())
-    # spec 7.1: 6 layers x 12 heads x N_p = 25 experts x (key + value) x 64, head 768 -> 200
+    # docs/cl-background.md#prompt-experts: 6 layers x 12 heads x N_p = 25 experts x (key + value) x
+    # 64, head 768 -> 200
     expected = 6 * 12 * 25 * 2 * 64 + (768 * 200 + 200)
     assert expected == 384_200  # the poster's "0.38M"
     assert count == expected

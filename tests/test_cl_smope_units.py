@@ -1,6 +1,6 @@
-"""Unit tests of ``cl/methods/smope.py`` on a tiny ViT (spec section 7): the router and prototype
-losses, frequency flags and the per-iteration cosine against hand computations; the seeded model
-and optimizer groups; the flags and old keys of each task start; training steps against a
+"""Unit tests of ``cl/methods/smope.py`` on a tiny ViT (docs/cl-background.md#smope): the router and
+prototype losses, frequency flags and the per-iteration cosine against hand computations; the seeded
+model and optimizer groups; the flags and old keys of each task start; training steps against a
 hand-made AdamW run on a twin model (router and prototype terms, adaptive noise, coswm with the
 legacy quirks); the dense warm-up of task 0; expert counts and statistics of ``end_task``; the
 settings handed to the head alignment; inference with the unused-expert penalty; checkpoints."""
@@ -286,7 +286,8 @@ def test_phase_schedulers() -> None:
 
 def _hand_made_phase(twin, task: int, batches, *, top_k: int, flags, old_keys, router: bool,
                      proto: bool, legacy: bool, freeze: int) -> list[dict]:
-    """One top-K (or dense, ``top_k=-1``) phase of one epoch as spec 7.4 / 7.5 says."""
+    """One top-K (or dense, ``top_k=-1``) phase of one epoch as docs/cl-background.md#smope-losses /
+    7.5 says."""
     groups = [{"params": list(twin.experts.parameters()), "lr": 0.05},
               {"params": list(twin.head.parameters()), "lr": 0.01}]
     opt = torch.optim.AdamW(groups, weight_decay=0.0)

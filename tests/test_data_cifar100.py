@@ -27,7 +27,7 @@ def test_download_and_build(spec, tmp_path: Path) -> None:
     assert bench.num_classes == 100 and bench.num_tasks == 10 and bench.image_size == 32
     assert len(bench.train.dataset) == spec.num_train == 200
     assert len(bench.train_eval.dataset) == 200 and len(bench.test.dataset) == 100
-    # seeded order of the spec, 10 consecutive classes per task
+    # seeded order of docs/cl-background.md#splits, 10 consecutive classes per task
     order = list(range(100))
     random.seed(42)
     random.shuffle(order)

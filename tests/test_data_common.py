@@ -13,7 +13,7 @@ from torchvision import transforms as T
 from cl.data.realdata import RealDataOptions, class_order, resolve_data_root, split_into_tasks
 from cl.data.transforms import CIFAR_MEAN, CIFAR_STD, build_transforms, eval_resize_size
 
-# Verification prefixes of spec cl-pipeline.md section 3.1 (first 10 classes).
+# Verification prefixes of docs/cl-background.md#splits (first 10 classes).
 SPEC_PREFIXES = {
     (100, 42): [42, 41, 91, 9, 65, 50, 1, 70, 15, 78],
     (100, 40): [8, 28, 21, 83, 24, 54, 48, 77, 23, 73],

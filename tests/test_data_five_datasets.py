@@ -1,5 +1,6 @@
 """5-Datasets on fixtures of its five sources (CIFAR-10 pickles, MNIST/Fashion-MNIST IDX gzip,
-SVHN .mat, notMNIST zip), including the per-dataset transform guarantee (spec 9.2 item 12)."""
+SVHN .mat, notMNIST zip), including the per-dataset transform guarantee
+(docs/cl-background.md#five-datasets-transforms)."""
 
 from __future__ import annotations
 
@@ -93,8 +94,9 @@ def _pipeline(split, task: int) -> list[object]:
 
 
 def test_each_dataset_has_its_own_transform(bench) -> None:
-    """Spec 9.2 item 12: in the original code every dataset after CIFAR10 (with seed 42:
-    FashionMNIST and SVHN) inherited the CIFAR transform. Here only CIFAR10 has it."""
+    """docs/cl-background.md#five-datasets-transforms: in the original code every dataset after
+    CIFAR10 (with seed 42: FashionMNIST and SVHN) inherited the CIFAR transform. Here only CIFAR10
+    has it."""
     order = bench.info["dataset_order"]
     objects: dict[str, set[int]] = {name: set() for name in order}
     for split in (bench.train, bench.train_eval, bench.test):

@@ -131,7 +131,7 @@ def test_hide_split_reproduces_the_official_random_split(spec, tmp_path: Path) -
     """MoE_PromptCL continual_datasets.py (Imagenet_R, lines 653-658): ``ImageFolder`` then
     ``random_split(dataset, [int(0.8 n), n - int(0.8 n)])`` (24000/6000) right after
     ``torch.manual_seed(seed)`` of the first run (seed 42 in the scripts), files then moved
-    into ``train/`` and ``test/`` (spec cl-pipeline.md 3.1)."""
+    into ``train/`` and ``test/`` (docs/cl-background.md#splits)."""
     from torch.utils.data import random_split
 
     shutil.copy(source_path(spec.archive), tmp_path / "imagenet-r.tar")

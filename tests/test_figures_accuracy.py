@@ -83,12 +83,21 @@ def test_accuracy_curves_mean_and_std(runs):
     per_seed = np.array([[np.mean(r.accuracy_matrix[t, : t + 1]) for t in range(T)]
                          for r in hide])
     xy = _gid(ax, "mean:hide").get_xydata()
-    np.testing.assert_allclose(xy[:, 0], np.arange(1, T + 1))
+    # each curve is shifted sideways by less than a tenth of a task, never onto another's x
+    shift = xy[0, 0] - 1
+    assert 0 < abs(shift) < 0.1
+    np.testing.assert_allclose(xy[:, 0], np.arange(1, T + 1) + shift)
     np.testing.assert_allclose(xy[:, 1], per_seed.mean(axis=0))
+    shifts = {round(line.get_xydata()[0, 0] - 1, 9) for line in ax.lines
+              if (line.get_gid() or "").startswith("mean:")}
+    assert len(shifts) == len([a for a in ax.lines if (a.get_gid() or "").startswith("mean:")])
+    markers = [line.get_marker() for line in ax.lines if (line.get_gid() or "").startswith(
+        "mean:") and not (line.get_gid() or "").startswith("mean:norga")]
+    assert len(set(markers)) == len(markers)  # a marker per method: apart in greyscale too
     verts = _gid(ax, "std:hide").get_paths()[0].vertices
     std = per_seed.std(axis=0, ddof=1)
     for t in range(T):
-        ys = verts[np.isclose(verts[:, 0], t + 1), 1]
+        ys = verts[np.isclose(verts[:, 0], t + 1 + shift), 1]
         assert ys.min() == pytest.approx(per_seed.mean(0)[t] - std[t])
         assert ys.max() == pytest.approx(per_seed.mean(0)[t] + std[t])
     # Two NoRGa activations in one setting are split, never averaged together.
@@ -211,9 +220,13 @@ def test_task_selection_shares_equal_the_counts():
                                "after_task": 2, "prompts": prompts, "experts": experts.tolist(),
                                "layer_ids": [0, 5]})
     img = _gid(fig.axes[0], "prompts")
-    np.testing.assert_allclose(img.get_array(), np.array(prompts) / 10.0)
+    np.testing.assert_allclose(img.get_array(), 100 * np.array(prompts) / 10.0)  # percent
+    # the numbers in the cells are the colours' values, in the colour bar's unit
+    cells = [float(t.get_text()) for t in fig.axes[0].texts]
+    np.testing.assert_allclose(cells, 100 * np.array(prompts).ravel() / 10.0)
+    assert fig.axes[-1].get_ylabel().endswith("(%)")  # the colour bar
     img = _gid(fig.axes[2], "experts:layer5")
     summed = experts[:, 1].sum(axis=1)  # layer 5 = index 1, summed over heads
-    np.testing.assert_allclose(img.get_array(), summed / summed.sum(-1, keepdims=True))
+    np.testing.assert_allclose(img.get_array(), 100 * summed / summed.sum(-1, keepdims=True))
     clims = {im.get_clim() for ax in fig.axes for im in ax.images}
     assert len(clims) == 1  # one colour scale for every panel

@@ -66,9 +66,61 @@ def figure_and_rows():
     return plot_convergence(rows, SUMMARY, "exact"), rows
 
 
-@pytest.mark.slow
-def test_median_band_and_points_equal_input(figure_and_rows):
+def _expected_mean(rows, gate, key):
+    """Mean and 95% t CI of the mean per n, computed with scipy (independent of the figures'
+    own t table)."""
+    from scipy import stats
+
+    out = {}
+    for n in N_VALUES:
+        vals = np.array([r[key] for r in rows if r["gate"] == gate and r["n"] == n])
+        half = stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals))
+        out[n] = (vals.mean(), max(vals.mean() - half, vals.mean() / 10), vals.mean() + half)
+    return out
+
+
+def test_exact_setting_plots_means_with_ci_and_names_them(figure_and_rows):
+    """E1: one statistic in panel (a), the mean (what the legend's slope and the Fisher check
+    use), with its 95% t band; the y label says so."""
     fig, rows = figure_and_rows
+    for ax, key in zip(fig.axes, ("voronoi_loss", "l2_error"), strict=True):
+        assert "mean, 95% CI" in ax.get_ylabel() and not _by_gid(ax, "median:")
+        for gate in ("linear", "norga"):
+            exp = _expected_mean(rows, gate, key)
+            mean = _by_gid(ax, "mean:")[f"mean:{gate}"].get_xydata()
+            np.testing.assert_allclose(mean[:, 0], N_VALUES)
+            np.testing.assert_allclose(mean[:, 1], [exp[n][0] for n in N_VALUES], rtol=1e-12)
+            verts = _by_gid(ax, "ci:")[f"ci:{gate}"].get_paths()[0].vertices
+            for n in N_VALUES:
+                ys = verts[np.isclose(verts[:, 0], n), 1]
+                np.testing.assert_allclose([ys.min(), ys.max()], exp[n][1:], rtol=1e-3)  # 4-digit t
+
+
+def test_over_setting_plots_medians_and_median_slopes():
+    rows = [{**r, "setting": "over"} for r in _records()]
+    fig = plot_convergence(rows, SUMMARY, "over")
+    ax = fig.axes[0]
+    assert "median, IQR" in ax.get_ylabel() and not _by_gid(ax, "mean:")
+    label = next(t.get_text() for t in ax.get_legend().get_texts() if t.get_text().startswith(
+        "Linear:"))
+    e = SUMMARY["linear"]
+    assert _numbers(label) == [e["slope_median"], *e["slope_median_ci"]]
+
+
+def test_reference_rates_are_named_in_their_own_legend(figure_and_rows):
+    """No text on the reference lines (bands and points could cover it): a separate legend."""
+    fig, _ = figure_and_rows
+    ax = fig.axes[0]
+    assert not ax.texts
+    refs = [a for a in ax.artists + ax.get_children() if a.get_gid() == "legend:references"]
+    texts = [t.get_text() for t in refs[0].get_texts()]
+    assert texts == ["rate $n^{-1/2}$", "rate $n^{-1/4}$", r"rate $1/\log n$"]
+
+
+@pytest.mark.slow
+def test_median_band_and_points_equal_input():
+    rows = _records()
+    fig = plot_convergence(rows, SUMMARY, "exact", statistic="median")
     ax = fig.axes[0]
     for gate in ("linear", "norga"):
         exp = _expected(rows, gate, "voronoi_loss")
@@ -85,9 +137,9 @@ def test_median_band_and_points_equal_input(figure_and_rows):
         np.testing.assert_allclose(np.asarray(pts), want)
 
 
-def test_l2_panel_equals_input(figure_and_rows):
-    fig, rows = figure_and_rows
-    ax = fig.axes[1]
+def test_l2_panel_equals_input():
+    rows = _records()
+    ax = plot_convergence(rows, SUMMARY, "exact", statistic="median").axes[1]
     for gate in ("linear", "norga"):
         exp = _expected(rows, gate, "l2_error")
         median = _by_gid(ax, "median:")[f"median:{gate}"].get_xydata()
@@ -218,7 +270,7 @@ def test_zero_and_non_finite_losses_are_left_off_the_log_axis():
             r["voronoi_loss"] = 0.0 if r["replicate"] == 1 else float("nan")
         if r["gate"] == "linear" and r["n"] == N_VALUES[0]:
             r["voronoi_loss"] = 0.0
-    ax = plot_convergence(rows, SUMMARY, "exact").axes[0]
+    ax = plot_convergence(rows, SUMMARY, "exact", statistic="median").axes[0]
     pts = np.asarray(_by_gid(ax, "points:")["points:norga"].get_offsets())
     assert len(pts) == len(N_VALUES) * (REPS - 2) and (pts[:, 1] > 0).all()
     median = _by_gid(ax, "median:")["median:norga"].get_xydata()

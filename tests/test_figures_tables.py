@@ -367,3 +367,24 @@ def test_cells_without_our_numbers_are_not_compared():
 def test_default_formatting_and_one_seed():
     assert format_mean_std(MeanStd(1.0, 0.5, 2)) == "1.00 ± 0.50"
     assert format_mean_std(MeanStd(1.0, 0.5, 1)) == "1.00"  # one seed: never a ±
+
+
+def test_tables_from_example_data_are_marked_synthetic(tmp_path):
+    """--write-example data gives tables whose first line and every LaTeX caption say
+    SYNTHETIC; the same table from real runs (the pinned golden set) carries no mark."""
+    from figures.examples import write_example_results
+    from figures.runs import find_runs
+    from figures.tables import SYNTHETIC_TABLE_MARK
+
+    root = write_example_results(tmp_path / "example", seeds=(0,))
+    runs = [read_cl_run(item.path) for item in find_runs(root) if item.kind == "cl"]
+    written = write_tables(runs, tmp_path / "out")
+    assert written
+    for path in written:
+        text = path.read_text()
+        if path.suffix == ".md":
+            assert text.splitlines()[0] == f"**{SYNTHETIC_TABLE_MARK}**", path.name
+        else:
+            captions = re.findall(r"\\caption\{([^}]*)\}", text)
+            assert captions and all(c.startswith(SYNTHETIC_TABLE_MARK) for c in captions)
+    assert "SYNTHETIC" not in (GOLDEN / "table1.md").read_text()

@@ -1,4 +1,4 @@
-"""The CL attention gate and the theory gate are one formula (design.md, spec 6 item 11)."""
+"""The CL attention gate and the theory gate are one formula (docs/architecture.md#halves)."""
 
 import math
 

@@ -1,7 +1,9 @@
-"""Spec section 7 acceptance check, end to end: the E1 quick preset at seed 1.
+"""docs/theory-background.md#fisher-check acceptance check, end to end: the E1 quick preset at seed
+1.
 
 Runs the sweep exactly as ``python experiments/rates.py --gate both`` does (7 values of n in
-1e2..1e5, R = 12, slopes on n >= 1e3) and asserts the spec's bands on the analysis.
+1e2..1e5, R = 12, slopes on n >= 1e3) and asserts the bands of
+docs/theory-background.md#fisher-check on the analysis.
 """
 
 import pytest

@@ -1,4 +1,5 @@
-"""The Fisher prediction C of E[L_1] ~ C/sqrt(n), and the ratio CI built on it (spec 5.2, 7).
+"""The Fisher prediction C of E[L_1] ~ C/sqrt(n), and the ratio CI built on it
+(docs/theory-background.md#experiments and #fisher-check).
 
 The reference is computed here, independently of moe_theory.mechanism: the Fisher information
 by central differences of the regression function on a midpoint grid, the first-order

@@ -140,7 +140,8 @@ def test_t0_split_affine_experts_have_an_exactly_flat_direction(gate, split):
     A = near.weighted_jacobian(truth)
     s = np.linalg.svd(A, compute_uv=False)
     assert s[-1] < 1e-15 * s[0]
-    # the flat manifold of spec 3.4: move the two experts in opposite directions
+    # the flat manifold of docs/theory-background.md#identifiability: move the two experts in
+    # opposite directions
     for coord in (2, 3):  # a, b inside each atom's (beta0, beta1, a, b)
         v = np.zeros(8)
         v[coord], v[4 + coord] = 1.0, -1.0

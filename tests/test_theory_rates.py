@@ -65,7 +65,7 @@ def test_summary_reports_slopes_counts_and_honesty_notes():
         assert e["fisher_C"] > 0 and e["n_used"] == [100, 200, 400, 800]
         assert e["n_fits"] == 16
     text = res.summary()
-    for needle in ("L_1 slope", "AICc", "q=", "capped", "stalled", "ln ln n", "Fisher (spec 7)",
+    for needle in ("L_1 slope", "AICc", "q=", "capped", "stalled", "ln ln n", "Fisher check",
                    "pooled (second criterion", "PDE residual", "n used",
                    "over n = 100..800, ln n spans 4.61..6.68"):
         assert needle in text
@@ -114,7 +114,7 @@ def test_mechanism_reproduces_spec_targets():
     assert m["pde_residual"]["linear"] < 1e-6
     assert m["pde_residual"]["norga"] > 0.1
     table = {(f["gate"], f["expert"]): f for f in m["fisher"]}
-    # prototype values of spec moe-theory.md section 5.6
+    # prototype values of docs/theory-background.md#reference-numbers
     assert table["linear", "affine"]["lambda_min"] == pytest.approx(1.45e-5, rel=0.02)
     assert table["linear", "affine"]["cond"] == pytest.approx(1.7e4, rel=0.03)
     assert table["norga", "affine"]["lambda_min"] == pytest.approx(1.9e-4, rel=0.03)

@@ -90,7 +90,8 @@ def test_l1r_uses_one_exponent_everywhere():
 
 @pytest.mark.parametrize("gate", ["linear", "norga"])
 def test_flat_manifold_reproduces_g_exactly_with_positive_loss(gate):
-    """Spec 3.4: affine experts are not identifiable in an over-specified cell, any gate."""
+    """docs/theory-background.md#identifiability: affine experts are not identifiable in an
+    over-specified cell, any gate."""
     res = flat_manifold_example(default_truth(Gate(gate)), split=0.3, shift=0.5)
     assert res["max_abs_g_difference"] < 1e-12
     # w1 ||d1||^2 + w2 ||(w1/w2) d1||^2 with w* = 1, ||d1||^2 = 2 * 0.25

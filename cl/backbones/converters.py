@@ -100,7 +100,7 @@ def convert_google_vit_npz(arrays: Mapping[str, np.ndarray]) -> ConvertedWeights
     ``Transformer/encoderblock_<i>/{LayerNorm_0, MultiHeadDotProductAttention_1/{query,key,value,
     out}, LayerNorm_2, MlpBlock_3/Dense_{0,1}}/...``, ``Transformer/encoder_norm/...`` and the
     ImageNet-21k ``pre_logits`` representation layer and ``head``, which are set aside
-    (cl-pipeline.md section 5). Every array must be consumed; leftovers are reported as
+    (docs/cl-background.md#backbones). Every array must be consumed; leftovers are reported as
     unexpected keys by the strict loader.
     """
     rest = {k: np.asarray(v) for k, v in arrays.items()}

@@ -14,17 +14,17 @@ that are known not to belong to the backbone (classification / projection heads,
 momentum encoder and predictor, MoCo v3's final norm), every remaining key must be a backbone
 tensor of the right shape and every backbone tensor must be present; otherwise
 :class:`BackboneWeightsError` lists the offending keys. The original code instead dropped
-non-matching keys silently (cl-pipeline.md 9.2 item 14).
+non-matching keys silently (docs/cl-background.md#strict-loading).
 
-MoCo v3 (cl-pipeline.md 1.1): the backbone is built with timm's ``fc_norm=True``, so its final
-``norm`` is an ``Identity`` and the checkpoint's ``norm.*`` is not used. The backbone's own
+MoCo v3 (docs/cl-background.md#backbone): the backbone is built with timm's ``fc_norm=True``, so its
+final ``norm`` is an ``Identity`` and the checkpoint's ``norm.*`` is not used. The backbone's own
 ``fc_norm`` stays unused; the prompted model and the TII model each create a fresh, trainable
 ``fc_norm`` LayerNorm (:func:`cl.models.vit.uses_fc_norm`).
 
 Normalisation: the data transforms are the same for every backbone, as in the original code
-(cl-pipeline.md 3.2 and 9.2 item 13); timm's pretrained data config (e.g. mean/std 0.5 for
-``orig_in21k``) is deliberately not applied, because the published numbers were produced without
-it.
+(docs/cl-background.md#transforms and #no-backbone-normalisation); timm's pretrained data config
+(e.g. mean/std 0.5 for ``orig_in21k``) is deliberately not applied, because the published numbers
+were produced without it.
 """
 
 from __future__ import annotations

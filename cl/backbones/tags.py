@@ -3,7 +3,7 @@
 Random-init tags (``vit-tiny-random``, ``vit-b16-random``) build the architecture with a seeded
 initialisation and need no files; they are for offline tests and smoke runs only.
 
-Pretrained tags (cl-pipeline.md section 5) are ViT-B/16 backbones loaded from a local file:
+Pretrained tags (docs/cl-background.md#backbones) are ViT-B/16 backbones loaded from a local file:
 
 ============  ==========================  ====================================================
 tag           paper name                  accepted checkpoint formats
@@ -173,8 +173,8 @@ BACKBONES: dict[str, BackboneSpec] = {
         note="the DeiT-converted mocov3-vit-base-300ep.pth of the NoRGa README is accepted too",
         convert=convert_mocov3,
     ),
-    # Supervised timm weights of the SMoPE and CODA-Prompt protocols (cl-pipeline.md section 5).
-    # SMoPE models/zoo.py: "sup1k" (its default) loads
+    # Supervised timm weights of the SMoPE and CODA-Prompt protocols
+    # (docs/cl-background.md#backbones). SMoPE models/zoo.py: "sup1k" (its default) loads
     # pretrained/vit_base_patch16_224_augreg2_in21k_ft_in1k.bin, "sup21k" (its CUB script)
     # pretrained/vit_base_patch16_224_augreg_in21k.bin: the HF pytorch_model.bin files.
     "sup1k": BackboneSpec(

@@ -58,7 +58,7 @@ class Benchmark:
         Training images with the training transform (augmentation).
     train_eval:
         The same training images with the *test* transform; used for Gaussian class statistics
-        (spec cl-pipeline.md section 2.4).
+        (docs/cl-background.md#statistics-and-tap).
     test:
         Test images with the test transform.
     task_classes:

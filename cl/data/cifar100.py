@@ -20,7 +20,7 @@ at each instantiation. This reader is the safer one and shares the verified down
 the other datasets (:mod:`cl.data.download`).
 
 Labels are the original fine class ids 0..99; tasks take consecutive chunks of the class order
-(seeded permutation by default, spec cl-pipeline.md section 3.1). 50,000 train / 10,000 test
+(seeded permutation by default, docs/cl-background.md#splits). 50,000 train / 10,000 test
 images, 5,000 / 1,000 per task.
 """
 

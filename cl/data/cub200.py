@@ -14,8 +14,8 @@ A tree already rearranged by the HiDe/NoRGa code (images moved to
 read in place; a tree with the images in neither layout is refused, naming both counts.
 
 The official archive (CaltechDATA, MD5 ``97eceeb196236b17998738112f37df78``) is verified
-before extraction. The loader reads the four text files directly (spec cl-pipeline.md 3.1 and
-9.2 item 11): nothing is moved, no trailing ``/`` is needed on the path, and the label of an image
+before extraction. The loader reads the four text files directly (docs/cl-background.md#splits and
+#cub-loaders): nothing is moved, no trailing ``/`` is needed on the path, and the label of an image
 is its class id minus one. On every use the lists are cross-checked (same image ids everywhere,
 11,788 images, 5,994 train / 5,794 test, each image's folder matching its class, every file
 present).

@@ -2,7 +2,7 @@
 
 Each dataset is one task. The datasets come in the order ``SVHN, MNIST, CIFAR10, NotMNIST,
 FashionMNIST``, shuffled with ``random.seed(seed); random.shuffle(...)`` as in the NoRGa code
-(seed 42 gives ``NotMNIST, MNIST, CIFAR10, FashionMNIST, SVHN``; spec cl-pipeline.md 3.1), and
+(seed 42 gives ``NotMNIST, MNIST, CIFAR10, FashionMNIST, SVHN``; docs/cl-background.md#splits), and
 the labels of the dataset at position ``t`` are offset by ``10 * t`` (50 classes in all). Train
 and test sets are each dataset's own. Grayscale images (MNIST, Fashion-MNIST, notMNIST) are
 converted to 3 channels.
@@ -10,10 +10,10 @@ converted to 3 channels.
 **Transforms.** Every dataset gets its *own* transform objects: CIFAR-10 the CIFAR family
 (CIFAR-100 normalisation, colour jitter), the four others the default family (no
 normalisation). The original code overwrote a shared transform variable when it reached CIFAR-10,
-so every dataset after it silently used the CIFAR transform (spec 9.2 item 12); that cannot
-happen here and a test checks it. The option ``legacy_transform_leak=True``
-(``--set dataset_options.legacy_transform_leak=true``, part of ``--protocol official``)
-reproduces the leak for comparison.
+so every dataset after it silently used the CIFAR transform
+(docs/cl-background.md#five-datasets-transforms); that cannot happen here and a test checks it. The
+option ``legacy_transform_leak=True`` (``--set dataset_options.legacy_transform_leak=true``, part of
+``--protocol official``) reproduces the leak for comparison.
 
 Layout under the data root (torchvision-compatible names, so existing copies are reused)::
 
@@ -205,7 +205,8 @@ SVHN = SvhnSpec(
     # torchvision.datasets.SVHN (and so the official code) reads <root>/{train,test}_32x32.mat
     alt_folders=("",),
 )
-# notMNIST: the URL used by the NoRGa code (spec 3.1); no checksum is published for it.
+# notMNIST: the URL used by the NoRGa code (docs/cl-background.md#splits); no checksum is published
+# for it.
 NOT_MNIST = NotMnistSpec(
     archive=Resource("notMNIST.zip",
                      ("https://github.com/facebookresearch/Adversarial-Continual-Learning/raw/"

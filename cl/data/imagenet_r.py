@@ -11,7 +11,7 @@ checked on every use (200 class folders, 30,000 images).
 
 **The train/test split.** ImageNet-R has no official split. The HiDe-Prompt / NoRGa code draws a
 non-stratified 80/20 split from the torch RNG of whichever seed ran first and *moves the files*
-(spec cl-pipeline.md section 9.2 item 10). Here the split is a pure function of the file names,
+(docs/cl-background.md#imagenet-r-split). Here the split is a pure function of the file names,
 identical for every seed, every run and every user, and nothing on disk is moved or written:
 
     For each class ``wnid``, sort its files by ``sha256("<wnid>/<file name>")`` (hex digest of
@@ -32,7 +32,7 @@ HiDe/NoRGa-family methods) gives the HiDe/NoRGa split instead (:func:`hide_split
 ids are used as the labels.
 
 Class ids are the indices of the sorted wnids (as ``ImageFolder``), and tasks take consecutive
-chunks of the class order (seeded permutation by default, spec section 3.1).
+chunks of the class order (seeded permutation by default, docs/cl-background.md#splits).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("fixed", "hide")
 # HiDe/NoRGa: random_split right after torch.manual_seed(seed) of the first run; the scripts run
-# seed 42 first (spec 3.1), and the files then stay where that run moved them
+# seed 42 first (docs/cl-background.md#splits), and the files then stay where that run moved them
 HIDE_SPLIT_SEED = 42
 HIDE_SPLIT_RULE = (f"HiDe/NoRGa: ImageFolder order (sorted wnids, sorted files), "
                    f"torch.randperm(n) seeded {HIDE_SPLIT_SEED}, first 80% train; a tree already "
@@ -85,9 +85,9 @@ class ImageNetRSpec:
     test_fraction: float = 0.2
 
 
-# URL from the ImageNet-R authors (github.com/hendrycks/imagenet-r, spec section 3.1). The
-# authors publish no checksum; this MD5 is the one several independent public loaders of the same
-# archive agree on (it could not be checked against the file offline).
+# URL from the ImageNet-R authors (github.com/hendrycks/imagenet-r, docs/cl-background.md#splits).
+# The authors publish no checksum; this MD5 is the one several independent public loaders of the
+# same archive agree on (it could not be checked against the file offline).
 IMAGENET_R = ImageNetRSpec(
     archive=Resource("imagenet-r.tar",
                      ("https://people.eecs.berkeley.edu/~hendrycks/imagenet-r.tar",),

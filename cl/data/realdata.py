@@ -2,7 +2,7 @@
 
 * where the data live (:func:`resolve_data_root`),
 * the builders' common options (:class:`RealDataOptions`),
-* the class order and the class-to-task split of spec cl-pipeline.md section 3.1 (re-exported
+* the class order and the class-to-task split of docs/cl-background.md#splits (re-exported
   from :mod:`cl.data.splits`, the one implementation),
 * the ``Benchmark`` of a benchmark with one train/test split (:func:`split_benchmark`),
 * two map-style datasets: images held in memory (:class:`ArrayImageDataset`) and image files

@@ -1,4 +1,4 @@
-"""Class order and class-to-task split shared by every benchmark (cl-pipeline.md section 3.1).
+"""Class order and class-to-task split shared by every benchmark (docs/cl-background.md#splits).
 
 The one implementation used by the offline benchmarks (synthetic, digits) and the real-image
 ones (CIFAR-100, ImageNet-R, CUB-200, 5-Datasets' dataset order), re-exported by
@@ -34,7 +34,7 @@ def class_order(num_classes: int, seed: int, order: ClassOrder = "seeded") -> li
 
 
 def split_into_tasks(order: Sequence[int], num_tasks: int) -> list[list[int]]:
-    """Consecutive chunks of ``ceil(C / num_tasks)`` classes (spec section 3.1).
+    """Consecutive chunks of ``ceil(C / num_tasks)`` classes (docs/cl-background.md#splits).
 
     Every class lands in exactly one task; when ``C`` is not a multiple of ``num_tasks`` the
     last task is smaller (10 classes, 4 tasks: 3, 3, 3, 1). A split that would leave a task

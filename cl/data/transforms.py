@@ -1,4 +1,4 @@
-"""Image transforms of the real benchmarks (spec cl-pipeline.md section 3.2).
+"""Image transforms of the real benchmarks (docs/cl-background.md#transforms).
 
 Two families, as in the HiDe-Prompt / NoRGa code:
 
@@ -11,7 +11,8 @@ Two families, as in the HiDe-Prompt / NoRGa code:
 
 At ``image_size=224`` the test resize is 256, as in the papers; other sizes keep the ratio
 256/224. ``normalization="backbone"`` replaces the paper's choice by the backbone's own mean and
-std (not what the published numbers used, spec 9.2 item 13); ``"none"`` removes it everywhere.
+std (not what the published numbers used, docs/cl-background.md#no-backbone-normalisation);
+``"none"`` removes it everywhere.
 
 The CODA-Prompt / SMoPE code (``dataloaders/utils.py::get_transform``) has its own family, chosen
 with the option ``transforms="coda"`` (``--set dataset_options.transforms=coda``, part of
@@ -27,7 +28,8 @@ to every dataset, CIFAR-100 and CIFAR-10 included: the family ``transforms="port
 DualPrompt).
 
 Every call of :func:`build_transforms` returns new transform objects, so two datasets never share
-one by accident (the 5-Datasets leak of the original code, spec 9.2 item 12).
+one by accident (the 5-Datasets leak of the original code,
+docs/cl-background.md#five-datasets-transforms).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """CODA-Prompt: attention-weighted prompt components, one set added per task.
 
-cl-pipeline.md section 6.2. Per task ``t`` (``pool_per_task`` = 10 components per task):
+docs/cl-background.md#coda-prompt. Per task ``t`` (``pool_per_task`` = 10 components per task):
 
 1. ``begin_task``: components ``[10t, 10t + 10)`` of every layer are re-drawn and Gram-Schmidt
    orthonormalised against all earlier ones (prompts, keys and attention vectors separately).

@@ -1,7 +1,7 @@
 """DualPrompt: a shared G-prompt in the early blocks and task-specific, key-matched E-prompts.
 
-cl-pipeline.md section 6.1. Both are prefixes (prefix tuning in the per-head key/value space,
-through :class:`cl.models.prefix_attention.PrefixAttention` with the linear gate):
+docs/cl-background.md#key-matched-baselines. Both are prefixes (prefix tuning in the per-head
+key/value space, through :class:`cl.models.prefix_attention.PrefixAttention` with the linear gate):
 
 * G-prompt, length 5, blocks 0-1, shared by every task and trained throughout;
 * E-prompts, one per task (pool = number of tasks), length 20, blocks 2-4, each with a
@@ -65,9 +65,9 @@ class DualPrompt(KeyedPromptMethod):
     options_type: ClassVar[type[MethodOptions]] = DualPromptOptions
     options: DualPromptOptions
 
-    # Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
-    # CUB), clip 1.0, pull_coeff 1.0 (0.5 on 5-Datasets). The original votes batch-wise on
-    # 5-Datasets; per-sample selection is our default there too.
+    # Presets (docs/cl-background.md#key-matched-baselines, Sup-21K): lr 0.005 (x batch/256),
+    # constant schedule (step for CUB), clip 1.0, pull_coeff 1.0 (0.5 on 5-Datasets). The original
+    # votes batch-wise on 5-Datasets; per-sample selection is our default there too.
     presets: ClassVar[PresetTable] = {
         "*": dict(lr=0.005, scheduler="constant", clip_grad=1.0,
                   method_options=dict(g_layers=[0, 1], g_length=5, e_layers=[2, 3, 4],

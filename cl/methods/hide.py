@@ -1,6 +1,6 @@
 """HiDe-Prompt: TII model + within-task prompts + Gaussian task-adaptive head alignment.
 
-One class implements the whole two-model pipeline of cl-pipeline.md section 2; NoRGa
+One class implements the whole two-model pipeline of docs/cl-background.md#pipeline; NoRGa
 (:mod:`cl.methods.norga`) only swaps the prefix gate. Per task ``t``:
 
 1. TII model: train the adapter + head on frozen prompt-free features (CE over task ``t``).
@@ -38,7 +38,7 @@ from cl.run.seeding import derive_seed, seeded_global_rng, torch_generator
 from cl.stats.gaussian import GaussianClassStats, StatsMethod, build_class_stats
 
 # What the HiDe and NoRGa scripts of one (dataset, backbone) share where they differ from the
-# Sup-21K script of that dataset (cl-pipeline.md section 2.6, Run 1 and Run 2 tables).
+# Sup-21K script of that dataset (docs/cl-background.md#hyperparameters, Run 1 and Run 2 tables).
 SCRIPT_BACKBONE: dict[tuple[str, str], dict[str, Any]] = {
     # CIFAR-100 with self-supervised weights: 20 epochs (step schedule then a no-op), momentum
     # 0.1, TII with the (no-op) step schedule.
@@ -320,7 +320,8 @@ class HiDePrompt(FrozenViTMethod):
 
     def _align_sgd(self, forward, params: list[nn.Parameter], stats: GaussianClassStats,
                    task: Task, *, lr: float, epochs: int, n_per_class: int, phase: str) -> None:
-        """Gaussian alignment with SGD (momentum 0.9) and an epoch cosine (spec 2.2, 2.4)."""
+        """Gaussian alignment with SGD (momentum 0.9) and an epoch cosine
+        (docs/cl-background.md#tii-model and #statistics-and-tap)."""
         optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=0.0)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
         self._align_on_gaussians(forward, optimizer, scheduler, stats=stats, task=task,

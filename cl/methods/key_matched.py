@@ -1,8 +1,8 @@
 """Shared single-stage pipeline of the key-matched prompt baselines (L2P, DualPrompt, S-Prompt++).
 
-cl-pipeline.md section 6.1, "shared mechanics": the query is the frozen, prompt-free pre-logits
-feature (an extra forward pass in training and at test time); prompts are chosen by cosine
-similarity to learnable keys; the loss is
+docs/cl-background.md#key-matched-baselines, "shared mechanics": the query is the frozen,
+prompt-free pre-logits feature (an extra forward pass in training and at test time); prompts are
+chosen by cosine similarity to learnable keys; the loss is
 
     CE(logits masked to the current task) - pull_coeff * sum_b sum_{selected j} cos(q_b, K_j) / B
 
@@ -147,7 +147,8 @@ class KeyedPromptMethod(FrozenViTMethod):
             self.log(meter.record("train", t, epoch, lr=self.optimizer.param_groups[0]["lr"]))
 
     def end_task(self, task: Task) -> None:
-        """Nothing to consolidate: no statistics and no head alignment (spec 6.1)."""
+        """Nothing to consolidate: no statistics and no head alignment
+        (docs/cl-background.md#key-matched-baselines)."""
 
     # ------------------------------------------------------------------ inference
     def select_from_query(self, query: torch.Tensor) -> torch.Tensor:

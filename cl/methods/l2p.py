@@ -1,9 +1,9 @@
 """L2P (Learning to Prompt): a shared pool of prompt tokens chosen by key matching.
 
-cl-pipeline.md section 6.1. A pool of ``pool_size`` prompts (``length`` tokens each) with one
-learnable key per prompt. For each image, the frozen prompt-free [CLS] feature is the query;
-the ``top_k`` keys with the largest cosine similarity choose the prompts, which are prepended as
-tokens before block 0 (prompt tuning). The [CLS] output (index ``top_k * length``) feeds the
+docs/cl-background.md#key-matched-baselines. A pool of ``pool_size`` prompts (``length`` tokens
+each) with one learnable key per prompt. For each image, the frozen prompt-free [CLS] feature is the
+query; the ``top_k`` keys with the largest cosine similarity choose the prompts, which are prepended
+as tokens before block 0 (prompt tuning). The [CLS] output (index ``top_k * length``) feeds the
 head. Loss: CE over the current task's classes minus ``pull_coeff`` times the mean summed
 cosine similarity between each query and its chosen keys. By default no prompt mask and no
 task identity: prompts are shared by all tasks (MoE_PromptCL's L2P, behind the NoRGa tables).
@@ -91,8 +91,9 @@ class L2P(KeyedPromptMethod):
     options_type = L2POptions
     options: L2POptions
 
-    # Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
-    # CUB), clip 1.0. The original votes batch-wise; per-sample selection is our default.
+    # Presets (docs/cl-background.md#key-matched-baselines, Sup-21K): lr 0.005 (x batch/256),
+    # constant schedule (step for CUB), clip 1.0. The original votes batch-wise; per-sample
+    # selection is our default.
     presets: ClassVar[PresetTable] = {
         "*": dict(lr=0.005, scheduler="constant", clip_grad=1.0,
                   method_options=dict(pool_size=30, length=5, top_k=5, pull_coeff=0.1)),

@@ -21,7 +21,7 @@ def masked_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def contrastive_regulariser(
     features: torch.Tensor, old_means: torch.Tensor, temperature: float = 0.8
 ) -> torch.Tensor:
-    """The WTP contrastive term (``orth_loss`` of the original code, spec section 2.3).
+    """The WTP contrastive term (``orth_loss`` of the original code, docs/cl-background.md#wtp).
 
     ``M = [old means; batch features]``, ``S = M M^T / temperature`` and the loss is the cross
     entropy of every row of ``S`` against its own index: each row must be most similar to

@@ -11,7 +11,7 @@ from cl.models.gating import Activation, Gate
 from cl.presets import SELF_SUPERVISED, PresetTable
 
 # NoRGa's gate activation per (dataset, pretrained weights) where it differs from Sup-21K
-# (cl-pipeline.md 2.6 table "Run 2: WTP + TAP, NoRGa", column sigma; Sup-21K: NoRGa.presets).
+# (docs/cl-background.md#hyperparameters; Sup-21K: NoRGa.presets).
 BACKBONE_GATE_ACT: dict[tuple[str, str], str] = {
     ("cifar100", "ibot21k"): "tanh",
     ("cifar100", "ibot1k"): "tanh",
@@ -44,7 +44,7 @@ class NoRGaOptions(HiDeOptions):
 
 @register_method("norga")
 class NoRGa(HiDePrompt):
-    """NoRGa (cl-pipeline.md section 1.4): only the prefix gate differs from HiDe-Prompt.
+    """NoRGa (docs/cl-background.md#norga-attention): only the prefix gate differs from HiDe-Prompt.
 
     ``alpha`` and ``tau`` (one pair per prompted layer, initialised to 1) are trained with the
     first task's prompt and frozen afterwards unless ``gate_trainable_after_first_task``.

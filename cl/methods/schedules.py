@@ -1,7 +1,8 @@
 """Epoch-level learning-rate schedules with the original code's one-epoch lag.
 
 The original engine calls ``scheduler.step(epoch)`` *after* epoch ``epoch``, so epoch ``e + 1``
-runs at ``f(e)`` and epoch 0 at the base rate (cl-pipeline.md sections 2.1 and 9.1.6).
+runs at ``f(e)`` and epoch 0 at the base rate (docs/cl-background.md#training-conventions and
+#scheduler-lag).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """SMoPE: one shared prompt as a sparse mixture of per-head prompt experts (single pass).
 
-cl-pipeline.md section 7. Per task ``t``:
+docs/cl-background.md#smope. Per task ``t``:
 
 1. ``begin_task`` (``t > 0``): flag the frequently used experts of every (layer, head) from the
    accumulated activation counts and snapshot the expert keys as the "old" prototypes.
@@ -16,7 +16,8 @@ cl-pipeline.md section 7. Per task ``t``:
    classes (AdamW, per-iteration cosine).
 4. Inference: a single prompted pass with top-K experts; logits of the seen classes.
 
-Departures from the original code (cl-pipeline.md 9.4), each with an option to reproduce it:
+Departures from the original code (docs/cl-background.md#smope-pitfalls), each with an option to
+reproduce it:
 
 * Expert counts, flags and old keys are part of :meth:`SMoPE.state_dict` (the original lost them
   on reload, so its final evaluation ran without them).

@@ -1,9 +1,9 @@
 """S-Prompt++ ("S-Prompt" in the NoRGa / HiDe tables): task-specific prefixes, nearest-key task.
 
-cl-pipeline.md section 6.1: DualPrompt without the G-prompt. One E-prompt per task (length 20,
-blocks 0-4) with a learnable key; the task of an image is the one whose key is nearest (largest
-cosine similarity) to the image's frozen, prompt-free [CLS] feature, and that task's prompt is
-used for the image. Training uses the task's own prompt and pulls its key towards the queries
+docs/cl-background.md#key-matched-baselines: DualPrompt without the G-prompt. One E-prompt per task
+(length 20, blocks 0-4) with a learnable key; the task of an image is the one whose key is nearest
+(largest cosine similarity) to the image's frozen, prompt-free [CLS] feature, and that task's prompt
+is used for the image. Training uses the task's own prompt and pulls its key towards the queries
 (``pull_coeff`` 1.0).
 
 Per-sample task choice by default; the original code's batch-majority vote (CIFAR-100 and
@@ -41,9 +41,9 @@ class SPrompt(DualPrompt):
     options_type = SPromptOptions
     options: SPromptOptions
 
-    # Presets (cl-pipeline.md 6.1, Sup-21K): lr 0.005 (x batch/256), constant schedule (step for
-    # CUB), clip 1.0. The original votes batch-wise on CIFAR-100 and 5-Datasets; per-sample
-    # selection is our default everywhere.
+    # Presets (docs/cl-background.md#key-matched-baselines, Sup-21K): lr 0.005 (x batch/256),
+    # constant schedule (step for CUB), clip 1.0. The original votes batch-wise on CIFAR-100 and
+    # 5-Datasets; per-sample selection is our default everywhere.
     presets: ClassVar[PresetTable] = {
         "*": dict(lr=0.005, scheduler="constant", clip_grad=1.0,
                   method_options=dict(g_layers=[], e_layers=[0, 1, 2, 3, 4], e_length=20,

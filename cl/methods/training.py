@@ -142,7 +142,8 @@ class FrozenViTMethod(Method):
         phase: str,
         step_per_iteration: bool,
     ) -> None:
-        """Classifier alignment on Gaussian samples of all seen classes (spec 2.2 step 4, 2.4, 7.5).
+        """Classifier alignment on Gaussian samples of all seen classes
+        (docs/cl-background.md#tii-model, #statistics-and-tap and #smope-recipe).
 
         Per epoch ``n_per_class`` samples of every seen class are drawn from ``stats`` with
         ``self.sample_gen`` and shuffled; as in the original code, #old-classes iterations of

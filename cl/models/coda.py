@@ -2,7 +2,7 @@
 
 Per prompted layer ``l`` there are ``M`` components (``pool_per_task`` new ones per task), each a
 prompt ``P_m`` of ``L`` tokens of size ``C``, a key ``K_m`` and an attention vector ``A_m``
-(cl-pipeline.md section 6.2). With the frozen [CLS] feature ``q`` of the input::
+(docs/cl-background.md#coda-prompt). With the frozen [CLS] feature ``q`` of the input::
 
     alpha_m = cos(q * A_m, K_m)                   # no softmax
     P       = sum_m alpha_m P_m                   # (L, C)

@@ -1,8 +1,8 @@
 """The prefix-logit gate: the one place where the linear / NoRGa score is computed.
 
 HiDe-Prompt uses the prefix-key logits ``s`` as they are (linear gating). NoRGa replaces them by
-``s + alpha * sigma(tau * s)`` (cl-pipeline.md section 1.4). The statistical twin of this formula
-lives in ``moe_theory.gates``; both must give the same numbers.
+``s + alpha * sigma(tau * s)`` (docs/cl-background.md#norga-attention). The statistical twin of this
+formula lives in ``moe_theory.gates``; both must give the same numbers.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Multi-head self-attention with per-sample key/value prefixes (prefix tuning).
 
 For a prompted block the keys and values are extended by a prefix that lives directly in the
-per-head key/value space (cl-pipeline.md sections 1.3-1.4)::
+per-head key/value space (docs/cl-background.md#prefix-attention)::
 
     s_P = q P_K^T * scale ,  s_X = q k^T * scale
     A   = softmax([gate(s_P), s_X])             # one joint softmax over L_p + N columns

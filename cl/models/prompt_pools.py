@@ -1,8 +1,8 @@
 """Key-matched prompt pools: L2P prompt tuning and DualPrompt / S-Prompt++ G/E prefixes.
 
-The baselines of cl-pipeline.md section 6.1 share one mechanism: a learnable key per prompt,
-a query ``q`` that is the frozen, prompt-free pre-logits feature of the ViT, cosine similarity
-between ``q`` and the keys, and top-``k`` selection. What they prompt differs:
+The baselines of docs/cl-background.md#key-matched-baselines share one mechanism: a learnable key
+per prompt, a query ``q`` that is the frozen, prompt-free pre-logits feature of the ViT, cosine
+similarity between ``q`` and the keys, and top-``k`` selection. What they prompt differs:
 
 * :class:`PromptTuningViT` (L2P): the selected prompts are *tokens* prepended to the sequence
   before block 0 (after the position embedding, so the [CLS] token sits at index ``k * L``).
@@ -80,8 +80,8 @@ def majority_vote(ids: torch.Tensor, top_k: int) -> torch.Tensor:
     """The original code's ``batchwise_prompt``: the ``top_k`` ids chosen most often in the batch.
 
     Every sample then uses the same ids. This makes a prediction depend on the other images of
-    the batch (test-time task leakage, cl-pipeline.md section 9.1.2); for comparison only. Ties
-    go to the smaller id.
+    the batch (test-time task leakage, docs/cl-background.md#batchwise-prompt); for comparison only.
+    Ties go to the smaller id.
     """
     values, counts = torch.unique(ids.flatten(), return_counts=True)
     # stable order: by count descending, then by id ascending (unique returns sorted ids)
@@ -178,7 +178,8 @@ HEAD_TYPES = ("token", "prompt")
 
 
 class PromptTuningViT(_KeyedViT):
-    """L2P: a pool of prompt tokens prepended before block 0 (cl-pipeline.md 6.1).
+    """L2P: a pool of prompt tokens prepended before block 0
+    (docs/cl-background.md#key-matched-baselines).
 
     Parameters
     ----------
@@ -259,12 +260,13 @@ class PromptTuningViT(_KeyedViT):
 
 # ---------------------------------------------------------------------------- DualPrompt
 class GEPrefixViT(_KeyedViT):
-    """DualPrompt / S-Prompt++: shared G-prefix and key-selected E-prefixes (spec 6.1).
+    """DualPrompt / S-Prompt++: shared G-prefix and key-selected E-prefixes
+    (docs/cl-background.md#key-matched-baselines).
 
-    Prefix shapes follow cl-pipeline.md 1.2: ``g_prompt`` is ``(len(g_layers), 2, L_g, H, D)``
-    and ``e_prompt`` ``(len(e_layers), 2, pool, L_e, H, D)``; index 0 of the second axis is the
-    key prefix, 1 the value prefix. A block listed in both gets ``[G; E]`` concatenated along
-    the prefix length.
+    Prefix shapes follow docs/cl-background.md#prompt-tensor: ``g_prompt`` is ``(len(g_layers), 2,
+    L_g, H, D)`` and ``e_prompt`` ``(len(e_layers), 2, pool, L_e, H, D)``; index 0 of the second
+    axis is the key prefix, 1 the value prefix. A block listed in both gets ``[G; E]`` concatenated
+    along the prefix length.
 
     Parameters
     ----------
@@ -285,7 +287,8 @@ class GEPrefixViT(_KeyedViT):
         Random source of the prompt, key and head initialisation.
     legacy_kv_reshape:
         Reproduce the original reshape without transpose, which mixes samples and keys/values
-        of the E-prefix across the batch (cl-pipeline.md 9.1.1). For comparison only.
+        of the E-prefix across the batch (docs/cl-background.md#prefix-reshape). For comparison
+        only.
     """
 
     def __init__(

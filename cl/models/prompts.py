@@ -1,6 +1,6 @@
 """The task-specific prefix pool (E-prompt) and the NoRGa gate scalars.
 
-``prompt`` has shape ``(n_layers, 2, pool, L_p, H, D)`` (cl-pipeline.md section 1.2): one
+``prompt`` has shape ``(n_layers, 2, pool, L_p, H, D)`` (docs/cl-background.md#prompt-tensor): one
 key/value prefix per prompted layer and per task. ``act_scale`` holds ``(tau, alpha)`` per
 prompted layer, initialised to one.
 """
@@ -28,7 +28,7 @@ class PrefixPrompt(nn.Module):
         Source of the ``U(-1, 1)`` initialisation.
     legacy_kv_reshape:
         Reproduce the original code's reshape without transpose, which mixes samples and
-        keys/values across the batch (cl-pipeline.md section 9.1). For comparison only.
+        keys/values across the batch (docs/cl-background.md#protocol-bugs). For comparison only.
     """
 
     def __init__(
@@ -72,8 +72,8 @@ class PrefixPrompt(nn.Module):
     def blended(self, task: int, batch_size: int, momentum: float) -> torch.Tensor:
         """Training prefix of ``task`` with prompt momentum, expanded to the batch.
 
-        ``(1 - m) * prompt[t] + m * stopgrad(mean_{i<t} prompt[i])`` (spec section 2.3); the
-        gradient reaches only ``prompt[t]``. ``m`` is ignored for task 0.
+        ``(1 - m) * prompt[t] + m * stopgrad(mean_{i<t} prompt[i])`` (docs/cl-background.md#wtp);
+        the gradient reaches only ``prompt[t]``. ``m`` is ignored for task 0.
         """
         current = self.prompt[:, :, task]
         if task > 0 and momentum > 0:

@@ -1,7 +1,8 @@
 """SMoPE: one shared prefix split into per-head prompt experts, chosen sparsely per sample.
 
 In every prompted block (0-5 by default) each head ``h`` owns ``N_p`` prompt experts, a key
-``p^K_{h,j}`` and a value ``p^V_{h,j}`` in the per-head space (cl-pipeline.md section 7.1).
+``p^K_{h,j}`` and a value ``p^V_{h,j}`` in the per-head space
+(docs/cl-background.md#prompt-experts).
 A sample routes each head to ``K`` of them with the *proxy score* (section 7.2)::
 
     q_bar   = mean_i q_i                          # (B, H, D): one averaged query per head

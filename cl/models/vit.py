@@ -53,7 +53,8 @@ def seeded_trunc_normal_head(head: nn.Linear, generator: torch.Generator | None)
 
 
 def uses_fc_norm(vit: nn.Module) -> bool:
-    """Whether ``vit`` was built with timm's ``fc_norm=True`` (MoCo v3, cl-pipeline.md 1.1).
+    """Whether ``vit`` was built with timm's ``fc_norm=True`` (MoCo v3,
+    docs/cl-background.md#backbone).
 
     Such a backbone has no final norm (``vit.norm`` is an ``Identity``), so its pooled feature is
     the un-normalised CLS token; the models on top of it then apply their own fresh, trainable

@@ -1,6 +1,6 @@
 """The run directory's lifecycle: checks, resume decisions, ``--overwrite`` staging, result files.
 
-Run directory (design.md section 2)::
+Run directory (docs/architecture.md#run-directory)::
 
     config.json          resolved configuration
     env.json             versions, git SHA, device, backbone + weights SHA-256, dataset provenance

@@ -4,7 +4,7 @@ Statistics are accumulated as float64 sums (``count``, ``sum x``, ``sum x x^T``)
 computed on different processes can simply be added (:meth:`GaussianClassStats.all_reduce`).
 Mean and covariance are derived on demand: ``mu = S1 / n`` and the unbiased
 ``Sigma = (S2 - n mu mu^T) / (n - 1) + eps I`` (``torch.cov`` convention plus the 1e-4 jitter of
-cl-pipeline.md section 2.2).
+docs/cl-background.md#tii-model).
 """
 
 from __future__ import annotations

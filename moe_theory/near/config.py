@@ -26,8 +26,7 @@ NEAR_FIT_FIELDS: tuple[str, ...] = ("activation", "expert", "split", "t0", "sche
 # ``full`` reaches n = 1e6 (13 n, 3 per decade) with R = 16 up to 1e5 and R = 8 above, and runs
 # the schedules on n <= 1e5 only: one capped linear fit costs about 42 s of CPU at n = 1e6
 # (2000 evaluations, 21 ms each), so at R = 16 with schedules the preset would need about
-# 70 CPU-minutes; as defined it took 22.5 (measured, README section "Where linear gating is
-# slow").
+# 70 CPU-minutes; as defined it took 22.5 (measured, docs/near.md).
 NEAR_PRESETS: dict[str, dict[str, object]] = {
     "quick": {"n_min": 100, "n_max": 10_000, "num_n": 7, "replicates": 8, "restarts": 1},
     "paper": {"n_min": 100, "n_max": 100_000, "num_n": 9, "replicates": 16, "restarts": 1},

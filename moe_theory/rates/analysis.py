@@ -1,8 +1,9 @@
-"""Analysis of a rate sweep (spec 5.4): typed, frozen records per (setting, gate).
+"""Analysis of a rate sweep (docs/theory-background.md#rate-inference): typed, frozen records per
+(setting, gate).
 
 :func:`analyse_group` fits the ``L_1`` and L2-error rates (:func:`~moe_theory.inference.fit_rate`),
-bootstrap slopes, the rate-model comparison and, for the exact setting, the Fisher check of spec
-section 7; :func:`rate_verdict` words the outcome.
+bootstrap slopes, the rate-model comparison and, for the exact setting, the Fisher check of
+docs/theory-background.md#fisher-check; :func:`rate_verdict` words the outcome.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ class PerNStats:
 
 @dataclass(frozen=True)
 class FisherCheck:
-    """The Fisher check of spec section 7 (exact setting): mean ``L_1`` at the largest n over
-    the prediction ``C / sqrt(n)``, with a 95% t CI over the replicates."""
+    """The Fisher check of docs/theory-background.md#fisher-check (exact setting): mean ``L_1`` at
+    the largest n over the prediction ``C / sqrt(n)``, with a 95% t CI over the replicates."""
 
     criterion: str
     C: float
@@ -208,7 +209,8 @@ def usable_fit(record: FitRecord) -> bool:
 
 
 def analyse_group(config: RateConfig, rows: list[FitRecord]) -> GroupAnalysis:
-    """Rate inference (spec 5.4) of the fits ``rows`` of one (setting, gate) of ``config``.
+    """Rate inference (docs/theory-background.md#rate-inference) of the fits ``rows`` of one
+    (setting, gate) of ``config``.
 
     Fits that are not :func:`usable_fit` are left out of every slope and statistic and counted
     (``n_excluded``); ``n_fits`` and the status counts cover all fits.
@@ -265,7 +267,7 @@ def analyse_group(config: RateConfig, rows: list[FitRecord]) -> GroupAnalysis:
         fisher = FisherCheck(
             criterion="mean L_1 at the largest n / (C/sqrt(n)), 95% t CI over the replicates; "
             f"consistent when the CI overlaps [{FISHER_BAND[0]}, {FISHER_BAND[1]}] "
-            "(spec section 7)",
+            "(docs/theory-background.md#fisher-check)",
             C=pred["C"],
             C_sum=pred["C_sum"],
             lambda_min=pred["lambda_min"],

@@ -37,8 +37,8 @@ FIT_COLUMNS: tuple[str, ...] = (
 TIMING_COLUMNS: tuple[str, ...] = ("setting", "gate", "n", "replicate", "seconds")
 # What every record of fit_task holds; a cached block with other keys is refused.
 RECORD_KEYS: frozenset[str] = frozenset(FIT_COLUMNS) | {"seconds"}
-# The Fisher check of spec section 7: the level is consistent with C/sqrt(n) when the 95% CI of
-# mean L_1 / (C/sqrt(n)) at the largest n overlaps this band.
+# The Fisher check of docs/theory-background.md#fisher-check: the level is consistent with C/sqrt(n)
+# when the 95% CI of mean L_1 / (C/sqrt(n)) at the largest n overlaps this band.
 FISHER_BAND: tuple[float, float] = (0.7, 1.3)
 
 PRESETS: dict[str, dict[str, object]] = {

@@ -71,12 +71,12 @@ def summary_text(
             if e.fisher is not None:
                 f = e.fisher
                 lines.append(
-                    f"{pad} Fisher (spec 7): C={f.C:.2f}; mean L_1({f.n}) = "
+                    f"{pad} Fisher check: C={f.C:.2f}; mean L_1({f.n}) = "
                     f"{f.measured_mean:.4f} vs C/sqrt(n) = {f.predicted:.4f}: ratio "
                     f"{f.ratio:.2f} [{f.ratio_ci[0]:.2f}, {f.ratio_ci[1]:.2f}]"
                 )
                 lines.append(
-                    f"{pad} Fisher, pooled (second criterion, not the spec's): mean "
+                    f"{pad} Fisher, pooled (second criterion, beside the Fisher check): mean "
                     f"over the n used of mean L_1 * sqrt(n) / C = {f.ratio_pooled:.2f}"
                 )
             counts = dict(e.status_counts)
@@ -96,7 +96,8 @@ def summary_text(
     notes.append(
         "The log rate of linear gating is a worst-case (minimax) bound, not a prediction for "
         "a fixed truth; with affine experts an over-specified cell is not identifiable under "
-        "either gate (spec 3.4), so E2 differences are heuristic. Fisher check (spec 7): "
+        "either gate (docs/theory-background.md#identifiability), so E2 differences are heuristic. "
+        "Fisher check (docs/theory-background.md#fisher-check): "
         "mean L_1 at the largest n over C/sqrt(n), with a 95% t CI over the replicates; "
         f"consistent when the CI overlaps [{FISHER_BAND[0]}, {FISHER_BAND[1]}]."
     )

@@ -1,4 +1,5 @@
-"""The rate sweep: fits over n x replicates, and :class:`RateResult` (spec section 5).
+"""The rate sweep: fits over n x replicates, and :class:`RateResult`
+(docs/theory-background.md#simulation-design).
 
 This module runs the sweep; the configuration lives in :mod:`moe_theory.rates.config`, the
 analysis in :mod:`moe_theory.rates.analysis` and the report in :mod:`moe_theory.rates.report`.
@@ -248,7 +249,8 @@ def mechanism_report(config: RateConfig) -> dict[str, object]:
 
 @dataclass
 class RateResult:
-    """Records of a sweep plus its E4 report, with the rate inference of spec 5.4.
+    """Records of a sweep plus its E4 report, with the rate inference of
+    docs/theory-background.md#rate-inference.
 
     Attributes
     ----------
