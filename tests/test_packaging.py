@@ -26,8 +26,9 @@ COMMANDS = ("norga-rates", "norga-cl", "norga-figures")
 HALVES = {"moe_theory": "theory", "cl": "cl", "figures": "figures", "norga": None,
           "tests": "dev", "benchmarks": "dev", "experiments": None}
 #: Extras a package may import when they are there: dask behind ``--backend dask``; joblib's
-#: workers stopped by norga.signals on Ctrl-C (only the theory half starts them).
-OPTIONAL = {"moe_theory": ("dask",), "norga": ("theory",)}
+#: workers stopped by norga.signals on Ctrl-C (only the theory half starts them); wandb behind
+#: ``norga-cl --wandb``.
+OPTIONAL = {"moe_theory": ("dask",), "norga": ("theory",), "cl": ("wandb",)}
 
 
 def _requirement_name(req: str) -> str:
