@@ -42,6 +42,7 @@ from moe_theory.rates.sweep import (
     run_rates,
 )
 from moe_theory.settings import FIT_SETTINGS, SETTINGS
+from moe_theory.varpro import SOLVERS
 from norga.cli import (
     PARALLEL_PER_CORE,
     OneLineParser,
@@ -207,6 +208,12 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "--max-iter", type=positive_int, default=None,
         help="cap on Jacobian evaluations per fit (default 400; 2000 for near)",
     )
+    p.add_argument(
+        "--solver", choices=SOLVERS, default="lm",
+        help="fitter: lm (Levenberg-Marquardt on every parameter), varpro (variable projection: "
+        "affine experts solved exactly, LM on the gates) or auto (varpro for affine experts, "
+        "lm for tanh)",
+    )
     p.add_argument("--seed", type=nonnegative_int, default=1, help="the one seed of every draw")
     p.add_argument(
         "--jobs",
@@ -297,6 +304,9 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         )
     if args.expert == "affine" and "over-tanh" in settings:
         parser.error("argument --expert: 'affine' contradicts --setting over-tanh (tanh experts)")
+    if args.solver == "varpro" and ("over-tanh" in settings or args.expert == "tanh"):
+        parser.error("argument --solver: 'varpro' needs affine experts; the tanh experts of "
+                     "over-tanh / --expert tanh need 'lm' or 'auto'")
     return RateConfig(
         settings=settings,
         gates=gates,
@@ -310,6 +320,7 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         max_iter=args.max_iter or 400,
         noise_sd=args.noise_sd or 0.1,
         preset=args.preset,
+        solver=args.solver,
     )
 
 

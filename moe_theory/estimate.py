@@ -51,6 +51,7 @@ LAMBDA_STALL = 1e16
 FIT_STATUSES: tuple[str, ...] = ("converged", "capped", "stalled")
 
 Backend = Literal["auto", "numba", "numpy"]
+Solver = Literal["auto", "lm", "varpro"]
 BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
 
 
@@ -310,6 +311,7 @@ def fit_batched(
     chunk: int = SAMPLE_CHUNK,
     backend: Backend = "auto",
     threads: int = 1,
+    solver: Solver = "lm",
 ) -> FitResult:
     """Levenberg-Marquardt least squares for R independent data sets at once.
 
@@ -347,6 +349,10 @@ def fit_batched(
         a serial kernel; more start numba's thread pool, which pays off only on idle cores
         (every evaluation is a fork-join) and, with numba's "omp" threading layer, must not
         be followed by forking worker processes.
+    solver:
+        ``"lm"`` (Levenberg-Marquardt on every parameter), ``"varpro"`` (variable projection:
+        the affine experts solved exactly, LM on the gate parameters only;
+        :mod:`moe_theory.varpro`) or ``"auto"`` (varpro for affine experts, lm for tanh).
 
     Returns
     -------
@@ -363,8 +369,8 @@ def fit_batched(
     """
     theta0 = np.asarray(theta0, dtype=float)
     problem = _make_problem(X, Y, theta0.shape, structure, chunk, backend, threads)
-    return _levenberg_marquardt(problem, theta0, bound=bound, max_iter=max_iter, ftol=ftol,
-                                xtol=xtol, gtol=gtol)
+    return _solver_function(solver, structure)(problem, theta0, bound=bound, max_iter=max_iter,
+                                               ftol=ftol, xtol=xtol, gtol=gtol)
 
 
 def _make_problem(
@@ -597,6 +603,8 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
         ``"auto"``, ``"numba"`` or ``"numpy"``: how :func:`fit_batched` evaluates the model.
     threads:
         Threads over replicates of the numba backend.
+    solver:
+        ``"lm"``, ``"varpro"`` or ``"auto"`` (see :func:`fit_batched`).
 
     Attributes
     ----------
@@ -630,6 +638,7 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
         random_state: int | np.random.SeedSequence | np.random.Generator | None = None,
         backend: Backend = "auto",
         threads: int = 1,
+        solver: Solver = "lm",
     ) -> None:
         self.gate = gate
         self.activation = activation
@@ -648,6 +657,7 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.backend = backend
         self.threads = threads
+        self.solver = solver
 
     def _structure(self, dim: int) -> PrefixMoE:
         pretrained = self.pretrained
@@ -716,7 +726,8 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
         R, P = X.shape[0], structure.theta.shape[-1]
         starts = self._starts(R, P)
         best = fit_restarts(X, y, starts, structure, bound=self.bound, max_iter=self.max_iter,
-                            tol=self.tol, backend=self.backend, threads=self.threads)
+                            tol=self.tol, backend=self.backend, threads=self.threads,
+                            solver=self.solver)
         if not best.converged.all():
             stalled = int(best.stalled.sum())
             warnings.warn(
@@ -794,21 +805,33 @@ def fit_restarts(
     tol: float = 1e-12,
     backend: Backend = "auto",
     threads: int = 1,
+    solver: Solver = "lm",
 ) -> FitResult:
     """:func:`fit_batched` from every start in ``starts`` ``(R, n_init, P)``; per replicate the
     fit with the lowest RSS is kept (ties keep the earlier start). ``tol`` is used as ``ftol``,
-    ``xtol`` and ``gtol``; ``backend`` and ``threads`` are passed on. The data (and their
-    pretrained terms) are prepared once for all starts."""
+    ``xtol`` and ``gtol``; ``backend``, ``threads`` and ``solver`` are passed on. The data (and
+    their pretrained terms) are prepared once for all starts."""
     starts = np.asarray(starts, dtype=float)
     problem = _make_problem(X, Y, starts.shape[::2], structure, SAMPLE_CHUNK, backend, threads)
+    run = _solver_function(solver, structure)
     best: FitResult | None = None
     for k in range(starts.shape[1]):
-        res = _levenberg_marquardt(problem, starts[:, k], bound=bound, max_iter=max_iter,
-                                   ftol=tol, xtol=tol, gtol=tol)
+        res = run(problem, starts[:, k], bound=bound, max_iter=max_iter, ftol=tol, xtol=tol,
+                  gtol=tol)
         best = res if best is None else _keep_better(best, res)
     if best is None:
         raise ValueError("starts must hold at least one starting point per replicate")
     return best
+
+
+def _solver_function(solver: str, structure: PrefixMoE):
+    """The iteration of ``solver`` (:func:`moe_theory.varpro.resolve_solver`) for
+    ``structure``: the full LM or variable projection."""
+    from moe_theory import varpro
+
+    if varpro.resolve_solver(solver, structure) == "varpro":
+        return varpro.variable_projection
+    return _levenberg_marquardt
 
 
 def _keep_better(a: FitResult, b: FitResult) -> FitResult:

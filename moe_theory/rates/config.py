@@ -10,6 +10,7 @@ import numpy as np
 from moe_theory.gates import ACTIVATIONS, GATES
 from moe_theory.model import EXPERTS, PrefixMoE
 from moe_theory.settings import FIT_SETTINGS, SETTINGS, get_setting
+from moe_theory.varpro import SOLVERS
 from norga.choices import check_choice
 
 FIT_COLUMNS: tuple[str, ...] = (
@@ -112,6 +113,10 @@ class RateConfig:
         Fitter cap and tolerance, noise sd, near-truth start noise, exponent of ``L_{1,r}``.
     block:
         Replicates per task (load balancing only; results do not depend on it).
+    solver:
+        The fitter: ``lm`` (Levenberg-Marquardt on every parameter), ``varpro`` (variable
+        projection, affine experts only) or ``auto`` (varpro for affine experts, lm for tanh);
+        see :mod:`moe_theory.varpro`.
     """
 
     settings: tuple[str, ...] = ("exact", "mechanism")
@@ -130,12 +135,19 @@ class RateConfig:
     r: float = 2.0
     block: int = 6
     preset: str | None = None
+    solver: str = "lm"
 
     def __post_init__(self) -> None:
         for s in self.settings:
             check_choice("setting", s, SETTINGS)
         for g in self.gates:
             check_choice("gate", g, GATES)
+        check_choice("solver", self.solver, SOLVERS)
+        if self.solver == "varpro" and (
+            "over-tanh" in self.settings or self.expert == "tanh"
+        ):
+            raise ValueError("solver 'varpro' needs affine experts; tanh experts (over-tanh, "
+                             "--expert tanh) need 'lm' or 'auto'")
         check_choice("activation", self.activation, ACTIVATIONS)
         if self.expert is not None:
             check_choice("expert", self.expert, EXPERTS)

@@ -196,7 +196,7 @@ def fit_task(
             ]
         )  # (R, restarts, P)
         best = fit_restarts(X, Y, starts, structure, bound=bound, max_iter=config.max_iter,
-                            tol=config.tol)
+                            tol=config.tol, solver=config.solver)
         del X, Y
         losses = voronoi_loss(best.theta, truth.theta, truth.dim, r=config.r)
         l2 = l2_error(structure.with_theta(best.theta), truth)
