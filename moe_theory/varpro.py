@@ -96,7 +96,10 @@ def psd_pinv(H: np.ndarray, free: np.ndarray | None = None, rcond: float = RCOND
     keep = vals > rcond * np.maximum(top, 0.0)
     keep &= top > 0
     inv = np.where(keep, 1.0 / np.where(keep, vals, 1.0), 0.0)
-    return np.matmul(vecs * inv[:, None, :], np.swapaxes(vecs, 1, 2))
+    out = np.matmul(vecs * inv[:, None, :], np.swapaxes(vecs, 1, 2))
+    if free is not None:  # exact zeros for the held coordinates
+        out *= free[:, :, None] * free[:, None, :]
+    return out
 
 
 def _quadratic(rss_c: np.ndarray, s: np.ndarray, H: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -171,7 +174,7 @@ def _face_solve(H: np.ndarray, rhs: np.ndarray, pattern: np.ndarray, bound: floa
     fixed = np.where(pattern == 1, -bound, np.where(pattern == 2, bound, 0.0))
     inv = psd_pinv(H, free, rcond)
     r = (rhs - np.matmul(H, fixed[..., None])[..., 0]) * free
-    return np.matmul(inv, r[..., None])[..., 0] + fixed, free, inv
+    return np.where(free, np.matmul(inv, r[..., None])[..., 0], fixed), free, inv
 
 
 def _kkt(H: np.ndarray, rhs: np.ndarray, c: np.ndarray, pattern: np.ndarray, bound: float
@@ -230,7 +233,7 @@ def box_solve(H: np.ndarray, rhs: np.ndarray, bound: float, rcond: float = RCOND
     frees = np.broadcast_to(free, (k, n_pat, M)).reshape(-1, M)
     inv = psd_pinv(Hs, frees, rcond).reshape(k, n_pat, M, M)
     r = (rhs[:, None, :] - np.einsum("pj,kij->kpi", fixed, H)) * free  # (k, n_pat, M)
-    cand = np.matmul(inv, r[..., None])[..., 0] + fixed
+    cand = np.where(free, np.matmul(inv, r[..., None])[..., 0], fixed)
     ok = np.all(np.abs(cand) <= bound * (1 + 1e-12), axis=2)
     obj = np.einsum("kpi,kij,kpj->kp", cand, H, cand) - 2.0 * np.einsum("kpi,ki->kp", cand, rhs)
     obj = np.where(ok, obj, np.inf)
