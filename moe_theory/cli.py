@@ -211,8 +211,8 @@ def build_parser(prog: str = PROG) -> OneLineParser:
     p.add_argument(
         "--solver", choices=SOLVERS, default="lm",
         help="fitter: lm (Levenberg-Marquardt on every parameter), varpro (variable projection: "
-        "affine experts solved exactly, LM on the gates) or auto (varpro for affine experts, "
-        "lm for tanh)",
+        "affine experts solved exactly, LM on the gates) or auto (varpro for two or more "
+        "affine atoms, lm for one atom and for tanh experts)",
     )
     p.add_argument("--seed", type=nonnegative_int, default=1, help="the one seed of every draw")
     p.add_argument(

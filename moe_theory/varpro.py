@@ -33,7 +33,8 @@ Levenberg-Marquardt over ``gamma`` only:
   LM, on ``F`` and on the gate parameters. The returned RSS is recomputed directly at the
   returned point ``(gamma, c*(gamma))``.
 
-Tanh experts are not linear in ``(a, b)``; they keep the full LM (:func:`resolve_solver`).
+Tanh experts are not linear in ``(a, b)``; they keep the full LM, and ``solver="auto"`` also
+keeps it for a single affine atom (:func:`resolve_solver`).
 """
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ SOLVERS: tuple[str, ...] = ("auto", "lm", "varpro")
 def resolve_solver(solver: str, structure: PrefixMoE) -> str:
     """The solver used for ``solver`` and ``structure``: ``"lm"`` or ``"varpro"``.
 
-    ``"auto"`` gives variable projection for affine experts and the full LM for tanh experts;
-    ``"varpro"`` for tanh experts is refused (the model is not linear in their parameters).
+    ``"auto"`` gives variable projection for affine experts with two or more fitted atoms
+    (where the linear part can be rank-deficient and the full LM drifts along the flat
+    manifold to its iteration cap) and the full LM otherwise: for tanh experts, which are not
+    linear in their parameters, and for one affine atom, where the full LM converges in a
+    handful of evaluations and is the faster of the two (``benchmarks/solver.py``).
+    ``"varpro"`` for tanh experts is refused.
     """
     check_choice("solver", solver, SOLVERS)
     if solver == "lm":
@@ -69,6 +74,8 @@ def resolve_solver(solver: str, structure: PrefixMoE) -> str:
                 f"solver='varpro' needs affine experts (the fit is linear in them); got "
                 f"{structure.expert!r} experts: use solver='lm' or 'auto'"
             )
+        return "lm"
+    if solver == "auto" and structure.n_prompts < 2:
         return "lm"
     return "varpro"
 

@@ -239,8 +239,12 @@ def test_box_solve_first_guess_and_full_search_agree():
 def test_solver_choice():
     affine = default_truth(Gate("norga"))
     tanh = default_truth(Gate("norga"), "tanh")
-    assert resolve_solver("auto", affine) == "varpro"
+    two = affine.with_theta(np.zeros(8))
+    assert resolve_solver("auto", two) == "varpro"
+    assert resolve_solver("auto", affine) == "lm"  # one atom: the full LM is faster
+    assert resolve_solver("varpro", affine) == "varpro"
     assert resolve_solver("auto", tanh) == "lm"
+    assert resolve_solver("auto", tanh.with_theta(np.zeros(8))) == "lm"
     assert resolve_solver("lm", affine) == "lm"
     with pytest.raises(ValueError, match="affine experts"):
         resolve_solver("varpro", tanh)

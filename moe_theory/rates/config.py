@@ -115,8 +115,8 @@ class RateConfig:
         Replicates per task (load balancing only; results do not depend on it).
     solver:
         The fitter: ``lm`` (Levenberg-Marquardt on every parameter), ``varpro`` (variable
-        projection, affine experts only) or ``auto`` (varpro for affine experts, lm for tanh);
-        see :mod:`moe_theory.varpro`.
+        projection, affine experts only) or ``auto`` (varpro for two or more affine atoms, i.e.
+        E2; lm for E1's single atom and E3's tanh experts); see :mod:`moe_theory.varpro`.
     """
 
     settings: tuple[str, ...] = ("exact", "mechanism")
