@@ -28,7 +28,7 @@ SUBDIR = f"fits-v{FORMAT}"
 # RateConfig fields that change what a fit block computes (the rest only select blocks or
 # analyse them).
 FIT_FIELDS: tuple[str, ...] = ("activation", "expert", "seed", "restarts", "max_iter", "tol",
-                               "noise_sd", "init_scale", "r", "solver")
+                               "noise_sd", "init_scale", "r", "solver", "global_starts")
 
 
 def _canonical(data: Any) -> str:

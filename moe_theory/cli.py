@@ -214,6 +214,11 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "affine experts solved exactly, LM on the gates) or auto (varpro for two or more "
         "affine atoms, lm for one atom and for tanh experts)",
     )
+    p.add_argument(
+        "--global-starts", type=nonnegative_int, default=0,
+        help="global mode: this many starts spread over the gate-parameter box per fit "
+        "instead of near-truth starts, lowest RSS kept (default 0: near-truth starts)",
+    )
     p.add_argument("--seed", type=nonnegative_int, default=1, help="the one seed of every draw")
     p.add_argument(
         "--jobs",
@@ -321,6 +326,7 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         noise_sd=args.noise_sd or 0.1,
         preset=args.preset,
         solver=args.solver,
+        global_starts=args.global_starts,
     )
 
 

@@ -53,6 +53,8 @@ RCOND = 1e-12
 MAX_BOX_PARAMS = 8
 
 SOLVERS: tuple[str, ...] = ("auto", "lm", "varpro")
+# Seed stream of the global-mode starts (data: 0, near-truth starts: 1; moe_theory.simulate).
+GLOBAL_STREAM = 2
 
 
 def resolve_solver(solver: str, structure: PrefixMoE) -> str:
@@ -428,3 +430,39 @@ def variable_projection(
     )
     return FitResult(theta=theta, rss=rss, n_iter=n_iter, converged=converged, at_bound=at_bound,
                      stalled=stalled)
+
+
+def global_starts(
+    n_prompts: int, dim: int, n_starts: int, rng: np.random.Generator, box: float
+) -> np.ndarray:
+    """Starts spread over the gate-parameter box, not near any truth.
+
+    The gate coordinates ``(beta_0, beta_1)`` of every atom fill ``[-box, box]`` by a Latin
+    hypercube (each coordinate's range cut into ``n_starts`` equal strata, one start per
+    stratum, strata paired at random, a uniform point inside each); the expert coordinates
+    are 0. With variable projection the expert part of a start plays no role beyond where the
+    first Gram matrix is evaluated: the first linear solve replaces it.
+
+    Parameters
+    ----------
+    n_prompts, dim:
+        Fitted atoms L' and input dimension d.
+    n_starts:
+        Number of starts.
+    rng:
+        The generator every draw comes from.
+    box:
+        Half-width of the gate box (the fit's bound).
+
+    Returns
+    -------
+    ndarray ``(n_starts, L'(2+2d))``.
+    """
+    if n_starts < 1 or box <= 0:
+        raise ValueError(f"need n_starts >= 1 and box > 0; got {n_starts}, {box}")
+    gi, li = parameter_split(n_prompts, dim)
+    strata = np.stack([rng.permutation(n_starts) for _ in gi], axis=1)  # (n_starts, G)
+    unit = (strata + rng.uniform(size=strata.shape)) / n_starts
+    starts = np.zeros((n_starts, gi.size + li.size))
+    starts[:, gi] = box * (2.0 * unit - 1.0)
+    return starts

@@ -30,6 +30,7 @@ from moe_theory.settings import default_truth
 from moe_theory.simulate import simulate
 from moe_theory.varpro import (
     box_solve,
+    global_starts,
     linear_solve,
     parameter_split,
     reduced_normal_equations,
@@ -294,3 +295,43 @@ def test_varpro_result_holds_the_linear_optimum_of_its_gates():
     lm = _levenberg_marquardt(problem, starts, bound=5.0, max_iter=400, ftol=1e-12,
                               xtol=1e-12, gtol=1e-12)
     assert np.all(res.rss <= lm.rss * (1 + 1e-9))
+
+
+# ---------------------------------------------------------------------------------------------
+# global mode
+
+
+def test_global_starts_fill_the_gate_box_by_a_latin_hypercube():
+    starts = global_starts(2, 1, 10, np.random.default_rng(0), 5.0)
+    gi, li = parameter_split(2, 1)
+    assert starts.shape == (10, 8) and np.all(starts[:, li] == 0.0)
+    strata = np.floor((starts[:, gi] + 5.0) / 10.0 * 10).astype(int)
+    for k in range(gi.size):  # one start per stratum of every gate coordinate
+        assert sorted(strata[:, k]) == list(range(10))
+    again = global_starts(2, 1, 10, np.random.default_rng(0), 5.0)
+    assert np.array_equal(starts, again)
+    with pytest.raises(ValueError, match="n_starts"):
+        global_starts(2, 1, 0, np.random.default_rng(0), 5.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gate", ["norga", "linear"])
+def test_global_mode_finds_a_planted_optimum_that_a_near_truth_start_misses(gate):
+    """Data of the E1 truth (beta_1 = 2); the oracle is handed a decoy truth whose gate
+    points the other way (beta_1 = -4). Fits from starts near the decoy stop in a local
+    optimum with a far larger RSS; 16 global starts find the planted optimum: an RSS no
+    larger than that of a fit started at the truth itself, and parameters near the truth."""
+    truth = default_truth(Gate(gate))
+    X, Y = simulate(truth, 2000, [0, 1], seed=3, setting="test", noise_sd=0.1)
+    decoy = truth.with_theta(np.array([0.0, -4.0, -2.0, 1.0]))
+    rng = np.random.default_rng(5)
+    near_decoy = np.stack([near_truth_starts(decoy, 1, 1, rng, bound=5.0) for _ in range(2)])
+    kw = {"bound": 5.0, "solver": "varpro"}
+    missed = fit_restarts(X, Y, near_decoy, truth, **kw)
+    glob = np.stack([global_starts(1, 1, 16, rng, 5.0) for _ in range(2)])
+    found = fit_restarts(X, Y, glob, truth, **kw)
+    at_truth = fit_restarts(X, Y, np.broadcast_to(truth.theta, (2, 1, 4)), truth, **kw)
+    assert np.all(missed.rss > 2.0 * found.rss)
+    assert np.all(found.rss <= at_truth.rss * (1 + 1e-9))
+    assert np.all(voronoi_loss(found.theta, truth.theta, 1).total < 1.5)
+    assert np.all(voronoi_loss(missed.theta, truth.theta, 1).total > 2.0)

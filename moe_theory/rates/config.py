@@ -113,6 +113,10 @@ class RateConfig:
         Fitter cap and tolerance, noise sd, near-truth start noise, exponent of ``L_{1,r}``.
     block:
         Replicates per task (load balancing only; results do not depend on it).
+    global_starts:
+        0: near-truth starts (``restarts`` per fit). ``k > 0``: global mode, ``k`` starts
+        spread over the gate-parameter box ``[-5, 5]`` per fit instead
+        (:func:`moe_theory.varpro.global_starts`), the lowest RSS kept.
     solver:
         The fitter: ``lm`` (Levenberg-Marquardt on every parameter), ``varpro`` (variable
         projection, affine experts only) or ``auto`` (varpro for two or more affine atoms, i.e.
@@ -136,6 +140,7 @@ class RateConfig:
     block: int = 6
     preset: str | None = None
     solver: str = "lm"
+    global_starts: int = 0
 
     def __post_init__(self) -> None:
         for s in self.settings:
@@ -143,6 +148,8 @@ class RateConfig:
         for g in self.gates:
             check_choice("gate", g, GATES)
         check_choice("solver", self.solver, SOLVERS)
+        if self.global_starts < 0:
+            raise ValueError(f"global_starts must be >= 0; got {self.global_starts}")
         if self.solver == "varpro" and (
             "over-tanh" in self.settings or self.expert == "tanh"
         ):
