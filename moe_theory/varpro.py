@@ -33,7 +33,9 @@ Levenberg-Marquardt over ``gamma`` only:
   next step (the trial's, taken at the predicted linear part, give inexact gradients, and fits
   then stop short of stationarity: measured on E2 at n = 100). Acceptance, the damping update
   and the ``ftol``/``xtol``/``gtol`` tests are those of the full LM, on ``F`` and on the gate
-  parameters; ``max_iter`` caps the passes. The returned RSS is recomputed directly at the
+  parameters; ``max_iter`` caps the evaluations of Kaufman's normal equations (one per
+  accepted gate point, as the full LM counts its Jacobian evaluations; each costs two passes
+  over the data, and a rejected trial one more). The returned RSS is recomputed directly at the
   returned point ``(gamma, c*(gamma))``.
 
 Tanh experts are not linear in ``(a, b)``; they keep the full LM, and ``solver="auto"`` also
@@ -299,9 +301,9 @@ def variable_projection(
         ``(R, P)`` starts; only their gate parameters matter up to the first linear solve (the
         linear part is where the first Gram matrix is evaluated).
     bound, max_iter, ftol, xtol, gtol:
-        As for :func:`moe_theory.estimate.fit_batched`; ``max_iter`` caps the evaluations (each
-        one pass over the data with the normal equations), the tests apply to the profile RSS
-        and the gate parameters.
+        As for :func:`moe_theory.estimate.fit_batched`; ``max_iter`` caps the evaluations of
+        the reduced normal equations (accepted gate points), the tests apply to the profile
+        RSS and the gate parameters.
 
     Returns
     -------
@@ -339,14 +341,15 @@ def variable_projection(
         point = np.empty((rows.size, P))
         point[:, gi], point[:, li] = gamma, c
         rss_c, jtj, jtr = problem.evaluate(point, rows, jacobian=True)
-        n_iter[rows] += 1
         cs, Fs, free, inv = linear_solve(jtj[:, li][:, :, li], jtr[:, li], rss_c, c, bound,
                                          rcond)
         return cs, Fs, free, inv, jtj, jtr
 
     def store(rows: np.ndarray, c: np.ndarray, jtj: np.ndarray, jtr: np.ndarray,
               free: np.ndarray, inv: np.ndarray) -> None:
-        """Reduced normal equations at accepted points, and the gradient test there."""
+        """Reduced normal equations at accepted points (counted, like the full LM's
+        Jacobian evaluations), and the gradient test there."""
+        n_iter[rows] += 1
         A[rows], b[rows] = reduced_normal_equations(jtj, jtr, gi, li, free, inv)
         Hinv[rows] = inv
         s_lin[rows] = jtr[:, li] * free
@@ -418,7 +421,7 @@ def variable_projection(
         stuck = ~done & (dead | (x_small & blown))
         converged[rows[done]] = True
         stalled[rows[stuck]] = True
-        capped = ~done & ~stuck & (n_iter[rows] >= max_iter)
+        capped = ~done & ~stuck & (n_iter[rows] >= max_iter) & (accept | blown)
         stop = done | stuck | capped
         active[rows[stop]] = False
         moved = accept & ~stop

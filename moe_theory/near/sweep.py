@@ -41,6 +41,7 @@ from moe_theory.near import mechanism as near
 from moe_theory.rates.sweep import _run_on_dask, fit_outcome, l2_error
 from moe_theory.settings import THETA_BOUND
 from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate
+from moe_theory.varpro import GLOBAL_STREAM, SOLVERS, global_starts
 from moe_theory.voronoi import voronoi_loss
 from norga.choices import check_choice
 
@@ -58,7 +59,8 @@ NEAR_FIT_COLUMNS: tuple[str, ...] = (
 # NearConfig fields a fit block depends on (the rest select blocks or analyse them); with the
 # block's kind, value, t, gate, n and replicates they key its cache entry.
 NEAR_FIT_FIELDS: tuple[str, ...] = ("activation", "expert", "split", "t0", "schedule_n0", "seed",
-                                    "restarts", "max_iter", "tol", "init_scale", "noise_sd")
+                                    "restarts", "max_iter", "tol", "init_scale", "noise_sd",
+                                    "solver", "global_starts")
 # A cached row also holds its block's wall seconds (for near_timing.csv).
 _CACHE_COLUMNS = (*NEAR_FIT_COLUMNS, "seconds")
 
@@ -109,6 +111,9 @@ class NearConfig:
         ``replicates`` at every n.
     schedule_n_max:
         Largest n of the schedules (None: every ``n >= schedule_n0`` of the grid).
+    solver, global_starts:
+        The fitter (``lm``, ``varpro``, ``auto``: :mod:`moe_theory.varpro`) and the global
+        mode (``k > 0``: ``k`` starts spread over the gate box instead of near-truth starts).
     """
 
     gates: tuple[str, ...] = ("norga", "linear")
@@ -134,10 +139,17 @@ class NearConfig:
     reduced_above: int | None = None
     reduced_replicates: int | None = None
     schedule_n_max: int | None = None
+    solver: str = "lm"
+    global_starts: int = 0
 
     def __post_init__(self) -> None:
         for g in self.gates:
             check_choice("gate", g, GATES)
+        check_choice("solver", self.solver, SOLVERS)
+        if self.solver == "varpro" and self.expert != "affine":
+            raise ValueError("solver 'varpro' needs affine experts; use 'lm' or 'auto'")
+        if self.global_starts < 0:
+            raise ValueError(f"global_starts must be >= 0; got {self.global_starts}")
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("expert", self.expert, EXPERTS)
         check_choice("split", self.split, near.SPLITS)
@@ -241,16 +253,24 @@ def near_fit_task(
     with threadpool_limits(limits=1):
         X, Y = simulate(truth, n, list(replicates), seed=config.seed, setting=stream,
                         noise_sd=config.noise_sd)
-        starts = np.stack([
-            near_truth_starts(
-                truth, 2, config.restarts,
-                np.random.default_rng(replicate_seed(config.seed, stream, n, rep, INIT_STREAM)),
-                config.init_scale, THETA_BOUND,
-            )
-            for rep in replicates
-        ])
+        if config.global_starts:
+            starts = np.stack([
+                global_starts(2, truth.dim, config.global_starts, np.random.default_rng(
+                    replicate_seed(config.seed, stream, n, rep, GLOBAL_STREAM)), THETA_BOUND)
+                for rep in replicates
+            ])
+        else:
+            starts = np.stack([
+                near_truth_starts(
+                    truth, 2, config.restarts,
+                    np.random.default_rng(replicate_seed(config.seed, stream, n, rep,
+                                                         INIT_STREAM)),
+                    config.init_scale, THETA_BOUND,
+                )
+                for rep in replicates
+            ])
         best = fit_restarts(X, Y, starts, structure, bound=THETA_BOUND,
-                            max_iter=config.max_iter, tol=config.tol)
+                            max_iter=config.max_iter, tol=config.tol, solver=config.solver)
         grad = _scaled_gradient(X, Y, best.theta, structure)
         del X, Y
         losses = voronoi_loss(best.theta, truth.theta, truth.dim)
