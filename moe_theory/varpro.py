@@ -56,6 +56,8 @@ from norga.choices import check_choice
 RCOND = 1e-12
 # Largest number of linear parameters for the exact box-constrained solve (3^M faces).
 MAX_BOX_PARAMS = 8
+# Active-set rounds of the box solve before it falls back to trying every face.
+_ACTIVE_SET_ROUNDS = 6
 
 SOLVERS: tuple[str, ...] = ("auto", "lm", "varpro")
 # Seed stream of the global-mode starts (data: 0, near-truth starts: 1; moe_theory.simulate).
@@ -211,8 +213,10 @@ def box_solve(H: np.ndarray, rhs: np.ndarray, bound: float, rcond: float = RCOND
     """``argmin_{|c_i| <= bound} c^T H c - 2 rhs^T c`` for ``k`` replicates, exactly.
 
     With ``guess`` (the unconstrained minimiser), the face holding its out-of-box coordinates
-    at the bound they cross is tried first and kept where it satisfies the optimality
-    conditions (:func:`_kkt`; the problem is convex, so they are sufficient). Otherwise every
+    at the bound they cross is tried first, then a few rounds of an active-set update (release
+    held coordinates whose gradient points inward, hold free ones that left the box); a face
+    solution is kept where it satisfies the optimality conditions (:func:`_kkt`; the problem
+    is convex, so they are sufficient). Where none does within the rounds, every
     pattern of coordinates held at ``-bound``/``+bound`` (the rest free, solved by minimum
     norm) is tried; the feasible candidate with the lowest objective wins (ties: the smaller
     norm). The optimum is among them: on the face of the box with the most held coordinates
@@ -232,10 +236,20 @@ def box_solve(H: np.ndarray, rhs: np.ndarray, bound: float, rcond: float = RCOND
     """
     if guess is not None:
         pattern = np.where(guess < -bound, 1, np.where(guess > bound, 2, 0))
-        c, free, inv = _face_solve(H, rhs, pattern, bound, rcond)
-        good = _kkt(H, rhs, c, pattern, bound)
-        if not good.all():
-            bad = ~good
+        for _ in range(_ACTIVE_SET_ROUNDS):
+            c, free, inv = _face_solve(H, rhs, pattern, bound, rcond)
+            bad = ~_kkt(H, rhs, c, pattern, bound)
+            if not bad.any():
+                break
+            # release held coordinates whose gradient points into the box, hold free ones
+            # that left it
+            grad = np.matmul(H, c[..., None])[..., 0] - rhs
+            release = ((pattern == 1) & (grad < 0)) | ((pattern == 2) & (grad > 0))
+            update = np.where(release, 0, np.where(
+                (pattern == 0) & (c < -bound), 1, np.where((pattern == 0) & (c > bound), 2,
+                                                           pattern)))
+            pattern = np.where(bad[:, None], update, pattern)
+        if bad.any():
             c[bad], free[bad], inv[bad] = box_solve(H[bad], rhs[bad], bound, rcond)
         return np.clip(c, -bound, bound), free, inv
     k, M = rhs.shape
