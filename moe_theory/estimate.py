@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
@@ -30,6 +29,15 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning  # scikit-learn's, re-exported from here
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from moe_theory import varpro
+from moe_theory.fit_result import (  # noqa: F401 - FIT_STATUSES re-exported
+    _LAMBDA0,
+    FIT_STATUSES,
+    LAMBDA_STALL,
+    FitResult,
+    _row_dots,
+    fit_status,
+)
 from moe_theory.gates import Activation, Gate, GateKind
 from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, mixture, regression
 from norga.choices import check_choice
@@ -42,14 +50,6 @@ SAMPLE_CHUNK = 32768
 _TILE_ELEMENTS = 1 << 15
 # Largest copy of a replicate subset's data that is kept between evaluations.
 _SUBSET_CACHE_BYTES = 1 << 28
-# First LM damping, relative to diag(J^T J).
-_LAMBDA0 = 1e-3
-# Damping (relative to diag(J^T J)) beyond which a fit that stops is *stalled*: its steps are
-# ~1e-16 of a Gauss-Newton step, so a "small step" there is no sign of convergence.
-LAMBDA_STALL = 1e16
-
-FIT_STATUSES: tuple[str, ...] = ("converged", "capped", "stalled")
-
 Backend = Literal["auto", "numba", "numpy"]
 Solver = Literal["auto", "lm", "varpro"]
 BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
@@ -116,56 +116,6 @@ def resolve_backend(backend: str, structure: PrefixMoE) -> str:
             f"{structure.expert!r} experts; use backend='numpy' or 'auto'"
         )
     return "numpy"
-
-
-@dataclass
-class FitResult:
-    """Outcome of :func:`fit_batched`; every array has a leading replicate axis.
-
-    Attributes
-    ----------
-    theta:
-        ``(R, P)`` fitted parameters.
-    rss:
-        ``(R,)`` residual sum of squares.
-    n_iter:
-        ``(R,)`` Jacobian evaluations used.
-    converged:
-        ``(R,)`` True when a convergence test was met before the cap with a sane damping.
-    at_bound:
-        ``(R,)`` True when some coordinate sits on the box (bounded fits only).
-    stalled:
-        ``(R,)`` True when the fit stopped because its damping blew up (never converged).
-    """
-
-    theta: np.ndarray
-    rss: np.ndarray
-    n_iter: np.ndarray
-    converged: np.ndarray
-    at_bound: np.ndarray
-    stalled: np.ndarray
-
-    @property
-    def status(self) -> np.ndarray:
-        """``(R,)`` strings: ``converged``, ``capped`` or ``stalled`` (see :func:`fit_status`)."""
-        return fit_status(self.converged, self.stalled)
-
-
-def fit_status(converged: np.ndarray, stalled: np.ndarray) -> np.ndarray:
-    """``converged`` / ``stalled`` / ``capped`` (neither: the iteration cap) per fit."""
-    converged = np.asarray(converged, dtype=bool)
-    return np.where(converged, "converged", np.where(np.asarray(stalled, bool), "stalled",
-                                                     "capped"))
-
-
-def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot products ``(k, m), (k, m) -> (k,)``, one BLAS dot per row.
-
-    ``einsum("rn,rn->r")`` may pick a different kernel (and summation order) for one row than
-    for several, so a replicate's RSS would depend on how many others are still running;
-    a stacked ``matmul`` of vectors computes each row by itself.
-    """
-    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
 
 
 class _Problem:
@@ -827,8 +777,6 @@ def fit_restarts(
 def _solver_function(solver: str, structure: PrefixMoE):
     """The iteration of ``solver`` (:func:`moe_theory.varpro.resolve_solver`) for
     ``structure``: the full LM or variable projection."""
-    from moe_theory import varpro
-
     if varpro.resolve_solver(solver, structure) == "varpro":
         return varpro.variable_projection
     return _levenberg_marquardt

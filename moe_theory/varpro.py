@@ -48,6 +48,7 @@ import itertools
 
 import numpy as np
 
+from moe_theory.fit_result import _LAMBDA0, LAMBDA_STALL, FitResult, _row_dots
 from moe_theory.model import PrefixMoE
 from norga.choices import check_choice
 
@@ -324,8 +325,6 @@ def variable_projection(
     moe_theory.estimate.FitResult
         ``theta`` holds the gate parameters and ``c*(gamma)``; ``rss`` is recomputed there.
     """
-    from moe_theory.estimate import _LAMBDA0, LAMBDA_STALL, FitResult, _row_dots
-
     structure = problem.structure
     gi, li = parameter_split(structure.n_prompts, structure.dim)
     theta = np.array(theta0, dtype=float)
