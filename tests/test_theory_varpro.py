@@ -336,3 +336,32 @@ def test_global_mode_finds_a_planted_optimum_that_a_near_truth_start_misses(gate
     assert np.all(found.rss <= at_truth.rss * (1 + 1e-9))
     assert np.all(voronoi_loss(found.theta, truth.theta, 1).total < 1.5)
     assert np.all(voronoi_loss(missed.theta, truth.theta, 1).total > 2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration and cache
+
+
+def test_sweep_configs_check_the_solver_and_key_the_cache_by_it(tmp_path):
+    from moe_theory.cache import FitCache
+    from moe_theory.near.sweep import NEAR_FIT_FIELDS, NearConfig
+    from moe_theory.rates.config import RateConfig
+
+    with pytest.raises(ValueError, match="solver"):
+        RateConfig(solver="gn")
+    with pytest.raises(ValueError, match="affine"):
+        RateConfig(settings=("over-tanh",), solver="varpro")
+    with pytest.raises(ValueError, match="global_starts"):
+        RateConfig(global_starts=-1)
+    with pytest.raises(ValueError, match="solver"):
+        NearConfig(solver="gn")
+    assert RateConfig().solver == "lm" and NearConfig().solver == "lm"
+    cache = FitCache(tmp_path, ("x",))
+    paths = {cache.path(cache.key_inputs(RateConfig(solver=s, global_starts=k), "over",
+                                         "norga", 100, (0,), "f"))
+             for s in ("lm", "varpro", "auto") for k in (0, 8)}
+    assert len(paths) == 6
+    near = FitCache(tmp_path, ("x",), NEAR_FIT_FIELDS)
+    keys = [near.path(near.key_inputs(NearConfig(solver=s), "fixed", "linear", 100, (0,), "f"))
+            for s in ("lm", "varpro")]
+    assert keys[0] != keys[1]
