@@ -11,6 +11,10 @@ vectorised over replicates, Jacobian materialised, ``J^T J`` by BLAS) or ``"numb
 kernels of :mod:`moe_theory.kernels` that accumulate ``J^T J`` sample by sample); ``"auto"``
 picks numba when it is installed and implements the model. The LM iteration itself is shared.
 
+With affine experts the fit can instead run by variable projection (``solver="varpro"`` or
+``"auto"``; :mod:`moe_theory.varpro`): the experts solved exactly for given gates and the same LM
+iteration over the gate parameters only. ``solver="lm"`` (the default) is the full LM below.
+
 Convergence follows MINPACK's tests (``ftol``, ``xtol``, ``gtol``); a fit that stops because it
 used ``max_iter`` Jacobian evaluations is *capped*, and one that stops because its damping blew
 up (above :data:`LAMBDA_STALL`: the steps shrank to nothing without meeting a test) is *stalled*.
