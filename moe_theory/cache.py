@@ -31,7 +31,7 @@ SUBDIR = "fits-v1"
 # RateConfig fields that change what a fit block computes (the rest only select blocks or
 # analyse them).
 FIT_FIELDS: tuple[str, ...] = ("activation", "expert", "seed", "restarts", "max_iter", "tol",
-                               "noise_sd", "init_scale", "r")
+                               "noise_sd", "init_scale", "r", "solver", "global_starts")
 
 
 def _canonical(data: Any) -> str:

@@ -43,6 +43,7 @@ from moe_theory.rates.sweep import (
     run_rates,
 )
 from moe_theory.settings import FIT_SETTINGS, SETTINGS
+from moe_theory.varpro import SOLVERS
 from norga.cli import (
     PARALLEL_PER_CORE,
     OneLineParser,
@@ -213,6 +214,17 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "--max-iter", type=positive_int, default=None,
         help="cap on Jacobian evaluations per fit (default 400; 2000 for near)",
     )
+    p.add_argument(
+        "--solver", choices=SOLVERS, default="lm",
+        help="fitter: lm (Levenberg-Marquardt on every parameter), varpro (variable projection: "
+        "affine experts solved exactly, LM on the gates) or auto (varpro for two or more "
+        "affine atoms, lm for one atom and for tanh experts)",
+    )
+    p.add_argument(
+        "--global-starts", type=nonnegative_int, default=0,
+        help="global mode: this many starts spread over the gate-parameter box per fit "
+        "instead of near-truth starts, lowest RSS kept (default 0: near-truth starts)",
+    )
     p.add_argument("--seed", type=nonnegative_int, default=1, help="the one seed of every draw")
     p.add_argument(
         "--jobs",
@@ -305,6 +317,9 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         )
     if args.expert == "affine" and "over-tanh" in settings:
         parser.error("argument --expert: 'affine' contradicts --setting over-tanh (tanh experts)")
+    if args.solver == "varpro" and ("over-tanh" in settings or args.expert == "tanh"):
+        parser.error("argument --solver: 'varpro' needs affine experts; the tanh experts of "
+                     "over-tanh / --expert tanh need 'lm' or 'auto'")
     return RateConfig(
         settings=settings,
         gates=gates,
@@ -318,6 +333,8 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         max_iter=args.max_iter or 400,
         noise_sd=args.noise_sd or 0.1,
         preset=args.preset,
+        solver=args.solver,
+        global_starts=args.global_starts,
     )
 
 

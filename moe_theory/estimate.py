@@ -12,6 +12,10 @@ vectorised over replicates, Jacobian materialised, ``J^T J`` by BLAS) or ``"numb
 kernels of :mod:`moe_theory.kernels` that accumulate ``J^T J`` sample by sample); ``"auto"``
 picks numba when it is installed and implements the model. The LM iteration itself is shared.
 
+With affine experts the fit can instead run by variable projection (``solver="varpro"`` or
+``"auto"``; :mod:`moe_theory.varpro`): the experts solved exactly for given gates and the same LM
+iteration over the gate parameters only. ``solver="lm"`` (the default) is the full LM below.
+
 Convergence follows MINPACK's tests (``ftol``, ``xtol``, ``gtol``); a fit that stops because it
 used ``max_iter`` Jacobian evaluations is *capped*, and one that stops because its damping blew
 up (above :data:`LAMBDA_STALL`: the steps shrank to nothing without meeting a test) is *stalled*.
@@ -22,7 +26,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
@@ -31,6 +34,15 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning  # scikit-learn's, re-exported from here
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from moe_theory import varpro
+from moe_theory.fit_result import (  # noqa: F401 - FIT_STATUSES re-exported
+    _LAMBDA0,
+    FIT_STATUSES,
+    LAMBDA_STALL,
+    FitResult,
+    _row_dots,
+    fit_status,
+)
 from moe_theory.gates import Activation, Gate, GateKind
 from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, mixture, regression
 from norga.choices import check_choice
@@ -43,15 +55,8 @@ SAMPLE_CHUNK = 32768
 _TILE_ELEMENTS = 1 << 15
 # Largest copy of a replicate subset's data that is kept between evaluations.
 _SUBSET_CACHE_BYTES = 1 << 28
-# First LM damping, relative to diag(J^T J).
-_LAMBDA0 = 1e-3
-# Damping (relative to diag(J^T J)) beyond which a fit that stops is *stalled*: its steps are
-# ~1e-16 of a Gauss-Newton step, so a "small step" there is no sign of convergence.
-LAMBDA_STALL = 1e16
-
-FIT_STATUSES: tuple[str, ...] = ("converged", "capped", "stalled")
-
 Backend = Literal["auto", "numba", "numpy"]
+Solver = Literal["auto", "lm", "varpro"]
 BACKENDS: tuple[str, ...] = ("auto", "numba", "numpy")
 
 
@@ -116,56 +121,6 @@ def resolve_backend(backend: str, structure: PrefixMoE) -> str:
             f"{structure.expert!r} experts; use backend='numpy' or 'auto'"
         )
     return "numpy"
-
-
-@dataclass
-class FitResult:
-    """Outcome of :func:`fit_batched`; every array has a leading replicate axis.
-
-    Attributes
-    ----------
-    theta:
-        ``(R, P)`` fitted parameters.
-    rss:
-        ``(R,)`` residual sum of squares.
-    n_iter:
-        ``(R,)`` Jacobian evaluations used.
-    converged:
-        ``(R,)`` True when a convergence test was met before the cap with a sane damping.
-    at_bound:
-        ``(R,)`` True when some coordinate sits on the box (bounded fits only).
-    stalled:
-        ``(R,)`` True when the fit stopped because its damping blew up (never converged).
-    """
-
-    theta: np.ndarray
-    rss: np.ndarray
-    n_iter: np.ndarray
-    converged: np.ndarray
-    at_bound: np.ndarray
-    stalled: np.ndarray
-
-    @property
-    def status(self) -> np.ndarray:
-        """``(R,)`` strings: ``converged``, ``capped`` or ``stalled`` (see :func:`fit_status`)."""
-        return fit_status(self.converged, self.stalled)
-
-
-def fit_status(converged: np.ndarray, stalled: np.ndarray) -> np.ndarray:
-    """``converged`` / ``stalled`` / ``capped`` (neither: the iteration cap) per fit."""
-    converged = np.asarray(converged, dtype=bool)
-    return np.where(converged, "converged", np.where(np.asarray(stalled, bool), "stalled",
-                                                     "capped"))
-
-
-def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot products ``(k, m), (k, m) -> (k,)``, one BLAS dot per row.
-
-    ``einsum("rn,rn->r")`` may pick a different kernel (and summation order) for one row than
-    for several, so a replicate's RSS would depend on how many others are still running;
-    a stacked ``matmul`` of vectors computes each row by itself.
-    """
-    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
 
 
 class _Problem:
@@ -311,6 +266,7 @@ def fit_batched(
     chunk: int = SAMPLE_CHUNK,
     backend: Backend = "auto",
     threads: int = 1,
+    solver: Solver = "lm",
 ) -> FitResult:
     """Levenberg-Marquardt least squares for R independent data sets at once.
 
@@ -348,6 +304,10 @@ def fit_batched(
         a serial kernel; more start numba's thread pool, which pays off only on idle cores
         (every evaluation is a fork-join) and, with numba's "omp" threading layer, must not
         be followed by forking worker processes.
+    solver:
+        ``"lm"`` (Levenberg-Marquardt on every parameter), ``"varpro"`` (variable projection:
+        the affine experts solved exactly, LM on the gate parameters only;
+        :mod:`moe_theory.varpro`) or ``"auto"`` (varpro for affine experts, lm for tanh).
 
     Returns
     -------
@@ -364,8 +324,8 @@ def fit_batched(
     """
     theta0 = np.asarray(theta0, dtype=float)
     problem = _make_problem(X, Y, theta0.shape, structure, chunk, backend, threads)
-    return _levenberg_marquardt(problem, theta0, bound=bound, max_iter=max_iter, ftol=ftol,
-                                xtol=xtol, gtol=gtol)
+    return _solver_function(solver, structure)(problem, theta0, bound=bound, max_iter=max_iter,
+                                               ftol=ftol, xtol=xtol, gtol=gtol)
 
 
 def _make_problem(
@@ -598,6 +558,8 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
         ``"auto"``, ``"numba"`` or ``"numpy"``: how :func:`fit_batched` evaluates the model.
     threads:
         Threads over replicates of the numba backend.
+    solver:
+        ``"lm"``, ``"varpro"`` or ``"auto"`` (see :func:`fit_batched`).
 
     Attributes
     ----------
@@ -631,6 +593,7 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
         random_state: int | np.random.SeedSequence | np.random.Generator | None = None,
         backend: Backend = "auto",
         threads: int = 1,
+        solver: Solver = "lm",
     ) -> None:
         self.gate = gate
         self.activation = activation
@@ -649,6 +612,7 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.backend = backend
         self.threads = threads
+        self.solver = solver
 
     def _structure(self, dim: int) -> PrefixMoE:
         pretrained = self.pretrained
@@ -717,7 +681,8 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
         R, P = X.shape[0], structure.theta.shape[-1]
         starts = self._starts(R, P)
         best = fit_restarts(X, y, starts, structure, bound=self.bound, max_iter=self.max_iter,
-                            tol=self.tol, backend=self.backend, threads=self.threads)
+                            tol=self.tol, backend=self.backend, threads=self.threads,
+                            solver=self.solver)
         if not best.converged.all():
             stalled = int(best.stalled.sum())
             warnings.warn(
@@ -795,21 +760,31 @@ def fit_restarts(
     tol: float = 1e-12,
     backend: Backend = "auto",
     threads: int = 1,
+    solver: Solver = "lm",
 ) -> FitResult:
     """:func:`fit_batched` from every start in ``starts`` ``(R, n_init, P)``; per replicate the
     fit with the lowest RSS is kept (ties keep the earlier start). ``tol`` is used as ``ftol``,
-    ``xtol`` and ``gtol``; ``backend`` and ``threads`` are passed on. The data (and their
-    pretrained terms) are prepared once for all starts."""
+    ``xtol`` and ``gtol``; ``backend``, ``threads`` and ``solver`` are passed on. The data (and
+    their pretrained terms) are prepared once for all starts."""
     starts = np.asarray(starts, dtype=float)
     problem = _make_problem(X, Y, starts.shape[::2], structure, SAMPLE_CHUNK, backend, threads)
+    run = _solver_function(solver, structure)
     best: FitResult | None = None
     for k in range(starts.shape[1]):
-        res = _levenberg_marquardt(problem, starts[:, k], bound=bound, max_iter=max_iter,
-                                   ftol=tol, xtol=tol, gtol=tol)
+        res = run(problem, starts[:, k], bound=bound, max_iter=max_iter, ftol=tol, xtol=tol,
+                  gtol=tol)
         best = res if best is None else _keep_better(best, res)
     if best is None:
         raise ValueError("starts must hold at least one starting point per replicate")
     return best
+
+
+def _solver_function(solver: str, structure: PrefixMoE):
+    """The iteration of ``solver`` (:func:`moe_theory.varpro.resolve_solver`) for
+    ``structure``: the full LM or variable projection."""
+    if varpro.resolve_solver(solver, structure) == "varpro":
+        return varpro.variable_projection
+    return _levenberg_marquardt
 
 
 def _keep_better(a: FitResult, b: FitResult) -> FitResult:

@@ -84,6 +84,9 @@ def test_tiny_run_writes_every_file_and_reruns_identically(tmp_path):
     (["--expert", "affine", "--setting", "over-tanh"], "--expert"),
     (["--fit-n-min", "200000"], "--fit-n-min"),
     (["--n-max", "5000", "--fit-n-min", "5001"], "--fit-n-min"),
+    (["--solver", "gn"], "--solver"),
+    (["--solver", "varpro", "--setting", "over-tanh"], "--solver"),
+    (["--global-starts", "-2"], "--global-starts"),
 ])
 def test_bad_values_exit_2_with_one_line_naming_the_flag(args, flag, tmp_path):
     res = run(*args, "--out", str(tmp_path / "never"))

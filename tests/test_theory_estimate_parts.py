@@ -292,7 +292,7 @@ def test_estimator_defaults():
         "gate": "norga", "activation": "tanh", "expert": "affine", "n_experts": 1,
         "pretrained": None, "init": "near-truth", "truth": None, "n_init": 1, "max_iter": 400,
         "tol": 1e-12, "bound": None, "alpha": 1.0, "tau": 1.0, "init_scale": 0.1,
-        "random_state": None, "backend": "auto", "threads": 1,
+        "random_state": None, "backend": "auto", "threads": 1, "solver": "lm",
     }
 
 
@@ -409,8 +409,9 @@ def test_estimator_passes_its_settings_to_the_restarts(small, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         LeastSquaresMoE(truth=truth, bound=4.0, max_iter=9, tol=1e-6, backend="numpy", threads=2,
-                        random_state=0).fit(X, Y)
-    assert seen == {"bound": 4.0, "max_iter": 9, "tol": 1e-6, "backend": "numpy", "threads": 2}
+                        random_state=0, solver="varpro").fit(X, Y)
+    assert seen == {"bound": 4.0, "max_iter": 9, "tol": 1e-6, "backend": "numpy", "threads": 2,
+                    "solver": "varpro"}
 
 
 def test_estimator_input_checks(small):

@@ -100,6 +100,8 @@ def near_config_from_args(
             max_iter=args.max_iter or NearConfig.max_iter,
             noise_sd=args.noise_sd or NEAR_NOISE_SD,
             preset=args.preset,
+            solver=args.solver,
+            global_starts=args.global_starts,
             **values,  # type: ignore[arg-type]
         )
     except ValueError as err:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from moe_theory.gates import ACTIVATIONS, GATES, Gate
 from moe_theory.model import EXPERTS
 from moe_theory.near import mechanism as near
+from moe_theory.varpro import SOLVERS
 from norga.choices import check_choice
 
 KINDS: tuple[str, ...] = ("fixed", "schedule")
@@ -21,7 +22,8 @@ NEAR_FIT_COLUMNS: tuple[str, ...] = (
 # NearConfig fields a fit block depends on (the rest select blocks or analyse them); with the
 # block's kind, value, t, gate, n and replicates they key its cache entry.
 NEAR_FIT_FIELDS: tuple[str, ...] = ("activation", "expert", "split", "t0", "schedule_n0", "seed",
-                                    "restarts", "max_iter", "tol", "init_scale", "noise_sd")
+                                    "restarts", "max_iter", "tol", "init_scale", "noise_sd",
+                                    "solver", "global_starts")
 # Sizes per preset of experiments/rates.py (the mechanism table is the same for every preset).
 # ``full`` reaches n = 1e6 (13 n, 3 per decade) with R = 16 up to 1e5 and R = 8 above, and runs
 # the schedules on n <= 1e5 only: one capped linear fit costs about 42 s of CPU at n = 1e6
@@ -71,6 +73,9 @@ class NearConfig:
         ``replicates`` at every n.
     schedule_n_max:
         Largest n of the schedules (None: every ``n >= schedule_n0`` of the grid).
+    solver, global_starts:
+        The fitter (``lm``, ``varpro``, ``auto``: :mod:`moe_theory.varpro`) and the global
+        mode (``k > 0``: ``k`` starts spread over the gate box instead of near-truth starts).
     """
 
     gates: tuple[str, ...] = ("norga", "linear")
@@ -96,10 +101,17 @@ class NearConfig:
     reduced_above: int | None = None
     reduced_replicates: int | None = None
     schedule_n_max: int | None = None
+    solver: str = "lm"
+    global_starts: int = 0
 
     def __post_init__(self) -> None:
         for g in self.gates:
             check_choice("gate", g, GATES)
+        check_choice("solver", self.solver, SOLVERS)
+        if self.solver == "varpro" and self.expert != "affine":
+            raise ValueError("solver 'varpro' needs affine experts; use 'lm' or 'auto'")
+        if self.global_starts < 0:
+            raise ValueError(f"global_starts must be >= 0; got {self.global_starts}")
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("expert", self.expert, EXPERTS)
         check_choice("split", self.split, near.SPLITS)

@@ -43,6 +43,7 @@ from moe_theory.near.result import NearResult
 from moe_theory.rates.sweep import BACKENDS, execute_calls, fit_outcome, l2_error
 from moe_theory.settings import THETA_BOUND
 from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate
+from moe_theory.varpro import GLOBAL_STREAM, global_starts
 from moe_theory.voronoi import voronoi_loss
 from norga.choices import check_choice
 
@@ -91,16 +92,24 @@ def near_fit_task(
     with threadpool_limits(limits=1):
         X, Y = simulate(truth, n, list(replicates), seed=config.seed, setting=stream,
                         noise_sd=config.noise_sd)
-        starts = np.stack([
-            near_truth_starts(
-                truth, 2, config.restarts,
-                np.random.default_rng(replicate_seed(config.seed, stream, n, rep, INIT_STREAM)),
-                config.init_scale, THETA_BOUND,
-            )
-            for rep in replicates
-        ])
+        if config.global_starts:
+            starts = np.stack([
+                global_starts(2, truth.dim, config.global_starts, np.random.default_rng(
+                    replicate_seed(config.seed, stream, n, rep, GLOBAL_STREAM)), THETA_BOUND)
+                for rep in replicates
+            ])
+        else:
+            starts = np.stack([
+                near_truth_starts(
+                    truth, 2, config.restarts,
+                    np.random.default_rng(replicate_seed(config.seed, stream, n, rep,
+                                                         INIT_STREAM)),
+                    config.init_scale, THETA_BOUND,
+                )
+                for rep in replicates
+            ])
         best = fit_restarts(X, Y, starts, structure, bound=THETA_BOUND,
-                            max_iter=config.max_iter, tol=config.tol)
+                            max_iter=config.max_iter, tol=config.tol, solver=config.solver)
         grad = _scaled_gradient(X, Y, best.theta, structure)
         del X, Y
         losses = voronoi_loss(best.theta, truth.theta, truth.dim)

@@ -10,6 +10,7 @@ import numpy as np
 from moe_theory.gates import ACTIVATIONS, GATES
 from moe_theory.model import EXPERTS, PrefixMoE
 from moe_theory.settings import FIT_SETTINGS, SETTINGS, get_setting
+from moe_theory.varpro import SOLVERS
 from norga.choices import check_choice
 
 FIT_COLUMNS: tuple[str, ...] = (
@@ -112,6 +113,14 @@ class RateConfig:
         Fitter cap and tolerance, noise sd, near-truth start noise, exponent of ``L_{1,r}``.
     block:
         Replicates per task (load balancing only; results do not depend on it).
+    global_starts:
+        0: near-truth starts (``restarts`` per fit). ``k > 0``: global mode, ``k`` starts
+        spread over the gate-parameter box ``[-5, 5]`` per fit instead
+        (:func:`moe_theory.varpro.global_starts`), the lowest RSS kept.
+    solver:
+        The fitter: ``lm`` (Levenberg-Marquardt on every parameter), ``varpro`` (variable
+        projection, affine experts only) or ``auto`` (varpro for two or more affine atoms, i.e.
+        E2; lm for E1's single atom and E3's tanh experts); see :mod:`moe_theory.varpro`.
     """
 
     settings: tuple[str, ...] = ("exact", "mechanism")
@@ -130,12 +139,22 @@ class RateConfig:
     r: float = 2.0
     block: int = 6
     preset: str | None = None
+    solver: str = "lm"
+    global_starts: int = 0
 
     def __post_init__(self) -> None:
         for s in self.settings:
             check_choice("setting", s, SETTINGS)
         for g in self.gates:
             check_choice("gate", g, GATES)
+        check_choice("solver", self.solver, SOLVERS)
+        if self.global_starts < 0:
+            raise ValueError(f"global_starts must be >= 0; got {self.global_starts}")
+        if self.solver == "varpro" and (
+            "over-tanh" in self.settings or self.expert == "tanh"
+        ):
+            raise ValueError("solver 'varpro' needs affine experts; tanh experts (over-tanh, "
+                             "--expert tanh) need 'lm' or 'auto'")
         check_choice("activation", self.activation, ACTIVATIONS)
         if self.expert is not None:
             check_choice("expert", self.expert, EXPERTS)

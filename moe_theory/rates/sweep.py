@@ -64,6 +64,7 @@ from moe_theory.rates.config import (
 from moe_theory.rates.report import summary_dict, summary_text
 from moe_theory.settings import SETTINGS, THETA_BOUND, get_setting
 from moe_theory.simulate import INIT_STREAM, integration_points, replicate_seed, simulate
+from moe_theory.varpro import GLOBAL_STREAM, global_starts
 from moe_theory.voronoi import VoronoiLoss, voronoi_loss
 from norga.choices import check_choice
 
@@ -157,6 +158,29 @@ def fit_outcome(best: FitResult, losses: VoronoiLoss, l2: np.ndarray, i: int) ->
     }
 
 
+def fit_starts(config: RateConfig, setting: str, n: int, replicates: tuple[int, ...],
+               truth: PrefixMoE, n_fitted: int, bound: float | None) -> np.ndarray:
+    """Starting points ``(R, starts, P)`` of one block: ``config.restarts`` near-truth starts,
+    or in global mode ``config.global_starts`` starts spread over the gate box (their own
+    seed stream, :data:`GLOBAL_STREAM`)."""
+    if config.global_starts:
+        return np.stack([
+            global_starts(n_fitted, truth.dim, config.global_starts,
+                          np.random.default_rng(replicate_seed(config.seed, setting, n, rep,
+                                                               GLOBAL_STREAM)),
+                          THETA_BOUND)
+            for rep in replicates
+        ])
+    return np.stack([
+        near_truth_starts(
+            truth, n_fitted, config.restarts,
+            np.random.default_rng(replicate_seed(config.seed, setting, n, rep, INIT_STREAM)),
+            config.init_scale, bound,
+        )
+        for rep in replicates
+    ])
+
+
 def fit_task(
     config: RateConfig,
     setting: str,
@@ -182,23 +206,9 @@ def fit_task(
         X, Y = simulate(
             truth, n, list(replicates), seed=config.seed, setting=setting, noise_sd=config.noise_sd
         )
-        starts = np.stack(
-            [
-                near_truth_starts(
-                    truth,
-                    base.n_fitted,
-                    config.restarts,
-                    np.random.default_rng(
-                        replicate_seed(config.seed, setting, n, rep, INIT_STREAM)
-                    ),
-                    config.init_scale,
-                    bound,
-                )
-                for rep in replicates
-            ]
-        )  # (R, restarts, P)
+        starts = fit_starts(config, setting, n, replicates, truth, base.n_fitted, bound)
         best = fit_restarts(X, Y, starts, structure, bound=bound, max_iter=config.max_iter,
-                            tol=config.tol)
+                            tol=config.tol, solver=config.solver)
         del X, Y
         losses = voronoi_loss(best.theta, truth.theta, truth.dim, r=config.r)
         l2 = l2_error(structure.with_theta(best.theta), truth)
@@ -214,7 +224,7 @@ def fit_task(
             replicate=int(rep),
             **fit_outcome(best, losses, l2, i),  # type: ignore[arg-type]
             seconds=float(seconds),
-            restarts=config.restarts,
+            restarts=config.global_starts or config.restarts,
         )
         for i, rep in enumerate(replicates)
     ]
