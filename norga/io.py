@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 CHECKSUMS_FILE = "SHA256SUMS"
 
 __all__ = [
@@ -156,13 +158,23 @@ def atomic_write_many(folder: str | os.PathLike[str], files: dict[str, bytes]) -
 
 # ---------------------------------------------------------------------------- JSON
 def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats replaced by ``None`` (JSON has no NaN or inf)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    """``value`` with every non-finite float (``nan``, ``inf``) replaced by ``None``.
+
+    Python's ``json`` writes those as the bare words ``NaN`` / ``Infinity``, which are not JSON
+    (RFC 8259) and break strict parsers; a number that does not apply is ``null`` instead.
+    Tuples become lists and numpy scalars / arrays plain Python values. The one strict-JSON
+    helper of the three commands (theory results, CL run files, figures).
+    """
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 

@@ -32,6 +32,7 @@ from norga.io import (
     WriteFailedError,
     atomic_write_bytes,
     atomic_write_text,
+    json_safe,
     read_checksums,
     record_checksums,
     sha256_hex,
@@ -56,36 +57,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def strict_json_value(data: Any) -> Any:
-    """``data`` with every non-finite float (``nan``, ``inf``) replaced by ``None``.
-
-    Python's ``json`` writes those as the bare words ``NaN`` / ``Infinity``, which are not JSON
-    (RFC 8259) and break strict parsers; a metric that does not apply is ``null`` instead.
-    Tuples become lists and numpy scalars / arrays plain Python values.
-    """
-    if isinstance(data, dict):
-        return {k: strict_json_value(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [strict_json_value(v) for v in data]
-    if isinstance(data, np.ndarray):
-        return strict_json_value(data.tolist())
-    if isinstance(data, np.generic):
-        data = data.item()
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    return data
-
-
 def json_text(data: Any) -> str:
     """The JSON text the run directory uses: strict JSON (non-finite numbers written as
-    ``null``, :func:`strict_json_value`), sorted keys, indented."""
-    return json.dumps(strict_json_value(data), indent=2, sort_keys=True, default=str,
+    ``null``, :func:`norga.io.json_safe`), sorted keys, indented."""
+    return json.dumps(json_safe(data), indent=2, sort_keys=True, default=str,
                       allow_nan=False) + "\n"
 
 
 def json_line(data: Any) -> str:
     """One strict-JSON line (no newline) for ``log.jsonl``."""
-    return json.dumps(strict_json_value(data), default=str, allow_nan=False)
+    return json.dumps(json_safe(data), default=str, allow_nan=False)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
