@@ -38,6 +38,7 @@ from figures.grouping import (
     group_by_setting,
     group_by_variant,
     legend_label,
+    method_of,
     variant_colors,
     variant_label,
     variant_sort_key,
@@ -97,6 +98,7 @@ def plot_accuracy_curves(
         lows = [100.0]
         variants = group_by_variant(runs)
         colors = variant_colors(list(variants))
+        split = any("[" in v for v in variants)
         markers = iter("osD^vP" * len(variants))  # configurations of one method, told apart
         for k, (variant, vruns) in enumerate(variants.items()):
             x, mean, std = accuracy_curve(vruns)

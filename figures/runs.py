@@ -49,6 +49,8 @@ import numpy as np
 
 from figures.names import canonical_backbone, canonical_dataset, canonical_method
 from norga.io import verify_checksums
+from norga.matrix import MatrixFormatError
+from norga.matrix import read_accuracy_matrix as read_matrix_file
 
 logger = logging.getLogger(__name__)
 
@@ -295,7 +297,7 @@ def read_accuracy_matrix(path: str | os.PathLike[str]) -> np.ndarray:
     """Read ``accuracy_matrix.csv`` into an array ``A[t, i]`` (row: after task t; column: task i).
 
     Empty cells (tasks not seen yet) become ``nan``. The array has one row per finished task
-    and one column per task.
+    and one column per task (:func:`norga.matrix.parse_accuracy_matrix`).
 
     Raises
     ------
@@ -307,32 +309,11 @@ def read_accuracy_matrix(path: str | os.PathLike[str]) -> np.ndarray:
     if not path.is_file():
         raise RunFormatError(f"{run}: missing {path.name}")
     try:
-        with path.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return read_matrix_file(path)
+    except (OSError, UnicodeDecodeError) as err:
         raise RunFormatError(f"{run}: cannot read {path.name} ({_first_line(err)})") from err
-    if not rows or not rows[0] or rows[0][0] != "after_task":
-        raise RunFormatError(
-            f"{run}: {path.name} must start with the header 'after_task,task_0,...'"
-        )
-    n_tasks = len(rows[0]) - 1
-    body = [r for r in rows[1:] if any(cell.strip() for cell in r)]
-    if n_tasks < 1 or not body:
-        raise RunFormatError(f"{run}: {path.name} has no tasks")
-    matrix = np.full((len(body), n_tasks), np.nan)
-    for t, row in enumerate(body):
-        if len(row) != n_tasks + 1:
-            raise RunFormatError(f"{run}: {path.name} row {t + 1} has {len(row)} cells, "
-                                 f"expected {n_tasks + 1}")
-        for i, cell in enumerate(row[1:]):
-            if cell.strip():
-                try:
-                    matrix[t, i] = float(cell)
-                except ValueError as err:
-                    raise RunFormatError(
-                        f"{run}: {path.name} row {t + 1}: {_first_line(err)}"
-                    ) from err
-    return matrix
+    except MatrixFormatError as err:
+        raise RunFormatError(f"{run}: {path.name} {err}") from err
 
 
 def read_cl_run(path: str | os.PathLike[str]) -> CLRun:

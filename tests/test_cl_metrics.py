@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cl import metrics as M
-from cl.run.files import accuracy_matrix_csv, read_accuracy_matrix_csv
+from norga.matrix import accuracy_matrix_csv, read_accuracy_matrix
 
 nan = math.nan
 # acc[t, i]: accuracy on task i after training task t
@@ -46,7 +46,7 @@ def test_csv_round_trip_with_empty_cells() -> None:
 def test_csv_reader(tmp_path) -> None:
     path = tmp_path / "acc.csv"
     path.write_text(accuracy_matrix_csv(B))
-    np.testing.assert_array_equal(read_accuracy_matrix_csv(path), B)
+    np.testing.assert_array_equal(read_accuracy_matrix(path), B)
 
 
 def test_integer_matrices_are_read_as_floats() -> None:

@@ -22,7 +22,8 @@ from cl.data.registry import build_benchmark
 from cl.methods import get_method
 from cl.methods.base import Method, Task
 from cl.run.engine import evaluate_task, final_metrics, run_experiment
-from cl.run.files import json_line, json_text, read_accuracy_matrix_csv
+from cl.run.files import json_line, json_text
+from norga.matrix import read_accuracy_matrix
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -156,8 +157,8 @@ def test_before_alignment_matrix_is_logged_and_written(tmp_path: Path) -> None:
     run = _hide_run(tmp_path, "tap", tap_epochs=3, ca_lr=0.5)
     out = tmp_path / "tap"
     metrics = check_strict_run_dir(out)
-    before = read_accuracy_matrix_csv(out / "accuracy_matrix_before_alignment.csv")
-    after = read_accuracy_matrix_csv(out / "accuracy_matrix.csv")
+    before = read_accuracy_matrix(out / "accuracy_matrix_before_alignment.csv")
+    after = read_accuracy_matrix(out / "accuracy_matrix.csv")
     np.testing.assert_allclose(before, np.round(run.accuracy_before_alignment, 4), atol=1e-9)
     assert before.shape == after.shape == (3, 3)
     np.testing.assert_array_equal(before[0], after[0])  # no alignment at task 0

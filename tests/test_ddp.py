@@ -22,7 +22,8 @@ import torch
 
 from cl.config import resolve_config
 from cl.run.engine import run_experiment
-from cl.run.files import load_checkpoint, read_accuracy_matrix_csv
+from cl.run.files import load_checkpoint
+from norga.matrix import read_accuracy_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = {"num_classes": 9, "num_tasks": 3, "train_per_class": 12, "test_per_class": 7}
@@ -58,7 +59,7 @@ def test_two_processes_evaluate_and_collect_statistics_like_one(tmp_path):
                             tmp_path / "single")
     res = _torchrun(tmp_path / "ddp", 0)
     assert res.returncode == 0, res.stderr[-3000:]
-    ddp_acc = read_accuracy_matrix_csv(tmp_path / "ddp/accuracy_matrix.csv")
+    ddp_acc = read_accuracy_matrix(tmp_path / "ddp/accuracy_matrix.csv")
     np.testing.assert_array_equal(ddp_acc, np.round(single.accuracy, 4))
     metrics = json.loads((tmp_path / "ddp/metrics.json").read_text())
     assert metrics["accuracy_matrix"] == json.loads(
@@ -92,7 +93,7 @@ def test_two_processes_train_stop_and_resume_from_rank0_checkpoint(tmp_path):
     for name in ("config.json", "env.json", "class_order.json", "accuracy_matrix.csv",
                  "metrics.json", "log.jsonl", "SHA256SUMS"):
         assert (out / name).stat().st_size > 0, name
-    acc = read_accuracy_matrix_csv(out / "accuracy_matrix.csv")
+    acc = read_accuracy_matrix(out / "accuracy_matrix.csv")
     assert acc.shape == (3, 3) and np.isfinite(np.tril(acc)).all()
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     # rank 0 alone writes the log: one evaluation record per task, one resume event

@@ -17,10 +17,8 @@ from cl.run.files import (
     CHECKSUMS_FILE,
     CheckpointError,
     WriteFailedError,
-    accuracy_matrix_csv,
     json_text,
     load_checkpoint,
-    read_accuracy_matrix_csv,
     read_checksums,
     sha256_hex,
     sidecar_path,
@@ -31,6 +29,7 @@ from cl.run.files import (
     write_result_file,
 )
 from norga import io as atomic_io
+from norga.matrix import accuracy_matrix_csv, read_accuracy_matrix
 
 
 def test_atomic_write_creates_missing_parents(tmp_path):
@@ -167,6 +166,6 @@ def test_checkpoint_failures_say_what_is_wrong(tmp_path):
 def test_accuracy_matrix_csv_round_trip_with_unseen_tasks(tmp_path):
     acc = np.array([[90.0, np.nan], [80.5, 70.25]])
     (tmp_path / "m.csv").write_text(accuracy_matrix_csv(acc))
-    back = read_accuracy_matrix_csv(tmp_path / "m.csv")
+    back = read_accuracy_matrix(tmp_path / "m.csv")
     assert back.dtype == np.float64
     np.testing.assert_array_equal(back, acc)

@@ -49,7 +49,6 @@ from cl.run.files import (
     CHECKSUMS_FILE,
     CheckpointError,
     WriteFailedError,
-    accuracy_matrix_csv,
     json_line,
     json_text,
     load_checkpoint,
@@ -63,6 +62,7 @@ from cl.run.files import (
 )
 from norga.cli import output_dir_problem
 from norga.io import checksum_problems
+from norga.matrix import accuracy_matrix_csv
 from norga.runlock import RunLockedError, run_lock
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import pickle
 import re
 import warnings
@@ -209,22 +208,3 @@ def load_checkpoint(path: str | Path) -> Any:
         return safe_torch_load(io.BytesIO(data), NUMPY_GLOBALS, what=path.name)
     except CheckpointError as exc:
         raise CheckpointError(f"{path.name}: cannot be loaded ({exc})") from None
-
-
-# ---------------------------------------------------------------------------- formats
-def accuracy_matrix_csv(acc: np.ndarray) -> str:
-    """``after_task,task_0,...`` rows; cells for tasks not yet seen are empty."""
-    T = acc.shape[1]
-    lines = ["after_task," + ",".join(f"task_{i}" for i in range(T))]
-    for t, row in enumerate(acc):
-        cells = ["" if math.isnan(v) else f"{v:.4f}" for v in row]
-        lines.append(f"{t}," + ",".join(cells))
-    return "\n".join(lines) + "\n"
-
-
-def read_accuracy_matrix_csv(path: str | Path) -> np.ndarray:
-    """Inverse of :func:`accuracy_matrix_csv` (rows = finished tasks, nan for empty cells)."""
-    rows = Path(path).read_text().strip().splitlines()[1:]
-    return np.array(
-        [[float(c) if c else math.nan for c in row.split(",")[1:]] for row in rows], dtype=float
-    )
