@@ -7,7 +7,21 @@ Nothing here is ``autouse``: a test module opts in by name, e.g.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+
+_PACKAGES = ("cl", "moe_theory", "figures", "norga")
+
+
+@pytest.fixture(autouse=True)
+def _package_log_levels():
+    """A command's main() run in-process sets its packages' log levels (norga.cli
+    configure_logging); put them back so that a later test's caplog sees what it expects."""
+    before = {name: logging.getLogger(name).level for name in _PACKAGES}
+    yield
+    for name, level in before.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @pytest.fixture(scope="module")

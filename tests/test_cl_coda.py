@@ -141,7 +141,7 @@ def _state(out: Path, t: int) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_end_to_end_run_and_exact_resume(tmp_path: Path) -> None:
     cfg = resolve_config("synthetic", "coda-prompt", overrides={
-        "epochs": 2, "batch_size": 16, "seed": 7,
+        "epochs": 2, "batch_size": 16, "seed": 7, "keep_checkpoints": "all",  # compared below
         "dataset_options": {"num_classes": 6, "num_tasks": 3, "train_per_class": 12,
                             "test_per_class": 8}})
     full = run_experiment(cfg, tmp_path / "full")

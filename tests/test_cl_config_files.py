@@ -126,8 +126,8 @@ def _main(*args: str) -> int:
 
 def _files(out: Path) -> dict[str, bytes]:
     """Every file of a run directory, the volatile ones made comparable: env.json (machine,
-    time) and the lock are left out, the wall-clock fields of log.jsonl dropped, and their
-    SHA256SUMS lines with them."""
+    time) and the lock are left out, the wall-clock fields of log.jsonl and tasks.csv dropped,
+    and their SHA256SUMS lines with them."""
     files = {}
     for path in sorted(out.rglob("*")):
         name = str(path.relative_to(out))
@@ -138,9 +138,11 @@ def _files(out: Path) -> dict[str, bytes]:
             records = [json.loads(line) for line in data.decode().splitlines()]
             data = json.dumps([{k: v for k, v in r.items() if k not in ("time", "seconds")}
                                for r in records]).encode()
+        if name == "tasks.csv":  # its last column is the task's wall time
+            data = b"\n".join(line.rsplit(b",", 1)[0] for line in data.splitlines())
         if name == "SHA256SUMS":
             data = b"\n".join(line for line in data.splitlines()
-                              if not line.endswith((b"env.json", b"log.jsonl")))
+                              if not line.endswith((b"env.json", b"log.jsonl", b"tasks.csv")))
         files[name] = data
     return files
 

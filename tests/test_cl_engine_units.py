@@ -33,12 +33,12 @@ from cl.run.engine import (
 )
 from cl.run.files import (
     load_checkpoint,
-    read_accuracy_matrix_csv,
     sidecar_path,
     torch_save_atomic,
     write_result_file,
 )
 from cl.run.seeding import derive_seed, torch_generator
+from norga.matrix import read_accuracy_matrix
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -116,7 +116,7 @@ def test_matrices_equal_a_direct_evaluation_of_each_checkpoint(hide_run):
     # the numbers are not all alike, so a swapped row or column shows
     assert len(set(np.round(result.tii[np.tril_indices(T)], 6))) > 1
     assert len(set(np.round(result.til[np.tril_indices(T)], 6))) > 1
-    _close(read_accuracy_matrix_csv(out / "accuracy_matrix.csv"), np.round(direct["acc"], 4))
+    _close(read_accuracy_matrix(out / "accuracy_matrix.csv"), np.round(direct["acc"], 4))
     # the checkpoint after task t holds rows 0..t of every matrix (float64 tensors)
     for t in range(T):
         ckpt = load_checkpoint(out / f"checkpoints/task_{t}.pt")
@@ -198,7 +198,7 @@ def test_before_alignment_equals_after_without_alignment_epochs(hide_run):
     """tap_epochs 0: the alignment changes nothing, so the two matrices agree."""
     cfg, out, result = hide_run
     _close(result.accuracy_before_alignment, result.accuracy)
-    _close(read_accuracy_matrix_csv(out / "accuracy_matrix_before_alignment.csv"),
+    _close(read_accuracy_matrix(out / "accuracy_matrix_before_alignment.csv"),
            np.round(result.accuracy, 4))
 
 
@@ -327,7 +327,7 @@ def test_stop_then_resume_task_by_task_equals_one_run(tmp_path, hide_run):
     assert first.til_oracle.shape == first.accuracy_before_alignment.shape == (1, T)
     assert not (out / "metrics.json").exists()
     assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["task_0.pt"]
-    assert read_accuracy_matrix_csv(out / "accuracy_matrix.csv").shape == (1, T)
+    assert read_accuracy_matrix(out / "accuracy_matrix.csv").shape == (1, T)
     second = run_experiment(cfg, out, stop_after_task=1)
     assert second.resumed_after_task == 0 and not second.finished
     assert second.accuracy.shape == (2, T)

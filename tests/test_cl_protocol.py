@@ -274,7 +274,8 @@ def test_cli_protocol_flag_and_run_directory(tmp_path: Path, monkeypatch) -> Non
         "--no-progress", "--threads", "1"])
     torch.set_num_threads(1)
     assert code == 0
-    out = tmp_path / "runs" / "synthetic-l2p-vit-tiny-random-s42-official"
+    # runs/<dataset>-<method>-<backbone>-<config digest>-s<seed>-official
+    (out,) = (tmp_path / "runs").glob("synthetic-l2p-vit-tiny-random-*-s42-official")
     config = json.loads((out / "config.json").read_text())
     assert config["protocol"] == "official"
     assert config["method_options"]["batchwise_prompt"] is True

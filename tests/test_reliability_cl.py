@@ -27,12 +27,12 @@ from cl.run.files import (
     CheckpointError,
     WriteFailedError,
     load_checkpoint,
-    read_accuracy_matrix_csv,
     sidecar_path,
     torch_save_atomic,
     verify_result_file,
     write_result_file,
 )
+from norga.matrix import read_accuracy_matrix
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = {  # every checkpoint kept: the fallback and kill tests need the earlier ones
@@ -187,7 +187,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, re
             assert sorted(p.name for p in ckpts.glob("task_*.pt")) == ["task_0.pt"]
         if mode == "step":
             assert not (ckpts / "task_1.pt").exists()
-            assert read_accuracy_matrix_csv(out / "accuracy_matrix.csv").shape[0] == 1
+            assert read_accuracy_matrix(out / "accuracy_matrix.csv").shape[0] == 1
         if arg == "task_1.pt":
             assert (ckpts / "task_1.pt").exists() and not sidecar_path(ckpts / "task_1.pt").exists()
         if arg == "metrics.json":
@@ -196,7 +196,7 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path, re
     final = run_experiment(_cfg(), out)
     assert final.finished and final.resumed_after_task == 2
     np.testing.assert_array_equal(final.accuracy, reference)
-    np.testing.assert_array_equal(read_accuracy_matrix_csv(out / "accuracy_matrix.csv"),
+    np.testing.assert_array_equal(read_accuracy_matrix(out / "accuracy_matrix.csv"),
                                   np.round(reference, 4))
     assert not list(out.rglob(".*.tmp")), "stale temporary files are cleaned up"
     events = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
@@ -223,7 +223,7 @@ def test_disk_full_while_checkpointing_keeps_previous_state(tmp_path, reference,
     monkeypatch.setattr(norga_io.os, "replace", real_replace)
     assert not (out / "checkpoints/task_1.pt").exists()
     assert load_checkpoint(out / "checkpoints/task_0.pt")["task"] == 0
-    assert read_accuracy_matrix_csv(out / "accuracy_matrix.csv").shape[0] == 1
+    assert read_accuracy_matrix(out / "accuracy_matrix.csv").shape[0] == 1
     assert not list(out.rglob(".*.tmp"))
     resumed = run_experiment(_cfg(), out)
     assert resumed.resumed_after_task == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -59,8 +60,9 @@ def _interrupt(argv: list[str], ready, sig: int) -> tuple[subprocess.CompletedPr
 def _check_interrupted(done: subprocess.CompletedProcess, workers: list[int], sig: int,
                        prog: str) -> None:
     assert done.returncode == 128 + sig, done.stderr[-2000:]
+    # progress-bar refreshes and norga-cl's one-line summary per finished task aside
     lines = [line for line in done.stderr.replace("\r", "\n").splitlines()
-             if line.strip() and "%|" not in line]  # progress-bar refreshes aside
+             if line.strip() and "%|" not in line and not re.match(r"task \d+/\d+: ", line)]
     assert lines == [f"{prog}: {MESSAGE}"], done.stderr[-2000:]
     assert "Traceback" not in done.stderr + done.stdout
     deadline = time.monotonic() + 10
