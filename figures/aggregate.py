@@ -31,6 +31,16 @@ def positive_finite(values: Iterable[float]) -> np.ndarray:
     return arr[np.isfinite(arr) & (arr > 0)]
 
 
+def values_per_n(records: Sequence[Mapping[str, Any]], key: str) -> list[tuple[int, np.ndarray]]:
+    """``(n, values)`` per sample size in increasing n: the positive, finite ``record[key]`` of
+    the records with that ``record["n"]`` (an n left with none is dropped)."""
+    by_n: dict[int, list[float]] = {}
+    for rec in records:
+        by_n.setdefault(int(rec["n"]), []).append(float(rec[key]))
+    kept = ((n, positive_finite(by_n[n])) for n in sorted(by_n))
+    return [(n, vals) for n, vals in kept if vals.size]
+
+
 def quantile_curve(records: Sequence[Mapping[str, Any]], key: str) -> QuantileCurve:
     """Median and IQR of ``record[key]`` per ``record["n"]`` (non-positive values ignored).
 
@@ -41,14 +51,8 @@ def quantile_curve(records: Sequence[Mapping[str, Any]], key: str) -> QuantileCu
     key:
         Column to summarise, e.g. ``"voronoi_loss"``.
     """
-    by_n: dict[int, list[float]] = {}
-    for rec in records:
-        by_n.setdefault(int(rec["n"]), []).append(float(rec[key]))
     ns, med, lo, hi, cnt = [], [], [], [], []
-    for n in sorted(by_n):
-        vals = positive_finite(by_n[n])
-        if vals.size == 0:
-            continue
+    for n, vals in values_per_n(records, key):
         ns.append(n)
         med.append(np.median(vals))
         lo.append(np.quantile(vals, 0.25))
@@ -111,14 +115,8 @@ def mean_curve(records: Sequence[Mapping[str, Any]], key: str) -> MeanCurve:
     key:
         Column to summarise, e.g. ``"voronoi_loss"``.
     """
-    by_n: dict[int, list[float]] = {}
-    for rec in records:
-        by_n.setdefault(int(rec["n"]), []).append(float(rec[key]))
     ns, mean, lo, hi, cnt = [], [], [], [], []
-    for n in sorted(by_n):
-        vals = positive_finite(by_n[n])
-        if vals.size == 0:
-            continue
+    for n, vals in values_per_n(records, key):
         m = float(np.mean(vals))
         half = (float(t_quantile_975(vals.size - 1) * np.std(vals, ddof=1)
                       / math.sqrt(vals.size)) if vals.size > 1 else 0.0)
