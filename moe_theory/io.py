@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -31,6 +30,7 @@ from norga.io import (
     json_safe,
     record_checksums,
 )
+from norga.provenance import git_state
 
 #: Packages whose versions config.json records.
 PROVENANCE_PACKAGES: tuple[str, ...] = ("numpy", "scipy", "numba", "statsmodels")
@@ -59,16 +59,6 @@ def timing_csv_text(records: Sequence[FitRecord]) -> str:
     return _csv_text([r.to_row() for r in records], TIMING_COLUMNS)
 
 
-def _git(*args: str) -> str | None:
-    root = Path(__file__).resolve().parents[1]
-    try:
-        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
-                             timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout
-
-
 def run_provenance(argv: list[str] | None = None) -> dict[str, object]:
     """Where a run came from: git commit and dirty flag, package versions, command line.
 
@@ -83,8 +73,7 @@ def run_provenance(argv: list[str] | None = None) -> dict[str, object]:
     modified; ``None`` when unknown), ``python``, ``packages`` (name -> version or ``None``)
     and ``command`` (shell-quoted).
     """
-    commit = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    git = git_state(untracked=False)  # any tracked file of the checkout
     versions: dict[str, str | None] = {}
     for name in PROVENANCE_PACKAGES:
         try:
@@ -92,8 +81,8 @@ def run_provenance(argv: list[str] | None = None) -> dict[str, object]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return {
-        "git_commit": commit.strip() if commit else None,
-        "git_dirty": None if status is None else bool(status.strip()),
+        "git_commit": git["sha"],
+        "git_dirty": git["dirty"],
         "python": platform.python_version(),
         "packages": versions,
         "command": shlex.join(argv) if argv is not None else None,

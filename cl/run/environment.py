@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from norga import provenance
+
 _PACKAGES = ("torch", "timm", "numpy", "scikit-learn", "scipy", "tqdm")
 
 
 def git_state(repo: Path | None = None) -> dict[str, Any]:
-    """Commit SHA and dirty flag of the repository holding this package (if any)."""
-    repo = repo or Path(__file__).resolve().parents[2]
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "cl", "experiments"],
-                                    cwd=repo, capture_output=True, text=True, timeout=10,
-                                    check=True).stdout.strip())
-        return {"sha": sha, "dirty": dirty}
-    except (OSError, subprocess.SubprocessError):
-        return {"sha": None, "dirty": None}
+    """Commit SHA and dirty flag of the repository holding this package (if any); only the
+    CL code (``cl/``, ``experiments/``, untracked files included) makes it dirty."""
+    return provenance.git_state(("cl", "experiments"), repo=repo)
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
