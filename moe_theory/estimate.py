@@ -41,7 +41,9 @@ from moe_theory.fit_result import (  # noqa: F401 - FIT_STATUSES re-exported
     LAMBDA_STALL,
     FitResult,
     _row_dots,
+    damped_step_outcome,
     fit_status,
+    stopping_tests,
 )
 from moe_theory.gates import Activation, Gate, GateKind
 from moe_theory.model import ExpertKind, PrefixMoE, Pretrained, mixture, regression
@@ -427,38 +429,15 @@ def _levenberg_marquardt(
                 if jac:
                     new_jtj[sub], new_jtr[sub] = out[1], out[2]
 
-        # Gauss-Newton model decrease of the RSS for the step actually taken.
-        predicted = 2.0 * _row_dots(step, jtr[rows]) - _row_dots(
-            step, np.matmul(jtj[rows], step[:, :, None])[..., 0]
-        )
-        actual = rss[rows] - new_rss
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.where(predicted > 0, actual / predicted, -1.0)
-        accept = (rho > 0) & np.isfinite(new_rss)
-
-        # Nielsen's damping update.
-        lam[rows] = np.where(
-            accept,
-            lam[rows] * np.maximum(1 / 3, 1 - (2 * rho - 1) ** 3),
-            lam[rows] * nu[rows],
-        )
-        nu[rows] = np.where(accept, 2.0, nu[rows] * 2.0)
-
-        step_norm = np.linalg.norm(step, axis=1)
-        x_small = step_norm <= xtol * (xtol + np.linalg.norm(th, axis=1))
-        f_small = accept & (actual <= ftol * np.maximum(new_rss, 1e-300)) & (rho > 0.25)
+        accept, x_small, f_small = damped_step_outcome(
+            step, jtr[rows], jtj[rows], rss[rows], new_rss, lam, nu, rows, th, xtol, ftol)
         theta[rows[accept]] = trial[accept]
         speculate[rows] = accept
 
-        # Stopping tests. A step that is small only because the damping blew up, or a damping
-        # out of range, is a stall, not convergence; the stopping points are the same.
-        blown = ~np.isfinite(lam[rows]) | (lam[rows] > LAMBDA_STALL)
-        dead = ~np.isfinite(lam[rows]) | (lam[rows] > 1e300)
-        done = f_small | (x_small & ~blown)
-        stuck = ~done & (dead | (x_small & blown))
+        done, stuck, capped = stopping_tests(lam[rows], accept, x_small, f_small, n_iter[rows],
+                                             max_iter)
         converged[rows[done]] = True
         stalled[rows[stuck]] = True
-        capped = ~done & ~stuck & (n_iter[rows] >= max_iter) & (accept | blown)
         # A stopping replicate keeps its last accepted point and the RSS there.
         stop = done | stuck | capped
         rss[rows[accept]] = new_rss[accept]

@@ -65,3 +65,56 @@ def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a stacked ``matmul`` of vectors computes each row by itself.
     """
     return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
+def damped_step_outcome(
+    step: np.ndarray, grad: np.ndarray, hess: np.ndarray, old: np.ndarray, new: np.ndarray,
+    lam: np.ndarray, nu: np.ndarray, rows: np.ndarray, x: np.ndarray, xtol: float, ftol: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Judge a Levenberg-Marquardt trial step of the running fits ``rows`` (one rule for both
+    solvers, :func:`moe_theory.estimate.fit_batched` and :mod:`moe_theory.varpro`).
+
+    ``grad`` / ``hess`` are the Gauss-Newton model's ``J^T r`` and ``J^T J`` of those rows at
+    ``x`` (their parameters), ``old`` / ``new`` the objective before and after the step. The
+    step is accepted where the objective fell (gain ratio ``rho > 0``); Nielsen's update then
+    changes the damping ``lam`` and its growth ``nu`` in place. Returns ``accept`` and MINPACK's
+    two small-step tests, ``x_small`` (relative step size) and ``f_small`` (relative decrease,
+    accepted steps with ``rho > 0.25`` only).
+    """
+    # Gauss-Newton model decrease of the objective for the step actually taken.
+    predicted = 2.0 * _row_dots(step, grad) - _row_dots(
+        step, np.matmul(hess, step[:, :, None])[..., 0]
+    )
+    actual = old - new
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(predicted > 0, actual / predicted, -1.0)
+    accept = (rho > 0) & np.isfinite(new)
+    # Nielsen's damping update.
+    lam[rows] = np.where(
+        accept,
+        lam[rows] * np.maximum(1 / 3, 1 - (2 * rho - 1) ** 3),
+        lam[rows] * nu[rows],
+    )
+    nu[rows] = np.where(accept, 2.0, nu[rows] * 2.0)
+    step_norm = np.linalg.norm(step, axis=1)
+    x_small = step_norm <= xtol * (xtol + np.linalg.norm(x, axis=1))
+    f_small = accept & (actual <= ftol * np.maximum(new, 1e-300)) & (rho > 0.25)
+    return accept, x_small, f_small
+
+
+def stopping_tests(
+    lam_rows: np.ndarray, accept: np.ndarray, x_small: np.ndarray, f_small: np.ndarray,
+    n_iter_rows: np.ndarray, max_iter: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(done, stuck, capped)`` of the running fits after a judged step.
+
+    A step that is small only because the damping blew up, or a damping out of range, is a
+    stall, not convergence; a fit at the iteration cap stops there (``capped``) once its last
+    step was accepted or its damping blew up.
+    """
+    blown = ~np.isfinite(lam_rows) | (lam_rows > LAMBDA_STALL)
+    dead = ~np.isfinite(lam_rows) | (lam_rows > 1e300)
+    done = f_small | (x_small & ~blown)
+    stuck = ~done & (dead | (x_small & blown))
+    capped = ~done & ~stuck & (n_iter_rows >= max_iter) & (accept | blown)
+    return done, stuck, capped

@@ -48,7 +48,7 @@ import itertools
 
 import numpy as np
 
-from moe_theory.fit_result import _LAMBDA0, LAMBDA_STALL, FitResult, _row_dots
+from moe_theory.fit_result import _LAMBDA0, FitResult, damped_step_outcome, stopping_tests
 from moe_theory.model import PrefixMoE
 from norga.choices import check_choice
 
@@ -405,36 +405,17 @@ def variable_projection(
             pred_c = np.clip(pred_c, -bound, bound)
         new_c, new_F = evaluate(rows, trial, pred_c)[:2]
 
-        predicted = 2.0 * _row_dots(step, b[rows]) - _row_dots(
-            step, np.matmul(A[rows], step[:, :, None])[..., 0]
-        )
-        actual = F[rows] - new_F
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rho = np.where(predicted > 0, actual / predicted, -1.0)
-        accept = (rho > 0) & np.isfinite(new_F)
-
-        lam[rows] = np.where(
-            accept,
-            lam[rows] * np.maximum(1 / 3, 1 - (2 * rho - 1) ** 3),
-            lam[rows] * nu[rows],
-        )
-        nu[rows] = np.where(accept, 2.0, nu[rows] * 2.0)
-
-        step_norm = np.linalg.norm(step, axis=1)
-        x_small = step_norm <= xtol * (xtol + np.linalg.norm(gamma, axis=1))
-        f_small = accept & (actual <= ftol * np.maximum(new_F, 1e-300)) & (rho > 0.25)
+        accept, x_small, f_small = damped_step_outcome(
+            step, b[rows], A[rows], F[rows], new_F, lam, nu, rows, gamma, xtol, ftol)
         acc = rows[accept]
         theta[acc[:, None], gi[None, :]] = trial[accept]
         c_star[acc] = new_c[accept]
         F[acc] = new_F[accept]
 
-        blown = ~np.isfinite(lam[rows]) | (lam[rows] > LAMBDA_STALL)
-        dead = ~np.isfinite(lam[rows]) | (lam[rows] > 1e300)
-        done = f_small | (x_small & ~blown)
-        stuck = ~done & (dead | (x_small & blown))
+        done, stuck, capped = stopping_tests(lam[rows], accept, x_small, f_small, n_iter[rows],
+                                             max_iter)
         converged[rows[done]] = True
         stalled[rows[stuck]] = True
-        capped = ~done & ~stuck & (n_iter[rows] >= max_iter) & (accept | blown)
         stop = done | stuck | capped
         active[rows[stop]] = False
         moved = accept & ~stop
