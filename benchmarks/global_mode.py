@@ -13,11 +13,13 @@ kept. Prints per case how often the global optimum has a lower / higher RSS than
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+# run as a script (python benchmarks/global_mode.py): its own folder is on the import path
+from solver import rates_problem
 from threadpoolctl import threadpool_limits
 
 from moe_theory.estimate import fit_restarts
@@ -27,9 +29,6 @@ from moe_theory.varpro import GLOBAL_STREAM, global_starts
 from moe_theory.voronoi import voronoi_loss
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from solver import rates_problem  # noqa: E402
-
 CASES = [(1000, 16), (10_000, 8)]
 N_GLOBAL = 8
 
