@@ -43,6 +43,7 @@ from moe_theory.fit_result import (  # noqa: F401 - FIT_STATUSES re-exported
     _row_dots,
     damped_step_outcome,
     fit_status,
+    gradient_small,
     stopping_tests,
 )
 from moe_theory.gates import Activation, Gate, GateKind
@@ -386,10 +387,7 @@ def _levenberg_marquardt(
         # first value tied to max diag(J^T J) ~ n would over-damp the first steps at large n.
         lam[rows[np.isnan(lam[rows])]] = _LAMBDA0
         diag = np.diagonal(jtj[rows], axis1=1, axis2=2)
-        # Gradient test, scaled like MINPACK's (cosine of residual and Jacobian columns).
-        col = np.sqrt(np.maximum(diag, 1e-300))
-        gnorm = np.max(np.abs(jtr[rows]) / col, axis=1) / np.sqrt(np.maximum(rss[rows], 1e-300))
-        done = rows[gnorm <= gtol]
+        done = rows[gradient_small(jtr[rows], diag, rss[rows], gtol)]
         converged[done] = True
         active[done] = False
 

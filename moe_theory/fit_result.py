@@ -118,3 +118,13 @@ def stopping_tests(
     stuck = ~done & (dead | (x_small & blown))
     capped = ~done & ~stuck & (n_iter_rows >= max_iter) & (accept | blown)
     return done, stuck, capped
+
+
+def gradient_small(grad: np.ndarray, diag: np.ndarray, objective: np.ndarray,
+                   gtol: float) -> np.ndarray:
+    """MINPACK's gradient test per fit: ``max_k |g_k| / sqrt(H_kk * F) <= gtol``, the largest
+    cosine between the residual and a Jacobian column (``g = J^T r``, ``H_kk`` the diagonal of
+    ``J^T J``, ``F`` the objective); both solvers stop a fit where it holds."""
+    col = np.sqrt(np.maximum(diag, 1e-300))
+    gnorm = np.max(np.abs(grad) / col, axis=1) / np.sqrt(np.maximum(objective, 1e-300))
+    return gnorm <= gtol

@@ -48,7 +48,13 @@ import itertools
 
 import numpy as np
 
-from moe_theory.fit_result import _LAMBDA0, FitResult, damped_step_outcome, stopping_tests
+from moe_theory.fit_result import (
+    _LAMBDA0,
+    FitResult,
+    damped_step_outcome,
+    gradient_small,
+    stopping_tests,
+)
 from moe_theory.model import PrefixMoE
 from norga.choices import check_choice
 
@@ -369,9 +375,7 @@ def variable_projection(
         cross[rows] = jtj[:, gi][:, :, li] * free[:, None, :]
         c_eval[rows] = c
         diag = np.diagonal(A[rows], axis1=1, axis2=2)
-        col = np.sqrt(np.maximum(diag, 1e-300))
-        gnorm = np.max(np.abs(b[rows]) / col, axis=1) / np.sqrt(np.maximum(F[rows], 1e-300))
-        done = rows[gnorm <= gtol]
+        done = rows[gradient_small(b[rows], diag, F[rows], gtol)]
         converged[done] = True
         active[done] = False
 
