@@ -42,7 +42,7 @@ from moe_theory.settings import THETA_BOUND, get_setting
 from moe_theory.simulate import INIT_STREAM, replicate_seed, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
-SOLVERS = ("lm", "varpro")
+SOLVERS = ("lm", "varpro", "auto")
 RSS_SAME = 1e-8  # relative RSS difference below which two fits count as the same optimum
 
 
@@ -109,19 +109,23 @@ def run_case(name: str, problem, repeats: int) -> dict[str, object]:
             "at_bound": int(np.sum(res.at_bound)),
             "mean_evaluations": float(np.mean(res.n_iter)),
         }
-    rel = (results["varpro"].rss - results["lm"].rss) / results["lm"].rss
-    out["rss"] = {
-        "varpro_lower": int(np.sum(rel < -RSS_SAME)),
-        "same": int(np.sum(np.abs(rel) <= RSS_SAME)),
-        "varpro_higher": int(np.sum(rel > RSS_SAME)),
-        "max_rel_diff": float(np.max(np.abs(rel))),
-    }
-    out["speedup"] = out["lm"]["seconds"] / out["varpro"]["seconds"]  # type: ignore[index]
-    print(f"{name:28s} n={n:>7d} R={R:>3d}  lm {out['lm']['seconds']:8.2f}s "  # type: ignore
-          f"(capped {out['lm']['capped']:>2d})  varpro {out['varpro']['seconds']:8.2f}s "  # type: ignore
-          f"(capped {out['varpro']['capped']:>2d}, stalled {out['varpro']['stalled']})  "  # type: ignore
-          f"x{out['speedup']:.2f}  rss lower/same/higher {out['rss']['varpro_lower']}/"  # type: ignore
-          f"{out['rss']['same']}/{out['rss']['varpro_higher']}", flush=True)  # type: ignore
+    for s in SOLVERS[1:]:
+        rel = (results[s].rss - results["lm"].rss) / results["lm"].rss
+        out[f"rss_{s}_vs_lm"] = {
+            "lower": int(np.sum(rel < -RSS_SAME)),
+            "same": int(np.sum(np.abs(rel) <= RSS_SAME)),
+            "higher": int(np.sum(rel > RSS_SAME)),
+            "max_rel_diff": float(np.max(np.abs(rel))),
+        }
+        out[f"speedup_{s}"] = out["lm"]["seconds"] / out[s]["seconds"]  # type: ignore[index]
+    line = f"{name:16s} n={n:>7d} R={R:>3d}"
+    for s in SOLVERS:
+        line += f" | {s} {out[s]['seconds']:6.2f}s capped {out[s]['capped']:>2d}"  # type: ignore
+        if s != "lm":
+            cmp = out[f"rss_{s}_vs_lm"]
+            line += (f" x{out[f'speedup_{s}']:.2f} rss -/=/+ {cmp['lower']}/{cmp['same']}/"  # type: ignore
+                     f"{cmp['higher']}")  # type: ignore[index]
+    print(line, flush=True)
     return out
 
 

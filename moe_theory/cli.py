@@ -218,7 +218,8 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "--solver", choices=SOLVERS, default="lm",
         help="fitter: lm (Levenberg-Marquardt on every parameter), varpro (variable projection: "
         "affine experts solved exactly, LM on the gates) or auto (varpro for two or more "
-        "affine atoms, lm for one atom and for tanh experts)",
+        "affine atoms, refitted by lm where it does not converge, lower RSS kept; lm for one "
+        "atom and for tanh experts)",
     )
     p.add_argument(
         "--global-starts", type=nonnegative_int, default=0,

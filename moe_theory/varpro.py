@@ -40,6 +40,10 @@ Levenberg-Marquardt over ``gamma`` only:
 
 Tanh experts are not linear in ``(a, b)``; they keep the full LM, and ``solver="auto"`` also
 keeps it for a single affine atom (:func:`resolve_solver`).
+
+The linear solve runs in compiled code (:mod:`moe_theory.varpro_kernels`) when the data are
+evaluated by the compiled kernels, and by the batched numpy reference otherwise; the two agree
+to rounding.
 """
 
 from __future__ import annotations
@@ -78,8 +82,10 @@ def resolve_solver(solver: str, structure: PrefixMoE) -> str:
     (where the linear part can be rank-deficient and the full LM drifts along the flat
     manifold to its iteration cap) and the full LM otherwise: for tanh experts, which are not
     linear in their parameters, and for one affine atom, where the full LM converges in a
-    handful of evaluations and is the faster of the two (``benchmarks/solver.py``).
-    ``"varpro"`` for tanh experts is refused.
+    handful of evaluations and is the faster of the two (``benchmarks/solver.py``). Where
+    ``"auto"`` gives variable projection, the fits it leaves unconverged are fitted again by
+    the full LM from the same start and the lower RSS is kept
+    (:func:`moe_theory.estimate.fit_batched`). ``"varpro"`` for tanh experts is refused.
     """
     check_choice("solver", solver, SOLVERS)
     if solver == "lm":
@@ -138,6 +144,7 @@ def linear_solve(
     c_eval: np.ndarray,
     bound: float | None,
     rcond: float = RCOND,
+    compiled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Optimal linear parameters from the Gram matrix at ``(gamma, c_eval)``.
 
@@ -155,6 +162,9 @@ def linear_solve(
         Box on every coordinate, or None.
     rcond:
         Relative eigenvalue threshold of the pseudo-inverse.
+    compiled:
+        Solve replicate by replicate in compiled code (:mod:`moe_theory.varpro_kernels`, the
+        same rules) instead of the batched numpy reference.
 
     Returns
     -------
@@ -167,6 +177,10 @@ def linear_solve(
     Hinv:
         ``(k, M, M)`` pseudo-inverse of ``H`` on the free coordinates.
     """
+    if compiled:
+        from moe_theory import varpro_kernels  # numba: imported on first use only
+
+        return varpro_kernels.solve(H, s, rss_c, c_eval, bound, rcond)
     rhs = s + np.matmul(H, c_eval[..., None])[..., 0]  # Phi^T (y - f0)
     Hinv = psd_pinv(H, rcond=rcond)
     c_star = np.matmul(Hinv, rhs[..., None])[..., 0]
@@ -332,6 +346,8 @@ def variable_projection(
         ``theta`` holds the gate parameters and ``c*(gamma)``; ``rss`` is recomputed there.
     """
     structure = problem.structure
+    # the compiled linear solve goes with the compiled evaluations (numba is importable)
+    compiled = problem.backend == "numba"
     gi, li = parameter_split(structure.n_prompts, structure.dim)
     theta = np.array(theta0, dtype=float)
     R, P = theta.shape
@@ -361,7 +377,7 @@ def variable_projection(
         point[:, gi], point[:, li] = gamma, c
         rss_c, jtj, jtr = problem.evaluate(point, rows, jacobian=True)
         cs, Fs, free, inv = linear_solve(jtj[:, li][:, :, li], jtr[:, li], rss_c, c, bound,
-                                         rcond)
+                                         rcond, compiled=compiled)
         return cs, Fs, free, inv, jtj, jtr
 
     def store(rows: np.ndarray, c: np.ndarray, jtj: np.ndarray, jtr: np.ndarray,

@@ -29,6 +29,7 @@ from moe_theory.model import PrefixMoE, n_params, regression_and_jacobian
 from moe_theory.settings import default_truth
 from moe_theory.simulate import simulate
 from moe_theory.varpro import (
+    RCOND,
     box_solve,
     global_starts,
     linear_solve,
@@ -233,6 +234,85 @@ def test_box_solve_first_guess_and_full_search_agree():
     assert np.allclose(a, b, atol=1e-9)
 
 
+def _random_linear_problems(rng, k=6):
+    """Gram matrices of random designs (every third one rank-deficient: two equal columns,
+    as on the flat manifold), residual products scaled so that the box often binds."""
+    for trial in range(40):
+        M = int(rng.choice([2, 4, 6]))
+        Phi = rng.normal(size=(k, 30, M))
+        if trial % 3 == 0:
+            Phi[:, :, 1] = Phi[:, :, 0]
+        r = rng.normal(size=(k, 30))
+        H = np.einsum("kni,knj->kij", Phi, Phi)
+        s = np.einsum("kni,kn->ki", Phi, r) * rng.choice([1.0, 10.0, 100.0])
+        yield H, s, np.sum(r * r, axis=1), rng.normal(size=(k, M))
+
+
+@pytest.mark.slow  # compiles the kernel on a fresh cache
+def test_compiled_linear_solve_agrees_with_the_numpy_reference():
+    """The compiled linear solve (numba backend) and the batched numpy reference: same point,
+    same RSS, same held coordinates, same pseudo-inverse, with and without a box."""
+    rng = np.random.default_rng(21)
+    held = 0
+    for H, s, rss, c_eval in _random_linear_problems(rng):
+        for bound in (None, 1.0, 5.0):
+            ref = linear_solve(H, s, rss, c_eval, bound)
+            out = linear_solve(H, s, rss, c_eval, bound, compiled=True)
+            scale = max(1.0, np.abs(ref[0]).max())
+            assert np.allclose(out[0], ref[0], rtol=0, atol=1e-10 * scale)
+            assert np.allclose(out[1], ref[1], rtol=1e-10)
+            assert np.array_equal(out[2], ref[2])
+            assert np.allclose(out[3], ref[3], rtol=1e-8,
+                               atol=1e-10 * np.abs(ref[3]).max())
+            held += int((~out[2]).sum())
+    assert held > 50  # the box bound often enough to test the active set
+
+
+@pytest.mark.slow  # compiles the kernel on a fresh cache
+def test_compiled_search_over_every_face_matches_the_reference():
+    """The compiled fallback (every face of the box) against the numpy one, including the
+    tie rule of a rank-deficient problem (the smaller norm wins), and against BVLS."""
+    from moe_theory import varpro_kernels
+
+    rng = np.random.default_rng(22)
+    for trial in range(12):
+        Phi = rng.normal(size=(40, 4))
+        if trial % 2:
+            Phi[:, 3] = Phi[:, 2]  # a flat direction: many optimal points, one of least norm
+        y = Phi @ rng.normal(0, 6, size=4) + rng.normal(size=40)
+        H, rhs = Phi.T @ Phi, Phi.T @ y
+        c, free, inv = np.empty(4), np.empty(4, dtype=bool), np.empty((4, 4))
+        varpro_kernels._every_face(H, rhs, 5.0, RCOND, c, free, inv)
+        ref_c, ref_free, _ = box_solve(H[None], rhs[None], 5.0)
+        assert np.allclose(c, ref_c[0], atol=1e-9)
+        assert np.array_equal(free, ref_free[0])
+        bvls = lsq_linear(Phi, y, bounds=(-5.0, 5.0), method="bvls", tol=1e-14).x
+        rss = np.sum((y - Phi @ c) ** 2)
+        assert rss == pytest.approx(np.sum((y - Phi @ bvls) ** 2), rel=1e-10)
+
+
+@pytest.mark.slow  # compiles the kernels on a fresh cache
+def test_variable_projection_gives_the_same_fits_on_both_backends():
+    """Whole bounded two-atom fits, numpy reference vs compiled evaluations and linear solve:
+    the same optimum (RSS to 1e-9 relative, parameters to 1e-5) where both converge (at
+    n = 5000; at a few hundred samples the profile is so flat that rounding alone moves
+    where the tolerances stop a fit, by ~1e-7 in RSS)."""
+    truth = two_atom_linear_truth()
+    structure = _structure(truth, 2)
+    X, Y = simulate(truth, 5000, list(range(4)), seed=4, setting="test", noise_sd=0.1)
+    starts = np.stack([truth.theta + 0.1 * k for k in range(4)])
+    fits = {}
+    for backend in ("numpy", "numba"):
+        problem = _make_problem(X, Y, starts.shape, structure, SAMPLE_CHUNK, backend, 1)
+        fits[backend] = variable_projection(problem, starts, bound=5.0, max_iter=200,
+                                            ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    a, b = fits["numpy"], fits["numba"]
+    both = a.converged & b.converged
+    assert both.sum() >= 3 and (~a.converged | a.at_bound).any()  # the box is active
+    assert np.allclose(a.rss[both], b.rss[both], rtol=1e-9)
+    assert np.allclose(a.theta[both], b.theta[both], atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------------------
 # whole fits
 
@@ -296,6 +376,31 @@ def test_varpro_result_holds_the_linear_optimum_of_its_gates():
                               xtol=1e-12, gtol=1e-12)
     both = res.converged & lm.converged
     assert both.sum() >= 2 and np.all(res.rss[both] <= lm.rss[both] * (1 + 1e-8))
+
+
+@pytest.mark.slow
+def test_auto_refits_what_variable_projection_leaves_unconverged_with_the_full_lm():
+    """``solver="auto"``: replicates that variable projection brings to convergence are its
+    fits, bit for bit; the others get the lower RSS of variable projection and of the full LM
+    from the same start (the LM fit of a replicate does not depend on the batch)."""
+    truth = two_atom_linear_truth()
+    structure = _structure(truth, 2)
+    X, Y = simulate(truth, 400, list(range(8)), seed=4, setting="test", noise_sd=0.1)
+    starts = np.stack([truth.theta + 0.1 * k for k in range(8)])[:, None]
+    options = {"bound": 5.0, "max_iter": 140, "backend": "numpy"}
+    vp = fit_restarts(X, Y, starts, structure, solver="varpro", **options)
+    lm = fit_restarts(X, Y, starts, structure, solver="lm", **options)
+    auto = fit_restarts(X, Y, starts, structure, solver="auto", **options)
+    redo = ~vp.converged
+    assert redo.any() and (~redo).any()
+    assert np.array_equal(auto.theta[~redo], vp.theta[~redo])
+    assert np.array_equal(auto.n_iter[~redo], vp.n_iter[~redo])
+    take_lm = redo & (lm.rss < vp.rss)
+    assert take_lm.any() and (redo & ~take_lm).any()  # both outcomes of the comparison
+    assert np.array_equal(auto.theta[take_lm], lm.theta[take_lm])
+    assert np.array_equal(auto.converged[take_lm], lm.converged[take_lm])
+    assert np.array_equal(auto.rss[redo], np.minimum(vp.rss, lm.rss)[redo])
+    assert np.array_equal(auto.theta[redo & ~take_lm], vp.theta[redo & ~take_lm])
 
 
 # ---------------------------------------------------------------------------------------------
