@@ -18,7 +18,9 @@ Both fit types follow :class:`moe_theory.stat_fit.StatFit` (``params``, ``level`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import statsmodels.api as sm
@@ -380,7 +382,8 @@ def bootstrap_slope(
         ``1 - level`` of the interval :meth:`SlopeFit.conf_int` gives by default.
     """
     check_alpha(alpha)
-    stat = {"mean": np.mean, "median": np.median}.get(statistic)
+    stats_by_name: dict[str, Callable[..., Any]] = {"mean": np.mean, "median": np.median}
+    stat = stats_by_name.get(statistic)
     if stat is None:
         raise ValueError(f"statistic must be 'mean' or 'median'; got {statistic!r}")
     x = _positive_log(n_values, "n")

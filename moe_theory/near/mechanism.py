@@ -440,7 +440,7 @@ def analyse_case(
         "zero_at_0": int(zero0.sum()),
         "exponents": [f.to_dict() if f else None for f in fits[:n_report]],
         "exponents_vanishing": [
-            (fits[k].p if fits[k] else None) for k in np.flatnonzero(zero0)
+            (f.p if f else None) for f in (fits[k] for k in np.flatnonzero(zero0))
         ],
         "n_star": [sample_size(float(v), eps, noise_sd) for v in lam[:, 0]],
         "n_star_C": [(c / eps) ** 2 for c in c_values],
