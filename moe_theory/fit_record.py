@@ -23,6 +23,10 @@ __all__ = ["FitRecord", "check_row"]
 class FitRecord:
     """The outcome of one replicate's fit at one ``n``.
 
+    A data row (the input of the rate fits), not a statistical fit: the estimates with
+    intervals that follow :class:`moe_theory.stat_fit.StatFit` are made from many records by
+    :func:`moe_theory.inference.fit_rate` and :func:`moe_theory.inference.bootstrap_slope`.
+
     Attributes
     ----------
     setting, gate, activation, expert:

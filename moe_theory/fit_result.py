@@ -21,6 +21,11 @@ FIT_STATUSES: tuple[str, ...] = ("converged", "capped", "stalled")
 class FitResult:
     """Outcome of :func:`moe_theory.estimate.fit_batched`; every array has a leading replicate axis.
 
+    An optimiser's result, not a statistical fit: it carries no interval, so it does not follow
+    :class:`moe_theory.stat_fit.StatFit` (``params`` / ``conf_int`` / ``summary``). Its
+    parameter vectors keep the one name ``theta`` that the solvers, the model and the sweeps
+    use for them; a ``params`` alias would only add a second name for the same array.
+
     Attributes
     ----------
     theta:

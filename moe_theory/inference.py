@@ -4,7 +4,10 @@
   squares on the per-n means of log loss, t(G - 2) reference), returned as a :class:`RateFit`;
   :func:`rate_slope_intervals` computes the same for many simulated data sets at once.
 * :func:`bootstrap_slope`: slope of log(mean) or log(median) per n, with a percentile bootstrap
-  CI from resampling replicates within each n.
+  CI from resampling replicates within each n, returned as a :class:`SlopeFit`.
+
+Both fit types follow :class:`moe_theory.stat_fit.StatFit` (``params``, ``level``,
+``conf_int(alpha)``, ``summary()``).
 * :func:`compare_rate_models`: power law vs log rate vs curvature vs flat, on per-n medians,
   by AICc, and the resulting label (one model only when it is decisively best).
 * :func:`mean_ratio_ci`: a mean over replicates relative to a prediction, with a t CI (the
@@ -14,12 +17,17 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import statsmodels.api as sm
 from scipy import stats
 from statsmodels.regression.linear_model import RegressionResultsWrapper
+
+from moe_theory.stat_fit import check_alpha
 
 # A rate-model label names one model only when its AICc beats every other model's by this much.
 AICC_DECISIVE = 4.0
@@ -30,20 +38,57 @@ PLATEAU_MIN_SLOPE = -0.25
 
 @dataclass(frozen=True)
 class SlopeFit:
-    """A fitted log-log slope with its 95% confidence interval."""
+    """A log-log slope with a percentile bootstrap interval (:func:`bootstrap_slope`; a
+    :class:`~moe_theory.stat_fit.StatFit`).
+
+    Attributes
+    ----------
+    slope, intercept:
+        The least-squares line through ``(log n, log stat)`` of the per-n statistic.
+    statistic:
+        ``"mean"`` or ``"median"``: the per-n statistic of the replicate losses.
+    alpha:
+        ``1 - level``: :meth:`conf_int` without ``alpha`` uses it (as given, not recomputed
+        from ``level``, so the interval is the one the fit was asked for to the last bit).
+    draws:
+        The finite bootstrap slopes (read-only), from which :meth:`conf_int` takes percentiles.
+    """
 
     slope: float
-    ci: tuple[float, float]
     intercept: float
-    r2: float | None = None
+    statistic: str
+    alpha: float
+    draws: np.ndarray = field(repr=False, compare=False)
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "slope": self.slope,
-            "ci": list(self.ci),
-            "intercept": self.intercept,
-            "r2": self.r2,
-        }
+    @property
+    def params(self) -> dict[str, float]:
+        """``{"slope": ..., "intercept": ...}``."""
+        return {"slope": self.slope, "intercept": self.intercept}
+
+    @property
+    def level(self) -> float:
+        """Confidence level of :meth:`conf_int` without ``alpha``."""
+        return 1.0 - self.alpha
+
+    def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
+        """Percentile interval ``(lo, hi)`` of the slope at level ``1 - alpha``.
+
+        ``alpha=None`` uses the fit's own :attr:`alpha`. Refused (``ValueError``) when a tail
+        of ``alpha / 2`` holds less than one bootstrap slope: the percentiles would only repeat
+        the extreme draws.
+        """
+        alpha = self.alpha if alpha is None else check_alpha(alpha)
+        if alpha / 2 * len(self.draws) < 1:
+            raise ValueError(f"alpha={alpha} needs at least {math.ceil(2 / alpha)} bootstrap "
+                             f"slopes for a percentile interval; this fit has {len(self.draws)}")
+        lo, hi = np.quantile(self.draws, [alpha / 2, 1 - alpha / 2])
+        return (float(lo), float(hi))
+
+    def summary(self) -> str:
+        """One line: slope, interval and the bootstrap behind it."""
+        lo, hi = self.conf_int()
+        return (f"slope {self.slope:+.3f} [{lo:+.3f}, {hi:+.3f}] ({self.level:.0%} percentile "
+                f"bootstrap CI of the per-n {self.statistic}, {len(self.draws)} resamples)")
 
 
 def _positive_log(values: np.ndarray, name: str) -> np.ndarray:
@@ -68,7 +113,8 @@ MOSTLY_CAPPED = 0.5
 
 @dataclass(frozen=True)
 class RateFit:
-    """A power-law rate ``log L = intercept + slope * log n`` fitted by :func:`fit_rate`.
+    """A power-law rate ``log L = intercept + slope * log n`` fitted by :func:`fit_rate` (a
+    :class:`~moe_theory.stat_fit.StatFit`).
 
     Attributes
     ----------
@@ -104,6 +150,11 @@ class RateFit:
     variance_floor: float = 0.0
 
     @property
+    def params(self) -> dict[str, float]:
+        """``{"slope": ..., "intercept": ...}`` (the statsmodels ``results.params`` by name)."""
+        return {"slope": self.slope, "intercept": self.intercept}
+
+    @property
     def capped_flag(self) -> str | None:
         """``"all capped"``, ``"mostly capped"`` (at least :data:`MOSTLY_CAPPED`) or None."""
         if self.capped_fraction is None or self.capped_fraction < MOSTLY_CAPPED:
@@ -125,9 +176,7 @@ class RateFit:
 
         ``alpha=None`` uses ``1 - level``.
         """
-        alpha = 1.0 - self.level if alpha is None else alpha
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1); got {alpha}")
+        alpha = 1.0 - self.level if alpha is None else check_alpha(alpha)
         lo, hi = self.results.conf_int(alpha)[1]
         return (float(lo), float(hi))
 
@@ -327,8 +376,14 @@ def bootstrap_slope(
         ``"mean"`` or ``"median"``.
     n_boot:
         Bootstrap resamples (replicates resampled within each n).
+    seed:
+        Seed of the resampling.
+    alpha:
+        ``1 - level`` of the interval :meth:`SlopeFit.conf_int` gives by default.
     """
-    stat = {"mean": np.mean, "median": np.median}.get(statistic)
+    check_alpha(alpha)
+    stats_by_name: dict[str, Callable[..., Any]] = {"mean": np.mean, "median": np.median}
+    stat = stats_by_name.get(statistic)
     if stat is None:
         raise ValueError(f"statistic must be 'mean' or 'median'; got {statistic!r}")
     x = _positive_log(n_values, "n")
@@ -342,8 +397,9 @@ def bootstrap_slope(
         slopes = _slopes_closed_form(x, np.log(boot))
     slopes = slopes[np.isfinite(slopes)]
     slope = float(_slopes_closed_form(x, point[None])[0])
-    lo, hi = np.quantile(slopes, [alpha / 2, 1 - alpha / 2])
-    return SlopeFit(slope, (float(lo), float(hi)), float(point.mean() - slope * x.mean()))
+    slopes.setflags(write=False)
+    return SlopeFit(slope, float(point.mean() - slope * x.mean()), statistic, float(alpha),
+                    slopes)
 
 
 def aicc(results: RegressionResultsWrapper) -> float:

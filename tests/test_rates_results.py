@@ -13,6 +13,7 @@ from test_rates_byte_identity import reference_result
 import moe_theory.rates.sweep as rates
 from moe_theory.inference import RateFit
 from moe_theory.rates.sweep import FisherCheck, GroupAnalysis, PerNStats, RateResult
+from moe_theory.stat_fit import StatFit
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,11 @@ def test_rate_fit_is_the_fit_of_summary_json_and_gives_other_levels(result):
     assert group.conf_int(0.1) == narrow and group.summary() == fit.summary()
     assert group.results is fit.results and fit.results.df_resid == 3
     assert entry["l2_slope_ci"] == list(group.l2_fit.conf_int())
+    # the record follows the fits' convention by passing it on to its L_1 fit
+    assert isinstance(group, StatFit) and group.level == fit.level == 0.95
+    assert group.params == fit.params == {"slope": fit.slope, "intercept": fit.intercept}
+    assert entry["slope_median_ci"] == list(group.median_fit.conf_int())
+    assert entry["slope_mean_ci"] == list(group.mean_fit.conf_int())
 
 
 def test_analysis_is_typed_frozen_and_computed_once(result, monkeypatch):

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import mpmath
 import numpy as np
-from scipy import stats
 
 from moe_theory.gates import Gate
 from moe_theory.settings import default_pretrained
+from moe_theory.stat_fit import ols_slope_interval
 from norga.choices import check_choice
 
 MODES: tuple[str, ...] = ("both", "a", "b", "equal", "shrinking")
@@ -188,14 +188,50 @@ def eigenvalues(cluster: Cluster, nodes: int = NODES, dps: int = DPS) -> list[mp
 
 @dataclass(frozen=True)
 class Exponent:
-    """``p`` of ``lambda ~ c t^p`` with its confidence interval over the window."""
+    """``log lambda = log_c + p log t`` over the window, with a t(m - 2) interval for ``p``
+    (a :class:`~moe_theory.stat_fit.StatFit`).
+
+    Attributes
+    ----------
+    p, log_c:
+        Exponent and intercept of the least-squares line.
+    resid_sd:
+        Residual standard deviation ``sqrt(RSS / (m - 2))`` of ``log lambda``.
+    log_t, log_lambda:
+        The ``m`` points fitted (natural logs).
+    level:
+        Confidence level of :meth:`conf_int` without ``alpha``.
+    """
 
     p: float
-    ci: tuple[float, float]
+    log_c: float
     resid_sd: float
+    log_t: tuple[float, ...]
+    log_lambda: tuple[float, ...]
+    level: float = 0.95
+
+    @property
+    def params(self) -> dict[str, float]:
+        """``{"p": ..., "log_c": ...}``."""
+        return {"p": self.p, "log_c": self.log_c}
+
+    def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
+        """Interval of ``p`` at ``level`` (``alpha=None``) or ``1 - alpha``: t(m - 2) from the
+        residuals (:func:`~moe_theory.stat_fit.ols_slope_interval`)."""
+        return ols_slope_interval(np.array(self.log_t), np.array(self.log_lambda), self.p,
+                                  self.log_c, self.level, alpha)
+
+    def summary(self) -> str:
+        """One line: ``p`` with its interval, the window and the residual sd."""
+        lo, hi = self.conf_int()
+        t = np.exp(self.log_t)
+        return (f"exponent p {self.p:.3f} [{lo:.3f}, {hi:.3f}] ({self.level:.0%} CI, "
+                f"t({len(t) - 2})) on t = {t.min():g}..{t.max():g} ({len(t)} values); "
+                f"residual sd {self.resid_sd:.2g}")
 
     def to_dict(self) -> dict[str, object]:
-        return {"p": self.p, "ci": list(self.ci), "resid_sd": self.resid_sd}
+        """The entry of ``cluster_law.json``."""
+        return {"p": self.p, "ci": list(self.conf_int()), "resid_sd": self.resid_sd}
 
 
 def fit_exponent(ts: np.ndarray, log_lam: np.ndarray, level: float = 0.95) -> Exponent:
@@ -204,11 +240,13 @@ def fit_exponent(ts: np.ndarray, log_lam: np.ndarray, level: float = 0.95) -> Ex
     x, y = np.log(np.asarray(ts, float)), np.asarray(log_lam, float)
     if len(x) < 3:
         raise ValueError(f"need at least 3 values of t; got {len(x)}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1); got {level}")
     slope, intercept = np.polyfit(x, y, 1)
     resid = y - (intercept + slope * x)
     s = float(np.sqrt(resid @ resid / (len(x) - 2)))
-    half = stats.t.ppf(0.5 + level / 2, len(x) - 2) * s / np.sqrt(((x - x.mean()) ** 2).sum())
-    return Exponent(float(slope), (float(slope - half), float(slope + half)), s)
+    return Exponent(float(slope), float(intercept), s, tuple(float(v) for v in x),
+                    tuple(float(v) for v in y), float(level))
 
 
 def log_eigenvalues(cluster: Cluster, nodes: int = NODES, dps: int = DPS) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 from moe_theory.gates import Gate
 from moe_theory.model import EXPERTS, ExpertKind, PrefixMoE, Pretrained, regression_and_jacobian
 from moe_theory.settings import default_pretrained
+from moe_theory.stat_fit import ols_slope_interval
 from norga.choices import check_choice
 
 SPLITS: tuple[str, ...] = ("b", "a", "both", "none")
@@ -178,7 +179,8 @@ def spectrum(
 
 @dataclass(frozen=True)
 class ExponentFit:
-    """``log lambda = log c + p log t`` fitted over the smallest ``t``.
+    """``log lambda = log c + p log t`` fitted over the smallest ``t`` (a
+    :class:`~moe_theory.stat_fit.StatFit`).
 
     Attributes
     ----------
@@ -192,6 +194,10 @@ class ExponentFit:
         not reached yet).
     t_used:
         The ``t`` that entered the fit.
+    log_lambda:
+        ``log lambda`` at ``t_used``.
+    level:
+        Confidence level of :meth:`conf_int` without ``alpha``.
     """
 
     p: float
@@ -200,8 +206,32 @@ class ExponentFit:
     resid_max: float
     local_p: float
     t_used: tuple[float, ...]
+    log_lambda: tuple[float, ...]
+    level: float = 0.95
 
-    def as_dict(self) -> dict[str, object]:
+    @property
+    def params(self) -> dict[str, float]:
+        """``{"p": ..., "log_c": ...}``."""
+        return {"p": self.p, "log_c": self.log_c}
+
+    def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
+        """Interval of ``p`` at ``level`` (``alpha=None``) or ``1 - alpha``: t(m - 2) from the
+        residuals (:func:`~moe_theory.stat_fit.ols_slope_interval`). The residuals here are
+        the curvature of a deterministic curve, not noise: read the interval as how well one
+        power describes the points used."""
+        return ols_slope_interval(np.log(self.t_used), np.array(self.log_lambda), self.p,
+                                  self.log_c, self.level, alpha)
+
+    def summary(self) -> str:
+        """One line: ``p`` with its interval, the local slope and the points used."""
+        lo, hi = self.conf_int()
+        return (f"exponent p {self.p:.3f} [{lo:.3f}, {hi:.3f}] ({self.level:.0%} CI, "
+                f"t({len(self.t_used) - 2})), local p {self.local_p:.3f}, on t = "
+                f"{min(self.t_used):g}..{max(self.t_used):g} ({len(self.t_used)} values); "
+                f"residual sd {self.resid_sd:.2g}, max {self.resid_max:.2g}")
+
+    def to_dict(self) -> dict[str, object]:
+        """The entry of ``exponents`` in near.json's ``mechanism`` table."""
         return {
             "p": self.p,
             "c": float(np.exp(self.log_c)),
@@ -243,6 +273,7 @@ def fit_exponent(
     return ExponentFit(
         float(p), float(c), float(np.std(resid, ddof=2) if len(use) > 2 else 0.0),
         float(np.max(np.abs(resid))), float(local), tuple(float(ts[i]) for i in use),
+        tuple(float(v) for v in y),
     )
 
 
@@ -407,9 +438,9 @@ def analyse_case(
         "floor": floor.tolist(),
         "lambda_at_0": lam0.tolist(),
         "zero_at_0": int(zero0.sum()),
-        "exponents": [f.as_dict() if f else None for f in fits[:n_report]],
+        "exponents": [f.to_dict() if f else None for f in fits[:n_report]],
         "exponents_vanishing": [
-            (fits[k].p if fits[k] else None) for k in np.flatnonzero(zero0)
+            (f.p if f else None) for f in (fits[k] for k in np.flatnonzero(zero0))
         ],
         "n_star": [sample_size(float(v), eps, noise_sd) for v in lam[:, 0]],
         "n_star_C": [(c / eps) ** 2 for c in c_values],

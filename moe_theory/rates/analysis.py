@@ -92,9 +92,12 @@ class GroupAnalysis:
         What was fitted and what the theory predicts.
     fit, l2_fit:
         :class:`~moe_theory.inference.RateFit` of ``L_1`` and of the L2 error on the n used
-        (their statsmodels results, ``conf_int(alpha)`` and ``summary()``).
+        (their statsmodels results, ``params``, ``conf_int(alpha)`` and ``summary()``; the
+        record itself passes ``params``, ``level``, ``conf_int`` and ``summary`` on to
+        ``fit``).
     mean_fit, median_fit:
-        Bootstrap slopes of the per-n mean and median of ``L_1``.
+        Bootstrap slopes (:class:`~moe_theory.inference.SlopeFit`) of the per-n mean and median
+        of ``L_1``.
     part_slopes:
         Slope of each loss part (``loss_mass``, ``loss_beta1``, ``loss_eta``; ``None`` with
         fewer than two n of positive values).
@@ -141,8 +144,19 @@ class GroupAnalysis:
     verdict: str
     n_excluded: int = 0
 
+    # The StatFit protocol of moe_theory.stat_fit, passed on to the L_1 slope fit ``fit``.
+    @property
+    def params(self) -> dict[str, float]:
+        """The estimates of the ``L_1`` slope fit (:attr:`RateFit.params`)."""
+        return self.fit.params
+
+    @property
+    def level(self) -> float:
+        """Confidence level of the ``L_1`` slope fit."""
+        return self.fit.level
+
     def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
-        """CI of the ``L_1`` slope at level ``1 - alpha`` (default 95%)."""
+        """CI of the ``L_1`` slope at the fit's level (95%) or ``1 - alpha``."""
         return self.fit.conf_int(alpha)
 
     def summary(self) -> str:
@@ -165,9 +179,9 @@ class GroupAnalysis:
             "slope_method": self.fit.method,
             "slope_df": self.fit.df_resid,
             "slope_mean": self.mean_fit.slope,
-            "slope_mean_ci": list(self.mean_fit.ci),
+            "slope_mean_ci": list(self.mean_fit.conf_int()),
             "slope_median": self.median_fit.slope,
-            "slope_median_ci": list(self.median_fit.ci),
+            "slope_median_ci": list(self.median_fit.conf_int()),
             "l2_slope": self.l2_fit.slope,
             "l2_slope_ci": list(self.l2_fit.conf_int()),
             "part_slopes": dict(self.part_slopes),

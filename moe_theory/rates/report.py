@@ -48,7 +48,7 @@ def summary_text(
         for e in entries:
             label = Gate(e.gate, config.activation).label
             pad = f"  {'':14s}"
-            ci, mci, lci = e.fit.conf_int(), e.median_fit.ci, e.l2_fit.conf_int()
+            ci, mci, lci = e.fit.conf_int(), e.median_fit.conf_int(), e.l2_fit.conf_int()
             lines.append(
                 f"  {label:14s} L_1 slope {e.fit.slope:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] "
                 f"(95% CI: {e.fit.method}, t({e.fit.df_resid:g})); median "
