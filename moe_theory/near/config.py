@@ -11,13 +11,10 @@ from moe_theory.model import EXPERTS
 from moe_theory.near import mechanism as near
 from moe_theory.varpro import SOLVERS
 from norga.choices import check_choice
+from norga.schemas import NEAR_FIT_COLUMNS as NEAR_FIT_COLUMNS  # re-exported
 
 KINDS: tuple[str, ...] = ("fixed", "schedule")
-NEAR_FIT_COLUMNS: tuple[str, ...] = (
-    "kind", "t", "gamma", "gate", "activation", "expert", "split", "n", "replicate",
-    "voronoi_loss", "voronoi_loss_r", "loss_mass", "loss_beta1", "loss_eta", "l2_error", "rss",
-    "status", "converged", "at_bound", "n_iter", "gradient", "cell_sizes",
-)
+# near_fits.csv: NEAR_FIT_COLUMNS, defined in norga.schemas with the other theory CSV schemas.
 
 # NearConfig fields a fit block depends on (the rest select blocks or analyse them); with the
 # block's kind, value, t, gate, n and replicates they key its cache entry.
