@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe_theory.gates import Gate
+from moe_theory.gates import Gate, GateKind
 from moe_theory.model import EXPERTS, ExpertKind, PrefixMoE, Pretrained, regression_and_jacobian
 from moe_theory.settings import default_pretrained
 from norga.choices import check_choice
@@ -40,7 +40,7 @@ BASE_ATOMS: dict[str, tuple[float, float, float]] = {
     "B3": (-2.5, 0.5, 2.0),
 }
 # Gates of the mechanism table: linear and NoRGa with each activation.
-GATE_VARIANTS: tuple[tuple[str, str], ...] = (
+GATE_VARIANTS: tuple[tuple[GateKind, str], ...] = (
     ("linear", "tanh"),
     ("norga", "tanh"),
     ("norga", "sigmoid"),
@@ -332,7 +332,7 @@ class CaseSpec:
     size: int
     expert: str
     split: str
-    gate: str
+    gate: GateKind
     activation: str
 
     @property

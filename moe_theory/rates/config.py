@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from moe_theory.gates import ACTIVATIONS, GATES
+from moe_theory.gates import ACTIVATIONS, GATES, GateKind
 from moe_theory.model import EXPERTS, PrefixMoE
 from moe_theory.settings import FIT_SETTINGS, SETTINGS, get_setting
 from moe_theory.varpro import SOLVERS
@@ -104,7 +104,7 @@ class RateConfig:
     """
 
     settings: tuple[str, ...] = ("exact", "mechanism")
-    gates: tuple[str, ...] = ("norga", "linear")
+    gates: tuple[GateKind, ...] = ("norga", "linear")
     activation: str = "tanh"
     expert: str | None = None
     n_values: tuple[int, ...] = n_grid(100, 100_000, 7)
@@ -162,7 +162,7 @@ class RateConfig:
     def fit_settings(self) -> tuple[str, ...]:
         return tuple(s for s in self.settings if s in FIT_SETTINGS)
 
-    def truth(self, setting: str, gate: str) -> PrefixMoE:
+    def truth(self, setting: str, gate: GateKind) -> PrefixMoE:
         """The true model of ``setting`` under ``gate`` (with the expert override)."""
         base = get_setting(setting)
         expert = self.expert if (self.expert and setting != "over-tanh") else base.expert
