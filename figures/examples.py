@@ -19,14 +19,9 @@ from typing import Any
 import numpy as np
 
 from norga.io import CHECKSUMS_FILE, record_checksums
+from norga.schemas import FIT_COLUMNS, TIMING_COLUMNS
 
 N_GRID = (100, 316, 1000, 3162, 10000, 31622, 100000)
-
-FIT_COLUMNS = (
-    "setting", "gate", "activation", "expert", "n", "replicate", "voronoi_loss", "voronoi_loss_r",
-    "loss_mass", "loss_beta1", "loss_eta", "l2_error", "rss", "converged", "at_bound", "n_iter",
-    "seconds",
-)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -49,12 +44,13 @@ def write_example_rates_run(
     replicates: int = 12,
     seed: int = 0,
 ) -> Path:
-    """Write a synthetic rates run directory (``config.json``, ``fits.csv``, ``summary.json``,
-    ``mechanism.json``) and return its path."""
+    """Write a synthetic rates run directory (``config.json``, ``fits.csv``, ``timing.csv``,
+    ``summary.json``, ``mechanism.json``) and return its path."""
     rng = np.random.default_rng(seed)
     run = Path(path)
     run.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    timing: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for setting in settings:
         expert = "tanh" if setting == "over-tanh" else "affine"
@@ -79,10 +75,13 @@ def write_example_rates_run(
                         "voronoi_loss_r": loss * 0.8, "loss_mass": parts[0],
                         "loss_beta1": parts[1], "loss_eta": parts[2],
                         "l2_error": 0.17 * n**-0.5 * rng.lognormal(0.0, 0.25),
-                        "rss": 0.01 * n, "converged": not capped, "at_bound": False,
-                        "n_iter": 400 if capped else int(rng.integers(10, 60)),
-                        "seconds": 0.01 * n**0.5,
+                        "rss": 0.01 * n, "converged": not capped,
+                        "status": "capped" if capped else "converged", "at_bound": False,
+                        "n_iter": 400 if capped else int(rng.integers(10, 60)), "restarts": 1,
+                        "cell_sizes": f"{n // 2};{n - n // 2}",
                     })
+                    timing.append({"setting": setting, "gate": gate, "n": n, "replicate": r,
+                                   "seconds": 0.01 * n**0.5})
             sel = [x for x in rows if x["setting"] == setting and x["gate"] == gate]
             n_used = [n for n in N_GRID if setting == "exact" or n >= 1000]
             used = [x for x in sel if x["n"] in n_used]
@@ -102,10 +101,12 @@ def write_example_rates_run(
                 "n_fits": len(sel), "n_converged": sum(x["converged"] for x in sel),
                 "n_capped": sum(not x["converged"] for x in sel),
             }
-    with (run / "fits.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    for name, columns, table in (("fits.csv", FIT_COLUMNS, rows),
+                                 ("timing.csv", TIMING_COLUMNS, timing)):
+        with (run / name).open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(table)
     _write_json(run / "summary.json", {"kind": "rates", "version": 1, "settings": summary})
     _write_json(run / "config.json", {"kind": "rates", "synthetic": True, "seed": seed,
                                       "settings": list(settings), "replicates": replicates})

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from moe_theory.gates import GateKind
 from norga.io import atomic_write_text, loads_json
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class FitCache:
         self.fields = fields
         self.check = check
 
-    def key_inputs(self, config: Any, setting: str, gate: str, n: int,
+    def key_inputs(self, config: Any, setting: str, gate: GateKind, n: int,
                    replicates: tuple[int, ...], fingerprint: str,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """What a block's result depends on (``extra``: more JSON values that key it)."""

@@ -24,7 +24,7 @@ import time
 from functools import partial
 from pathlib import Path
 
-from moe_theory.gates import ACTIVATIONS
+from moe_theory.gates import ACTIVATIONS, GateKind
 from moe_theory.io import dumps_json, read_config, run_provenance, write_run
 from moe_theory.model import EXPERTS
 from moe_theory.near.cli import (
@@ -302,11 +302,12 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
         parser.error(f"argument --num-n: the rate fit needs at least 3 distinct n (two leave no "
                      f"degrees of freedom for its CI); --n-min {n_min}, --n-max {n_max}, "
                      f"--num-n {num_n} give {list(n_values)}")
-    gates = {
+    by_option: dict[str, tuple[GateKind, ...]] = {
         "linear": ("linear",),
         "both": ("norga", "linear"),
         "norga": ("norga",) if args.no_baseline else ("norga", "linear"),
-    }[args.gate]
+    }
+    gates = by_option[args.gate]
     settings = tuple(dict.fromkeys(args.setting or preset["settings"]))
     fit_n_min = args.fit_n_min
     if fit_n_min is None:
@@ -339,7 +340,7 @@ def config_from_args(args: argparse.Namespace, parser: OneLineParser) -> RateCon
     )
 
 
-def sweep_memory(settings: tuple[str, ...], gates: tuple[str, ...], n_max: int, num_n: int,
+def sweep_memory(settings: tuple[str, ...], gates: tuple[GateKind, ...], n_max: int, num_n: int,
                  replicates: int, jobs: int, block: int = RateConfig.block) -> int:
     """Estimated peak memory (bytes) of a sweep: the workers' largest tasks plus the records."""
     fits = sum(s in FIT_SETTINGS for s in settings) * len(gates) * num_n * replicates

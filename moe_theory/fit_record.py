@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 from moe_theory.estimate import FIT_STATUSES
+from moe_theory.gates import GateKind
 from moe_theory.rates.config import RECORD_KEYS
 
 __all__ = ["FitRecord", "check_row"]
@@ -52,7 +53,7 @@ class FitRecord:
     """
 
     setting: str
-    gate: str
+    gate: GateKind
     activation: str
     expert: str
     n: int

@@ -22,10 +22,13 @@ from scipy.special import erf, expit
 
 from norga.choices import ChoiceError, check_choice
 
+#: A gate named as a key or label: the ``gates`` of a run configuration, the ``gate`` column of
+#: the result files, ``RateResult.rate_fit(setting, gate)``. A function that computes with the
+#: gate takes a :class:`Gate` instead (its ``kind`` is this label); none takes both.
 GateKind = Literal["linear", "norga"]
 Activation = Literal["tanh", "sigmoid", "gelu"]
 
-GATES: tuple[str, ...] = get_args(GateKind)
+GATES: tuple[GateKind, ...] = get_args(GateKind)
 ACTIVATIONS: tuple[str, ...] = get_args(Activation)
 
 _SQRT2 = np.sqrt(2.0)

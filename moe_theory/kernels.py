@@ -31,6 +31,7 @@ call and cached on disk (``cache=True``).
 from __future__ import annotations
 
 import math
+import warnings
 from decimal import Decimal
 
 import numba
@@ -41,16 +42,19 @@ from numba.extending import intrinsic
 
 from moe_theory.model import PrefixMoE
 
-# Gate codes (phi) and expert codes (h) understood by the kernels.
-GATE_LINEAR = 0
-GATE_TANH = 1
-GATE_SIGMOID = 2
-GATE_GELU = 3
-EXPERT_AFFINE = 0
-EXPERT_TANH = 1
+# Gate codes (phi) and expert codes (h) understood by the kernels: private to this module; its
+# callers pass the model (PrefixMoE, whose gate is a moe_theory.gates.Gate).
+_GATE_LINEAR = 0
+_GATE_TANH = 1
+_GATE_SIGMOID = 2
+_GATE_GELU = 3
+_EXPERT_AFFINE = 0
+_EXPERT_TANH = 1
 
-_NORGA_CODES = {"tanh": GATE_TANH, "sigmoid": GATE_SIGMOID, "gelu": GATE_GELU}
-_EXPERT_CODES = {"affine": EXPERT_AFFINE, "tanh": EXPERT_TANH}
+_NORGA_CODES = {"tanh": _GATE_TANH, "sigmoid": _GATE_SIGMOID, "gelu": _GATE_GELU}
+_EXPERT_CODES = {"affine": _EXPERT_AFFINE, "tanh": _EXPERT_TANH}
+# (gate code, alpha, tau, expert code): how the compiled kernels are told the model
+_KernelCodes = tuple[int, float, float, int]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 # Every kernel: cached on disk; strict IEEE arithmetic (no reassociation, no fused multiply-add,
@@ -74,26 +78,15 @@ def kernel_supports(structure: PrefixMoE) -> bool:
         True for the linear gate and NoRGa with tanh, sigmoid or GELU, with affine or tanh
         experts; anything else has to use the numpy path.
     """
-    return kernel_codes(structure) is not None
+    return _kernel_codes(structure) is not None
 
 
-def kernel_codes(structure: PrefixMoE) -> tuple[int, float, float, int] | None:
-    """How the kernels are told the model: ``(gate code, alpha, tau, expert code)``.
-
-    Parameters
-    ----------
-    structure:
-        The fitted model's known parts.
-
-    Returns
-    -------
-    tuple or None
-        The codes (``GATE_*``, ``EXPERT_*``), or None when the kernels do not implement the
-        structure's gate or expert.
-    """
+def _kernel_codes(structure: PrefixMoE) -> _KernelCodes | None:
+    """How the kernels are told the model: ``(gate code, alpha, tau, expert code)``, or None
+    when they do not implement its gate or expert."""
     gate = structure.gate
     if gate.kind == "linear":
-        gate_code = GATE_LINEAR
+        gate_code = _GATE_LINEAR
     elif gate.kind == "norga" and gate.activation in _NORGA_CODES:
         gate_code = _NORGA_CODES[gate.activation]
     else:
@@ -102,6 +95,29 @@ def kernel_codes(structure: PrefixMoE) -> tuple[int, float, float, int] | None:
     if expert_code is None:
         return None
     return gate_code, float(gate.alpha), float(gate.tau), expert_code
+
+
+def _supported_codes(structure: PrefixMoE) -> _KernelCodes:
+    """:func:`_kernel_codes`, with a clear error for a model the kernels do not implement."""
+    codes = _kernel_codes(structure)
+    if codes is None:
+        raise ValueError(
+            f"the compiled kernels do not implement gate {structure.gate.label!r} with "
+            f"{structure.expert!r} experts; use the numpy backend"
+        )
+    return codes
+
+
+def kernel_codes(structure: PrefixMoE) -> PrefixMoE | None:
+    """Deprecated: pass the model itself to :func:`accumulate`.
+
+    Kept until :mod:`moe_theory.estimate` stops calling it. The kernels' codes are private
+    now; this returns ``structure`` (what :func:`accumulate` takes) when the kernels implement
+    it, else None, as the codes did.
+    """
+    warnings.warn("moe_theory.kernels.kernel_codes is deprecated: pass the PrefixMoE to "
+                  "accumulate", DeprecationWarning, stacklevel=2)
+    return structure if kernel_supports(structure) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,12 +248,12 @@ def _block(XT, y, lse, mean_out, start, m, theta, gate, alpha, tau, expert, W, l
 
         # gate: p = phi(u) + beta0 and phi'(u); the running max of the logits
         beta0 = theta[base]
-        if gate == GATE_LINEAR:
+        if gate == _GATE_LINEAR:
             for i in range(m):
                 p = W[pl, i] + beta0
                 W[pl, i] = p
                 W[top, i] = p if p > W[top, i] else W[top, i]
-        elif gate == GATE_TANH:
+        elif gate == _GATE_TANH:
             for i in range(m):
                 u = W[pl, i]
                 v = tau * u
@@ -248,7 +264,7 @@ def _block(XT, y, lse, mean_out, start, m, theta, gate, alpha, tau, expert, W, l
                 W[pl, i] = p
                 W[DP + l, i] = 1.0 + alpha * tau * (4.0 * e * q * q)
                 W[top, i] = p if p > W[top, i] else W[top, i]
-        elif gate == GATE_SIGMOID:
+        elif gate == _GATE_SIGMOID:
             for i in range(m):
                 u = W[pl, i]
                 v = tau * u
@@ -270,7 +286,7 @@ def _block(XT, y, lse, mean_out, start, m, theta, gate, alpha, tau, expert, W, l
                 W[top, i] = p if p > W[top, i] else W[top, i]
 
         # expert: o = h(z) and h'(z)
-        if expert == EXPERT_TANH:
+        if expert == _EXPERT_TANH:
             for i in range(m):
                 z = W[ol, i]
                 e = _exp(-2.0 * abs(z))
@@ -473,12 +489,7 @@ def evaluate(
         ``(k, P, P)`` Gram matrices of the Jacobian of ``g`` and ``(k, P)`` products
         ``J^T (y - g)``, or None when ``jacobian`` is False.
     """
-    codes = kernel_codes(structure)
-    if codes is None:
-        raise ValueError(
-            f"the compiled kernels do not implement gate {structure.gate.label!r} with "
-            f"{structure.expert!r} experts; use the numpy backend"
-        )
+    _supported_codes(structure)
     XT, Y, lse, mean_out, theta = (_as_float(a) for a in (XT, Y, lse, mean_out, theta))
     rows = np.require(rows, dtype=np.int64, requirements=["C", "W"])
     k, P = theta.shape
@@ -496,7 +507,7 @@ def evaluate(
         )
     if k and (rows.min() < 0 or rows.max() >= XT.shape[0]):
         raise IndexError(f"rows must lie in [0, {XT.shape[0]})")
-    return accumulate(XT, Y, lse, mean_out, rows, theta, codes, jacobian, threads)
+    return accumulate(XT, Y, lse, mean_out, rows, theta, structure, jacobian, threads)
 
 
 def accumulate(
@@ -506,19 +517,19 @@ def accumulate(
     mean_out: np.ndarray,
     rows: np.ndarray,
     theta: np.ndarray,
-    codes: tuple[int, float, float, int],
+    structure: PrefixMoE,
     jacobian: bool,
     threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """:func:`evaluate` without the checks, for a caller that validated its data once.
 
     ``XT``, ``Y``, ``lse``, ``mean_out`` must be C-contiguous float64 of consistent shapes,
-    ``rows`` int64 within range, ``codes`` from :func:`kernel_codes`; ``theta`` is made
-    contiguous here.
+    ``rows`` int64 within range; ``theta`` is made contiguous here. ``structure`` is checked
+    (a ``ValueError`` when the kernels do not implement it, as in :func:`evaluate`).
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1; got {threads}")
-    gate, alpha, tau, expert = codes
+    gate, alpha, tau, expert = _supported_codes(structure)
     theta = _as_float(theta)
     k, P = theta.shape
     rss = np.empty(k)

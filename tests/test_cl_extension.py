@@ -19,7 +19,7 @@ from cl_helpers import run_cl_cli
 from cl.backbones import timm_names
 from cl.backbones.loading import BackboneWeightsError, build_backbone
 from cl.config import resolve_config
-from cl.data import catalog
+from cl.data import registry
 from cl.data.registry import available_datasets, build_benchmark, register_dataset
 from cl.run.engine import run_experiment
 
@@ -31,7 +31,7 @@ TINY = {**ZERO, "batch_size": 8, "eval_batch_size": 64, "device": "cpu"}
 @pytest.fixture
 def mydata(monkeypatch):
     """``mydata`` registered from Python for this test only: the synthetic images, 3 tasks."""
-    monkeypatch.setitem(catalog._BUILDERS, "mydata", None)  # removed again after the test
+    monkeypatch.setitem(registry._BUILDERS, "mydata", None)  # removed again after the test
 
     @register_dataset("mydata")
     def build_mydata(*, data_root=None, seed=0, download=False, **options):
@@ -64,6 +64,39 @@ def test_unregistered_dataset_is_refused_naming_the_allowed(capsys, tmp_path):
     assert code == 2 and "nodata" in err and "synthetic" in err and err.count("\n") == 1
     with pytest.raises(ValueError, match="letters, digits"):
         register_dataset("my data")
+
+
+def test_the_built_in_table_names_each_builder_and_loads_it_on_first_use(monkeypatch):
+    """One registry: each built-in dataset is a "module:function" entry, its module is imported
+    on first use (not by importing the registry), and the builder it names is the one used."""
+    import importlib
+
+    assert registry.builtin_datasets() == list(registry._BUILTIN)
+    for name, target in registry._BUILTIN.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name
+    monkeypatch.delitem(registry._BUILDERS, "synthetic", raising=False)
+    assert registry.registered_builder("synthetic") is None
+    bench = build_benchmark("synthetic", seed=0, **OPTIONS)
+    from cl.data.synthetic import build_synthetic
+
+    assert registry.registered_builder("synthetic") is build_synthetic
+    assert bench.name == "synthetic"
+    # a table entry naming no function is refused in one line, naming the entry
+    monkeypatch.setitem(registry._BUILTIN, "synthetic", "cl.data.synthetic:build_nothing")
+    monkeypatch.delitem(registry._BUILDERS, "synthetic")
+    with pytest.raises(registry.DatasetError, match="build_nothing"):
+        build_benchmark("synthetic", seed=0, **OPTIONS)
+
+
+def test_a_name_registered_from_python_wins_over_a_built_in_one(monkeypatch):
+    monkeypatch.setitem(registry._BUILDERS, "digits", None)  # restored after the test
+
+    @register_dataset("digits")
+    def my_digits(*, data_root=None, seed=0, download=False, **options):
+        return build_benchmark("synthetic", seed=seed, **{**OPTIONS, **options})
+
+    assert build_benchmark("digits", seed=0).name == "synthetic"
 
 
 @pytest.mark.slow

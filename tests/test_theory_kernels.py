@@ -206,6 +206,34 @@ def test_backend_choice_falls_back_and_reports(monkeypatch):
         resolve_backend("numba", structure)
 
 
+def test_the_kernels_are_told_the_model_and_keep_their_codes_private():
+    """Callers pass the PrefixMoE (its gate a Gate); the integer gate and expert codes are the
+    kernel module's own, and the model reaches them unchanged (sigmoid gate, tanh experts:
+    a swapped code would compute another model)."""
+    assert [n for n in vars(kernels) if n.isupper() and not n.startswith("_")] == ["BLOCK"]
+    structure = random_structure(Gate("norga", "sigmoid", 1.2, 0.8), "tanh", d=2, L=1, seed=4)
+    X, Y = random_data(2, R=3, n=80, seed=5)
+    XT = np.ascontiguousarray(np.swapaxes(X, 1, 2))
+    lse, mean_out = _pretrained_terms(X, structure)
+    theta = np.random.default_rng(6).normal(scale=0.5, size=(3, n_params(1, 2)))
+    rows = np.arange(3)
+    fast = kernels.accumulate(XT, Y, lse, mean_out, rows, theta, structure, True)
+    reference = _Problem(X, Y, structure, 64, "numpy").evaluate(theta, rows, jacobian=True)
+    for mine, theirs in zip(fast, reference, strict=True):
+        assert_close(mine, theirs, 1e-10)
+    odd = Gate("norga")
+    object.__setattr__(odd, "activation", "softplus")
+    odd_structure = PrefixMoE(structure.pretrained, structure.beta0, structure.beta1,
+                              structure.a, structure.b, gate=odd, expert="tanh")
+    with pytest.raises(ValueError, match="do not implement"):
+        kernels.accumulate(XT, Y, lse, mean_out, rows, theta, odd_structure, True)
+    # the deprecated name (moe_theory.estimate still calls it) hands over what accumulate takes
+    with pytest.warns(DeprecationWarning, match="kernel_codes"):
+        assert kernels.kernel_codes(structure) is structure
+    with pytest.warns(DeprecationWarning):
+        assert kernels.kernel_codes(odd_structure) is None
+
+
 def test_estimator_passes_backend_and_threads_on(monkeypatch):
     seen, runs = [], []
     real_problem, real_lm = estimate._Problem, estimate._levenberg_marquardt

@@ -1,10 +1,9 @@
 """Benchmarks: the data contract, the registry and the offline generators.
 
-Real loaders live in their own modules and are imported lazily by
-:func:`cl.data.registry.build_benchmark` (the lookup). They register themselves with
-:func:`cl.data.catalog.register_dataset`, raise :mod:`cl.data.errors`, and share one builder
-skeleton (:mod:`cl.data.builder`); none of them imports the registry, so there is no import
-cycle.
+Real loaders live in their own modules, each defining one builder function that
+:mod:`cl.data.registry` names in its table of built-in datasets and imports on first use. They
+raise :mod:`cl.data.errors` and share one builder skeleton (:mod:`cl.data.builder`); none of
+them imports the registry, so there is no import cycle.
 """
 
 from cl.data.base import Benchmark, SplitDataset

@@ -43,7 +43,6 @@ from cl.data.builder import (
     build_real_benchmark,
     locate,
 )
-from cl.data.catalog import register_dataset
 from cl.data.download import Resource, verify_file
 from cl.data.errors import ChecksumError, DatasetNotFoundError
 from cl.data.realdata import ArrayImageDataset
@@ -193,7 +192,6 @@ def load_cifar(spec: CifarSpec, how: Fetching) -> CifarArrays:
     return CifarArrays(train_images, train_labels, test_images, test_labels, names, provenance)
 
 
-@register_dataset("cifar100")
 def build_cifar100(*, data_root: str | Path | None = None, seed: int = 0,
                    download: bool = False, **options: Any) -> Benchmark:
     """Split CIFAR-100 (10 tasks x 10 classes by default).

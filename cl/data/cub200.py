@@ -38,7 +38,6 @@ from cl.data.builder import (
     build_real_benchmark,
     locate,
 )
-from cl.data.catalog import register_dataset
 from cl.data.download import Resource
 from cl.data.errors import ChecksumError, DatasetNotFoundError
 from cl.data.realdata import FileImageDataset
@@ -169,7 +168,6 @@ def missing_message(spec: CubSpec, root: Path) -> str:
          f"{spec.folder}/images/<class dir>/*.jpg   ({spec.num_images} images)"])
 
 
-@register_dataset("cub200")
 def build_cub200(*, data_root: str | Path | None = None, seed: int = 0,
                  download: bool = False, **options: Any) -> Benchmark:
     """Split CUB-200-2011 (10 tasks x 20 classes by default), official train/test split.

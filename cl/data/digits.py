@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from cl.data.base import Benchmark, SplitDataset
-from cl.data.catalog import register_dataset
 from cl.data.splits import array_sha256, class_order, split_into_tasks
 from cl.data.tensor_dataset import TensorImageDataset
 
@@ -22,7 +21,6 @@ def _to_images(flat: np.ndarray, image_size: int) -> torch.Tensor:
     return ((x - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous()
 
 
-@register_dataset("digits")
 def build_digits(
     *,
     data_root: object = None,

@@ -74,7 +74,6 @@ from cl.data.builder import (
     archive_missing_message,
     build_real_benchmark,
 )
-from cl.data.catalog import register_dataset
 from cl.data.cifar100 import CifarSpec, load_cifar
 from cl.data.cifar100 import missing_message as cifar_missing_message
 from cl.data.download import Resource, ensure_extracted, ensure_file, read_marker, verify_file
@@ -478,7 +477,6 @@ def _concat(parts: list[ArrayImageDataset]) -> SplitDataset:
     return SplitDataset(ConcatDataset(parts), np.concatenate([p.labels for p in parts]))
 
 
-@register_dataset("5datasets")
 def build_five_datasets(*, data_root: str | Path | None = None, seed: int = 0,
                         download: bool = False, **options: Any) -> Benchmark:
     """5-Datasets (5 tasks x 10 classes, 50 classes in all).

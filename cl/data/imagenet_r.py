@@ -54,7 +54,6 @@ from cl.data.builder import (
     build_real_benchmark,
     locate,
 )
-from cl.data.catalog import register_dataset
 from cl.data.download import Resource
 from cl.data.errors import ChecksumError
 from cl.data.realdata import FileImageDataset
@@ -178,7 +177,6 @@ def missing_message(spec: ImageNetRSpec, root: Path) -> str:
          f"{spec.num_images} images)"])
 
 
-@register_dataset("imagenet-r")
 def build_imagenet_r(*, data_root: str | Path | None = None, seed: int = 0,
                      download: bool = False, **options: Any) -> Benchmark:
     """Split ImageNet-R (10 tasks x 20 classes by default) with the fixed split above.

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from cl.data.base import Benchmark, SplitDataset
-from cl.data.catalog import register_dataset
 from cl.data.splits import array_sha256, class_order, split_into_tasks
 from cl.data.tensor_dataset import TensorImageDataset
 
@@ -50,7 +49,6 @@ def make_synthetic(
     return images, labels
 
 
-@register_dataset("synthetic")
 def build_synthetic(
     *,
     data_root: object = None,

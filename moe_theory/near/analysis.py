@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import stats
 
+from moe_theory.gates import GateKind
 from moe_theory.inference import fit_rate
 from moe_theory.near import mechanism as near
 from moe_theory.near.config import NearConfig
@@ -237,7 +238,7 @@ def expansion_label(gamma: float, p1: float | None, per_n: list[dict[str, object
 
 
 def _case_exponent(cfg: NearConfig, mechanism: dict[str, object],
-                   gate: str) -> dict[str, object] | None:
+                   gate: GateKind) -> dict[str, object] | None:
     """Mechanism-table entry of the fitted cluster (default base, 2 atoms) under ``gate``."""
     act = cfg.gate(gate).activation_name
     for case in mechanism["cases"]:  # type: ignore[union-attr]
@@ -248,7 +249,7 @@ def _case_exponent(cfg: NearConfig, mechanism: dict[str, object],
 
 
 def group_rows(records: list[dict[str, object]], kind: str, value: float,
-               gate: str) -> list[dict[str, object]]:
+               gate: GateKind) -> list[dict[str, object]]:
     """The fits of one (kind, value, gate)."""
     key = "t" if kind == "fixed" else "gamma"
     return [r for r in records if r["kind"] == kind and r["gate"] == gate and (r[key] == value)]

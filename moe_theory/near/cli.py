@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from moe_theory.gates import GateKind
 from moe_theory.near.config import NEAR_PRESETS, NearConfig
 from moe_theory.near.mechanism import SPLITS
 from moe_theory.near.output import check_near_out, record_files, write_near
@@ -74,8 +75,10 @@ def near_config_from_args(
     preset = NEAR_PRESETS[args.preset]
     n_min = args.n_min or preset["n_min"]
     n_max = args.n_max or preset["n_max"]
-    gates = {"linear": ("linear",), "both": ("norga", "linear"),
-             "norga": ("norga",) if args.no_baseline else ("norga", "linear")}[args.gate]
+    by_option: dict[str, tuple[GateKind, ...]] = {
+        "linear": ("linear",), "both": ("norga", "linear"),
+        "norga": ("norga",) if args.no_baseline else ("norga", "linear")}
+    gates = by_option[args.gate]
     values: dict[str, object] = {}
     if args.near_t is not None:
         values["t_values"] = tuple(dict.fromkeys(args.near_t))

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from moe_theory.gates import ACTIVATIONS, GATES, Gate
+from moe_theory.gates import ACTIVATIONS, GATES, Gate, GateKind
 from moe_theory.model import EXPERTS
 from moe_theory.near import mechanism as near
 from moe_theory.varpro import SOLVERS
 from norga.choices import check_choice
+from norga.schemas import NEAR_FIT_COLUMNS as NEAR_FIT_COLUMNS  # re-exported
 
 KINDS: tuple[str, ...] = ("fixed", "schedule")
-NEAR_FIT_COLUMNS: tuple[str, ...] = (
-    "kind", "t", "gamma", "gate", "activation", "expert", "split", "n", "replicate",
-    "voronoi_loss", "voronoi_loss_r", "loss_mass", "loss_beta1", "loss_eta", "l2_error", "rss",
-    "status", "converged", "at_bound", "n_iter", "gradient", "cell_sizes",
-)
+# near_fits.csv: NEAR_FIT_COLUMNS, defined in norga.schemas with the other theory CSV schemas.
 
 # NearConfig fields a fit block depends on (the rest select blocks or analyse them); with the
 # block's kind, value, t, gate, n and replicates they key its cache entry.
@@ -78,7 +75,7 @@ class NearConfig:
         mode (``k > 0``: ``k`` starts spread over the gate box instead of near-truth starts).
     """
 
-    gates: tuple[str, ...] = ("norga", "linear")
+    gates: tuple[GateKind, ...] = ("norga", "linear")
     activation: str = "tanh"
     expert: str = "affine"
     split: str = "both"
@@ -163,10 +160,10 @@ class NearConfig:
     def groups(self) -> list[tuple[str, float]]:
         return [("fixed", t) for t in self.t_values] + [("schedule", g) for g in self.gammas]
 
-    def gate(self, name: str) -> Gate:
+    def gate(self, name: GateKind) -> Gate:
         return Gate(name, self.activation)  # type: ignore[arg-type]
 
-    def truth(self, gate: str, t: float):
+    def truth(self, gate: GateKind, t: float):
         return near.near_truth(t, self.gate(gate), self.expert,  # type: ignore[arg-type]
                                split=self.split)
 

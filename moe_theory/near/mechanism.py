@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe_theory.gates import Gate
+from moe_theory.gates import Gate, GateKind
 from moe_theory.model import EXPERTS, ExpertKind, PrefixMoE, Pretrained, regression_and_jacobian
 from moe_theory.settings import default_pretrained
 from moe_theory.stat_fit import ols_slope_interval
@@ -41,7 +41,7 @@ BASE_ATOMS: dict[str, tuple[float, float, float]] = {
     "B3": (-2.5, 0.5, 2.0),
 }
 # Gates of the mechanism table: linear and NoRGa with each activation.
-GATE_VARIANTS: tuple[tuple[str, str], ...] = (
+GATE_VARIANTS: tuple[tuple[GateKind, str], ...] = (
     ("linear", "tanh"),
     ("norga", "tanh"),
     ("norga", "sigmoid"),
@@ -363,7 +363,7 @@ class CaseSpec:
     size: int
     expert: str
     split: str
-    gate: str
+    gate: GateKind
     activation: str
 
     @property

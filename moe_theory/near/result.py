@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from moe_theory.gates import GateKind
 from moe_theory.near.analysis import analyse_near, group_rows
 from moe_theory.near.config import NearConfig
 from moe_theory.near.report import near_summary
@@ -20,7 +21,7 @@ class NearResult:
     timing: list[dict[str, object]] = field(default_factory=list)
     _cache: dict[str, object] = field(default_factory=dict, repr=False)
 
-    def rows(self, kind: str, value: float, gate: str) -> list[dict[str, object]]:
+    def rows(self, kind: str, value: float, gate: GateKind) -> list[dict[str, object]]:
         return group_rows(self.records, kind, value, gate)
 
     def analyse(self) -> dict[str, object]:

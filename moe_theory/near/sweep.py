@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from moe_theory.cache import FitCache
 from moe_theory.estimate import compiled_backend_available, fit_restarts, near_truth_starts
-from moe_theory.gates import GATES
+from moe_theory.gates import GATES, GateKind
 from moe_theory.model import n_params, regression_and_jacobian
 from moe_theory.near import mechanism as near
 from moe_theory.near.config import KINDS, NEAR_FIT_COLUMNS, NEAR_FIT_FIELDS, NearConfig
@@ -79,7 +79,7 @@ def _scaled_gradient(X: np.ndarray, Y: np.ndarray, theta: np.ndarray, structure)
 
 
 def near_fit_task(
-    config: NearConfig, kind: str, value: float, gate: str, n: int,
+    config: NearConfig, kind: str, value: float, gate: GateKind, n: int,
     replicates: tuple[int, ...], fingerprint: str,
 ) -> tuple[list[dict[str, object]], float]:
     """Fit one block of replicates of one (kind, value, gate, n); rows and wall seconds."""
@@ -132,7 +132,8 @@ def near_fit_task(
     return rows, time.perf_counter() - start
 
 
-def plan_near_tasks(config: NearConfig) -> list[tuple[str, float, str, int, tuple[int, ...]]]:
+def plan_near_tasks(config: NearConfig
+                    ) -> list[tuple[str, float, GateKind, int, tuple[int, ...]]]:
     """Every (kind, value, gate, n, replicate block), largest n first."""
     def blocks(n: int) -> list[tuple[int, ...]]:
         reps = list(range(config.replicates_at(n)))
@@ -202,14 +203,14 @@ def run_near(
     return NearResult(config, records, mechanism, timing)
 
 
-def _cache_inputs(cache: FitCache, config: NearConfig, kind: str, value: float, gate: str,
+def _cache_inputs(cache: FitCache, config: NearConfig, kind: str, value: float, gate: GateKind,
                   n: int, replicates: tuple[int, ...], fingerprint: str) -> dict[str, object]:
     return cache.key_inputs(config, _stream(kind, value), gate, n, replicates, fingerprint,
                             extra={"kind": kind, "value": float(value),
                                    "t": config.t_of(kind, value, n)})
 
 
-def _block_key(kind: str, value: float, gate: str, n: int,
+def _block_key(kind: str, value: float, gate: GateKind, n: int,
                replicates: Iterable[int]) -> tuple[object, ...]:
     return kind, float(value), gate, int(n), tuple(int(r) for r in replicates)
 

@@ -16,6 +16,7 @@ from statsmodels.regression.linear_model import RegressionResultsWrapper
 
 from moe_theory.estimate import FIT_STATUSES
 from moe_theory.fit_record import FitRecord
+from moe_theory.gates import GateKind
 from moe_theory.inference import (
     RateFit,
     SlopeFit,
@@ -122,7 +123,7 @@ class GroupAnalysis:
     """
 
     setting: str
-    gate: str
+    gate: GateKind
     activation: str
     expert: str
     theorem: str

@@ -7,35 +7,15 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from moe_theory.gates import ACTIVATIONS, GATES
+from moe_theory.gates import ACTIVATIONS, GATES, GateKind
 from moe_theory.model import EXPERTS, PrefixMoE
 from moe_theory.settings import FIT_SETTINGS, SETTINGS, get_setting
 from moe_theory.varpro import SOLVERS
 from norga.choices import check_choice
+from norga.schemas import FIT_COLUMNS as FIT_COLUMNS  # re-exported
+from norga.schemas import TIMING_COLUMNS as TIMING_COLUMNS  # re-exported
 
-FIT_COLUMNS: tuple[str, ...] = (
-    "setting",
-    "gate",
-    "activation",
-    "expert",
-    "n",
-    "replicate",
-    "voronoi_loss",
-    "voronoi_loss_r",
-    "loss_mass",
-    "loss_beta1",
-    "loss_eta",
-    "l2_error",
-    "rss",
-    "converged",
-    "status",
-    "at_bound",
-    "n_iter",
-    "restarts",
-    "cell_sizes",
-)
-# Wall-clock time per fit goes to timing.csv, so fits.csv does not depend on --jobs or the block.
-TIMING_COLUMNS: tuple[str, ...] = ("setting", "gate", "n", "replicate", "seconds")
+# fits.csv and timing.csv: the columns are defined in norga.schemas (figures reads them too).
 # What every record of fit_task holds; a cached block with other keys is refused.
 RECORD_KEYS: frozenset[str] = frozenset(FIT_COLUMNS) | {"seconds"}
 # The Fisher check of docs/theory-background.md#fisher-check: the level is consistent with C/sqrt(n)
@@ -124,7 +104,7 @@ class RateConfig:
     """
 
     settings: tuple[str, ...] = ("exact", "mechanism")
-    gates: tuple[str, ...] = ("norga", "linear")
+    gates: tuple[GateKind, ...] = ("norga", "linear")
     activation: str = "tanh"
     expert: str | None = None
     n_values: tuple[int, ...] = n_grid(100, 100_000, 7)
@@ -182,7 +162,7 @@ class RateConfig:
     def fit_settings(self) -> tuple[str, ...]:
         return tuple(s for s in self.settings if s in FIT_SETTINGS)
 
-    def truth(self, setting: str, gate: str) -> PrefixMoE:
+    def truth(self, setting: str, gate: GateKind) -> PrefixMoE:
         """The true model of ``setting`` under ``gate`` (with the expert override)."""
         base = get_setting(setting)
         expert = self.expert if (self.expert and setting != "over-tanh") else base.expert

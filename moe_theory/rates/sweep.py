@@ -39,7 +39,7 @@ from moe_theory.estimate import (
     near_truth_starts,
 )
 from moe_theory.fit_record import FitRecord, check_row
-from moe_theory.gates import GATES, Gate
+from moe_theory.gates import GATES, Gate, GateKind
 from moe_theory.inference import RateFit
 from moe_theory.mechanism import fisher_prediction, flat_manifold_example, pde_residual
 from moe_theory.model import EXPERTS, PrefixMoE, n_params, regression
@@ -184,7 +184,7 @@ def fit_starts(config: RateConfig, setting: str, n: int, replicates: tuple[int, 
 def fit_task(
     config: RateConfig,
     setting: str,
-    gate: str,
+    gate: GateKind,
     n: int,
     replicates: tuple[int, ...],
     fingerprint: str,
@@ -279,19 +279,19 @@ class RateResult:
     records: list[FitRecord]
     mechanism: dict[str, object] | None = None
 
-    def groups(self) -> list[tuple[str, str]]:
+    def groups(self) -> list[tuple[str, GateKind]]:
         """The (setting, gate) pairs present, in config order."""
         present = {(r.setting, r.gate) for r in self.records}
         return [
             (s, g) for s in self.config.fit_settings for g in self.config.gates if (s, g) in present
         ]
 
-    def rows(self, setting: str, gate: str) -> list[FitRecord]:
+    def rows(self, setting: str, gate: GateKind) -> list[FitRecord]:
         return [r for r in self.records if r.setting == setting and r.gate == gate]
 
     @functools.cached_property
-    def _analysed(self) -> tuple[dict[tuple[str, str], GroupAnalysis], dict[str, str]]:
-        done: dict[tuple[str, str], GroupAnalysis] = {}
+    def _analysed(self) -> tuple[dict[tuple[str, GateKind], GroupAnalysis], dict[str, str]]:
+        done: dict[tuple[str, GateKind], GroupAnalysis] = {}
         no_rate: dict[str, str] = {}
         for s, g in self.groups():
             try:
@@ -301,7 +301,7 @@ class RateResult:
         return done, no_rate
 
     @property
-    def analysis(self) -> dict[tuple[str, str], GroupAnalysis]:
+    def analysis(self) -> dict[tuple[str, GateKind], GroupAnalysis]:
         """:class:`GroupAnalysis` per (setting, gate) of :meth:`groups` (computed once); a pair
         with too few usable fits for a slope is left out and named in :attr:`no_rate`."""
         return self._analysed[0]
@@ -311,7 +311,7 @@ class RateResult:
         """``"setting/gate"`` -> why no slope could be fitted (too few usable fits)."""
         return self._analysed[1]
 
-    def group(self, setting: str, gate: str) -> GroupAnalysis:
+    def group(self, setting: str, gate: GateKind) -> GroupAnalysis:
         """The analysis of one (setting, gate); ``KeyError`` naming the pairs present."""
         try:
             return self.analysis[(setting, gate)]
@@ -320,7 +320,7 @@ class RateResult:
                 f"no fits of setting {setting!r} with gate {gate!r}; present: {self.groups()}"
             ) from None
 
-    def rate_fit(self, setting: str, gate: str) -> RateFit:
+    def rate_fit(self, setting: str, gate: GateKind) -> RateFit:
         """The :class:`~moe_theory.inference.RateFit` of the ``L_1`` slope in ``summary.json``.
 
         Its ``conf_int(alpha)`` gives other levels, ``summary()`` one line and ``results`` the
