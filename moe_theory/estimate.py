@@ -175,7 +175,6 @@ class _Problem:
         the structure.
         """
         self._kernels = _load_kernels()
-        self._codes = self._kernels.kernel_codes(self.structure)
         # samples last (a view for d = 1, a copy of X otherwise); writeable, or numba would
         # compile the kernels again for read-only arrays (copied then)
         self.XT = np.require(np.swapaxes(X, 1, 2), dtype=float, requirements=["C", "W"])
@@ -217,7 +216,7 @@ class _Problem:
         if self.backend == "numba":
             return self._kernels.accumulate(
                 self.XT, self.Y, self.lse, self.mean_out, rows.astype(np.int64, copy=False),
-                theta, self._codes, jacobian, self.threads,
+                theta, self.structure, jacobian, self.threads,
             )
         k, P = theta.shape
         total = np.zeros(k)

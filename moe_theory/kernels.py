@@ -31,7 +31,6 @@ call and cached on disk (``cache=True``).
 from __future__ import annotations
 
 import math
-import warnings
 from decimal import Decimal
 
 import numba
@@ -106,18 +105,6 @@ def _supported_codes(structure: PrefixMoE) -> _KernelCodes:
             f"{structure.expert!r} experts; use the numpy backend"
         )
     return codes
-
-
-def kernel_codes(structure: PrefixMoE) -> PrefixMoE | None:
-    """Deprecated: pass the model itself to :func:`accumulate`.
-
-    Kept until :mod:`moe_theory.estimate` stops calling it. The kernels' codes are private
-    now; this returns ``structure`` (what :func:`accumulate` takes) when the kernels implement
-    it, else None, as the codes did.
-    """
-    warnings.warn("moe_theory.kernels.kernel_codes is deprecated: pass the PrefixMoE to "
-                  "accumulate", DeprecationWarning, stacklevel=2)
-    return structure if kernel_supports(structure) else None
 
 
 # --------------------------------------------------------------------------------------------

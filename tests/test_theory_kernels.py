@@ -227,11 +227,7 @@ def test_the_kernels_are_told_the_model_and_keep_their_codes_private():
                               structure.a, structure.b, gate=odd, expert="tanh")
     with pytest.raises(ValueError, match="do not implement"):
         kernels.accumulate(XT, Y, lse, mean_out, rows, theta, odd_structure, True)
-    # the deprecated name (moe_theory.estimate still calls it) hands over what accumulate takes
-    with pytest.warns(DeprecationWarning, match="kernel_codes"):
-        assert kernels.kernel_codes(structure) is structure
-    with pytest.warns(DeprecationWarning):
-        assert kernels.kernel_codes(odd_structure) is None
+    assert not hasattr(kernels, "kernel_codes")
 
 
 def test_estimator_passes_backend_and_threads_on(monkeypatch):
