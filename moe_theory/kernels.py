@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
+from typing import Any
 
 import numba
 import numpy as np
@@ -59,7 +60,7 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 # Every kernel: cached on disk; strict IEEE arithmetic (no reassociation, no fused multiply-add,
 # so a replicate's numbers are the same in every compiled variant); float division by zero
 # gives inf/nan instead of raising (and keeps the loops vectorisable).
-_JIT = {"cache": True, "fastmath": False, "error_model": "numpy"}
+_JIT: dict[str, Any] = {"cache": True, "fastmath": False, "error_model": "numpy"}
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 

@@ -22,10 +22,12 @@ disk.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit
 
-_JIT = {"cache": True, "fastmath": False, "error_model": "numpy"}
+_JIT: dict[str, Any] = {"cache": True, "fastmath": False, "error_model": "numpy"}
 # Relative tolerance of the optimality conditions and of the feasibility test (as in varpro).
 _KKT_TOL = 1e-9
 _FEASIBLE_TOL = 1e-12
