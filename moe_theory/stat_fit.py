@@ -87,3 +87,30 @@ def ols_slope_interval(
     s = float(np.sqrt(resid @ resid / (len(x) - 2)))
     half = stats.t.ppf(q, len(x) - 2) * s / np.sqrt(((x - x.mean()) ** 2).sum())
     return (float(slope - half), float(slope + half))
+
+
+class PowerLawFit:
+    """The fit part of a power law ``log y = log_c + p log x`` fitted by least squares: the
+    :class:`StatFit` members for a frozen dataclass with the fields ``p``, ``log_c``,
+    ``log_lambda`` (the fitted ``log y``) and ``level``, which says where its ``log x`` are
+    (:meth:`_log_x`). Used by the exponents of E5's mechanism table and of its cluster-size law.
+    """
+
+    p: float
+    log_c: float
+    log_lambda: tuple[float, ...]
+    level: float
+
+    def _log_x(self) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def params(self) -> dict[str, float]:
+        """``{"p": ..., "log_c": ...}``."""
+        return {"p": self.p, "log_c": self.log_c}
+
+    def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
+        """Interval of ``p`` at ``level`` (``alpha=None``) or ``1 - alpha``: t(m - 2) from the
+        residuals (:func:`ols_slope_interval`)."""
+        return ols_slope_interval(self._log_x(), np.array(self.log_lambda), self.p, self.log_c,
+                                  self.level, alpha)

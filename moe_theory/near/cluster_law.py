@@ -30,7 +30,7 @@ import numpy as np
 
 from moe_theory.gates import Gate
 from moe_theory.settings import default_pretrained
-from moe_theory.stat_fit import ols_slope_interval
+from moe_theory.stat_fit import PowerLawFit
 from norga.choices import check_choice
 
 MODES: tuple[str, ...] = ("both", "a", "b", "equal", "shrinking")
@@ -187,7 +187,7 @@ def eigenvalues(cluster: Cluster, nodes: int = NODES, dps: int = DPS) -> list[mp
 
 
 @dataclass(frozen=True)
-class Exponent:
+class Exponent(PowerLawFit):
     """``log lambda = log_c + p log t`` over the window, with a t(m - 2) interval for ``p``
     (a :class:`~moe_theory.stat_fit.StatFit`).
 
@@ -210,16 +210,8 @@ class Exponent:
     log_lambda: tuple[float, ...]
     level: float = 0.95
 
-    @property
-    def params(self) -> dict[str, float]:
-        """``{"p": ..., "log_c": ...}``."""
-        return {"p": self.p, "log_c": self.log_c}
-
-    def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
-        """Interval of ``p`` at ``level`` (``alpha=None``) or ``1 - alpha``: t(m - 2) from the
-        residuals (:func:`~moe_theory.stat_fit.ols_slope_interval`)."""
-        return ols_slope_interval(np.array(self.log_t), np.array(self.log_lambda), self.p,
-                                  self.log_c, self.level, alpha)
+    def _log_x(self) -> np.ndarray:
+        return np.array(self.log_t)
 
     def summary(self) -> str:
         """One line: ``p`` with its interval, the window and the residual sd."""

@@ -28,7 +28,7 @@ import numpy as np
 from moe_theory.gates import Gate, GateKind
 from moe_theory.model import EXPERTS, ExpertKind, PrefixMoE, Pretrained, regression_and_jacobian
 from moe_theory.settings import default_pretrained
-from moe_theory.stat_fit import ols_slope_interval
+from moe_theory.stat_fit import PowerLawFit
 from norga.choices import check_choice
 
 SPLITS: tuple[str, ...] = ("b", "a", "both", "none")
@@ -178,7 +178,7 @@ def spectrum(
 
 
 @dataclass(frozen=True)
-class ExponentFit:
+class ExponentFit(PowerLawFit):
     """``log lambda = log c + p log t`` fitted over the smallest ``t`` (a
     :class:`~moe_theory.stat_fit.StatFit`).
 
@@ -209,18 +209,10 @@ class ExponentFit:
     log_lambda: tuple[float, ...]
     level: float = 0.95
 
-    @property
-    def params(self) -> dict[str, float]:
-        """``{"p": ..., "log_c": ...}``."""
-        return {"p": self.p, "log_c": self.log_c}
-
-    def conf_int(self, alpha: float | None = None) -> tuple[float, float]:
-        """Interval of ``p`` at ``level`` (``alpha=None``) or ``1 - alpha``: t(m - 2) from the
-        residuals (:func:`~moe_theory.stat_fit.ols_slope_interval`). The residuals here are
-        the curvature of a deterministic curve, not noise: read the interval as how well one
-        power describes the points used."""
-        return ols_slope_interval(np.log(self.t_used), np.array(self.log_lambda), self.p,
-                                  self.log_c, self.level, alpha)
+    def _log_x(self) -> np.ndarray:
+        # conf_int: the residuals here are the curvature of a deterministic curve, not noise;
+        # read the interval as how well one power describes the points used
+        return np.log(self.t_used)
 
     def summary(self) -> str:
         """One line: ``p`` with its interval, the local slope and the points used."""
