@@ -123,8 +123,8 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "optimisation.",
         epilog="Presets: quick = E1 exact + E4 mechanism, n = 7 values in 1e2..1e5, 12 replicates, "
         "1 restart (about 11 s on 2 cores); paper = E1 + E4 with 20 values of n, 40 "
-        "replicates, 3 restarts (about 25 s); full = E1-E4 at the paper size (about 13 min on 2 "
-        "cores: over-specified fits often run to the iteration cap; --backend dask spreads it "
+        "replicates, 3 restarts (about 25 s); full = E1-E4 at the paper size (about 10 min on 2 "
+        "cores with the default solver, 12 with --solver lm; --backend dask spreads it "
         "over a cluster). Explicit flags override the "
         "preset. Settings: exact (E1, L'=L=1, affine), over (E2, L'=2, affine, |theta|<=5), "
         "over-tanh (E3, L'=2, tanh experts, |theta|<=5), mechanism (E4: PDE residual, Fisher "
@@ -135,8 +135,8 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "machine); paper = 9 n in 1e2..1e5, R = 16 (7 CPU-minutes with the former two "
         "schedules; more with the default four, not re-measured); full = 13 n in 1e2..1e6, "
         "R = 16 up to n = 1e5 and R = 8 above (--replicates sets the first, at most 8 the second), "
-        "schedules on n <= 1e5 (22.5 CPU-minutes with two schedules, measured in resumed "
-        "pieces; resumable with --cache-dir; --preset paper --n-max 1000000 --num-n 13 gives "
+        "schedules on n <= 1e5 (7.6 CPU-minutes with the default solver, 27 with --solver "
+        "lm; resumable with --cache-dir; --preset paper --n-max 1000000 --num-n 13 gives "
         "R = 16 and schedules up to 1e6, projected 70 CPU-minutes)).",
         formatter_class=HelpFormatter,
     )
@@ -215,7 +215,7 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         help="cap on Jacobian evaluations per fit (default 400; 2000 for near)",
     )
     p.add_argument(
-        "--solver", choices=SOLVERS, default="lm",
+        "--solver", choices=SOLVERS, default="auto",
         help="fitter: lm (Levenberg-Marquardt on every parameter), varpro (variable projection: "
         "affine experts solved exactly, LM on the gates) or auto (varpro for two or more "
         "affine atoms, refitted by lm where it does not converge, lower RSS kept; lm for one "

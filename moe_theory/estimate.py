@@ -537,7 +537,9 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
     threads:
         Threads over replicates of the numba backend.
     solver:
-        ``"lm"``, ``"varpro"`` or ``"auto"`` (see :func:`fit_batched`).
+        ``"auto"`` (the default: variable projection for two or more affine atoms, with the
+        full LM where it does not converge; the full LM otherwise), ``"lm"`` or ``"varpro"``
+        (see :func:`fit_batched`).
 
     Attributes
     ----------
@@ -571,7 +573,7 @@ class LeastSquaresMoE(RegressorMixin, BaseEstimator):
         random_state: int | np.random.SeedSequence | np.random.Generator | None = None,
         backend: Backend = "auto",
         threads: int = 1,
-        solver: Solver = "lm",
+        solver: Solver = "auto",
     ) -> None:
         self.gate = gate
         self.activation = activation

@@ -14,8 +14,10 @@ from moe_theory.near.config import NearConfig
 from moe_theory.near.output import near_fits_csv
 from moe_theory.near.sweep import plan_near_tasks, run_near
 
+# solver "lm": the fixture counts full-LM runs to see which blocks were computed
 SMALL = NearConfig(gates=("norga",), t_values=(0.8,), gammas=(0.1,),
-                   n_values=(1000, 1500, 2000), replicates=2, block=2, max_iter=200, seed=5)
+                   n_values=(1000, 1500, 2000), replicates=2, block=2, max_iter=200, seed=5,
+                   solver="lm")
 
 
 @pytest.fixture

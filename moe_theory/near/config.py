@@ -23,9 +23,9 @@ NEAR_FIT_FIELDS: tuple[str, ...] = ("activation", "expert", "split", "t0", "sche
                                     "solver", "global_starts")
 # Sizes per preset of experiments/rates.py (the mechanism table is the same for every preset).
 # ``full`` reaches n = 1e6 (13 n, 3 per decade) with R = 16 up to 1e5 and R = 8 above, and runs
-# the schedules on n <= 1e5 only: one capped linear fit costs about 42 s of CPU at n = 1e6
-# (2000 evaluations, 21 ms each), so at R = 16 with schedules the preset would need about
-# 70 CPU-minutes; as defined it took 22.5 (measured, docs/near.md).
+# the schedules on n <= 1e5 only: with the full LM one capped linear fit costs about 42 s of CPU
+# at n = 1e6 (2000 evaluations, 21 ms each). As defined the preset takes 7.6 CPU-minutes with
+# the default solver and 27.1 with --solver lm (benchmarks/results/presets.json).
 NEAR_PRESETS: dict[str, dict[str, object]] = {
     "quick": {"n_min": 100, "n_max": 10_000, "num_n": 7, "replicates": 8, "restarts": 1},
     "paper": {"n_min": 100, "n_max": 100_000, "num_n": 9, "replicates": 16, "restarts": 1},
@@ -71,7 +71,9 @@ class NearConfig:
     schedule_n_max:
         Largest n of the schedules (None: every ``n >= schedule_n0`` of the grid).
     solver, global_starts:
-        The fitter (``lm``, ``varpro``, ``auto``: :mod:`moe_theory.varpro`) and the global
+        The fitter (``auto``, the default, ``lm`` or ``varpro``: :mod:`moe_theory.varpro`;
+        ``auto`` is variable projection here, with the full LM for fits it leaves
+        unconverged) and the global
         mode (``k > 0``: ``k`` starts spread over the gate box instead of near-truth starts).
     """
 
@@ -98,7 +100,7 @@ class NearConfig:
     reduced_above: int | None = None
     reduced_replicates: int | None = None
     schedule_n_max: int | None = None
-    solver: str = "lm"
+    solver: str = "auto"
     global_starts: int = 0
 
     def __post_init__(self) -> None:

@@ -41,8 +41,8 @@ PRESETS: dict[str, dict[str, object]] = {
         "replicates": 40,
         "restarts": 3,
     },
-    # Every experiment at the publication size. The over-specified fits (E2/E3) often run to the
-    # iteration cap: about 13 min on two cores (benchmarks/results/sweep.json), less on a cluster.
+    # Every experiment at the publication size: about 10 min on two cores with the default
+    # solver, 12 with solver "lm" (benchmarks/results/presets.json), less on a cluster.
     "full": {
         "settings": ("exact", "over", "over-tanh", "mechanism"),
         "n_min": 100,
@@ -99,8 +99,9 @@ class RateConfig:
         (:func:`moe_theory.varpro.global_starts`), the lowest RSS kept.
     solver:
         The fitter: ``lm`` (Levenberg-Marquardt on every parameter), ``varpro`` (variable
-        projection, affine experts only) or ``auto`` (varpro for two or more affine atoms, i.e.
-        E2; lm for E1's single atom and E3's tanh experts); see :mod:`moe_theory.varpro`.
+        projection, affine experts only) or ``auto`` (the default: varpro for two or more
+        affine atoms, i.e. E2, refitted by lm where it does not converge; lm for E1's single
+        atom and E3's tanh experts); see :mod:`moe_theory.varpro`.
     """
 
     settings: tuple[str, ...] = ("exact", "mechanism")
@@ -119,7 +120,7 @@ class RateConfig:
     r: float = 2.0
     block: int = 6
     preset: str | None = None
-    solver: str = "lm"
+    solver: str = "auto"
     global_starts: int = 0
 
     def __post_init__(self) -> None:
