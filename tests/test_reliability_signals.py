@@ -44,8 +44,11 @@ def _alive(pid: int) -> bool:
 def _interrupt(argv: list[str], ready, sig: int) -> tuple[subprocess.CompletedProcess, list[int]]:
     """Start ``argv``, wait until ``ready()``, send ``sig``; the finished process and the pids of
     its workers at the time of the signal."""
+    # SIGINT as at a terminal: a test run started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not ready():
         assert proc.poll() is None, f"finished before the signal: {proc.communicate()}"

@@ -292,7 +292,7 @@ def test_estimator_defaults():
         "gate": "norga", "activation": "tanh", "expert": "affine", "n_experts": 1,
         "pretrained": None, "init": "near-truth", "truth": None, "n_init": 1, "max_iter": 400,
         "tol": 1e-12, "bound": None, "alpha": 1.0, "tau": 1.0, "init_scale": 0.1,
-        "random_state": None, "backend": "auto", "threads": 1, "solver": "lm",
+        "random_state": None, "backend": "auto", "threads": 1, "solver": "auto",
     }
 
 

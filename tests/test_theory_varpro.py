@@ -460,7 +460,7 @@ def test_sweep_configs_check_the_solver_and_key_the_cache_by_it(tmp_path):
         RateConfig(global_starts=-1)
     with pytest.raises(ValueError, match="solver"):
         NearConfig(solver="gn")
-    assert RateConfig().solver == "lm" and NearConfig().solver == "lm"
+    assert RateConfig().solver == "auto" and NearConfig().solver == "auto"
     cache = FitCache(tmp_path, ("x",))
     paths = {cache.path(cache.key_inputs(RateConfig(solver=s, global_starts=k), "over",
                                          "norga", 100, (0,), "f"))
