@@ -38,6 +38,8 @@ def test_near_quick_end_to_end_and_same_seed_same_bytes(tmp_path):
     rows = (first / "near_fits.csv").read_text().splitlines()
     assert len(rows) - 1 == 2 * 2 * (3 + 3)  # gates x replicates x (fixed n + schedule n)
     assert "parametric regime" in res.stdout and "Schedules" in res.stdout
+    # the report says how the fits were made (default solver, near-truth starts)
+    assert "near-truth starts, solver auto, |theta| <= 5." in res.stdout
     # provenance: only E5 files, each listed in SHA256SUMS, which sha256sum -c verifies
     assert not (first / "config.json").exists()  # no E1-E4 config of a sweep that never ran
     prov = json.loads((first / "near_provenance.json").read_text())

@@ -470,3 +470,15 @@ def test_sweep_configs_check_the_solver_and_key_the_cache_by_it(tmp_path):
     keys = [near.path(near.key_inputs(NearConfig(solver=s), "fixed", "linear", 100, (0,), "f"))
             for s in ("lm", "varpro")]
     assert keys[0] != keys[1]
+
+
+def test_the_rates_summary_says_the_solver_and_the_starts():
+    """summary.txt names the solver, and global starts where they replaced near-truth ones."""
+    from moe_theory.rates.config import RateConfig
+    from moe_theory.rates.report import summary_text
+
+    head = summary_text(RateConfig(solver="lm"), [], None).splitlines()[:2]
+    assert "near-truth starts" in head[0] and head[1].endswith(" solver=lm")
+    head = summary_text(RateConfig(global_starts=8), [], None).splitlines()[:2]
+    assert "8 global starts over the gate box" in head[0] and "near-truth" not in head[0]
+    assert head[1].endswith(" solver=auto")

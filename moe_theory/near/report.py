@@ -129,7 +129,9 @@ def near_summary(cfg: NearConfig, mech: dict[str, object], a: dict[str, object],
         "",
         f"Fits: {len(records)} (converged {counts['converged']}, capped at "
         f"{cfg.max_iter} evaluations {counts['capped']}, stalled {counts['stalled']}: damping "
-        "blew up before a test was met); near-truth starts, |theta| <= 5.",
+        "blew up before a test was met); "
+        + (f"{cfg.global_starts} global starts over the gate box" if cfg.global_starts
+           else "near-truth starts") + f", solver {cfg.solver}, |theta| <= 5.",
         "Notes: the paper's O(1/log^kappa n) for linear gating is a worst case over truths; the "
         "schedules are its finite-sample face. For a fixed cluster size the exponents are finite, "
         "so along any schedule the rates stay polynomial (slower for larger p), not logarithmic; "

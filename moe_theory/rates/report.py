@@ -33,11 +33,13 @@ def summary_text(
     config: RateConfig, groups: Iterable[GroupAnalysis], mechanism: dict[str, object] | None
 ) -> str:
     """Readable report: per setting the theorem, the slopes with CIs, the verdict; then E4."""
+    starts = (f"{config.global_starts} global starts over the gate box per fit"
+              if config.global_starts else "near-truth starts: this measures the statistical "
+              "rate, not optimisation")
     lines = [
-        "Prefix-MoE convergence rates (least squares, near-truth starts: this measures the "
-        "statistical rate, not optimisation).",
+        f"Prefix-MoE convergence rates (least squares, {starts}).",
         f"seed={config.seed} replicates={config.replicates} "
-        f"restarts={config.restarts} n={list(config.n_values)}",
+        f"restarts={config.restarts} n={list(config.n_values)} solver={config.solver}",
     ]
     range_notes = []
     by_setting: dict[str, list[GroupAnalysis]] = {}
