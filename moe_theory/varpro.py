@@ -102,6 +102,32 @@ def resolve_solver(solver: str, structure: PrefixMoE) -> str:
     return "varpro"
 
 
+def check_solver_options(solver: str, global_starts: int, tanh_experts: bool) -> None:
+    """The fitter options of a sweep configuration (E1-E4 or E5), checked before any fit.
+
+    Parameters
+    ----------
+    solver:
+        One of :data:`SOLVERS`.
+    global_starts:
+        Starts over the gate box per fit (0: near-truth starts).
+    tanh_experts:
+        Whether the sweep fits tanh experts, which ``"varpro"`` cannot fit (see
+        :func:`resolve_solver`, which checks each fit's structure when it runs).
+
+    Raises
+    ------
+    ValueError
+        Naming the bad value and what is allowed.
+    """
+    check_choice("solver", solver, SOLVERS)
+    if solver == "varpro" and tanh_experts:
+        raise ValueError("solver 'varpro' needs affine experts (the fit is linear in them); "
+                         "tanh experts need 'lm' or 'auto'")
+    if global_starts < 0:
+        raise ValueError(f"global_starts must be >= 0; got {global_starts}")
+
+
 def parameter_split(n_prompts: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices in ``theta`` of the gate parameters ``(beta_0, beta_1)`` and of the linear
     expert parameters ``(a, b)``, atom by atom."""

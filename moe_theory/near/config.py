@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from moe_theory.gates import ACTIVATIONS, GATES, Gate, GateKind
 from moe_theory.model import EXPERTS
 from moe_theory.near import mechanism as near
-from moe_theory.varpro import SOLVERS
+from moe_theory.varpro import check_solver_options
 from norga.choices import check_choice
 from norga.schemas import NEAR_FIT_COLUMNS as NEAR_FIT_COLUMNS  # re-exported
 
@@ -106,11 +106,8 @@ class NearConfig:
     def __post_init__(self) -> None:
         for g in self.gates:
             check_choice("gate", g, GATES)
-        check_choice("solver", self.solver, SOLVERS)
-        if self.solver == "varpro" and self.expert != "affine":
-            raise ValueError("solver 'varpro' needs affine experts; use 'lm' or 'auto'")
-        if self.global_starts < 0:
-            raise ValueError(f"global_starts must be >= 0; got {self.global_starts}")
+        check_solver_options(self.solver, self.global_starts,
+                             tanh_experts=self.expert == "tanh")
         check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("expert", self.expert, EXPERTS)
         check_choice("split", self.split, near.SPLITS)

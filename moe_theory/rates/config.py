@@ -10,7 +10,7 @@ import numpy as np
 from moe_theory.gates import ACTIVATIONS, GATES, GateKind
 from moe_theory.model import EXPERTS, PrefixMoE
 from moe_theory.settings import FIT_SETTINGS, SETTINGS, get_setting
-from moe_theory.varpro import SOLVERS
+from moe_theory.varpro import check_solver_options
 from norga.choices import check_choice
 from norga.schemas import FIT_COLUMNS as FIT_COLUMNS  # re-exported
 from norga.schemas import TIMING_COLUMNS as TIMING_COLUMNS  # re-exported
@@ -128,14 +128,8 @@ class RateConfig:
             check_choice("setting", s, SETTINGS)
         for g in self.gates:
             check_choice("gate", g, GATES)
-        check_choice("solver", self.solver, SOLVERS)
-        if self.global_starts < 0:
-            raise ValueError(f"global_starts must be >= 0; got {self.global_starts}")
-        if self.solver == "varpro" and (
-            "over-tanh" in self.settings or self.expert == "tanh"
-        ):
-            raise ValueError("solver 'varpro' needs affine experts; tanh experts (over-tanh, "
-                             "--expert tanh) need 'lm' or 'auto'")
+        check_solver_options(self.solver, self.global_starts,
+                             tanh_experts="over-tanh" in self.settings or self.expert == "tanh")
         check_choice("activation", self.activation, ACTIVATIONS)
         if self.expert is not None:
             check_choice("expert", self.expert, EXPERTS)
