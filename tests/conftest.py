@@ -1,8 +1,8 @@
-"""Fixtures shared by the continual-learning tests.
+"""Fixtures shared by the tests.
 
-Nothing here is ``autouse``: a test module opts in by name, e.g.
-``pytestmark = pytest.mark.usefixtures("one_torch_thread")``, so the other test modules
-(theory, data, figures) are unaffected.
+Apart from resetting the packages' log levels, nothing here is ``autouse``: a test module opts
+in by name, e.g. ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``, so the other
+test modules are unaffected.
 """
 
 from __future__ import annotations
@@ -67,3 +67,26 @@ def quick_synthetic_cl_run(tmp_path_factory):
         return runs[method]
 
     return run
+
+
+@pytest.fixture
+def count_fits(monkeypatch) -> list[int]:
+    """Counts the fits the sweeps run: one per computed (not cached) block of replicates and
+    restart, whichever solver fits it (``moe_theory.estimate.fit_restarts`` runs the function
+    ``_solver_function`` picks once per restart)."""
+    from moe_theory import estimate
+
+    calls = [0]
+    choose = estimate._solver_function
+
+    def counting_choice(solver, structure):
+        run = choose(solver, structure)
+
+        def counted(*args, **kwargs):
+            calls[0] += 1
+            return run(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(estimate, "_solver_function", counting_choice)
+    return calls

@@ -11,7 +11,6 @@ from dataclasses import replace
 import pytest
 
 import moe_theory.cache as cache_module
-import moe_theory.estimate as estimate
 from moe_theory.rates.sweep import RateConfig, run_rates
 
 SMALL = RateConfig(settings=("exact",), gates=("norga",), n_values=(100, 150, 200), replicates=2,
@@ -51,18 +50,6 @@ DAMAGES = {
     "list value": _edit("rss", [1, 2]),
 }
 
-
-@pytest.fixture
-def count_fits(monkeypatch) -> list[int]:
-    calls = [0]
-    real = estimate._levenberg_marquardt
-
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(estimate, "_levenberg_marquardt", counting)
-    return calls
 
 
 def _plain(records):

@@ -9,29 +9,13 @@ import os
 
 import pytest
 
-import moe_theory.estimate as estimate
 from moe_theory.near.config import NearConfig
 from moe_theory.near.output import near_fits_csv
 from moe_theory.near.sweep import plan_near_tasks, run_near
 
-# solver "lm": the fixture counts full-LM runs to see which blocks were computed
 SMALL = NearConfig(gates=("norga",), t_values=(0.8,), gammas=(0.1,),
-                   n_values=(1000, 1500, 2000), replicates=2, block=2, max_iter=200, seed=5,
-                   solver="lm")
+                   n_values=(1000, 1500, 2000), replicates=2, block=2, max_iter=200, seed=5)
 
-
-@pytest.fixture
-def count_fits(monkeypatch) -> list[int]:
-    """Counts LM runs: one per computed (not cached) block and restart."""
-    calls = [0]
-    real = estimate._levenberg_marquardt
-
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(estimate, "_levenberg_marquardt", counting)
-    return calls
 
 
 def _outputs(result) -> tuple[str, str]:

@@ -9,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 
-import moe_theory.estimate as estimate
 from moe_theory.fit_record import FitRecord
 from moe_theory.io import write_run
 from moe_theory.rates.sweep import RateConfig, plan_tasks, run_rates
@@ -21,19 +20,6 @@ CONFIG = RateConfig(settings=("exact",), gates=("norga", "linear"), n_values=(10
 def _without_seconds(records: list[FitRecord]) -> list[FitRecord]:
     return [replace(r, seconds=0.0) for r in records]
 
-
-@pytest.fixture
-def count_fits(monkeypatch) -> list[int]:
-    """Counts LM runs; one per executed (not cached) task and restart."""
-    calls = [0]
-    real = estimate._levenberg_marquardt  # run by estimate.fit_restarts, which the sweep uses
-
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(estimate, "_levenberg_marquardt", counting)
-    return calls
 
 
 class _Interrupt(KeyboardInterrupt):
