@@ -123,7 +123,7 @@ def build_parser(prog: str = PROG) -> OneLineParser:
         "optimisation.",
         epilog="Presets: quick = E1 exact + E4 mechanism, n = 7 values in 1e2..1e5, 12 replicates, "
         "1 restart (about 11 s on 2 cores); paper = E1 + E4 with 20 values of n, 40 "
-        "replicates, 3 restarts (about 25 s); full = E1-E4 at the paper size (about 10 min on 2 "
+        "replicates, 3 restarts (about 25 s); full = E1-E4 at the paper size (about 11 min on 2 "
         "cores with the default solver, 12 with --solver lm; --backend dask spreads it "
         "over a cluster). Explicit flags override the "
         "preset. Settings: exact (E1, L'=L=1, affine), over (E2, L'=2, affine, |theta|<=5), "

@@ -41,7 +41,7 @@ PRESETS: dict[str, dict[str, object]] = {
         "replicates": 40,
         "restarts": 3,
     },
-    # Every experiment at the publication size: about 10 min on two cores with the default
+    # Every experiment at the publication size: about 11 min on two cores with the default
     # solver, 12 with solver "lm" (benchmarks/results/presets.json), less on a cluster.
     "full": {
         "settings": ("exact", "over", "over-tanh", "mechanism"),
