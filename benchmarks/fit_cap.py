@@ -83,17 +83,16 @@ def fate_of_capped(low: dict, high: dict) -> dict[str, Counter]:
         if row["status"] != "capped":
             continue
         later = high[key]
-        on_box = later["at_bound"] == "True"
+        ended = "converged" if later["status"] == "converged" else f"{later['status']} again"
         if not get_setting(key[0]).bounded:
             # No box: a fit that runs on may be diverging (E1's do); fits.csv cannot tell.
-            fate = f"{later['status']} again, no box" if later["status"] != "converged" \
-                else "converged, no box"
-        elif later["status"] == "converged":
-            fate = "box" if on_box else "interior"
-        elif on_box:
+            fate = f"{ended}, no box"
+        elif later["at_bound"] == "True":
             fate = "box"
+        elif ended == "converged":
+            fate = "interior"
         else:
-            fate = f"{later['status']} again, off the box"
+            fate = f"{ended}, off the box"
         fates.setdefault(f"{key[0]}/{key[1]}", Counter())[fate] += 1
     return fates
 
