@@ -51,7 +51,6 @@ DAMAGES = {
 }
 
 
-
 def _plain(records):
     return [replace(r, seconds=0.0) for r in records]
 

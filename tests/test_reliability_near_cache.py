@@ -17,7 +17,6 @@ SMALL = NearConfig(gates=("norga",), t_values=(0.8,), gammas=(0.1,),
                    n_values=(1000, 1500, 2000), replicates=2, block=2, max_iter=200, seed=5)
 
 
-
 def _outputs(result) -> tuple[str, str]:
     """What near_fits.csv and near.json hold (timing apart)."""
     return near_fits_csv(result.records), json.dumps(result.to_json(), sort_keys=True)

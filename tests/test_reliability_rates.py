@@ -21,7 +21,6 @@ def _without_seconds(records: list[FitRecord]) -> list[FitRecord]:
     return [replace(r, seconds=0.0) for r in records]
 
 
-
 class _Interrupt(KeyboardInterrupt):
     pass
 
